@@ -1,0 +1,1 @@
+"""echoctl: the ECHO command-line client and the local development stack."""

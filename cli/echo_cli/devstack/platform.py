@@ -1,0 +1,143 @@
+"""The five services and a fleet of agents as local processes, against running brokers."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from .brokers import Brokers
+from .processes import ManagedProcess, free_port, wait_for_port
+
+SERVICES = ("registry", "scheduler", "migrator", "master")
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    device_id: str
+    tier: str
+    input_streams: tuple[str, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+    cpu: float | None = None
+    memory_mb: int | None = None
+
+    def argv(self) -> list[str]:
+        out = ["--device-id", self.device_id, "--tier", self.tier]
+        for s in self.input_streams:
+            out += ["--input-stream", s]
+        for k, v in self.labels:
+            out += ["--label", f"{k}={v}"]
+        if self.cpu is not None:
+            out += ["--cpu", str(self.cpu)]
+        if self.memory_mb is not None:
+            out += ["--memory-mb", str(self.memory_mb)]
+        return out
+
+
+DEFAULT_FLEET = (
+    AgentSpec("edge-1", "edge", input_streams=("taxi-feed",), cpu=1.0, memory_mb=512),
+    AgentSpec("edge-2", "edge", cpu=1.0, memory_mb=512),
+    AgentSpec("fog-1", "fog", cpu=2.0, memory_mb=2048),
+    AgentSpec("cloud-1", "cloud", cpu=4.0, memory_mb=8192),
+)
+
+
+@dataclass
+class Platform:
+    """ECHO on one machine. ``start()`` returns when the API answers and the fleet registered."""
+
+    brokers: Brokers
+    workdir: Path
+    namespace: str = "echo"
+    api_port: int = 0
+    host: str = "127.0.0.1"
+    extra_env: dict[str, str] = field(default_factory=dict)
+    services: dict[str, ManagedProcess] = field(default_factory=dict)
+    agents: dict[str, ManagedProcess] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.api_port:
+            self.api_port = free_port(self.host)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.api_port}"
+
+    @property
+    def logs(self) -> Path:
+        return self.workdir / "logs"
+
+    def env(self) -> dict[str, str]:
+        return {
+            **self.brokers.env(),
+            "ECHO_NAMESPACE": self.namespace,
+            "ECHO_API_PORT": str(self.api_port),
+            "ECHO_API_HOST": self.host,
+            "ECHO_API_URL": self.api_url,
+            "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
+        }
+
+    def start_service(self, name: str) -> ManagedProcess:
+        proc = ManagedProcess(name, [sys.executable, "-m", f"echo_{name}"], log_dir=self.logs, env=self.env())
+        self.services[name] = proc
+        return proc
+
+    def start_agent(self, spec: AgentSpec) -> ManagedProcess:
+        data = self.workdir / "agents" / spec.device_id
+        proc = ManagedProcess(
+            f"agent-{spec.device_id}",
+            [sys.executable, "-m", "echo_agent", *spec.argv(), "--data-dir", str(data)],
+            log_dir=self.logs,
+            env=self.env(),
+        )
+        self.agents[spec.device_id] = proc
+        return proc
+
+    def start(self, fleet: tuple[AgentSpec, ...] | list[AgentSpec] = DEFAULT_FLEET, timeout: float = 60.0) -> None:
+        for name in SERVICES:
+            self.start_service(name)
+        for spec in fleet:
+            self.start_agent(spec)
+        wait_for_port(self.host, self.api_port, timeout=timeout, proc=self.services["master"])
+        self.wait_devices({s.device_id for s in fleet}, timeout=timeout)
+
+    def wait_devices(self, ids: set[str], status: str = "online", timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        seen: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                r = httpx.get(f"{self.api_url}/api/v1/devices", timeout=2)
+                if r.status_code == 200:
+                    seen = {d["id"]: d["status"] for d in r.json()}
+                    if all(seen.get(i) == status for i in ids):
+                        return
+            for name, p in {**self.services, **self.agents}.items():
+                if not p.alive():
+                    raise RuntimeError(f"{name} exited with {p.returncode}: {p.log_tail()}")
+            time.sleep(0.05)
+        raise TimeoutError(f"devices {sorted(ids)} not all {status} after {timeout}s: {seen}")
+
+    def stop(self, timeout: float = 10.0) -> dict[str, int | None]:
+        """SIGTERM the agents, then the services (master first). Returns exit codes."""
+        codes: dict[str, int | None] = {}
+        for name, p in self.agents.items():
+            p.signal(15)
+            codes[f"agent-{name}"] = None
+        for name, p in self.agents.items():
+            codes[f"agent-{name}"] = p.stop(timeout)
+        for name in reversed(SERVICES):
+            if name in self.services:
+                codes[name] = self.services[name].stop(timeout)
+        return codes
+
+    def __enter__(self) -> Platform:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,82 @@
+"""Master wiring: Redis, NATS, the MQTT control link, the reconciler and the REST server.
+
+Shutdown order: stop serving HTTP, stop the reconciler, then close the links.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import uvicorn
+from echo_shared.messages import DeviceEvent
+from echo_shared.names import Names
+from echo_shared.nats_bus import NatsBus
+from echo_shared.redis_store import connect_redis
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+
+from .agents_link import AgentLink
+from .api import ApiContext, create_api
+from .reconciling import Reconciler
+from .settings import MasterSettings
+from .store import DataflowStore
+
+log = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: the service's supervisor owns signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
+    names = Names(settings.namespace)
+    redis = await connect_redis(settings.redis_url)
+    try:
+        async with NatsBus(settings.nats_url, settings.service_name) as bus:
+            store = DataflowStore(redis, names)
+            reconciler: Reconciler | None = None
+
+            async def on_update(update: object) -> None:
+                assert reconciler is not None
+                await reconciler.on_update(update)  # type: ignore[arg-type]
+
+            link = AgentLink(settings.mqtt_url, names, on_update)
+            reconciler = Reconciler(store, link, bus, names, settings)
+
+            async def on_device_event(msg: Msg) -> None:
+                try:
+                    await reconciler.on_device_event(DeviceEvent.from_bytes(msg.data))
+                except ValidationError as e:
+                    log.warning("bad device event: %s", e)
+
+            await bus.subscribe_raw(names.device_events_all, on_device_event)
+            await link.start()
+            try:
+                api = create_api(ApiContext(settings, names, store, reconciler, bus, redis, link.mqtt))
+                server = _Server(uvicorn.Config(api, host=settings.api_host, port=settings.api_port,
+                                                log_config=None, access_log=False, lifespan="off"))
+
+                async def stop_server() -> None:
+                    await stop.wait()
+                    server.should_exit = True
+
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(link.run(stop))
+                    tg.create_task(reconciler.run(stop))
+                    tg.create_task(stop_server())
+                    await server.serve()
+                    if not server.started:
+                        raise RuntimeError(f"the REST API could not listen on port {settings.api_port}")
+                    stop.set()
+                log.info("master stopped")
+            finally:
+                await link.close()
+    finally:
+        await redis.aclose()

@@ -1,0 +1,281 @@
+"""The reconcile loop: drive every dataflow's observed state towards its desired state.
+
+Each pass reads the dataflow from Redis and takes the next idempotent step:
+
+- ``pending``: ask the scheduler for a placement; record it (tasks get a device and a
+  new generation) -> ``scheduled``; an impossible placement -> ``failed`` with the reason;
+- ``scheduled`` / ``deploying`` / ``running``: deploy every task that is not running,
+  consumers before producers, each command acked by its agent (timeout, retried on the
+  next pass) -> ``running`` when all run, ``completed`` when all finished, ``failed`` when
+  a task failed;
+- desired ``stopped``: stop every placed task -> ``stopped``.
+
+A pass holds no state of its own beyond Redis, so a master killed at any point and
+started again continues where the last one stopped. One worker per dataflow runs at a
+time; ``kick()`` schedules a pass at once (after a POST, an ack or a device event).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from echo_shared.errors import BusError, EchoError, RequestTimeout, SpecError
+from echo_shared.messages import CommandAck, DeviceEvent, PlaceReply, PlaceRequest, Reservation, TaskStatus
+from echo_shared.models import DataflowState, DesiredState, DeviceStatus, TaskRecord, TaskState
+from echo_shared.names import Names
+from echo_shared.nats_bus import NatsBus
+from echo_shared.telemetry import extract, tracer
+from opentelemetry import trace
+
+from .agents_link import AgentLink
+from .commands import add_reservation, deploy_command, deploy_levels, stop_command
+from .settings import MasterSettings
+from .store import ACTIVE_STATES, Dataflow, DataflowStore
+
+log = logging.getLogger(__name__)
+
+DONE = {TaskState.running, TaskState.finished}
+STOP_ATTEMPTS = 3
+
+
+class Reconciler:
+    def __init__(
+        self, store: DataflowStore, link: AgentLink, bus: NatsBus, names: Names, settings: MasterSettings
+    ) -> None:
+        self.store = store
+        self.link = link
+        self.bus = bus
+        self.names = names
+        self.settings = settings
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._tracer = tracer("echo.master")
+        self.changed = asyncio.Condition()
+
+    # ------------------------------------------------------------------ loop
+
+    def kick(self, df_id: str) -> None:
+        self._dirty.add(df_id)
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        last_sweep = 0.0
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.settings.reconcile_period)
+                self._wake.clear()
+                if stop.is_set():
+                    break
+                now = time.monotonic()
+                if now - last_sweep >= self.settings.reconcile_period:
+                    last_sweep = now
+                    try:
+                        self._dirty.update(await self.store.ids())
+                    except Exception:
+                        log.exception("cannot list dataflows")
+                for df_id in list(self._dirty):
+                    worker = self._workers.get(df_id)
+                    if worker is None or worker.done():
+                        self._dirty.discard(df_id)
+                        self._workers[df_id] = asyncio.create_task(self._pass(df_id), name=f"reconcile-{df_id}")
+        finally:
+            for w in self._workers.values():
+                w.cancel()
+            await asyncio.gather(*self._workers.values(), return_exceptions=True)
+
+    async def _pass(self, df_id: str) -> None:
+        try:
+            df = await self.store.get(df_id)
+            if df.desired is DesiredState.stopped:
+                if df.state is not DataflowState.stopped:
+                    await self._stop(df)
+            elif df.state in (DataflowState.pending, DataflowState.scheduled, DataflowState.deploying,
+                              DataflowState.running):
+                with self._tracer.start_as_current_span(
+                    "reconcile dataflow", context=extract({"traceparent": df.traceparent})
+                ) as span:
+                    span.set_attribute("echo.dataflow", df.id)
+                    span.set_attribute("echo.state", df.state.value)
+                    if df.state is DataflowState.pending:
+                        await self._schedule(df)
+                        df = await self.store.get(df_id)
+                    if df.state is not DataflowState.failed and df.placement is not None:
+                        await self._converge(df)
+        except EchoError as e:
+            log.info("dataflow %s: will retry: %s", df_id, e)
+        except Exception:
+            log.exception("reconcile pass for %s failed", df_id)
+        finally:
+            async with self.changed:
+                self.changed.notify_all()
+
+    async def _set_state(self, df: Dataflow, state: DataflowState, reason: str = "") -> None:
+        if df.state == state and df.reason == reason:
+            return
+        log.info("dataflow %s: %s -> %s %s", df.id, df.state.value, state.value, reason)
+        await self.store.set_state(df.id, state, reason)
+        trace.get_current_span().add_event("state", {"state": state.value, "reason": reason})
+        df.state, df.reason = state, reason
+
+    # ------------------------------------------------------------------ placing
+
+    async def reserved(self, exclude: str) -> dict[str, Reservation]:
+        total: dict[str, Reservation] = {}
+        for other in await self.store.all():
+            if other.id == exclude or other.state not in ACTIVE_STATES:
+                continue
+            for rec in other.tasks.values():
+                if rec.device and rec.state not in (TaskState.finished, TaskState.stopped, TaskState.failed):
+                    res = other.spec.task(rec.id).resources
+                    add_reservation(total, rec.device, res.cpu, res.memory_mb)
+        return total
+
+    async def _schedule(self, df: Dataflow) -> None:
+        req = PlaceRequest(dataflow=df.id, spec=df.spec, reserved=await self.reserved(df.id))
+        try:
+            reply = await self.bus.request(self.names.scheduler_place, req, PlaceReply,
+                                           timeout=self.settings.scheduler_timeout)
+        except SpecError as e:
+            await self._set_state(df, DataflowState.failed, f"invalid spec: {e}")
+            return
+        if not reply.ok or reply.placement is None:
+            await self._set_state(df, DataflowState.failed, f"cannot be placed: {reply.reason}")
+            return
+        generations = {t: rec.generation + 1 for t, rec in df.tasks.items()}
+        await self.store.set_placement(df.id, reply.placement, generations)
+        await self._set_state(df, DataflowState.scheduled)
+
+    # ------------------------------------------------------------------ deploying
+
+    async def _converge(self, df: Dataflow) -> None:
+        assert df.placement is not None
+        failed = [r for r in df.tasks.values() if r.state is TaskState.failed]
+        if failed:
+            r = failed[0]
+            await self._set_state(df, DataflowState.failed, f"task {r.id} failed on {r.device}: {r.reason}")
+            return
+        if all(r.state is TaskState.finished for r in df.tasks.values()):
+            await self._set_state(df, DataflowState.completed)
+            return
+        if any(r.state not in DONE for r in df.tasks.values()) and df.state is not DataflowState.deploying:
+            await self._set_state(df, DataflowState.deploying)
+        for level in deploy_levels(df.spec):
+            waiting = [df.tasks[t] for t in level if df.tasks[t].state not in DONE]
+            if not waiting:
+                continue
+            now = time.time()
+            due = [r for r in waiting if r.state is not TaskState.deploying
+                   or now - r.last_command_at >= self.settings.command_timeout]
+            results = await asyncio.gather(*(self._deploy(df, r) for r in due), return_exceptions=True)
+            df = await self.store.get(df.id)
+            still = [df.tasks[t] for t in level if df.tasks[t].state not in DONE]
+            if still:
+                problems = [str(e) for e in results if isinstance(e, BaseException)]
+                failed = [r for r in still if r.state is TaskState.failed]
+                if failed:
+                    r = failed[0]
+                    await self._set_state(df, DataflowState.failed,
+                                          f"task {r.id} failed on {r.device}: {r.reason}")
+                else:
+                    await self._set_state(df, DataflowState.deploying,
+                                          "; ".join(problems) or f"waiting for {', '.join(r.id for r in still)}")
+                return
+        if all(r.state is TaskState.finished for r in df.tasks.values()):
+            await self._set_state(df, DataflowState.completed)
+        else:
+            await self._set_state(df, DataflowState.running)
+
+    async def _deploy(self, df: Dataflow, rec: TaskRecord) -> CommandAck:
+        assert rec.device and df.placement is not None
+        cmd = deploy_command(df.id, df.spec, df.placement, rec)
+        await self.store.patch_task(df.id, rec.id, {
+            "state": TaskState.deploying, "last_command_at": time.time(), "attempts": rec.attempts + 1,
+        }, generation=rec.generation)
+        with self._tracer.start_as_current_span(f"deploy {rec.id} to {rec.device}") as span:
+            span.set_attribute("echo.device", rec.device)
+            span.set_attribute("echo.generation", rec.generation)
+            ack = await self.link.send(rec.device, cmd, self.settings.command_timeout)
+            span.set_attribute("echo.state", ack.state.value)
+            return ack
+
+    # ------------------------------------------------------------------ stopping
+
+    async def _stop(self, df: Dataflow) -> None:
+        if df.state is not DataflowState.stopping:
+            await self._set_state(df, DataflowState.stopping)
+        placed = [r for r in df.tasks.values() if r.device and r.state is not TaskState.stopped]
+
+        async def stop_one(rec: TaskRecord) -> None:
+            assert rec.device
+            await self.store.patch_task(df.id, rec.id, {"attempts": rec.attempts + 1}, generation=rec.generation)
+            try:
+                ack = await self.link.send(rec.device, stop_command(df.id, rec), self.settings.command_timeout)
+            except RequestTimeout:
+                if rec.attempts + 1 >= STOP_ATTEMPTS:
+                    await self.store.patch_task(df.id, rec.id, {
+                        "state": TaskState.stopped,
+                        "reason": f"{rec.device} did not confirm; the stop waits in its command queue",
+                    }, generation=rec.generation)
+                raise
+            if ack.ok or ack.state is TaskState.stopped:
+                await self.store.patch_task(df.id, rec.id, {"state": TaskState.stopped, "reason": ""},
+                                            generation=rec.generation)
+
+        await asyncio.gather(*(stop_one(r) for r in placed), return_exceptions=True)
+        df = await self.store.get(df.id)
+        if all(r.state is TaskState.stopped or not r.device for r in df.tasks.values()):
+            await self._set_state(df, DataflowState.stopped)
+
+    # ------------------------------------------------------------------ reports
+
+    async def on_update(self, update: TaskStatus | CommandAck) -> None:
+        """Apply an agent's ack or status report (reports never move a task backwards)."""
+        patch: dict[str, object] = {"state": update.state, "reason": update.reason}
+        if isinstance(update, CommandAck):
+            if not update.ok and update.state is not TaskState.failed:
+                return  # a stale or refused command: the task's record is not about it
+        else:
+            patch["records_in"] = update.records_in
+            patch["records_out"] = update.records_out
+        rec = await self.store.patch_task(update.dataflow, update.task, patch, generation=update.generation,
+                                          forward_only=True)
+        if rec is not None:
+            self.kick(update.dataflow)
+
+    async def on_device_event(self, event: DeviceEvent) -> None:
+        """A device came back: make sure what should run on it runs (deploys are idempotent)."""
+        if event.status is not DeviceStatus.online or event.previous is None:
+            return
+        for df in await self.store.all():
+            if df.desired is not DesiredState.running or df.state not in ACTIVE_STATES:
+                continue
+            touched = False
+            for rec in df.tasks.values():
+                if rec.device == event.device and rec.state in (TaskState.running, TaskState.deploying):
+                    await self.store.patch_task(df.id, rec.id, {"state": TaskState.deploying,
+                                                                "last_command_at": 0.0},
+                                                generation=rec.generation)
+                    touched = True
+            if touched:
+                self.kick(df.id)
+
+    async def wait_for(self, df_id: str, states: set[DataflowState], timeout: float) -> Dataflow:
+        """Wait until a dataflow reaches one of ``states`` (or the timeout); returns it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            df = await self.store.get(df_id)
+            left = deadline - loop.time()
+            if df.state in states or left <= 0:
+                return df
+            async with self.changed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.changed.wait(), min(left, 0.5))
+
+
+__all__ = ["BusError", "Reconciler"]

@@ -1,0 +1,182 @@
+"""Dataflows in Redis: spec and desired state (written first), observed state, task records.
+
+- ``{ns}:df:{id}`` hash: ``id``, ``name``, ``spec`` (JSON), ``desired``, ``state``, ``reason``,
+  ``created_at``, ``updated_at``, ``placement`` (JSON), ``traceparent`` (the submission's
+  trace, so a deployment stays one trace across master restarts);
+- ``{ns}:df:{id}:tasks`` hash: task id -> ``TaskRecord`` JSON;
+- ``{ns}:dfs`` sorted set of ids by creation time.
+
+Task records are changed only through a Lua script that merges a patch and can require
+the record's generation, so a late status from an old copy of a task never overwrites
+the record of its replacement, and concurrent writers never lose each other's fields.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import redis.asyncio as aioredis
+from echo_shared.errors import NotFoundError
+from echo_shared.models import (
+    DataflowSpec,
+    DataflowState,
+    DesiredState,
+    Placement,
+    TaskRecord,
+    TaskState,
+)
+from echo_shared.names import Names
+
+# KEYS[1] tasks hash; ARGV[1] task id; ARGV[2] patch (JSON object); ARGV[3] generation the
+# record must have ('' = any); ARGV[4] '1' when the patch may only move the state forward
+# (reports from agents can arrive after a later state was recorded). Returns the merged
+# record, or false.
+_PATCH = """
+local rank = {pending=0, deploying=1, running=2, finished=3, failed=3, stopping=4, stopped=5}
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return false end
+local rec = cjson.decode(cur)
+if ARGV[3] ~= '' and tonumber(rec['generation']) ~= tonumber(ARGV[3]) then return false end
+local patch = cjson.decode(ARGV[2])
+if ARGV[4] == '1' and patch['state'] and rank[patch['state']] < rank[rec['state']] then
+  patch['state'] = nil
+  patch['reason'] = nil
+end
+for k, v in pairs(patch) do rec[k] = v end
+local out = cjson.encode(rec)
+redis.call('HSET', KEYS[1], ARGV[1], out)
+return out
+"""
+
+ACTIVE_STATES = {DataflowState.pending, DataflowState.scheduled, DataflowState.deploying,
+                 DataflowState.running, DataflowState.stopping}
+
+
+class Dataflow:
+    """A dataflow as read from Redis."""
+
+    def __init__(self, raw: dict[str, str], tasks: dict[str, TaskRecord]) -> None:
+        self.raw = raw
+        self.id = raw["id"]
+        self.name = raw.get("name", "")
+        self.spec = DataflowSpec.model_validate_json(raw["spec"])
+        self.desired = DesiredState(raw.get("desired", "running"))
+        self.state = DataflowState(raw.get("state", "pending"))
+        self.reason = raw.get("reason", "")
+        self.created_at = float(raw.get("created_at", 0))
+        self.updated_at = float(raw.get("updated_at", 0))
+        self.placement = Placement.model_validate_json(raw["placement"]) if raw.get("placement") else None
+        self.traceparent = raw.get("traceparent", "")
+        self.tasks = tasks
+
+
+class DataflowStore:
+    def __init__(self, redis: aioredis.Redis, names: Names) -> None:
+        self.r = redis
+        self.names = names
+        self._patch = redis.register_script(_PATCH)
+
+    @staticmethod
+    def new_id() -> str:
+        return "df-" + uuid.uuid4().hex[:12]
+
+    async def create(self, spec: DataflowSpec, traceparent: str = "") -> str:
+        """Store a new dataflow with desired state ``running`` (before anything acts on it)."""
+        df_id = self.new_id()
+        now = time.time()
+        tasks = {
+            t.id: TaskRecord(id=t.id, operator=t.operator, updated_at=now).model_dump_json() for t in spec.tasks
+        }
+        async with self.r.pipeline(transaction=True) as p:
+            p.hset(self.names.dataflow_key(df_id), mapping={
+                "id": df_id,
+                "name": spec.name,
+                "spec": spec.model_dump_json(by_alias=True),
+                "desired": DesiredState.running.value,
+                "state": DataflowState.pending.value,
+                "reason": "",
+                "created_at": repr(now),
+                "updated_at": repr(now),
+                "traceparent": traceparent,
+            })
+            p.hset(self.names.dataflow_tasks_key(df_id), mapping=tasks)
+            p.zadd(self.names.dataflows_key, {df_id: now})
+            await p.execute()
+        return df_id
+
+    async def get(self, df_id: str) -> Dataflow:
+        async with self.r.pipeline(transaction=True) as p:
+            p.hgetall(self.names.dataflow_key(df_id))
+            p.hgetall(self.names.dataflow_tasks_key(df_id))
+            raw, tasks = await p.execute()
+        if not raw:
+            raise NotFoundError("dataflow", df_id)
+        records = {k: TaskRecord.model_validate_json(v) for k, v in tasks.items()}
+        return Dataflow(raw, records)
+
+    async def ids(self) -> list[str]:
+        return list(await self.r.zrange(self.names.dataflows_key, 0, -1))
+
+    async def all(self) -> list[Dataflow]:
+        out = []
+        for df_id in await self.ids():
+            try:
+                out.append(await self.get(df_id))
+            except NotFoundError:
+                continue
+        return out
+
+    async def set_desired(self, df_id: str, desired: DesiredState) -> None:
+        key = self.names.dataflow_key(df_id)
+        if not await self.r.exists(key):
+            raise NotFoundError("dataflow", df_id)
+        await self.r.hset(key, mapping={"desired": desired.value, "updated_at": repr(time.time())})
+
+    async def set_state(self, df_id: str, state: DataflowState, reason: str = "", **extra: str) -> None:
+        await self.r.hset(self.names.dataflow_key(df_id), mapping={
+            "state": state.value, "reason": reason, "updated_at": repr(time.time()), **extra,
+        })
+
+    async def set_placement(self, df_id: str, placement: Placement, generations: dict[str, int]) -> None:
+        """Record a placement and assign each task its device and generation, atomically."""
+        key = self.names.dataflow_tasks_key(df_id)
+        current = await self.r.hgetall(key)
+        now = time.time()
+        updated: dict[str, str] = {}
+        for tp in placement.tasks:
+            rec = TaskRecord.model_validate_json(current[tp.task])
+            rec.device = tp.device
+            rec.generation = generations[tp.task]
+            rec.placement_reason = tp.reason
+            rec.state = TaskState.pending
+            rec.reason = ""
+            rec.updated_at = now
+            rec.attempts = 0
+            rec.last_command_at = 0.0
+            updated[tp.task] = rec.model_dump_json()
+        async with self.r.pipeline(transaction=True) as p:
+            p.hset(key, mapping=updated)
+            p.hset(self.names.dataflow_key(df_id), mapping={
+                "placement": placement.model_dump_json(), "updated_at": repr(now),
+            })
+            await p.execute()
+
+    async def patch_task(
+        self, df_id: str, task: str, patch: dict[str, Any], *, generation: int | None = None,
+        forward_only: bool = False,
+    ) -> TaskRecord | None:
+        """Merge ``patch`` into a task record; None if it is missing or of another generation.
+
+        ``forward_only`` (for reports from agents) ignores a state earlier than the recorded one.
+        """
+        patch = {k: (v.value if hasattr(v, "value") else v) for k, v in patch.items()}
+        patch.setdefault("updated_at", time.time())
+        out = await self._patch(
+            keys=[self.names.dataflow_tasks_key(df_id)],
+            args=[task, json.dumps(patch), "" if generation is None else str(generation),
+                  "1" if forward_only else "0"],
+        )
+        return TaskRecord.model_validate_json(out) if out else None

@@ -1,0 +1,1 @@
+"""ECHO platform agent: runs on every device, executes control commands, runs tasks."""

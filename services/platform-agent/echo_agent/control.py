@@ -1,0 +1,152 @@
+"""Control commands from the master: deploy and stop, fenced by generation, always acked.
+
+Commands may arrive twice (at-least-once) and out of date; each is harmless the second
+time: a deploy of the generation already running acks its current state, a command of
+an older generation than the one running (or last stopped) is refused as stale.
+Commands for one task run one at a time; different tasks deploy concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from echo_shared.messages import COMMAND_ADAPTER, CommandAck, DeployTask, StopTask, TaskBrief, TaskStatus
+from echo_shared.models import TaskState
+from echo_shared.mqtt import MqttClient, MqttMessage
+from echo_shared.names import Names
+from echo_shared.telemetry import extract, tracer
+from opentelemetry.trace import SpanKind
+from pydantic import ValidationError
+
+from .running import TaskRunner
+
+log = logging.getLogger(__name__)
+Key = tuple[str, str]
+
+
+class TaskManager:
+    def __init__(
+        self,
+        *,
+        device: str,
+        mqtt_url: str,
+        names: Names,
+        data_dir: Path,
+        session_expiry: int,
+        publish: Callable[[str, bytes], object],
+    ) -> None:
+        self.device = device
+        self.mqtt_url = mqtt_url
+        self.names = names
+        self.data_dir = data_dir
+        self.session_expiry = session_expiry
+        self._publish = publish
+        self.control: MqttClient | None = None
+        self.tasks: dict[Key, TaskRunner] = {}
+        self.tombstones: dict[Key, int] = {}  # generation last stopped, per task
+        self._locks: dict[Key, asyncio.Lock] = {}
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._shutting_down = False
+        self._tracer = tracer("echo.agent")
+
+    # ---------------------------------------------------------------- intake
+
+    def on_command(self, msg: MqttMessage) -> None:
+        t = asyncio.create_task(self._handle(msg))
+        self._inflight.add(t)
+        t.add_done_callback(self._inflight.discard)
+
+    async def _handle(self, msg: MqttMessage) -> None:
+        try:
+            cmd = COMMAND_ADAPTER.validate_json(msg.payload)
+        except ValidationError as e:
+            log.warning("dropping malformed command: %s", e.errors()[:3])
+            self._ack_mqtt(msg)
+            return
+        ctx = extract(msg.user_properties)
+        with self._tracer.start_as_current_span(
+            f"agent {cmd.kind} {cmd.task}", context=ctx, kind=SpanKind.CONSUMER
+        ) as span:
+            span.set_attribute("echo.device", self.device)
+            span.set_attribute("echo.dataflow", cmd.dataflow)
+            span.set_attribute("echo.task", cmd.task)
+            span.set_attribute("echo.generation", cmd.generation)
+            lock = self._locks.setdefault((cmd.dataflow, cmd.task), asyncio.Lock())
+            async with lock:
+                ack = await (self.deploy(cmd) if isinstance(cmd, DeployTask) else self.stop(cmd))
+            span.set_attribute("echo.state", ack.state.value)
+        self._publish(self.names.ack_topic(self.device), ack.to_bytes())
+        self._ack_mqtt(msg)
+
+    def _ack_mqtt(self, msg: MqttMessage) -> None:
+        if self.control is not None:
+            self.control.ack(msg)
+
+    def _ack(self, cmd: DeployTask | StopTask, ok: bool, state: TaskState, reason: str = "") -> CommandAck:
+        return CommandAck(cmd_id=cmd.cmd_id, device=self.device, dataflow=cmd.dataflow, task=cmd.task,
+                          generation=cmd.generation, ok=ok, state=state, reason=reason)
+
+    def report(self, status: TaskStatus) -> None:
+        if self._shutting_down:
+            return  # the tasks resume when the device returns; they did not stop by intent
+        self._publish(self.names.status_topic(self.device), status.to_bytes())
+
+    # ---------------------------------------------------------------- commands
+
+    async def deploy(self, cmd: DeployTask) -> CommandAck:
+        key = (cmd.dataflow, cmd.task)
+        if self.tombstones.get(key, -1) >= cmd.generation:
+            return self._ack(cmd, False, TaskState.stopped, "generation already stopped on this device")
+        current = self.tasks.get(key)
+        if current is not None:
+            if current.generation > cmd.generation:
+                return self._ack(cmd, False, current.state, f"stale: generation {current.generation} runs here")
+            if current.generation == cmd.generation:
+                return self._ack(cmd, current.state is not TaskState.failed, current.state, current.reason)
+            await current.stop(discard_session=False, reason=f"replaced by generation {cmd.generation}")
+        runner = TaskRunner(
+            cmd,
+            device=self.device,
+            mqtt_url=self.mqtt_url,
+            names=self.names,
+            data_dir=self.data_dir,
+            report=self.report,
+            session_expiry=self.session_expiry,
+        )
+        self.tasks[key] = runner
+        await runner.start()
+        return self._ack(cmd, runner.state is not TaskState.failed, runner.state, runner.reason)
+
+    async def stop(self, cmd: StopTask) -> CommandAck:
+        key = (cmd.dataflow, cmd.task)
+        current = self.tasks.get(key)
+        if current is not None and current.generation > cmd.generation:
+            return self._ack(cmd, False, current.state, f"stale: generation {current.generation} runs here")
+        self.tombstones[key] = max(self.tombstones.get(key, -1), cmd.generation)
+        if current is None:
+            return self._ack(cmd, True, TaskState.stopped)
+        await current.stop(discard_session=True, reason="stopped by the master")
+        del self.tasks[key]
+        return self._ack(cmd, True, TaskState.stopped)
+
+    # ---------------------------------------------------------------- views / shutdown
+
+    def briefs(self) -> list[TaskBrief]:
+        return [
+            TaskBrief(dataflow=r.cmd.dataflow, task=r.cmd.task, generation=r.generation, state=r.state)
+            for r in self.tasks.values()
+        ]
+
+    async def shutdown(self) -> None:
+        """Agent shutdown: stop every task but keep their sessions (they resume elsewhere or here)."""
+        self._shutting_down = True
+        for t in list(self._inflight):
+            t.cancel()
+        await asyncio.gather(*self._inflight, return_exceptions=True)
+        await asyncio.gather(
+            *(r.stop(discard_session=False, reason="agent shutting down") for r in self.tasks.values()),
+            return_exceptions=True,
+        )

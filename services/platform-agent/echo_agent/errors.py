@@ -1,0 +1,13 @@
+"""Agent errors."""
+
+from __future__ import annotations
+
+from echo_shared.errors import PermanentError
+
+
+class StaleCommand(PermanentError):
+    """A command for an older generation than the one this agent runs (fencing)."""
+
+
+class BadCommand(PermanentError):
+    """A control message that does not parse."""

@@ -1,0 +1,109 @@
+"""Built-in operators (their names and configs are catalogued in ``echo_shared.operators``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+from echo_shared.operators import CountByKeyConfig, FileSinkConfig, GenerateConfig
+
+from .base import Operator, Record, SourceOperator, TaskContext
+
+
+class Generate(SourceOperator):
+    """``io.generate``: ``count`` records ``{"seq": i, **fields}`` at ``rate`` records/s."""
+
+    stateful = True
+    config: GenerateConfig
+
+    def __init__(self, config: GenerateConfig) -> None:
+        super().__init__(config)
+        self.next = 0
+
+    async def generate(self) -> AsyncIterator[Record]:
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        start, start_i = loop.time(), self.next
+        while self.next < cfg.count:
+            i = self.next
+            self.next += 1
+            yield {"seq": i, **cfg.fields} if cfg.fields else {"seq": i}
+            if cfg.rate > 0:
+                due = start + (self.next - start_i) / cfg.rate
+                delay = due - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            elif self.next % 256 == 0:
+                await asyncio.sleep(0)
+
+    def snapshot(self) -> Any:
+        return {"next": self.next}
+
+    def restore(self, state: Any) -> None:
+        self.next = int(state["next"])
+
+
+class Passthrough(Operator):
+    """``core.passthrough``: forwards every record unchanged."""
+
+    def process(self, record: Record) -> Iterable[Record]:
+        return (record,)
+
+
+class CountByKey(Operator):
+    """``stats.count_by_key``: emits ``{"key": k, "count": n, "seq": record["seq"]}``."""
+
+    stateful = True
+    config: CountByKeyConfig
+
+    def __init__(self, config: CountByKeyConfig) -> None:
+        super().__init__(config)
+        self.counts: dict[str, int] = {}
+
+    def process(self, record: Record) -> Iterable[Record]:
+        raw = record.get(self.config.key)
+        key = raw if isinstance(raw, str) else orjson.dumps(raw).decode()
+        n = self.counts.get(key, 0) + 1
+        self.counts[key] = n
+        return ({"key": raw, "count": n, "seq": record.get("seq")},)
+
+    def snapshot(self) -> Any:
+        return {"counts": self.counts}
+
+    def restore(self, state: Any) -> None:
+        self.counts = {str(k): int(v) for k, v in state["counts"].items()}
+
+
+class FileSink(Operator):
+    """``io.file_sink``: appends each record as one JSON line to ``path`` on the device."""
+
+    config: FileSinkConfig
+
+    def __init__(self, config: FileSinkConfig) -> None:
+        super().__init__(config)
+        self._f: IO[bytes] | None = None
+
+    async def open(self, ctx: TaskContext) -> None:
+        await super().open(ctx)
+        path = Path(os.path.expanduser(self.config.path))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(path, "ab", buffering=1 << 16)  # noqa: SIM115 - closed in close()
+
+    def process(self, record: Record) -> None:
+        assert self._f is not None
+        self._f.write(orjson.dumps(record) + b"\n")
+
+    def flush(self) -> None:
+        if self._f is not None:
+            self._f.flush()
+
+    async def close(self) -> None:
+        if self._f is not None:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+            self._f = None

@@ -1,0 +1,24 @@
+"""Agent settings: environment (prefix ``ECHO_``) overlaid with command-line flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from echo_shared.models import Tier
+from echo_shared.settings import CommonSettings, LivenessSettings, MqttSettings
+from pydantic import Field
+
+
+class AgentSettings(CommonSettings, MqttSettings, LivenessSettings):
+    service_name: str = "echo-agent"
+    nats_url: str | None = Field(default=None, description="set when this device can reach NATS")
+    device_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+    tier: Tier
+    input_streams: list[str] = Field(default_factory=list)
+    labels: dict[str, str] = Field(default_factory=dict)
+    cpu: float | None = Field(default=None, gt=0, description="CPU cores offered (default: all)")
+    memory_mb: int | None = Field(default=None, gt=0, description="memory offered (default: all)")
+    data_dir: Path = Field(default=Path(".echo/agent-data"), description="task working directories")
+    task_session_expiry: int = Field(
+        default=86400, gt=0, description="seconds the broker keeps a task's queued input while no copy runs"
+    )

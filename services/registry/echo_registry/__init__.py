@@ -1,0 +1,1 @@
+"""ECHO registry: device registration, heartbeats, liveness and the device directory."""

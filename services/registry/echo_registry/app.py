@@ -1,0 +1,64 @@
+"""Registry wiring: Redis, NATS, MQTT; the intake, the liveness sweep and the directory."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from echo_shared.messages import DeviceGetRequest, DeviceListRequest
+from echo_shared.mqtt import MqttClient
+from echo_shared.names import Names
+from echo_shared.nats_bus import NatsBus
+from echo_shared.redis_store import connect_redis
+
+from . import liveness
+from .directory import Directory
+from .events import DeviceEvents
+from .heartbeats import Intake
+from .settings import RegistrySettings
+from .store import DeviceStore
+
+log = logging.getLogger(__name__)
+
+
+async def run(settings: RegistrySettings, stop: asyncio.Event) -> None:
+    names = Names(settings.namespace)
+    redis = await connect_redis(settings.redis_url)
+    try:
+        async with NatsBus(settings.nats_url, settings.service_name) as bus:
+            store = DeviceStore(redis, names)
+            events = DeviceEvents(bus, names)
+            await events.setup()
+            directory = Directory(store)
+            await bus.serve(names.registry_list, names.registry_queue, DeviceListRequest, directory.list)
+            await bus.serve(names.registry_get, names.registry_queue, DeviceGetRequest, directory.get)
+            intake = Intake(store, events, names)
+            mqtt = MqttClient(
+                settings.mqtt_url,
+                names.service_client_id("registry"),
+                on_message=intake.on_message,
+                persistent=True,
+                manual_ack=True,
+            )
+            intake.mqtt = mqtt
+            await mqtt.start(timeout=30)
+            try:
+                await mqtt.subscribe(intake.topics(), qos=1)
+                log.info("registry ready")
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(intake.run(stop))
+                    tg.create_task(
+                        liveness.run(
+                            store,
+                            events,
+                            stop,
+                            period=settings.liveness_period,
+                            unreachable_after=settings.unreachable_after,
+                            lost_after=settings.lost_after,
+                        )
+                    )
+                log.info("registry stopping")
+            finally:
+                await mqtt.close()
+    finally:
+        await redis.aclose()

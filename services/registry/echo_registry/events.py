@@ -1,0 +1,27 @@
+"""Device up/down events on NATS (JetStream, so a consumer that restarts misses none)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from echo_shared.messages import DeviceEvent
+from echo_shared.models import DeviceStatus
+from echo_shared.names import Names
+from echo_shared.nats_bus import NatsBus
+
+log = logging.getLogger(__name__)
+
+
+class DeviceEvents:
+    def __init__(self, bus: NatsBus, names: Names) -> None:
+        self.bus = bus
+        self.names = names
+
+    async def setup(self) -> None:
+        await self.bus.ensure_stream(self.names.events_stream, [self.names.events_subjects])
+
+    async def changed(self, device: str, status: DeviceStatus, previous: DeviceStatus | None, reason: str) -> None:
+        log.info("device %s: %s -> %s (%s)", device, previous.value if previous else "new", status.value, reason)
+        event = DeviceEvent(device=device, status=status, previous=previous, ts=time.time(), reason=reason)
+        await self.bus.publish_event(self.names.device_event(device, status.value), event)

@@ -1,0 +1,104 @@
+"""Intake of agent registrations, heartbeats and goodbyes from MQTT.
+
+The MQTT callback only enqueues (bounded; when full, the oldest heartbeat is dropped
+and counted: a later heartbeat carries the same information). One worker applies the
+messages to Redis in order and acknowledges registrations once stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+
+from echo_shared.messages import DeviceHello, Goodbye, Heartbeat
+from echo_shared.models import DeviceStatus
+from echo_shared.mqtt import MqttClient, MqttMessage
+from echo_shared.names import Names
+from echo_shared.telemetry import extract, tracer
+from pydantic import ValidationError
+
+from .errors import UnknownDevice
+from .events import DeviceEvents
+from .store import DeviceStore
+
+log = logging.getLogger(__name__)
+
+MAX_QUEUED = 10_000
+
+
+class Intake:
+    def __init__(self, store: DeviceStore, events: DeviceEvents, names: Names) -> None:
+        self.store = store
+        self.events = events
+        self.names = names
+        self.mqtt: MqttClient | None = None
+        self._queue: collections.deque[MqttMessage] = collections.deque()
+        self._wake = asyncio.Event()
+        self.dropped_heartbeats = 0
+        self._tracer = tracer("echo.registry")
+
+    def topics(self) -> list[str]:
+        return [self.names.any_device_topic(leaf) for leaf in ("hello", "hb", "bye")]
+
+    def on_message(self, msg: MqttMessage) -> None:
+        if len(self._queue) >= MAX_QUEUED:
+            for i, queued in enumerate(self._queue):
+                if queued.topic.endswith("/hb"):
+                    del self._queue[i]
+                    self.dropped_heartbeats += 1
+                    break
+        self._queue.append(msg)
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not (stop.is_set() and not self._queue):
+            if not self._queue:
+                self._wake.clear()
+                stopper = asyncio.ensure_future(stop.wait())
+                waker = asyncio.ensure_future(self._wake.wait())
+                await asyncio.wait({stopper, waker}, return_when=asyncio.FIRST_COMPLETED)
+                stopper.cancel()
+                waker.cancel()
+                continue
+            msg = self._queue.popleft()
+            try:
+                await self.handle(msg)
+            except ValidationError as e:
+                log.warning("dropping malformed message on %s: %s", msg.topic, e.errors()[:3])
+            except Exception:
+                log.exception("failed to handle %s", msg.topic)
+                continue  # not acked: the broker redelivers registrations
+            if self.mqtt is not None:
+                self.mqtt.ack(msg)
+
+    async def handle(self, msg: MqttMessage) -> None:
+        leaf = msg.topic.rsplit("/", 1)[-1]
+        device = self.names.device_from_topic(msg.topic)
+        now = time.time()
+        if leaf == "hb":
+            hb = Heartbeat.from_bytes(msg.payload)
+            try:
+                prev = await self.store.heartbeat(device, now, hb.cpu_percent, hb.memory_percent, len(hb.tasks))
+            except UnknownDevice:
+                log.debug("heartbeat from unregistered device %s", device)
+                return
+            if prev is not None:
+                await self.events.changed(device, DeviceStatus.online, prev, "heartbeat received")
+        elif leaf == "hello":
+            if not msg.payload:
+                return  # a cleared retained registration
+            hello = DeviceHello.from_bytes(msg.payload)
+            with self._tracer.start_as_current_span("register device", context=extract(msg.user_properties)):
+                prev = await self.store.register(hello.device, hello.boot_id, now)
+            if prev is not DeviceStatus.online:
+                await self.events.changed(device, DeviceStatus.online, prev, "registered")
+        elif leaf == "bye":
+            bye = Goodbye.from_bytes(msg.payload)
+            raw = await self.store.raw(device)
+            if not raw or raw.get("boot_id") != bye.boot_id:
+                return  # the goodbye of an earlier incarnation
+            prev = await self.store.transition(device, DeviceStatus.unreachable, now, expect=DeviceStatus.online)
+            if prev is not None:
+                await self.events.changed(device, DeviceStatus.unreachable, prev, bye.reason)

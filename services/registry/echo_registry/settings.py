@@ -1,0 +1,11 @@
+"""Registry settings (environment, prefix ``ECHO_``)."""
+
+from __future__ import annotations
+
+from echo_shared.settings import CommonSettings, LivenessSettings, MqttSettings, NatsSettings, RedisSettings
+from pydantic import Field
+
+
+class RegistrySettings(CommonSettings, NatsSettings, MqttSettings, RedisSettings, LivenessSettings):
+    service_name: str = "echo-registry"
+    liveness_period: float = Field(default=0.25, gt=0, description="seconds between liveness sweeps")

@@ -1,0 +1,112 @@
+"""Device records in Redis.
+
+One hash per device (``{ns}:device:{id}``): ``info`` (the registration, JSON), ``status``,
+``status_since``, ``registered_at``, ``last_heartbeat``, ``cpu``, ``mem``, ``tasks``,
+``boot_id``; ids in the set ``{ns}:devices``. Status changes are compare-and-set in a
+Lua script, so a liveness sweep and a heartbeat that race cannot undo each other.
+"""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+from echo_shared.models import DeviceInfo, DeviceRecord, DeviceStatus
+from echo_shared.names import Names
+
+from .errors import UnknownDevice
+
+# KEYS[1] device hash; ARGV: expected status ('' = any), expected last_heartbeat ('' = any),
+# new status, now. Returns the previous status, or false when the check failed.
+_TRANSITION = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return false end
+if ARGV[1] ~= '' and cur ~= ARGV[1] then return false end
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'last_heartbeat') ~= ARGV[2] then return false end
+if cur == ARGV[3] then return false end
+redis.call('HSET', KEYS[1], 'status', ARGV[3], 'status_since', ARGV[4])
+return cur
+"""
+
+
+class DeviceStore:
+    def __init__(self, redis: aioredis.Redis, names: Names) -> None:
+        self.r = redis
+        self.names = names
+        self._transition = redis.register_script(_TRANSITION)
+
+    async def register(self, info: DeviceInfo, boot_id: str, now: float) -> DeviceStatus | None:
+        """Upsert a registration; returns the previous status (None if the device is new)."""
+        key = self.names.device_key(info.id)
+        prev = await self.r.hget(key, "status")
+        async with self.r.pipeline(transaction=True) as p:
+            p.hset(key, mapping={
+                "info": info.model_dump_json(),
+                "status": DeviceStatus.online.value,
+                "boot_id": boot_id,
+                "last_heartbeat": repr(now),
+            })
+            if prev != DeviceStatus.online.value:
+                p.hset(key, "status_since", repr(now))
+            p.hsetnx(key, "registered_at", repr(now))
+            p.sadd(self.names.devices_key, info.id)
+            await p.execute()
+        return DeviceStatus(prev) if prev else None
+
+    async def heartbeat(self, device: str, now: float, cpu: float, mem: float, tasks: int) -> DeviceStatus | None:
+        """Record a heartbeat; returns the previous status when this brought the device back online."""
+        key = self.names.device_key(device)
+        if not await self.r.exists(key):
+            raise UnknownDevice(device)
+        await self.r.hset(key, mapping={"last_heartbeat": repr(now), "cpu": repr(cpu), "mem": repr(mem),
+                                        "tasks": str(tasks)})
+        prev = await self._transition(keys=[key], args=["", "", DeviceStatus.online.value, repr(now)])
+        return DeviceStatus(prev) if prev else None
+
+    async def transition(
+        self, device: str, to: DeviceStatus, now: float, *, expect: DeviceStatus | None = None,
+        expect_heartbeat: str | None = None,
+    ) -> DeviceStatus | None:
+        """Compare-and-set the status; returns the previous status, or None if nothing changed."""
+        prev = await self._transition(
+            keys=[self.names.device_key(device)],
+            args=[expect.value if expect else "", expect_heartbeat or "", to.value, repr(now)],
+        )
+        return DeviceStatus(prev) if prev else None
+
+    async def raw(self, device: str) -> dict[str, str]:
+        data: dict[str, str] = await self.r.hgetall(self.names.device_key(device))
+        return data
+
+    async def get(self, device: str) -> DeviceRecord:
+        data = await self.raw(device)
+        if not data:
+            raise UnknownDevice(device)
+        return _record(data)
+
+    async def ids(self) -> list[str]:
+        return sorted(await self.r.smembers(self.names.devices_key))
+
+    async def all(self) -> list[tuple[DeviceRecord, dict[str, str]]]:
+        ids = await self.ids()
+        async with self.r.pipeline(transaction=False) as p:
+            for d in ids:
+                p.hgetall(self.names.device_key(d))
+            rows = await p.execute()
+        return [(_record(row), row) for row in rows if row]
+
+
+def _float(v: str | None) -> float | None:
+    return float(v) if v not in (None, "") else None
+
+
+def _record(data: dict[str, str]) -> DeviceRecord:
+    info = DeviceInfo.model_validate_json(data["info"])
+    return DeviceRecord(
+        **info.model_dump(),
+        status=DeviceStatus(data.get("status", "online")),
+        status_since=_float(data.get("status_since")) or 0.0,
+        registered_at=_float(data.get("registered_at")) or 0.0,
+        last_heartbeat=_float(data.get("last_heartbeat")),
+        cpu_percent=_float(data.get("cpu")),
+        memory_percent=_float(data.get("mem")),
+        tasks=int(data.get("tasks") or 0),
+    )

@@ -1,0 +1,26 @@
+"""Scheduler wiring: connect to NATS, serve validate/place in a queue group, stop cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from echo_shared.messages import PlaceRequest, ValidateRequest
+from echo_shared.names import Names
+from echo_shared.nats_bus import NatsBus
+
+from .service import SchedulerService
+from .settings import SchedulerSettings
+
+log = logging.getLogger(__name__)
+
+
+async def run(settings: SchedulerSettings, stop: asyncio.Event) -> None:
+    names = Names(settings.namespace)
+    async with NatsBus(settings.nats_url, settings.service_name) as bus:
+        service = SchedulerService(bus, names, settings.registry_timeout)
+        await bus.serve(names.scheduler_validate, names.scheduler_queue, ValidateRequest, service.validate)
+        await bus.serve(names.scheduler_place, names.scheduler_queue, PlaceRequest, service.place)
+        log.info("scheduler ready")
+        await stop.wait()
+        log.info("scheduler stopping")

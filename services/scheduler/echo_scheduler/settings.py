@@ -1,0 +1,11 @@
+"""Scheduler settings (environment, prefix ``ECHO_``)."""
+
+from __future__ import annotations
+
+from echo_shared.settings import CommonSettings, NatsSettings
+from pydantic import Field
+
+
+class SchedulerSettings(CommonSettings, NatsSettings):
+    service_name: str = "echo-scheduler"
+    registry_timeout: float = Field(default=3.0, gt=0, description="seconds to wait for the device list")

@@ -1,0 +1,56 @@
+"""Running a service process: signals, logging, tracing and one clean shutdown path.
+
+A service's ``__main__`` builds its settings and calls ``run_service(name, main)``;
+``main(stop)`` runs the service's supervisor (a TaskGroup) until ``stop`` is set by
+SIGTERM/SIGINT, then shuts down in order (stop taking work, drain, cancel).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+from .logs import setup_logging
+from .telemetry import setup_tracing, shutdown_tracing
+
+log = logging.getLogger(__name__)
+
+
+def run_service(
+    name: str,
+    main: Callable[[asyncio.Event], Awaitable[None]],
+    *,
+    log_level: str = "INFO",
+    attributes: dict[str, str] | None = None,
+) -> int:
+    setup_logging(name, log_level)
+    setup_tracing(name, attributes=attributes)
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    code = 0
+    try:
+        asyncio.run(runner())
+    except Exception:
+        log.exception("%s failed", name)
+        code = 1
+    finally:
+        shutdown_tracing()
+    log.info("%s stopped", name)
+    return code
+
+
+async def wait_or_stop(stop: asyncio.Event, timeout: float) -> bool:
+    """Sleep up to ``timeout`` seconds; True if ``stop`` was set meanwhile."""
+    try:
+        await asyncio.wait_for(stop.wait(), timeout)
+        return True
+    except TimeoutError:
+        return False

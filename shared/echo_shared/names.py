@@ -1,0 +1,165 @@
+"""Every NATS subject, MQTT topic, Redis key and client id, built in one place.
+
+Layout (``ns`` is the namespace, ``echo`` by default):
+
+MQTT, per device — everything a device reads or writes about itself sits under
+``{ns}/dev/{device}/`` so a broker ACL can be written per device:
+
+- ``{ns}/dev/{device}/hello``   agent -> registry   registration (retained)
+- ``{ns}/dev/{device}/hb``      agent -> registry   heartbeat with utilisation
+- ``{ns}/dev/{device}/bye``     agent -> registry   clean shutdown / last will
+- ``{ns}/dev/{device}/cmd``     master -> agent     control commands
+- ``{ns}/dev/{device}/ack``     agent -> master     command acknowledgements
+- ``{ns}/dev/{device}/status``  agent -> master     task state changes
+
+MQTT, data plane — a channel belongs to an edge of a dataflow, not to a device, so a
+task that moves keeps its channel (ACLs are granted per dataflow to the devices that
+host its tasks):
+
+- ``{ns}/df/{dataflow}/{from_task}/{to_task}``
+
+NATS (cloud services):
+
+- ``{ns}.scheduler.validate`` / ``{ns}.scheduler.place``     (queue group ``scheduler``)
+- ``{ns}.registry.devices.list`` / ``{ns}.registry.devices.get`` (queue group ``registry``)
+- ``{ns}.events.device.{device}.{status}``   device up/down events (JetStream ``{NS}_EVENTS``)
+- ``{ns}.events.dataflow.{dataflow}.{state}`` dataflow lifecycle events
+
+Redis:
+
+- ``{ns}:device:{id}`` (JSON) and the set ``{ns}:devices``
+- ``{ns}:df:{id}`` (hash: spec, desired, state, ...) and the sorted set ``{ns}:dfs``
+- ``{ns}:df:{id}:tasks`` (hash task id -> JSON task record)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _check(part: str, what: str) -> str:
+    if not _SAFE.match(part):
+        raise ValueError(f"{what} {part!r} may only contain letters, digits, '_' and '-'")
+    return part
+
+
+@dataclass(frozen=True)
+class Names:
+    namespace: str = "echo"
+
+    # --- MQTT: per device -------------------------------------------------------------
+    def device_prefix(self, device: str) -> str:
+        return f"{self.namespace}/dev/{_check(device, 'device id')}"
+
+    def hello_topic(self, device: str) -> str:
+        return f"{self.device_prefix(device)}/hello"
+
+    def heartbeat_topic(self, device: str) -> str:
+        return f"{self.device_prefix(device)}/hb"
+
+    def bye_topic(self, device: str) -> str:
+        return f"{self.device_prefix(device)}/bye"
+
+    def command_topic(self, device: str) -> str:
+        return f"{self.device_prefix(device)}/cmd"
+
+    def ack_topic(self, device: str) -> str:
+        return f"{self.device_prefix(device)}/ack"
+
+    def status_topic(self, device: str) -> str:
+        return f"{self.device_prefix(device)}/status"
+
+    def any_device_topic(self, leaf: str) -> str:
+        """Wildcard subscription for one kind of per-device message (``hb``, ``ack``...)."""
+        if leaf not in {"hello", "hb", "bye", "cmd", "ack", "status"}:
+            raise ValueError(f"unknown device topic leaf {leaf!r}")
+        return f"{self.namespace}/dev/+/{leaf}"
+
+    def device_from_topic(self, topic: str) -> str:
+        parts = topic.split("/")
+        if len(parts) != 4 or parts[0] != self.namespace or parts[1] != "dev":
+            raise ValueError(f"not a device topic: {topic!r}")
+        return parts[2]
+
+    # --- MQTT: data plane ---------------------------------------------------------------
+    def data_topic(self, dataflow: str, from_task: str, to_task: str) -> str:
+        return (
+            f"{self.namespace}/df/{_check(dataflow, 'dataflow id')}/"
+            f"{_check(from_task, 'task id')}/{_check(to_task, 'task id')}"
+        )
+
+    # --- MQTT client ids ------------------------------------------------------------------
+    def agent_client_id(self, device: str) -> str:
+        return f"{self.namespace}-agent-{device}"
+
+    def task_client_id(self, dataflow: str, task: str) -> str:
+        """The MQTT session of a task: named after the task, so its queued input follows it."""
+        return f"{self.namespace}-task-{dataflow}-{task}"
+
+    def service_client_id(self, service: str) -> str:
+        return f"{self.namespace}-{service}"
+
+    # --- NATS -------------------------------------------------------------------------------
+    @property
+    def scheduler_validate(self) -> str:
+        return f"{self.namespace}.scheduler.validate"
+
+    @property
+    def scheduler_place(self) -> str:
+        return f"{self.namespace}.scheduler.place"
+
+    @property
+    def registry_list(self) -> str:
+        return f"{self.namespace}.registry.devices.list"
+
+    @property
+    def registry_get(self) -> str:
+        return f"{self.namespace}.registry.devices.get"
+
+    def device_event(self, device: str, status: str) -> str:
+        return f"{self.namespace}.events.device.{_check(device, 'device id')}.{status}"
+
+    @property
+    def device_events_all(self) -> str:
+        return f"{self.namespace}.events.device.>"
+
+    def dataflow_event(self, dataflow: str, state: str) -> str:
+        return f"{self.namespace}.events.dataflow.{_check(dataflow, 'dataflow id')}.{state}"
+
+    @property
+    def events_stream(self) -> str:
+        """JetStream stream holding every event, so consumers that restart miss nothing."""
+        return f"{self.namespace.upper().replace('-', '_')}_EVENTS"
+
+    @property
+    def events_subjects(self) -> str:
+        return f"{self.namespace}.events.>"
+
+    @property
+    def scheduler_queue(self) -> str:
+        return "scheduler"
+
+    @property
+    def registry_queue(self) -> str:
+        return "registry"
+
+    # --- Redis ------------------------------------------------------------------------------
+    def device_key(self, device: str) -> str:
+        return f"{self.namespace}:device:{device}"
+
+    @property
+    def devices_key(self) -> str:
+        return f"{self.namespace}:devices"
+
+    def dataflow_key(self, dataflow: str) -> str:
+        return f"{self.namespace}:df:{dataflow}"
+
+    def dataflow_tasks_key(self, dataflow: str) -> str:
+        return f"{self.namespace}:df:{dataflow}:tasks"
+
+    @property
+    def dataflows_key(self) -> str:
+        return f"{self.namespace}:dfs"

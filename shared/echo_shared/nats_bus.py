@@ -1,0 +1,203 @@
+"""NATS connection with the bus middleware: tracing, validation and typed errors.
+
+``request()`` and ``serve()`` are the only ways services talk request/reply over NATS:
+the middleware opens the CLIENT/SERVER spans, carries the trace context in NATS
+headers, validates bodies against their pydantic models and turns typed errors into
+``ErrorReply`` messages (and back into exceptions on the caller's side).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import RetentionPolicy, StreamConfig
+from nats.js.errors import BadRequestError
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from pydantic import ValidationError
+
+from .errors import BrokerUnavailable, EchoError, NotFoundError, RequestTimeout, SpecError
+from .messages import ErrorReply, Message
+from .telemetry import extract, inject
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=Message)
+R = TypeVar("R", bound=Message)
+
+
+class RemoteError(EchoError):
+    def __init__(self, reply: ErrorReply) -> None:
+        super().__init__(reply.error)
+        self.reply = reply
+
+
+class NatsBus:
+    """A NATS connection owned by one service. Async context manager."""
+
+    def __init__(self, url: str, name: str, *, connect_timeout: float = 30.0) -> None:
+        self.url = url
+        self.name = name
+        self._connect_timeout = connect_timeout
+        self._nc: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+        self._subs: list[Subscription] = []
+        self._tracer = trace.get_tracer("echo.nats")
+
+    async def __aenter__(self) -> NatsBus:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def nc(self) -> NatsClient:
+        if self._nc is None:
+            raise BrokerUnavailable("NATS not connected")
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            self._js = self.nc.jetstream()
+        return self._js
+
+    async def start(self) -> None:
+        """Connect, retrying until ``connect_timeout`` (services may start before NATS)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._connect_timeout
+        delay = 0.1
+        while True:
+            try:
+                self._nc = await nats.connect(
+                    self.url,
+                    name=self.name,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    connect_timeout=2,
+                    allow_reconnect=True,
+                )
+                return
+            except Exception as e:  # nats raises several unrelated types on connect
+                if loop.time() > deadline:
+                    raise BrokerUnavailable(f"NATS at {self.url} unreachable: {e}") from e
+                log.info("waiting for NATS at %s: %s", self.url, e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def close(self, timeout: float = 3.0) -> None:
+        nc, self._nc = self._nc, None
+        if nc is None:
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.drain(), timeout)
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+    # ---------------------------------------------------------------- request / reply
+
+    async def request(self, subject: str, msg: Message, reply_type: type[R], *, timeout: float = 5.0) -> R:
+        with self._tracer.start_as_current_span(f"{subject} request", kind=SpanKind.CLIENT) as span:
+            span.set_attribute("messaging.system", "nats")
+            span.set_attribute("messaging.destination.name", subject)
+            try:
+                resp = await self.nc.request(subject, msg.to_bytes(), timeout=timeout, headers=inject())
+            except NoRespondersError as e:
+                raise RequestTimeout(f"no service answers on {subject}") from e
+            except NatsTimeout as e:
+                raise RequestTimeout(f"no answer on {subject} within {timeout}s") from e
+            data = resp.data
+            if resp.headers and resp.headers.get("echo-error") == "1":
+                err = ErrorReply.from_bytes(data)
+                span.set_status(Status(StatusCode.ERROR, err.error))
+                raise _error_from_reply(err)
+            result: R = reply_type.from_bytes(data)
+            return result
+
+    async def serve(
+        self,
+        subject: str,
+        queue: str,
+        request_type: type[M],
+        handler: Callable[[M], Awaitable[Message]],
+    ) -> Subscription:
+        async def on_msg(m: Msg) -> None:
+            ctx = extract(m.headers or {})
+            with self._tracer.start_as_current_span(f"{subject} handle", context=ctx, kind=SpanKind.SERVER) as span:
+                span.set_attribute("messaging.system", "nats")
+                span.set_attribute("messaging.destination.name", subject)
+                try:
+                    req = request_type.from_bytes(m.data)
+                    reply: Message = await handler(req)
+                    headers = None
+                except ValidationError as e:
+                    reply = ErrorReply(error=f"bad request on {subject}: {e.error_count()} problem(s)",
+                                       kind="bad_request",
+                                       problems=[{"loc": ".".join(map(str, x["loc"])), "msg": x["msg"],
+                                                  "type": x["type"]} for x in e.errors()])
+                    headers = {"echo-error": "1"}
+                except SpecError as e:
+                    reply = ErrorReply(error=str(e), kind="spec", problems=[p.as_dict() for p in e.problems])
+                    headers = {"echo-error": "1"}
+                except NotFoundError as e:
+                    reply = ErrorReply(error=str(e), kind="not_found")
+                    headers = {"echo-error": "1"}
+                except EchoError as e:
+                    reply = ErrorReply(error=str(e), kind=type(e).__name__)
+                    headers = {"echo-error": "1"}
+                except Exception as e:
+                    log.exception("handler for %s failed", subject)
+                    span.record_exception(e)
+                    reply = ErrorReply(error=f"internal error: {type(e).__name__}", kind="internal")
+                    headers = {"echo-error": "1"}
+                if headers:
+                    span.set_status(Status(StatusCode.ERROR, reply.error if isinstance(reply, ErrorReply) else ""))
+                if m.reply:
+                    await self.nc.publish(m.reply, reply.to_bytes(), headers=headers)
+
+        sub = await self.nc.subscribe(subject, queue=queue, cb=on_msg)
+        self._subs.append(sub)
+        return sub
+
+    # ---------------------------------------------------------------- events (JetStream)
+
+    async def ensure_stream(self, name: str, subjects: list[str], *, max_age: float = 24 * 3600) -> None:
+        cfg = StreamConfig(
+            name=name,
+            subjects=subjects,
+            retention=RetentionPolicy.LIMITS,
+            max_age=max_age,
+            max_msgs=1_000_000,
+        )
+        try:
+            await self.js.add_stream(cfg)
+        except BadRequestError:
+            await self.js.update_stream(cfg)
+
+    async def publish_event(self, subject: str, msg: Message) -> None:
+        with self._tracer.start_as_current_span(f"{subject} publish", kind=SpanKind.PRODUCER):
+            await self.js.publish(subject, msg.to_bytes(), headers=inject())
+
+    async def subscribe_raw(self, subject: str, cb: Callable[[Msg], Awaitable[Any]]) -> Subscription:
+        sub = await self.nc.subscribe(subject, cb=cb)
+        self._subs.append(sub)
+        return sub
+
+
+def _error_from_reply(err: ErrorReply) -> EchoError:
+    from .errors import Problem
+
+    if err.kind == "spec":
+        return SpecError([Problem(**p) for p in err.problems])
+    return RemoteError(err)

@@ -1,0 +1,32 @@
+"""Redis connection helper: one client per service, retried at start, closed on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from .errors import BrokerUnavailable
+
+log = logging.getLogger(__name__)
+
+
+async def connect_redis(url: str, *, timeout: float = 30.0) -> aioredis.Redis:
+    """Connect and ping, retrying until ``timeout`` (Redis may start after the service)."""
+    client: aioredis.Redis = aioredis.from_url(url, decode_responses=True, health_check_interval=10)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    delay = 0.1
+    while True:
+        try:
+            await client.ping()
+            return client
+        except (RedisConnectionError, OSError) as e:
+            if loop.time() > deadline:
+                await client.aclose()
+                raise BrokerUnavailable(f"Redis at {url} unreachable: {e}") from e
+            log.info("waiting for Redis at %s: %s", url, e)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
