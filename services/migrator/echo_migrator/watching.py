@@ -10,6 +10,7 @@ from echo_shared.models import DeviceStatus
 from echo_shared.names import Names
 from echo_shared.nats_bus import NatsBus
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 log = logging.getLogger(__name__)
@@ -23,19 +24,27 @@ async def follow_device_events(bus: NatsBus, names: Names, stop: asyncio.Event) 
         stream=names.events_stream,
         config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.NEW),
     )
-    while not stop.is_set():
-        try:
-            msgs = await sub.fetch(batch=64, timeout=0.5)
-        except TimeoutError:
-            continue
-        for m in msgs:
+    try:
+        while not stop.is_set():
             try:
-                event = DeviceEvent.from_bytes(m.data)
-                if event.status is DeviceStatus.lost:
-                    log.warning("device %s lost (%s); failover is not enabled in this release",
-                                event.device, event.reason)
-                else:
-                    log.info("device %s is %s", event.device, event.status.value)
-            except ValidationError as e:
-                log.warning("bad device event: %s", e)
-            await m.ack()
+                msgs = await sub.fetch(batch=64, timeout=0.5)
+            except TimeoutError:
+                continue
+            await _handle(msgs)
+    finally:
+        await sub.unsubscribe()
+
+
+async def _handle(msgs: list[Msg]) -> None:
+    for m in msgs:
+        try:
+            event = DeviceEvent.from_bytes(m.data)
+            if event.status is DeviceStatus.lost:
+                log.warning(
+                    "device %s lost (%s); failover is not enabled in this release", event.device, event.reason
+                )
+            else:
+                log.info("device %s is %s", event.device, event.status.value)
+        except ValidationError as e:
+            log.warning("bad device event: %s", e)
+        await m.ack()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import IO, Any
@@ -104,6 +105,7 @@ class FileSink(Operator):
     async def close(self) -> None:
         if self._f is not None:
             self._f.flush()
-            os.fsync(self._f.fileno())
+            if stat.S_ISREG(os.fstat(self._f.fileno()).st_mode):
+                os.fsync(self._f.fileno())
             self._f.close()
             self._f = None
