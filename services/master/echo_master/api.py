@@ -31,7 +31,6 @@ from echo_shared.telemetry import inject, tracer
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, Field
 
 from .errors import BodyTooLarge, http_status
@@ -187,7 +186,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         body = await request.body()
         if len(body) > ctx.settings.max_body_bytes:
             raise BodyTooLarge(f"body of {len(body)} bytes exceeds {ctx.settings.max_body_bytes}")
-        with trace.start_as_current_span("POST /api/v1/dataflows", kind=SpanKind.SERVER) as span:
+        with trace.start_as_current_span("submit dataflow") as span:
             spec = read_spec(body, request.headers.get("content-type"))
             span.set_attribute("echo.dataflow.name", spec.name)
             reply = await ctx.bus.request(ctx.names.scheduler_validate, ValidateRequest(spec=spec), ValidateReply,
