@@ -16,8 +16,10 @@ What the adapter adds to paho:
   earlier connection (their packet ids are meaningless on the new one: the broker
   redelivers them instead);
 - persistent sessions (``clean_start=False`` plus a session expiry) named by client id,
-  and ``SessionTakenOver`` when another process connects with the same id (a task
-  that moved: the old copy must stop);
+  and ``taken_over`` when another process holds the same id: either the broker says so
+  (MQTT 5 reason 0x8E) or, since some brokers (Mosquitto 2.0) just close the socket, the
+  connection is dropped right after each of ``TAKEOVER_DROPS`` consecutive connects. The
+  client then stops reconnecting instead of fighting the other holder for the session;
 - an idempotent, time-limited ``close()``.
 """
 
@@ -28,6 +30,7 @@ import contextlib
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +47,8 @@ from .errors import BrokerUnavailable, EchoError
 log = logging.getLogger(__name__)
 
 SESSION_TAKEN_OVER = 142  # MQTT 5 reason code 0x8E
+TAKEOVER_DROPS = 3  # consecutive drops within QUICK_DROP seconds of connecting
+QUICK_DROP = 1.0
 
 
 class MqttUnavailable(BrokerUnavailable):
@@ -134,6 +139,8 @@ class MqttClient:
         self.session_present = False
         self.taken_over = asyncio.Event()
         self.disconnects = 0
+        self._connected_at = 0.0
+        self._quick_drops = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -395,6 +402,7 @@ class MqttClient:
             return
         self.epoch += 1
         self.session_present = bool(getattr(flags, "session_present", False))
+        self._connected_at = time.monotonic()
         self._connected.set()
         if self._subs:
             self._send_subscribe(list(self._subs.items()))
@@ -408,8 +416,10 @@ class MqttClient:
         self.epoch += 1
         if self._closing:
             return
-        if rc.value == SESSION_TAKEN_OVER:
-            log.info("mqtt %s: session taken over by another client", self.client_id)
+        lived = time.monotonic() - self._connected_at
+        self._quick_drops = self._quick_drops + 1 if lived < QUICK_DROP else 0
+        if rc.value == SESSION_TAKEN_OVER or (self._persistent and self._quick_drops >= TAKEOVER_DROPS):
+            log.warning("mqtt %s: another client holds this session; giving it up", self.client_id)
             self.taken_over.set()
             return
         log.info("mqtt %s disconnected (%s); reconnecting", self.client_id, rc)

@@ -1,0 +1,118 @@
+"""The MQTT adapter against a real Mosquitto: QoS 1, manual acks, persistent sessions, takeover."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from echo_cli.devstack import Brokers
+from echo_shared.mqtt import MqttClient, MqttMessage
+
+
+def cid() -> str:
+    return "test-" + uuid.uuid4().hex[:10]
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[MqttMessage] = []
+        self.arrived = asyncio.Event()
+
+    def __call__(self, m: MqttMessage) -> None:
+        self.messages.append(m)
+        self.arrived.set()
+
+    async def wait(self, n: int, timeout: float = 5.0) -> None:
+        async def enough() -> None:
+            while len(self.messages) < n:
+                self.arrived.clear()
+                await self.arrived.wait()
+        await asyncio.wait_for(enough(), timeout)
+
+
+async def test_qos1_round_trip_with_user_properties(brokers: Brokers) -> None:
+    topic = f"t/{uuid.uuid4().hex}"
+    inbox = Inbox()
+    async with MqttClient(brokers.mqtt_url, cid(), on_message=inbox) as sub, \
+            MqttClient(brokers.mqtt_url, cid()) as pub:
+        await sub.subscribe(topic)
+        await asyncio.gather(*(pub.publish(topic, str(i).encode(), user_properties={"k": "v"})
+                               for i in range(100)))
+        await inbox.wait(100)
+    assert [m.payload for m in inbox.messages] == [str(i).encode() for i in range(100)]
+    assert inbox.messages[0].user_properties == {"k": "v"}
+
+
+async def test_unacked_messages_are_redelivered_to_the_next_session_holder(brokers: Brokers) -> None:
+    topic, session = f"t/{uuid.uuid4().hex}", cid()
+    first = Inbox()
+    a = MqttClient(brokers.mqtt_url, session, on_message=first, persistent=True, manual_ack=True)
+    await a.start()
+    await a.subscribe(topic)
+    async with MqttClient(brokers.mqtt_url, cid()) as pub:
+        await asyncio.gather(*(pub.publish(topic, bytes([i])) for i in range(3)))
+        await first.wait(3)
+        a.ack(first.messages[0])  # only the first is processed
+        await a.close()
+        second = Inbox()
+        async with MqttClient(brokers.mqtt_url, session, on_message=second, persistent=True,
+                              manual_ack=True) as b:
+            assert b.session_present
+            await second.wait(2)
+            assert [m.payload for m in second.messages[:2]] == [bytes([1]), bytes([2])]
+            for m in second.messages:
+                b.ack(m)
+            await b.close(discard_session=True)
+    async with MqttClient(brokers.mqtt_url, session, persistent=True) as c:
+        assert not c.session_present  # discarded for good
+
+
+async def test_messages_wait_in_the_session_while_nobody_is_connected(brokers: Brokers) -> None:
+    topic, session = f"t/{uuid.uuid4().hex}", cid()
+    a = MqttClient(brokers.mqtt_url, session, persistent=True, manual_ack=True)
+    await a.start()
+    await a.subscribe(topic)
+    await a.close()
+    async with MqttClient(brokers.mqtt_url, cid()) as pub:
+        await asyncio.gather(*(pub.publish(topic, str(i).encode()) for i in range(50)))
+    inbox = Inbox()
+    async with MqttClient(brokers.mqtt_url, session, on_message=inbox, persistent=True, manual_ack=True) as b:
+        await inbox.wait(50)
+        for m in inbox.messages:
+            b.ack(m)
+        await b.close(discard_session=True)
+    assert sorted(int(m.payload) for m in inbox.messages) == list(range(50))
+
+
+async def test_two_holders_of_one_session_do_not_fight_forever(brokers: Brokers) -> None:
+    session = cid()
+    a = MqttClient(brokers.mqtt_url, session, persistent=True)
+    await a.start()
+    b = MqttClient(brokers.mqtt_url, session, persistent=True)
+    await b.start()
+    waits = [asyncio.ensure_future(a.taken_over.wait()), asyncio.ensure_future(b.taken_over.wait())]
+    try:
+        done, _ = await asyncio.wait(waits, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        assert done, "neither client gave the session up"
+        loser, winner = (a, b) if a.taken_over.is_set() else (b, a)
+        await winner.wait_connected(5)
+        assert not loser.connected and not winner.taken_over.is_set()
+    finally:
+        for w in waits:
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+        await a.close()
+        await b.close(discard_session=True)
+
+
+async def test_unreachable_broker_is_a_clear_error() -> None:
+    from echo_cli.devstack import free_port
+    from echo_shared.mqtt import MqttUnavailable
+
+    c = MqttClient(f"mqtt://127.0.0.1:{free_port()}", cid())
+    try:
+        await c.start(timeout=0.5)
+    except MqttUnavailable as e:
+        assert "unreachable" in str(e)
+    else:
+        raise AssertionError("connected to nothing")
