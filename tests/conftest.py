@@ -7,9 +7,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from echo_cli.devstack import Brokers, start_brokers
 from echo_cli.devstack.platform import AgentSpec, Platform
-
 from tests.harness.api import Api
 
 # fast liveness for tests: heartbeats every 0.2 s, unreachable after 1 s, lost after 3 s
@@ -52,9 +52,15 @@ def platform_factory(
     """Start a platform (services + fleet) in its own namespace; stopped at teardown."""
     started: list[tuple[Platform, Api]] = []
 
-    def start(fleet: tuple[AgentSpec, ...] = THREE_TIERS, env: dict[str, str] | None = None) -> tuple[Platform, Api]:
-        p = Platform(brokers, tmp_path / f"platform{len(started)}", namespace=unique_namespace(),
-                     extra_env={**FAST_LIVENESS, **(env or {})})
+    def start(
+        fleet: tuple[AgentSpec, ...] = THREE_TIERS, env: dict[str, str] | None = None
+    ) -> tuple[Platform, Api]:
+        p = Platform(
+            brokers,
+            tmp_path / f"platform{len(started)}",
+            namespace=unique_namespace(),
+            extra_env={**FAST_LIVENESS, **(env or {})},
+        )
         started.append((p, Api(p.api_url)))
         p.start(fleet)
         return started[-1]

@@ -10,7 +10,7 @@ properties (see ``telemetry.py``).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -32,7 +32,7 @@ class Message(BaseModel):
         return self.model_dump_json(by_alias=True).encode()
 
     @classmethod
-    def from_bytes(cls, data: bytes | str) -> Any:
+    def from_bytes(cls, data: bytes | str) -> Self:
         return cls.model_validate_json(data)
 
 

@@ -82,6 +82,10 @@ class MqttMessage:
 MessageHandler = Callable[[MqttMessage], None]
 
 
+def _properties(packet_type: int) -> Properties:
+    return Properties(packet_type)  # type: ignore[no-untyped-call]
+
+
 def parse_url(url: str) -> tuple[str, int, bool]:
     u = urlparse(url)
     if u.scheme not in {"mqtt", "mqtts", "tcp"} or not u.hostname:
@@ -141,6 +145,7 @@ class MqttClient:
         self.disconnects = 0
         self._connected_at = 0.0
         self._quick_drops = 0
+        self._socket_closed = asyncio.Event()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -175,7 +180,7 @@ class MqttClient:
         c.on_socket_close = self._threadsafe(self._on_socket_close)
         c.on_socket_register_write = self._threadsafe(self._on_socket_register_write)
         c.on_socket_unregister_write = self._threadsafe(self._on_socket_unregister_write)
-        props = Properties(PacketTypes.CONNECT)
+        props = _properties(PacketTypes.CONNECT)
         props.ReceiveMaximum = self._receive_maximum
         if self._session_expiry:
             props.SessionExpiryInterval = self._session_expiry
@@ -201,7 +206,9 @@ class MqttClient:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
         try:
-            await asyncio.wait_for(asyncio.shield(self._first_connect), max(deadline - self._loop.time(), 1.0))
+            await asyncio.wait_for(
+                asyncio.shield(self._first_connect), max(deadline - self._loop.time(), 1.0)
+            )
         except (TimeoutError, MqttUnavailable) as e:
             await self.close()
             raise MqttUnavailable(f"MQTT broker {self._host}:{self._port} did not accept us: {e}") from e
@@ -227,7 +234,7 @@ class MqttClient:
             if c is not None and c.is_connected():
                 props = None
                 if discard_session and self._persistent:
-                    props = Properties(PacketTypes.DISCONNECT)
+                    props = _properties(PacketTypes.DISCONNECT)
                     props.SessionExpiryInterval = 0
                 c.disconnect(properties=props)
                 with contextlib.suppress(TimeoutError):
@@ -235,7 +242,8 @@ class MqttClient:
         finally:
             self._drop_socket()
             err = MqttUnavailable("client closed")
-            for fut in (*self._pending_pub.values(), *self._pending_sub.values()):
+            pending: list[asyncio.Future[Any]] = [*self._pending_pub.values(), *self._pending_sub.values()]
+            for fut in pending:
                 if not fut.done():
                     fut.set_exception(err)
                     fut.exception()  # mark retrieved
@@ -248,8 +256,9 @@ class MqttClient:
             self._closed.set()
 
     async def _wait_socket_closed(self) -> None:
-        while self._sock is not None:
-            await asyncio.sleep(0.01)
+        if self._sock is not None:
+            self._socket_closed.clear()
+            await self._socket_closed.wait()
 
     @property
     def connected(self) -> bool:
@@ -296,7 +305,7 @@ class MqttClient:
         assert self._client is not None and self._loop is not None, "start() first"
         props = None
         if user_properties:
-            props = Properties(PacketTypes.PUBLISH)
+            props = _properties(PacketTypes.PUBLISH)
             props.UserProperty = list(user_properties.items())
         fut: asyncio.Future[None] = self._loop.create_future()
         if self._closing:
@@ -362,6 +371,7 @@ class MqttClient:
                 self._loop.remove_writer(sock)
         if sock is self._sock:
             self._sock = None
+            self._socket_closed.set()
 
     def _on_socket_register_write(self, client: paho.Client, _ud: Any, sock: Any) -> None:
         if self._loop is not None and sock is self._sock:
@@ -452,7 +462,7 @@ class MqttClient:
         up = dict(getattr(props, "UserProperty", None) or [])
         msg = MqttMessage(
             topic=m.topic,
-            payload=m.payload,
+            payload=bytes(m.payload),
             qos=m.qos,
             mid=m.mid,
             retain=bool(m.retain),
@@ -486,7 +496,9 @@ class MqttClient:
         self._pending_sub[mid] = fut
         return fut
 
-    def _on_subscribe(self, client: paho.Client, _ud: Any, mid: int, codes: list[ReasonCode], _p: Any) -> None:
+    def _on_subscribe(
+        self, client: paho.Client, _ud: Any, mid: int, codes: list[ReasonCode], _p: Any
+    ) -> None:
         fut = self._pending_sub.pop(mid, None)
         if fut is not None and not fut.done():
             fut.set_result(list(codes))

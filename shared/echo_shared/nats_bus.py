@@ -134,7 +134,9 @@ class NatsBus:
     ) -> Subscription:
         async def on_msg(m: Msg) -> None:
             ctx = extract(m.headers or {})
-            with self._tracer.start_as_current_span(f"{subject} handle", context=ctx, kind=SpanKind.SERVER) as span:
+            with self._tracer.start_as_current_span(
+                f"{subject} handle", context=ctx, kind=SpanKind.SERVER
+            ) as span:
                 span.set_attribute("messaging.system", "nats")
                 span.set_attribute("messaging.destination.name", subject)
                 try:
@@ -142,10 +144,14 @@ class NatsBus:
                     reply: Message = await handler(req)
                     headers = None
                 except ValidationError as e:
-                    reply = ErrorReply(error=f"bad request on {subject}: {e.error_count()} problem(s)",
-                                       kind="bad_request",
-                                       problems=[{"loc": ".".join(map(str, x["loc"])), "msg": x["msg"],
-                                                  "type": x["type"]} for x in e.errors()])
+                    reply = ErrorReply(
+                        error=f"bad request on {subject}: {e.error_count()} problem(s)",
+                        kind="bad_request",
+                        problems=[
+                            {"loc": ".".join(map(str, x["loc"])), "msg": x["msg"], "type": x["type"]}
+                            for x in e.errors()
+                        ],
+                    )
                     headers = {"echo-error": "1"}
                 except SpecError as e:
                     reply = ErrorReply(error=str(e), kind="spec", problems=[p.as_dict() for p in e.problems])
@@ -162,7 +168,9 @@ class NatsBus:
                     reply = ErrorReply(error=f"internal error: {type(e).__name__}", kind="internal")
                     headers = {"echo-error": "1"}
                 if headers:
-                    span.set_status(Status(StatusCode.ERROR, reply.error if isinstance(reply, ErrorReply) else ""))
+                    span.set_status(
+                        Status(StatusCode.ERROR, reply.error if isinstance(reply, ErrorReply) else "")
+                    )
                 if m.reply:
                     await self.nc.publish(m.reply, reply.to_bytes(), headers=headers)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -30,3 +32,8 @@ async def connect_redis(url: str, *, timeout: float = 30.0) -> aioredis.Redis:
             log.info("waiting for Redis at %s: %s", url, e)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+def fields(mapping: Mapping[str, str | int | float]) -> Mapping[Any, Any]:
+    """A hash mapping as redis-py's (invariant, bytes-or-str keyed) signature wants it."""
+    return mapping

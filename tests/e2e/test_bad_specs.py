@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from echo_cli.devstack import Brokers
 from echo_cli.devstack.platform import Platform
-
 from tests.conftest import FAST_LIVENESS, THREE_TIERS, unique_namespace
 from tests.harness.api import Api
 
@@ -17,8 +17,9 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def api(brokers: Brokers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    p = Platform(brokers, tmp_path_factory.mktemp("bad-specs"), namespace=unique_namespace(),
-                 extra_env=FAST_LIVENESS)
+    p = Platform(
+        brokers, tmp_path_factory.mktemp("bad-specs"), namespace=unique_namespace(), extra_env=FAST_LIVENESS
+    )
     p.start(THREE_TIERS)
     client = Api(p.api_url)
     try:
@@ -43,55 +44,68 @@ def spec(tasks: list[dict[str, Any]], edges: list[tuple[str, str]]) -> dict[str,
 CASES = {
     "cycle": (
         spec([gen(), task("a"), task("b")], [("gen", "a"), ("a", "b"), ("b", "a")]),
-        "edges[", "cycle",
+        "edges[",
+        "cycle",
     ),
     "unknown operator": (
         spec([gen(), task("x", "io.teleport")], [("gen", "x")]),
-        "tasks[1].operator", "unknown operator 'io.teleport'",
+        "tasks[1].operator",
+        "unknown operator 'io.teleport'",
     ),
     "edge to a missing task": (
         spec([gen(), task("a")], [("gen", "a"), ("a", "ghost")]),
-        "edges[1].to", "no task with id 'ghost'",
+        "edges[1].to",
+        "no task with id 'ghost'",
     ),
     "duplicate id": (
         spec([gen(), task("a"), task("a")], [("gen", "a")]),
-        "tasks[2].id", "duplicate task id 'a'",
+        "tasks[2].id",
+        "duplicate task id 'a'",
     ),
     "unknown field": (
         spec([gen(colour="blue"), task("a")], [("gen", "a")]),
-        "tasks[0].colour", "Extra inputs are not permitted",
+        "tasks[0].colour",
+        "Extra inputs are not permitted",
     ),
     "unknown config field": (
         spec([{"id": "gen", "operator": "io.generate", "config": {"count": 1, "speed": 3}}], []),
-        "tasks[0].config.speed", "Extra inputs are not permitted",
+        "tasks[0].config.speed",
+        "Extra inputs are not permitted",
     ),
     "wrong type in config": (
         spec([{"id": "gen", "operator": "io.generate", "config": {"count": "many"}}], []),
-        "tasks[0].config.count", "valid integer",
+        "tasks[0].config.count",
+        "valid integer",
     ),
     "wrong type in spec": (
         {"name": "bad", "tasks": "gen"},
-        "tasks", "valid list",
+        "tasks",
+        "valid list",
     ),
     "wrong type in resources": (
         spec([gen(resources={"cpu": "lots"})], []),
-        "tasks[0].resources.cpu", "valid number",
+        "tasks[0].resources.cpu",
+        "valid number",
     ),
     "missing name": (
         {"tasks": [gen()]},
-        "name", "Field required",
+        "name",
+        "Field required",
     ),
     "bad task id": (
         spec([gen("has space")], []),
-        "tasks[0].id", "should match pattern",
+        "tasks[0].id",
+        "should match pattern",
     ),
     "source with an input": (
         spec([gen("g1"), gen("g2")], [("g1", "g2")]),
-        "edges[0].to", "is a source and takes no input",
+        "edges[0].to",
+        "is a source and takes no input",
     ),
     "unknown tier": (
         spec([gen(placement={"tier": "moon"})], []),
-        "tasks[0].placement.tier", "",
+        "tasks[0].placement.tier",
+        "",
     ),
 }
 
@@ -112,7 +126,7 @@ def test_bad_spec_is_422_naming_the_problem(api: Api, case: str) -> None:
         (b"", "application/json", "empty"),
         (b"   \n", "application/yaml", "empty"),
         (b"name: x\ntasks: [\n  - id: a\n", "application/yaml", "invalid YAML at line"),
-        (b"{\"name\": \"x\", ", "application/json", "invalid JSON at line 1"),
+        (b'{"name": "x", ', "application/json", "invalid JSON at line 1"),
         (b"[1, 2]", "application/json", "expected a dataflow spec"),
         (b"just a string", "application/yaml", "expected a dataflow spec"),
     ],

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from echo_cli.devstack.platform import AgentSpec
 
+from echo_cli.devstack.platform import AgentSpec
 from tests.conftest import THREE_TIERS, PlatformFactory
 from tests.harness.waiting import wait_until
 

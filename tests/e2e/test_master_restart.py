@@ -7,8 +7,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from echo_cli.devstack import wait_for_port
 
+from echo_cli.devstack import wait_for_port
 from tests.conftest import PlatformFactory
 from tests.harness.waiting import wait_until
 
@@ -21,17 +21,27 @@ def test_master_killed_mid_deploy_recovers(platform_factory: PlatformFactory, tm
     # freeze the device of the sink: the deployment starts (sinks first) and cannot finish
     platform.agents["cloud-1"].signal(signal.SIGSTOP)
     try:
-        df_id = api.submit({
-            "name": "interrupted",
-            "tasks": [
-                {"id": "gen", "operator": "io.generate", "config": {"count": 2000},
-                 "placement": {"device": "edge-1"}},
-                {"id": "pass", "operator": "core.passthrough", "placement": {"device": "fog-1"}},
-                {"id": "sink", "operator": "io.file_sink", "config": {"path": str(out)},
-                 "placement": {"device": "cloud-1"}},
-            ],
-            "edges": [{"from": "gen", "to": "pass"}, {"from": "pass", "to": "sink"}],
-        })
+        df_id = api.submit(
+            {
+                "name": "interrupted",
+                "tasks": [
+                    {
+                        "id": "gen",
+                        "operator": "io.generate",
+                        "config": {"count": 2000},
+                        "placement": {"device": "edge-1"},
+                    },
+                    {"id": "pass", "operator": "core.passthrough", "placement": {"device": "fog-1"}},
+                    {
+                        "id": "sink",
+                        "operator": "io.file_sink",
+                        "config": {"path": str(out)},
+                        "placement": {"device": "cloud-1"},
+                    },
+                ],
+                "edges": [{"from": "gen", "to": "pass"}, {"from": "pass", "to": "sink"}],
+            }
+        )
         df = wait_until(lambda: (d := api.dataflow(df_id))["state"] == "deploying" and d, what="deploying")
         assert {t["id"]: t["state"] for t in df["tasks"]}["sink"] == "deploying"
         platform.services["master"].kill()

@@ -19,20 +19,32 @@ def read_jsonl(path: Path) -> list[dict[str, object]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
-def test_generate_passthrough_sink_across_three_tiers(platform_factory: PlatformFactory, tmp_path: Path) -> None:
+def test_generate_passthrough_sink_across_three_tiers(
+    platform_factory: PlatformFactory, tmp_path: Path
+) -> None:
     _platform, api = platform_factory()
     out = tmp_path / "out.jsonl"
-    df_id = api.submit({
-        "name": "three-tiers",
-        "tasks": [
-            {"id": "gen", "operator": "io.generate", "config": {"count": 10_000, "rate": 0},
-             "placement": {"device": "edge-1"}},
-            {"id": "pass", "operator": "core.passthrough", "placement": {"device": "fog-1"}},
-            {"id": "sink", "operator": "io.file_sink", "config": {"path": str(out)},
-             "placement": {"device": "cloud-1"}},
-        ],
-        "edges": [{"from": "gen", "to": "pass"}, {"from": "pass", "to": "sink"}],
-    })
+    df_id = api.submit(
+        {
+            "name": "three-tiers",
+            "tasks": [
+                {
+                    "id": "gen",
+                    "operator": "io.generate",
+                    "config": {"count": 10_000, "rate": 0},
+                    "placement": {"device": "edge-1"},
+                },
+                {"id": "pass", "operator": "core.passthrough", "placement": {"device": "fog-1"}},
+                {
+                    "id": "sink",
+                    "operator": "io.file_sink",
+                    "config": {"path": str(out)},
+                    "placement": {"device": "cloud-1"},
+                },
+            ],
+            "edges": [{"from": "gen", "to": "pass"}, {"from": "pass", "to": "sink"}],
+        }
+    )
     df = api.wait_state(df_id, "completed", timeout=60)
     devices = {t["id"]: t["device"] for t in df["tasks"]}
     assert devices == {"gen": "edge-1", "pass": "fog-1", "sink": "cloud-1"}
@@ -50,18 +62,32 @@ def test_generate_passthrough_sink_across_three_tiers(platform_factory: Platform
 def test_fields_and_count_by_key(platform_factory: PlatformFactory, tmp_path: Path) -> None:
     _platform, api = platform_factory()
     out = tmp_path / "counts.jsonl"
-    df_id = api.submit({
-        "name": "counting",
-        "tasks": [
-            {"id": "gen", "operator": "io.generate", "config": {"count": 300, "fields": {"city": "nyc"}},
-             "placement": {"input_stream": "taxi-feed"}},
-            {"id": "count", "operator": "stats.count_by_key", "config": {"key": "city"},
-             "placement": {"tier": "fog"}},
-            {"id": "sink", "operator": "io.file_sink", "config": {"path": str(out)},
-             "placement": {"tier": ["cloud"]}},
-        ],
-        "edges": [{"from": "gen", "to": "count"}, {"from": "count", "to": "sink"}],
-    })
+    df_id = api.submit(
+        {
+            "name": "counting",
+            "tasks": [
+                {
+                    "id": "gen",
+                    "operator": "io.generate",
+                    "config": {"count": 300, "fields": {"city": "nyc"}},
+                    "placement": {"input_stream": "taxi-feed"},
+                },
+                {
+                    "id": "count",
+                    "operator": "stats.count_by_key",
+                    "config": {"key": "city"},
+                    "placement": {"tier": "fog"},
+                },
+                {
+                    "id": "sink",
+                    "operator": "io.file_sink",
+                    "config": {"path": str(out)},
+                    "placement": {"tier": ["cloud"]},
+                },
+            ],
+            "edges": [{"from": "gen", "to": "count"}, {"from": "count", "to": "sink"}],
+        }
+    )
     df = api.wait_state(df_id, "completed", timeout=60)
     assert [t["device"] for t in df["tasks"]] == ["edge-1", "fog-1", "cloud-1"]
     assert all(t["placement_reason"] for t in df["tasks"])

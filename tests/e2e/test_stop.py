@@ -15,17 +15,27 @@ pytestmark = pytest.mark.e2e
 def test_stop_removes_every_task_from_every_agent(platform_factory: PlatformFactory, tmp_path: Path) -> None:
     _platform, api = platform_factory()
     out = tmp_path / "out.jsonl"
-    df_id = api.submit({
-        "name": "endless",
-        "tasks": [
-            {"id": "gen", "operator": "io.generate", "config": {"count": 10_000_000, "rate": 200},
-             "placement": {"device": "edge-1"}},
-            {"id": "pass", "operator": "core.passthrough", "placement": {"device": "fog-1"}},
-            {"id": "sink", "operator": "io.file_sink", "config": {"path": str(out)},
-             "placement": {"device": "cloud-1"}},
-        ],
-        "edges": [{"from": "gen", "to": "pass"}, {"from": "pass", "to": "sink"}],
-    })
+    df_id = api.submit(
+        {
+            "name": "endless",
+            "tasks": [
+                {
+                    "id": "gen",
+                    "operator": "io.generate",
+                    "config": {"count": 10_000_000, "rate": 200},
+                    "placement": {"device": "edge-1"},
+                },
+                {"id": "pass", "operator": "core.passthrough", "placement": {"device": "fog-1"}},
+                {
+                    "id": "sink",
+                    "operator": "io.file_sink",
+                    "config": {"path": str(out)},
+                    "placement": {"device": "cloud-1"},
+                },
+            ],
+            "edges": [{"from": "gen", "to": "pass"}, {"from": "pass", "to": "sink"}],
+        }
+    )
     api.wait_state(df_id, "running")
     wait_until(lambda: all(d["tasks"] == 1 for d in api.devices().values()), what="one task per device")
     wait_until(lambda: out.exists() and out.stat().st_size > 0, what="records reaching the sink")
@@ -41,8 +51,10 @@ def test_stop_removes_every_task_from_every_agent(platform_factory: PlatformFact
     # nothing is written after the stop: the next heartbeats (every 0.2 s) prove the agents are
     # alive and idle; the file must not have grown meanwhile
     before = {d: v["last_heartbeat"] for d, v in api.devices().items()}
-    wait_until(lambda: all(v["last_heartbeat"] > before[d] + 0.4 for d, v in api.devices().items()),
-               what="two more heartbeats from every agent")
+    wait_until(
+        lambda: all(v["last_heartbeat"] > before[d] + 0.4 for d, v in api.devices().items()),
+        what="two more heartbeats from every agent",
+    )
     assert out.stat().st_size == size
 
     # a second DELETE is harmless

@@ -20,21 +20,36 @@ def otlp() -> Iterator[OtlpReceiver]:
         yield r
 
 
-def test_deployment_is_one_trace(platform_factory: PlatformFactory, otlp: OtlpReceiver, tmp_path: Path) -> None:
-    _platform, api = platform_factory(env={
-        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
-        "OTEL_BSP_SCHEDULE_DELAY": "100",
-    })
-    df_id = api.submit({
-        "name": "traced",
-        "tasks": [
-            {"id": "gen", "operator": "io.generate", "config": {"count": 10}, "placement": {"device": "edge-1"}},
-            {"id": "pass", "operator": "core.passthrough", "placement": {"device": "fog-1"}},
-            {"id": "sink", "operator": "io.file_sink", "config": {"path": str(tmp_path / "o.jsonl")},
-             "placement": {"device": "cloud-1"}},
-        ],
-        "edges": [{"from": "gen", "to": "pass"}, {"from": "pass", "to": "sink"}],
-    })
+def test_deployment_is_one_trace(
+    platform_factory: PlatformFactory, otlp: OtlpReceiver, tmp_path: Path
+) -> None:
+    _platform, api = platform_factory(
+        env={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        }
+    )
+    df_id = api.submit(
+        {
+            "name": "traced",
+            "tasks": [
+                {
+                    "id": "gen",
+                    "operator": "io.generate",
+                    "config": {"count": 10},
+                    "placement": {"device": "edge-1"},
+                },
+                {"id": "pass", "operator": "core.passthrough", "placement": {"device": "fog-1"}},
+                {
+                    "id": "sink",
+                    "operator": "io.file_sink",
+                    "config": {"path": str(tmp_path / "o.jsonl")},
+                    "placement": {"device": "cloud-1"},
+                },
+            ],
+            "edges": [{"from": "gen", "to": "pass"}, {"from": "pass", "to": "sink"}],
+        }
+    )
     api.wait_state(df_id, "completed", "running")
 
     def root_trace() -> str | None:

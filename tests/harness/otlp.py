@@ -30,7 +30,7 @@ class OtlpReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server API
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 req = ExportTraceServiceRequest()
                 req.ParseFromString(body)
@@ -58,16 +58,19 @@ class OtlpReceiver:
             res = {a.key: a.value.string_value for a in rs.resource.attributes}
             for ss in rs.scope_spans:
                 for s in ss.spans:
-                    out.append(Span(
-                        service=res.get("service.name", ""),
-                        resource=res,
-                        trace_id=s.trace_id.hex(),
-                        span_id=s.span_id.hex(),
-                        parent_id=s.parent_span_id.hex(),
-                        name=s.name,
-                        attributes={a.key: (a.value.string_value or str(a.value.int_value))
-                                    for a in s.attributes},
-                    ))
+                    out.append(
+                        Span(
+                            service=res.get("service.name", ""),
+                            resource=res,
+                            trace_id=s.trace_id.hex(),
+                            span_id=s.span_id.hex(),
+                            parent_id=s.parent_span_id.hex(),
+                            name=s.name,
+                            attributes={
+                                a.key: (a.value.string_value or str(a.value.int_value)) for a in s.attributes
+                            },
+                        )
+                    )
         with self._lock:
             self.spans.extend(out)
 

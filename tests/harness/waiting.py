@@ -9,8 +9,9 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_until(check: Callable[[], T | None], *, timeout: float = 20.0, interval: float = 0.05,
-               what: str = "condition") -> T:
+def wait_until(
+    check: Callable[[], T | None], *, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"
+) -> T:
     """Poll ``check`` until it returns a truthy value (returned) or fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     last: object = None

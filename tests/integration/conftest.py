@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+
 from echo_cli.devstack import Brokers
 from echo_shared.names import Names
-
 from tests.conftest import unique_namespace
 
 

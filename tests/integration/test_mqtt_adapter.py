@@ -27,17 +27,21 @@ class Inbox:
             while len(self.messages) < n:
                 self.arrived.clear()
                 await self.arrived.wait()
+
         await asyncio.wait_for(enough(), timeout)
 
 
 async def test_qos1_round_trip_with_user_properties(brokers: Brokers) -> None:
     topic = f"t/{uuid.uuid4().hex}"
     inbox = Inbox()
-    async with MqttClient(brokers.mqtt_url, cid(), on_message=inbox) as sub, \
-            MqttClient(brokers.mqtt_url, cid()) as pub:
+    async with (
+        MqttClient(brokers.mqtt_url, cid(), on_message=inbox) as sub,
+        MqttClient(brokers.mqtt_url, cid()) as pub,
+    ):
         await sub.subscribe(topic)
-        await asyncio.gather(*(pub.publish(topic, str(i).encode(), user_properties={"k": "v"})
-                               for i in range(100)))
+        await asyncio.gather(
+            *(pub.publish(topic, str(i).encode(), user_properties={"k": "v"}) for i in range(100))
+        )
         await inbox.wait(100)
     assert [m.payload for m in inbox.messages] == [str(i).encode() for i in range(100)]
     assert inbox.messages[0].user_properties == {"k": "v"}
@@ -55,8 +59,9 @@ async def test_unacked_messages_are_redelivered_to_the_next_session_holder(broke
         a.ack(first.messages[0])  # only the first is processed
         await a.close()
         second = Inbox()
-        async with MqttClient(brokers.mqtt_url, session, on_message=second, persistent=True,
-                              manual_ack=True) as b:
+        async with MqttClient(
+            brokers.mqtt_url, session, on_message=second, persistent=True, manual_ack=True
+        ) as b:
             assert b.session_present
             await second.wait(2)
             assert [m.payload for m in second.messages[:2]] == [bytes([1]), bytes([2])]

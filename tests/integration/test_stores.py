@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import redis.asyncio as aioredis
+
 from echo_master.store import DataflowStore
 from echo_registry.store import DeviceStore
 from echo_shared.models import Capacity, DataflowSpec, DeviceInfo, DeviceStatus, Tier
@@ -16,13 +17,29 @@ async def test_device_transitions_are_compare_and_set(redis: aioredis.Redis, nam
     raw = await store.raw("d1")
     # a heartbeat lands between the sweep's read and its write: the sweep's write must fail
     await store.heartbeat("d1", 101.0, 5.0, 6.0, 0)
-    assert await store.transition("d1", DeviceStatus.unreachable, 102.0, expect=DeviceStatus.online,
-                                  expect_heartbeat=raw["last_heartbeat"]) is None
+    assert (
+        await store.transition(
+            "d1",
+            DeviceStatus.unreachable,
+            102.0,
+            expect=DeviceStatus.online,
+            expect_heartbeat=raw["last_heartbeat"],
+        )
+        is None
+    )
     assert (await store.get("d1")).status is DeviceStatus.online
     # without a race it succeeds, once
     raw = await store.raw("d1")
-    assert await store.transition("d1", DeviceStatus.unreachable, 103.0, expect=DeviceStatus.online,
-                                  expect_heartbeat=raw["last_heartbeat"]) is DeviceStatus.online
+    assert (
+        await store.transition(
+            "d1",
+            DeviceStatus.unreachable,
+            103.0,
+            expect=DeviceStatus.online,
+            expect_heartbeat=raw["last_heartbeat"],
+        )
+        is DeviceStatus.online
+    )
     assert await store.transition("d1", DeviceStatus.unreachable, 103.0) is None
     # a heartbeat brings it back and reports where it came from
     assert await store.heartbeat("d1", 104.0, 1.0, 2.0, 3) is DeviceStatus.unreachable
@@ -37,12 +54,14 @@ async def test_task_patches_are_fenced_and_never_go_backwards(redis: aioredis.Re
     assert await store.patch_task(df_id, "g", {"generation": 2, "state": "deploying"}) is not None
     # a report from generation 1 is ignored
     assert await store.patch_task(df_id, "g", {"state": "failed"}, generation=1, forward_only=True) is None
-    rec = await store.patch_task(df_id, "g", {"state": "finished", "records_out": 7}, generation=2,
-                                 forward_only=True)
+    rec = await store.patch_task(
+        df_id, "g", {"state": "finished", "records_out": 7}, generation=2, forward_only=True
+    )
     assert rec is not None and rec.state.value == "finished"
     # a late "running" ack does not undo "finished", but its other fields apply
-    rec = await store.patch_task(df_id, "g", {"state": "running", "records_out": 9}, generation=2,
-                                 forward_only=True)
+    rec = await store.patch_task(
+        df_id, "g", {"state": "running", "records_out": 9}, generation=2, forward_only=True
+    )
     assert rec is not None and rec.state.value == "finished" and rec.records_out == 9
     # the master itself may move a task back (a redeploy)
     rec = await store.patch_task(df_id, "g", {"state": "deploying"}, generation=2)

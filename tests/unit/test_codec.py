@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from echo_shared.codec import BadDataMessage, decode, encode_eos, encode_records
 from echo_shared.messages import DataMessage
 

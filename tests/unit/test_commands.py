@@ -9,8 +9,9 @@ from echo_shared.models import ChannelSpec, DataflowSpec, Placement, TaskPlaceme
 def make(edges: list[tuple[str, str]], ids: list[str]) -> DataflowSpec:
     tasks = [{"id": ids[0], "operator": "io.generate", "config": {"count": 1}}]
     tasks += [{"id": i, "operator": "core.passthrough"} for i in ids[1:]]
-    return DataflowSpec.model_validate({"name": "t", "tasks": tasks,
-                                        "edges": [{"from": a, "to": b} for a, b in edges]})
+    return DataflowSpec.model_validate(
+        {"name": "t", "tasks": tasks, "edges": [{"from": a, "to": b} for a, b in edges]}
+    )
 
 
 def test_consumers_come_before_their_producers() -> None:
@@ -25,7 +26,10 @@ def test_consumers_come_before_their_producers() -> None:
 def test_deploy_command_wires_both_ends() -> None:
     s = make([("g", "a")], ["g", "a"])
     placement = Placement(
-        tasks=[TaskPlacement(task="g", device="d1", reason="r"), TaskPlacement(task="a", device="d2", reason="r")],
+        tasks=[
+            TaskPlacement(task="g", device="d1", reason="r"),
+            TaskPlacement(task="a", device="d2", reason="r"),
+        ],
         channels=[ChannelSpec(from_task="g", to_task="a", topic="echo/df/x/g/a")],
     )
     cmd = deploy_command("x", s, placement, TaskRecord(id="a", operator="core.passthrough", generation=4))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
+
 from echo_shared import messages
 from echo_shared.schemas_export import SCHEMA_FILE, render
-from pydantic import ValidationError
 
 
 def test_committed_schemas_match_the_models() -> None:

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import pytest
+
 from echo_shared.names import Names
 
 
 def test_everything_a_device_touches_sits_under_its_prefix() -> None:
     n = Names("echo")
     prefix = n.device_prefix("edge-1")
-    for topic in (n.hello_topic("edge-1"), n.heartbeat_topic("edge-1"), n.command_topic("edge-1"),
-                  n.ack_topic("edge-1"), n.status_topic("edge-1"), n.bye_topic("edge-1")):
+    for topic in (
+        n.hello_topic("edge-1"),
+        n.heartbeat_topic("edge-1"),
+        n.command_topic("edge-1"),
+        n.ack_topic("edge-1"),
+        n.status_topic("edge-1"),
+        n.bye_topic("edge-1"),
+    ):
         assert topic.startswith(prefix + "/")
         assert n.device_from_topic(topic) == "edge-1"
 

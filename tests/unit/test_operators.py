@@ -6,9 +6,10 @@ from pathlib import Path
 
 import orjson
 import pytest
+from pydantic import ValidationError
+
 from echo_agent.operators import IMPLEMENTATIONS, TaskContext, UnknownOperator, build
 from echo_shared.operators import CATALOGUE
-from pydantic import ValidationError
 
 
 def test_every_catalogued_operator_is_implemented() -> None:

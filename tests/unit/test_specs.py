@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from echo_master.errors import UnsupportedMediaType
 from echo_master.specs import read_spec
 from echo_shared.errors import SpecError
@@ -31,8 +32,9 @@ def test_the_issue_example_parses() -> None:
 
 
 def test_json_with_charset() -> None:
-    s = read_spec(b'{"name": "x", "tasks": [{"id": "g", "operator": "io.generate"}]}',
-                  "application/json; charset=utf-8")
+    s = read_spec(
+        b'{"name": "x", "tasks": [{"id": "g", "operator": "io.generate"}]}', "application/json; charset=utf-8"
+    )
     assert s.name == "x"
 
 
@@ -45,8 +47,12 @@ def test_json_with_charset() -> None:
         (b"42", "application/json", "body", "got int"),
         (b'{"name": "x", "tasks": []}', "application/json", "tasks", "at least 1"),
         (b'{"name": "x", "tasks": [{"id": "g", "operator": "o", "zz": 1}]}', "", "tasks[0].zz", "Extra"),
-        (b'{"name": "x", "tasks": [{"id": "g", "operator": "o"}], "edges": [{"to": "g"}]}', "",
-         "edges[0].from", "Field required"),
+        (
+            b'{"name": "x", "tasks": [{"id": "g", "operator": "o"}], "edges": [{"to": "g"}]}',
+            "",
+            "edges[0].from",
+            "Field required",
+        ),
     ],
 )
 def test_problems_are_located(body: bytes, ctype: str, loc: str, needle: str) -> None:

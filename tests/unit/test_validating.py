@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from echo_scheduler.validating import problems, topological_order, validate
 from echo_shared.errors import SpecError
 from echo_shared.models import DataflowSpec
@@ -35,7 +36,7 @@ def test_a_sound_spec_has_no_problems() -> None:
 
 def test_cycle_is_reported_with_its_path() -> None:
     found = locs(make([GEN, p("a"), p("b")], [("gen", "a"), ("a", "b"), ("b", "a")]))
-    (loc, msg), = [(k, v) for k, v in found.items() if "cycle" in v]
+    ((loc, msg),) = [(k, v) for k, v in found.items() if "cycle" in v]
     assert loc.startswith("edges[") and ("a -> b -> a" in msg or "b -> a -> b" in msg)
 
 
@@ -44,8 +45,12 @@ def test_self_loop() -> None:
 
 
 def test_unknown_operator_and_bad_config_together() -> None:
-    found = locs(make([{"id": "gen", "operator": "io.generate", "config": {"count": -1}}, p("x", "nope")],
-                      [("gen", "x")]))
+    found = locs(
+        make(
+            [{"id": "gen", "operator": "io.generate", "config": {"count": -1}}, p("x", "nope")],
+            [("gen", "x")],
+        )
+    )
     assert "tasks[1].operator" in found
     assert "tasks[0].config.count" in found
 
@@ -62,7 +67,9 @@ def test_edges_to_missing_tasks_and_duplicates() -> None:
 
 
 def test_roles_are_checked() -> None:
-    found = locs(make([GEN, p("s", "io.file_sink", config={"path": "x"}), p("a")], [("gen", "s"), ("s", "a")]))
+    found = locs(
+        make([GEN, p("s", "io.file_sink", config={"path": "x"}), p("a")], [("gen", "s"), ("s", "a")])
+    )
     assert "edges[1].from" in found  # a sink has no output
     found = locs(make([GEN, p("a")], []))
     assert "tasks[1]" in found  # a transform needs an input

@@ -16,12 +16,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from pydantic import ValidationError
+
 from echo_shared.errors import RequestTimeout
 from echo_shared.messages import CommandAck, DeployTask, StopTask, TaskStatus
 from echo_shared.mqtt import MqttClient, MqttMessage
 from echo_shared.names import Names
 from echo_shared.telemetry import inject
-from pydantic import ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,9 @@ class AgentLink:
         fut: asyncio.Future[CommandAck] = loop.create_future()
         self._waiters[cmd.cmd_id] = fut
         try:
-            self.mqtt.publish(self.names.command_topic(device), cmd.to_bytes(), qos=1,
-                              user_properties=inject() or None)
+            self.mqtt.publish(
+                self.names.command_topic(device), cmd.to_bytes(), qos=1, user_properties=inject() or None
+            )
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError as e:
             raise RequestTimeout(f"{device} did not ack {cmd.kind} of {cmd.task} within {timeout}s") from e

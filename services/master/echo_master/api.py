@@ -12,6 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
 from echo_shared import __version__
 from echo_shared.errors import EchoError, NotFoundError, Problem, SpecError
 from echo_shared.messages import (
@@ -28,10 +33,6 @@ from echo_shared.names import Names
 from echo_shared.nats_bus import NatsBus
 from echo_shared.operators import join_loc
 from echo_shared.telemetry import inject, tracer
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 
 from .errors import BodyTooLarge, http_status
 from .reconciling import Reconciler
@@ -100,22 +101,45 @@ def dataflow_view(df: Dataflow) -> DataflowView:
     tasks = []
     for t in df.spec.tasks:
         rec = df.tasks[t.id]
-        tasks.append(TaskView(id=t.id, operator=t.operator, device=rec.device, state=rec.state.value,
-                              generation=rec.generation, reason=rec.reason,
-                              placement_reason=rec.placement_reason, records_in=rec.records_in,
-                              records_out=rec.records_out))
+        tasks.append(
+            TaskView(
+                id=t.id,
+                operator=t.operator,
+                device=rec.device,
+                state=rec.state.value,
+                generation=rec.generation,
+                reason=rec.reason,
+                placement_reason=rec.placement_reason,
+                records_in=rec.records_in,
+                records_out=rec.records_out,
+            )
+        )
     edges = []
     for e in df.spec.edges:
         ch = channels.get((e.from_, e.to))
-        edges.append(EdgeView(from_=e.from_, to=e.to, model=e.model.value,
-                              transport=ch.transport if ch else None, topic=ch.topic if ch else None))
-    return DataflowView(id=df.id, name=df.name, desired=df.desired, state=df.state, reason=df.reason,
-                        created_at=df.created_at, updated_at=df.updated_at, tasks=tasks, edges=edges)
+        edges.append(
+            EdgeView(
+                from_=e.from_,
+                to=e.to,
+                model=e.model.value,
+                transport=ch.transport if ch else None,
+                topic=ch.topic if ch else None,
+            )
+        )
+    return DataflowView(
+        id=df.id,
+        name=df.name,
+        desired=df.desired,
+        state=df.state,
+        reason=df.reason,
+        created_at=df.created_at,
+        updated_at=df.updated_at,
+        tasks=tasks,
+        edges=edges,
+    )
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (404, 413, 415, 422, 503)
-}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (404, 413, 415, 422, 503)}
 
 SPEC_BODY = {
     "requestBody": {
@@ -189,8 +213,12 @@ def create_api(ctx: ApiContext) -> FastAPI:
         with trace.start_as_current_span("submit dataflow") as span:
             spec = read_spec(body, request.headers.get("content-type"))
             span.set_attribute("echo.dataflow.name", spec.name)
-            reply = await ctx.bus.request(ctx.names.scheduler_validate, ValidateRequest(spec=spec), ValidateReply,
-                                          timeout=ctx.settings.scheduler_timeout)
+            reply = await ctx.bus.request(
+                ctx.names.scheduler_validate,
+                ValidateRequest(spec=spec),
+                ValidateReply,
+                timeout=ctx.settings.scheduler_timeout,
+            )
             if not reply.ok:
                 raise SpecError([Problem(**p) for p in reply.problems])
             df_id = await ctx.store.create(spec, traceparent=inject().get("traceparent", ""))
@@ -217,7 +245,9 @@ def create_api(ctx: ApiContext) -> FastAPI:
         ctx.reconciler.kick(df_id)
         df = await ctx.reconciler.wait_for(df_id, {DataflowState.stopped}, ctx.settings.stop_wait)
         status = 200 if df.state is DataflowState.stopped else 202
-        return JSONResponse(status_code=status, content=dataflow_view(df).model_dump(mode="json", by_alias=True))
+        return JSONResponse(
+            status_code=status, content=dataflow_view(df).model_dump(mode="json", by_alias=True)
+        )
 
     # -------------------------------------------------------------------- devices
 
@@ -228,7 +258,9 @@ def create_api(ctx: ApiContext) -> FastAPI:
 
     @app.get("/api/v1/devices/{device_id}", response_model=DeviceRecord, responses=ERRORS)
     async def get_device(device_id: str) -> DeviceRecord:
-        reply = await ctx.bus.request(ctx.names.registry_get, DeviceGetRequest(device=device_id), DeviceGetReply)
+        reply = await ctx.bus.request(
+            ctx.names.registry_get, DeviceGetRequest(device=device_id), DeviceGetReply
+        )
         if reply.device is None:
             raise NotFoundError("device", device_id)
         return reply.device
@@ -243,7 +275,9 @@ def create_api(ctx: ApiContext) -> FastAPI:
         except Exception:
             checks["redis"] = False
         ok = all(checks.values())
-        return JSONResponse(status_code=200 if ok else 503, content={"status": "ok" if ok else "degraded", **checks})
+        return JSONResponse(
+            status_code=200 if ok else 503, content={"status": "ok" if ok else "degraded", **checks}
+        )
 
     # make DataflowSpec part of the OpenAPI components (the request body refers to it)
     original_openapi = app.openapi

@@ -11,12 +11,13 @@ import logging
 from collections.abc import Iterator
 
 import uvicorn
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+
 from echo_shared.messages import DeviceEvent
 from echo_shared.names import Names
 from echo_shared.nats_bus import NatsBus
 from echo_shared.redis_store import connect_redis
-from nats.aio.msg import Msg
-from pydantic import ValidationError
 
 from .agents_link import AgentLink
 from .api import ApiContext, create_api
@@ -60,8 +61,16 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
             await link.start()
             try:
                 api = create_api(ApiContext(settings, names, store, reconciler, bus, redis, link.mqtt))
-                server = _Server(uvicorn.Config(api, host=settings.api_host, port=settings.api_port,
-                                                log_config=None, access_log=False, lifespan="off"))
+                server = _Server(
+                    uvicorn.Config(
+                        api,
+                        host=settings.api_host,
+                        port=settings.api_port,
+                        log_config=None,
+                        access_log=False,
+                        lifespan="off",
+                    )
+                )
 
                 async def stop_server() -> None:
                     await stop.wait()

@@ -22,13 +22,14 @@ import contextlib
 import logging
 import time
 
+from opentelemetry import trace
+
 from echo_shared.errors import BusError, EchoError, RequestTimeout, SpecError
 from echo_shared.messages import CommandAck, DeviceEvent, PlaceReply, PlaceRequest, Reservation, TaskStatus
 from echo_shared.models import DataflowState, DesiredState, DeviceStatus, TaskRecord, TaskState
 from echo_shared.names import Names
 from echo_shared.nats_bus import NatsBus
 from echo_shared.telemetry import extract, tracer
-from opentelemetry import trace
 
 from .agents_link import AgentLink
 from .commands import add_reservation, deploy_command, deploy_levels, stop_command
@@ -82,7 +83,9 @@ class Reconciler:
                     worker = self._workers.get(df_id)
                     if worker is None or worker.done():
                         self._dirty.discard(df_id)
-                        self._workers[df_id] = asyncio.create_task(self._pass(df_id), name=f"reconcile-{df_id}")
+                        self._workers[df_id] = asyncio.create_task(
+                            self._pass(df_id), name=f"reconcile-{df_id}"
+                        )
         finally:
             for w in self._workers.values():
                 w.cancel()
@@ -94,8 +97,12 @@ class Reconciler:
             if df.desired is DesiredState.stopped:
                 if df.state is not DataflowState.stopped:
                     await self._stop(df)
-            elif df.state in (DataflowState.pending, DataflowState.scheduled, DataflowState.deploying,
-                              DataflowState.running):
+            elif df.state in (
+                DataflowState.pending,
+                DataflowState.scheduled,
+                DataflowState.deploying,
+                DataflowState.running,
+            ):
                 with self._tracer.start_as_current_span(
                     "reconcile dataflow", context=extract({"traceparent": df.traceparent})
                 ) as span:
@@ -138,8 +145,9 @@ class Reconciler:
     async def _schedule(self, df: Dataflow) -> None:
         req = PlaceRequest(dataflow=df.id, spec=df.spec, reserved=await self.reserved(df.id))
         try:
-            reply = await self.bus.request(self.names.scheduler_place, req, PlaceReply,
-                                           timeout=self.settings.scheduler_timeout)
+            reply = await self.bus.request(
+                self.names.scheduler_place, req, PlaceReply, timeout=self.settings.scheduler_timeout
+            )
         except SpecError as e:
             await self._set_state(df, DataflowState.failed, f"invalid spec: {e}")
             return
@@ -169,8 +177,12 @@ class Reconciler:
             if not waiting:
                 continue
             now = time.time()
-            due = [r for r in waiting if r.state is not TaskState.deploying
-                   or now - r.last_command_at >= self.settings.command_timeout]
+            due = [
+                r
+                for r in waiting
+                if r.state is not TaskState.deploying
+                or now - r.last_command_at >= self.settings.command_timeout
+            ]
             results = await asyncio.gather(*(self._deploy(df, r) for r in due), return_exceptions=True)
             df = await self.store.get(df.id)
             still = [df.tasks[t] for t in level if df.tasks[t].state not in DONE]
@@ -179,11 +191,15 @@ class Reconciler:
                 failed = [r for r in still if r.state is TaskState.failed]
                 if failed:
                     r = failed[0]
-                    await self._set_state(df, DataflowState.failed,
-                                          f"task {r.id} failed on {r.device}: {r.reason}")
+                    await self._set_state(
+                        df, DataflowState.failed, f"task {r.id} failed on {r.device}: {r.reason}"
+                    )
                 else:
-                    await self._set_state(df, DataflowState.deploying,
-                                          "; ".join(problems) or f"waiting for {', '.join(r.id for r in still)}")
+                    await self._set_state(
+                        df,
+                        DataflowState.deploying,
+                        "; ".join(problems) or f"waiting for {', '.join(r.id for r in still)}",
+                    )
                 return
         if all(r.state is TaskState.finished for r in df.tasks.values()):
             await self._set_state(df, DataflowState.completed)
@@ -193,9 +209,16 @@ class Reconciler:
     async def _deploy(self, df: Dataflow, rec: TaskRecord) -> CommandAck:
         assert rec.device and df.placement is not None
         cmd = deploy_command(df.id, df.spec, df.placement, rec)
-        await self.store.patch_task(df.id, rec.id, {
-            "state": TaskState.deploying, "last_command_at": time.time(), "attempts": rec.attempts + 1,
-        }, generation=rec.generation)
+        await self.store.patch_task(
+            df.id,
+            rec.id,
+            {
+                "state": TaskState.deploying,
+                "last_command_at": time.time(),
+                "attempts": rec.attempts + 1,
+            },
+            generation=rec.generation,
+        )
         with self._tracer.start_as_current_span(f"deploy {rec.id} to {rec.device}") as span:
             span.set_attribute("echo.device", rec.device)
             span.set_attribute("echo.generation", rec.generation)
@@ -212,19 +235,29 @@ class Reconciler:
 
         async def stop_one(rec: TaskRecord) -> None:
             assert rec.device
-            await self.store.patch_task(df.id, rec.id, {"attempts": rec.attempts + 1}, generation=rec.generation)
+            await self.store.patch_task(
+                df.id, rec.id, {"attempts": rec.attempts + 1}, generation=rec.generation
+            )
             try:
-                ack = await self.link.send(rec.device, stop_command(df.id, rec), self.settings.command_timeout)
+                ack = await self.link.send(
+                    rec.device, stop_command(df.id, rec), self.settings.command_timeout
+                )
             except RequestTimeout:
                 if rec.attempts + 1 >= STOP_ATTEMPTS:
-                    await self.store.patch_task(df.id, rec.id, {
-                        "state": TaskState.stopped,
-                        "reason": f"{rec.device} did not confirm; the stop waits in its command queue",
-                    }, generation=rec.generation)
+                    await self.store.patch_task(
+                        df.id,
+                        rec.id,
+                        {
+                            "state": TaskState.stopped,
+                            "reason": f"{rec.device} did not confirm; the stop waits in its command queue",
+                        },
+                        generation=rec.generation,
+                    )
                 raise
             if ack.ok or ack.state is TaskState.stopped:
-                await self.store.patch_task(df.id, rec.id, {"state": TaskState.stopped, "reason": ""},
-                                            generation=rec.generation)
+                await self.store.patch_task(
+                    df.id, rec.id, {"state": TaskState.stopped, "reason": ""}, generation=rec.generation
+                )
 
         await asyncio.gather(*(stop_one(r) for r in placed), return_exceptions=True)
         df = await self.store.get(df.id)
@@ -242,8 +275,9 @@ class Reconciler:
         else:
             patch["records_in"] = update.records_in
             patch["records_out"] = update.records_out
-        rec = await self.store.patch_task(update.dataflow, update.task, patch, generation=update.generation,
-                                          forward_only=True)
+        rec = await self.store.patch_task(
+            update.dataflow, update.task, patch, generation=update.generation, forward_only=True
+        )
         if rec is not None:
             self.kick(update.dataflow)
 
@@ -257,9 +291,12 @@ class Reconciler:
             touched = False
             for rec in df.tasks.values():
                 if rec.device == event.device and rec.state in (TaskState.running, TaskState.deploying):
-                    await self.store.patch_task(df.id, rec.id, {"state": TaskState.deploying,
-                                                                "last_command_at": 0.0},
-                                                generation=rec.generation)
+                    await self.store.patch_task(
+                        df.id,
+                        rec.id,
+                        {"state": TaskState.deploying, "last_command_at": 0.0},
+                        generation=rec.generation,
+                    )
                     touched = True
             if touched:
                 self.kick(df.id)

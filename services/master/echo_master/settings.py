@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from echo_shared.settings import CommonSettings, MqttSettings, NatsSettings, RedisSettings
 from pydantic import Field
+
+from echo_shared.settings import CommonSettings, MqttSettings, NatsSettings, RedisSettings
 
 
 class MasterSettings(CommonSettings, NatsSettings, MqttSettings, RedisSettings):
     service_name: str = "echo-master"
-    api_host: str = Field(default="0.0.0.0", description="address the REST API binds")  # noqa: S104
+    api_host: str = Field(default="0.0.0.0", description="address the REST API binds")
     api_port: int = Field(default=8099, ge=0, le=65535)
     command_timeout: float = Field(default=2.0, gt=0, description="seconds to wait for an agent's ack")
     reconcile_period: float = Field(default=0.5, gt=0, description="seconds between reconcile sweeps")

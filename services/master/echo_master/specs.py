@@ -6,10 +6,11 @@ from typing import Any
 
 import orjson
 import yaml
+from pydantic import ValidationError
+
 from echo_shared.errors import Problem, SpecError
 from echo_shared.models import DataflowSpec
 from echo_shared.operators import join_loc
-from pydantic import ValidationError
 
 from .errors import UnsupportedMediaType
 
@@ -34,8 +35,9 @@ def parse_body(body: bytes, content_type: str | None) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as e:
-        raise SpecError([Problem("body", f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}",
-                                 "json")]) from e
+        raise SpecError(
+            [Problem("body", f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}", "json")]
+        ) from e
 
 
 def problems_from(e: ValidationError, prefix: str = "") -> list[Problem]:

@@ -19,6 +19,7 @@ import uuid
 from typing import Any
 
 import redis.asyncio as aioredis
+
 from echo_shared.errors import NotFoundError
 from echo_shared.models import (
     DataflowSpec,
@@ -29,6 +30,7 @@ from echo_shared.models import (
     TaskState,
 )
 from echo_shared.names import Names
+from echo_shared.redis_store import fields
 
 # KEYS[1] tasks hash; ARGV[1] task id; ARGV[2] patch (JSON object); ARGV[3] generation the
 # record must have ('' = any); ARGV[4] '1' when the patch may only move the state forward
@@ -51,8 +53,13 @@ redis.call('HSET', KEYS[1], ARGV[1], out)
 return out
 """
 
-ACTIVE_STATES = {DataflowState.pending, DataflowState.scheduled, DataflowState.deploying,
-                 DataflowState.running, DataflowState.stopping}
+ACTIVE_STATES = {
+    DataflowState.pending,
+    DataflowState.scheduled,
+    DataflowState.deploying,
+    DataflowState.running,
+    DataflowState.stopping,
+}
 
 
 class Dataflow:
@@ -88,21 +95,25 @@ class DataflowStore:
         df_id = self.new_id()
         now = time.time()
         tasks = {
-            t.id: TaskRecord(id=t.id, operator=t.operator, updated_at=now).model_dump_json() for t in spec.tasks
+            t.id: TaskRecord(id=t.id, operator=t.operator, updated_at=now).model_dump_json()
+            for t in spec.tasks
         }
         async with self.r.pipeline(transaction=True) as p:
-            p.hset(self.names.dataflow_key(df_id), mapping={
-                "id": df_id,
-                "name": spec.name,
-                "spec": spec.model_dump_json(by_alias=True),
-                "desired": DesiredState.running.value,
-                "state": DataflowState.pending.value,
-                "reason": "",
-                "created_at": repr(now),
-                "updated_at": repr(now),
-                "traceparent": traceparent,
-            })
-            p.hset(self.names.dataflow_tasks_key(df_id), mapping=tasks)
+            p.hset(
+                self.names.dataflow_key(df_id),
+                mapping={
+                    "id": df_id,
+                    "name": spec.name,
+                    "spec": spec.model_dump_json(by_alias=True),
+                    "desired": DesiredState.running.value,
+                    "state": DataflowState.pending.value,
+                    "reason": "",
+                    "created_at": repr(now),
+                    "updated_at": repr(now),
+                    "traceparent": traceparent,
+                },
+            )
+            p.hset(self.names.dataflow_tasks_key(df_id), mapping=fields(tasks))
             p.zadd(self.names.dataflows_key, {df_id: now})
             await p.execute()
         return df_id
@@ -118,7 +129,7 @@ class DataflowStore:
         return Dataflow(raw, records)
 
     async def ids(self) -> list[str]:
-        return list(await self.r.zrange(self.names.dataflows_key, 0, -1))
+        return [str(x) for x in await self.r.zrange(self.names.dataflows_key, 0, -1)]
 
     async def all(self) -> list[Dataflow]:
         out = []
@@ -136,9 +147,12 @@ class DataflowStore:
         await self.r.hset(key, mapping={"desired": desired.value, "updated_at": repr(time.time())})
 
     async def set_state(self, df_id: str, state: DataflowState, reason: str = "", **extra: str) -> None:
-        await self.r.hset(self.names.dataflow_key(df_id), mapping={
-            "state": state.value, "reason": reason, "updated_at": repr(time.time()), **extra,
-        })
+        await self.r.hset(
+            self.names.dataflow_key(df_id),
+            mapping=fields(
+                {"state": state.value, "reason": reason, "updated_at": repr(time.time()), **extra}
+            ),
+        )
 
     async def set_placement(self, df_id: str, placement: Placement, generations: dict[str, int]) -> None:
         """Record a placement and assign each task its device and generation, atomically."""
@@ -158,14 +172,23 @@ class DataflowStore:
             rec.last_command_at = 0.0
             updated[tp.task] = rec.model_dump_json()
         async with self.r.pipeline(transaction=True) as p:
-            p.hset(key, mapping=updated)
-            p.hset(self.names.dataflow_key(df_id), mapping={
-                "placement": placement.model_dump_json(), "updated_at": repr(now),
-            })
+            p.hset(key, mapping=fields(updated))
+            p.hset(
+                self.names.dataflow_key(df_id),
+                mapping={
+                    "placement": placement.model_dump_json(),
+                    "updated_at": repr(now),
+                },
+            )
             await p.execute()
 
     async def patch_task(
-        self, df_id: str, task: str, patch: dict[str, Any], *, generation: int | None = None,
+        self,
+        df_id: str,
+        task: str,
+        patch: dict[str, Any],
+        *,
+        generation: int | None = None,
         forward_only: bool = False,
     ) -> TaskRecord | None:
         """Merge ``patch`` into a task record; None if it is missing or of another generation.
@@ -176,7 +199,11 @@ class DataflowStore:
         patch.setdefault("updated_at", time.time())
         out = await self._patch(
             keys=[self.names.dataflow_tasks_key(df_id)],
-            args=[task, json.dumps(patch), "" if generation is None else str(generation),
-                  "1" if forward_only else "0"],
+            args=[
+                task,
+                json.dumps(patch),
+                "" if generation is None else str(generation),
+                "1" if forward_only else "0",
+            ],
         )
         return TaskRecord.model_validate_json(out) if out else None

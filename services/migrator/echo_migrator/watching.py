@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from pydantic import ValidationError
+
 from echo_shared.messages import DeviceEvent
 from echo_shared.models import DeviceStatus
 from echo_shared.names import Names
 from echo_shared.nats_bus import NatsBus
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.aio.msg import Msg
-from pydantic import ValidationError
 
 log = logging.getLogger(__name__)
 

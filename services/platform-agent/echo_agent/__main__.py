@@ -12,8 +12,13 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="echo-agent", description="ECHO platform agent (one per device)")
     p.add_argument("--device-id", required=True, help="unique id of this device")
     p.add_argument("--tier", required=True, choices=["edge", "fog", "cloud"])
-    p.add_argument("--input-stream", action="append", default=[], metavar="NAME",
-                   help="an input stream this device hosts (repeatable)")
+    p.add_argument(
+        "--input-stream",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="an input stream this device hosts (repeatable)",
+    )
     p.add_argument("--label", action="append", default=[], metavar="K=V", help="a label (repeatable)")
     p.add_argument("--cpu", type=float, help="CPU cores offered to tasks (default: all)")
     p.add_argument("--memory-mb", type=int, help="memory offered to tasks in MiB (default: all)")
@@ -25,8 +30,12 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
         if not sep or not k:
             p.error(f"--label expects k=v, got {item!r}")
         labels[k] = v
-    out: dict[str, Any] = {"device_id": a.device_id, "tier": a.tier, "input_streams": a.input_stream,
-                           "labels": labels}
+    out: dict[str, Any] = {
+        "device_id": a.device_id,
+        "tier": a.tier,
+        "input_streams": a.input_stream,
+        "labels": labels,
+    }
     for name in ("cpu", "memory_mb", "data_dir"):
         if getattr(a, name) is not None:
             out[name] = getattr(a, name)
@@ -34,8 +43,9 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from echo_shared.lifecycle import run_service
     from pydantic import ValidationError
+
+    from echo_shared.lifecycle import run_service
 
     from .app import run
     from .settings import AgentSettings
@@ -48,8 +58,14 @@ def main(argv: list[str] | None = None) -> None:
             loc = ".".join(str(x) for x in err["loc"])
             print(f"echo-agent: {loc}: {err['msg']}", file=sys.stderr)  # noqa: T201
         sys.exit(2)
-    sys.exit(run_service(settings.service_name, lambda stop: run(settings, stop),
-                         log_level=settings.log_level, attributes={"echo.device": settings.device_id}))
+    sys.exit(
+        run_service(
+            settings.service_name,
+            lambda stop: run(settings, stop),
+            log_level=settings.log_level,
+            attributes={"echo.device": settings.device_id},
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ async def run(settings: AgentSettings, stop: asyncio.Event) -> None:
 
     control: MqttClient | None = None
 
-    def publish(topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> object:
+    def publish(topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> asyncio.Future[None]:
         assert control is not None
         return control.publish(topic, payload, qos=qos, retain=retain, user_properties=inject() or None)
 
@@ -40,7 +40,9 @@ async def run(settings: AgentSettings, stop: asyncio.Event) -> None:
         session_expiry=settings.task_session_expiry,
         publish=publish,
     )
-    will = Will(names.bye_topic(device), Goodbye(device=device, boot_id=boot_id, reason="connection lost").to_bytes())
+    will = Will(
+        names.bye_topic(device), Goodbye(device=device, boot_id=boot_id, reason="connection lost").to_bytes()
+    )
     control = MqttClient(
         settings.mqtt_url,
         names.agent_client_id(device),
@@ -59,8 +61,12 @@ async def run(settings: AgentSettings, stop: asyncio.Event) -> None:
         log.info("agent %s (%s) ready", device, settings.tier.value)
         try:
             await heartbeats.run(
-                device, boot_id, settings.heartbeat_interval, manager.briefs,
-                lambda b: control.publish(names.heartbeat_topic(device), b, qos=0), stop,
+                device,
+                boot_id,
+                settings.heartbeat_interval,
+                manager.briefs,
+                lambda b: control.publish(names.heartbeat_topic(device), b, qos=0),
+                stop,
             )
         finally:
             log.info("agent %s stopping", device)

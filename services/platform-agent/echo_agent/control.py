@@ -13,13 +13,14 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from opentelemetry.trace import SpanKind
+from pydantic import ValidationError
+
 from echo_shared.messages import COMMAND_ADAPTER, CommandAck, DeployTask, StopTask, TaskBrief, TaskStatus
 from echo_shared.models import TaskState
 from echo_shared.mqtt import MqttClient, MqttMessage
 from echo_shared.names import Names
 from echo_shared.telemetry import extract, tracer
-from opentelemetry.trace import SpanKind
-from pydantic import ValidationError
 
 from .running import TaskRunner
 
@@ -86,8 +87,16 @@ class TaskManager:
             self.control.ack(msg)
 
     def _ack(self, cmd: DeployTask | StopTask, ok: bool, state: TaskState, reason: str = "") -> CommandAck:
-        return CommandAck(cmd_id=cmd.cmd_id, device=self.device, dataflow=cmd.dataflow, task=cmd.task,
-                          generation=cmd.generation, ok=ok, state=state, reason=reason)
+        return CommandAck(
+            cmd_id=cmd.cmd_id,
+            device=self.device,
+            dataflow=cmd.dataflow,
+            task=cmd.task,
+            generation=cmd.generation,
+            ok=ok,
+            state=state,
+            reason=reason,
+        )
 
     def report(self, status: TaskStatus) -> None:
         if self._shutting_down:
@@ -103,7 +112,9 @@ class TaskManager:
         current = self.tasks.get(key)
         if current is not None:
             if current.generation > cmd.generation:
-                return self._ack(cmd, False, current.state, f"stale: generation {current.generation} runs here")
+                return self._ack(
+                    cmd, False, current.state, f"stale: generation {current.generation} runs here"
+                )
             if current.generation == cmd.generation:
                 return self._ack(cmd, current.state is not TaskState.failed, current.state, current.reason)
             await current.stop(discard_session=False, reason=f"replaced by generation {cmd.generation}")

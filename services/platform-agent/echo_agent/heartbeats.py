@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 import psutil
+
 from echo_shared import __version__
 from echo_shared.lifecycle import wait_or_stop
 from echo_shared.messages import DeviceHello, Heartbeat, TaskBrief

@@ -16,13 +16,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from echo_shared.codec import BadDataMessage, decode
 from echo_shared.messages import DeployTask, TaskStatus
 from echo_shared.models import TaskState
 from echo_shared.mqtt import MqttClient, MqttMessage
 from echo_shared.names import Names
 from echo_shared.operators import Role, lookup
-from pydantic import ValidationError
 
 from .channels import AckQueue, Inputs, Outputs
 from .operators import Operator, SourceOperator, TaskContext, UnknownOperator, build
@@ -129,9 +130,14 @@ class TaskRunner:
             await self.mqtt.start()
             if has_inputs:
                 await self.mqtt.subscribe([b.topic for b in cmd.inputs], qos=1)
-            ctx = TaskContext(cmd.dataflow, cmd.task, self.device, cmd.generation,
-                              self.data_dir / cmd.dataflow / cmd.task,
-                              logging.getLogger(f"echo.task.{cmd.task}"))
+            ctx = TaskContext(
+                cmd.dataflow,
+                cmd.task,
+                self.device,
+                cmd.generation,
+                self.data_dir / cmd.dataflow / cmd.task,
+                logging.getLogger(f"echo.task.{cmd.task}"),
+            )
             await self.op.open(ctx)
         except Exception as e:
             await self._close_mqtt(discard=False)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
+
 from echo_shared.models import Tier
 from echo_shared.settings import CommonSettings, LivenessSettings, MqttSettings
-from pydantic import Field
 
 
 class AgentSettings(CommonSettings, MqttSettings, LivenessSettings):

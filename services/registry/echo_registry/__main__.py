@@ -12,7 +12,9 @@ def main() -> None:
     from .settings import RegistrySettings
 
     settings = RegistrySettings()
-    sys.exit(run_service(settings.service_name, lambda stop: run(settings, stop), log_level=settings.log_level))
+    sys.exit(
+        run_service(settings.service_name, lambda stop: run(settings, stop), log_level=settings.log_level)
+    )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,11 @@ class DeviceEvents:
     async def setup(self) -> None:
         await self.bus.ensure_stream(self.names.events_stream, [self.names.events_subjects])
 
-    async def changed(self, device: str, status: DeviceStatus, previous: DeviceStatus | None, reason: str) -> None:
-        log.info("device %s: %s -> %s (%s)", device, previous.value if previous else "new", status.value, reason)
+    async def changed(
+        self, device: str, status: DeviceStatus, previous: DeviceStatus | None, reason: str
+    ) -> None:
+        log.info(
+            "device %s: %s -> %s (%s)", device, previous.value if previous else "new", status.value, reason
+        )
         event = DeviceEvent(device=device, status=status, previous=previous, ts=time.time(), reason=reason)
         await self.bus.publish_event(self.names.device_event(device, status.value), event)

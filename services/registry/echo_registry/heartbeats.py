@@ -12,12 +12,13 @@ import collections
 import logging
 import time
 
+from pydantic import ValidationError
+
 from echo_shared.messages import DeviceHello, Goodbye, Heartbeat
 from echo_shared.models import DeviceStatus
 from echo_shared.mqtt import MqttClient, MqttMessage
 from echo_shared.names import Names
 from echo_shared.telemetry import extract, tracer
-from pydantic import ValidationError
 
 from .errors import UnknownDevice
 from .events import DeviceEvents
@@ -80,7 +81,9 @@ class Intake:
         if leaf == "hb":
             hb = Heartbeat.from_bytes(msg.payload)
             try:
-                prev = await self.store.heartbeat(device, now, hb.cpu_percent, hb.memory_percent, len(hb.tasks))
+                prev = await self.store.heartbeat(
+                    device, now, hb.cpu_percent, hb.memory_percent, len(hb.tasks)
+                )
             except UnknownDevice:
                 log.debug("heartbeat from unregistered device %s", device)
                 return
@@ -99,6 +102,8 @@ class Intake:
             raw = await self.store.raw(device)
             if not raw or raw.get("boot_id") != bye.boot_id:
                 return  # the goodbye of an earlier incarnation
-            prev = await self.store.transition(device, DeviceStatus.unreachable, now, expect=DeviceStatus.online)
+            prev = await self.store.transition(
+                device, DeviceStatus.unreachable, now, expect=DeviceStatus.online
+            )
             if prev is not None:
                 await self.events.changed(device, DeviceStatus.unreachable, prev, bye.reason)

@@ -24,7 +24,9 @@ def judge(silence: float, unreachable_after: float, lost_after: float) -> Device
     return DeviceStatus.online
 
 
-async def sweep(store: DeviceStore, events: DeviceEvents, unreachable_after: float, lost_after: float) -> None:
+async def sweep(
+    store: DeviceStore, events: DeviceEvents, unreachable_after: float, lost_after: float
+) -> None:
     now = time.time()
     for record, raw in await store.all():
         if record.last_heartbeat is None or record.status is DeviceStatus.lost:
@@ -37,8 +39,9 @@ async def sweep(store: DeviceStore, events: DeviceEvents, unreachable_after: flo
             record.id, target, now, expect=record.status, expect_heartbeat=raw.get("last_heartbeat")
         )
         if prev is not None:
-            await events.changed(record.id, target, prev,
-                                 f"no heartbeat for {now - record.last_heartbeat:.1f}s")
+            await events.changed(
+                record.id, target, prev, f"no heartbeat for {now - record.last_heartbeat:.1f}s"
+            )
 
 
 async def run(

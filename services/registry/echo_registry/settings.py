@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from echo_shared.settings import CommonSettings, LivenessSettings, MqttSettings, NatsSettings, RedisSettings
 from pydantic import Field
+
+from echo_shared.settings import CommonSettings, LivenessSettings, MqttSettings, NatsSettings, RedisSettings
 
 
 class RegistrySettings(CommonSettings, NatsSettings, MqttSettings, RedisSettings, LivenessSettings):

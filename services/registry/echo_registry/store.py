@@ -9,6 +9,7 @@ Lua script, so a liveness sweep and a heartbeat that race cannot undo each other
 from __future__ import annotations
 
 import redis.asyncio as aioredis
+
 from echo_shared.models import DeviceInfo, DeviceRecord, DeviceStatus
 from echo_shared.names import Names
 
@@ -38,31 +39,43 @@ class DeviceStore:
         key = self.names.device_key(info.id)
         prev = await self.r.hget(key, "status")
         async with self.r.pipeline(transaction=True) as p:
-            p.hset(key, mapping={
-                "info": info.model_dump_json(),
-                "status": DeviceStatus.online.value,
-                "boot_id": boot_id,
-                "last_heartbeat": repr(now),
-            })
+            p.hset(
+                key,
+                mapping={
+                    "info": info.model_dump_json(),
+                    "status": DeviceStatus.online.value,
+                    "boot_id": boot_id,
+                    "last_heartbeat": repr(now),
+                },
+            )
             if prev != DeviceStatus.online.value:
                 p.hset(key, "status_since", repr(now))
             p.hsetnx(key, "registered_at", repr(now))
             p.sadd(self.names.devices_key, info.id)
             await p.execute()
-        return DeviceStatus(prev) if prev else None
+        return DeviceStatus(str(prev)) if prev else None
 
-    async def heartbeat(self, device: str, now: float, cpu: float, mem: float, tasks: int) -> DeviceStatus | None:
+    async def heartbeat(
+        self, device: str, now: float, cpu: float, mem: float, tasks: int
+    ) -> DeviceStatus | None:
         """Record a heartbeat; returns the previous status when this brought the device back online."""
         key = self.names.device_key(device)
         if not await self.r.exists(key):
             raise UnknownDevice(device)
-        await self.r.hset(key, mapping={"last_heartbeat": repr(now), "cpu": repr(cpu), "mem": repr(mem),
-                                        "tasks": str(tasks)})
+        await self.r.hset(
+            key,
+            mapping={"last_heartbeat": repr(now), "cpu": repr(cpu), "mem": repr(mem), "tasks": str(tasks)},
+        )
         prev = await self._transition(keys=[key], args=["", "", DeviceStatus.online.value, repr(now)])
         return DeviceStatus(prev) if prev else None
 
     async def transition(
-        self, device: str, to: DeviceStatus, now: float, *, expect: DeviceStatus | None = None,
+        self,
+        device: str,
+        to: DeviceStatus,
+        now: float,
+        *,
+        expect: DeviceStatus | None = None,
         expect_heartbeat: str | None = None,
     ) -> DeviceStatus | None:
         """Compare-and-set the status; returns the previous status, or None if nothing changed."""
@@ -73,8 +86,8 @@ class DeviceStore:
         return DeviceStatus(prev) if prev else None
 
     async def raw(self, device: str) -> dict[str, str]:
-        data: dict[str, str] = await self.r.hgetall(self.names.device_key(device))
-        return data
+        data = await self.r.hgetall(self.names.device_key(device))
+        return {str(k): str(v) for k, v in data.items()}
 
     async def get(self, device: str) -> DeviceRecord:
         data = await self.raw(device)
@@ -83,7 +96,7 @@ class DeviceStore:
         return _record(data)
 
     async def ids(self) -> list[str]:
-        return sorted(await self.r.smembers(self.names.devices_key))
+        return sorted(str(x) for x in await self.r.smembers(self.names.devices_key))
 
     async def all(self) -> list[tuple[DeviceRecord, dict[str, str]]]:
         ids = await self.ids()

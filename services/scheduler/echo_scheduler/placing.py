@@ -61,7 +61,7 @@ def _checks(task: TaskSpec, free: dict[str, Free]) -> list[Check]:
         stream = c.input_stream
         out.append((f"input stream {stream}", lambda d: stream in d.input_streams))
     for key, value in sorted(c.labels.items()):
-        out.append((f"label {key}={value}", lambda d, k=key, v=value: d.labels.get(k) == v))
+        out.append((f"label {key}={value}", _has_label(key, value)))
     info = lookup(task.operator)
     runtime = info.runtime if info else "python"
     out.append((f"runtime {runtime}", lambda d: runtime in d.runtimes))
@@ -69,6 +69,10 @@ def _checks(task: TaskSpec, free: dict[str, Free]) -> list[Check]:
     out.append((f"{cpu:g} CPU free", lambda d: free[d.id].cpu + 1e-9 >= cpu))
     out.append((f"{mem} MiB free", lambda d: free[d.id].memory_mb >= mem))
     return out
+
+
+def _has_label(key: str, value: str) -> Callable[[DeviceRecord], bool]:
+    return lambda d: d.labels.get(key) == value
 
 
 def _why_none(task: TaskSpec, devices: Sequence[DeviceRecord], checks: list[Check]) -> str:
@@ -82,8 +86,10 @@ def _why_none(task: TaskSpec, devices: Sequence[DeviceRecord], checks: list[Chec
                 return f"task {task.id!r}: no devices are registered"
             if not passed:
                 return f"task {task.id!r}: no device satisfies {label}"
-            return (f"task {task.id!r}: no device satisfies {label} among those with "
-                    f"{', '.join(passed)} ({before})")
+            return (
+                f"task {task.id!r}: no device satisfies {label} among those with "
+                f"{', '.join(passed)} ({before})"
+            )
         passed.append(label)
         remaining = left
     return f"task {task.id!r}: no device fits"
@@ -102,8 +108,10 @@ def place(
     reserved = reserved or {}
     devs = sorted(devices, key=lambda d: d.id)
     free = {
-        d.id: Free(d.capacity.cpu - reserved.get(d.id, (0.0, 0.0))[0],
-                   d.capacity.memory_mb - reserved.get(d.id, (0.0, 0.0))[1])
+        d.id: Free(
+            d.capacity.cpu - reserved.get(d.id, (0.0, 0.0))[0],
+            d.capacity.memory_mb - reserved.get(d.id, (0.0, 0.0))[1],
+        )
         for d in devs
     }
     by_id = {t.id: t for t in spec.tasks}
@@ -115,37 +123,45 @@ def place(
         candidates = [d for d in devs if all(ok(d) for _, ok in checks)]
         if not candidates:
             raise PlacementError(_why_none(task, devs, checks))
-        upstream_devices = {chosen[u] for u in spec.inputs_of(tid) if u in chosen}
+        upstream_devices = frozenset(chosen[u] for u in spec.inputs_of(tid) if u in chosen)
         cpu, mem = task.resources.cpu, float(task.resources.memory_mb)
-
-        def score(d: DeviceRecord) -> tuple[float, str]:
-            s = free[d.id].load_after(d, cpu, mem)
-            if upstream_devices and d.id not in upstream_devices:
-                s += COLOCATION_BONUS
-            return (round(s, 9), d.id)
-
-        best = min(candidates, key=score)
+        best = min(candidates, key=lambda d: _score(d, free[d.id], cpu, mem, upstream_devices))
         free[best.id].cpu -= cpu
         free[best.id].memory_mb -= mem
         chosen[tid] = best.id
-        placements[tid] = TaskPlacement(task=tid, device=best.id, reason=_reason(task, best, candidates,
-                                                                                   upstream_devices))
+        placements[tid] = TaskPlacement(
+            task=tid, device=best.id, reason=_reason(task, best, candidates, upstream_devices)
+        )
     channels = [
         ChannelSpec(
             from_task=e.from_,
             to_task=e.to,
             transport="mqtt",
             topic=names.data_topic(dataflow_id, e.from_, e.to),
-            reason=("same device; MQTT keeps the channel durable if either task moves"
-                    if chosen[e.from_] == chosen[e.to]
-                    else f"{chosen[e.from_]} and {chosen[e.to]} share the MQTT broker"),
+            reason=(
+                "same device; MQTT keeps the channel durable if either task moves"
+                if chosen[e.from_] == chosen[e.to]
+                else f"{chosen[e.from_]} and {chosen[e.to]} share the MQTT broker"
+            ),
         )
         for e in spec.edges
     ]
     return Placement(tasks=[placements[t.id] for t in spec.tasks], channels=channels)
 
 
-def _reason(task: TaskSpec, best: DeviceRecord, candidates: list[DeviceRecord], upstream: set[str]) -> str:
+def _score(
+    d: DeviceRecord, free: Free, cpu: float, mem: float, upstream: frozenset[str]
+) -> tuple[float, str]:
+    """Lower is better: the device's load after placing, plus a penalty for leaving upstream."""
+    s = free.load_after(d, cpu, mem)
+    if upstream and d.id not in upstream:
+        s += COLOCATION_BONUS
+    return (round(s, 9), d.id)
+
+
+def _reason(
+    task: TaskSpec, best: DeviceRecord, candidates: list[DeviceRecord], upstream: frozenset[str]
+) -> str:
     c = task.placement
     parts: list[str] = []
     if c.device:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from opentelemetry import trace
+
 from echo_shared.errors import BusError, PlacementError
 from echo_shared.messages import (
     DeviceListReply,
@@ -16,7 +18,6 @@ from echo_shared.messages import (
 from echo_shared.models import DeviceRecord
 from echo_shared.names import Names
 from echo_shared.nats_bus import NatsBus
-from opentelemetry import trace
 
 from . import placing, validating
 from .errors import RegistryUnavailable

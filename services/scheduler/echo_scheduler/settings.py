@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from echo_shared.settings import CommonSettings, NatsSettings
 from pydantic import Field
+
+from echo_shared.settings import CommonSettings, NatsSettings
 
 
 class SchedulerSettings(CommonSettings, NatsSettings):

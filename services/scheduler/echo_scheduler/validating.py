@@ -6,6 +6,7 @@ Every problem is reported with where it is (``tasks[2].operator``), all at once.
 from __future__ import annotations
 
 import networkx as nx
+
 from echo_shared.errors import Problem, SpecError
 from echo_shared.models import DataflowSpec
 from echo_shared.operators import Role, config_problems, lookup
@@ -17,14 +18,19 @@ def problems(spec: DataflowSpec) -> list[Problem]:
     for i, task in enumerate(spec.tasks):
         if task.id in index:
             found.append(
-                Problem(f"tasks[{i}].id", f"duplicate task id {task.id!r} (also tasks[{index[task.id]}])",
-                        "duplicate")
+                Problem(
+                    f"tasks[{i}].id",
+                    f"duplicate task id {task.id!r} (also tasks[{index[task.id]}])",
+                    "duplicate",
+                )
             )
         else:
             index[task.id] = i
         info = lookup(task.operator)
         if info is None:
-            found.append(Problem(f"tasks[{i}].operator", f"unknown operator {task.operator!r}", "unknown_operator"))
+            found.append(
+                Problem(f"tasks[{i}].operator", f"unknown operator {task.operator!r}", "unknown_operator")
+            )
         else:
             found.extend(config_problems(info, task.config, f"tasks[{i}].config"))
 
@@ -44,7 +50,9 @@ def problems(spec: DataflowSpec) -> list[Problem]:
             continue
         pair = (edge.from_, edge.to)
         if pair in seen_edges:
-            found.append(Problem(f"edges[{k}]", f"duplicate edge (also edges[{seen_edges[pair]}])", "duplicate"))
+            found.append(
+                Problem(f"edges[{k}]", f"duplicate edge (also edges[{seen_edges[pair]}])", "duplicate")
+            )
             continue
         seen_edges[pair] = k
         graph.add_edge(edge.from_, edge.to)

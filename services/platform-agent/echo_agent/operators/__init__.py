@@ -28,4 +28,12 @@ def build(name: str, config: dict[str, object]) -> Operator:
     return impl(info.config.model_validate(config))
 
 
-__all__ = ["IMPLEMENTATIONS", "Operator", "Record", "SourceOperator", "TaskContext", "UnknownOperator", "build"]
+__all__ = [
+    "IMPLEMENTATIONS",
+    "Operator",
+    "Record",
+    "SourceOperator",
+    "TaskContext",
+    "UnknownOperator",
+    "build",
+]

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
+
 from echo_shared.operators import CountByKeyConfig, FileSinkConfig, GenerateConfig
 
 from .base import Operator, Record, SourceOperator, TaskContext
@@ -90,9 +91,13 @@ class FileSink(Operator):
 
     async def open(self, ctx: TaskContext) -> None:
         await super().open(ctx)
-        path = Path(os.path.expanduser(self.config.path))
+        self._f = await asyncio.to_thread(self._open, self.config.path)
+
+    @staticmethod
+    def _open(raw: str) -> IO[bytes]:
+        path = Path(raw).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(path, "ab", buffering=1 << 16)  # noqa: SIM115 - closed in close()
+        return open(path, "ab", buffering=1 << 16)
 
     def process(self, record: Record) -> None:
         assert self._f is not None

@@ -1,0 +1,170 @@
+"""deploy/compose.yaml is a valid Compose file and deploys the whole platform.
+
+No ``docker compose`` is needed: the file is validated against the Compose
+Specification JSON Schema (tests/data/compose-spec.json, see tests/data/README.md),
+and the ECHO-specific expectations are checked on the parsed YAML. No network access.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+COMPOSE_FILE = DEPLOY / "compose.yaml"
+SCHEMA_FILE = ROOT / "tests" / "data" / "compose-spec.json"
+
+BROKERS = ("nats", "mosquitto", "redis")
+CLOUD_SERVICES = {
+    "master": "echo-master",
+    "scheduler": "echo-scheduler",
+    "registry": "echo-registry",
+    "migrator": "echo-migrator",
+}
+AGENTS = {"edge-1": "edge", "edge-2": "edge", "fog-1": "fog", "cloud-1": "cloud"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    # safe_load resolves the YAML anchors and merge keys (<<) the file uses.
+    data = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    svcs = compose["services"]
+    assert isinstance(svcs, dict)
+    return svcs
+
+
+def _command(service: dict[str, Any]) -> list[str]:
+    cmd = service.get("command", [])
+    return cmd.split() if isinstance(cmd, str) else list(cmd)
+
+
+def _flag(cmd: list[str], name: str) -> str | None:
+    return cmd[cmd.index(name) + 1] if name in cmd and cmd.index(name) + 1 < len(cmd) else None
+
+
+def test_compose_file_matches_the_compose_specification(compose: dict[str, Any]) -> None:
+    schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+    # The schema declares "https://json-schema.org/draft-07/schema", a spelling of the
+    # draft-07 URI that jsonschema's validator_for() does not recognise: name it here.
+    assert "draft-07" in schema["$schema"]
+    jsonschema.Draft7Validator.check_schema(schema)
+    validator = jsonschema.Draft7Validator(schema)
+    errors = sorted(validator.iter_errors(compose), key=lambda e: list(e.absolute_path))
+    assert not errors, "\n".join(
+        f"{'/'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}" for e in errors
+    )
+
+
+def test_all_platform_services_and_brokers_are_deployed(services: dict[str, dict[str, Any]]) -> None:
+    for name in (*BROKERS, *CLOUD_SERVICES, *AGENTS, "lgtm"):
+        assert name in services, f"service {name!r} missing"
+    for name, script in CLOUD_SERVICES.items():
+        assert _command(services[name])[0] == script, name
+    agent_commands = [_command(s) for s in services.values() if _command(s)[:1] == ["echo-agent"]]
+    assert len(agent_commands) >= len(AGENTS)
+
+
+def test_agents_declare_device_id_and_tier(services: dict[str, dict[str, Any]]) -> None:
+    for name, tier in AGENTS.items():
+        cmd = _command(services[name])
+        assert cmd[0] == "echo-agent"
+        assert _flag(cmd, "--device-id") == name
+        assert _flag(cmd, "--tier") == tier
+    assert _flag(_command(services["edge-1"]), "--input-stream") == "taxi-feed"
+
+
+def test_brokers_are_durable(services: dict[str, dict[str, Any]]) -> None:
+    nats = _command(services["nats"])
+    assert "-js" in nats, "NATS must run with JetStream"
+    assert _flag(nats, "-sd") == "/data"
+    redis = _command(services["redis"])
+    assert _flag(redis, "--appendonly") == "yes", "Redis must run with the append-only file"
+    conf = (DEPLOY / "mosquitto.conf").read_text(encoding="utf-8")
+    settings = dict(
+        line.split(None, 1) for line in conf.splitlines() if line.strip() and not line.startswith("#")
+    )
+    assert settings["persistence"].strip() == "true"
+    assert settings["allow_anonymous"].strip() == "true"
+    assert settings["max_queued_messages"].strip() == "200000"
+    assert settings["max_queued_bytes"].strip() == "0"
+    assert settings["max_inflight_messages"].strip() == "1000"
+    mounts = services["mosquitto"]["volumes"]
+    assert "./mosquitto.conf:/mosquitto/config/mosquitto.conf:ro" in mounts
+
+
+def test_every_service_has_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
+    for name, svc in services.items():
+        check = svc.get("healthcheck")
+        assert check and check.get("test"), f"{name} has no healthcheck"
+        assert not check.get("disable"), name
+
+
+def test_master_health_endpoint_and_published_port(services: dict[str, dict[str, Any]]) -> None:
+    master = services["master"]
+    assert "/healthz" in " ".join(master["healthcheck"]["test"])
+    assert any(str(p).endswith(":8099") for p in master["ports"])
+
+
+def test_dependencies_exist_and_wait_for_healthy_brokers(services: dict[str, dict[str, Any]]) -> None:
+    for name, svc in services.items():
+        deps = svc.get("depends_on", {})
+        if isinstance(deps, list):
+            deps = {d: {"condition": "service_started"} for d in deps}
+        for dep, how in deps.items():
+            assert dep in services, f"{name} depends on unknown service {dep!r}"
+            if dep in BROKERS:
+                assert how["condition"] == "service_healthy", f"{name} -> {dep}"
+    for name in CLOUD_SERVICES:
+        assert set(BROKERS) <= set(services[name]["depends_on"]), name
+
+
+def test_configuration_comes_from_the_environment(services: dict[str, dict[str, Any]]) -> None:
+    for name in CLOUD_SERVICES:
+        env = services[name]["environment"]
+        assert env["ECHO_NATS_URL"] == "nats://nats:4222"
+        assert env["ECHO_MQTT_URL"] == "mqtt://mosquitto:1883"
+        assert env["ECHO_REDIS_URL"] == "redis://redis:6379/0"
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://lgtm:4318"
+    assert str(services["master"]["environment"]["ECHO_API_PORT"]) == "8099"
+    for name, tier in AGENTS.items():
+        env = services[name]["environment"]
+        assert env["ECHO_MQTT_URL"] == "mqtt://mosquitto:1883"
+        # fog and cloud devices reach NATS; edge devices only MQTT
+        assert ("ECHO_NATS_URL" in env) == (tier != "edge"), name
+
+
+def test_named_volumes_are_declared(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
+    declared = set(compose.get("volumes") or {})
+    for svc in services.values():
+        for mount in svc.get("volumes", []):
+            source = str(mount).split(":", 1)[0]
+            if not source.startswith((".", "/")):
+                assert source in declared, f"volume {source!r} not declared"
+    assert {"nats-data", "redis-data", "mosquitto-data"} <= declared
+
+
+def test_echo_services_build_the_one_image(services: dict[str, dict[str, Any]]) -> None:
+    echo = [services[n] for n in (*CLOUD_SERVICES, *AGENTS)]
+    assert len({s["image"] for s in echo}) == 1
+    for svc in echo:
+        build = svc["build"]
+        context = (DEPLOY / build["context"]).resolve()
+        assert (context / "pyproject.toml").is_file()
+        assert (context / build["dockerfile"]).is_file()
+    dockerfile = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
+    assert "FROM python:3.11-slim" in dockerfile
+    assert "requirements.lock" in dockerfile
+    users = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0"), "the image must not run as root"
