@@ -31,8 +31,14 @@ def run_service(
     async def runner() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal(sig: signal.Signals) -> None:
+            if stop.is_set():
+                log.info("%s already stopping; ignoring %s", name, sig.name)
+            stop.set()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
         await main(stop)
 
     code = 0
@@ -42,6 +48,9 @@ def run_service(
         log.exception("%s failed", name)
         code = 1
     finally:
+        # the loop and its handlers are gone: a late signal must not kill the teardown
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
         shutdown_tracing()
     log.info("%s stopped", name)
     return code

@@ -21,7 +21,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import RetentionPolicy, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StreamConfig
 from nats.js.errors import BadRequestError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -196,6 +196,48 @@ class NatsBus:
     async def publish_event(self, subject: str, msg: Message) -> None:
         with self._tracer.start_as_current_span(f"{subject} publish", kind=SpanKind.PRODUCER):
             await self.js.publish(subject, msg.to_bytes(), headers=inject())
+
+    async def follow(
+        self,
+        stream: str,
+        subject: str,
+        durable: str,
+        handler: Callable[[Msg], Awaitable[None]],
+        stop: asyncio.Event,
+        *,
+        batch: int = 64,
+    ) -> None:
+        """Consume ``subject`` from a JetStream stream with a durable consumer until ``stop``.
+
+        The consumer's position survives restarts, so what was published while this
+        service was down is handled when it returns. A message is acked after its
+        handler returns; a handler that raises gets it redelivered.
+        """
+        sub = await self.js.pull_subscribe(
+            subject,
+            durable=durable,
+            stream=stream,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.NEW, ack_wait=30
+            ),
+        )
+        try:
+            while not stop.is_set():
+                try:
+                    msgs = await sub.fetch(batch=batch, timeout=0.5)
+                except TimeoutError:
+                    continue
+                for m in msgs:
+                    try:
+                        await handler(m)
+                    except Exception:
+                        log.exception("handling %s failed; it will be redelivered", m.subject)
+                        await m.nak(delay=1.0)
+                        continue
+                    await m.ack()
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def subscribe_raw(self, subject: str, cb: Callable[[Msg], Awaitable[Any]]) -> Subscription:
         sub = await self.nc.subscribe(subject, cb=cb)

@@ -13,7 +13,7 @@ from echo_shared.names import Names
 async def test_device_transitions_are_compare_and_set(redis: aioredis.Redis, names: Names) -> None:
     store = DeviceStore(redis, names)
     info = DeviceInfo(id="d1", tier=Tier.edge, capacity=Capacity(cpu=1, memory_mb=64))
-    assert await store.register(info, "boot", 100.0) is None
+    assert await store.register(info, "boot", 100.0) == (None, None)
     raw = await store.raw("d1")
     # a heartbeat lands between the sweep's read and its write: the sweep's write must fail
     await store.heartbeat("d1", 101.0, 5.0, 6.0, 0)

@@ -47,7 +47,7 @@ def nats_server_binary() -> str:
 
 def docker_engine_running() -> bool:
     try:
-        import docker  # type: ignore[import-untyped]
+        import docker
 
         client = docker.from_env(timeout=3)
         client.ping()
@@ -87,7 +87,11 @@ class Brokers:
     containers: list[Any] = field(default_factory=list)
 
     def env(self) -> dict[str, str]:
-        return {"ECHO_NATS_URL": self.nats_url, "ECHO_MQTT_URL": self.mqtt_url, "ECHO_REDIS_URL": self.redis_url}
+        return {
+            "ECHO_NATS_URL": self.nats_url,
+            "ECHO_MQTT_URL": self.mqtt_url,
+            "ECHO_REDIS_URL": self.redis_url,
+        }
 
     def stop(self) -> None:
         for p in self.processes.values():

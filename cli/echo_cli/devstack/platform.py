@@ -99,7 +99,9 @@ class Platform:
         self.agents[spec.device_id] = proc
         return proc
 
-    def start(self, fleet: tuple[AgentSpec, ...] | list[AgentSpec] = DEFAULT_FLEET, timeout: float = 60.0) -> None:
+    def start(
+        self, fleet: tuple[AgentSpec, ...] | list[AgentSpec] = DEFAULT_FLEET, timeout: float = 60.0
+    ) -> None:
         for name in SERVICES:
             self.start_service(name)
         for spec in fleet:
@@ -126,9 +128,8 @@ class Platform:
     def stop(self, timeout: float = 10.0) -> dict[str, int | None]:
         """SIGTERM the agents, then the services (master first). Returns exit codes."""
         codes: dict[str, int | None] = {}
-        for name, p in self.agents.items():
-            p.signal(15)
-            codes[f"agent-{name}"] = None
+        for p in self.agents.values():
+            p.signal(15)  # all at once; stop() below waits (its own SIGTERM is ignored while stopping)
         for name, p in self.agents.items():
             codes[f"agent-{name}"] = p.stop(timeout)
         for name in reversed(SERVICES):

@@ -40,8 +40,10 @@ def wait_for_port(host: str, port: int, timeout: float = 15.0, proc: ManagedProc
         if port_open(host, port):
             return
         if proc is not None and not proc.alive():
-            raise RuntimeError(f"{proc.name} exited with {proc.returncode} before listening on {port}; "
-                               f"log: {proc.log_tail()}")
+            raise RuntimeError(
+                f"{proc.name} exited with {proc.returncode} before listening on {port}; "
+                f"log: {proc.log_tail()}"
+            )
         time.sleep(0.02)
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
 
@@ -73,7 +75,10 @@ class ManagedProcess:
             stdin=subprocess.DEVNULL,
             env=full_env,
             cwd=cwd,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509
+            # its own session: a Ctrl-C at the terminal reaches only the parent, which
+            # then stops its children in order; PDEATHSIG still ends them if it dies
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
 
     @property

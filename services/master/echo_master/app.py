@@ -53,11 +53,13 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
 
             async def on_device_event(msg: Msg) -> None:
                 try:
-                    await reconciler.on_device_event(DeviceEvent.from_bytes(msg.data))
+                    event = DeviceEvent.from_bytes(msg.data)
                 except ValidationError as e:
                     log.warning("bad device event: %s", e)
+                    return
+                await reconciler.on_device_event(event)
 
-            await bus.subscribe_raw(names.device_events_all, on_device_event)
+            await bus.ensure_stream(names.events_stream, [names.events_subjects])
             await link.start()
             try:
                 api = create_api(ApiContext(settings, names, store, reconciler, bus, redis, link.mqtt))
@@ -79,6 +81,15 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(link.run(stop))
                     tg.create_task(reconciler.run(stop))
+                    tg.create_task(
+                        bus.follow(
+                            names.events_stream,
+                            names.device_events_all,
+                            f"{names.namespace}-master",
+                            on_device_event,
+                            stop,
+                        )
+                    )
                     tg.create_task(stop_server())
                     await server.serve()
                     if not server.started:

@@ -282,8 +282,9 @@ class Reconciler:
             self.kick(update.dataflow)
 
     async def on_device_event(self, event: DeviceEvent) -> None:
-        """A device came back: make sure what should run on it runs (deploys are idempotent)."""
-        if event.status is not DeviceStatus.online or event.previous is None:
+        """A device came (back) online or its agent restarted: make sure what should run on it
+        runs (deploys are idempotent: a task still running just acks)."""
+        if event.status is not DeviceStatus.online:
             return
         for df in await self.store.all():
             if df.desired is not DesiredState.running or df.state not in ACTIVE_STATES:

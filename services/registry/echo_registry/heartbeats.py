@@ -94,9 +94,12 @@ class Intake:
                 return  # a cleared retained registration
             hello = DeviceHello.from_bytes(msg.payload)
             with self._tracer.start_as_current_span("register device", context=extract(msg.user_properties)):
-                prev = await self.store.register(hello.device, hello.boot_id, now)
+                prev, prev_boot = await self.store.register(hello.device, hello.boot_id, now)
             if prev is not DeviceStatus.online:
                 await self.events.changed(device, DeviceStatus.online, prev, "registered")
+            elif prev_boot != hello.boot_id:
+                # online all along, yet a new agent process: what ran there is gone
+                await self.events.changed(device, DeviceStatus.online, prev, "agent restarted")
         elif leaf == "bye":
             bye = Goodbye.from_bytes(msg.payload)
             raw = await self.store.raw(device)

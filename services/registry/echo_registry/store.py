@@ -34,10 +34,12 @@ class DeviceStore:
         self.names = names
         self._transition = redis.register_script(_TRANSITION)
 
-    async def register(self, info: DeviceInfo, boot_id: str, now: float) -> DeviceStatus | None:
-        """Upsert a registration; returns the previous status (None if the device is new)."""
+    async def register(
+        self, info: DeviceInfo, boot_id: str, now: float
+    ) -> tuple[DeviceStatus | None, str | None]:
+        """Upsert a registration; returns the previous status and boot id (None if new)."""
         key = self.names.device_key(info.id)
-        prev = await self.r.hget(key, "status")
+        prev, prev_boot = await self.r.hmget(key, ["status", "boot_id"])
         async with self.r.pipeline(transaction=True) as p:
             p.hset(
                 key,
@@ -53,7 +55,7 @@ class DeviceStore:
             p.hsetnx(key, "registered_at", repr(now))
             p.sadd(self.names.devices_key, info.id)
             await p.execute()
-        return DeviceStatus(str(prev)) if prev else None
+        return (DeviceStatus(str(prev)) if prev else None), (str(prev_boot) if prev_boot else None)
 
     async def heartbeat(
         self, device: str, now: float, cpu: float, mem: float, tasks: int

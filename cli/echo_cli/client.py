@@ -1,0 +1,166 @@
+"""A small synchronous client of the ECHO REST API (``/api/v1``), on httpx.
+
+Every failure is turned into a typed error (``ApiUnreachable``, ``NotFound``,
+``ApiError``) whose ``str()`` is a one-line message for the user, so the CLI never
+shows a traceback. Methods return the ``httpx.Response`` so callers can print the
+API's JSON exactly as it came (``-o json``) or decode it for tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+DEFAULT_API_URL = "http://127.0.0.1:8099"
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+class CliError(Exception):
+    """An error the CLI reports as one line (plus optional detail lines) and exit code 1."""
+
+    def details(self) -> list[str]:
+        return []
+
+
+class ApiUnreachable(CliError):
+    def __init__(self, url: str, cause: str) -> None:
+        super().__init__(
+            f"cannot reach the ECHO API at {url} ({cause}); start one with `echoctl dev up`, "
+            "or `source .echo/dev.env` / set ECHO_API_URL or --api-url to point at a running one"
+        )
+        self.url = url
+
+
+class NotFound(CliError):
+    def __init__(self, kind: str, ident: str) -> None:
+        super().__init__(f"no {kind} {ident}")
+        self.kind = kind
+        self.ident = ident
+
+
+@dataclass
+class ApiError(CliError):
+    """The API answered with an error status; ``errors`` are its located problems."""
+
+    status: int
+    detail: str
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        Exception.__init__(self, f"{self.detail} (HTTP {self.status})")
+
+    def details(self) -> list[str]:
+        out = []
+        for e in self.errors:
+            loc = e.get("loc") or "body"
+            out.append(f"{loc}: {e.get('msg', '')}")
+        return out
+
+
+def content_type_for(path: str) -> str:
+    """``application/yaml`` for .yaml/.yml files and stdin (``-``), JSON otherwise."""
+    if path == "-" or Path(path).suffix.lower() in YAML_SUFFIXES:
+        return "application/yaml"
+    return "application/json"
+
+
+def _error_from(resp: httpx.Response) -> ApiError:
+    detail, errors = "", []
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        raw = body.get("detail", "")
+        if isinstance(raw, str):
+            detail = raw
+        elif isinstance(raw, list):  # FastAPI's default shape, in case a route bypasses the handler
+            errors = [e for e in raw if isinstance(e, dict)]
+        items = body.get("errors")
+        if isinstance(items, list):
+            errors = [e for e in items if isinstance(e, dict)]
+    if not detail:
+        detail = resp.reason_phrase or "request failed"
+        if body is None and resp.text.strip():
+            detail = f"{detail}: {resp.text.strip()[:200]}"
+    return ApiError(resp.status_code, detail, errors)
+
+
+def _path(collection: str, ident: str) -> str:
+    return f"/api/v1/{collection}/{quote(ident, safe='')}"
+
+
+class EchoClient:
+    """``EchoClient(url)``; pass ``transport`` (e.g. ``httpx.MockTransport``) in tests."""
+
+    def __init__(
+        self, base_url: str, *, timeout: float = 15.0, transport: httpx.BaseTransport | None = None
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> EchoClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        not_found: tuple[str, str] | None = None,
+        ok: tuple[int, ...] = (200,),
+        **kwargs: Any,
+    ) -> httpx.Response:
+        try:
+            resp = self._http.request(method, path, **kwargs)
+        except httpx.ConnectError as e:
+            raise ApiUnreachable(
+                self.base_url,
+                "connection refused" if "refused" in str(e).lower() else str(e) or type(e).__name__,
+            ) from e
+        except httpx.TimeoutException as e:
+            raise ApiUnreachable(self.base_url, f"no answer: {type(e).__name__}") from e
+        except httpx.HTTPError as e:
+            raise ApiUnreachable(self.base_url, str(e) or type(e).__name__) from e
+        if resp.status_code == 404 and not_found is not None:
+            raise NotFound(*not_found)
+        if resp.status_code not in ok:
+            raise _error_from(resp)
+        return resp
+
+    # ------------------------------------------------------------------ dataflows
+
+    def submit(self, body: bytes, content_type: str) -> httpx.Response:
+        return self.request(
+            "POST", "/api/v1/dataflows", content=body, headers={"Content-Type": content_type}, ok=(200, 201)
+        )
+
+    def list_dataflows(self) -> httpx.Response:
+        return self.request("GET", "/api/v1/dataflows")
+
+    def get_dataflow(self, df_id: str) -> httpx.Response:
+        return self.request("GET", _path("dataflows", df_id), not_found=("dataflow", df_id))
+
+    def stop_dataflow(self, df_id: str) -> httpx.Response:
+        # DELETE waits (server side) for the stop to finish, up to the master's stop_wait
+        return self.request("DELETE", _path("dataflows", df_id), not_found=("dataflow", df_id), ok=(200, 202))
+
+    # ------------------------------------------------------------------ devices
+
+    def list_devices(self) -> httpx.Response:
+        return self.request("GET", "/api/v1/devices")
+
+    def get_device(self, device_id: str) -> httpx.Response:
+        return self.request("GET", _path("devices", device_id), not_found=("device", device_id))

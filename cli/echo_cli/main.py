@@ -1,0 +1,235 @@
+"""``echoctl``: the command line of ECHO (typer + rich, REST over httpx).
+
+The API is found from ``--api-url``, else ``ECHO_API_URL`` (``source .echo/dev.env``
+after ``echoctl dev up``), else http://127.0.0.1:8099. Errors are one red line (plus the
+located problems of an invalid spec) and exit code 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any, ParamSpec, TypeVar
+
+import typer
+from rich.markup import escape
+
+from .client import DEFAULT_API_URL, CliError, EchoClient
+from .render import (
+    dataflow_detail,
+    dataflows_table,
+    device_detail,
+    devices_table,
+    print_error,
+    stdout,
+)
+from .watching import SUCCESS, print_outcome, submit_file, watch_dataflow
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+app = typer.Typer(
+    name="echoctl",
+    help="Run and inspect ECHO dataflows across edge, fog and cloud devices.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+get_app = typer.Typer(help="Show dataflows and devices.", no_args_is_help=True)
+dev_app = typer.Typer(help="Run ECHO on this machine for development.", no_args_is_help=True)
+app.add_typer(get_app, name="get")
+app.add_typer(dev_app, name="dev")
+
+
+class Output(StrEnum):
+    table = "table"
+    json = "json"
+
+
+def make_client(api_url: str) -> EchoClient:
+    """Build the API client (tests replace this to fake the HTTP layer)."""
+    return EchoClient(api_url)
+
+
+def cli_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn every failure of a command into a one-line message and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except CliError as e:
+            print_error(e)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            stdout().print("interrupted")
+            raise typer.Exit(130) from None
+        except Exception as e:
+            if os.environ.get("ECHO_DEBUG"):
+                raise
+            print_error(f"unexpected {type(e).__name__}: {e} (set ECHO_DEBUG=1 for the traceback)")
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def client_of(ctx: typer.Context) -> EchoClient:
+    url = (ctx.find_root().obj or {}).get("api_url") or DEFAULT_API_URL
+    return make_client(url)
+
+
+def print_json(text: str) -> None:
+    """The API's JSON exactly as received (no re-formatting), for scripts."""
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------------- root
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    api_url: str = typer.Option(
+        DEFAULT_API_URL, "--api-url", envvar="ECHO_API_URL", show_envvar=True, help="Base URL of the API."
+    ),
+) -> None:
+    ctx.obj = {"api_url": api_url}
+
+
+# ---------------------------------------------------------------------------- dataflows
+
+
+@app.command()
+@cli_errors
+def submit(
+    ctx: typer.Context,
+    file: str = typer.Argument(..., help="Spec file (.yaml/.yml is YAML, else JSON); '-' is YAML on stdin."),
+    watch: bool = typer.Option(False, "--watch", "-w", help="Follow the tasks live until it settles."),
+) -> None:
+    """Submit a dataflow spec."""
+    with client_of(ctx) as client:
+        df_id, state, _ = submit_file(client, file)
+        out = stdout()
+        out.print(f"dataflow [bold]{escape(df_id)}[/] submitted ({escape(state)})")
+        if not watch:
+            return
+        try:
+            df = watch_dataflow(client, df_id, console=out)
+        except KeyboardInterrupt:
+            out.print(f"stopped watching; dataflow {escape(df_id)} carries on (echoctl stop {escape(df_id)})")
+            raise typer.Exit(130) from None
+        print_outcome(df, out)
+        if df.get("state") not in SUCCESS:
+            raise typer.Exit(1)
+
+
+@app.command()
+@cli_errors
+def stop(
+    ctx: typer.Context, dataflow_id: str = typer.Argument(..., metavar="ID", help="Dataflow id.")
+) -> None:
+    """Stop a dataflow (every task on every device)."""
+    with client_of(ctx) as client:
+        resp = client.stop_dataflow(dataflow_id)
+    df: dict[str, Any] = resp.json()
+    print_outcome(df)
+    if resp.status_code == 202:
+        stdout().print(f"still stopping; follow it with `echoctl get dataflow {escape(dataflow_id)}`")
+
+
+# ---------------------------------------------------------------------------- get
+
+OutputOpt = typer.Option(Output.table, "--output", "-o", help="table, or json (the API's JSON as is).")
+
+
+@get_app.command("dataflows")
+@cli_errors
+def get_dataflows(ctx: typer.Context, output: Output = OutputOpt) -> None:
+    """List dataflows."""
+    with client_of(ctx) as client:
+        resp = client.list_dataflows()
+    if output is Output.json:
+        print_json(resp.text)
+        return
+    items = resp.json()
+    if not items:
+        stdout().print("no dataflows")
+        return
+    stdout().print(dataflows_table(items))
+
+
+@get_app.command("dataflow")
+@cli_errors
+def get_dataflow(
+    ctx: typer.Context,
+    dataflow_id: str = typer.Argument(..., metavar="ID", help="Dataflow id."),
+    output: Output = OutputOpt,
+) -> None:
+    """Show one dataflow: its tasks (device, state, placement reason) and edges."""
+    with client_of(ctx) as client:
+        resp = client.get_dataflow(dataflow_id)
+    if output is Output.json:
+        print_json(resp.text)
+        return
+    stdout().print(dataflow_detail(resp.json()))
+
+
+@get_app.command("devices")
+@cli_errors
+def get_devices(ctx: typer.Context, output: Output = OutputOpt) -> None:
+    """List devices with their status and utilisation."""
+    with client_of(ctx) as client:
+        resp = client.list_devices()
+    if output is Output.json:
+        print_json(resp.text)
+        return
+    items = resp.json()
+    if not items:
+        stdout().print("no devices")
+        return
+    stdout().print(devices_table(items))
+
+
+@get_app.command("device")
+@cli_errors
+def get_device(
+    ctx: typer.Context,
+    device_id: str = typer.Argument(..., metavar="ID", help="Device id."),
+    output: Output = OutputOpt,
+) -> None:
+    """Show one device."""
+    with client_of(ctx) as client:
+        resp = client.get_device(device_id)
+    if output is Output.json:
+        print_json(resp.text)
+        return
+    stdout().print(device_detail(resp.json()))
+
+
+# ---------------------------------------------------------------------------- dev
+
+
+@dev_app.command("up")
+@cli_errors
+def dev_up(
+    api_port: int = typer.Option(8099, "--api-port", help="Port of the REST API (a free one if it is busy)."),
+    submit_files: list[str] = typer.Option(
+        [], "--submit", help="Spec file to submit once the platform is up (repeatable); '-' is stdin."
+    ),
+) -> None:
+    """Start brokers, services and a fleet of agents here; stop them all with Ctrl-C."""
+    from .devup import dev_up as run  # keeps the devstack out of the other commands' start-up
+
+    code = run(api_port=api_port, submit=submit_files)
+    if code:
+        raise typer.Exit(code)
+
+
+if __name__ == "__main__":
+    app()
