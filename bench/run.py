@@ -1,0 +1,117 @@
+"""ECHO benchmarks (``make bench``): start brokers and the platform in a temp dir, run the
+benchmarks, print ONE JSON document on stdout (progress on stderr).
+
+    .venv/bin/python bench/run.py [--quick] [--only deploy_latency|stream_edge] [--keep]
+
+Benchmarks:
+
+- ``deploy_latency`` (``deploy_latency.py``): POST of a 10-task dataflow over 4 agents ->
+  every task running; p50/p95/max over 20 runs (5 with ``--quick``); target p50 <= 100 ms.
+- ``stream_edge`` (``stream_edge.py``, ``raw_brokers.py``): records/s over one cross-agent
+  stream edge with ~256-byte records, next to raw paho-mqtt QoS 1 and NATS pub -> sub
+  rates for 256-byte messages; target >= 0.5 x the raw MQTT rate.
+
+Figures depend on the machine and on what else runs on it: the JSON carries the CPU
+count and load averages before and after. ``--keep`` keeps the temp dir (with the
+platform's logs) for inspection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import deploy_latency
+import stream_edge
+from common import Stack, log, running_stack, scan_logs
+
+BENCHMARKS: dict[str, Callable[[Stack, bool], dict[str, Any]]] = {
+    "deploy_latency": deploy_latency.run,
+    "stream_edge": stream_edge.run,
+}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=5, check=False)
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"],
+                               capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip() or None
+    return f"{commit}+dirty" if commit and dirty.stdout.strip() else commit
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+        "git": git_commit(),
+    }
+
+
+def _on_sigterm(*_: object) -> None:
+    """SIGTERM unwinds like Ctrl-C, so the platform and brokers are always stopped."""
+    raise KeyboardInterrupt
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="ECHO benchmarks; one JSON document on stdout")
+    p.add_argument("--only", choices=sorted(BENCHMARKS), action="append",
+                   help="run only this benchmark (repeatable)")
+    p.add_argument("--quick", action="store_true", help="fewer runs and records")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (logs) after the run")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    names = args.only or list(BENCHMARKS)
+    doc: dict[str, Any] = {"quick": args.quick, "environment": environment(), "benchmarks": {}}
+    t0 = time.monotonic()
+    rc = 0
+    try:
+        with running_stack(keep=args.keep) as stack:
+            doc["platform"] = {
+                "fleet": [{"id": a.device_id, "tier": a.tier} for a in stack.fleet],
+                "settings": "service defaults (no ECHO_* overrides)",
+            }
+            for name in names:
+                log(f"== {name}")
+                try:
+                    doc["benchmarks"][name] = BENCHMARKS[name](stack, args.quick)
+                except Exception as e:  # a benchmark that breaks is a figure too
+                    log(f"{name} failed: {type(e).__name__}: {e}")
+                    doc["benchmarks"][name] = {"error": f"{type(e).__name__}: {e}", "met": False}
+                    rc = 1
+            doc["platform_logs"] = scan_logs(stack.logs)
+            if args.keep:
+                doc["workdir"] = str(stack.workdir)
+    except KeyboardInterrupt:
+        log("interrupted")
+        doc["interrupted"] = True
+        rc = 130
+    doc["environment"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    doc["elapsed_s"] = round(time.monotonic() - t0, 1)
+    doc["targets_met"] = {n: bool(b.get("met")) for n, b in doc["benchmarks"].items()}
+    json.dump(doc, sys.stdout, indent=2, sort_keys=False)
+    sys.stdout.write("\n")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
