@@ -37,7 +37,8 @@ RUN_TIMEOUT_S = 30.0
 DONE = {"running", "finished"}
 DEVICES = ("edge-1", "edge-2", "fog-1", "cloud-1")
 N_PASS = 8
-LEVELS = [["sink"], [f"pass{i + 1}" for i in range(N_PASS)], ["gen"]]
+# the master deploys in two waves: every task with inputs, then the sources
+LEVELS = [[f"pass{i + 1}" for i in range(N_PASS)] + ["sink"], ["gen"]]
 
 
 def spec(name: str, sink_path: Path) -> dict[str, Any]:
@@ -68,7 +69,7 @@ def describe_shape(s: dict[str, Any]) -> dict[str, Any]:
         "cross_agent_edges": cross,
         "layout": f"gen (io.generate count 1e9 rate 10) -> {N_PASS} x core.passthrough (fan-out) "
                   "-> sink (io.file_sink, fan-in)",
-        "deploy_levels": 3,
+        "deploy_levels": len(LEVELS),
         "tasks_per_device": per_device,
     }
 

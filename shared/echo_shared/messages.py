@@ -149,6 +149,19 @@ class DataMessage(Message):
     last_seq: int | None = None
 
 
+class ChannelProgress(Message):
+    """How far a channel's consumer got: every record of ``producer`` up to ``hwm`` is processed.
+
+    Retained on the channel's progress topic; the producer keeps at most its window of
+    records beyond it in flight, so the broker's queue for the channel stays bounded.
+    """
+
+    consumer: str
+    producer: str
+    hwm: int
+    ts: float
+
+
 # --------------------------------------------------------------------- cloud services (NATS)
 
 
@@ -227,6 +240,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     CommandAck,
     TaskStatus,
     DataMessage,
+    ChannelProgress,
     ErrorReply,
     ValidateRequest,
     ValidateReply,

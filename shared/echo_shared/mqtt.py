@@ -359,6 +359,8 @@ class MqttClient:
             return
         self._sock = sock
         with contextlib.suppress(OSError, AttributeError):
+            # small control packets (commands, acks) must not wait for Nagle + delayed ACK
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
         self._loop.add_reader(sock, self._read)
         if self._misc_task is None or self._misc_task.done():

@@ -16,7 +16,9 @@ MQTT, data plane — a channel belongs to an edge of a dataflow, not to a device
 task that moves keeps its channel (ACLs are granted per dataflow to the devices that
 host its tasks):
 
-- ``{ns}/df/{dataflow}/{from_task}/{to_task}``
+- ``{ns}/df/{dataflow}/{from_task}/{to_task}``            records (QoS 1)
+- ``{ns}/df/{dataflow}/{from_task}/{to_task}/progress``   the consumer's high-water mark
+  (retained): the producer may run at most a window of records ahead of it
 
 NATS (cloud services):
 
@@ -28,7 +30,8 @@ NATS (cloud services):
 Redis:
 
 - ``{ns}:device:{id}`` (JSON) and the set ``{ns}:devices``
-- ``{ns}:df:{id}`` (hash: spec, desired, state, ...) and the sorted set ``{ns}:dfs``
+- ``{ns}:df:{id}`` (hash: spec, desired, state, ...), the sorted set ``{ns}:dfs`` of all
+  and the set ``{ns}:dfs:active`` of those the reconcile loop still works on
 - ``{ns}:df:{id}:tasks`` (hash task id -> JSON task record)
 """
 
@@ -90,6 +93,10 @@ class Names:
             f"{self.namespace}/df/{_check(dataflow, 'dataflow id')}/"
             f"{_check(from_task, 'task id')}/{_check(to_task, 'task id')}"
         )
+
+    def progress_topic(self, data_topic: str) -> str:
+        """Where a channel's consumer reports how far it got (retained): the producer's credit."""
+        return f"{data_topic}/progress"
 
     # --- MQTT client ids ------------------------------------------------------------------
     def agent_client_id(self, device: str) -> str:
@@ -163,3 +170,8 @@ class Names:
     @property
     def dataflows_key(self) -> str:
         return f"{self.namespace}:dfs"
+
+    @property
+    def active_dataflows_key(self) -> str:
+        """Dataflows whose observed state still has to reach the desired one."""
+        return f"{self.namespace}:dfs:active"

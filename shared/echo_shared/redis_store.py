@@ -15,9 +15,13 @@ from .errors import BrokerUnavailable
 log = logging.getLogger(__name__)
 
 
-async def connect_redis(url: str, *, timeout: float = 30.0) -> aioredis.Redis:
+async def connect_redis(url: str, *, timeout: float = 30.0, max_connections: int = 64) -> aioredis.Redis:
     """Connect and ping, retrying until ``timeout`` (Redis may start after the service)."""
-    client: aioredis.Redis = aioredis.from_url(url, decode_responses=True, health_check_interval=10)
+    # a blocking pool: a burst of concurrent work waits for a connection instead of failing
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, decode_responses=True, health_check_interval=10, max_connections=max_connections, timeout=10
+    )
+    client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     delay = 0.1

@@ -42,8 +42,18 @@ def test_master_killed_mid_deploy_recovers(platform_factory: PlatformFactory, tm
                 "edges": [{"from": "gen", "to": "pass"}, {"from": "pass", "to": "sink"}],
             }
         )
-        df = wait_until(lambda: (d := api.dataflow(df_id))["state"] == "deploying" and d, what="deploying")
-        assert {t["id"]: t["state"] for t in df["tasks"]}["sink"] == "deploying"
+
+        def mid_deploy() -> bool:
+            df = api.dataflow(df_id)
+            states = {t["id"]: t["state"] for t in df["tasks"]}
+            # pass is deployed, the sink's deploy waits for the frozen agent, gen not sent yet
+            return df["state"] == "deploying" and states == {
+                "gen": "pending",
+                "pass": "running",
+                "sink": "deploying",
+            }
+
+        wait_until(mid_deploy, what="a deployment half done")
         platform.services["master"].kill()
     finally:
         platform.agents["cloud-1"].signal(signal.SIGCONT)

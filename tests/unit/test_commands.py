@@ -14,13 +14,19 @@ def make(edges: list[tuple[str, str]], ids: list[str]) -> DataflowSpec:
     )
 
 
-def test_consumers_come_before_their_producers() -> None:
+def test_every_consumer_comes_before_the_sources() -> None:
     s = make([("g", "a"), ("a", "c"), ("g", "b"), ("b", "c")], ["g", "a", "b", "c"])
     levels = deploy_levels(s)
-    assert levels == [["c"], ["a", "b"], ["g"]]
+    assert levels == [["a", "b", "c"], ["g"]]
     position = {t: i for i, level in enumerate(levels) for t in level}
     for e in s.edges:
-        assert position[e.to] < position[e.from_]
+        assert position[e.to] <= position[e.from_]
+    assert all(position[e.to] == 0 for e in s.edges)  # whatever feeds a task, it runs in wave one
+
+
+def test_a_lone_source_is_one_wave() -> None:
+    s = make([], ["g"])
+    assert deploy_levels(s) == [["g"]]
 
 
 def test_deploy_command_wires_both_ends() -> None:

@@ -8,13 +8,14 @@ and never carries a stack trace.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from echo_shared import __version__
@@ -188,10 +189,17 @@ def create_api(ctx: ApiContext) -> FastAPI:
         problems = [Problem(join_loc("", err["loc"]), err["msg"], err["type"]) for err in e.errors()]
         return error_response(422, "invalid request", problems)
 
-    @app.exception_handler(Exception)
-    async def on_unexpected(_req: Request, e: Exception) -> JSONResponse:
-        log.exception("unexpected error")
-        return error_response(500, f"internal error ({type(e).__name__}); see the master's log")
+    @app.middleware("http")
+    async def no_stack_traces(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        # a catch-all here, not an exception handler: Starlette re-raises after those,
+        # which logs a second time and drops the client's keep-alive connection
+        try:
+            return await call_next(request)
+        except Exception as e:
+            log.exception("unexpected error on %s %s", request.method, request.url.path)
+            return error_response(500, f"internal error ({type(e).__name__}); see the master's log")
 
     # -------------------------------------------------------------------- dataflows
 

@@ -9,28 +9,17 @@ from echo_shared.models import DataflowSpec, Placement, TaskRecord
 
 
 def deploy_levels(spec: DataflowSpec) -> list[list[str]]:
-    """Tasks grouped so that every consumer is deployed before its producers.
+    """The two waves of a deployment: every task with inputs, then the sources.
 
-    Level 0 holds the tasks with no outputs (sinks); a task's level is one more than the
-    highest level of the tasks it feeds. A consumer's channel session exists before any
-    producer publishes into it, so no record is published to nobody.
+    A task publishes only what it derives from its input, and input starts to flow
+    only when the sources run; so once every task with inputs holds its channel
+    session (acked), the sources may start, and no record is ever published to a
+    channel nobody holds. Two waves, whatever the depth of the DAG.
     """
-    outputs = {t.id: spec.outputs_of(t.id) for t in spec.tasks}
-    level: dict[str, int] = {}
-
-    def depth(t: str, seen: frozenset[str] = frozenset()) -> int:
-        if t in level:
-            return level[t]
-        if t in seen:  # cycles are rejected by validation; never loop here
-            return 0
-        d = 0 if not outputs[t] else 1 + max(depth(o, seen | {t}) for o in outputs[t])
-        level[t] = d
-        return d
-
-    for t in spec.tasks:
-        depth(t.id)
-    top = max(level.values(), default=-1)
-    return [[t.id for t in spec.tasks if level[t.id] == n] for n in range(top + 1)]
+    has_inputs = {e.to for e in spec.edges}
+    consumers = [t.id for t in spec.tasks if t.id in has_inputs]
+    sources = [t.id for t in spec.tasks if t.id not in has_inputs]
+    return [level for level in (consumers, sources) if level]
 
 
 def deploy_command(df_id: str, spec: DataflowSpec, placement: Placement, task: TaskRecord) -> DeployTask:

@@ -5,7 +5,7 @@ Each pass reads the dataflow from Redis and takes the next idempotent step:
 - ``pending``: ask the scheduler for a placement; record it (tasks get a device and a
   new generation) -> ``scheduled``; an impossible placement -> ``failed`` with the reason;
 - ``scheduled`` / ``deploying`` / ``running``: deploy every task that is not running,
-  consumers before producers, each command acked by its agent (timeout, retried on the
+  tasks with inputs before sources, each command acked by its agent (timeout, retried on the
   next pass) -> ``running`` when all run, ``completed`` when all finished, ``failed`` when
   a task failed;
 - desired ``stopped``: stop every placed task -> ``stopped``.
@@ -34,12 +34,13 @@ from echo_shared.telemetry import extract, tracer
 from .agents_link import AgentLink
 from .commands import add_reservation, deploy_command, deploy_levels, stop_command
 from .settings import MasterSettings
-from .store import ACTIVE_STATES, Dataflow, DataflowStore
+from .store import ACTIVE_STATES, Dataflow, DataflowStore, needs_work
 
 log = logging.getLogger(__name__)
 
 DONE = {TaskState.running, TaskState.finished}
 STOP_ATTEMPTS = 3
+MAX_CONCURRENT_PASSES = 32
 
 
 class Reconciler:
@@ -76,12 +77,14 @@ class Reconciler:
                 if now - last_sweep >= self.settings.reconcile_period:
                     last_sweep = now
                     try:
-                        self._dirty.update(await self.store.ids())
+                        self._dirty.update(await self.store.active_ids())
                     except Exception:
                         log.exception("cannot list dataflows")
+                self._workers = {k: w for k, w in self._workers.items() if not w.done()}
                 for df_id in list(self._dirty):
-                    worker = self._workers.get(df_id)
-                    if worker is None or worker.done():
+                    if len(self._workers) >= MAX_CONCURRENT_PASSES:
+                        break  # the rest stay dirty for the next round
+                    if df_id not in self._workers:
                         self._dirty.discard(df_id)
                         self._workers[df_id] = asyncio.create_task(
                             self._pass(df_id), name=f"reconcile-{df_id}"
@@ -113,11 +116,15 @@ class Reconciler:
                         df = await self.store.get(df_id)
                     if df.state is not DataflowState.failed and df.placement is not None:
                         await self._converge(df)
+            df = await self.store.get(df_id)
+            await self.store.set_active(df_id, needs_work(df.desired, df.state))
         except EchoError as e:
             log.info("dataflow %s: will retry: %s", df_id, e)
         except Exception:
             log.exception("reconcile pass for %s failed", df_id)
         finally:
+            if self._dirty:
+                self._wake.set()
             async with self.changed:
                 self.changed.notify_all()
 
@@ -133,7 +140,7 @@ class Reconciler:
 
     async def reserved(self, exclude: str) -> dict[str, Reservation]:
         total: dict[str, Reservation] = {}
-        for other in await self.store.all():
+        for other in await self.store.all(await self.store.active_ids()):
             if other.id == exclude or other.state not in ACTIVE_STATES:
                 continue
             for rec in other.tasks.values():
@@ -286,7 +293,7 @@ class Reconciler:
         runs (deploys are idempotent: a task still running just acks)."""
         if event.status is not DeviceStatus.online:
             return
-        for df in await self.store.all():
+        for df in await self.store.all(await self.store.active_ids()):
             if df.desired is not DesiredState.running or df.state not in ACTIVE_STATES:
                 continue
             touched = False

@@ -53,6 +53,14 @@ redis.call('HSET', KEYS[1], ARGV[1], out)
 return out
 """
 
+
+def needs_work(desired: DesiredState, state: DataflowState) -> bool:
+    """Whether the reconcile loop still has something to do for this dataflow."""
+    if desired is DesiredState.stopped:
+        return state is not DataflowState.stopped
+    return state not in (DataflowState.failed, DataflowState.completed, DataflowState.stopped)
+
+
 ACTIVE_STATES = {
     DataflowState.pending,
     DataflowState.scheduled,
@@ -115,6 +123,7 @@ class DataflowStore:
             )
             p.hset(self.names.dataflow_tasks_key(df_id), mapping=fields(tasks))
             p.zadd(self.names.dataflows_key, {df_id: now})
+            p.sadd(self.names.active_dataflows_key, df_id)
             await p.execute()
         return df_id
 
@@ -131,9 +140,18 @@ class DataflowStore:
     async def ids(self) -> list[str]:
         return [str(x) for x in await self.r.zrange(self.names.dataflows_key, 0, -1)]
 
-    async def all(self) -> list[Dataflow]:
+    async def active_ids(self) -> list[str]:
+        return sorted(str(x) for x in await self.r.smembers(self.names.active_dataflows_key))
+
+    async def set_active(self, df_id: str, active: bool) -> None:
+        if active:
+            await self.r.sadd(self.names.active_dataflows_key, df_id)
+        else:
+            await self.r.srem(self.names.active_dataflows_key, df_id)
+
+    async def all(self, ids: list[str] | None = None) -> list[Dataflow]:
         out = []
-        for df_id in await self.ids():
+        for df_id in await self.ids() if ids is None else ids:
             try:
                 out.append(await self.get(df_id))
             except NotFoundError:
@@ -144,7 +162,10 @@ class DataflowStore:
         key = self.names.dataflow_key(df_id)
         if not await self.r.exists(key):
             raise NotFoundError("dataflow", df_id)
-        await self.r.hset(key, mapping={"desired": desired.value, "updated_at": repr(time.time())})
+        async with self.r.pipeline(transaction=True) as p:
+            p.hset(key, mapping={"desired": desired.value, "updated_at": repr(time.time())})
+            p.sadd(self.names.active_dataflows_key, df_id)
+            await p.execute()
 
     async def set_state(self, df_id: str, state: DataflowState, reason: str = "", **extra: str) -> None:
         await self.r.hset(

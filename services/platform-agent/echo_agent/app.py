@@ -39,6 +39,7 @@ async def run(settings: AgentSettings, stop: asyncio.Event) -> None:
         data_dir=settings.data_dir,
         session_expiry=settings.task_session_expiry,
         publish=publish,
+        channel_window=settings.channel_window,
     )
     will = Will(
         names.bye_topic(device), Goodbye(device=device, boot_id=boot_id, reason="connection lost").to_bytes()

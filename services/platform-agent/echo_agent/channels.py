@@ -8,17 +8,27 @@
 - ``AckQueue`` acknowledges an input message only after the outputs it caused are
   acknowledged by the broker, in the order messages arrived (MQTT requires it), so a
   crash anywhere loses nothing: unacknowledged input is redelivered.
+- Credit: each consumer reports its high-water mark per producer on the channel's
+  retained progress topic (``Progress``); a producer never runs more than ``window``
+  records ahead of its slowest consumer (``Outputs.wait_window`` blocks it), so what
+  the broker queues for a channel is bounded, and back-pressure reaches the sources.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import Iterable
 from typing import Any
 
+from pydantic import ValidationError
+
 from echo_shared.codec import Decoded, encode_eos, encode_records
+from echo_shared.messages import ChannelProgress
 from echo_shared.mqtt import MqttClient, MqttMessage
+
+DEFAULT_WINDOW = 50_000
 
 
 class Outputs:
@@ -31,6 +41,8 @@ class Outputs:
         *,
         max_batch: int = 500,
         start_seq: int = 0,
+        window: int = DEFAULT_WINDOW,
+        progress_topics: dict[str, str] | None = None,
     ) -> None:
         self.mqtt = mqtt
         self.producer = producer
@@ -41,6 +53,28 @@ class Outputs:
         self.pending: list[tuple[int, Any]] = []
         self.emitted = 0
         self.has_pending = asyncio.Event()
+        self.window = window
+        # progress topic -> the consumer's high-water mark of our records
+        self.progress_topics = dict(progress_topics or {})
+        self.acked: dict[str, int] = dict.fromkeys(self.progress_topics, start_seq)
+        self._credit = asyncio.Event()
+
+    def on_progress(self, msg: MqttMessage) -> None:
+        """A consumer's progress report (retained, QoS 0) arrived."""
+        if msg.topic not in self.acked or not msg.payload:
+            return
+        try:
+            report = ChannelProgress.from_bytes(msg.payload)
+        except ValidationError:
+            return
+        if report.producer == self.producer and report.hwm > self.acked[msg.topic]:
+            self.acked[msg.topic] = report.hwm
+            self._credit.set()
+
+    @property
+    def ahead(self) -> int:
+        """Records emitted beyond what the slowest consumer has processed."""
+        return self.seq - min(self.acked.values(), default=self.seq)
 
     def emit(self, record: Any) -> None:
         self.seq += 1
@@ -76,7 +110,11 @@ class Outputs:
         return futs
 
     async def wait_window(self) -> None:
+        """Block while too many publishes are unacknowledged or consumers lag a window behind."""
         await self.mqtt.wait_for_window()
+        while self.ahead >= self.window:
+            self._credit.clear()
+            await self._credit.wait()
 
 
 class Inputs:
@@ -106,6 +144,36 @@ class Inputs:
         return bool(self.producers) and all(
             p in self.eos and self.hwm.get(p, 0) >= self.eos[p] for p in self.producers
         )
+
+
+class Progress:
+    """The consumer side of credit: report the high-water mark per input channel.
+
+    Reports go out every ``step`` records, and whenever the consumer has caught up (its
+    queue is empty), so a producer waiting for credit never waits on an idle consumer.
+    """
+
+    def __init__(self, mqtt: MqttClient, consumer: str, topics: dict[str, str], step: int) -> None:
+        self.mqtt = mqtt
+        self.consumer = consumer
+        self.topics = topics  # producer -> progress topic
+        self.step = max(1, step)
+        self.reported: dict[str, int] = {}
+
+    def maybe_report(self, hwm: dict[str, int], caught_up: bool) -> list[asyncio.Future[None]]:
+        sent: list[asyncio.Future[None]] = []
+        for producer, topic in self.topics.items():
+            mark = hwm.get(producer, 0)
+            last = self.reported.get(producer, 0)
+            if mark > last and (caught_up or mark - last >= self.step):
+                report = ChannelProgress(consumer=self.consumer, producer=producer, hwm=mark, ts=time.time())
+                sent.append(self.mqtt.publish(topic, report.to_bytes(), qos=1, retain=True))
+                self.reported[producer] = mark
+        return sent
+
+    def clear(self) -> list[asyncio.Future[None]]:
+        """Remove the retained reports (the channel is gone for good)."""
+        return [self.mqtt.publish(t, b"", qos=1, retain=True) for t in self.topics.values()]
 
 
 class AckQueue:

@@ -38,12 +38,14 @@ class TaskManager:
         data_dir: Path,
         session_expiry: int,
         publish: Callable[[str, bytes], object],
+        channel_window: int,
     ) -> None:
         self.device = device
         self.mqtt_url = mqtt_url
         self.names = names
         self.data_dir = data_dir
         self.session_expiry = session_expiry
+        self.channel_window = channel_window
         self._publish = publish
         self.control: MqttClient | None = None
         self.tasks: dict[Key, TaskRunner] = {}
@@ -126,6 +128,7 @@ class TaskManager:
             data_dir=self.data_dir,
             report=self.report,
             session_expiry=self.session_expiry,
+            window=self.channel_window,
         )
         self.tasks[key] = runner
         await runner.start()

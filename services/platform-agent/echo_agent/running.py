@@ -25,7 +25,7 @@ from echo_shared.mqtt import MqttClient, MqttMessage
 from echo_shared.names import Names
 from echo_shared.operators import Role, lookup
 
-from .channels import AckQueue, Inputs, Outputs
+from .channels import DEFAULT_WINDOW, AckQueue, Inputs, Outputs, Progress
 from .operators import Operator, SourceOperator, TaskContext, UnknownOperator, build
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ class TaskRunner:
         report: Callable[[TaskStatus], None],
         session_expiry: int,
         receive_maximum: int = 64,
+        window: int = DEFAULT_WINDOW,
     ) -> None:
         self.cmd = cmd
         self.device = device
@@ -59,6 +60,7 @@ class TaskRunner:
         self._report = report
         self.session_expiry = session_expiry
         self.receive_maximum = receive_maximum
+        self.window = window
         self.state = TaskState.pending
         self.reason = ""
         self.records_in = 0
@@ -67,6 +69,7 @@ class TaskRunner:
         self.outputs: Outputs | None = None
         self.inputs: Inputs | None = None
         self.acks: AckQueue | None = None
+        self.progress: Progress | None = None
         self._queue: asyncio.Queue[MqttMessage] = asyncio.Queue()
         self._main: asyncio.Task[None] | None = None
         self._takeover_stop: asyncio.Task[None] | None = None
@@ -84,12 +87,13 @@ class TaskRunner:
     def records_out(self) -> int:
         return self.outputs.emitted if self.outputs else 0
 
-    def _set(self, state: TaskState, reason: str = "") -> None:
+    def _set(self, state: TaskState, reason: str = "", *, report: bool = True) -> None:
         if self.state == state and self.reason == reason:
             return
         self.state, self.reason = state, reason
         log.info("task %s/%s gen %d: %s %s", *self.key, self.generation, state.value, reason)
-        self._report(self.status())
+        if report:
+            self._report(self.status())
 
     def status(self) -> TaskStatus:
         return TaskStatus(
@@ -109,27 +113,47 @@ class TaskRunner:
     async def start(self) -> None:
         """Build, connect and subscribe; the task is ``running`` (or ``failed``) on return."""
         cmd = self.cmd
-        self._set(TaskState.deploying)
+        # the states start() reaches travel in the command's ack; only later changes are reported
+        self._set(TaskState.deploying, report=False)
         info = lookup(cmd.operator)
         try:
             self.op = build(cmd.operator, cmd.config)
         except (UnknownOperator, ValidationError) as e:
-            self._set(TaskState.failed, f"cannot build operator {cmd.operator}: {e}")
+            self._set(TaskState.failed, f"cannot build operator {cmd.operator}: {e}", report=False)
             return
         has_inputs = bool(cmd.inputs)
         self.mqtt = MqttClient(
             self.mqtt_url,
             self.names.task_client_id(cmd.dataflow, cmd.task),
-            on_message=self._queue.put_nowait,
+            on_message=self._on_message,
             persistent=has_inputs,
             session_expiry=self.session_expiry,
             receive_maximum=self.receive_maximum,
             manual_ack=True,
         )
+        # before connecting: retained progress reports arrive with the subscription
+        self.outputs = Outputs(
+            self.mqtt,
+            cmd.task,
+            cmd.generation,
+            [b.topic for b in cmd.outputs],
+            window=self.window,
+            progress_topics={self.names.progress_topic(b.topic): b.peer for b in cmd.outputs},
+        )
+        self.inputs = Inputs(b.peer for b in cmd.inputs)
+        self.acks = AckQueue(self.mqtt)
+        self.progress = Progress(
+            self.mqtt,
+            cmd.task,
+            {b.peer: self.names.progress_topic(b.topic) for b in cmd.inputs},
+            self.window // 4,
+        )
         try:
             await self.mqtt.start()
             if has_inputs:
                 await self.mqtt.subscribe([b.topic for b in cmd.inputs], qos=1)
+            if cmd.outputs:  # the consumers' progress: our credit (retained, so known at once)
+                await self.mqtt.subscribe([self.names.progress_topic(b.topic) for b in cmd.outputs], qos=1)
             ctx = TaskContext(
                 cmd.dataflow,
                 cmd.task,
@@ -141,15 +165,12 @@ class TaskRunner:
             await self.op.open(ctx)
         except Exception as e:
             await self._close_mqtt(discard=False)
-            self._set(TaskState.failed, f"start failed: {type(e).__name__}: {e}")
+            self._set(TaskState.failed, f"start failed: {type(e).__name__}: {e}", report=False)
             return
-        self.outputs = Outputs(self.mqtt, cmd.task, cmd.generation, [b.topic for b in cmd.outputs])
-        self.inputs = Inputs(b.peer for b in cmd.inputs)
-        self.acks = AckQueue(self.mqtt)
         role = info.role if info else Role.transform
         body = self._run_source() if role is Role.source else self._run_consumer()
+        self._set(TaskState.running, report=False)
         self._main = asyncio.create_task(self._guard(body), name=f"task-{cmd.dataflow}-{cmd.task}")
-        self._set(TaskState.running)
 
     async def stop(self, *, discard_session: bool, reason: str = "") -> None:
         """Stop the task (idempotent). ``discard_session`` drops its queued input for good."""
@@ -169,9 +190,22 @@ class TaskRunner:
         if self.state not in (TaskState.failed, TaskState.finished):
             self._set(TaskState.stopped, reason)
 
+    def _on_message(self, msg: MqttMessage) -> None:
+        if msg.topic.endswith("/progress"):
+            if self.outputs is not None:
+                self.outputs.on_progress(msg)
+            if self.mqtt is not None:
+                self.mqtt.ack(msg)
+        else:
+            self._queue.put_nowait(msg)
+
     async def _close_mqtt(self, *, discard: bool) -> None:
-        if self.mqtt is not None:
-            await self.mqtt.close(discard_session=discard)
+        if self.mqtt is None:
+            return
+        if discard and self.progress is not None and self.mqtt.connected:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.gather(*self.progress.clear()), 2.0)
+        await self.mqtt.close(discard_session=discard)
 
     async def _guard(self, body: object) -> None:
         assert asyncio.iscoroutine(body)
@@ -234,8 +268,9 @@ class TaskRunner:
 
     async def _run_consumer(self) -> None:
         assert self.op is not None and self.outputs is not None
-        assert self.inputs is not None and self.acks is not None
+        assert self.inputs is not None and self.acks is not None and self.progress is not None
         op, out, inputs, acks, queue = self.op, self.outputs, self.inputs, self.acks, self._queue
+        progress = self.progress
         process = op.process
         while True:
             msg = await queue.get()
@@ -254,6 +289,7 @@ class TaskRunner:
             self.records_in += len(records)
             op.flush()
             acks.add(msg, out.flush())
+            progress.maybe_report(inputs.hwm, caught_up=queue.empty())
             if inputs.done:
                 break
             await out.wait_window()

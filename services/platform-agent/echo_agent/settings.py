@@ -20,6 +20,9 @@ class AgentSettings(CommonSettings, MqttSettings, LivenessSettings):
     cpu: float | None = Field(default=None, gt=0, description="CPU cores offered (default: all)")
     memory_mb: int | None = Field(default=None, gt=0, description="memory offered (default: all)")
     data_dir: Path = Field(default=Path(".echo/agent-data"), description="task working directories")
+    channel_window: int = Field(
+        default=50_000, gt=0, description="records a task may emit beyond what its slowest consumer processed"
+    )
     task_session_expiry: int = Field(
         default=86400, gt=0, description="seconds the broker keeps a task's queued input while no copy runs"
     )
