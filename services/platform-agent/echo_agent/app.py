@@ -14,6 +14,7 @@ from echo_shared.telemetry import inject, tracer
 
 from . import heartbeats
 from .control import TaskManager
+from .errors import DuplicateDevice
 from .settings import AgentSettings
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,13 @@ async def run(settings: AgentSettings, stop: asyncio.Event) -> None:
             await control.subscribe(names.command_topic(device), qos=1)
             await publish(names.hello_topic(device), heartbeats.hello(info, boot_id).to_bytes(), retain=True)
         log.info("agent %s (%s) ready", device, settings.tier.value)
+
+        async def watch_contention() -> None:
+            await control.taken_over.wait()
+            log.error("another agent runs with device id %s; this one stops", device)
+            stop.set()
+
+        watcher = asyncio.create_task(watch_contention())
         try:
             await heartbeats.run(
                 device,
@@ -70,6 +78,7 @@ async def run(settings: AgentSettings, stop: asyncio.Event) -> None:
                 stop,
             )
         finally:
+            watcher.cancel()
             log.info("agent %s stopping", device)
             await manager.shutdown()
             bye = Goodbye(device=device, boot_id=boot_id, reason="agent stopped")
@@ -77,3 +86,5 @@ async def run(settings: AgentSettings, stop: asyncio.Event) -> None:
                 await asyncio.wait_for(control.publish(names.bye_topic(device), bye.to_bytes(), qos=1), 2)
     finally:
         await control.close()
+    if control.taken_over.is_set():
+        raise DuplicateDevice(f"device id {device} is already taken by another agent")

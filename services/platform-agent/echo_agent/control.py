@@ -117,8 +117,10 @@ class TaskManager:
                 return self._ack(
                     cmd, False, current.state, f"stale: generation {current.generation} runs here"
                 )
-            if current.generation == cmd.generation:
+            if current.generation == cmd.generation and current.state is not TaskState.stopped:
                 return self._ack(cmd, current.state is not TaskState.failed, current.state, current.reason)
+            # an older generation, or this one stopped without being told to (its session was
+            # taken, the agent is shutting down): start it afresh
             await current.stop(discard_session=False, reason=f"replaced by generation {cmd.generation}")
         runner = TaskRunner(
             cmd,

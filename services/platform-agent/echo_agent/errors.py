@@ -11,3 +11,7 @@ class StaleCommand(PermanentError):
 
 class BadCommand(PermanentError):
     """A control message that does not parse."""
+
+
+class DuplicateDevice(PermanentError):
+    """Another agent holds this device id (its control session)."""

@@ -25,13 +25,21 @@ def judge(silence: float, unreachable_after: float, lost_after: float) -> Device
 
 
 async def sweep(
-    store: DeviceStore, events: DeviceEvents, unreachable_after: float, lost_after: float
+    store: DeviceStore,
+    events: DeviceEvents,
+    unreachable_after: float,
+    lost_after: float,
+    watching_since: float = 0.0,
 ) -> None:
+    """Degrade devices that went silent. Silence counts from ``watching_since`` at the
+    earliest: heartbeats sent while this registry was not running were not missed by the
+    devices and must not make them look unreachable."""
     now = time.time()
     for record, raw in await store.all():
         if record.last_heartbeat is None or record.status is DeviceStatus.lost:
             continue
-        target = judge(now - record.last_heartbeat, unreachable_after, lost_after)
+        silence = now - max(record.last_heartbeat, watching_since)
+        target = judge(silence, unreachable_after, lost_after)
         # only ever degrade here; heartbeats bring devices back
         if target is DeviceStatus.online or target == record.status:
             continue
@@ -39,9 +47,7 @@ async def sweep(
             record.id, target, now, expect=record.status, expect_heartbeat=raw.get("last_heartbeat")
         )
         if prev is not None:
-            await events.changed(
-                record.id, target, prev, f"no heartbeat for {now - record.last_heartbeat:.1f}s"
-            )
+            await events.changed(record.id, target, prev, f"no heartbeat for {silence:.1f}s")
 
 
 async def run(
@@ -53,8 +59,9 @@ async def run(
     unreachable_after: float,
     lost_after: float,
 ) -> None:
+    started = time.time()
     while not await wait_or_stop(stop, period):
         try:
-            await sweep(store, events, unreachable_after, lost_after)
+            await sweep(store, events, unreachable_after, lost_after, started)
         except Exception:
             log.exception("liveness sweep failed")
