@@ -14,7 +14,9 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, ParamSpec, TypeVar
 
+import httpx
 import typer
+from rich.console import RenderableType
 from rich.markup import escape
 
 from .client import DEFAULT_API_URL, CliError, EchoClient
@@ -148,20 +150,26 @@ def stop(
 OutputOpt = typer.Option(Output.table, "--output", "-o", help="table, or json (the API's JSON as is).")
 
 
+def show(
+    resp: httpx.Response, output: Output, render: Callable[[Any], RenderableType], empty: str = ""
+) -> None:
+    """Print an API response: as is for ``-o json``, else rendered (or ``empty`` for [])."""
+    if output is Output.json:
+        print_json(resp.text)
+        return
+    body = resp.json()
+    if empty and not body:
+        stdout().print(empty)
+        return
+    stdout().print(render(body))
+
+
 @get_app.command("dataflows")
 @cli_errors
 def get_dataflows(ctx: typer.Context, output: Output = OutputOpt) -> None:
     """List dataflows."""
     with client_of(ctx) as client:
-        resp = client.list_dataflows()
-    if output is Output.json:
-        print_json(resp.text)
-        return
-    items = resp.json()
-    if not items:
-        stdout().print("no dataflows")
-        return
-    stdout().print(dataflows_table(items))
+        show(client.list_dataflows(), output, dataflows_table, "no dataflows")
 
 
 @get_app.command("dataflow")
@@ -173,11 +181,7 @@ def get_dataflow(
 ) -> None:
     """Show one dataflow: its tasks (device, state, placement reason) and edges."""
     with client_of(ctx) as client:
-        resp = client.get_dataflow(dataflow_id)
-    if output is Output.json:
-        print_json(resp.text)
-        return
-    stdout().print(dataflow_detail(resp.json()))
+        show(client.get_dataflow(dataflow_id), output, dataflow_detail)
 
 
 @get_app.command("devices")
@@ -185,15 +189,7 @@ def get_dataflow(
 def get_devices(ctx: typer.Context, output: Output = OutputOpt) -> None:
     """List devices with their status and utilisation."""
     with client_of(ctx) as client:
-        resp = client.list_devices()
-    if output is Output.json:
-        print_json(resp.text)
-        return
-    items = resp.json()
-    if not items:
-        stdout().print("no devices")
-        return
-    stdout().print(devices_table(items))
+        show(client.list_devices(), output, devices_table, "no devices")
 
 
 @get_app.command("device")
@@ -205,11 +201,7 @@ def get_device(
 ) -> None:
     """Show one device."""
     with client_of(ctx) as client:
-        resp = client.get_device(device_id)
-    if output is Output.json:
-        print_json(resp.text)
-        return
-    stdout().print(device_detail(resp.json()))
+        show(client.get_device(device_id), output, device_detail)
 
 
 # ---------------------------------------------------------------------------- dev

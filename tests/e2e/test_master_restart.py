@@ -10,6 +10,7 @@ import pytest
 
 from echo_cli.devstack import wait_for_port
 from tests.conftest import PlatformFactory
+from tests.harness.specs import three_tiers
 from tests.harness.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -21,27 +22,7 @@ def test_master_killed_mid_deploy_recovers(platform_factory: PlatformFactory, tm
     # freeze the device of the sink: the deployment starts (sinks first) and cannot finish
     platform.agents["cloud-1"].signal(signal.SIGSTOP)
     try:
-        df_id = api.submit(
-            {
-                "name": "interrupted",
-                "tasks": [
-                    {
-                        "id": "gen",
-                        "operator": "io.generate",
-                        "config": {"count": 2000},
-                        "placement": {"device": "edge-1"},
-                    },
-                    {"id": "pass", "operator": "core.passthrough", "placement": {"device": "fog-1"}},
-                    {
-                        "id": "sink",
-                        "operator": "io.file_sink",
-                        "config": {"path": str(out)},
-                        "placement": {"device": "cloud-1"},
-                    },
-                ],
-                "edges": [{"from": "gen", "to": "pass"}, {"from": "pass", "to": "sink"}],
-            }
-        )
+        df_id = api.submit(three_tiers("interrupted", out, count=2000))
 
         def mid_deploy() -> bool:
             df = api.dataflow(df_id)

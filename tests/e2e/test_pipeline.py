@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from tests.conftest import PlatformFactory
+from tests.harness.specs import three_tiers
 from tests.harness.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -24,27 +25,7 @@ def test_generate_passthrough_sink_across_three_tiers(
 ) -> None:
     _platform, api = platform_factory()
     out = tmp_path / "out.jsonl"
-    df_id = api.submit(
-        {
-            "name": "three-tiers",
-            "tasks": [
-                {
-                    "id": "gen",
-                    "operator": "io.generate",
-                    "config": {"count": 10_000, "rate": 0},
-                    "placement": {"device": "edge-1"},
-                },
-                {"id": "pass", "operator": "core.passthrough", "placement": {"device": "fog-1"}},
-                {
-                    "id": "sink",
-                    "operator": "io.file_sink",
-                    "config": {"path": str(out)},
-                    "placement": {"device": "cloud-1"},
-                },
-            ],
-            "edges": [{"from": "gen", "to": "pass"}, {"from": "pass", "to": "sink"}],
-        }
-    )
+    df_id = api.submit(three_tiers("three-tiers", out, count=10_000))
     df = api.wait_state(df_id, "completed", timeout=60)
     devices = {t["id"]: t["device"] for t in df["tasks"]}
     assert devices == {"gen": "edge-1", "pass": "fog-1", "sink": "cloud-1"}

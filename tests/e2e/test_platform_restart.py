@@ -8,6 +8,7 @@ import pytest
 
 from echo_cli.devstack import wait_for_port
 from tests.conftest import THREE_TIERS, PlatformFactory
+from tests.harness.specs import three_tiers
 from tests.harness.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -18,27 +19,7 @@ def test_running_dataflow_resumes_after_a_full_restart(
 ) -> None:
     platform, api = platform_factory()
     out = tmp_path / "out.jsonl"
-    df_id = api.submit(
-        {
-            "name": "long",
-            "tasks": [
-                {
-                    "id": "gen",
-                    "operator": "io.generate",
-                    "config": {"count": 10_000_000, "rate": 500},
-                    "placement": {"device": "edge-1"},
-                },
-                {"id": "pass", "operator": "core.passthrough", "placement": {"device": "fog-1"}},
-                {
-                    "id": "sink",
-                    "operator": "io.file_sink",
-                    "config": {"path": str(out)},
-                    "placement": {"device": "cloud-1"},
-                },
-            ],
-            "edges": [{"from": "gen", "to": "pass"}, {"from": "pass", "to": "sink"}],
-        }
-    )
+    df_id = api.submit(three_tiers("long", out, count=10_000_000, rate=500))
     api.wait_state(df_id, "running")
     wait_until(lambda: out.exists() and out.stat().st_size > 0, what="records reaching the sink")
 

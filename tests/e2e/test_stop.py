@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PlatformFactory
+from tests.harness.specs import three_tiers
 from tests.harness.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -15,27 +16,7 @@ pytestmark = pytest.mark.e2e
 def test_stop_removes_every_task_from_every_agent(platform_factory: PlatformFactory, tmp_path: Path) -> None:
     _platform, api = platform_factory()
     out = tmp_path / "out.jsonl"
-    df_id = api.submit(
-        {
-            "name": "endless",
-            "tasks": [
-                {
-                    "id": "gen",
-                    "operator": "io.generate",
-                    "config": {"count": 10_000_000, "rate": 200},
-                    "placement": {"device": "edge-1"},
-                },
-                {"id": "pass", "operator": "core.passthrough", "placement": {"device": "fog-1"}},
-                {
-                    "id": "sink",
-                    "operator": "io.file_sink",
-                    "config": {"path": str(out)},
-                    "placement": {"device": "cloud-1"},
-                },
-            ],
-            "edges": [{"from": "gen", "to": "pass"}, {"from": "pass", "to": "sink"}],
-        }
-    )
+    df_id = api.submit(three_tiers("endless", out, count=10_000_000, rate=200))
     api.wait_state(df_id, "running")
     wait_until(lambda: all(d["tasks"] == 1 for d in api.devices().values()), what="one task per device")
     wait_until(lambda: out.exists() and out.stat().st_size > 0, what="records reaching the sink")

@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import PlatformFactory
 from tests.harness.otlp import OtlpReceiver
+from tests.harness.specs import three_tiers
 from tests.harness.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -29,27 +30,7 @@ def test_deployment_is_one_trace(
             "OTEL_BSP_SCHEDULE_DELAY": "100",
         }
     )
-    df_id = api.submit(
-        {
-            "name": "traced",
-            "tasks": [
-                {
-                    "id": "gen",
-                    "operator": "io.generate",
-                    "config": {"count": 10},
-                    "placement": {"device": "edge-1"},
-                },
-                {"id": "pass", "operator": "core.passthrough", "placement": {"device": "fog-1"}},
-                {
-                    "id": "sink",
-                    "operator": "io.file_sink",
-                    "config": {"path": str(tmp_path / "o.jsonl")},
-                    "placement": {"device": "cloud-1"},
-                },
-            ],
-            "edges": [{"from": "gen", "to": "pass"}, {"from": "pass", "to": "sink"}],
-        }
-    )
+    df_id = api.submit(three_tiers("traced", tmp_path / "o.jsonl", count=10))
     api.wait_state(df_id, "completed", "running")
 
     def root_trace() -> str | None:
