@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Identifier = Annotated[
     str,
@@ -60,7 +60,14 @@ class TaskSpec(Strict):
 
 
 class EdgeModel(StrEnum):
-    stream = "stream"
+    stream = "stream"  # record by record: one record per message
+    batch = "batch"  # micro-batches: one message per batch, closed by count or time
+    file = "file"  # files: chunked, checksummed, streamed; the consumer gets a local path
+
+
+class BatchSpec(Strict):
+    count: int = Field(default=100, ge=1, le=100_000, description="close a batch at this many records")
+    seconds: float = Field(default=1.0, gt=0, le=3600, description="... or this long after its first record")
 
 
 class EdgeSpec(Strict):
@@ -69,6 +76,17 @@ class EdgeSpec(Strict):
     from_: str = Field(alias="from", min_length=1)
     to: str = Field(min_length=1)
     model: EdgeModel = EdgeModel.stream
+    batch: BatchSpec | None = Field(default=None, description="limits of a batch edge's micro-batches")
+
+    @model_validator(mode="after")
+    def _batch_only_on_batch_edges(self) -> EdgeSpec:
+        if self.batch is not None and self.model is not EdgeModel.batch:
+            raise ValueError("batch limits apply only to edges with model: batch")
+        return self
+
+    @property
+    def batch_limits(self) -> BatchSpec:
+        return self.batch or BatchSpec()
 
 
 class DataflowSpec(Strict):

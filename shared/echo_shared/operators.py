@@ -1,77 +1,40 @@
-"""The catalogue of built-in operators: name, role, runtime and config schema.
+"""Operator lookup and config validation over the catalogue (``echo_shared.catalogue``).
 
-The scheduler validates specs against it; the agent implements each entry (its
-implementations register under the same names). Keeping the catalogue here means
-both sides agree on what an operator accepts without importing each other.
+Operators are named ``family.name`` (built-ins) or ``python:package.module:Class`` (user
+code, run by the agent's Python runtime; its config is the class's business).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
+from .catalogue import CATALOGUE, Kind, OperatorConfig, OperatorInfo, Role
+from .catalogue.core import CountByKeyConfig, FileSinkConfig, GenerateConfig, PassthroughConfig
 from .errors import Problem
 
-
-class Role(StrEnum):
-    source = "source"  # no inputs; produces records, may finish
-    transform = "transform"  # inputs and outputs
-    sink = "sink"  # inputs, no outputs
+PYTHON_PREFIX = "python:"
 
 
-class OperatorConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class PythonOperatorConfig(OperatorConfig):
+    """User operators take any config; their class validates it on the device."""
+
+    model_config = OperatorConfig.model_config | {"extra": "allow"}
 
 
-class GenerateConfig(OperatorConfig):
-    count: int = Field(ge=0, description="number of records to emit")
-    rate: float = Field(default=0.0, ge=0, description="records per second; 0 = as fast as possible")
-    fields: dict[str, Any] = Field(default_factory=dict, description="merged into every record")
-
-
-class PassthroughConfig(OperatorConfig):
-    pass
-
-
-class CountByKeyConfig(OperatorConfig):
-    key: str = Field(min_length=1, description="record field whose values are counted")
-
-
-class FileSinkConfig(OperatorConfig):
-    path: str = Field(min_length=1, description="file on the device; one JSON line per record")
-
-
-@dataclass(frozen=True)
-class OperatorInfo:
-    name: str
-    role: Role
-    config: type[OperatorConfig]
-    stateful: bool = False
-    runtime: str = "python"
-    summary: str = ""
-
-
-CATALOGUE: dict[str, OperatorInfo] = {
-    info.name: info
-    for info in (
-        OperatorInfo("io.generate", Role.source, GenerateConfig, summary="emit count records {seq: i}"),
-        OperatorInfo("core.passthrough", Role.transform, PassthroughConfig, summary="forward every record"),
-        OperatorInfo(
-            "stats.count_by_key",
-            Role.transform,
-            CountByKeyConfig,
-            stateful=True,
-            summary="count records per value of config.key",
-        ),
-        OperatorInfo("io.file_sink", Role.sink, FileSinkConfig, summary="append records as JSON lines"),
-    )
-}
+def python_operator(name: str) -> OperatorInfo | None:
+    """``python:package.module:Class`` -> an operator run by the Python runtime (any role)."""
+    target = name[len(PYTHON_PREFIX) :]
+    module, sep, cls = target.partition(":")
+    if not sep or not module or not cls or not all(p.isidentifier() for p in (*module.split("."), cls)):
+        return None
+    return OperatorInfo(name, Role.any, PythonOperatorConfig, summary=f"user operator {target}")
 
 
 def lookup(name: str) -> OperatorInfo | None:
+    if name.startswith(PYTHON_PREFIX):
+        return python_operator(name)
     return CATALOGUE.get(name)
 
 
@@ -81,12 +44,7 @@ def config_problems(info: OperatorInfo, config: dict[str, Any], where: str) -> l
         info.config.model_validate(config)
     except ValidationError as e:
         return [
-            Problem(
-                loc=join_loc(where, err["loc"]),
-                msg=err["msg"],
-                type=err["type"],
-            )
-            for err in e.errors()
+            Problem(loc=join_loc(where, err["loc"]), msg=err["msg"], type=err["type"]) for err in e.errors()
         ]
     return []
 
@@ -100,3 +58,19 @@ def join_loc(prefix: str, loc: tuple[int | str, ...] | list[int | str]) -> str:
         else:
             out += f".{part}" if out else str(part)
     return out
+
+
+__all__ = [
+    "CATALOGUE",
+    "CountByKeyConfig",
+    "FileSinkConfig",
+    "GenerateConfig",
+    "Kind",
+    "OperatorConfig",
+    "OperatorInfo",
+    "PassthroughConfig",
+    "Role",
+    "config_problems",
+    "join_loc",
+    "lookup",
+]

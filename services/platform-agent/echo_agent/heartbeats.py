@@ -17,6 +17,7 @@ from echo_shared.lifecycle import wait_or_stop
 from echo_shared.messages import DeviceHello, Heartbeat, TaskBrief
 from echo_shared.models import Capacity, DeviceInfo
 
+from . import runtimes
 from .settings import AgentSettings
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,9 @@ def device_info(s: AgentSettings) -> DeviceInfo:
         capacity=Capacity(cpu=cpu, memory_mb=mem),
         labels=s.labels,
         input_streams=s.input_streams,
-        runtimes=["python"],
+        runtimes=s.runtimes
+        if s.runtimes is not None
+        else sorted(name for name, why_not in runtimes.detect().items() if why_not is None),
         arch=platform.machine(),
         hostname=socket.gethostname(),
         agent_version=__version__,

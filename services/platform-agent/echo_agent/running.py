@@ -26,7 +26,7 @@ from echo_shared.names import Names
 from echo_shared.operators import Role, lookup
 
 from .channels import DEFAULT_WINDOW, AckQueue, Inputs, Outputs, Progress
-from .operators import Operator, SourceOperator, TaskContext, UnknownOperator, build
+from .operators import Operator, SourceOperator, TaskContext, build
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +118,15 @@ class TaskRunner:
         info = lookup(cmd.operator)
         try:
             self.op = build(cmd.operator, cmd.config)
-        except (UnknownOperator, ValidationError) as e:
+        except (LookupError, ValidationError) as e:
             self._set(TaskState.failed, f"cannot build operator {cmd.operator}: {e}", report=False)
+            return
+        except Exception as e:  # user code failing in its constructor
+            self._set(
+                TaskState.failed,
+                f"operator {cmd.operator} failed to start: {type(e).__name__}: {e}",
+                report=False,
+            )
             return
         has_inputs = bool(cmd.inputs)
         self.mqtt = MqttClient(

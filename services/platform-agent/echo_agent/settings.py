@@ -17,6 +17,9 @@ class AgentSettings(CommonSettings, MqttSettings, LivenessSettings):
     tier: Tier
     input_streams: list[str] = Field(default_factory=list)
     labels: dict[str, str] = Field(default_factory=dict)
+    runtimes: list[str] | None = Field(
+        default=None, description="runtimes this device offers (default: those detected as usable)"
+    )
     cpu: float | None = Field(default=None, gt=0, description="CPU cores offered (default: all)")
     memory_mb: int | None = Field(default=None, gt=0, description="memory offered (default: all)")
     data_dir: Path = Field(default=Path(".echo/agent-data"), description="task working directories")

@@ -8,8 +8,8 @@ from __future__ import annotations
 import networkx as nx
 
 from echo_shared.errors import Problem, SpecError
-from echo_shared.models import DataflowSpec
-from echo_shared.operators import Role, config_problems, lookup
+from echo_shared.models import DataflowSpec, EdgeModel, EdgeSpec
+from echo_shared.operators import Kind, Role, config_problems, lookup
 
 
 def problems(spec: DataflowSpec) -> list[Problem]:
@@ -56,12 +56,23 @@ def problems(spec: DataflowSpec) -> list[Problem]:
             continue
         seen_edges[pair] = k
         graph.add_edge(edge.from_, edge.to)
-        src = lookup(spec.tasks[index[edge.from_]].operator)
-        dst = lookup(spec.tasks[index[edge.to]].operator)
+        src_task, dst_task = spec.tasks[index[edge.from_]], spec.tasks[index[edge.to]]
+        src, dst = lookup(src_task.operator), lookup(dst_task.operator)
         if src is not None and src.role is Role.sink:
             found.append(Problem(f"edges[{k}].from", f"{src.name} is a sink and has no output", "role"))
         if dst is not None and dst.role is Role.source:
             found.append(Problem(f"edges[{k}].to", f"{dst.name} is a source and takes no input", "role"))
+        if src is not None and dst is not None:
+            found.extend(
+                _pairing(
+                    k,
+                    edge,
+                    src_task.id,
+                    src.kinds_for(src_task.config)[1],
+                    dst_task.id,
+                    dst.kinds_for(dst_task.config)[0],
+                )
+            )
 
     try:
         cycle = nx.find_cycle(graph)
@@ -77,9 +88,44 @@ def problems(spec: DataflowSpec) -> list[Problem]:
         info = lookup(task.operator)
         if info is None or task.id not in index or index[task.id] != i:
             continue
-        if info.role is not Role.source and graph.in_degree(task.id) == 0:
+        if info.role in (Role.transform, Role.sink) and graph.in_degree(task.id) == 0:
             found.append(Problem(f"tasks[{i}]", f"{info.name} needs at least one input edge", "unconnected"))
     return found
+
+
+def _pairing(k: int, edge: EdgeSpec, src: str, produces: Kind, dst: str, consumes: Kind) -> list[Problem]:
+    """Records travel on stream and batch edges (converted between the two as needed);
+    files only on file edges. Anything else cannot be converted on the edge."""
+    out: list[Problem] = []
+    file_edge = edge.model is EdgeModel.file
+    if produces is Kind.files and not file_edge:
+        out.append(
+            Problem(
+                f"edges[{k}].model",
+                f"{src!r} produces files: connect it with model: file "
+                f"(a path on one device means nothing on another)",
+                "pairing",
+            )
+        )
+    if produces is Kind.records and file_edge:
+        out.append(
+            Problem(
+                f"edges[{k}].model",
+                f"{src!r} produces records, not files: use model: stream or batch",
+                "pairing",
+            )
+        )
+    if consumes is Kind.files and not file_edge and produces is not Kind.files:
+        out.append(
+            Problem(
+                f"edges[{k}].model",
+                f"{dst!r} consumes files: it needs a file edge from a task that produces files",
+                "pairing",
+            )
+        )
+    if consumes is Kind.records and file_edge and produces is not Kind.records:
+        out.append(Problem(f"edges[{k}].model", f"{dst!r} consumes records, not files", "pairing"))
+    return out
 
 
 def validate(spec: DataflowSpec) -> None:

@@ -1,6 +1,8 @@
 """The operator API: what every operator implements, built-in or user-supplied.
 
-An operator is a class constructed with its validated config::
+An operator is a class constructed with its config (the catalogue's pydantic model for
+built-ins; for ``python:pkg.mod:Class`` operators, the class's own ``Config`` model if
+it has one, else the raw dict)::
 
     class Upper(Operator):
         def process(self, record):
@@ -10,14 +12,23 @@ Life cycle, driven by the agent's task runner:
 
 - ``await open(ctx)`` once, before the first record;
 - ``process(record)`` for every input record, returning the output records (an
-  iterable, or ``None`` for none); synchronous, because it is the hot path;
-- ``flush()`` after each delivery from the channel, before it is acknowledged:
-  make what was processed durable (a sink flushes its file here);
+  iterable, or ``None`` for none);
+- ``process_batch(records)`` for every micro-batch when the task reads a batch edge,
+  or when the class sets ``wants_batches = True`` (records arriving on a stream edge are
+  then gathered into batches for it). The default calls ``process`` per record;
+- either may be ``async def`` (for I/O, like running a process); the runner awaits it;
+- ``flush()`` after each delivery from a channel, before it is acknowledged: make what
+  was processed durable (a sink flushes its file here);
 - ``await close()`` once at the end of input; may return final records;
 - ``snapshot()`` / ``restore(state)``: the operator's state as a JSON-able value, for
   checkpoints and migration. Stateless operators keep the defaults.
 
 A source overrides ``generate()``, an async iterator of records, instead of ``process``.
+
+Files: an operator whose catalogue entry ``consumes``/``produces`` files handles file
+records, ``{"path": <local path>, "name": <file name>, "size": <bytes>, ...}``. File edges
+move the bytes: the consumer's record names a local copy, which the runner deletes after
+``process`` returns unless the operator moved it away.
 """
 
 from __future__ import annotations
@@ -28,9 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel
-
 Record = dict[str, Any]
+Output = Iterable[Record] | None
 
 
 @dataclass
@@ -41,24 +51,37 @@ class TaskContext:
     generation: int
     data_dir: Path
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("echo.task"))
+    mqtt_url: str = ""
+    nats_url: str | None = None
 
 
 class Operator:
     stateful: ClassVar[bool] = False
+    wants_batches: ClassVar[bool] = False
 
-    def __init__(self, config: BaseModel) -> None:
+    def __init__(self, config: Any) -> None:
         self.config = config
 
     async def open(self, ctx: TaskContext) -> None:
         self.ctx = ctx
 
-    def process(self, record: Record) -> Iterable[Record] | None:
-        raise NotImplementedError
+    def process(self, record: Record) -> Any:
+        """Output records for one input record (sync, or ``async def`` in a subclass)."""
+        raise NotImplementedError(f"{type(self).__name__} does not process records")
+
+    def process_batch(self, records: list[Record]) -> Any:
+        """Output records for one micro-batch. The default processes each record."""
+        out: list[Record] = []
+        for r in records:
+            result = self.process(r)
+            if result is not None:
+                out.extend(result)
+        return out
 
     def flush(self) -> None:
         return None
 
-    async def close(self) -> Iterable[Record] | None:
+    async def close(self) -> Output:
         return None
 
     def snapshot(self) -> Any:
@@ -69,7 +92,7 @@ class Operator:
 
 
 class SourceOperator(Operator):
-    def process(self, record: Record) -> Iterable[Record] | None:
+    def process(self, record: Record) -> Output:
         raise TypeError(f"{type(self).__name__} is a source and takes no input")
 
     def generate(self) -> AsyncIterator[Record]:

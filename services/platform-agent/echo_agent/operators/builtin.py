@@ -11,7 +11,7 @@ from typing import IO, Any
 
 import orjson
 
-from echo_shared.operators import CountByKeyConfig, FileSinkConfig, GenerateConfig
+from echo_shared.catalogue.core import CountByKeyConfig, FileSinkConfig, GenerateConfig
 
 from .base import Operator, Record, SourceOperator, TaskContext
 
@@ -114,3 +114,11 @@ class FileSink(Operator):
                 os.fsync(self._f.fileno())
             self._f.close()
             self._f = None
+
+
+OPERATORS: dict[str, type[Operator]] = {
+    "io.generate": Generate,
+    "core.passthrough": Passthrough,
+    "stats.count_by_key": CountByKey,
+    "io.file_sink": FileSink,
+}

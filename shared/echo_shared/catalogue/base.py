@@ -1,0 +1,61 @@
+"""The vocabulary of the operator catalogue: roles, kinds of data, operator entries."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Role(StrEnum):
+    source = "source"  # no inputs; produces records, may finish
+    transform = "transform"  # inputs and outputs
+    sink = "sink"  # inputs, no outputs
+    any = "any"  # decided by the edges (user operators): a source without inputs
+
+
+class Kind(StrEnum):
+    """What an operator consumes or produces.
+
+    ``records``: JSON records; they travel on ``stream`` edges (one record per message)
+    or ``batch`` edges (one micro-batch per message). ``files``: records that name a file
+    on the device (``{"path": ..., "name": ..., "size": ...}``); they travel on ``file``
+    edges, which move the file's bytes, so the consumer gets a local path.
+    """
+
+    records = "records"
+    files = "files"
+
+
+class OperatorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class OperatorInfo:
+    name: str
+    role: Role
+    config: type[OperatorConfig]
+    stateful: bool = False
+    runtime: str = "python"
+    summary: str = ""
+    consumes: Kind = Kind.records
+    produces: Kind = Kind.records
+    # for operators whose kinds depend on their config (the process runtime's modes)
+    kinds: Callable[[Any], tuple[Kind, Kind]] | None = None
+
+    def kinds_for(self, config: dict[str, Any]) -> tuple[Kind, Kind]:
+        """(consumes, produces) for this config (falls back to the static kinds)."""
+        if self.kinds is not None:
+            try:
+                return self.kinds(self.config.model_validate(config))
+            except Exception:  # an invalid config is reported by config validation
+                pass
+        return self.consumes, self.produces
+
+
+def entries(*infos: OperatorInfo) -> dict[str, OperatorInfo]:
+    return {i.name: i for i in infos}

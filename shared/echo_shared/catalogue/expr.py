@@ -1,0 +1,7 @@
+"""Catalogue entries of the expr operators (filled in by their implementation work)."""
+
+from __future__ import annotations
+
+from .base import OperatorInfo
+
+CATALOGUE: dict[str, OperatorInfo] = {}
