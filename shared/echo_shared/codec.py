@@ -1,16 +1,26 @@
-"""Hot-path encoding of data-plane messages (``messages.DataMessage``) with orjson.
+"""Hot-path encoding of data-plane messages with orjson.
 
-Pydantic validation per record would cost more than moving it; these functions produce
-and accept exactly the JSON shape of ``DataMessage`` (a unit test checks both ways)
-and check only what the consumer relies on.
+Records: pydantic validation per record would cost more than moving it; these functions
+produce and accept exactly the JSON shape of ``DataMessage`` (a unit test checks both
+ways) and check only what the consumer relies on.
+
+File chunks: a binary frame, ``MAGIC`` + 4-byte big-endian header length + the
+``FileChunkHeader`` JSON + the chunk's raw bytes (no base64). A data message starts
+with ``{``, a chunk frame with ``MAGIC``, so one channel can tell them apart.
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from .messages import FileChunkHeader
+
+MAGIC = b"\x00ECF1"
+_LEN = struct.Struct(">I")
 
 
 class BadDataMessage(ValueError):
@@ -50,3 +60,25 @@ def decode(data: bytes) -> Decoded:
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise BadDataMessage(f"not a data message: {e}") from e
+
+
+def is_chunk(data: bytes) -> bool:
+    return data[: len(MAGIC)] == MAGIC
+
+
+def encode_chunk(header: FileChunkHeader, data: bytes) -> bytes:
+    head = header.to_bytes()
+    return b"".join((MAGIC, _LEN.pack(len(head)), head, data))
+
+
+def decode_chunk(frame: bytes) -> tuple[FileChunkHeader, memoryview]:
+    """The header and a view of the chunk's bytes (``BadDataMessage`` if malformed)."""
+    try:
+        if not is_chunk(frame):
+            raise ValueError("no chunk magic")
+        start = len(MAGIC) + _LEN.size
+        (n,) = _LEN.unpack_from(frame, len(MAGIC))
+        header = FileChunkHeader.model_validate_json(frame[start : start + n])
+        return header, memoryview(frame)[start + n :]
+    except (ValueError, struct.error) as e:
+        raise BadDataMessage(f"not a file chunk: {e}") from e

@@ -15,10 +15,12 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from .models import (
+    BatchSpec,
     DataflowSpec,
     DeviceInfo,
     DeviceRecord,
     DeviceStatus,
+    EdgeModel,
     Placement,
     Resources,
     TaskState,
@@ -75,11 +77,13 @@ class Goodbye(Message):
 
 
 class Binding(Message):
-    """One end of an edge as a task sees it: the peer task and the channel."""
+    """One end of an edge as a task sees it: the peer task, the channel and its data model."""
 
     peer: str
     transport: Literal["mqtt"] = "mqtt"
     topic: str
+    model: EdgeModel = EdgeModel.stream
+    batch: BatchSpec | None = None
 
 
 class DeployTask(Message):
@@ -153,13 +157,46 @@ class ChannelProgress(Message):
     """How far a channel's consumer got: every record of ``producer`` up to ``hwm`` is processed.
 
     Retained on the channel's progress topic; the producer keeps at most its window of
-    records beyond it in flight, so the broker's queue for the channel stays bounded.
+    records beyond it in flight, so the broker's queue for the channel stays bounded. On
+    a file edge it also says how much of the file being received arrived
+    (``file_seq``, ``file_offset``), which bounds the bytes in flight within a large file.
     """
 
     consumer: str
     producer: str
     hwm: int
     ts: float
+    file_seq: int = 0
+    file_offset: int = 0
+    eos: bool = Field(default=False, description="the consumer has the producer's end of stream")
+
+
+class FileChunkHeader(Message):
+    """The header of one chunk of a file on a file edge (``codec.encode_chunk`` frames it
+    with the raw bytes). Chunks of a file go in order; the last one carries the SHA-256 of
+    the whole file, which the receiver checks before it delivers anything."""
+
+    producer: str
+    generation: int
+    seq: int = Field(description="the file record's id: one seq per file, as for records")
+    index: int = Field(description="chunk number within the file, from 0")
+    offset: int
+    size: int = Field(description="the whole file's size in bytes")
+    last: bool
+    sha256: str | None = Field(default=None, description="hex digest of the whole file, on the last chunk")
+    meta: dict[str, Any] | None = Field(
+        default=None, description="the file record without its path, on chunk 0"
+    )
+
+
+class ResendRequest(Message):
+    """A consumer asks the producer to send again everything from ``seq`` on (go-back-N):
+    it saw a gap (a record, or a file, that never arrived) or a file that failed its check."""
+
+    consumer: str
+    producer: str
+    seq: int
+    reason: str
 
 
 # --------------------------------------------------------------------- cloud services (NATS)
@@ -241,6 +278,8 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     TaskStatus,
     DataMessage,
     ChannelProgress,
+    FileChunkHeader,
+    ResendRequest,
     ErrorReply,
     ValidateRequest,
     ValidateReply,

@@ -108,7 +108,7 @@ class MqttClient:
         receive_maximum: int = 1000,
         manual_ack: bool = False,
         keepalive: int = 10,
-        publish_window: int = 2000,
+        publish_window: int = 1000,
         will: Will | None = None,
         reconnect_max_delay: float = 5.0,
     ) -> None:
@@ -406,12 +406,19 @@ class MqttClient:
             if self._sock is not None:
                 self._client.loop_misc()
 
-    def _on_connect(self, client: paho.Client, _ud: Any, flags: Any, rc: ReasonCode, _props: Any) -> None:
+    def _on_connect(self, client: paho.Client, _ud: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
         if rc.is_failure:
             log.warning("mqtt %s: connection refused: %s", self.client_id, rc)
             if self._first_connect is not None and not self._first_connect.done():
                 self._first_connect.set_exception(MqttUnavailable(f"connection refused: {rc}"))
             return
+        # paho ignores the broker's Receive Maximum; exceeding it makes Mosquitto 2.0 drop
+        # publishes silently, so never have more in flight than the broker accepts
+        server_max = getattr(props, "ReceiveMaximum", None)
+        if isinstance(server_max, int) and server_max > 0:
+            # paho's setter refuses an established connection, but this runs before any
+            # publish is sent on it; the attribute is what paho's send path consults
+            client._max_inflight_messages = min(self._publish_window, server_max, 65000)
         self.epoch += 1
         self.session_present = bool(getattr(flags, "session_present", False))
         self._connected_at = time.monotonic()

@@ -19,6 +19,8 @@ host its tasks):
 - ``{ns}/df/{dataflow}/{from_task}/{to_task}``            records (QoS 1)
 - ``{ns}/df/{dataflow}/{from_task}/{to_task}/progress``   the consumer's high-water mark
   (retained): the producer may run at most a window of records ahead of it
+- ``{ns}/df/{dataflow}/{from_task}/{to_task}/resend``     the consumer asks for records or
+  files again from a seq on (it saw a gap, or a file failed its check)
 
 NATS (cloud services):
 
@@ -97,6 +99,10 @@ class Names:
     def progress_topic(self, data_topic: str) -> str:
         """Where a channel's consumer reports how far it got (retained): the producer's credit."""
         return f"{data_topic}/progress"
+
+    def resend_topic(self, data_topic: str) -> str:
+        """Where a channel's consumer asks for records or files again (a gap, a corrupt file)."""
+        return f"{data_topic}/resend"
 
     # --- MQTT client ids ------------------------------------------------------------------
     def agent_client_id(self, device: str) -> str:

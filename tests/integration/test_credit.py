@@ -9,6 +9,7 @@ import pytest
 
 from echo_agent.channels import Outputs, Progress
 from echo_cli.devstack import Brokers
+from echo_shared.messages import Binding
 from echo_shared.mqtt import MqttClient, MqttMessage
 from echo_shared.names import Names
 from tests.harness.waiting import eventually
@@ -23,16 +24,16 @@ async def test_producer_blocks_at_the_window_until_the_consumer_reports(
 
     def on_message(m: MqttMessage) -> None:
         if outputs is not None and m.topic == progress_topic:
-            outputs.on_progress(m)
+            outputs.on_control(m)
 
     producer = MqttClient(brokers.mqtt_url, "test-p-" + uuid.uuid4().hex[:6], on_message=on_message)
     consumer = MqttClient(brokers.mqtt_url, "test-c-" + uuid.uuid4().hex[:6])
-    outputs = Outputs(producer, "p", 1, [data], window=100, progress_topics={progress_topic: "c"})
+    outputs = Outputs(producer, "p", 1, [Binding(peer="c", topic=data)], names, window=100)
     async with producer, consumer:
         await producer.subscribe(progress_topic)
         for _ in range(100):
             outputs.emit({"x": 1})
-        outputs.flush()
+        await asyncio.gather(*outputs.flush())
         assert outputs.ahead == 100
         with pytest.raises(TimeoutError):  # no credit: blocked
             await asyncio.wait_for(outputs.wait_window(), 0.3)
@@ -61,12 +62,10 @@ async def test_a_restarted_producer_learns_the_consumer_position_from_the_retain
 
         def on_message(m: MqttMessage) -> None:
             if outputs is not None:
-                outputs.on_progress(m)
+                outputs.on_control(m)
 
         producer = MqttClient(brokers.mqtt_url, "test-p-" + uuid.uuid4().hex[:6], on_message=on_message)
-        outputs = Outputs(
-            producer, "p", 2, [data], window=100, start_seq=450, progress_topics={progress_topic: "c"}
-        )
+        outputs = Outputs(producer, "p", 2, [Binding(peer="c", topic=data)], names, window=100, start_seq=450)
         async with producer:
             await producer.subscribe(progress_topic)
             await eventually(lambda: outputs.acked[progress_topic] == 500, what="the retained report")

@@ -8,12 +8,12 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from echo_agent.operators import IMPLEMENTATIONS, TaskContext, UnknownOperator, build
+from echo_agent.operators import TaskContext, UnknownOperator, build, implementations
 from echo_shared.operators import CATALOGUE
 
 
 def test_every_catalogued_operator_is_implemented() -> None:
-    assert set(CATALOGUE) == set(IMPLEMENTATIONS)
+    assert set(CATALOGUE) == set(implementations())
 
 
 async def test_generate_counts_and_merges_fields() -> None:

@@ -287,6 +287,12 @@ def create_api(ctx: ApiContext) -> FastAPI:
             status_code=200 if ok else 503, content={"status": "ok" if ok else "degraded", **checks}
         )
 
+    from .hypercat import hypercat_router
+    from .legacy.routes import legacy_router
+
+    app.include_router(legacy_router(ctx))
+    app.include_router(hypercat_router(ctx))
+
     # make DataflowSpec part of the OpenAPI components (the request body refers to it)
     original_openapi = app.openapi
 

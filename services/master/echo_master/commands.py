@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 from echo_shared.messages import Binding, DeployTask, Reservation, StopTask
-from echo_shared.models import DataflowSpec, Placement, TaskRecord
+from echo_shared.models import DataflowSpec, EdgeModel, Placement, TaskRecord
 
 
 def deploy_levels(spec: DataflowSpec) -> list[list[str]]:
@@ -25,6 +25,17 @@ def deploy_levels(spec: DataflowSpec) -> list[list[str]]:
 def deploy_command(df_id: str, spec: DataflowSpec, placement: Placement, task: TaskRecord) -> DeployTask:
     t = spec.task(task.id)
     topic = {(c.from_task, c.to_task): c.topic for c in placement.channels}
+    edges = {(e.from_, e.to): e for e in spec.edges}
+
+    def binding(src: str, dst: str, peer: str) -> Binding:
+        e = edges[(src, dst)]
+        return Binding(
+            peer=peer,
+            topic=topic[(src, dst)],
+            model=e.model,
+            batch=e.batch_limits if e.model is EdgeModel.batch else None,
+        )
+
     return DeployTask(
         cmd_id=uuid.uuid4().hex,
         dataflow=df_id,
@@ -33,8 +44,8 @@ def deploy_command(df_id: str, spec: DataflowSpec, placement: Placement, task: T
         operator=t.operator,
         config=t.config,
         resources=t.resources,
-        inputs=[Binding(peer=src, topic=topic[(src, t.id)]) for src in spec.inputs_of(t.id)],
-        outputs=[Binding(peer=dst, topic=topic[(t.id, dst)]) for dst in spec.outputs_of(t.id)],
+        inputs=[binding(src, t.id, src) for src in spec.inputs_of(t.id)],
+        outputs=[binding(t.id, dst, dst) for dst in spec.outputs_of(t.id)],
     )
 
 

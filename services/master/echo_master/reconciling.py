@@ -309,6 +309,10 @@ class Reconciler:
             if touched:
                 self.kick(df.id)
 
+    async def rebalance(self, df_id: str) -> list[str]:
+        """Re-place a running dataflow; move the tasks whose device changes. Returns their ids."""
+        raise NotImplementedError("rebalance arrives with the migration work")
+
     async def wait_for(self, df_id: str, states: set[DataflowState], timeout: float) -> Dataflow:
         """Wait until a dataflow reaches one of ``states`` (or the timeout); returns it."""
         loop = asyncio.get_running_loop()

@@ -41,6 +41,7 @@ async def run(settings: AgentSettings, stop: asyncio.Event) -> None:
         session_expiry=settings.task_session_expiry,
         publish=publish,
         channel_window=settings.channel_window,
+        nats_url=settings.nats_url,
     )
     will = Will(
         names.bye_topic(device), Goodbye(device=device, boot_id=boot_id, reason="connection lost").to_bytes()

@@ -1,34 +1,131 @@
-"""The data plane of one task: outgoing channels, incoming deduplication, ordered acks.
+"""The data plane of one task: outgoing channels, incoming deduplication, ordered acks, credit.
 
-- ``Outputs`` gives every record the task emits its id (``producer``, ``seq``; ``seq``
-  grows by one per record and is part of the task's state), coalesces records into
-  one message per channel (at most ``max_batch`` records), and publishes at QoS 1.
+- ``Outputs`` gives every record the task emits its id (``producer``, ``seq``; ``seq`` grows
+  by one per record and is part of the task's state) and hands it to each outgoing
+  channel by its edge's model: a ``stream`` channel publishes one message per record, a
+  ``batch`` channel one message per micro-batch (closed at ``count`` records or ``seconds``
+  after its first), a ``file`` channel streams the named file in checksummed chunks
+  (``files.FileSender``).
 - ``Inputs`` drops records already seen (one high-water mark per producer: a channel
   delivers one producer's records in order, at least once) and tracks end of stream.
-- ``AckQueue`` acknowledges an input message only after the outputs it caused are
-  acknowledged by the broker, in the order messages arrived (MQTT requires it), so a
-  crash anywhere loses nothing: unacknowledged input is redelivered.
-- Credit: each consumer reports its high-water mark per producer on the channel's
-  retained progress topic (``Progress``); a producer never runs more than ``window``
-  records ahead of its slowest consumer (``Outputs.wait_window`` blocks it), so what
-  the broker queues for a channel is bounded, and back-pressure reaches the sources.
+- ``AckQueue`` acknowledges an input message only once the outputs it caused are safe at
+  the broker (published and acknowledged, including a batch still open when the input was
+  processed), in the order messages arrived (MQTT requires it). A crash anywhere loses
+  nothing: unacknowledged input is redelivered.
+- Credit: each consumer reports its high-water mark per producer on the channel's retained
+  progress topic (``Progress``); a producer never runs more than ``window`` records ahead of
+  its slowest consumer (``Outputs.wait_window`` blocks it), so what the broker queues for a
+  channel stays bounded, and back-pressure reaches the sources.
+- Retransmission: brokers lose messages (Mosquitto 2.0 drops QoS 1 deliveries under load,
+  a broker restarted without persistence forgets its queues), so the channel does not rely
+  on them. A producer keeps every message until its consumer's progress report covers it
+  (at most a window of records). A consumer that sees a gap drops what comes after it and
+  asks for everything from the gap on (``ResendRequest``, go-back-N); a producer whose
+  consumer reported nothing for ``RETRANSMIT_AFTER`` seconds while messages are unconfirmed
+  sends them again (a lost tail, a lost end of stream). Duplicates are dropped by seq.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import logging
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from echo_shared.codec import Decoded, encode_eos, encode_records
-from echo_shared.messages import ChannelProgress
+from echo_shared.messages import Binding, ChannelProgress, ResendRequest
+from echo_shared.models import EdgeModel
 from echo_shared.mqtt import MqttClient, MqttMessage
+from echo_shared.names import Names
+
+from .files import FileSender
+from .retransmit import RETRANSMIT_AFTER, Unconfirmed
 
 DEFAULT_WINDOW = 50_000
+log = logging.getLogger(__name__)
+
+
+class StreamOut:
+    """One record per message."""
+
+    def __init__(self, outputs: Outputs, binding: Binding) -> None:
+        self.o = outputs
+        self.topic = binding.topic
+        self.unconfirmed = Unconfirmed()
+
+    def add(self, seq: int, record: Any) -> None:
+        payload = encode_records(self.o.producer, self.o.generation, [(seq, record)])
+        self.unconfirmed.add(seq, payload)
+        self.o.published.append(self.o.mqtt.publish(self.topic, payload, qos=1))
+
+    def barrier(self) -> asyncio.Future[None] | None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class BatchOut:
+    """One message per micro-batch, closed by count or by time, whichever comes first."""
+
+    def __init__(self, outputs: Outputs, binding: Binding) -> None:
+        self.o = outputs
+        self.topic = binding.topic
+        limits = binding.batch
+        self.count = limits.count if limits else 100
+        self.seconds = limits.seconds if limits else 1.0
+        self.pending: list[tuple[int, Any]] = []
+        self.unconfirmed = Unconfirmed()
+        self._timer: asyncio.TimerHandle | None = None
+        self._barrier: asyncio.Future[None] | None = None
+
+    def add(self, seq: int, record: Any) -> None:
+        if not self.pending:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self.seconds, self.close)
+            self._barrier = loop.create_future()
+        self.pending.append((seq, record))
+        if len(self.pending) >= self.count:
+            self.close()
+
+    def barrier(self) -> asyncio.Future[None] | None:
+        """Resolved once the batch open now is published and acknowledged."""
+        return self._barrier
+
+    def close(self) -> None:
+        """Publish the open batch (if any)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        barrier, self._barrier = self._barrier, None
+        fut = self.o.mqtt.publish(
+            self.topic, encode_records(self.o.producer, self.o.generation, batch), qos=1
+        )
+        if barrier is not None:
+            _chain(fut, barrier)
+        self.o.published.append(fut)
+
+
+def _chain(src: asyncio.Future[None], dst: asyncio.Future[None]) -> None:
+    def done(f: asyncio.Future[None]) -> None:
+        if dst.done():
+            return
+        if f.cancelled() or f.exception() is not None:
+            dst.set_exception(f.exception() or asyncio.CancelledError())
+            dst.exception()  # retrieved: the ack queue looks at the outcome itself
+        else:
+            dst.set_result(None)
+
+    src.add_done_callback(done)
 
 
 class Outputs:
@@ -37,77 +134,186 @@ class Outputs:
         mqtt: MqttClient,
         producer: str,
         generation: int,
-        topics: list[str],
+        bindings: list[Binding],
+        names: Names,
         *,
-        max_batch: int = 500,
         start_seq: int = 0,
         window: int = DEFAULT_WINDOW,
-        progress_topics: dict[str, str] | None = None,
     ) -> None:
         self.mqtt = mqtt
         self.producer = producer
         self.generation = generation
-        self.topics = topics
-        self.max_batch = max_batch
         self.seq = start_seq
-        self.pending: list[tuple[int, Any]] = []
         self.emitted = 0
-        self.has_pending = asyncio.Event()
         self.window = window
+        self.published: list[asyncio.Future[None]] = []
+        self.channels: list[StreamOut | BatchOut | FileSender] = []
+        self.files: list[FileSender] = []
+        for b in bindings:
+            if b.model is EdgeModel.batch:
+                self.channels.append(BatchOut(self, b))
+            elif b.model is EdgeModel.file:
+                sender = FileSender(mqtt, producer, generation, b.topic)
+                self.channels.append(sender)
+                self.files.append(sender)
+            else:
+                self.channels.append(StreamOut(self, b))
+        self.resend_topics = {
+            names.resend_topic(b.topic): c for b, c in zip(bindings, self.channels, strict=True)
+        }
+        self.heard: dict[str, float] = {}  # channel topic -> when its consumer last reported
+        self.eos_seen: dict[str, bool] = {b.topic: False for b in bindings}
+        self.retransmitted = 0
+        self._watchdog: asyncio.Task[None] | None = None
         # progress topic -> the consumer's high-water mark of our records
-        self.progress_topics = dict(progress_topics or {})
+        self.progress_topics = {names.progress_topic(b.topic): b for b in bindings}
         self.acked: dict[str, int] = dict.fromkeys(self.progress_topics, start_seq)
+        self._sender_of = {
+            names.progress_topic(b.topic): c for b, c in zip(bindings, self.channels, strict=True)
+        }
         self._credit = asyncio.Event()
 
-    def on_progress(self, msg: MqttMessage) -> None:
-        """A consumer's progress report (retained, QoS 0) arrived."""
-        if msg.topic not in self.acked or not msg.payload:
-            return
-        try:
-            report = ChannelProgress.from_bytes(msg.payload)
-        except ValidationError:
-            return
-        if report.producer == self.producer and report.hwm > self.acked[msg.topic]:
-            self.acked[msg.topic] = report.hwm
-            self._credit.set()
+    def subscriptions(self) -> list[str]:
+        """What the producer side listens to: progress reports and resend requests."""
+        return [*self.progress_topics, *self.resend_topics]
 
-    @property
-    def ahead(self) -> int:
-        """Records emitted beyond what the slowest consumer has processed."""
-        return self.seq - min(self.acked.values(), default=self.seq)
+    # ---------------------------------------------------------------- emitting
 
     def emit(self, record: Any) -> None:
         self.seq += 1
         self.emitted += 1
-        if not self.topics:
-            return
-        self.pending.append((self.seq, record))
-        self.has_pending.set()
+        for ch in self.channels:
+            ch.add(self.seq, record)
 
     def emit_all(self, records: Iterable[Any] | None) -> None:
         if records is not None:
             for r in records:
                 self.emit(r)
 
-    @property
-    def full(self) -> bool:
-        return len(self.pending) >= self.max_batch
-
     def flush(self) -> list[asyncio.Future[None]]:
-        """Publish what is pending, in messages of at most ``max_batch`` records."""
-        futs: list[asyncio.Future[None]] = []
-        pending, self.pending = self.pending, []
-        self.has_pending.clear()
-        for i in range(0, len(pending), self.max_batch):
-            payload = encode_records(self.producer, self.generation, pending[i : i + self.max_batch])
-            futs.extend(self.mqtt.publish(t, payload, qos=1) for t in self.topics)
+        """Futures that resolve once everything emitted so far is safe at the broker."""
+        futs, self.published = self.published, []
+        for ch in self.channels:
+            barrier = ch.barrier()
+            if barrier is not None:
+                futs.append(barrier)
         return futs
 
-    def end_of_stream(self) -> list[asyncio.Future[None]]:
-        futs = self.flush()
+    async def end_of_stream(self) -> None:
+        """Close open batches, send every queued file, then end-of-stream on every channel,
+        and return once every consumer confirmed all of it (retransmitting what got lost)."""
+        for ch in self.channels:
+            ch.close()
         payload = encode_eos(self.producer, self.generation, self.seq)
-        futs.extend(self.mqtt.publish(t, payload, qos=1) for t in self.topics)
-        return futs
+        for ch in self.channels:
+            if isinstance(ch, FileSender):
+                await ch.drain(None)
+            ch.unconfirmed.eos = payload
+            self.published.append(self.mqtt.publish(ch.topic, payload, qos=1))
+        await asyncio.gather(*self.flush())
+        while not self.delivered:
+            self._credit.clear()
+            await self._credit.wait()
+
+    @property
+    def delivered(self) -> bool:
+        """Every consumer has every record and the end of stream."""
+        return all(self.eos_seen.values()) and self.ahead == 0
+
+    async def start(self) -> None:
+        for sender in self.files:
+            sender.start()
+        self._watchdog = asyncio.create_task(self._retransmit_stale(), name=f"retransmit-{self.producer}")
+
+    async def stop(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+        for ch in self.channels:
+            if isinstance(ch, BatchOut) and ch._timer is not None:
+                ch._timer.cancel()
+        for sender in self.files:
+            await sender.stop()
+
+    def resend(self, ch: StreamOut | BatchOut | FileSender, seq: int, why: str) -> None:
+        if isinstance(ch, FileSender):
+            ch.resend_from(seq, why)
+            if ch.unconfirmed.eos is not None and not ch.records:
+                self.published.append(self.mqtt.publish(ch.topic, ch.unconfirmed.eos, qos=1))
+            return
+        again = ch.unconfirmed.since(seq)
+        if again:
+            log.info(
+                "%s -> %s: sending %d message(s) again from seq %d (%s)",
+                self.producer,
+                ch.topic,
+                len(again),
+                seq,
+                why,
+            )
+            self.retransmitted += len(again)
+        for payload in again:
+            self.published.append(self.mqtt.publish(ch.topic, payload, qos=1))
+
+    async def _retransmit_stale(self) -> None:
+        """Send unconfirmed messages again when a consumer has been silent for a while."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(RETRANSMIT_AFTER / 2)
+            now = loop.time()
+            for ch in self.channels:
+                if not ch.unconfirmed and not (isinstance(ch, FileSender) and ch.records):
+                    continue
+                last = self.heard.get(ch.topic)
+                if last is None:
+                    self.heard[ch.topic] = now
+                elif now - last >= RETRANSMIT_AFTER:
+                    self.heard[ch.topic] = now
+                    self.resend(ch, self.acked_of(ch) + 1, f"no report for {RETRANSMIT_AFTER:g}s")
+
+    def acked_of(self, ch: StreamOut | BatchOut | FileSender) -> int:
+        for topic, c in self._sender_of.items():
+            if c is ch:
+                return self.acked[topic]
+        return 0
+
+    # ---------------------------------------------------------------- credit
+
+    def on_control(self, msg: MqttMessage) -> None:
+        """A consumer's progress report (retained) or resend request arrived."""
+        if not msg.payload:
+            return
+        if msg.topic in self.resend_topics:
+            try:
+                req = ResendRequest.from_bytes(msg.payload)
+            except ValidationError:
+                return
+            if req.producer == self.producer:
+                self.resend(self.resend_topics[msg.topic], req.seq, req.reason)
+            return
+        if msg.topic not in self.acked:
+            return
+        try:
+            report = ChannelProgress.from_bytes(msg.payload)
+        except ValidationError:
+            return
+        if report.producer != self.producer:
+            return
+        ch = self._sender_of[msg.topic]
+        self.heard[ch.topic] = asyncio.get_running_loop().time()
+        if isinstance(ch, FileSender):
+            ch.on_progress(report)
+        ch.unconfirmed.confirm(report.hwm, report.eos)
+        self.eos_seen[ch.topic] = report.eos
+        if report.hwm > self.acked[msg.topic]:
+            self.acked[msg.topic] = report.hwm
+        self._credit.set()
+
+    @property
+    def ahead(self) -> int:
+        """Records emitted beyond what the slowest consumer has processed."""
+        return self.seq - min(self.acked.values(), default=self.seq)
 
     async def wait_window(self) -> None:
         """Block while too many publishes are unacknowledged or consumers lag a window behind."""
@@ -115,6 +321,13 @@ class Outputs:
         while self.ahead >= self.window:
             self._credit.clear()
             await self._credit.wait()
+
+
+class Gap(Exception):
+    def __init__(self, producer: str, expected: int, got: int) -> None:
+        super().__init__(f"records {expected}..{got - 1} of {producer} missing")
+        self.producer = producer
+        self.expected = expected
 
 
 class Inputs:
@@ -125,8 +338,16 @@ class Inputs:
         self.duplicates = 0
 
     def fresh(self, decoded: Decoded) -> list[Any]:
-        """The payloads of ``decoded`` not seen before, in order."""
+        """The payloads of ``decoded`` not seen before, in order.
+
+        Raises ``Gap`` when the message starts beyond the next expected seq (records were
+        lost on the way): nothing of it is taken, and the caller asks for a resend.
+        """
         last = self.hwm.get(decoded.producer, 0)
+        if decoded.records and decoded.records[0][0] > last + 1:
+            raise Gap(decoded.producer, last + 1, decoded.records[0][0])
+        if decoded.eos and decoded.last_seq is not None:
+            self.eos[decoded.producer] = decoded.last_seq  # done once every record up to it is in
         out: list[Any] = []
         for seq, payload in decoded.records:
             if seq <= last:
@@ -135,8 +356,6 @@ class Inputs:
             last = seq
             out.append(payload)
         self.hwm[decoded.producer] = last
-        if decoded.eos and decoded.last_seq is not None:
-            self.eos[decoded.producer] = decoded.last_seq
         return out
 
     @property
@@ -151,24 +370,60 @@ class Progress:
 
     Reports go out every ``step`` records, and whenever the consumer has caught up (its
     queue is empty), so a producer waiting for credit never waits on an idle consumer.
+    File channels also report the position within the file being received, every
+    ``FILE_STEP`` bytes.
     """
+
+    FILE_STEP = 1 << 20
+    INTERVAL = 0.5  # report at least this often while moving: silence means stuck
 
     def __init__(self, mqtt: MqttClient, consumer: str, topics: dict[str, str], step: int) -> None:
         self.mqtt = mqtt
         self.consumer = consumer
         self.topics = topics  # producer -> progress topic
         self.step = max(1, step)
-        self.reported: dict[str, int] = {}
+        self.reported: dict[str, tuple[int, int, int, bool]] = {}
+        self._last_at: dict[str, float] = {}
 
-    def maybe_report(self, hwm: dict[str, int], caught_up: bool) -> list[asyncio.Future[None]]:
+    def maybe_report(
+        self,
+        hwm: dict[str, int],
+        caught_up: bool,
+        files: dict[str, tuple[int, int]] | None = None,
+        eos: dict[str, int] | None = None,
+        force: bool = False,
+    ) -> list[asyncio.Future[None]]:
+        """Report where the consumer is, when it moved enough (or ``force``: the producer
+        is resending what we have, so our last report may have been lost)."""
         sent: list[asyncio.Future[None]] = []
+        loop_now = time.monotonic()
         for producer, topic in self.topics.items():
             mark = hwm.get(producer, 0)
-            last = self.reported.get(producer, 0)
-            if mark > last and (caught_up or mark - last >= self.step):
-                report = ChannelProgress(consumer=self.consumer, producer=producer, hwm=mark, ts=time.time())
+            file_seq, file_offset = (files or {}).get(producer, (0, 0))
+            ended = producer in (eos or {}) and mark >= (eos or {})[producer]
+            now = (mark, file_seq, file_offset, ended)
+            last = self.reported.get(producer, (0, 0, 0, False))
+            due = (
+                caught_up
+                or loop_now - self._last_at.get(producer, 0.0) >= self.INTERVAL
+                or mark - last[0] >= self.step
+                or file_seq != last[1]
+                or file_offset - last[2] >= self.FILE_STEP
+                or ended != last[3]
+            )
+            if force or (now != last and due):
+                report = ChannelProgress(
+                    consumer=self.consumer,
+                    producer=producer,
+                    hwm=mark,
+                    ts=time.time(),
+                    file_seq=file_seq,
+                    file_offset=file_offset,
+                    eos=ended,
+                )
                 sent.append(self.mqtt.publish(topic, report.to_bytes(), qos=1, retain=True))
-                self.reported[producer] = mark
+                self.reported[producer] = now
+                self._last_at[producer] = loop_now
         return sent
 
     def clear(self) -> list[asyncio.Future[None]]:
@@ -205,5 +460,12 @@ class AckQueue:
                 self.mqtt.ack(msg)
         self.empty.set()
 
+    def __len__(self) -> int:
+        return len(self._queue)
+
     async def drain(self, timeout: float) -> None:
         await asyncio.wait_for(self.empty.wait(), timeout)
+
+
+def incoming_dir(data_dir: Path) -> Path:
+    return data_dir / "incoming"

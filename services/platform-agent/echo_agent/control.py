@@ -39,6 +39,7 @@ class TaskManager:
         session_expiry: int,
         publish: Callable[[str, bytes], object],
         channel_window: int,
+        nats_url: str | None = None,
     ) -> None:
         self.device = device
         self.mqtt_url = mqtt_url
@@ -46,6 +47,7 @@ class TaskManager:
         self.data_dir = data_dir
         self.session_expiry = session_expiry
         self.channel_window = channel_window
+        self.nats_url = nats_url
         self._publish = publish
         self.control: MqttClient | None = None
         self.tasks: dict[Key, TaskRunner] = {}
@@ -131,6 +133,7 @@ class TaskManager:
             report=self.report,
             session_expiry=self.session_expiry,
             window=self.channel_window,
+            nats_url=self.nats_url,
         )
         self.tasks[key] = runner
         await runner.start()

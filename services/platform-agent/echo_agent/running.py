@@ -18,19 +18,17 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from echo_shared.codec import BadDataMessage, decode
 from echo_shared.messages import DeployTask, TaskStatus
 from echo_shared.models import TaskState
 from echo_shared.mqtt import MqttClient, MqttMessage
 from echo_shared.names import Names
-from echo_shared.operators import Role, lookup
 
-from .channels import DEFAULT_WINDOW, AckQueue, Inputs, Outputs, Progress
-from .operators import Operator, SourceOperator, TaskContext, build
+from .channels import DEFAULT_WINDOW, Outputs
+from .consuming import Consumer, call
+from .operators import Operator, TaskContext, build
 
 log = logging.getLogger(__name__)
 
-LINGER = 0.002  # seconds a source's partial batch may wait before it is sent
 DRAIN_TIMEOUT = 10.0
 
 
@@ -49,8 +47,8 @@ class TaskRunner:
         data_dir: Path,
         report: Callable[[TaskStatus], None],
         session_expiry: int,
-        receive_maximum: int = 64,
         window: int = DEFAULT_WINDOW,
+        nats_url: str | None = None,
     ) -> None:
         self.cmd = cmd
         self.device = device
@@ -59,18 +57,14 @@ class TaskRunner:
         self.data_dir = data_dir
         self._report = report
         self.session_expiry = session_expiry
-        self.receive_maximum = receive_maximum
         self.window = window
+        self.nats_url = nats_url
         self.state = TaskState.pending
         self.reason = ""
-        self.records_in = 0
         self.mqtt: MqttClient | None = None
         self.op: Operator | None = None
         self.outputs: Outputs | None = None
-        self.inputs: Inputs | None = None
-        self.acks: AckQueue | None = None
-        self.progress: Progress | None = None
-        self._queue: asyncio.Queue[MqttMessage] = asyncio.Queue()
+        self.consumer: Consumer | None = None
         self._main: asyncio.Task[None] | None = None
         self._takeover_stop: asyncio.Task[None] | None = None
         self._stopping = False
@@ -86,6 +80,10 @@ class TaskRunner:
     @property
     def records_out(self) -> int:
         return self.outputs.emitted if self.outputs else 0
+
+    @property
+    def records_in(self) -> int:
+        return self.consumer.records_in if self.consumer else 0
 
     def _set(self, state: TaskState, reason: str = "", *, report: bool = True) -> None:
         if self.state == state and self.reason == reason:
@@ -115,7 +113,6 @@ class TaskRunner:
         cmd = self.cmd
         # the states start() reaches travel in the command's ack; only later changes are reported
         self._set(TaskState.deploying, report=False)
-        info = lookup(cmd.operator)
         try:
             self.op = build(cmd.operator, cmd.config)
         except (LookupError, ValidationError) as e:
@@ -129,53 +126,54 @@ class TaskRunner:
             )
             return
         has_inputs = bool(cmd.inputs)
+        data_dir = self.data_dir / cmd.dataflow / cmd.task
         self.mqtt = MqttClient(
             self.mqtt_url,
             self.names.task_client_id(cmd.dataflow, cmd.task),
             on_message=self._on_message,
             persistent=has_inputs,
             session_expiry=self.session_expiry,
-            receive_maximum=self.receive_maximum,
+            receive_maximum=Consumer.receive_maximum(self.op, cmd.outputs),
             manual_ack=True,
         )
         # before connecting: retained progress reports arrive with the subscription
         self.outputs = Outputs(
-            self.mqtt,
-            cmd.task,
-            cmd.generation,
-            [b.topic for b in cmd.outputs],
-            window=self.window,
-            progress_topics={self.names.progress_topic(b.topic): b.peer for b in cmd.outputs},
+            self.mqtt, cmd.task, cmd.generation, cmd.outputs, self.names, window=self.window
         )
-        self.inputs = Inputs(b.peer for b in cmd.inputs)
-        self.acks = AckQueue(self.mqtt)
-        self.progress = Progress(
-            self.mqtt,
-            cmd.task,
-            {b.peer: self.names.progress_topic(b.topic) for b in cmd.inputs},
-            self.window // 4,
-        )
+        if has_inputs:
+            self.consumer = Consumer(
+                task=cmd.task,
+                op=self.op,
+                mqtt=self.mqtt,
+                outputs=self.outputs,
+                inputs=cmd.inputs,
+                names=self.names,
+                data_dir=data_dir,
+                window=self.window,
+            )
         try:
             await self.mqtt.start()
             if has_inputs:
                 await self.mqtt.subscribe([b.topic for b in cmd.inputs], qos=1)
-            if cmd.outputs:  # the consumers' progress: our credit (retained, so known at once)
-                await self.mqtt.subscribe([self.names.progress_topic(b.topic) for b in cmd.outputs], qos=1)
+            if cmd.outputs:  # consumers' progress (our credit; retained) and file resend requests
+                await self.mqtt.subscribe(self.outputs.subscriptions(), qos=1)
+            await self.outputs.start()
             ctx = TaskContext(
                 cmd.dataflow,
                 cmd.task,
                 self.device,
                 cmd.generation,
-                self.data_dir / cmd.dataflow / cmd.task,
+                data_dir,
                 logging.getLogger(f"echo.task.{cmd.task}"),
+                mqtt_url=self.mqtt_url,
+                nats_url=self.nats_url,
             )
             await self.op.open(ctx)
         except Exception as e:
-            await self._close_mqtt(discard=False)
+            await self._teardown(discard=False)
             self._set(TaskState.failed, f"start failed: {type(e).__name__}: {e}", report=False)
             return
-        role = info.role if info else Role.transform
-        body = self._run_source() if role is Role.source else self._run_consumer()
+        body = self._run_consumer() if has_inputs else self._run_source()
         self._set(TaskState.running, report=False)
         self._main = asyncio.create_task(self._guard(body), name=f"task-{cmd.dataflow}-{cmd.task}")
 
@@ -193,25 +191,29 @@ class TaskRunner:
         if self.op is not None:
             with contextlib.suppress(Exception):
                 await self.op.close()
-        await self._close_mqtt(discard=discard_session)
+        await self._teardown(discard=discard_session)
         if self.state not in (TaskState.failed, TaskState.finished):
             self._set(TaskState.stopped, reason)
 
     def _on_message(self, msg: MqttMessage) -> None:
-        if msg.topic.endswith("/progress"):
-            if self.outputs is not None:
-                self.outputs.on_progress(msg)
-            if self.mqtt is not None:
-                self.mqtt.ack(msg)
-        else:
-            self._queue.put_nowait(msg)
+        if self.consumer is not None and msg.topic in self.consumer.bindings:
+            self.consumer.queue.put_nowait(msg)
+            return
+        if self.outputs is not None:
+            self.outputs.on_control(msg)  # progress reports and file resend requests
+        if self.mqtt is not None:
+            self.mqtt.ack(msg)
 
-    async def _close_mqtt(self, *, discard: bool) -> None:
+    async def _teardown(self, *, discard: bool) -> None:
+        if self.outputs is not None:
+            await self.outputs.stop()
+        if self.consumer is not None:
+            self.consumer.close()
         if self.mqtt is None:
             return
-        if discard and self.progress is not None and self.mqtt.connected:
+        if discard and self.consumer is not None and self.mqtt.connected:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.gather(*self.progress.clear()), 2.0)
+                await asyncio.wait_for(asyncio.gather(*self.consumer.progress.clear()), 2.0)
         await self.mqtt.close(discard_session=discard)
 
     async def _guard(self, body: object) -> None:
@@ -240,64 +242,27 @@ class TaskRunner:
     # ------------------------------------------------------------------ bodies
 
     async def _finish(self) -> None:
-        assert self.outputs is not None and self.op is not None and self.acks is not None
-        self.outputs.emit_all(await self.op.close())
+        assert self.outputs is not None and self.op is not None
+        self.outputs.emit_all(await call(self.op.close()))
         self.op = None
-        futs = self.outputs.end_of_stream()
-        if futs:
-            await asyncio.wait_for(asyncio.gather(*futs), DRAIN_TIMEOUT)
-        await self.acks.drain(DRAIN_TIMEOUT)
-        await self._close_mqtt(discard=True)  # nothing more will come on this task's channels
+        await self.outputs.end_of_stream()
+        if self.consumer is not None:
+            await self.consumer.acks.drain(DRAIN_TIMEOUT)
+        await self._teardown(discard=True)  # nothing more will come on this task's channels
         self._set(TaskState.finished)
 
     async def _run_source(self) -> None:
-        assert isinstance(self.op, SourceOperator) and self.outputs is not None
+        assert self.op is not None and self.outputs is not None
+        generate = getattr(self.op, "generate", None)
+        if not callable(generate):
+            raise TaskFailed(f"{self.cmd.operator} is not a source, and no edge feeds it")
         out = self.outputs
-        flusher = asyncio.create_task(self._linger_flush())
-        try:
-            async for record in self.op.generate():
-                out.emit(record)
-                if out.full:
-                    out.flush()
-                    await out.wait_window()
-        finally:
-            flusher.cancel()
+        async for record in generate():
+            out.emit(record)
+            await out.wait_window()
         await self._finish()
 
-    async def _linger_flush(self) -> None:
-        assert self.outputs is not None
-        out = self.outputs
-        while True:
-            await out.has_pending.wait()
-            await asyncio.sleep(LINGER)
-            if out.pending:
-                out.flush()
-
     async def _run_consumer(self) -> None:
-        assert self.op is not None and self.outputs is not None
-        assert self.inputs is not None and self.acks is not None and self.progress is not None
-        op, out, inputs, acks, queue = self.op, self.outputs, self.inputs, self.acks, self._queue
-        progress = self.progress
-        process = op.process
-        while True:
-            msg = await queue.get()
-            try:
-                decoded = decode(msg.payload)
-            except BadDataMessage as e:
-                log.warning("task %s/%s: dropping bad message on %s: %s", *self.key, msg.topic, e)
-                acks.add(msg, [])
-                continue
-            records = inputs.fresh(decoded)
-            for record in records:
-                result = process(record)
-                if result is not None:
-                    for r in result:
-                        out.emit(r)
-            self.records_in += len(records)
-            op.flush()
-            acks.add(msg, out.flush())
-            progress.maybe_report(inputs.hwm, caught_up=queue.empty())
-            if inputs.done:
-                break
-            await out.wait_window()
+        assert self.consumer is not None
+        await self.consumer.run()
         await self._finish()

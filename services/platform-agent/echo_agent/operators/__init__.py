@@ -6,6 +6,7 @@ each runtime (``echo_agent.runtimes``) exports ``OPERATORS``; ``build`` instanti
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from echo_shared.operators import PYTHON_PREFIX, lookup
@@ -18,7 +19,9 @@ class UnknownOperator(LookupError):
     pass
 
 
-def _implementations() -> dict[str, type[Operator]]:
+@functools.cache
+def implementations() -> dict[str, type[Operator]]:
+    """Every implemented operator by name (built at first use: runtimes import this package)."""
     from ..runtimes import RUNTIMES
 
     out: dict[str, type[Operator]] = {}
@@ -32,9 +35,6 @@ def _implementations() -> dict[str, type[Operator]]:
     return out
 
 
-IMPLEMENTATIONS: dict[str, type[Operator]] = _implementations()
-
-
 def build(name: str, config: dict[str, Any]) -> Operator:
     """Instantiate an operator with its validated config.
 
@@ -46,18 +46,18 @@ def build(name: str, config: dict[str, Any]) -> Operator:
 
         return python_runtime.load(name, config)
     info = lookup(name)
-    impl = IMPLEMENTATIONS.get(name)
+    impl = implementations().get(name)
     if info is None or impl is None:
         raise UnknownOperator(f"this agent has no operator {name!r}")
     return impl(info.config.model_validate(config))
 
 
 __all__ = [
-    "IMPLEMENTATIONS",
     "Operator",
     "Record",
     "SourceOperator",
     "TaskContext",
     "UnknownOperator",
     "build",
+    "implementations",
 ]

@@ -1,0 +1,337 @@
+"""The consuming side of a task: from channel messages to operator calls, and back to acks.
+
+For each message taken from the task's MQTT session:
+
+- a data message (``stream`` or ``batch`` edge) yields the records not seen before; an
+  end-of-stream message marks its producer done;
+- a file chunk (``file`` edge) goes to the edge's ``FileReceiver``, which yields a file
+  record once the whole file arrived intact;
+- records from a ``batch`` edge reach the operator as one batch (``process_batch``; the
+  default flattens it into ``process`` calls); records from a ``stream`` or ``file`` edge
+  reach it one by one (``process``) — unless the operator ``wants_batches``, in which case
+  they are gathered into batches of its ``batch_count`` records or ``batch_seconds``;
+- the message is acknowledged (``AckQueue``) once what it caused is safe: outputs at the
+  broker, gathered records processed;
+- a message that arrives ahead of its turn (brokers reorder: Mosquitto 2.0 ignores a
+  client's receive maximum and then delivers out of order) is held, unacknowledged, until
+  the records before it arrive; if they do not within ``HOLD_SECONDS`` (or too many
+  messages wait), the producer is asked to send everything from the gap on again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import logging
+from pathlib import Path
+from typing import Any
+
+from echo_shared.codec import BadDataMessage, decode, decode_chunk, is_chunk
+from echo_shared.messages import Binding, ResendRequest
+from echo_shared.models import EdgeModel
+from echo_shared.mqtt import MqttClient, MqttMessage
+from echo_shared.names import Names
+
+from .channels import AckQueue, Gap, Inputs, Outputs, Progress, incoming_dir
+from .files import RESEND_INTERVAL, FileReceiver
+from .operators import Operator, Record
+
+log = logging.getLogger(__name__)
+
+HOLD_SECONDS = 0.5
+MAX_HELD = 4096
+
+
+async def call(result: Any) -> Any:
+    """The value of an operator call, awaited if the operator is async."""
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+class Gather:
+    """Records gathered for an operator that wants batches, with the messages they came in."""
+
+    def __init__(self, count: int, seconds: float) -> None:
+        self.count = max(1, count)
+        self.seconds = seconds
+        self.records: list[Record] = []
+        self.files: list[str] = []
+        self.deadline: float | None = None
+        self.done: asyncio.Future[None] | None = None
+
+    def add(self, records: list[Record], files: list[str]) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        if self.done is None:
+            self.done = loop.create_future()
+            self.deadline = loop.time() + self.seconds
+        self.records.extend(records)
+        self.files.extend(files)
+        return self.done
+
+    @property
+    def full(self) -> bool:
+        return len(self.records) >= self.count
+
+    def timeout(self) -> float | None:
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - asyncio.get_running_loop().time())
+
+    def take(self) -> tuple[list[Record], list[str], asyncio.Future[None] | None]:
+        out = (self.records, self.files, self.done)
+        self.records, self.files, self.done, self.deadline = [], [], None, None
+        return out
+
+
+class Consumer:
+    def __init__(
+        self,
+        *,
+        task: str,
+        op: Operator,
+        mqtt: MqttClient,
+        outputs: Outputs,
+        inputs: list[Binding],
+        names: Names,
+        data_dir: Path,
+        window: int,
+    ) -> None:
+        self.task = task
+        self.op = op
+        self.mqtt = mqtt
+        self.outputs = outputs
+        self.bindings = {b.topic: b for b in inputs}
+        self.inputs = Inputs(b.peer for b in inputs)
+        self.acks = AckQueue(mqtt)
+        self.progress = Progress(
+            mqtt, task, {b.peer: names.progress_topic(b.topic) for b in inputs}, window // 4
+        )
+        self.receivers = {
+            b.topic: FileReceiver(mqtt, task, b.peer, names.resend_topic(b.topic), incoming_dir(data_dir))
+            for b in inputs
+            if b.model is EdgeModel.file
+        }
+        self.gather = (
+            Gather(getattr(op, "batch_count", 100), getattr(op, "batch_seconds", 1.0))
+            if op.wants_batches
+            else None
+        )
+        self.queue: asyncio.Queue[MqttMessage] = asyncio.Queue()
+        self.records_in = 0
+        self.gaps = 0
+        self._force_report = False
+        self._asked: dict[str, tuple[int, float]] = {}  # producer -> (seq asked for, when)
+        # producer -> messages that came ahead of their turn: (first seq, message, its ack future)
+        self.held: dict[str, list[tuple[int, MqttMessage, asyncio.Future[None]]]] = {}
+        self._held_since: dict[str, float] = {}
+        self._resend_topic = {b.peer: names.resend_topic(b.topic) for b in inputs}
+
+    @staticmethod
+    def receive_maximum(op: Operator, outputs: list[Binding]) -> int:
+        """Unacknowledged deliveries the task must be able to hold: enough to fill a batch
+        it gathers, or an output batch its inputs wait for."""
+        need = int(getattr(op, "batch_count", 100)) if op.wants_batches else 0
+        for b in outputs:
+            if b.batch is not None:
+                need = max(need, b.batch.count)
+        return min(65535, max(64, 2 * need + 16))
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self) -> None:
+        """Consume until every producer ended its stream; then the caller finishes the task."""
+        queue, gather = self.queue, self.gather
+        while True:
+            timeout = gather.timeout() if gather is not None else None
+            try:
+                msg = (
+                    await asyncio.wait_for(queue.get(), timeout) if timeout is not None else await queue.get()
+                )
+            except TimeoutError:
+                await self._run_gathered()
+                continue
+            futs = await self._take(msg)
+            self.op.flush()
+            self.acks.add(msg, [*futs, *self.outputs.flush()])
+            self.progress.maybe_report(
+                self.inputs.hwm,
+                caught_up=queue.empty(),
+                files=self._file_positions(),
+                eos=self.inputs.eos,
+                force=self._force_report,
+            )
+            self._force_report = False
+            if self.inputs.done:
+                break
+            await self.outputs.wait_window()
+        if gather is not None and gather.records:
+            await self._run_gathered()
+            self.op.flush()
+
+    async def _take(self, msg: MqttMessage) -> list[asyncio.Future[None]]:
+        """Hand what ``msg`` carries to the operator; futures the ack must also wait for."""
+        binding = self.bindings.get(msg.topic)
+        receiver = self.receivers.get(msg.topic)
+        if receiver is not None and is_chunk(msg.payload):
+            try:
+                header, data = decode_chunk(msg.payload)
+            except BadDataMessage as e:
+                log.warning("task %s: dropping bad chunk on %s: %s", self.task, msg.topic, e)
+                return []
+            if header.producer != receiver.producer:
+                return []
+            record = await asyncio.to_thread(receiver.on_chunk, header, data)
+            if record is None:
+                return []
+            self.inputs.hwm[header.producer] = header.seq
+            return await self._deliver([record], batch_edge=False, files=[record["path"]])
+        try:
+            decoded = decode(msg.payload)
+        except BadDataMessage as e:
+            log.warning("task %s: dropping bad message on %s: %s", self.task, msg.topic, e)
+            return []
+        try:
+            records = self.inputs.fresh(decoded)
+        except Gap as gap:
+            return [self._hold(decoded.producer, decoded.records[0][0], msg, gap)]
+        if decoded.eos and self.inputs.eos.get(decoded.producer, 0) > self.inputs.hwm.get(
+            decoded.producer, 0
+        ):
+            # the end of stream came before the last records: wait for them, then ask
+            self._held_since.setdefault(decoded.producer, asyncio.get_running_loop().time())
+        if not records:
+            self._force_report = bool(decoded.records)  # a resend of what we have: say so again
+            return []
+        batch_edge = binding is not None and binding.model is EdgeModel.batch
+        futs = await self._deliver(records, batch_edge=batch_edge, files=[])
+        await self._release_held(decoded.producer)
+        return futs
+
+    # ------------------------------------------------------------------ reordering
+
+    def _hold(self, producer: str, first: int, msg: MqttMessage, gap: Gap) -> asyncio.Future[None]:
+        """Keep a message that came ahead of its turn; its ack waits until it is processed."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        held = self.held.setdefault(producer, [])
+        if not any(f == first for f, _, _ in held):
+            held.append((first, msg, fut))
+            held.sort(key=lambda x: x[0])
+        else:
+            fut.set_result(None)  # the same records are held already
+        self._held_since.setdefault(producer, asyncio.get_running_loop().time())
+        if len(held) > MAX_HELD:
+            _, _, dropped = held.pop()  # the newest goes; the resend brings it again
+            if not dropped.done():
+                dropped.set_result(None)
+            self._ask_again(msg.topic, producer, gap.expected, f"{gap}; too many messages out of order")
+        return fut
+
+    async def _release_held(self, producer: str) -> None:
+        """Process held messages whose turn has come."""
+        held = self.held.get(producer)
+        while held and held[0][0] <= self.inputs.hwm.get(producer, 0) + 1:
+            _, msg, fut = held.pop(0)
+            futs = await self._take(msg)
+            pending = [*futs, *self.outputs.flush()]
+            if pending:
+                waiter = asyncio.gather(*pending)
+                waiter.add_done_callback(functools.partial(_settle, dst=fut))
+            elif not fut.done():
+                fut.set_result(None)
+        if not held:
+            self.held.pop(producer, None)
+            if self.inputs.eos.get(producer, 0) <= self.inputs.hwm.get(producer, 0):
+                self._held_since.pop(producer, None)
+        else:
+            self._held_since[producer] = asyncio.get_running_loop().time()
+
+    def _check_held(self) -> None:
+        """Ask for records that a held message has waited for too long."""
+        now = asyncio.get_running_loop().time()
+        for producer, since in list(self._held_since.items()):
+            if now - since >= HOLD_SECONDS:
+                expected = self.inputs.hwm.get(producer, 0) + 1
+                topic = next(t for t, b in self.bindings.items() if b.peer == producer)
+                self._ask_again(topic, producer, expected, f"records from {expected} of {producer} missing")
+                self._held_since[producer] = now
+
+    async def _deliver(
+        self, records: list[Record], *, batch_edge: bool, files: list[str]
+    ) -> list[asyncio.Future[None]]:
+        self.records_in += len(records)
+        op, out = self.op, self.outputs
+        if self.gather is not None and not batch_edge:
+            done = self.gather.add(records, files)
+            if self.gather.full:
+                await self._run_gathered()
+            return [done]
+        try:
+            if batch_edge or self.gather is not None:
+                out.emit_all(await call(op.process_batch(records)))
+            else:
+                process = op.process
+                for record in records:
+                    result = process(record)
+                    if inspect.isawaitable(result):
+                        result = await result
+                    if result is not None:
+                        for r in result:
+                            out.emit(r)
+        finally:
+            _remove(files)
+        return []
+
+    async def _run_gathered(self) -> None:
+        assert self.gather is not None
+        records, files, done = self.gather.take()
+        try:
+            if records:
+                self.outputs.emit_all(await call(self.op.process_batch(records)))
+        finally:
+            _remove(files)
+        if done is not None:
+            pending = self.outputs.flush()
+            if pending:
+                waiter = asyncio.gather(*pending)
+                waiter.add_done_callback(lambda f: _settle(f, done))
+            else:
+                done.set_result(None)
+
+    def _ask_again(self, topic: str, producer: str, seq: int, why: str) -> None:
+        """Ask ``producer`` to send everything from ``seq`` again (at most once a second per seq)."""
+        self.gaps += 1
+        now = asyncio.get_running_loop().time()
+        asked, at = self._asked.get(producer, (0, 0.0))
+        if asked == seq and now - at < RESEND_INTERVAL:
+            return
+        self._asked[producer] = (seq, now)
+        log.warning("task %s: %s; asking %s to send again from %d", self.task, why, producer, seq)
+        req = ResendRequest(consumer=self.task, producer=producer, seq=seq, reason=why)
+        self.mqtt.publish(self._resend_topic[producer], req.to_bytes(), qos=1)
+
+    def _file_positions(self) -> dict[str, tuple[int, int]]:
+        return {r.producer: r.position for r in self.receivers.values()}
+
+    def close(self) -> None:
+        for r in self.receivers.values():
+            r.close()
+
+
+def _settle(src: asyncio.Future[Any], dst: asyncio.Future[None]) -> None:
+    if dst.done():
+        return
+    if src.cancelled() or src.exception() is not None:
+        dst.set_exception(src.exception() or asyncio.CancelledError())
+        dst.exception()
+    else:
+        dst.set_result(None)
+
+
+def _remove(paths: list[str]) -> None:
+    """Delete received files the operator left in place (it may have moved them away)."""
+    for p in paths:
+        with contextlib.suppress(FileNotFoundError):
+            Path(p).unlink()
