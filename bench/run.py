@@ -1,7 +1,7 @@
 """ECHO benchmarks (``make bench``): start brokers and the platform in a temp dir, run the
 benchmarks, print ONE JSON document on stdout (progress on stderr).
 
-    .venv/bin/python bench/run.py [--quick] [--only deploy_latency|stream_edge] [--keep]
+    .venv/bin/python bench/run.py [--quick] [--only NAME]... [--keep]
 
 Benchmarks:
 
@@ -10,6 +10,15 @@ Benchmarks:
 - ``stream_edge`` (``stream_edge.py``, ``raw_brokers.py``): records/s over one cross-agent
   stream edge with ~256-byte records, next to raw paho-mqtt QoS 1 and NATS pub -> sub
   rates for 256-byte messages; target >= 0.5 x the raw MQTT rate.
+- ``batch_edge`` (``batch_edge.py``): the same cross-agent edge with ``model: stream`` and with
+  ``model: batch`` (count 100, seconds 1.0), ~256-byte records; target batch >= 5 x stream.
+- ``file_edge`` (``file_edge.py``): one 256 MiB file (32 MiB with ``--quick``) from
+  ``io.dir_source`` over a file edge to ``io.dir_sink`` on another agent: MB/s end to end and
+  from the first byte, next to a local copy and raw MQTT QoS 1 with 256 KiB messages;
+  SHA-256 verified; peak RSS of both agents; target >= 0.5 x the raw MQTT MB/s, intact, streamed.
+- ``etl_pipeline`` (``etl_pipeline.py``): the RIoTBench ETL example (examples/etl) end to end:
+  records/s through the whole pipeline at rate 0, and per-record latency p50/p99 from a
+  fixed-rate run.
 
 Figures depend on the machine and on what else runs on it: the JSON carries the CPU
 count and load averages before and after. ``--keep`` keeps the temp dir (with the
@@ -30,13 +39,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import batch_edge
 import deploy_latency
+import etl_pipeline
+import file_edge
 import stream_edge
 from common import Stack, log, running_stack, scan_logs
 
 BENCHMARKS: dict[str, Callable[[Stack, bool], dict[str, Any]]] = {
     "deploy_latency": deploy_latency.run,
     "stream_edge": stream_edge.run,
+    "batch_edge": batch_edge.run,
+    "file_edge": file_edge.run,
+    "etl_pipeline": etl_pipeline.run,
 }
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 SESSION_TAKEN_OVER = 142  # MQTT 5 reason code 0x8E
 TAKEOVER_DROPS = 3  # consecutive drops within QUICK_DROP seconds of connecting
-QUICK_DROP = 1.0
+QUICK_DROP = 3.0
 
 
 class MqttUnavailable(BrokerUnavailable):

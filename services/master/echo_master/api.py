@@ -2,171 +2,35 @@
 
 Errors are mapped to HTTP codes in one place (``errors.http_status``); every error body
 is ``{"detail": "...", "errors": [{"loc": "tasks[2].operator", "msg": "...", "type": "..."}]}``
-and never carries a stack trace.
+and never carries a stack trace. The original ECHO API (``/DAG``) and the HyperCat
+catalogue (``/cat``) are routers of their own (``legacy.routes``, ``hypercat``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
 
 from echo_shared import __version__
 from echo_shared.errors import EchoError, NotFoundError, Problem, SpecError
-from echo_shared.messages import (
-    DeviceGetReply,
-    DeviceGetRequest,
-    DeviceListReply,
-    DeviceListRequest,
-    ValidateReply,
-    ValidateRequest,
-)
-from echo_shared.models import DataflowSpec, DataflowState, DesiredState, DeviceRecord
-from echo_shared.mqtt import MqttClient
-from echo_shared.names import Names
-from echo_shared.nats_bus import NatsBus
+from echo_shared.messages import DeviceGetReply, DeviceGetRequest, DeviceListReply, DeviceListRequest
+from echo_shared.models import DataflowSpec, DataflowState, DeviceRecord
 from echo_shared.operators import join_loc
-from echo_shared.telemetry import inject, tracer
 
+from . import submitting
+from .context import ApiContext
 from .errors import BodyTooLarge, http_status
-from .reconciling import Reconciler
-from .settings import MasterSettings
+from .hypercat import hypercat_router
+from .legacy.routes import legacy_router
 from .specs import read_spec
-from .store import Dataflow, DataflowStore
+from .views import ERRORS, SPEC_BODY, DataflowCreated, DataflowView, dataflow_view, error_response
 
 log = logging.getLogger(__name__)
-
-
-# ------------------------------------------------------------------------ response models
-
-
-class ErrorItem(BaseModel):
-    loc: str = Field(examples=["tasks[2].operator"])
-    msg: str
-    type: str
-
-
-class ErrorBody(BaseModel):
-    detail: str
-    errors: list[ErrorItem] = Field(default_factory=list)
-
-
-class DataflowCreated(BaseModel):
-    id: str
-    state: DataflowState
-
-
-class TaskView(BaseModel):
-    id: str
-    operator: str
-    device: str | None
-    state: str
-    generation: int
-    reason: str = ""
-    placement_reason: str = ""
-    records_in: int = 0
-    records_out: int = 0
-
-
-class EdgeView(BaseModel):
-    model_config = {"populate_by_name": True}
-
-    from_: str = Field(alias="from")
-    to: str
-    model: str
-    transport: str | None = None
-    topic: str | None = None
-
-
-class DataflowView(BaseModel):
-    id: str
-    name: str
-    desired: DesiredState
-    state: DataflowState
-    reason: str = ""
-    created_at: float
-    updated_at: float
-    tasks: list[TaskView]
-    edges: list[EdgeView]
-
-
-def dataflow_view(df: Dataflow) -> DataflowView:
-    channels = {(c.from_task, c.to_task): c for c in (df.placement.channels if df.placement else [])}
-    tasks = []
-    for t in df.spec.tasks:
-        rec = df.tasks[t.id]
-        tasks.append(
-            TaskView(
-                id=t.id,
-                operator=t.operator,
-                device=rec.device,
-                state=rec.state.value,
-                generation=rec.generation,
-                reason=rec.reason,
-                placement_reason=rec.placement_reason,
-                records_in=rec.records_in,
-                records_out=rec.records_out,
-            )
-        )
-    edges = []
-    for e in df.spec.edges:
-        ch = channels.get((e.from_, e.to))
-        edges.append(
-            EdgeView(
-                from_=e.from_,
-                to=e.to,
-                model=e.model.value,
-                transport=ch.transport if ch else None,
-                topic=ch.topic if ch else None,
-            )
-        )
-    return DataflowView(
-        id=df.id,
-        name=df.name,
-        desired=df.desired,
-        state=df.state,
-        reason=df.reason,
-        created_at=df.created_at,
-        updated_at=df.updated_at,
-        tasks=tasks,
-        edges=edges,
-    )
-
-
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (404, 413, 415, 422, 503)}
-
-SPEC_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/DataflowSpec"}},
-            "application/yaml": {"schema": {"$ref": "#/components/schemas/DataflowSpec"}},
-        },
-    }
-}
-
-
-@dataclass
-class ApiContext:
-    settings: MasterSettings
-    names: Names
-    store: DataflowStore
-    reconciler: Reconciler
-    bus: NatsBus
-    redis: aioredis.Redis
-    mqtt: MqttClient
-
-
-def error_response(status: int, detail: str, problems: list[Problem] | None = None) -> JSONResponse:
-    body = ErrorBody(detail=detail, errors=[ErrorItem(**p.as_dict()) for p in problems or []])
-    return JSONResponse(status_code=status, content=body.model_dump())
 
 
 def create_api(ctx: ApiContext) -> FastAPI:
@@ -176,7 +40,6 @@ def create_api(ctx: ApiContext) -> FastAPI:
         description="Orchestrates dataflow applications across edge, fog and cloud devices.",
         docs_url="/docs",
     )
-    trace = tracer("echo.master.api")
 
     @app.exception_handler(EchoError)
     async def on_echo_error(_req: Request, e: EchoError) -> JSONResponse:
@@ -218,20 +81,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         body = await request.body()
         if len(body) > ctx.settings.max_body_bytes:
             raise BodyTooLarge(f"body of {len(body)} bytes exceeds {ctx.settings.max_body_bytes}")
-        with trace.start_as_current_span("submit dataflow") as span:
-            spec = read_spec(body, request.headers.get("content-type"))
-            span.set_attribute("echo.dataflow.name", spec.name)
-            reply = await ctx.bus.request(
-                ctx.names.scheduler_validate,
-                ValidateRequest(spec=spec),
-                ValidateReply,
-                timeout=ctx.settings.scheduler_timeout,
-            )
-            if not reply.ok:
-                raise SpecError([Problem(**p) for p in reply.problems])
-            df_id = await ctx.store.create(spec, traceparent=inject().get("traceparent", ""))
-            span.set_attribute("echo.dataflow", df_id)
-        ctx.reconciler.kick(df_id)
+        df_id = await submitting.submit(ctx, read_spec(body, request.headers.get("content-type")))
         return DataflowCreated(id=df_id, state=DataflowState.pending)
 
     @app.get("/api/v1/dataflows", response_model=list[DataflowView], summary="List dataflows")
@@ -249,9 +99,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         summary="Stop a dataflow: every task on every device",
     )
     async def stop_dataflow(df_id: str) -> JSONResponse:
-        await ctx.store.set_desired(df_id, DesiredState.stopped)
-        ctx.reconciler.kick(df_id)
-        df = await ctx.reconciler.wait_for(df_id, {DataflowState.stopped}, ctx.settings.stop_wait)
+        df = await submitting.stop(ctx, df_id)
         status = 200 if df.state is DataflowState.stopped else 202
         return JSONResponse(
             status_code=status, content=dataflow_view(df).model_dump(mode="json", by_alias=True)
@@ -286,9 +134,6 @@ def create_api(ctx: ApiContext) -> FastAPI:
         return JSONResponse(
             status_code=200 if ok else 503, content={"status": "ok" if ok else "degraded", **checks}
         )
-
-    from .hypercat import hypercat_router
-    from .legacy.routes import legacy_router
 
     app.include_router(legacy_router(ctx))
     app.include_router(hypercat_router(ctx))

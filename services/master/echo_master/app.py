@@ -20,7 +20,8 @@ from echo_shared.nats_bus import NatsBus
 from echo_shared.redis_store import connect_redis
 
 from .agents_link import AgentLink
-from .api import ApiContext, create_api
+from .api import create_api
+from .context import ApiContext
 from .reconciling import Reconciler
 from .settings import MasterSettings
 from .store import DataflowStore

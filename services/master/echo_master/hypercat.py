@@ -30,7 +30,7 @@ from echo_shared.messages import DeviceListReply, DeviceListRequest
 from echo_shared.models import DeviceRecord
 
 if TYPE_CHECKING:
-    from .api import ApiContext
+    from .context import ApiContext
     from .store import Dataflow
 
 CONTENT_TYPE = "application/vnd.hypercat.catalogue+json"

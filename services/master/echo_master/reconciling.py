@@ -39,6 +39,7 @@ from .store import ACTIVE_STATES, Dataflow, DataflowStore, needs_work
 log = logging.getLogger(__name__)
 
 DONE = {TaskState.running, TaskState.finished}
+SETTLED = DONE | {TaskState.failed}  # a deploy that has an outcome
 STOP_ATTEMPTS = 3
 MAX_CONCURRENT_PASSES = 32
 
@@ -168,19 +169,13 @@ class Reconciler:
     # ------------------------------------------------------------------ deploying
 
     async def _converge(self, df: Dataflow) -> None:
+        """Deploy wave by wave; a failed task does not stop the later waves, so every task
+        ends with a state and a reason of its own. Then sum up: failed, completed or running."""
         assert df.placement is not None
-        failed = [r for r in df.tasks.values() if r.state is TaskState.failed]
-        if failed:
-            r = failed[0]
-            await self._set_state(df, DataflowState.failed, f"task {r.id} failed on {r.device}: {r.reason}")
-            return
-        if all(r.state is TaskState.finished for r in df.tasks.values()):
-            await self._set_state(df, DataflowState.completed)
-            return
-        if any(r.state not in DONE for r in df.tasks.values()) and df.state is not DataflowState.deploying:
+        if any(r.state not in SETTLED for r in df.tasks.values()) and df.state is not DataflowState.deploying:
             await self._set_state(df, DataflowState.deploying)
         for level in deploy_levels(df.spec):
-            waiting = [df.tasks[t] for t in level if df.tasks[t].state not in DONE]
+            waiting = [df.tasks[t] for t in level if df.tasks[t].state not in SETTLED]
             if not waiting:
                 continue
             now = time.time()
@@ -192,23 +187,20 @@ class Reconciler:
             ]
             results = await asyncio.gather(*(self._deploy(df, r) for r in due), return_exceptions=True)
             df = await self.store.get(df.id)
-            still = [df.tasks[t] for t in level if df.tasks[t].state not in DONE]
+            still = [df.tasks[t] for t in level if df.tasks[t].state not in SETTLED]
             if still:
                 problems = [str(e) for e in results if isinstance(e, BaseException)]
-                failed = [r for r in still if r.state is TaskState.failed]
-                if failed:
-                    r = failed[0]
-                    await self._set_state(
-                        df, DataflowState.failed, f"task {r.id} failed on {r.device}: {r.reason}"
-                    )
-                else:
-                    await self._set_state(
-                        df,
-                        DataflowState.deploying,
-                        "; ".join(problems) or f"waiting for {', '.join(r.id for r in still)}",
-                    )
+                reason = "; ".join(problems) or f"waiting for {', '.join(r.id for r in still)}"
+                await self._set_state(df, DataflowState.deploying, reason)
                 return
-        if all(r.state is TaskState.finished for r in df.tasks.values()):
+        failed = [r for r in df.tasks.values() if r.state is TaskState.failed]
+        if failed:
+            r = failed[0]
+            more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+            await self._set_state(
+                df, DataflowState.failed, f"task {r.id} failed on {r.device}: {r.reason}{more}"
+            )
+        elif all(r.state is TaskState.finished for r in df.tasks.values()):
             await self._set_state(df, DataflowState.completed)
         else:
             await self._set_state(df, DataflowState.running)

@@ -98,7 +98,9 @@ class DataflowStore:
     def new_id() -> str:
         return "df-" + uuid.uuid4().hex[:12]
 
-    async def create(self, spec: DataflowSpec, traceparent: str = "") -> str:
+    async def create(
+        self, spec: DataflowSpec, traceparent: str = "", extra: dict[str, str] | None = None
+    ) -> str:
         """Store a new dataflow with desired state ``running`` (before anything acts on it)."""
         df_id = self.new_id()
         now = time.time()
@@ -109,17 +111,20 @@ class DataflowStore:
         async with self.r.pipeline(transaction=True) as p:
             p.hset(
                 self.names.dataflow_key(df_id),
-                mapping={
-                    "id": df_id,
-                    "name": spec.name,
-                    "spec": spec.model_dump_json(by_alias=True),
-                    "desired": DesiredState.running.value,
-                    "state": DataflowState.pending.value,
-                    "reason": "",
-                    "created_at": repr(now),
-                    "updated_at": repr(now),
-                    "traceparent": traceparent,
-                },
+                mapping=fields(
+                    {
+                        "id": df_id,
+                        "name": spec.name,
+                        "spec": spec.model_dump_json(by_alias=True),
+                        "desired": DesiredState.running.value,
+                        "state": DataflowState.pending.value,
+                        "reason": "",
+                        "created_at": repr(now),
+                        "updated_at": repr(now),
+                        "traceparent": traceparent,
+                        **(extra or {}),
+                    }
+                ),
             )
             p.hset(self.names.dataflow_tasks_key(df_id), mapping=fields(tasks))
             p.zadd(self.names.dataflows_key, {df_id: now})

@@ -190,7 +190,7 @@ class TaskRunner:
                 await self._main
         if self.op is not None:
             with contextlib.suppress(Exception):
-                await self.op.close()
+                await call(self.op.close())
         await self._teardown(discard=discard_session)
         if self.state not in (TaskState.failed, TaskState.finished):
             self._set(TaskState.stopped, reason)
@@ -225,11 +225,23 @@ class TaskRunner:
             raise
         except TaskFailed as e:
             self._set(TaskState.failed, str(e))
+            await self._release()
         except Exception as e:
             log.exception("task %s/%s crashed", *self.key)
             self._set(TaskState.failed, f"{type(e).__name__}: {e}")
+            await self._release()
         finally:
             watcher.cancel()
+
+    async def _release(self) -> None:
+        """After a failure: end the operator (and any program it runs) and leave the channels;
+        the task's session stays, so a redeploy continues from its queued input."""
+        if self.op is not None:
+            with contextlib.suppress(Exception):
+                await call(self.op.close())
+            self.op = None
+        with contextlib.suppress(Exception):
+            await self._teardown(discard=False)
 
     async def _watch_takeover(self) -> None:
         assert self.mqtt is not None

@@ -30,9 +30,10 @@ from pydantic import BaseModel, Field
 
 from echo_shared.errors import Problem, SpecError
 
-from ..api import ERRORS, ApiContext, DataflowView, dataflow_view, error_response
+from .. import submitting
+from ..context import ApiContext
 from ..errors import BodyTooLarge
-from . import submitting
+from ..views import ERRORS, DataflowView, dataflow_view, error_response
 from .mapping import Mapped, map_dag
 from .parsing import read_dag
 

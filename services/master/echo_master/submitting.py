@@ -1,9 +1,8 @@
-"""Submitting and stopping a dataflow the way ``POST``/``DELETE /api/v1/dataflows`` do.
+"""Submitting and stopping a dataflow: the steps ``/api/v1/dataflows`` and ``/DAG`` share.
 
-``api.py`` keeps these steps inside its route closures, so they cannot be imported; the
-legacy API runs the same steps here (validate with the scheduler over NATS, write the
-spec with desired state ``running`` before acting, kick the reconciler). If the gateway
-moves its own steps into a shared module, these functions are the ones to keep.
+Submit: validate with the scheduler over NATS, write the spec with desired state
+``running`` (and any extra fields) in one Redis transaction before anything acts on it,
+then kick the reconciler. Stop: desired state ``stopped``, kick, wait a little.
 """
 
 from __future__ import annotations
@@ -13,12 +12,11 @@ from typing import TYPE_CHECKING
 from echo_shared.errors import Problem, SpecError
 from echo_shared.messages import ValidateReply, ValidateRequest
 from echo_shared.models import DataflowSpec, DataflowState, DesiredState
-from echo_shared.redis_store import fields
 from echo_shared.telemetry import inject, tracer
 
 if TYPE_CHECKING:
-    from ..api import ApiContext
-    from ..store import Dataflow
+    from .context import ApiContext
+    from .store import Dataflow
 
 
 async def validate(ctx: ApiContext, spec: DataflowSpec) -> None:
@@ -36,16 +34,14 @@ async def validate(ctx: ApiContext, spec: DataflowSpec) -> None:
 async def submit(ctx: ApiContext, spec: DataflowSpec, extra: dict[str, str] | None = None) -> str:
     """Validate, store (desired ``running``) and kick a dataflow; returns its id.
 
-    ``extra`` fields are written into the dataflow's hash beside the spec (the legacy API
-    keeps the original processor uuids there) before the reconciler is kicked.
+    ``extra`` fields are written into the dataflow's hash beside the spec, atomically (the
+    legacy API keeps the original processor uuids there).
     """
     with tracer("echo.master.api").start_as_current_span("submit dataflow") as span:
         span.set_attribute("echo.dataflow.name", spec.name)
         await validate(ctx, spec)
-        df_id = await ctx.store.create(spec, traceparent=inject().get("traceparent", ""))
+        df_id = await ctx.store.create(spec, traceparent=inject().get("traceparent", ""), extra=extra)
         span.set_attribute("echo.dataflow", df_id)
-        if extra:
-            await ctx.redis.hset(ctx.names.dataflow_key(df_id), mapping=fields(extra))
     ctx.reconciler.kick(df_id)
     return df_id
 

@@ -1,0 +1,26 @@
+"""What the API's routes need: settings, names, stores, the reconciler and the links."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from echo_shared.mqtt import MqttClient
+from echo_shared.names import Names
+from echo_shared.nats_bus import NatsBus
+
+from .reconciling import Reconciler
+from .settings import MasterSettings
+from .store import DataflowStore
+
+
+@dataclass
+class ApiContext:
+    settings: MasterSettings
+    names: Names
+    store: DataflowStore
+    reconciler: Reconciler
+    bus: NatsBus
+    redis: aioredis.Redis
+    mqtt: MqttClient

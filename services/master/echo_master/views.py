@@ -1,0 +1,124 @@
+"""What the REST API returns: response models, the dataflow view, error bodies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from echo_shared.errors import Problem
+from echo_shared.models import DataflowState, DesiredState
+
+from .store import Dataflow
+
+
+class ErrorItem(BaseModel):
+    loc: str = Field(examples=["tasks[2].operator"])
+    msg: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    detail: str
+    errors: list[ErrorItem] = Field(default_factory=list)
+
+
+class DataflowCreated(BaseModel):
+    id: str
+    state: DataflowState
+
+
+class TaskView(BaseModel):
+    id: str
+    operator: str
+    device: str | None
+    state: str
+    generation: int
+    reason: str = ""
+    placement_reason: str = ""
+    records_in: int = 0
+    records_out: int = 0
+
+
+class EdgeView(BaseModel):
+    model_config = {"populate_by_name": True}
+
+    from_: str = Field(alias="from")
+    to: str
+    model: str
+    transport: str | None = None
+    topic: str | None = None
+
+
+class DataflowView(BaseModel):
+    id: str
+    name: str
+    desired: DesiredState
+    state: DataflowState
+    reason: str = ""
+    created_at: float
+    updated_at: float
+    tasks: list[TaskView]
+    edges: list[EdgeView]
+
+
+def dataflow_view(df: Dataflow) -> DataflowView:
+    channels = {(c.from_task, c.to_task): c for c in (df.placement.channels if df.placement else [])}
+    tasks = []
+    for t in df.spec.tasks:
+        rec = df.tasks[t.id]
+        tasks.append(
+            TaskView(
+                id=t.id,
+                operator=t.operator,
+                device=rec.device,
+                state=rec.state.value,
+                generation=rec.generation,
+                reason=rec.reason,
+                placement_reason=rec.placement_reason,
+                records_in=rec.records_in,
+                records_out=rec.records_out,
+            )
+        )
+    edges = []
+    for e in df.spec.edges:
+        ch = channels.get((e.from_, e.to))
+        edges.append(
+            EdgeView(
+                from_=e.from_,
+                to=e.to,
+                model=e.model.value,
+                transport=ch.transport if ch else None,
+                topic=ch.topic if ch else None,
+            )
+        )
+    return DataflowView(
+        id=df.id,
+        name=df.name,
+        desired=df.desired,
+        state=df.state,
+        reason=df.reason,
+        created_at=df.created_at,
+        updated_at=df.updated_at,
+        tasks=tasks,
+        edges=edges,
+    )
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (404, 413, 415, 422, 503)}
+
+SPEC_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/DataflowSpec"}},
+            "application/yaml": {"schema": {"$ref": "#/components/schemas/DataflowSpec"}},
+        },
+    }
+}
+
+
+def error_response(status: int, detail: str, problems: list[Problem] | None = None) -> JSONResponse:
+    body = ErrorBody(detail=detail, errors=[ErrorItem(**p.as_dict()) for p in problems or []])
+    return JSONResponse(status_code=status, content=body.model_dump())
