@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+import incidents
 from common import Stack, log
 from procs import ProcSampler, platform_pids
 from stream_edge import check_file, expected_bytes, padding, rate_timeline, size_of
@@ -60,8 +61,9 @@ def one_run(stack: Stack, model: str, count: int, timeout: float = 240.0) -> dic
     total = expected_bytes(count, pad)
     line_bytes = total / count
     log(f"{model} edge: {count} records of ~{round(line_bytes - 1)} B, {SOURCE} -> {SINK}")
-    with ProcSampler(platform_pids(stack, agents=(SOURCE, SINK)), every=0.1) as procs:
-        t0 = time.perf_counter()
+    hb = incidents.HeartbeatWatch(stack)
+    with ProcSampler(platform_pids(stack, agents=(SOURCE, SINK)), every=0.1) as procs, hb:
+        t0_wall, t0 = time.time(), time.perf_counter()
         df_id = stack.api.submit(spec(model, count, pad, out))
         first: tuple[float, int] | None = None
         last: tuple[float, int] = (t0, 0)
@@ -108,6 +110,8 @@ def one_run(stack: Stack, model: str, count: int, timeout: float = 240.0) -> dic
         "sink_file_check": check,
         "dataflow_state": df["state"],
         "processes": procs.figures(),
+        "incidents": {"heartbeats": {k: v for k, v in hb.figures().items() if k in (SOURCE, SINK)},
+                      "logs": incidents.scan(stack.logs, t0_wall, time.time())},
     }
     if model == "batch":
         result["batch"] = dict(BATCH)

@@ -23,8 +23,9 @@ Two runs:
    one clock). Latency of a record = its arrival at the sink - (start + seq/R). The same
    is measured on the SenML ``publish`` sends to MQTT (stream edges only, up to the fog),
    with a subscriber on a thread; a published message is mapped back to its line by
-   (``bt``, ``taxi_identifier``). ``R`` is ``RATE`` (200 lines/s) or half the measured
-   throughput, whichever is lower, so the source is never the one falling behind.
+   (``bt``, ``taxi_identifier``). ``R`` is ``RATE`` (100 lines/s, the example's live-feed
+   rate) or half the measured throughput, whichever is lower, so the source is never the
+   one falling behind.
 
 Targets (set here, the example has none): throughput >= ``TARGET_INPUT_RATE`` input
 records/s, and sink latency p99 <= the batch edge's 1 s timer + 0.5 s.
@@ -42,6 +43,7 @@ from typing import Any
 import orjson
 import yaml
 
+import incidents
 import timeline
 from common import Stack, log, percentile
 from procs import ProcSampler, platform_pids
@@ -51,7 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "etl"
 SAMPLE = "TAXI_sample_data_senml.csv"
 REPEAT_FULL, REPEAT_QUICK = 10, 2
-RATE = 200.0  # lines/s of the latency run
+RATE = 100.0  # lines/s of the latency run (the example's "live feed" rate)
 LAT_LINES_FULL, LAT_LINES_QUICK = 2_000, 600
 TARGET_INPUT_RATE = 1_000.0
 BATCH_SECONDS = 1.0
@@ -196,7 +198,8 @@ def run_pipeline(stack: Stack, label: str, lines: int, rate: float, timeout: flo
     spec = example_spec(sink, topic, source, rate)
     log(f"etl {label}: {lines} lines at rate {rate or 'max'}, {len(kept)} expected at the sink")
     sampler = ProcSampler(platform_pids(stack, services=("master",)), every=0.1)
-    with sampler, Subscriber(stack.brokers.mqtt_url, topic) as sub, SinkTail(sink) as tail:
+    hb = incidents.HeartbeatWatch(stack)
+    with sampler, hb, Subscriber(stack.brokers.mqtt_url, topic) as sub, SinkTail(sink) as tail:
         t0_wall, t0 = time.time(), time.perf_counter()
         df_id = stack.api.submit(spec)
         try:
@@ -207,6 +210,7 @@ def run_pipeline(stack: Stack, label: str, lines: int, rate: float, timeout: flo
         t_done = time.perf_counter() - t0
         tail.wait(len(kept), 10)
         sub.wait(len(kept), 10)
+    t_end_wall = time.time()
     seqs = [s for _, s in tail.arrivals]
     published: list[tuple[float, int | None]] = []
     for t, payload in sub.arrivals:
@@ -237,6 +241,7 @@ def run_pipeline(stack: Stack, label: str, lines: int, rate: float, timeout: flo
         "tasks": tasks,
         "edges": {f"{e['from']}->{e['to']}": e["model"] for e in df["edges"]},
         "processes": sampler.figures(),
+        "incidents": {"heartbeats": hb.figures(), "logs": incidents.scan(stack.logs, t0_wall, t_end_wall)},
         "_arrivals": tail.arrivals,
         "_published": [(t, s) for t, s in published if s is not None],
         "_t0_wall": t0_wall,

@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import incidents
 import raw_brokers
 from common import Stack, log
 from procs import ProcSampler, platform_pids
@@ -132,8 +133,9 @@ def part_bytes(incoming: Path) -> int:
 
 def transfer(stack: Stack, src_dir: Path, dst_dir: Path, size: int, timeout: float) -> dict[str, Any]:
     target = dst_dir / NAME
-    with ProcSampler(platform_pids(stack, agents=(SOURCE, SINK))) as procs:
-        t0 = time.perf_counter()
+    hb = incidents.HeartbeatWatch(stack)
+    with ProcSampler(platform_pids(stack, agents=(SOURCE, SINK))) as procs, hb:
+        t0_wall, t0 = time.time(), time.perf_counter()
         df_id = stack.api.submit(spec(src_dir, dst_dir))
         incoming = stack.platform.workdir / "agents" / SINK / df_id / "sink" / "incoming"
         t_first: float | None = None
@@ -178,6 +180,8 @@ def transfer(stack: Stack, src_dir: Path, dst_dir: Path, size: int, timeout: flo
         "received_sha256": received_sha,
         "processes": procs.figures(),
         "rss_samples": procs.samples,
+        "incidents": {"heartbeats": {k: v for k, v in hb.figures().items() if k in (SOURCE, SINK)},
+                      "logs": incidents.scan(stack.logs, t0_wall, time.time())},
         "tasks": {t["id"]: {k: t[k] for k in ("device", "state", "records_in", "records_out")}
                   for t in df["tasks"]},
         "edge": {k: df["edges"][0].get(k) for k in ("model", "transport", "topic")},

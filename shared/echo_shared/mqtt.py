@@ -230,6 +230,8 @@ class MqttClient:
             if t is not None:
                 t.cancel()
         c = self._client
+        if discard_session and self._persistent and (c is None or not c.is_connected()):
+            log.warning("mqtt %s: not connected; its session is left to expire", self.client_id)
         try:
             if c is not None and c.is_connected():
                 props = None
@@ -333,6 +335,10 @@ class MqttClient:
     @property
     def unacked(self) -> int:
         return len(self._pending_pub)
+
+    @property
+    def window_full(self) -> bool:
+        return len(self._pending_pub) >= self._publish_window
 
     def ack(self, msg: MqttMessage) -> None:
         """Acknowledge a QoS 1 delivery (manual-ack clients); stale epochs are ignored."""

@@ -165,6 +165,7 @@ class Outputs:
         self.eos_seen: dict[str, bool] = {b.topic: False for b in bindings}
         self.retransmitted = 0
         self._watchdog: asyncio.Task[None] | None = None
+        self._resending: dict[str, asyncio.Task[None]] = {}
         # progress topic -> the consumer's high-water mark of our records
         self.progress_topics = {names.progress_topic(b.topic): b for b in bindings}
         self.acked: dict[str, int] = dict.fromkeys(self.progress_topics, start_seq)
@@ -226,10 +227,11 @@ class Outputs:
         self._watchdog = asyncio.create_task(self._retransmit_stale(), name=f"retransmit-{self.producer}")
 
     async def stop(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
+        for task in (self._watchdog, *self._resending.values()):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for ch in self.channels:
             if isinstance(ch, BatchOut) and ch._timer is not None:
                 ch._timer.cancel()
@@ -243,18 +245,27 @@ class Outputs:
                 self.published.append(self.mqtt.publish(ch.topic, ch.unconfirmed.eos, qos=1))
             return
         again = ch.unconfirmed.since(seq)
-        if again:
-            log.info(
-                "%s -> %s: sending %d message(s) again from seq %d (%s)",
-                self.producer,
-                ch.topic,
-                len(again),
-                seq,
-                why,
-            )
-            self.retransmitted += len(again)
-        for payload in again:
-            self.published.append(self.mqtt.publish(ch.topic, payload, qos=1))
+        if not again:
+            return
+        log.info(
+            "%s -> %s: sending %d message(s) again from seq %d (%s)",
+            self.producer,
+            ch.topic,
+            len(again),
+            seq,
+            why,
+        )
+        self.retransmitted += len(again)
+        running = self._resending.get(ch.topic)
+        if running is not None and not running.done():
+            running.cancel()  # a newer request supersedes it (go-back-N)
+        self._resending[ch.topic] = asyncio.create_task(self._send_again(ch.topic, again))
+
+    async def _send_again(self, topic: str, payloads: list[bytes]) -> None:
+        """Publish again at the pace the broker takes it (never beyond the publish window)."""
+        for payload in payloads:
+            await self.mqtt.wait_for_window()
+            self.mqtt.publish(topic, payload, qos=1)
 
     async def _retransmit_stale(self) -> None:
         """Send unconfirmed messages again when a consumer has been silent for a while."""

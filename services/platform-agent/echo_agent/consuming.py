@@ -273,6 +273,7 @@ class Consumer:
                 out.emit_all(await call(op.process_batch(records)))
             else:
                 process = op.process
+                mqtt = self.mqtt
                 for record in records:
                     result = process(record)
                     if inspect.isawaitable(result):
@@ -280,6 +281,8 @@ class Consumer:
                     if result is not None:
                         for r in result:
                             out.emit(r)
+                    if mqtt.window_full:  # one delivery may fan out into many messages
+                        await mqtt.wait_for_window()
         finally:
             _remove(files)
         return []

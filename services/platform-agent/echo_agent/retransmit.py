@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 
-RETRANSMIT_AFTER = 3.0  # seconds of consumer silence before unconfirmed messages go again
+RETRANSMIT_AFTER = 10.0  # seconds of consumer silence before unconfirmed messages go again
 
 
 class Unconfirmed:

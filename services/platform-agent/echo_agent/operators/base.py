@@ -34,7 +34,7 @@ move the bytes: the consumer's record names a local copy, which the runner delet
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -53,6 +53,10 @@ class TaskContext:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("echo.task"))
     mqtt_url: str = ""
     nats_url: str | None = None
+    # emit records outside process()/close(), e.g. when a timer closes a window. What is
+    # emitted this way is not tied to an input message's acknowledgement: keep it in the
+    # operator's state (snapshot) if it must survive a crash.
+    emit: Callable[[Iterable[Record]], None] | None = None
 
 
 class Operator:
