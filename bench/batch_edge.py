@@ -9,10 +9,15 @@ micro-batch of 100 records). Both agents are separate processes on this machine.
 polled every 5 ms; the rate is the records written between the first poll that sees data
 and the poll that sees all N, divided by that time (deployment and end of stream left
 out). The file is read back to check every record arrived exactly once. A full run whose
-measured span is under 3 s is repeated with enough records for ~4.5 s, so each figure
-covers at least 3 s (``--quick``: fewer records, no repeat; the span is then shorter).
+measured span is under 3 s is repeated (at most twice) with enough records for ~6 s at
+the rate just measured, so each figure covers at least 3 s (``--quick``: fewer records,
+no repeat; the span is then shorter).
 
-Target: batch records/s >= 5 x stream records/s.
+Each run also carries ``processes`` (CPU time and peak RSS of both agents and the broker,
+``procs.py``) and ``incidents`` (heartbeat gaps, liveness flaps, retransmissions logged
+during the run, ``incidents.py``).
+
+Target: batch records/s >= 5 x stream records/s, every record exactly once at the sink.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ BATCH = {"count": 100, "seconds": 1.0}
 SOURCE, SINK = "edge-1", "cloud-1"
 POLL_S = 0.005
 MIN_SPAN_S = 3.0
-AIM_SPAN_S = 4.5
+AIM_SPAN_S = 6.0  # the rate of a short run understates a longer one's: aim well above 3 s
 # records per run: (quick, first full attempt, ceiling of the repeat)
 COUNTS = {"stream": (5_000, 20_000, 600_000), "batch": (100_000, 200_000, 2_000_000)}
 ROUND_TO = 10_000
@@ -124,15 +129,20 @@ def one_run(stack: Stack, model: str, count: int, timeout: float = 240.0) -> dic
 
 
 def measured(stack: Stack, model: str, quick: bool) -> dict[str, Any]:
+    """One run; in a full run, repeated (at most twice) with more records until it spans 3 s."""
     quick_n, full_n, ceiling = COUNTS[model]
     res = one_run(stack, model, quick_n if quick else full_n)
-    if not quick and res["measured_span_s"] < MIN_SPAN_S:
+    attempts: list[dict[str, Any]] = []
+    def short(r: dict[str, Any]) -> bool:
+        return r["measured_span_s"] < MIN_SPAN_S and r["records"] < ceiling
+
+    while not quick and short(res) and len(attempts) < 2:
         bigger = int(res["records_per_s"] * AIM_SPAN_S)
-        bigger = min(ceiling, max(full_n, -(-bigger // ROUND_TO) * ROUND_TO))
+        bigger = min(ceiling, max(res["records"] * 2, -(-bigger // ROUND_TO) * ROUND_TO))
         log(f"{model} edge: {res['measured_span_s']} s is under {MIN_SPAN_S} s; again with {bigger} records")
-        first = {k: res[k] for k in ("records", "records_per_s", "measured_span_s")}
-        res = one_run(stack, model, bigger) | {"first_attempt": first}
-    return res
+        attempts.append({k: res[k] for k in ("records", "records_per_s", "measured_span_s")})
+        res = one_run(stack, model, bigger)
+    return res | {"earlier_attempts": attempts} if attempts else res
 
 
 def run(stack: Stack, quick: bool) -> dict[str, Any]:

@@ -7,7 +7,7 @@ the sink on the cloud behind a batch edge of up to 100 records / 1 s).
 
 Two runs:
 
-1. **Throughput** (source ``rate: 0``): the 1,000-trip sample repeated ``REPEAT`` times
+1. **Throughput** (source ``rate: 0``): the 1,000-trip sample repeated 10 times
    (``--quick``: 2) into one input file, so the steady state lasts a few seconds; the
    sink file is tailed on a thread (every 5 ms) and each line's arrival time and ``seq``
    recorded. ``input_records_per_s`` = input lines the whole pipeline got through per
@@ -27,6 +27,12 @@ Two runs:
    rate) or half the measured throughput, whichever is lower, so the source is never the
    one falling behind.
 
+Each run carries ``processes`` (CPU time and peak RSS of every agent, the broker and the
+master) and ``incidents``: heartbeat gaps per agent (its event loop's lag), progress
+reports and resend requests per channel, and trouble logged during the run (devices
+marked unreachable, the dataflow leaving ``running``, commands not acked, retransmissions).
+A run that does not complete within its deadline is stopped and reported with ``error``.
+
 Targets (set here, the example has none): throughput >= ``TARGET_INPUT_RATE`` input
 records/s, and sink latency p99 <= the batch edge's 1 s timer + 0.5 s.
 """
@@ -45,7 +51,7 @@ import yaml
 
 import incidents
 import timeline
-from common import Stack, log, percentile
+from common import BenchApiError, Stack, log, percentile
 from procs import ProcSampler, platform_pids
 from raw_brokers import _connect, _mqtt_client
 
@@ -198,19 +204,28 @@ def run_pipeline(stack: Stack, label: str, lines: int, rate: float, timeout: flo
     spec = example_spec(sink, topic, source, rate)
     log(f"etl {label}: {lines} lines at rate {rate or 'max'}, {len(kept)} expected at the sink")
     sampler = ProcSampler(platform_pids(stack, services=("master",)), every=0.1)
-    hb = incidents.HeartbeatWatch(stack)
-    with sampler, hb, Subscriber(stack.brokers.mqtt_url, topic) as sub, SinkTail(sink) as tail:
+    hb, channels = incidents.HeartbeatWatch(stack), incidents.ChannelWatch(stack)
+    error: str | None = None
+    with sampler, hb, channels, Subscriber(stack.brokers.mqtt_url, topic) as sub, SinkTail(sink) as tail:
         t0_wall, t0 = time.time(), time.perf_counter()
         df_id = stack.api.submit(spec)
         try:
             df = stack.api.wait_state(df_id, {"completed"}, timeout=timeout)
-        except Exception:
+        except BenchApiError as e:  # stuck or failed: keep what was measured, stop it
+            error = str(e)
+            log(f"etl {label}: {error[:400]}")
+            df = stack.api.dataflow(df_id)
             stack.api.delete(df_id)
-            raise
         t_done = time.perf_counter() - t0
-        tail.wait(len(kept), 10)
-        sub.wait(len(kept), 10)
+        if error is None:
+            tail.wait(len(kept), 10)
+            sub.wait(len(kept), 10)
     t_end_wall = time.time()
+    if error is not None:
+        try:
+            stack.api.wait_state(df_id, {"stopped"}, timeout=30)
+        except BenchApiError as e:
+            error += f"; then not stopped within 30 s: {str(e)[:300]}"
     seqs = [s for _, s in tail.arrivals]
     published: list[tuple[float, int | None]] = []
     for t, payload in sub.arrivals:
@@ -222,9 +237,11 @@ def run_pipeline(stack: Stack, label: str, lines: int, rate: float, timeout: flo
     source_running = next((t for t, who, st in events if who == "source" and st == "running"), None)
     result: dict[str, Any] = {
         "dataflow": df_id,
+        "error": error,
+        "dataflow_state": df["state"],
         "input_lines": lines,
         "rate": rate,
-        "post_to_completed_s": round(t_done, 3),
+        "post_to_completed_s": round(t_done, 3) if error is None else None,
         "expected_at_sink": len(kept),
         "sink": {
             "records": len(seqs),
@@ -241,7 +258,11 @@ def run_pipeline(stack: Stack, label: str, lines: int, rate: float, timeout: flo
         "tasks": tasks,
         "edges": {f"{e['from']}->{e['to']}": e["model"] for e in df["edges"]},
         "processes": sampler.figures(),
-        "incidents": {"heartbeats": hb.figures(), "logs": incidents.scan(stack.logs, t0_wall, t_end_wall)},
+        "incidents": {
+            "heartbeats": hb.figures(),
+            "channels": channels.figures(df_id),
+            "logs": incidents.scan(stack.logs, t0_wall, t_end_wall),
+        },
         "_arrivals": tail.arrivals,
         "_published": [(t, s) for t, s in published if s is not None],
         "_t0_wall": t0_wall,
@@ -269,7 +290,9 @@ def throughput(r: dict[str, Any]) -> dict[str, Any]:
     return {
         "input_records_per_s": round((s_last - s_first) / span, 1) if span > 0 else None,
         "sink_records_per_s": round((len(arrivals) - 1) / span, 1) if span > 0 else None,
-        "input_records_per_s_post_to_completed": round(r["input_lines"] / r["post_to_completed_s"], 1),
+        "input_records_per_s_post_to_completed": (
+            round(r["input_lines"] / r["post_to_completed_s"], 1) if r["post_to_completed_s"] else None
+        ),
         "measured_span_s": round(span, 3),
         "first_sink_record_after_post_s": round(t_first - r["_t0_wall"], 3),
         "input_records_by_second": by_second,
@@ -306,10 +329,18 @@ def exactly_once(r: dict[str, Any]) -> bool:
     return bool(s["duplicates"] == 0 and s["missing"] == 0 and s["unexpected"] == 0)
 
 
+def summary(r: dict[str, Any]) -> dict[str, Any]:
+    inc = r["incidents"]
+    return {
+        "log_counts": {k: v for k, v in inc["logs"]["counts"].items() if v},
+        "max_heartbeat_gap_s": {d: h["max_gap_s"] for d, h in inc["heartbeats"].items()},
+    }
+
+
 def run(stack: Stack, quick: bool) -> dict[str, Any]:
     repeat = REPEAT_QUICK if quick else REPEAT_FULL
     lines = 1000 * repeat
-    fast = run_pipeline(stack, "throughput", lines, 0.0, timeout=240.0)
+    fast = run_pipeline(stack, "throughput", lines, 0.0, timeout=lines / 100 + 30.0)
     tput = throughput(fast)
     log(f"etl throughput: {tput}; sink {fast['sink']}; published {fast['published']}")
     rate = RATE
@@ -321,8 +352,10 @@ def run(stack: Stack, quick: bool) -> dict[str, Any]:
     log(f"etl latency at {rate:g} lines/s: sink {lat['sink']}, publish {lat['publish']}")
     clean = exactly_once(fast) and exactly_once(slow)
     p99 = lat["sink"].get("p99_ms")
+    errors = [f"{r['dataflow']}: {r['error']}" for r in (fast, slow) if r["error"]]
     met = (
         clean
+        and not errors
         and (tput.get("input_records_per_s") or 0) >= TARGET_INPUT_RATE
         and p99 is not None and p99 <= TARGET_P99_S * 1000
     )
@@ -333,6 +366,8 @@ def run(stack: Stack, quick: bool) -> dict[str, Any]:
         "sink_latency_ms": {k: lat["sink"].get(k) for k in ("p50_ms", "p99_ms")},
         "publish_latency_ms": {k: lat["publish"].get(k) for k in ("p50_ms", "p99_ms")},
         "exactly_once_at_sink": clean,
+        "errors": errors,
+        "incidents_summary": {"throughput_run": summary(fast), "latency_run": summary(slow)},
         "target": {"input_records_per_s_min": TARGET_INPUT_RATE,
                    "sink_latency_p99_ms_max": TARGET_P99_S * 1000},
         "met": bool(met),

@@ -17,11 +17,13 @@ Figures:
   disk, timed in the same run, and the same with the fsync ``io.dir_sink`` also does
   (the source file is in the page cache for both the copy and ECHO);
 - ``raw_mqtt``: plain paho-mqtt QoS 1 pub -> sub of 256 KiB messages with 32 in flight
-  (ECHO's chunk size and byte window), as the broker's ceiling for this message size;
+  (ECHO's chunk size and byte window), as the broker's ceiling for this message size:
+  the median of three runs of 64 MiB (the file size if smaller);
 - ``processes``: both agents' (and the broker's) resident memory, sampled every 20 ms with
   psutil during the transfer, next to what it was just before the POST, and the CPU time
   each spent (``cpu_pct`` 100 = one core busy for the whole transfer);
-- the received file's SHA-256 against the source's (read back from the destination).
+- the received file's SHA-256 against the source's (read back from the destination);
+- ``incidents``: heartbeat gaps and trouble logged during the transfer (``incidents.py``).
 
 Target: ``end_to_end_mb_per_s`` >= 0.5 x the raw MQTT MB/s; the file arrives intact; and
 it is streamed: neither agent grows by more than ``RSS_LIMIT_MB`` (a quarter of the full
@@ -48,6 +50,7 @@ RAW_BYTES = 64 * MIB  # the raw MQTT baseline sends this much (or the file size 
 CHUNK = 256 * 1024  # echo_agent.files.CHUNK
 BYTE_WINDOW = 8 * MIB  # echo_agent.files.BYTE_WINDOW
 RAW_INFLIGHT = BYTE_WINDOW // CHUNK
+RAW_RUNS = 3  # the raw figure is the median of these (one short run is at the mercy of the load)
 TARGET_RATIO = 0.5
 RSS_LIMIT_MB = 64.0
 SOURCE, SINK = "edge-1", "cloud-1"
@@ -223,10 +226,14 @@ def run(stack: Stack, quick: bool) -> dict[str, Any]:
         log(f"file edge: {echo['end_to_end_mb_per_s']} MiB/s end to end, "
             f"{echo['from_first_byte_mb_per_s']} from the first byte; processes {echo['processes']}")
         raw_count = min(size, RAW_BYTES) // CHUNK
-        log(f"raw mqtt: {raw_count} x {CHUNK // 1024} KiB, QoS 1, {RAW_INFLIGHT} in flight")
-        raw = raw_brokers.mqtt_pub_sub(stack.brokers.mqtt_url, raw_count, CHUNK, inflight=RAW_INFLIGHT)
+        raws: list[dict[str, Any]] = []
+        for i in range(RAW_RUNS):
+            url = stack.brokers.mqtt_url
+            raws.append(raw_brokers.mqtt_pub_sub(url, raw_count, CHUNK, inflight=RAW_INFLIGHT))
+            log(f"raw mqtt {i + 1}/{RAW_RUNS}: {raw_count} x {CHUNK // 1024} KiB, QoS 1, "
+                f"{RAW_INFLIGHT} in flight: {raws[-1]['msgs_per_s'] * CHUNK / MIB:.1f} MiB/s")
+        raw = sorted(raws, key=lambda r: r["msgs_per_s"])[len(raws) // 2]  # the median run
         raw_mb = raw["msgs_per_s"] * CHUNK / MIB
-        log(f"raw mqtt: {raw_mb:.1f} MiB/s")
     finally:
         shutil.rmtree(base, ignore_errors=True)
     intact = echo["received_sha256"] == source_sha and echo["received_size"] == size
@@ -240,6 +247,7 @@ def run(stack: Stack, quick: bool) -> dict[str, Any]:
         "local_copy_mb_per_s": copy["mb_per_s"],
         "local_copy_with_fsync_mb_per_s": copy["with_fsync_mb_per_s"],
         "raw_mqtt_qos1_256k_mb_per_s": round(raw_mb, 1),
+        "raw_mqtt_qos1_256k_mb_per_s_runs": [round(r["msgs_per_s"] * CHUNK / MIB, 1) for r in raws],
         "ratio_vs_raw_mqtt": round(ratio, 3),
         "ratio_vs_local_copy": round(echo["end_to_end_mb_per_s"] / copy["mb_per_s"], 3),
         "sha256_match": intact,
@@ -256,8 +264,8 @@ def run(stack: Stack, quick: bool) -> dict[str, Any]:
             "from first byte = the first poll (5 ms) seeing bytes in the sink task's incoming .part file -> "
             "present; the local copy is shutil.copyfile of the same (page-cached) file on the same disk; raw "
             f"MQTT = paho QoS 1, {CHUNK // 1024} KiB messages, {RAW_INFLIGHT} in flight (ECHO's chunk and "
-            "byte window), publisher and subscriber in separate processes; RSS sampled every 20 ms with "
-            "psutil (CPU time too); the received file is read back and hashed."
+            "byte window), publisher and subscriber in separate processes, median of 3 runs; RSS sampled "
+            "every 20 ms with psutil (CPU time too); the received file is read back and hashed."
         ),
         "local_copy": copy,
         "echo": echo,

@@ -78,6 +78,55 @@ class HeartbeatWatch:
         return out
 
 
+class ChannelWatch:
+    """Counts the progress reports and resend requests on every data channel of the platform.
+
+    A consumer reports its high-water mark on ``<channel>/progress`` (retained) and asks for
+    lost records on ``<channel>/resend``; many more reports than records, or a high-water
+    mark that stops moving while the producer retransmits, point at a channel in trouble.
+    """
+
+    def __init__(self, stack: Stack) -> None:
+        ns = stack.platform.namespace
+        self.topics = [f"{ns}/df/+/+/+/progress", f"{ns}/df/+/+/+/resend"]
+        self.url = stack.brokers.mqtt_url
+        self.channels: dict[str, dict[str, Any]] = {}
+        self.client = _mqtt_client(f"bench-ch-{uuid.uuid4().hex[:8]}")
+
+    def _on_message(self, _c: Any, _u: Any, m: Any) -> None:
+        if m.retain or not m.payload:
+            return  # a report left from before the run, or a cleared one
+        parts = m.topic.split("/")
+        key = f"{parts[2]}:{parts[3]}->{parts[4]}"
+        ch = self.channels.setdefault(key, {"progress_reports": 0, "hwm": 0, "resend_requests": 0})
+        try:
+            body = orjson.loads(m.payload)
+        except orjson.JSONDecodeError:
+            return
+        if parts[-1] == "resend":
+            ch["resend_requests"] += 1
+        else:
+            ch["progress_reports"] += 1
+            ch["hwm"] = max(ch["hwm"], int(body.get("hwm", 0)))
+
+    def __enter__(self) -> ChannelWatch:
+        subscribed = threading.Event()
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *_a: subscribed.set()
+        _connect(self.client, self.url)
+        self.client.subscribe([(t, 0) for t in self.topics])
+        subscribed.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def figures(self, dataflow: str) -> dict[str, Any]:
+        prefix = f"{dataflow}:"
+        return {k[len(prefix):]: v for k, v in sorted(self.channels.items()) if k.startswith(prefix)}
+
+
 def _ts(s: str) -> float:
     return datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 

@@ -86,6 +86,17 @@ class Binding(Message):
     batch: BatchSpec | None = None
 
 
+class TaskSnapshot(Message):
+    """Where a task stood when it stopped to move: the last seq it emitted, the last seq it
+    took from each producer (and their ends of stream), and its operator's state."""
+
+    out_seq: int = 0
+    hwm: dict[str, int] = Field(default_factory=dict)
+    eos: dict[str, int] = Field(default_factory=dict)
+    state: Any = None
+    taken_at: float = 0.0
+
+
 class DeployTask(Message):
     kind: Literal["deploy"] = "deploy"
     cmd_id: str
@@ -97,6 +108,7 @@ class DeployTask(Message):
     resources: Resources = Field(default_factory=Resources)
     inputs: list[Binding] = Field(default_factory=list)
     outputs: list[Binding] = Field(default_factory=list)
+    restore: TaskSnapshot | None = Field(default=None, description="continue where a moved copy stopped")
 
 
 class StopTask(Message):
@@ -105,6 +117,11 @@ class StopTask(Message):
     dataflow: str
     task: str
     generation: int
+    final: bool = Field(
+        default=True,
+        description="the task is gone for good (its queued input is dropped); false: it moves, "
+        "so it drains, snapshots and keeps its queued input for the next copy",
+    )
 
 
 Command = Annotated[DeployTask | StopTask, Field(discriminator="kind")]
@@ -120,6 +137,7 @@ class CommandAck(Message):
     ok: bool
     state: TaskState
     reason: str = ""
+    snapshot: TaskSnapshot | None = None
 
 
 class TaskStatus(Message):
@@ -272,6 +290,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     DeviceHello,
     Heartbeat,
     Goodbye,
+    TaskSnapshot,
     DeployTask,
     StopTask,
     CommandAck,

@@ -249,3 +249,4 @@ class TaskRecord(Strict):
     attempts: int = 0
     records_in: int = 0
     records_out: int = 0
+    restore: dict[str, Any] | None = None  # the snapshot a moved task continues from

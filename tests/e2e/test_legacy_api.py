@@ -316,17 +316,52 @@ def test_bad_dags_get_422_naming_every_problem(api: Api) -> None:
     assert r.status_code == 422 and r.json()["errors"][0]["loc"] == "query.uuid"
 
 
-def test_rebalance_answers_200_or_501(api: Api) -> None:
-    r = post_dag(api, (DAGS / "trivial.json").read_bytes())
+def test_rebalance_of_a_running_dag(api: Api, tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "data.txt").write_text("a\nb\n")
+    dag = {
+        "processors": [
+            {
+                "name": "GetFile",
+                "class": "org.apache.nifi.processors.standard.GetFile",
+                "uuid": "0",
+                "relationships": [{"name": "success", "autoTerminate": False}],
+                "properties": [
+                    {"Input Directory": str(tmp_path / "in")},
+                    {"File Filter": "data.txt"},
+                    {"Keep Source File": "true"},
+                ],
+                "isInput": False,
+            },
+            {
+                "name": "LogAttribute",
+                "class": "org.apache.nifi.processors.standard.LogAttribute",
+                "uuid": "1",
+                "relationships": [{"name": "success", "autoTerminate": True}],
+                "properties": [{"Log Level": "info"}],
+                "isInput": False,
+            },
+        ],
+        "wiring": [
+            {"sourceProcessor": "0", "destinationProcessor": "1", "selectedRelationships": ["success"]}
+        ],
+        "inputstreams": [],
+        "QOS": 1,
+    }
+    r = post_dag(api, orjson.dumps(dag))
     assert r.status_code == 200, r.text
     df_id = r.json()["uuid"]
+    api.wait_state(df_id, "running", "completed")
     r = api.http.post("/DAG/rebalance", params={"uuid": df_id})
-    assert r.status_code in (200, 501), r.text
-    if r.status_code == 200:
-        assert r.json()["uuid"] == df_id and isinstance(r.json()["moved"], list)
+    if api.dataflow(df_id)["state"] == "completed":
+        assert r.status_code == 409, r.text  # nothing left to move
     else:
-        assert "rebalance" in r.json()["detail"]
+        assert r.status_code == 200, r.text
+        assert r.json()["uuid"] == df_id and isinstance(r.json()["moved"], list)
     assert api.http.post("/DAG/stop", params={"uuid": df_id}).status_code == 200
+    # a stopped dataflow cannot be rebalanced; an unknown one is 404
+    assert api.http.post("/DAG/rebalance", params={"uuid": df_id}).status_code == 409
+    assert api.http.post("/DAG/rebalance", params={"uuid": "df-000000000000"}).status_code == 404
 
 
 def test_hypercat_catalogue_of_devices_and_dataflows(api: Api) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from echo_shared.messages import Binding, DeployTask, Reservation, StopTask
+from echo_shared.messages import Binding, DeployTask, Reservation, StopTask, TaskSnapshot
 from echo_shared.models import DataflowSpec, EdgeModel, Placement, TaskRecord
 
 
@@ -46,11 +46,15 @@ def deploy_command(df_id: str, spec: DataflowSpec, placement: Placement, task: T
         resources=t.resources,
         inputs=[binding(src, t.id, src) for src in spec.inputs_of(t.id)],
         outputs=[binding(t.id, dst, dst) for dst in spec.outputs_of(t.id)],
+        restore=TaskSnapshot.model_validate(task.restore) if task.restore else None,
     )
 
 
-def stop_command(df_id: str, task: TaskRecord) -> StopTask:
-    return StopTask(cmd_id=uuid.uuid4().hex, dataflow=df_id, task=task.id, generation=task.generation)
+def stop_command(df_id: str, task: TaskRecord, *, final: bool = True) -> StopTask:
+    """``final``: the task is gone for good; otherwise it drains and snapshots to move."""
+    return StopTask(
+        cmd_id=uuid.uuid4().hex, dataflow=df_id, task=task.id, generation=task.generation, final=final
+    )
 
 
 def add_reservation(total: dict[str, Reservation], device: str, cpu: float, memory_mb: int) -> None:

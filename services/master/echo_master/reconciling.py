@@ -24,7 +24,7 @@ import time
 
 from opentelemetry import trace
 
-from echo_shared.errors import BusError, EchoError, RequestTimeout, SpecError
+from echo_shared.errors import BusError, ConflictError, EchoError, PlacementError, RequestTimeout, SpecError
 from echo_shared.messages import CommandAck, DeviceEvent, PlaceReply, PlaceRequest, Reservation, TaskStatus
 from echo_shared.models import DataflowState, DesiredState, DeviceStatus, TaskRecord, TaskState
 from echo_shared.names import Names
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 DONE = {TaskState.running, TaskState.finished}
 SETTLED = DONE | {TaskState.failed}  # a deploy that has an outcome
 STOP_ATTEMPTS = 3
+DRAIN_SECONDS = 12.0  # what an agent may take to drain a task that moves
 MAX_CONCURRENT_PASSES = 32
 
 
@@ -302,8 +303,69 @@ class Reconciler:
                 self.kick(df.id)
 
     async def rebalance(self, df_id: str) -> list[str]:
-        """Re-place a running dataflow; move the tasks whose device changes. Returns their ids."""
-        raise NotImplementedError("rebalance arrives with the migration work")
+        """Place a running dataflow again and move the tasks whose device changes.
+
+        Each move stops the current copy with a drain (it finishes what it holds and
+        reports a snapshot: last seq emitted, last seq taken per producer, operator state),
+        records the snapshot with the task's next generation in Redis, then deploys the
+        new copy, which continues from the snapshot and from the task's queued input.
+        Returns the ids of the tasks moved.
+        """
+        df = await self.store.get(df_id)
+        if df.desired is not DesiredState.running or df.state not in (
+            DataflowState.running,
+            DataflowState.deploying,
+        ):
+            raise ConflictError(f"dataflow {df_id} is {df.state.value}: only a running dataflow can move")
+        reply = await self.bus.request(
+            self.names.scheduler_place,
+            PlaceRequest(dataflow=df.id, spec=df.spec, reserved=await self.reserved(df.id)),
+            PlaceReply,
+            timeout=self.settings.scheduler_timeout,
+        )
+        if not reply.ok or reply.placement is None:
+            raise PlacementError(f"cannot be placed again: {reply.reason}")
+        moved = []
+        for tp in reply.placement.tasks:
+            rec = df.tasks[tp.task]
+            if rec.device == tp.device or rec.state is not TaskState.running:
+                continue
+            await self.move(df, tp.task, tp.device, tp.reason)
+            moved.append(tp.task)
+        if moved:
+            self.kick(df.id)
+        return moved
+
+    async def move(self, df: Dataflow, task_id: str, target: str, reason: str) -> None:
+        """Move one running task to ``target`` (see ``rebalance``)."""
+        rec = df.tasks[task_id]
+        assert rec.device is not None
+        with self._tracer.start_as_current_span(f"move {task_id} {rec.device} -> {target}"):
+            ack = await self.link.send(
+                rec.device,
+                stop_command(df.id, rec, final=False),
+                self.settings.command_timeout + DRAIN_SECONDS,
+            )
+            if not ack.ok or ack.snapshot is None:
+                raise ConflictError(
+                    f"task {task_id} on {rec.device} could not drain: {ack.reason or ack.state}"
+                )
+            await self.store.patch_task(
+                df.id,
+                task_id,
+                {
+                    "device": target,
+                    "generation": rec.generation + 1,
+                    "state": TaskState.pending,
+                    "reason": "",
+                    "restore": ack.snapshot.model_dump(mode="json"),
+                    "placement_reason": reason,
+                    "last_command_at": 0.0,
+                    "attempts": 0,
+                },
+                generation=rec.generation,
+            )
+            await self._set_state(df, DataflowState.deploying, f"moving {task_id} to {target}")
 
     async def wait_for(self, df_id: str, states: set[DataflowState], timeout: float) -> Dataflow:
         """Wait until a dataflow reaches one of ``states`` (or the timeout); returns it."""

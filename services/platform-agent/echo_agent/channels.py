@@ -216,6 +216,22 @@ class Outputs:
             self._credit.clear()
             await self._credit.wait()
 
+    async def settle(self, timeout: float) -> None:
+        """For a move: publish open batches and queued files, and wait until every consumer
+        confirmed every record (nothing is left for this copy to retransmit)."""
+        for ch in self.channels:
+            ch.close()
+        for sender in self.files:
+            await sender.drain(timeout)
+        await asyncio.wait_for(asyncio.gather(*self.flush()), timeout)
+
+        async def confirmed() -> None:
+            while self.ahead > 0:
+                self._credit.clear()
+                await self._credit.wait()
+
+        await asyncio.wait_for(confirmed(), timeout)
+
     @property
     def delivered(self) -> bool:
         """Every consumer has every record and the end of stream."""

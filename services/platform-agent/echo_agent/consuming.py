@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from echo_shared.codec import BadDataMessage, decode, decode_chunk, is_chunk
-from echo_shared.messages import Binding, ResendRequest
+from echo_shared.messages import Binding, ResendRequest, TaskSnapshot
 from echo_shared.models import EdgeModel
 from echo_shared.mqtt import MqttClient, MqttMessage
 from echo_shared.names import Names
@@ -98,19 +98,29 @@ class Consumer:
         names: Names,
         data_dir: Path,
         window: int,
+        restore: TaskSnapshot | None = None,
     ) -> None:
         self.task = task
         self.op = op
         self.mqtt = mqtt
         self.outputs = outputs
         self.bindings = {b.topic: b for b in inputs}
-        self.inputs = Inputs(b.peer for b in inputs)
+        self.inputs = Inputs((b.peer for b in inputs), hwm=restore.hwm if restore else None)
+        if restore is not None:
+            self.inputs.eos.update(restore.eos)
         self.acks = AckQueue(mqtt)
         self.progress = Progress(
             mqtt, task, {b.peer: names.progress_topic(b.topic) for b in inputs}, window // 4
         )
         self.receivers = {
-            b.topic: FileReceiver(mqtt, task, b.peer, names.resend_topic(b.topic), incoming_dir(data_dir))
+            b.topic: FileReceiver(
+                mqtt,
+                task,
+                b.peer,
+                names.resend_topic(b.topic),
+                incoming_dir(data_dir),
+                hwm=self.inputs.hwm.get(b.peer, 0),
+            )
             for b in inputs
             if b.model is EdgeModel.file
         }
@@ -119,7 +129,8 @@ class Consumer:
             if op.wants_batches
             else None
         )
-        self.queue: asyncio.Queue[MqttMessage] = asyncio.Queue()
+        self.queue: asyncio.Queue[MqttMessage | None] = asyncio.Queue()
+        self.stopping = False
         self.records_in = 0
         self.gaps = 0
         self._force_report = False
@@ -146,13 +157,19 @@ class Consumer:
         queue, gather = self.queue, self.gather
         while True:
             timeout = gather.timeout() if gather is not None else None
+            if self._held_since:  # wake up to ask for what held messages wait for
+                timeout = HOLD_SECONDS / 2 if timeout is None else min(timeout, HOLD_SECONDS / 2)
             try:
                 msg = (
                     await asyncio.wait_for(queue.get(), timeout) if timeout is not None else await queue.get()
                 )
             except TimeoutError:
-                await self._run_gathered()
+                self._check_held()
+                if gather is not None and gather.timeout() == 0:
+                    await self._run_gathered()
                 continue
+            if msg is None or self.stopping:
+                return  # a move: what is queued here stays unacknowledged, for the next copy
             futs = await self._take(msg)
             self.op.flush()
             self.acks.add(msg, [*futs, *self.outputs.flush()])
@@ -314,6 +331,17 @@ class Consumer:
         log.warning("task %s: %s; asking %s to send again from %d", self.task, why, producer, seq)
         req = ResendRequest(consumer=self.task, producer=producer, seq=seq, reason=why)
         self.mqtt.publish(self._resend_topic[producer], req.to_bytes(), qos=1)
+
+    def request_stop(self) -> None:
+        """Stop taking input after the message in hand (a move)."""
+        self.stopping = True
+        self.queue.put_nowait(None)
+
+    async def settle(self) -> None:
+        """After a stop: process what was gathered (its input counts as taken) and flush."""
+        if self.gather is not None and self.gather.records:
+            await self._run_gathered()
+        self.op.flush()
 
     def _file_positions(self) -> dict[str, tuple[int, int]]:
         return {r.producer: r.position for r in self.receivers.values()}

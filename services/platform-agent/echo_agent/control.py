@@ -147,9 +147,15 @@ class TaskManager:
         self.tombstones[key] = max(self.tombstones.get(key, -1), cmd.generation)
         if current is None:
             return self._ack(cmd, True, TaskState.stopped)
-        await current.stop(discard_session=True, reason="stopped by the master")
+        if cmd.final:
+            await current.stop(discard_session=True, reason="stopped by the master")
+            snapshot = None
+        else:
+            snapshot = await current.stop(discard_session=False, reason="moving", drain=True)
         del self.tasks[key]
-        return self._ack(cmd, True, TaskState.stopped)
+        ack = self._ack(cmd, True, TaskState.stopped)
+        ack.snapshot = snapshot
+        return ack
 
     # ---------------------------------------------------------------- views / shutdown
 

@@ -15,10 +15,11 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
-from echo_shared.messages import DeployTask, TaskStatus
+from echo_shared.messages import DeployTask, TaskSnapshot, TaskStatus
 from echo_shared.models import TaskState
 from echo_shared.mqtt import MqttClient, MqttMessage
 from echo_shared.names import Names
@@ -66,8 +67,10 @@ class TaskRunner:
         self.outputs: Outputs | None = None
         self.consumer: Consumer | None = None
         self._main: asyncio.Task[None] | None = None
-        self._takeover_stop: asyncio.Task[None] | None = None
+        self._takeover_stop: asyncio.Task[Any] | None = None
         self._stopping = False
+        self.draining = False
+        self.snapshot_taken: TaskSnapshot | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -136,9 +139,24 @@ class TaskRunner:
             receive_maximum=Consumer.receive_maximum(self.op, cmd.outputs),
             manual_ack=True,
         )
+        restore = cmd.restore
+        if restore is not None and restore.state is not None:
+            try:
+                self.op.restore(restore.state)
+            except Exception as e:
+                self._set(
+                    TaskState.failed, f"cannot restore {cmd.operator}: {type(e).__name__}: {e}", report=False
+                )
+                return
         # before connecting: retained progress reports arrive with the subscription
         self.outputs = Outputs(
-            self.mqtt, cmd.task, cmd.generation, cmd.outputs, self.names, window=self.window
+            self.mqtt,
+            cmd.task,
+            cmd.generation,
+            cmd.outputs,
+            self.names,
+            window=self.window,
+            start_seq=restore.out_seq if restore else 0,
         )
         if has_inputs:
             self.consumer = Consumer(
@@ -150,6 +168,7 @@ class TaskRunner:
                 names=self.names,
                 data_dir=data_dir,
                 window=self.window,
+                restore=restore,
             )
         try:
             await self.mqtt.start()
@@ -178,23 +197,65 @@ class TaskRunner:
         self._set(TaskState.running, report=False)
         self._main = asyncio.create_task(self._guard(body), name=f"task-{cmd.dataflow}-{cmd.task}")
 
-    async def stop(self, *, discard_session: bool, reason: str = "") -> None:
-        """Stop the task (idempotent). ``discard_session`` drops its queued input for good."""
+    async def stop(
+        self, *, discard_session: bool, reason: str = "", drain: bool = False
+    ) -> TaskSnapshot | None:
+        """Stop the task (idempotent). ``discard_session`` drops its queued input for good.
+
+        ``drain`` (a move): stop taking input at a safe point, finish what is in hand, wait
+        until its consumers confirmed every output, and return a snapshot of where the task
+        stands, so a copy elsewhere continues exactly there.
+        """
         if self._stopping:
-            return
+            return self.snapshot_taken
         self._stopping = True
         if self.state in (TaskState.running, TaskState.deploying):
             self._set(TaskState.stopping, reason)
-        if self._main is not None and not self._main.done():
-            self._main.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._main
-        if self.op is not None:
-            with contextlib.suppress(Exception):
-                await call(self.op.close())
+        if drain and self.state is TaskState.stopping and self._main is not None and not self._main.done():
+            self.snapshot_taken = await self._drain()
+        else:
+            if self._main is not None and not self._main.done():
+                self._main.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._main
+            if self.op is not None:
+                with contextlib.suppress(Exception):
+                    await call(self.op.close())
         await self._teardown(discard=discard_session)
         if self.state not in (TaskState.failed, TaskState.finished):
             self._set(TaskState.stopped, reason)
+        return self.snapshot_taken
+
+    async def _drain(self) -> TaskSnapshot | None:
+        assert self._main is not None and self.outputs is not None
+        self.draining = True
+        if self.consumer is not None:
+            self.consumer.request_stop()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(asyncio.shield(self._main), DRAIN_TIMEOUT)
+        if not self._main.done() or self.op is None:  # stuck, or it failed meanwhile
+            self._main.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._main
+            return None
+        op, out = self.op, self.outputs
+        try:
+            if self.consumer is not None:
+                await self.consumer.settle()
+            out.emit_all(await op.suspend())
+            self.op = None
+            await out.settle(DRAIN_TIMEOUT)
+        except Exception as e:
+            log.warning("task %s/%s could not drain cleanly: %s", *self.key, e)
+            return None
+        inputs = self.consumer.inputs if self.consumer is not None else None
+        return TaskSnapshot(
+            out_seq=out.seq,
+            hwm=dict(inputs.hwm) if inputs else {},
+            eos=dict(inputs.eos) if inputs else {},
+            state=op.snapshot(),
+            taken_at=time.time(),
+        )
 
     def _on_message(self, msg: MqttMessage) -> None:
         if self.consumer is not None and msg.topic in self.consumer.bindings:
@@ -273,9 +334,12 @@ class TaskRunner:
         async for record in generate():
             out.emit(record)
             await out.wait_window()
+            if self.draining:
+                return  # a move: _drain() takes it from here
         await self._finish()
 
     async def _run_consumer(self) -> None:
         assert self.consumer is not None
         await self.consumer.run()
-        await self._finish()
+        if not self.draining:
+            await self._finish()

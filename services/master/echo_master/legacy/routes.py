@@ -5,7 +5,7 @@
 - ``POST /DAG/stop?uuid=``: stops it (as ``DELETE /api/v1/dataflows/{id}``) -> ``200
   {"uuid", "state"}`` (``stopped``, or ``stopping`` if devices have not all confirmed);
 - ``POST /DAG/rebalance?uuid=``: re-places it -> ``200 {"uuid", "moved": [task ids]}``, or
-  ``501`` while the reconciler cannot rebalance yet;
+  ``409`` when the dataflow is not running;
 - ``GET /DAG?uuid=``: the dataflow (as ``GET /api/v1/dataflows/{id}``) plus ``processors``
   (each original processor's uuid, name, class and the ids of its tasks), the ``notes`` of
   the mapping, ``qos`` and ``inputstreams``.

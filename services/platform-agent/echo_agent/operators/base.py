@@ -21,7 +21,11 @@ Life cycle, driven by the agent's task runner:
   was processed durable (a sink flushes its file here);
 - ``await close()`` once at the end of input; may return final records;
 - ``snapshot()`` / ``restore(state)``: the operator's state as a JSON-able value, for
-  checkpoints and migration. Stateless operators keep the defaults.
+  checkpoints and migration. Stateless operators keep the defaults;
+- ``await suspend()`` when the task stops to move (after ``snapshot()``): release what
+  ``open`` took and emit nothing that the state does not cover. The default calls
+  ``close()`` unless the class sets ``close_emits = True`` (its ``close()`` means end of
+  stream: e.g. it emits partial windows, which a moved copy will emit in its turn).
 
 A source overrides ``generate()``, an async iterator of records, instead of ``process``.
 
@@ -33,11 +37,12 @@ move the bytes: the consumer's record names a local copy, which the runner delet
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 Record = dict[str, Any]
 Output = Iterable[Record] | None
@@ -62,6 +67,7 @@ class TaskContext:
 class Operator:
     stateful: ClassVar[bool] = False
     wants_batches: ClassVar[bool] = False
+    close_emits: ClassVar[bool] = False
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -93,6 +99,14 @@ class Operator:
 
     def restore(self, state: Any) -> None:
         return None
+
+    async def suspend(self) -> Output:
+        if type(self).close_emits:
+            return None
+        result: Any = self.close()  # async here; a user class may have made it sync
+        if inspect.isawaitable(result):
+            result = await result
+        return cast(Output, result)
 
 
 class SourceOperator(Operator):

@@ -299,6 +299,8 @@ class Join(Operator):
             return (self._assemble(parts),)
         return None
 
+    close_emits = True  # close() gives up on partial joins: a moved copy keeps them instead
+
     async def close(self) -> Iterable[Record] | None:
         out: list[Record] = []
         while self.pending:

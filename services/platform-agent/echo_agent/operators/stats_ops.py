@@ -138,12 +138,20 @@ class WindowAggregate(Operator):
         if self.config.seconds is not None and self.config.time_field is None and callable(emit):
             self._timer = asyncio.create_task(self._tick(emit), name=f"window-timer-{ctx.task}")
 
-    async def close(self) -> Iterable[Record] | None:
+    close_emits = True  # close() emits the open windows: a moved copy keeps them instead
+
+    async def suspend(self) -> None:
+        await self._stop_timer()
+
+    async def _stop_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._timer
             self._timer = None
+
+    async def close(self) -> Iterable[Record] | None:
+        await self._stop_timer()
         if self.config.count is not None:
             out = [r for k in list(self.keys) for r in self._flush_key(k)]
             self.keys.clear()
