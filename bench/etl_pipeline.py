@@ -280,6 +280,7 @@ def throughput(r: dict[str, Any]) -> dict[str, Any]:
     (t_first, s_first), (t_last, _) = arrivals[0], arrivals[-1]
     s_last = max(s for _, s in arrivals)
     span = t_last - t_first
+    cpu = sum(v["cpu_s"] for k, v in r["processes"].items() if k.startswith("agent-"))
     # input lines through the pipeline in each second from the first arrival (by seq progress)
     by_second = [0] * (int(span) + 1)
     prev = s_first
@@ -290,6 +291,8 @@ def throughput(r: dict[str, Any]) -> dict[str, Any]:
     return {
         "input_records_per_s": round((s_last - s_first) / span, 1) if span > 0 else None,
         "sink_records_per_s": round((len(arrivals) - 1) / span, 1) if span > 0 else None,
+        # load-independent: input lines per CPU second all agents spent (the machine is shared)
+        "input_records_per_agent_cpu_s": round(r["input_lines"] / cpu, 1) if cpu > 0 else None,
         "input_records_per_s_post_to_completed": (
             round(r["input_lines"] / r["post_to_completed_s"], 1) if r["post_to_completed_s"] else None
         ),
@@ -362,6 +365,7 @@ def run(stack: Stack, quick: bool) -> dict[str, Any]:
     return {
         "input_records_per_s": tput.get("input_records_per_s"),
         "sink_records_per_s": tput.get("sink_records_per_s"),
+        "input_records_per_agent_cpu_s": tput.get("input_records_per_agent_cpu_s"),
         "latency_rate_lines_per_s": rate,
         "sink_latency_ms": {k: lat["sink"].get(k) for k in ("p50_ms", "p99_ms")},
         "publish_latency_ms": {k: lat["publish"].get(k) for k in ("p50_ms", "p99_ms")},

@@ -55,6 +55,7 @@ TARGET_RATIO = 0.5
 RSS_LIMIT_MB = 64.0
 SOURCE, SINK = "edge-1", "cloud-1"
 POLL_S = 0.005
+NO_DATA_S = 60.0  # no byte received this long after the POST: the dataflow is stuck
 RSS_EVERY_S = 0.02
 NAME = "big.bin"
 
@@ -156,9 +157,13 @@ def transfer(stack: Stack, src_dir: Path, dst_dir: Path, size: int, timeout: flo
                 t_full = now
             if got and (not progress or progress[-1][1] != got):
                 progress.append((now - t0, got))
-            if now - t0 > timeout:
+            if now - t0 > timeout or (t_first is None and now - t0 > NO_DATA_S):
+                df = stack.api.dataflow(df_id)
                 stack.api.delete(df_id)
-                raise RuntimeError(f"{NAME} not in {dst_dir} after {timeout}s ({got} bytes received)")
+                tasks = {t["id"]: (t["device"], t["state"], t["reason"]) for t in df["tasks"]}
+                raise RuntimeError(f"{NAME} not in {dst_dir} {now - t0:.0f} s after POST ({got} bytes "
+                                   f"received); dataflow {df_id} {df['state']} ({df.get('reason')!r}), "
+                                   f"tasks {tasks}")
             time.sleep(POLL_S)
         df = stack.api.wait_state(df_id, {"completed"}, timeout=60)
         t_done = time.perf_counter()
@@ -236,6 +241,7 @@ def run(stack: Stack, quick: bool) -> dict[str, Any]:
         raw_mb = raw["msgs_per_s"] * CHUNK / MIB
     finally:
         shutil.rmtree(base, ignore_errors=True)
+    agent_cpu = sum(v["cpu_s"] for k, v in echo["processes"].items() if k.startswith("agent-"))
     intact = echo["received_sha256"] == source_sha and echo["received_size"] == size
     growth = {k: v["rss_growth_mb"] for k, v in echo["processes"].items() if k.startswith("agent-")}
     streamed = all(g <= RSS_LIMIT_MB for g in growth.values())
@@ -250,6 +256,7 @@ def run(stack: Stack, quick: bool) -> dict[str, Any]:
         "raw_mqtt_qos1_256k_mb_per_s_runs": [round(r["msgs_per_s"] * CHUNK / MIB, 1) for r in raws],
         "ratio_vs_raw_mqtt": round(ratio, 3),
         "ratio_vs_local_copy": round(echo["end_to_end_mb_per_s"] / copy["mb_per_s"], 3),
+        "mb_per_agent_cpu_s": round(size / MIB / agent_cpu, 1) if agent_cpu > 0 else None,
         "sha256_match": intact,
         "source_sha256": source_sha,
         "agent_rss_growth_mb": growth,

@@ -277,6 +277,9 @@ class DeviceEvent(Message):
     previous: DeviceStatus | None = None
     ts: float
     reason: str = ""
+    restarted: bool = Field(
+        default=False, description="the device's agent is a new process: what ran there is gone"
+    )
 
 
 class DataflowEvent(Message):

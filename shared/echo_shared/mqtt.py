@@ -108,7 +108,7 @@ class MqttClient:
         receive_maximum: int = 1000,
         manual_ack: bool = False,
         keepalive: int = 10,
-        publish_window: int = 1000,
+        publish_window: int = 100,
         will: Will | None = None,
         reconnect_max_delay: float = 5.0,
     ) -> None:

@@ -45,7 +45,9 @@ async def test_producer_blocks_at_the_window_until_the_consumer_reports(
 
         # reports below the step wait until the consumer catches up
         progress.maybe_report({"p": 65}, caught_up=False)
-        progress.maybe_report({"p": 66}, caught_up=True)
+        progress.maybe_report({"p": 66}, caught_up=True)  # too soon after the last report...
+        assert progress.unreported
+        progress.flush_due({"p": 66}, None, None)  # ...so the idle consumer reports it shortly
         await eventually(lambda: outputs.ahead == 34, what="credit up to 66")
         await asyncio.gather(*progress.clear())
 

@@ -282,9 +282,11 @@ class Reconciler:
             self.kick(update.dataflow)
 
     async def on_device_event(self, event: DeviceEvent) -> None:
-        """A device came (back) online or its agent restarted: make sure what should run on it
-        runs (deploys are idempotent: a task still running just acks)."""
-        if event.status is not DeviceStatus.online:
+        """A device's agent restarted: deploy again what should run on it.
+
+        A device that was only cut off (unreachable, even lost) and comes back with the same
+        agent process kept running its tasks (edge autonomy): nothing to do."""
+        if event.status is not DeviceStatus.online or not event.restarted:
             return
         for df in await self.store.all(await self.store.active_ids()):
             if df.desired is not DesiredState.running or df.state not in ACTIVE_STATES:

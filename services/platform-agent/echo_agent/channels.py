@@ -47,7 +47,7 @@ from echo_shared.names import Names
 from .files import FileSender
 from .retransmit import RETRANSMIT_AFTER, Unconfirmed
 
-DEFAULT_WINDOW = 50_000
+DEFAULT_WINDOW = 10_000
 log = logging.getLogger(__name__)
 
 
@@ -403,6 +403,7 @@ class Progress:
 
     FILE_STEP = 1 << 20
     INTERVAL = 0.5  # report at least this often while moving: silence means stuck
+    CAUGHT_UP_GAP = 0.05  # when caught up, report at most this often (a slow stream: not per message)
 
     def __init__(self, mqtt: MqttClient, consumer: str, topics: dict[str, str], step: int) -> None:
         self.mqtt = mqtt
@@ -411,6 +412,7 @@ class Progress:
         self.step = max(1, step)
         self.reported: dict[str, tuple[int, int, int, bool]] = {}
         self._last_at: dict[str, float] = {}
+        self.unreported = False
 
     def maybe_report(
         self,
@@ -430,14 +432,17 @@ class Progress:
             ended = producer in (eos or {}) and mark >= (eos or {})[producer]
             now = (mark, file_seq, file_offset, ended)
             last = self.reported.get(producer, (0, 0, 0, False))
+            since = loop_now - self._last_at.get(producer, 0.0)
             due = (
-                caught_up
-                or loop_now - self._last_at.get(producer, 0.0) >= self.INTERVAL
+                (caught_up and since >= self.CAUGHT_UP_GAP)
+                or since >= self.INTERVAL
                 or mark - last[0] >= self.step
                 or file_seq != last[1]
                 or file_offset - last[2] >= self.FILE_STEP
                 or ended != last[3]
             )
+            if now != last and not due:
+                self.unreported = True  # the consumer loop reports it soon (flush_due)
             if force or (now != last and due):
                 report = ChannelProgress(
                     consumer=self.consumer,
@@ -452,6 +457,15 @@ class Progress:
                 self.reported[producer] = now
                 self._last_at[producer] = loop_now
         return sent
+
+    def flush_due(
+        self, hwm: dict[str, int], files: dict[str, tuple[int, int]] | None, eos: dict[str, int] | None
+    ) -> None:
+        """Report what moved since the last report (called when the consumer is idle)."""
+        self.unreported = False
+        for producer in self.topics:
+            self._last_at[producer] = 0.0  # due now
+        self.maybe_report(hwm, caught_up=True, files=files, eos=eos)
 
     def clear(self) -> list[asyncio.Future[None]]:
         """Remove the retained reports (the channel is gone for good)."""

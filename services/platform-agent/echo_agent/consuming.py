@@ -41,6 +41,7 @@ from .operators import Operator, Record
 log = logging.getLogger(__name__)
 
 HOLD_SECONDS = 0.5
+YIELD_EVERY = 32
 MAX_HELD = 4096
 
 
@@ -155,15 +156,21 @@ class Consumer:
     async def run(self) -> None:
         """Consume until every producer ended its stream; then the caller finishes the task."""
         queue, gather = self.queue, self.gather
+        taken = 0
         while True:
             timeout = gather.timeout() if gather is not None else None
             if self._held_since:  # wake up to ask for what held messages wait for
                 timeout = HOLD_SECONDS / 2 if timeout is None else min(timeout, HOLD_SECONDS / 2)
+            if self.progress.unreported:  # wake up to report where we are
+                gap = Progress.CAUGHT_UP_GAP
+                timeout = gap if timeout is None else min(timeout, gap)
             try:
                 msg = (
                     await asyncio.wait_for(queue.get(), timeout) if timeout is not None else await queue.get()
                 )
             except TimeoutError:
+                if self.progress.unreported and queue.empty():
+                    self.progress.flush_due(self.inputs.hwm, self._file_positions(), self.inputs.eos)
                 self._check_held()
                 if gather is not None and gather.timeout() == 0:
                     await self._run_gathered()
@@ -184,6 +191,11 @@ class Consumer:
             if self.inputs.done:
                 break
             await self.outputs.wait_window()
+            taken += 1
+            if taken % YIELD_EVERY == 0:
+                # a get() from a non-empty queue never yields: let heartbeats, acks and
+                # signals run while a backlog is worked off
+                await asyncio.sleep(0)
         if gather is not None and gather.records:
             await self._run_gathered()
             self.op.flush()

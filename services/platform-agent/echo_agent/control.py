@@ -136,7 +136,11 @@ class TaskManager:
             nats_url=self.nats_url,
         )
         self.tasks[key] = runner
-        await runner.start()
+        try:
+            await runner.start()
+        except Exception as e:  # start() handles what it expects; anything else fails the task
+            log.exception("task %s/%s could not start", *key)
+            runner.state, runner.reason = TaskState.failed, f"could not start: {type(e).__name__}: {e}"
         return self._ack(cmd, runner.state is not TaskState.failed, runner.state, runner.reason)
 
     async def stop(self, cmd: StopTask) -> CommandAck:

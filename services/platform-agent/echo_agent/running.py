@@ -331,11 +331,15 @@ class TaskRunner:
         if not callable(generate):
             raise TaskFailed(f"{self.cmd.operator} is not a source, and no edge feeds it")
         out = self.outputs
+        emitted = 0
         async for record in generate():
             out.emit(record)
             await out.wait_window()
             if self.draining:
                 return  # a move: _drain() takes it from here
+            emitted += 1
+            if emitted % 64 == 0:
+                await asyncio.sleep(0)  # a fast source must not starve the agent's loop
         await self._finish()
 
     async def _run_consumer(self) -> None:

@@ -24,7 +24,7 @@ class AgentSettings(CommonSettings, MqttSettings, LivenessSettings):
     memory_mb: int | None = Field(default=None, gt=0, description="memory offered (default: all)")
     data_dir: Path = Field(default=Path(".echo/agent-data"), description="task working directories")
     channel_window: int = Field(
-        default=50_000, gt=0, description="records a task may emit beyond what its slowest consumer processed"
+        default=10_000, gt=0, description="records a task may emit beyond what its slowest consumer processed"
     )
     task_session_expiry: int = Field(
         default=86400, gt=0, description="seconds the broker keeps a task's queued input while no copy runs"

@@ -22,10 +22,23 @@ class DeviceEvents:
         await self.bus.ensure_stream(self.names.events_stream, [self.names.events_subjects])
 
     async def changed(
-        self, device: str, status: DeviceStatus, previous: DeviceStatus | None, reason: str
+        self,
+        device: str,
+        status: DeviceStatus,
+        previous: DeviceStatus | None,
+        reason: str,
+        *,
+        restarted: bool = False,
     ) -> None:
         log.info(
             "device %s: %s -> %s (%s)", device, previous.value if previous else "new", status.value, reason
         )
-        event = DeviceEvent(device=device, status=status, previous=previous, ts=time.time(), reason=reason)
+        event = DeviceEvent(
+            device=device,
+            status=status,
+            previous=previous,
+            ts=time.time(),
+            reason=reason,
+            restarted=restarted,
+        )
         await self.bus.publish_event(self.names.device_event(device, status.value), event)

@@ -95,11 +95,15 @@ class Intake:
             hello = DeviceHello.from_bytes(msg.payload)
             with self._tracer.start_as_current_span("register device", context=extract(msg.user_properties)):
                 prev, prev_boot = await self.store.register(hello.device, hello.boot_id, now)
+            restarted = prev_boot is not None and prev_boot != hello.boot_id
             if prev is not DeviceStatus.online:
-                await self.events.changed(device, DeviceStatus.online, prev, "registered")
-            elif prev_boot != hello.boot_id:
+                why = "agent restarted" if restarted else "registered"
+                await self.events.changed(device, DeviceStatus.online, prev, why, restarted=restarted)
+            elif restarted:
                 # online all along, yet a new agent process: what ran there is gone
-                await self.events.changed(device, DeviceStatus.online, prev, "agent restarted")
+                await self.events.changed(
+                    device, DeviceStatus.online, prev, "agent restarted", restarted=True
+                )
         elif leaf == "bye":
             bye = Goodbye.from_bytes(msg.payload)
             raw = await self.store.raw(device)
