@@ -37,8 +37,8 @@ RUN_TIMEOUT_S = 30.0
 DONE = {"running", "finished"}
 DEVICES = ("edge-1", "edge-2", "fog-1", "cloud-1")
 N_PASS = 8
-# the master deploys in two waves: every task with inputs, then the sources
-LEVELS = [[f"pass{i + 1}" for i in range(N_PASS)] + ["sink"], ["gen"]]
+# the master deploys every task in one wave
+LEVELS = [["gen", *(f"pass{i + 1}" for i in range(N_PASS)), "sink"]]
 
 
 def spec(name: str, sink_path: Path) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 The master logs every dataflow state change (``dataflow {id}: a -> b``) and the agents
 log every task state change (``task {df}/{task} gen {n}: deploying``); all processes run
 on this machine, so their wall-clock timestamps (ms resolution) share one clock with the
-dataflow's ``created_at``. For one dataflow deployed wave by wave (every task with
-inputs, then the sources) this gives:
+dataflow's ``created_at``. For one dataflow deployed wave by wave (today: one wave)
+this gives:
 
 - ``schedule``: ``created_at`` -> ``scheduled`` (scheduler request, placement stored);
 - ``level{k}``: the first task of level k starts deploying on its agent -> the last one

@@ -9,12 +9,12 @@ catalogue (``/cat``) are routers of their own (``legacy.routes``, ``hypercat``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from echo_shared import __version__
 from echo_shared.errors import EchoError, NotFoundError, Problem, SpecError
@@ -33,12 +33,46 @@ from .views import ERRORS, SPEC_BODY, DataflowCreated, DataflowView, dataflow_vi
 log = logging.getLogger(__name__)
 
 
+class NoStackTraces:
+    """Pure ASGI catch-all: an unexpected error becomes a JSON 500, never a stack trace.
+
+    Not an exception handler (Starlette re-raises after those, which logs twice and drops
+    the keep-alive connection) and not ``@app.middleware`` (its per-request cost is high).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as e:
+            log.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            response = error_response(500, f"internal error ({type(e).__name__}); see the master's log")
+            await response(scope, receive, send)
+
+
 def create_api(ctx: ApiContext) -> FastAPI:
     app = FastAPI(
         title="ECHO",
         version=__version__,
         description="Orchestrates dataflow applications across edge, fog and cloud devices.",
         docs_url="/docs",
+        # one server span per request (the root of a submission's trace); no per-function
+        # spans, metrics or logs from FastAPI itself: they cost more than a request
+        telemetry={"tracing": True, "operation_spans": False, "metrics": False, "logs": False},
     )
 
     @app.exception_handler(EchoError)
@@ -52,17 +86,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         problems = [Problem(join_loc("", err["loc"]), err["msg"], err["type"]) for err in e.errors()]
         return error_response(422, "invalid request", problems)
 
-    @app.middleware("http")
-    async def no_stack_traces(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        # a catch-all here, not an exception handler: Starlette re-raises after those,
-        # which logs a second time and drops the client's keep-alive connection
-        try:
-            return await call_next(request)
-        except Exception as e:
-            log.exception("unexpected error on %s %s", request.method, request.url.path)
-            return error_response(500, f"internal error ({type(e).__name__}); see the master's log")
+    app.add_middleware(NoStackTraces)
 
     # -------------------------------------------------------------------- dataflows
 

@@ -9,17 +9,14 @@ from echo_shared.models import DataflowSpec, EdgeModel, Placement, TaskRecord
 
 
 def deploy_levels(spec: DataflowSpec) -> list[list[str]]:
-    """The two waves of a deployment: every task with inputs, then the sources.
+    """The waves of a deployment: one, every task at once.
 
-    A task publishes only what it derives from its input, and input starts to flow
-    only when the sources run; so once every task with inputs holds its channel
-    session (acked), the sources may start, and no record is ever published to a
-    channel nobody holds. Two waves, whatever the depth of the DAG.
+    A producer may start before its consumer holds its channel session: what it publishes
+    to nobody stays in its unconfirmed buffer, and the consumer announces itself (a
+    progress report) as soon as it subscribed, upon which the producer sends it again.
+    So no order is needed, and a deployment costs one round trip whatever the DAG's depth.
     """
-    has_inputs = {e.to for e in spec.edges}
-    consumers = [t.id for t in spec.tasks if t.id in has_inputs]
-    sources = [t.id for t in spec.tasks if t.id not in has_inputs]
-    return [level for level in (consumers, sources) if level]
+    return [[t.id for t in spec.tasks]]
 
 
 def deploy_command(df_id: str, spec: DataflowSpec, placement: Placement, task: TaskRecord) -> DeployTask:

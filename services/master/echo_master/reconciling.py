@@ -186,6 +186,18 @@ class Reconciler:
                 if r.state is not TaskState.deploying
                 or now - r.last_command_at >= self.settings.command_timeout
             ]
+            now = time.time()
+            await self.store.patch_tasks(
+                df.id,
+                [
+                    (
+                        r.id,
+                        {"state": TaskState.deploying, "last_command_at": now, "attempts": r.attempts + 1},
+                        r.generation,
+                    )
+                    for r in due
+                ],
+            )
             results = await asyncio.gather(*(self._deploy(df, r) for r in due), return_exceptions=True)
             df = await self.store.get(df.id)
             still = [df.tasks[t] for t in level if df.tasks[t].state not in SETTLED]
@@ -208,17 +220,7 @@ class Reconciler:
 
     async def _deploy(self, df: Dataflow, rec: TaskRecord) -> CommandAck:
         assert rec.device and df.placement is not None
-        cmd = deploy_command(df.id, df.spec, df.placement, rec)
-        await self.store.patch_task(
-            df.id,
-            rec.id,
-            {
-                "state": TaskState.deploying,
-                "last_command_at": time.time(),
-                "attempts": rec.attempts + 1,
-            },
-            generation=rec.generation,
-        )
+        cmd = deploy_command(df.id, df.spec, df.placement, rec)  # the caller marked it deploying
         with self._tracer.start_as_current_span(f"deploy {rec.id} to {rec.device}") as span:
             span.set_attribute("echo.device", rec.device)
             span.set_attribute("echo.generation", rec.generation)

@@ -208,6 +208,22 @@ class DataflowStore:
             )
             await p.execute()
 
+    async def patch_tasks(self, df_id: str, patches: list[tuple[str, dict[str, Any], int | None]]) -> None:
+        """Several ``patch_task`` calls in one round trip (each still fenced by generation)."""
+        if not patches:
+            return
+        key = self.names.dataflow_tasks_key(df_id)
+        async with self.r.pipeline(transaction=False) as p:
+            for task, patch, generation in patches:
+                body = {k: (v.value if hasattr(v, "value") else v) for k, v in patch.items()}
+                body.setdefault("updated_at", time.time())
+                await self._patch(
+                    keys=[key],
+                    args=[task, json.dumps(body), "" if generation is None else str(generation), "0"],
+                    client=p,
+                )
+            await p.execute()
+
     async def patch_task(
         self,
         df_id: str,

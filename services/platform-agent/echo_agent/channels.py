@@ -162,6 +162,7 @@ class Outputs:
             names.resend_topic(b.topic): c for b, c in zip(bindings, self.channels, strict=True)
         }
         self.heard: dict[str, float] = {}  # channel topic -> when its consumer last reported
+        self.heard_from: set[str] = set()
         self.eos_seen: dict[str, bool] = {b.topic: False for b in bindings}
         self.retransmitted = 0
         self._watchdog: asyncio.Task[None] | None = None
@@ -328,6 +329,8 @@ class Outputs:
         if report.producer != self.producer:
             return
         ch = self._sender_of[msg.topic]
+        first = ch.topic not in self.heard_from
+        self.heard_from.add(ch.topic)
         self.heard[ch.topic] = asyncio.get_running_loop().time()
         if isinstance(ch, FileSender):
             ch.on_progress(report)
@@ -336,6 +339,9 @@ class Outputs:
         if report.hwm > self.acked[msg.topic]:
             self.acked[msg.topic] = report.hwm
         self._credit.set()
+        if first and not isinstance(ch, FileSender) and ch.unconfirmed:
+            # what we published before this consumer subscribed went to nobody: send it again
+            self.resend(ch, report.hwm + 1, "consumer subscribed")
 
     @property
     def ahead(self) -> int:
@@ -466,6 +472,11 @@ class Progress:
         for producer in self.topics:
             self._last_at[producer] = 0.0  # due now
         self.maybe_report(hwm, caught_up=True, files=files, eos=eos)
+
+    def announce(self, hwm: dict[str, int]) -> list[asyncio.Future[None]]:
+        """Report at once, as soon as the task subscribed: tells each producer we are here
+        (and where we are), so it sends again what it published before we subscribed."""
+        return self.maybe_report(hwm, caught_up=True, force=True)
 
     def clear(self) -> list[asyncio.Future[None]]:
         """Remove the retained reports (the channel is gone for good)."""

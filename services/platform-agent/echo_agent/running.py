@@ -172,10 +172,13 @@ class TaskRunner:
             )
         try:
             await self.mqtt.start()
-            if has_inputs:
-                await self.mqtt.subscribe([b.topic for b in cmd.inputs], qos=1)
-            if cmd.outputs:  # consumers' progress (our credit; retained) and file resend requests
-                await self.mqtt.subscribe(self.outputs.subscriptions(), qos=1)
+            # the inputs, and for the outputs the consumers' progress (our credit; retained)
+            # and their resend requests: one round trip
+            topics = [b.topic for b in cmd.inputs] + self.outputs.subscriptions()
+            if topics:
+                await self.mqtt.subscribe(topics, qos=1)
+            if self.consumer is not None:
+                self.consumer.progress.announce(self.consumer.inputs.hwm)
             await self.outputs.start()
             ctx = TaskContext(
                 cmd.dataflow,
