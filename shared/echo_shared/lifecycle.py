@@ -59,7 +59,8 @@ def run_service(
 async def wait_or_stop(stop: asyncio.Event, timeout: float) -> bool:
     """Sleep up to ``timeout`` seconds; True if ``stop`` was set meanwhile."""
     try:
-        await asyncio.wait_for(stop.wait(), timeout)
+        async with asyncio.timeout(timeout):  # not wait_for: it can swallow a cancel (3.11)
+            await stop.wait()
         return True
     except TimeoutError:
         return False

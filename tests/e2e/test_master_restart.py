@@ -27,9 +27,9 @@ def test_master_killed_mid_deploy_recovers(platform_factory: PlatformFactory, tm
         def mid_deploy() -> bool:
             df = api.dataflow(df_id)
             states = {t["id"]: t["state"] for t in df["tasks"]}
-            # pass is deployed, the sink's deploy waits for the frozen agent, gen not sent yet
+            # gen and pass are deployed, the sink's deploy waits for the frozen agent
             return df["state"] == "deploying" and states == {
-                "gen": "pending",
+                "gen": "running",
                 "pass": "running",
                 "sink": "deploying",
             }

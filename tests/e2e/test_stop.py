@@ -27,7 +27,12 @@ def test_stop_removes_every_task_from_every_agent(platform_factory: PlatformFact
     assert df["desired"] == "stopped"
     assert all(t["state"] == "stopped" for t in df["tasks"])
     # every agent reports no task any more (heartbeats carry what each agent runs)
-    wait_until(lambda: all(d["tasks"] == 0 for d in api.devices().values()), what="no task on any agent")
+    def no_tasks() -> bool:
+        counts = {i: (d["tasks"], d["status"], d["last_heartbeat"]) for i, d in api.devices().items()}
+        assert all(c[0] == 0 for c in counts.values()), counts
+        return True
+
+    wait_until(no_tasks, what="no task on any agent")
     size = out.stat().st_size
     # nothing is written after the stop: the next heartbeats (every 0.2 s) prove the agents are
     # alive and idle; the file must not have grown meanwhile

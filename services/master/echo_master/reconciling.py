@@ -71,7 +71,8 @@ class Reconciler:
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.settings.reconcile_period)
+                    async with asyncio.timeout(self.settings.reconcile_period):
+                        await self._wake.wait()
                 self._wake.clear()
                 if stop.is_set():
                     break
@@ -382,7 +383,8 @@ class Reconciler:
                 return df
             async with self.changed:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.changed.wait(), min(left, 0.5))
+                    async with asyncio.timeout(min(left, 0.5)):
+                        await self.changed.wait()
 
 
 __all__ = ["BusError", "Reconciler"]

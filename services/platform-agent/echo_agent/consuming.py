@@ -165,9 +165,10 @@ class Consumer:
                 gap = Progress.CAUGHT_UP_GAP
                 timeout = gap if timeout is None else min(timeout, gap)
             try:
-                msg = (
-                    await asyncio.wait_for(queue.get(), timeout) if timeout is not None else await queue.get()
-                )
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                # cancellation that races with the get, and the task would never stop
+                async with asyncio.timeout(timeout):
+                    msg = await queue.get()
             except TimeoutError:
                 if self.progress.unreported and queue.empty():
                     self.progress.flush_due(self.inputs.hwm, self._file_positions(), self.inputs.eos)

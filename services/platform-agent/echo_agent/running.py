@@ -217,10 +217,7 @@ class TaskRunner:
         if drain and self.state is TaskState.stopping and self._main is not None and not self._main.done():
             self.snapshot_taken = await self._drain()
         else:
-            if self._main is not None and not self._main.done():
-                self._main.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self._main
+            await self._cancel_main()
             if self.op is not None:
                 with contextlib.suppress(Exception):
                     await call(self.op.close())
@@ -228,6 +225,13 @@ class TaskRunner:
         if self.state not in (TaskState.failed, TaskState.finished):
             self._set(TaskState.stopped, reason)
         return self.snapshot_taken
+
+    async def _cancel_main(self) -> None:
+        """Cancel the task's body and wait for it to end (cancelling again if a cancel is lost)."""
+        main = self._main
+        while main is not None and not main.done():
+            main.cancel()
+            await asyncio.wait({main}, timeout=1.0)
 
     async def _drain(self) -> TaskSnapshot | None:
         assert self._main is not None and self.outputs is not None
@@ -237,9 +241,7 @@ class TaskRunner:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(asyncio.shield(self._main), DRAIN_TIMEOUT)
         if not self._main.done() or self.op is None:  # stuck, or it failed meanwhile
-            self._main.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._main
+            await self._cancel_main()
             return None
         op, out = self.op, self.outputs
         try:
