@@ -13,16 +13,16 @@ For each message taken from the task's MQTT session:
 - the message is acknowledged (``AckQueue``) once what it caused is safe: outputs at the
   broker, gathered records processed;
 - a message that arrives ahead of its turn (brokers reorder: Mosquitto 2.0 ignores a
-  client's receive maximum and then delivers out of order) is held, unacknowledged, until
-  the records before it arrive; if they do not within ``HOLD_SECONDS`` (or too many
-  messages wait), the producer is asked to send everything from the gap on again.
+  client's receive maximum and then delivers out of order; a producer that started
+  before its consumer subscribed sends what went to nobody again) is held until the
+  records before it arrive; if they do not within ``HOLD_SECONDS`` (or too many messages
+  wait), the producer is asked to send everything from the gap on again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import inspect
 import logging
 from pathlib import Path
@@ -136,8 +136,8 @@ class Consumer:
         self.gaps = 0
         self._force_report = False
         self._asked: dict[str, tuple[int, float]] = {}  # producer -> (seq asked for, when)
-        # producer -> messages that came ahead of their turn: (first seq, message, its ack future)
-        self.held: dict[str, list[tuple[int, MqttMessage, asyncio.Future[None]]]] = {}
+        # producer -> messages that came ahead of their turn: (first seq, message)
+        self.held: dict[str, list[tuple[int, MqttMessage]]] = {}
         self._held_since: dict[str, float] = {}
         self._resend_topic = {b.peer: names.resend_topic(b.topic) for b in inputs}
 
@@ -226,7 +226,8 @@ class Consumer:
         try:
             records = self.inputs.fresh(decoded)
         except Gap as gap:
-            return [self._hold(decoded.producer, decoded.records[0][0], msg, gap)]
+            self._hold(decoded.producer, decoded.records[0][0], msg, gap)
+            return []
         if decoded.eos and self.inputs.eos.get(decoded.producer, 0) > self.inputs.hwm.get(
             decoded.producer, 0
         ):
@@ -242,35 +243,28 @@ class Consumer:
 
     # ------------------------------------------------------------------ reordering
 
-    def _hold(self, producer: str, first: int, msg: MqttMessage, gap: Gap) -> asyncio.Future[None]:
-        """Keep a message that came ahead of its turn; its ack waits until it is processed."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def _hold(self, producer: str, first: int, msg: MqttMessage, gap: Gap) -> None:
+        """Keep a message that came ahead of its turn until the records before it arrive.
+
+        It is acknowledged at once: an unacknowledged backlog would stop the broker from
+        delivering what fills the gap (its receive maximum), and the producer keeps the
+        message until our progress covers it, so a crash of this copy loses nothing.
+        """
         held = self.held.setdefault(producer, [])
-        if not any(f == first for f, _, _ in held):
-            held.append((first, msg, fut))
+        if not any(f == first for f, _ in held):
+            held.append((first, msg))
             held.sort(key=lambda x: x[0])
-        else:
-            fut.set_result(None)  # the same records are held already
         self._held_since.setdefault(producer, asyncio.get_running_loop().time())
         if len(held) > MAX_HELD:
-            _, _, dropped = held.pop()  # the newest goes; the resend brings it again
-            if not dropped.done():
-                dropped.set_result(None)
+            held.pop()  # the newest goes; the resend brings it again
             self._ask_again(msg.topic, producer, gap.expected, f"{gap}; too many messages out of order")
-        return fut
 
     async def _release_held(self, producer: str) -> None:
         """Process held messages whose turn has come."""
         held = self.held.get(producer)
         while held and held[0][0] <= self.inputs.hwm.get(producer, 0) + 1:
-            _, msg, fut = held.pop(0)
-            futs = await self._take(msg)
-            pending = [*futs, *self.outputs.flush()]
-            if pending:
-                waiter = asyncio.gather(*pending)
-                waiter.add_done_callback(functools.partial(_settle, dst=fut))
-            elif not fut.done():
-                fut.set_result(None)
+            _, msg = held.pop(0)
+            await self._take(msg)  # outputs are tracked by the next acknowledgement's flush
         if not held:
             self.held.pop(producer, None)
             if self.inputs.eos.get(producer, 0) <= self.inputs.hwm.get(producer, 0):
