@@ -90,8 +90,9 @@ class Api:
             raise BenchApiError(f"POST /api/v1/dataflows -> {r.status_code}: {r.text[:500]}")
         return str(r.json()["id"])
 
-    def dataflow(self, df_id: str) -> dict[str, Any]:
-        r = self.http.get(f"/api/v1/dataflows/{df_id}")
+    def dataflow(self, df_id: str, wait: str | None = None) -> dict[str, Any]:
+        params = {"wait": wait, "timeout": "30"} if wait else None
+        r = self.http.get(f"/api/v1/dataflows/{df_id}", params=params, timeout=40)
         if r.status_code != 200:
             raise BenchApiError(f"GET /api/v1/dataflows/{df_id} -> {r.status_code}: {r.text[:500]}")
         out: dict[str, Any] = r.json()
@@ -116,8 +117,10 @@ class Api:
                 raise BenchApiError(f"dataflow {df_id} failed: {df.get('reason')}")
             if time.monotonic() > deadline:
                 tasks = {t["id"]: (t["device"], t["state"], t["reason"]) for t in df["tasks"]}
-                raise BenchApiError(f"dataflow {df_id} not in {sorted(states)} after {timeout}s; "
-                                    f"states seen {seen}; reason {df.get('reason')!r}; tasks {tasks}")
+                raise BenchApiError(
+                    f"dataflow {df_id} not in {sorted(states)} after {timeout}s; "
+                    f"states seen {seen}; reason {df.get('reason')!r}; tasks {tasks}"
+                )
             time.sleep(interval)
 
     def stop(self, df_id: str, timeout: float = 30.0) -> dict[str, Any]:
@@ -154,12 +157,18 @@ def running_stack(
     api: Api | None = None
     try:
         log(f"brokers: nats {brokers.nats_url}, mqtt {brokers.mqtt_url}, redis {brokers.redis_url}")
-        platform = Platform(brokers, workdir / "platform", namespace="b" + uuid.uuid4().hex[:8],
-                            extra_env=dict(extra_env or {}))
+        platform = Platform(
+            brokers,
+            workdir / "platform",
+            namespace="b" + uuid.uuid4().hex[:8],
+            extra_env=dict(extra_env or {}),
+        )
         t0 = time.monotonic()
         platform.start(fleet, timeout=90)
-        log(f"platform up in {time.monotonic() - t0:.1f}s: API {platform.api_url}, "
-            f"fleet {[a.device_id for a in fleet]}")
+        log(
+            f"platform up in {time.monotonic() - t0:.1f}s: API {platform.api_url}, "
+            f"fleet {[a.device_id for a in fleet]}"
+        )
         api = Api(platform.api_url)
         yield Stack(brokers, platform, api, workdir, fleet)
     finally:

@@ -82,6 +82,18 @@ class MqttMessage:
 MessageHandler = Callable[[MqttMessage], None]
 
 
+class _Client(paho.Client):
+    """paho's client, taking a socket the event loop connected (no thread for the connect)."""
+
+    preconnected: socket.socket | None = None
+
+    def _create_socket_connection(self) -> socket.socket:
+        sock, self.preconnected = self.preconnected, None
+        if sock is not None:
+            return sock
+        return super()._create_socket_connection()
+
+
 def _properties(packet_type: int) -> Properties:
     return Properties(packet_type)  # type: ignore[no-untyped-call]
 
@@ -159,7 +171,7 @@ class MqttClient:
     async def start(self, timeout: float = 10.0) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        c = paho.Client(
+        c = _Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=MQTTProtocolVersion.MQTTv5,
@@ -215,7 +227,21 @@ class MqttClient:
 
     async def _dial(self) -> None:
         assert self._client is not None and self._loop is not None
-        rc = await self._loop.run_in_executor(None, self._client.reconnect)
+        if self._tls:  # paho's TLS handshake blocks: keep it off the loop
+            rc = await self._loop.run_in_executor(None, self._client.reconnect)
+        else:
+            # connect the TCP socket on the loop, then let paho send CONNECT on it
+            sock = socket.socket(socket.AF_INET6 if ":" in self._host else socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                async with asyncio.timeout(5.0):
+                    await self._loop.sock_connect(sock, (self._host, self._port))
+            except BaseException:
+                sock.close()
+                raise
+            assert isinstance(self._client, _Client)
+            self._client.preconnected = sock
+            rc = self._client.reconnect()
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise OSError(f"connect failed: {paho.error_string(rc)}")
 

@@ -187,3 +187,12 @@ def test_openapi_is_served(api: Api) -> None:
     assert api.http.get("/docs").status_code == 200
     h = api.http.get("/healthz")
     assert h.status_code == 200 and h.json()["status"] == "ok"
+
+
+def test_long_poll_waits_for_a_state(api: Api) -> None:
+    df_id = api.submit(spec([gen()], []))
+    r = api.http.get(f"/api/v1/dataflows/{df_id}", params={"wait": "completed,failed", "timeout": 20})
+    assert r.status_code == 200 and r.json()["state"] == "completed", r.text
+    r = api.http.get(f"/api/v1/dataflows/{df_id}", params={"wait": "sleeping"})
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"] == "query.wait"
+    assert api.http.get("/api/v1/dataflows/df-nope", params={"wait": "running"}).status_code == 404

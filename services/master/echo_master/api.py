@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -112,9 +112,28 @@ def create_api(ctx: ApiContext) -> FastAPI:
     async def list_dataflows() -> list[DataflowView]:
         return [dataflow_view(df) for df in await ctx.store.all()]
 
-    @app.get("/api/v1/dataflows/{df_id}", response_model=DataflowView, responses=ERRORS)
-    async def get_dataflow(df_id: str) -> DataflowView:
-        return dataflow_view(await ctx.store.get(df_id))
+    @app.get(
+        "/api/v1/dataflows/{df_id}",
+        response_model=DataflowView,
+        responses=ERRORS,
+        summary="One dataflow; with ?wait=, once it reaches one of those states (long poll)",
+    )
+    async def get_dataflow(
+        df_id: str,
+        wait: str | None = Query(
+            None, description="comma-separated dataflow states: answer once the dataflow is in one of them"
+        ),
+        timeout: float = Query(10.0, ge=0, le=60, description="seconds to wait at most (then answer anyway)"),
+    ) -> DataflowView:
+        if not wait:
+            return dataflow_view(await ctx.store.get(df_id))
+        try:
+            states = {DataflowState(w.strip()) for w in wait.split(",") if w.strip()}
+        except ValueError as e:
+            known = ", ".join(s.value for s in DataflowState)
+            raise SpecError([Problem("query.wait", f"{e}; states are {known}", "value_error")]) from e
+        await ctx.store.get(df_id)  # 404 at once for an unknown dataflow
+        return dataflow_view(await ctx.reconciler.wait_for(df_id, states, timeout))
 
     @app.delete(
         "/api/v1/dataflows/{df_id}",

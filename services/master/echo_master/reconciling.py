@@ -138,6 +138,8 @@ class Reconciler:
         await self.store.set_state(df.id, state, reason)
         trace.get_current_span().add_event("state", {"state": state.value, "reason": reason})
         df.state, df.reason = state, reason
+        async with self.changed:  # wake whoever waits for this dataflow (DELETE, ?wait=)
+            self.changed.notify_all()
 
     # ------------------------------------------------------------------ placing
 
