@@ -39,6 +39,15 @@ class PlacementConstraints(Strict):
     input_stream: str | None = Field(default=None, description="run on the device hosting this stream")
     labels: dict[str, str] = Field(default_factory=dict, description="every label must match")
     device: Identifier | None = Field(default=None, description="run on exactly this device")
+    accelerators: dict[str, int] = Field(
+        default_factory=dict, description="accelerators needed, by kind (e.g. {gpu: 1}); counts are reserved"
+    )
+    colocate_with: list[Identifier] = Field(
+        default_factory=list, description="tasks of this dataflow that must run on the same device"
+    )
+    anti_affinity: list[Identifier] = Field(
+        default_factory=list, description="tasks of this dataflow that must not run on the same device"
+    )
 
     def tiers(self) -> list[Tier]:
         if self.tier is None:
@@ -51,12 +60,21 @@ class Resources(Strict):
     memory_mb: int = Field(default=32, ge=0, le=16 * 1024 * 1024, description="memory in MiB")
 
 
+class Hints(Strict):
+    """What the scheduler assumes about a task's traffic (observed rates replace them once running)."""
+
+    rate: float | None = Field(default=None, ge=0, description="records/s a source emits")
+    selectivity: float | None = Field(default=None, ge=0, description="records out per record in")
+    record_bytes: int | None = Field(default=None, ge=1, description="bytes of an output record")
+
+
 class TaskSpec(Strict):
     id: Identifier
     operator: str = Field(min_length=1, max_length=256)
     config: dict[str, Any] = Field(default_factory=dict)
     placement: PlacementConstraints = Field(default_factory=PlacementConstraints)
     resources: Resources = Field(default_factory=Resources)
+    hints: Hints = Field(default_factory=Hints)
 
 
 class EdgeModel(StrEnum):
@@ -89,10 +107,17 @@ class EdgeSpec(Strict):
         return self.batch or BatchSpec()
 
 
+class PlacementStrategy(StrEnum):
+    round_robin = "round-robin"  # the original ECHO: input tasks pinned, the rest device by device
+    greedy = "greedy"  # the default: one pass in dependency order, scales to large DAGs and fleets
+    optimal = "optimal"  # an ILP (HiGHS) for small DAGs, with a time limit and greedy as fallback
+
+
 class DataflowSpec(Strict):
     name: Identifier
     tasks: list[TaskSpec] = Field(min_length=1)
     edges: list[EdgeSpec] = Field(default_factory=list)
+    placement_strategy: PlacementStrategy = PlacementStrategy.greedy
 
     @field_validator("tasks")
     @classmethod
@@ -128,6 +153,24 @@ class Capacity(Strict):
     memory_mb: int = Field(default=1024, ge=0)
 
 
+class Link(Strict):
+    """A network path's properties (declared at registration, or measured)."""
+
+    latency_ms: float = Field(ge=0, description="one-way latency")
+    bandwidth_mbps: float = Field(gt=0, description="usable bandwidth in megabits per second")
+
+
+class Connectivity(Strict):
+    """Which brokers a device's data plane reaches, and whether it can be dialled."""
+
+    brokers: list[str] = Field(
+        default_factory=lambda: ["mqtt"],
+        description="data brokers this device reaches: 'mqtt' (the platform's MQTT broker), "
+        "'nats' (the platform's NATS with JetStream)",
+    )
+    inbound: bool = Field(default=False, description="accepts inbound connections (not behind NAT)")
+
+
 class DeviceInfo(Strict):
     """What an agent declares about its device when it registers."""
 
@@ -137,6 +180,13 @@ class DeviceInfo(Strict):
     labels: dict[str, str] = Field(default_factory=dict)
     input_streams: list[str] = Field(default_factory=list)
     runtimes: list[str] = Field(default_factory=lambda: ["python"])
+    accelerators: dict[str, int] = Field(default_factory=dict, description="accelerators by kind, e.g. {gpu: 1}")
+    site: str = Field(default="", description="where the device is; devices of one site share a LAN")
+    connectivity: Connectivity = Field(default_factory=Connectivity)
+    links: dict[str, Link] = Field(
+        default_factory=dict, description="declared paths from this device to other sites (by site name)"
+    )
+    uplink: Link | None = Field(default=None, description="this device's path to the brokers, if declared")
     arch: str = ""
     hostname: str = ""
     agent_version: str = ""
@@ -152,10 +202,18 @@ class DeviceRecord(Strict):
     labels: dict[str, str] = Field(default_factory=dict)
     input_streams: list[str] = Field(default_factory=list)
     runtimes: list[str] = Field(default_factory=list)
+    accelerators: dict[str, int] = Field(default_factory=dict)
+    site: str = ""
+    connectivity: Connectivity = Field(default_factory=Connectivity)
+    links: dict[str, Link] = Field(default_factory=dict)
+    uplink: Link | None = None
     arch: str = ""
     hostname: str = ""
     agent_version: str = ""
     reaches_nats: bool = False
+    rtt_ms: dict[str, float] = Field(
+        default_factory=dict, description="measured round trip to each broker the device reaches"
+    )
     status: DeviceStatus = DeviceStatus.online
     status_since: float = 0.0
     registered_at: float = 0.0
@@ -182,21 +240,38 @@ class TaskPlacement(Strict):
     task: str
     device: str
     reason: str
+    satisfied: list[str] = Field(default_factory=list, description="the hard constraints it met there")
+    costs: dict[str, float] = Field(default_factory=dict, description="the cost terms of this choice")
+    runner_up: str | None = Field(default=None, description="the next best device, if any")
+    runner_up_reason: str = ""
 
 
 class ChannelSpec(Strict):
-    """The transport of one edge."""
+    """The transport of one edge (or of one leg of an edge through a relay)."""
 
     from_task: str
     to_task: str
-    transport: Literal["mqtt"] = "mqtt"
-    topic: str
+    transport: Literal["mqtt", "nats"] = "mqtt"
+    topic: str = Field(description="MQTT topic or NATS subject")
     reason: str = ""
+
+
+class RelayPlacement(Strict):
+    """A relay task the scheduler added: it forwards an edge between two brokers."""
+
+    id: str
+    device: str
+    from_task: str
+    to_task: str
+    reason: str
 
 
 class Placement(Strict):
     tasks: list[TaskPlacement]
     channels: list[ChannelSpec]
+    relays: list[RelayPlacement] = Field(default_factory=list)
+    strategy: str = "greedy"
+    cost: dict[str, float] = Field(default_factory=dict, description="the objective's terms, summed")
 
     def device_of(self, task: str) -> str:
         for p in self.tasks:

@@ -22,6 +22,10 @@ host its tasks):
 - ``{ns}/df/{dataflow}/{from_task}/{to_task}/resend``     the consumer asks for records or
   files again from a seq on (it saw a gap, or a file failed its check)
 
+NATS, data plane (JetStream stream ``{NS}_DATA``): ``{ns}.df.{dataflow}.{from}.{to}`` and its
+``.progress`` / ``.resend`` companions; the consumer's position is the durable consumer
+``{ns}-{dataflow}-{task}-from-{from}``.
+
 NATS (cloud services):
 
 - ``{ns}.scheduler.validate`` / ``{ns}.scheduler.place``     (queue group ``scheduler``)
@@ -96,13 +100,38 @@ class Names:
             f"{_check(from_task, 'task id')}/{_check(to_task, 'task id')}"
         )
 
+    def data_subject(self, dataflow: str, from_task: str, to_task: str) -> str:
+        """The NATS (JetStream) subject of a channel: ``{ns}.df.{dataflow}.{from}.{to}``."""
+        return (
+            f"{self.namespace}.df.{_check(dataflow, 'dataflow id')}."
+            f"{_check(from_task, 'task id')}.{_check(to_task, 'task id')}"
+        )
+
+    @property
+    def data_stream(self) -> str:
+        """The JetStream stream holding every NATS channel of this namespace."""
+        return f"{self.namespace.upper().replace('-', '_')}_DATA"
+
+    @property
+    def data_subjects(self) -> str:
+        return f"{self.namespace}.df.>"
+
+    @staticmethod
+    def is_subject(channel: str) -> bool:
+        """A NATS subject (dots) rather than an MQTT topic (slashes)."""
+        return "/" not in channel
+
     def progress_topic(self, data_topic: str) -> str:
         """Where a channel's consumer reports how far it got (retained): the producer's credit."""
-        return f"{data_topic}/progress"
+        return f"{data_topic}.progress" if self.is_subject(data_topic) else f"{data_topic}/progress"
 
     def resend_topic(self, data_topic: str) -> str:
         """Where a channel's consumer asks for records or files again (a gap, a corrupt file)."""
-        return f"{data_topic}/resend"
+        return f"{data_topic}.resend" if self.is_subject(data_topic) else f"{data_topic}/resend"
+
+    def consumer_name(self, dataflow: str, task: str, from_task: str) -> str:
+        """The durable JetStream consumer of one input of a task: its position belongs to the task."""
+        return f"{self.namespace}-{dataflow}-{task}-from-{from_task}"
 
     # --- MQTT client ids ------------------------------------------------------------------
     def agent_client_id(self, device: str) -> str:

@@ -117,7 +117,10 @@ class FileSender:
         if report.hwm > self.hwm:
             self.hwm = report.hwm
             for seq in [s for s in self.records if s <= self.hwm]:
-                del self.records[seq]
+                done_with = self.records.pop(seq)
+                if done_with.get("_transient"):  # ours to delete, now that the next hop has it
+                    with contextlib.suppress(OSError):
+                        os.unlink(done_with["path"])
                 self.sent.pop(seq, None)
                 fut = self.done.pop(seq, None)
                 if fut is not None and not fut.done():
@@ -169,7 +172,7 @@ class FileSender:
     async def _send(self, seq: int, record: dict[str, Any]) -> None:
         path = Path(record["path"])
         size = await asyncio.to_thread(os.path.getsize, path)
-        meta = {k: v for k, v in record.items() if k != "path"}
+        meta = {k: v for k, v in record.items() if k not in ("path", "_transient")}
         meta.setdefault("name", path.name)
         meta["size"] = size
         sha = hashlib.sha256()

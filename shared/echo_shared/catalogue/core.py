@@ -27,7 +27,17 @@ class FileSinkConfig(OperatorConfig):
     path: str = Field(min_length=1, description="file on the device; one JSON line per record")
 
 
+class RelayConfig(OperatorConfig):
+    pass
+
+
 CATALOGUE = entries(
+    OperatorInfo(
+        "core.relay",
+        Role.transform,
+        RelayConfig,
+        summary="forward an edge between two brokers (added by the scheduler, records or files)",
+    ),
     OperatorInfo(
         "io.generate", Role.source, GenerateConfig, stateful=True, summary="emit count records {seq: i}"
     ),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
 import stat
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -116,7 +118,34 @@ class FileSink(Operator):
             self._f = None
 
 
+class Relay(Operator):
+    """``core.relay``: forwards an edge between two brokers (the scheduler adds it).
+
+    Records pass unchanged. A received file is linked into the task's outbox and sent on;
+    marked ``_transient``, the outgoing file edge deletes it once the next hop confirmed it.
+    """
+
+    async def open(self, ctx: TaskContext) -> None:
+        await super().open(ctx)
+        self.outbox = ctx.data_dir / "outbox"
+
+    def process(self, record: Record) -> Iterable[Record]:
+        path = record.get("path") if isinstance(record, dict) else None
+        if not isinstance(path, str) or not Path(path).is_file():
+            return (record,)
+        self.outbox.mkdir(parents=True, exist_ok=True)
+        kept = self.outbox / Path(path).name
+        with contextlib.suppress(FileNotFoundError):
+            kept.unlink()
+        try:
+            os.link(path, kept)
+        except OSError:
+            shutil.copyfile(path, kept)
+        return ({**record, "path": str(kept), "_transient": True},)
+
+
 OPERATORS: dict[str, type[Operator]] = {
+    "core.relay": Relay,
     "io.generate": Generate,
     "core.passthrough": Passthrough,
     "stats.count_by_key": CountByKey,
