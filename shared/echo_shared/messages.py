@@ -63,6 +63,7 @@ class Heartbeat(Message):
     cpu_percent: float
     memory_percent: float
     tasks: list[TaskBrief] = Field(default_factory=list)
+    rtt_ms: dict[str, float] = Field(default_factory=dict, description="measured round trip to each broker")
 
 
 class Goodbye(Message):

@@ -180,7 +180,9 @@ class DeviceInfo(Strict):
     labels: dict[str, str] = Field(default_factory=dict)
     input_streams: list[str] = Field(default_factory=list)
     runtimes: list[str] = Field(default_factory=lambda: ["python"])
-    accelerators: dict[str, int] = Field(default_factory=dict, description="accelerators by kind, e.g. {gpu: 1}")
+    accelerators: dict[str, int] = Field(
+        default_factory=dict, description="accelerators by kind, e.g. {gpu: 1}"
+    )
     site: str = Field(default="", description="where the device is; devices of one site share a LAN")
     connectivity: Connectivity = Field(default_factory=Connectivity)
     links: dict[str, Link] = Field(

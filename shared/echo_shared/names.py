@@ -11,6 +11,7 @@ MQTT, per device — everything a device reads or writes about itself sits under
 - ``{ns}/dev/{device}/cmd``     master -> agent     control commands
 - ``{ns}/dev/{device}/ack``     agent -> master     command acknowledgements
 - ``{ns}/dev/{device}/status``  agent -> master     task state changes
+- ``{ns}/dev/{device}/probe``   agent -> nobody     timed for the RTT to the broker
 
 MQTT, data plane — a channel belongs to an edge of a dataflow, not to a device, so a
 task that moves keeps its channel (ACLs are granted per dataflow to the devices that
@@ -81,9 +82,13 @@ class Names:
     def status_topic(self, device: str) -> str:
         return f"{self.device_prefix(device)}/status"
 
+    def probe_topic(self, device: str) -> str:
+        """Nobody subscribes: the agent times the broker's PUBACK of a probe (its RTT)."""
+        return f"{self.device_prefix(device)}/probe"
+
     def any_device_topic(self, leaf: str) -> str:
         """Wildcard subscription for one kind of per-device message (``hb``, ``ack``...)."""
-        if leaf not in {"hello", "hb", "bye", "cmd", "ack", "status"}:
+        if leaf not in {"hello", "hb", "bye", "cmd", "ack", "status", "probe"}:
             raise ValueError(f"unknown device topic leaf {leaf!r}")
         return f"{self.namespace}/dev/+/{leaf}"
 

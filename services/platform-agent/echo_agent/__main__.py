@@ -1,5 +1,10 @@
 """``echo-agent --device-id ID --tier edge|fog|cloud [--input-stream NAME]... [--label k=v]...
-[--cpu N] [--memory-mb N]``; brokers from ``ECHO_MQTT_URL`` (and ``ECHO_NATS_URL``)."""
+[--cpu N] [--memory-mb N]``; brokers from ``ECHO_MQTT_URL`` (and ``ECHO_NATS_URL``).
+
+Placement inputs: ``--site NAME``, ``--broker mqtt|nats`` (the data brokers this device
+reaches; default: mqtt, plus nats when ``ECHO_NATS_URL`` is set), ``--inbound``,
+``--uplink-latency-ms X --uplink-mbps Y`` (its path to the brokers), ``--link SITE=MS:MBPS``
+(paths to other sites), ``--accelerator KIND=N``, ``--runtime NAME`` (override detection)."""
 
 from __future__ import annotations
 
@@ -23,6 +28,37 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--cpu", type=float, help="CPU cores offered to tasks (default: all)")
     p.add_argument("--memory-mb", type=int, help="memory offered to tasks in MiB (default: all)")
     p.add_argument("--data-dir", help="working directory for tasks")
+    p.add_argument("--site", help="where the device is (devices of one site share a LAN)")
+    p.add_argument(
+        "--broker",
+        action="append",
+        choices=["mqtt", "nats"],
+        metavar="mqtt|nats",
+        help="a data broker this device reaches (repeatable)",
+    )
+    p.add_argument("--inbound", action="store_true", help="the device accepts inbound connections")
+    p.add_argument("--uplink-latency-ms", type=float, help="one-way latency to the brokers")
+    p.add_argument("--uplink-mbps", type=float, help="bandwidth to the brokers")
+    p.add_argument(
+        "--link",
+        action="append",
+        default=[],
+        metavar="SITE=MS:MBPS",
+        help="latency and bandwidth to another site (repeatable)",
+    )
+    p.add_argument(
+        "--accelerator",
+        action="append",
+        default=[],
+        metavar="KIND=N",
+        help="an accelerator the device has (repeatable)",
+    )
+    p.add_argument(
+        "--runtime",
+        action="append",
+        metavar="NAME",
+        help="a runtime this device offers (repeatable; default: detected)",
+    )
     a = p.parse_args(argv)
     labels: dict[str, str] = {}
     for item in a.label:
@@ -36,9 +72,39 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
         "input_streams": a.input_stream,
         "labels": labels,
     }
-    for name in ("cpu", "memory_mb", "data_dir"):
+    for name in ("cpu", "memory_mb", "data_dir", "site"):
         if getattr(a, name) is not None:
             out[name] = getattr(a, name)
+    if a.broker:
+        out["brokers"] = a.broker
+    if a.inbound:
+        out["inbound"] = True
+    if a.runtime:
+        out["runtimes"] = a.runtime
+    if (a.uplink_latency_ms is None) != (a.uplink_mbps is None):
+        p.error("--uplink-latency-ms and --uplink-mbps go together")
+    if a.uplink_latency_ms is not None:
+        out["uplink"] = {"latency_ms": a.uplink_latency_ms, "bandwidth_mbps": a.uplink_mbps}
+    links: dict[str, dict[str, float]] = {}
+    for item in a.link:
+        site, sep, rest = item.partition("=")
+        ms, sep2, mbps = rest.partition(":")
+        try:
+            links[site] = {"latency_ms": float(ms), "bandwidth_mbps": float(mbps)}
+        except ValueError:
+            p.error(f"--link expects SITE=MS:MBPS, got {item!r}")
+        if not sep or not sep2 or not site:
+            p.error(f"--link expects SITE=MS:MBPS, got {item!r}")
+    if links:
+        out["links"] = links
+    accelerators: dict[str, int] = {}
+    for item in a.accelerator:
+        kind, sep, n = item.partition("=")
+        if not sep or not kind or not n.isdigit():
+            p.error(f"--accelerator expects KIND=N, got {item!r}")
+        accelerators[kind] = int(n)
+    if accelerators:
+        out["accelerators"] = accelerators
     return out
 
 

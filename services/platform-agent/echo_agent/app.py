@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 
 from echo_shared.messages import Goodbye
@@ -70,6 +71,12 @@ async def run(settings: AgentSettings, stop: asyncio.Event) -> None:
 
         watcher = asyncio.create_task(watch_contention())
         try:
+
+            async def probe_mqtt() -> float:
+                t0 = time.perf_counter()
+                await control.publish(names.probe_topic(device), b"", qos=1)
+                return time.perf_counter() - t0
+
             await heartbeats.run(
                 device,
                 boot_id,
@@ -77,6 +84,7 @@ async def run(settings: AgentSettings, stop: asyncio.Event) -> None:
                 manager.briefs,
                 lambda b: control.publish(names.heartbeat_topic(device), b, qos=0),
                 stop,
+                probes={"mqtt": probe_mqtt},
             )
         finally:
             watcher.cancel()

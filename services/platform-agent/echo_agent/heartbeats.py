@@ -8,19 +8,20 @@ import os
 import platform
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import psutil
 
 from echo_shared import __version__
 from echo_shared.lifecycle import wait_or_stop
 from echo_shared.messages import DeviceHello, Heartbeat, TaskBrief
-from echo_shared.models import Capacity, DeviceInfo
+from echo_shared.models import Capacity, Connectivity, DeviceInfo
 
 from . import runtimes
 from .settings import AgentSettings
 
 log = logging.getLogger(__name__)
+PROBE_EVERY = 5
 
 
 def device_info(s: AgentSettings) -> DeviceInfo:
@@ -35,6 +36,14 @@ def device_info(s: AgentSettings) -> DeviceInfo:
         runtimes=s.runtimes
         if s.runtimes is not None
         else sorted(name for name, why_not in runtimes.detect().items() if why_not is None),
+        accelerators=s.accelerators,
+        site=s.site,
+        connectivity=Connectivity(
+            brokers=s.brokers if s.brokers is not None else (["mqtt", "nats"] if s.nats_url else ["mqtt"]),
+            inbound=s.inbound,
+        ),
+        links=s.links,
+        uplink=s.uplink,
         arch=platform.machine(),
         hostname=socket.gethostname(),
         agent_version=__version__,
@@ -53,10 +62,23 @@ async def run(
     briefs: Callable[[], list[TaskBrief]],
     send: Callable[[bytes], object],
     stop: asyncio.Event,
+    probes: dict[str, Callable[[], Awaitable[float]]] | None = None,
 ) -> None:
-    """Send a heartbeat every ``interval`` seconds until ``stop``."""
+    """Send a heartbeat every ``interval`` seconds until ``stop``, with the round trip to
+    each broker measured every ``PROBE_EVERY`` heartbeats (``probes``: broker -> coroutine
+    returning seconds)."""
     psutil.cpu_percent(interval=None)  # prime: the first reading is meaningless
+    rtt_ms: dict[str, float] = {}
+    beats = 0
     while True:
+        if probes and beats % PROBE_EVERY == 0:
+            for broker, probe in probes.items():
+                try:
+                    async with asyncio.timeout(max(interval, 1.0)):
+                        rtt_ms[broker] = round(await probe() * 1000, 3)
+                except Exception as e:
+                    log.debug("rtt probe of %s failed: %s", broker, e)
+        beats += 1
         hb = Heartbeat(
             device=device,
             boot_id=boot_id,
@@ -64,6 +86,7 @@ async def run(
             cpu_percent=psutil.cpu_percent(interval=None),
             memory_percent=psutil.virtual_memory().percent,
             tasks=briefs(),
+            rtt_ms=dict(rtt_ms),
         )
         try:
             send(hb.to_bytes())

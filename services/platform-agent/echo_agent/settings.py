@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from echo_shared.models import Tier
+from echo_shared.models import Link, Tier
 from echo_shared.settings import CommonSettings, LivenessSettings, MqttSettings
 
 
@@ -20,6 +20,14 @@ class AgentSettings(CommonSettings, MqttSettings, LivenessSettings):
     runtimes: list[str] | None = Field(
         default=None, description="runtimes this device offers (default: those detected as usable)"
     )
+    site: str = Field(default="", description="where the device is")
+    brokers: list[str] | None = Field(
+        default=None, description="data brokers the device reaches (default: mqtt, and nats if ECHO_NATS_URL)"
+    )
+    inbound: bool = False
+    uplink: Link | None = None
+    links: dict[str, Link] = Field(default_factory=dict)
+    accelerators: dict[str, int] = Field(default_factory=dict)
     cpu: float | None = Field(default=None, gt=0, description="CPU cores offered (default: all)")
     memory_mb: int | None = Field(default=None, gt=0, description="memory offered (default: all)")
     data_dir: Path = Field(default=Path(".echo/agent-data"), description="task working directories")

@@ -82,7 +82,7 @@ class Intake:
             hb = Heartbeat.from_bytes(msg.payload)
             try:
                 prev = await self.store.heartbeat(
-                    device, now, hb.cpu_percent, hb.memory_percent, len(hb.tasks)
+                    device, now, hb.cpu_percent, hb.memory_percent, len(hb.tasks), hb.rtt_ms
                 )
             except UnknownDevice:
                 log.debug("heartbeat from unregistered device %s", device)

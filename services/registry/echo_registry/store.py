@@ -8,10 +8,13 @@ Lua script, so a liveness sweep and a heartbeat that race cannot undo each other
 
 from __future__ import annotations
 
+import json
+
 import redis.asyncio as aioredis
 
 from echo_shared.models import DeviceInfo, DeviceRecord, DeviceStatus
 from echo_shared.names import Names
+from echo_shared.redis_store import fields
 
 from .errors import UnknownDevice
 
@@ -58,16 +61,22 @@ class DeviceStore:
         return (DeviceStatus(str(prev)) if prev else None), (str(prev_boot) if prev_boot else None)
 
     async def heartbeat(
-        self, device: str, now: float, cpu: float, mem: float, tasks: int
+        self,
+        device: str,
+        now: float,
+        cpu: float,
+        mem: float,
+        tasks: int,
+        rtt_ms: dict[str, float] | None = None,
     ) -> DeviceStatus | None:
         """Record a heartbeat; returns the previous status when this brought the device back online."""
         key = self.names.device_key(device)
         if not await self.r.exists(key):
             raise UnknownDevice(device)
-        await self.r.hset(
-            key,
-            mapping={"last_heartbeat": repr(now), "cpu": repr(cpu), "mem": repr(mem), "tasks": str(tasks)},
-        )
+        mapping = {"last_heartbeat": repr(now), "cpu": repr(cpu), "mem": repr(mem), "tasks": str(tasks)}
+        if rtt_ms:
+            mapping["rtt"] = json.dumps(rtt_ms)
+        await self.r.hset(key, mapping=fields(mapping))
         prev = await self._transition(keys=[key], args=["", "", DeviceStatus.online.value, repr(now)])
         return DeviceStatus(prev) if prev else None
 
@@ -124,4 +133,5 @@ def _record(data: dict[str, str]) -> DeviceRecord:
         cpu_percent=_float(data.get("cpu")),
         memory_percent=_float(data.get("mem")),
         tasks=int(data.get("tasks") or 0),
+        rtt_ms=json.loads(data["rtt"]) if data.get("rtt") else {},
     )
