@@ -44,6 +44,11 @@ get_app = typer.Typer(help="Show dataflows and devices.", no_args_is_help=True)
 dev_app = typer.Typer(help="Run ECHO on this machine for development.", no_args_is_help=True)
 app.add_typer(get_app, name="get")
 app.add_typer(dev_app, name="dev")
+testbed_app = typer.Typer(
+    help="An emulated edge/fog/cloud fleet on this machine (root: network namespaces).",
+    no_args_is_help=True,
+)
+app.add_typer(testbed_app, name="testbed")
 
 
 class Output(StrEnum):
@@ -221,6 +226,38 @@ def dev_up(
     code = run(api_port=api_port, submit=submit_files)
     if code:
         raise typer.Exit(code)
+
+
+# ---------------------------------------------------------------------------- testbed
+
+
+@testbed_app.command("up")
+@cli_errors
+def testbed_up(
+    api_port: int = typer.Option(8099, "--api-port", help="Port of the REST API (a free one if it is busy)."),
+    fleet: str | None = typer.Option(
+        None, "--fleet", help="YAML file of devices and their network paths (default: the built-in fleet)."
+    ),
+    submit_files: list[str] = typer.Option(
+        [], "--submit", help="Spec file to submit once the testbed is up (repeatable); '-' is stdin."
+    ),
+) -> None:
+    """Start brokers, services and agents behind emulated latency/bandwidth; Ctrl-C stops and cleans up."""
+    from .testbed.up import testbed_up as run
+
+    code = run(api_port=api_port, submit=submit_files, fleet_file=fleet)
+    if code:
+        raise typer.Exit(code)
+
+
+@testbed_app.command("clean")
+@cli_errors
+def testbed_clean() -> None:
+    """Remove namespaces, veth pairs and bridges left by testbeds that were killed."""
+    from .testbed.up import testbed_clean as run
+
+    swept = run()
+    stdout().print(f"removed testbeds: {', '.join(swept)}" if swept else "nothing to remove")
 
 
 if __name__ == "__main__":

@@ -77,6 +77,7 @@ class MqttMessage:
     dup: bool
     epoch: int
     user_properties: dict[str, str] = field(default_factory=dict)
+    source: Any = None  # the client that delivered it (acks go back through it); None: this one
 
 
 MessageHandler = Callable[[MqttMessage], None]

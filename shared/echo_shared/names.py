@@ -23,9 +23,10 @@ host its tasks):
 - ``{ns}/df/{dataflow}/{from_task}/{to_task}/resend``     the consumer asks for records or
   files again from a seq on (it saw a gap, or a file failed its check)
 
-NATS, data plane (JetStream stream ``{NS}_DATA``): ``{ns}.df.{dataflow}.{from}.{to}`` and its
-``.progress`` / ``.resend`` companions; the consumer's position is the durable consumer
-``{ns}-{dataflow}-{task}-from-{from}``.
+NATS, data plane (work-queue JetStream stream ``{NS}_DATA``): ``{ns}.df.{dataflow}.{from}.{to}``;
+its consumer's position is the durable consumer ``{ns}-{dataflow}-{task}-from-{from}``;
+progress reports are entries ``{ns}.dfctl.{dataflow}.{from}.{to}.progress`` of the key-value
+bucket ``{NS}_PROGRESS``; resend requests go to ``{ns}.dfctl.{dataflow}.{from}.{to}.resend``.
 
 NATS (cloud services):
 
@@ -126,13 +127,43 @@ class Names:
         """A NATS subject (dots) rather than an MQTT topic (slashes)."""
         return "/" not in channel
 
+    def _control_subject(self, data_subject: str, leaf: str) -> str:
+        # outside {ns}.df.> so the data stream does not capture it
+        prefix = f"{self.namespace}.df."
+        if not data_subject.startswith(prefix):
+            raise ValueError(f"not a data subject: {data_subject!r}")
+        return f"{self.namespace}.dfctl.{data_subject[len(prefix):]}.{leaf}"
+
     def progress_topic(self, data_topic: str) -> str:
         """Where a channel's consumer reports how far it got (retained): the producer's credit."""
-        return f"{data_topic}.progress" if self.is_subject(data_topic) else f"{data_topic}/progress"
+        if self.is_subject(data_topic):
+            return self._control_subject(data_topic, "progress")
+        return f"{data_topic}/progress"
 
     def resend_topic(self, data_topic: str) -> str:
         """Where a channel's consumer asks for records or files again (a gap, a corrupt file)."""
-        return f"{data_topic}.resend" if self.is_subject(data_topic) else f"{data_topic}/resend"
+        if self.is_subject(data_topic):
+            return self._control_subject(data_topic, "resend")
+        return f"{data_topic}/resend"
+
+    def is_channel_control(self, subject: str) -> bool:
+        return subject.startswith(f"{self.namespace}.dfctl.")
+
+    @property
+    def progress_bucket(self) -> str:
+        """The key-value bucket holding NATS channels' progress reports (MQTT: retained)."""
+        return f"{self.namespace.upper().replace('-', '_')}_PROGRESS"
+
+    def progress_key(self, progress_subject: str) -> str:
+        return progress_subject
+
+    def consumer_for(self, data_subject: str) -> str:
+        """The durable consumer that reads ``data_subject`` for its consuming task."""
+        parts = data_subject.split(".")
+        if len(parts) != 5 or parts[0] != self.namespace or parts[1] != "df":
+            raise ValueError(f"not a data subject: {data_subject!r}")
+        _, _, dataflow, from_task, to_task = parts
+        return self.consumer_name(dataflow, to_task, from_task)
 
     def consumer_name(self, dataflow: str, task: str, from_task: str) -> str:
         """The durable JetStream consumer of one input of a task: its position belongs to the task."""

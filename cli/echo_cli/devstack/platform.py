@@ -24,6 +24,11 @@ class AgentSpec:
     labels: tuple[tuple[str, str], ...] = ()
     cpu: float | None = None
     memory_mb: int | None = None
+    nats: bool | None = None  # reaches NATS (default: fog and cloud do, edge does not)
+
+    @property
+    def reaches_nats(self) -> bool:
+        return self.nats if self.nats is not None else self.tier != "edge"
 
     def argv(self) -> list[str]:
         out = ["--device-id", self.device_id, "--tier", self.tier]
@@ -90,11 +95,14 @@ class Platform:
 
     def start_agent(self, spec: AgentSpec) -> ManagedProcess:
         data = self.workdir / "agents" / spec.device_id
+        env = self.env()
+        if not spec.reaches_nats:
+            env["ECHO_NATS_URL"] = ""  # an edge device dials out to MQTT only
         proc = ManagedProcess(
             f"agent-{spec.device_id}",
             [sys.executable, "-m", "echo_agent", *spec.argv(), "--data-dir", str(data)],
             log_dir=self.logs,
-            env=self.env(),
+            env=env,
         )
         self.agents[spec.device_id] = proc
         return proc

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from echo_shared import __version__
 from echo_shared.errors import EchoError, NotFoundError, Problem, SpecError
 from echo_shared.messages import DeviceGetReply, DeviceGetRequest, DeviceListReply, DeviceListRequest
-from echo_shared.models import DataflowSpec, DataflowState, DeviceRecord
+from echo_shared.models import DataflowSpec, DataflowState, DeviceRecord, Placement
 from echo_shared.operators import join_loc
 
 from . import submitting
@@ -134,6 +134,19 @@ def create_api(ctx: ApiContext) -> FastAPI:
             raise SpecError([Problem("query.wait", f"{e}; states are {known}", "value_error")]) from e
         await ctx.store.get(df_id)  # 404 at once for an unknown dataflow
         return dataflow_view(await ctx.reconciler.wait_for(df_id, states, timeout))
+
+    @app.get(
+        "/api/v1/dataflows/{df_id}/placement",
+        response_model=Placement,
+        responses=ERRORS,
+        summary="Why each task runs where it runs: constraints met, cost terms, runner-up; each "
+        "edge's channel and why",
+    )
+    async def get_placement(df_id: str) -> Placement:
+        df = await ctx.store.get(df_id)
+        if df.placement is None:
+            raise NotFoundError("placement of dataflow", f"{df_id} (it is {df.state.value})")
+        return df.placement
 
     @app.delete(
         "/api/v1/dataflows/{df_id}",

@@ -150,7 +150,7 @@ class Reconciler:
                 continue
             for rec in other.tasks.values():
                 if rec.device and rec.state not in (TaskState.finished, TaskState.stopped, TaskState.failed):
-                    res = other.spec.task(rec.id).resources
+                    res = other.effective.task(rec.id).resources
                     add_reservation(total, rec.device, res.cpu, res.memory_mb)
         return total
 
@@ -178,7 +178,7 @@ class Reconciler:
         assert df.placement is not None
         if any(r.state not in SETTLED for r in df.tasks.values()) and df.state is not DataflowState.deploying:
             await self._set_state(df, DataflowState.deploying)
-        for level in deploy_levels(df.spec):
+        for level in deploy_levels(df.effective):
             waiting = [df.tasks[t] for t in level if df.tasks[t].state not in SETTLED]
             if not waiting:
                 continue
@@ -223,7 +223,7 @@ class Reconciler:
 
     async def _deploy(self, df: Dataflow, rec: TaskRecord) -> CommandAck:
         assert rec.device and df.placement is not None
-        cmd = deploy_command(df.id, df.spec, df.placement, rec)  # the caller marked it deploying
+        cmd = deploy_command(df.id, df.effective, df.placement, rec)  # the caller marked it deploying
         with self._tracer.start_as_current_span(f"deploy {rec.id} to {rec.device}") as span:
             span.set_attribute("echo.device", rec.device)
             span.set_attribute("echo.generation", rec.generation)

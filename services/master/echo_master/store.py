@@ -30,6 +30,7 @@ from echo_shared.models import (
     TaskState,
 )
 from echo_shared.names import Names
+from echo_shared.placement_graph import RELAY_OPERATOR, effective_spec
 from echo_shared.redis_store import fields
 
 # KEYS[1] tasks hash; ARGV[1] task id; ARGV[2] patch (JSON object); ARGV[3] generation the
@@ -86,6 +87,8 @@ class Dataflow:
         self.placement = Placement.model_validate_json(raw["placement"]) if raw.get("placement") else None
         self.traceparent = raw.get("traceparent", "")
         self.tasks = tasks
+        # what is deployed: the spec with the relays its placement added
+        self.effective = effective_spec(self.spec, self.placement)
 
 
 class DataflowStore:
@@ -186,17 +189,25 @@ class DataflowStore:
         current = await self.r.hgetall(key)
         now = time.time()
         updated: dict[str, str] = {}
-        for tp in placement.tasks:
-            rec = TaskRecord.model_validate_json(current[tp.task])
-            rec.device = tp.device
-            rec.generation = generations[tp.task]
-            rec.placement_reason = tp.reason
+        for relay in placement.relays:  # tasks the scheduler added: records of their own
+            if relay.id not in current:
+                current[relay.id] = TaskRecord(
+                    id=relay.id, operator=RELAY_OPERATOR, updated_at=now
+                ).model_dump_json()
+                generations.setdefault(relay.id, 1)
+        placed = [(tp.task, tp.device, tp.reason) for tp in placement.tasks]
+        placed += [(r.id, r.device, r.reason) for r in placement.relays]
+        for task_id, device, reason in placed:
+            rec = TaskRecord.model_validate_json(current[task_id])
+            rec.device = device
+            rec.generation = generations[task_id]
+            rec.placement_reason = reason
             rec.state = TaskState.pending
             rec.reason = ""
             rec.updated_at = now
             rec.attempts = 0
             rec.last_command_at = 0.0
-            updated[tp.task] = rec.model_dump_json()
+            updated[task_id] = rec.model_dump_json()
         async with self.r.pipeline(transaction=True) as p:
             p.hset(key, mapping=fields(updated))
             p.hset(

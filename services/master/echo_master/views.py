@@ -66,8 +66,10 @@ class DataflowView(BaseModel):
 def dataflow_view(df: Dataflow) -> DataflowView:
     channels = {(c.from_task, c.to_task): c for c in (df.placement.channels if df.placement else [])}
     tasks = []
-    for t in df.spec.tasks:
-        rec = df.tasks[t.id]
+    for t in df.effective.tasks:  # the user's tasks, then any relay the placement added
+        rec = df.tasks.get(t.id)
+        if rec is None:
+            continue
         tasks.append(
             TaskView(
                 id=t.id,
@@ -82,7 +84,7 @@ def dataflow_view(df: Dataflow) -> DataflowView:
             )
         )
     edges = []
-    for e in df.spec.edges:
+    for e in df.effective.edges:
         ch = channels.get((e.from_, e.to))
         edges.append(
             EdgeView(

@@ -41,11 +41,12 @@ from pydantic import ValidationError
 from echo_shared.codec import Decoded, encode_eos, encode_records
 from echo_shared.messages import Binding, ChannelProgress, ResendRequest
 from echo_shared.models import EdgeModel
-from echo_shared.mqtt import MqttClient, MqttMessage
+from echo_shared.mqtt import MqttMessage
 from echo_shared.names import Names
 
 from .files import FileSender
 from .retransmit import RETRANSMIT_AFTER, Unconfirmed
+from .transports import Transport
 
 DEFAULT_WINDOW = 10_000
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ def _chain(src: asyncio.Future[None], dst: asyncio.Future[None]) -> None:
 class Outputs:
     def __init__(
         self,
-        mqtt: MqttClient,
+        mqtt: Transport,
         producer: str,
         generation: int,
         bindings: list[Binding],
@@ -141,6 +142,7 @@ class Outputs:
         window: int = DEFAULT_WINDOW,
     ) -> None:
         self.mqtt = mqtt
+        self.names = names
         self.producer = producer
         self.generation = generation
         self.seq = start_seq
@@ -339,8 +341,14 @@ class Outputs:
         if report.hwm > self.acked[msg.topic]:
             self.acked[msg.topic] = report.hwm
         self._credit.set()
-        if first and not isinstance(ch, FileSender) and ch.unconfirmed:
-            # what we published before this consumer subscribed went to nobody: send it again
+        if (
+            first
+            and not isinstance(ch, FileSender)
+            and ch.unconfirmed
+            and not self.names.is_subject(ch.topic)
+        ):
+            # MQTT: what we published before this consumer subscribed went to nobody (a NATS
+            # channel's work queue keeps it): send it again
             self.resend(ch, report.hwm + 1, "consumer subscribed")
 
     @property
@@ -411,7 +419,7 @@ class Progress:
     INTERVAL = 0.5  # report at least this often while moving: silence means stuck
     CAUGHT_UP_GAP = 0.05  # when caught up, report at most this often (a slow stream: not per message)
 
-    def __init__(self, mqtt: MqttClient, consumer: str, topics: dict[str, str], step: int) -> None:
+    def __init__(self, mqtt: Transport, consumer: str, topics: dict[str, str], step: int) -> None:
         self.mqtt = mqtt
         self.consumer = consumer
         self.topics = topics  # producer -> progress topic
@@ -486,7 +494,7 @@ class Progress:
 class AckQueue:
     """Acknowledge input messages in arrival order, each once its outputs are safe."""
 
-    def __init__(self, mqtt: MqttClient) -> None:
+    def __init__(self, mqtt: Transport) -> None:
         self.mqtt = mqtt
         self._queue: collections.deque[tuple[MqttMessage, asyncio.Future[Any] | None]] = collections.deque()
         self.empty = asyncio.Event()

@@ -31,12 +31,13 @@ from typing import Any
 from echo_shared.codec import BadDataMessage, decode, decode_chunk, is_chunk
 from echo_shared.messages import Binding, ResendRequest, TaskSnapshot
 from echo_shared.models import EdgeModel
-from echo_shared.mqtt import MqttClient, MqttMessage
+from echo_shared.mqtt import MqttMessage
 from echo_shared.names import Names
 
 from .channels import AckQueue, Gap, Inputs, Outputs, Progress, incoming_dir
 from .files import RESEND_INTERVAL, FileReceiver
 from .operators import Operator, Record
+from .transports import Transport
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class Consumer:
         *,
         task: str,
         op: Operator,
-        mqtt: MqttClient,
+        mqtt: Transport,
         outputs: Outputs,
         inputs: list[Binding],
         names: Names,

@@ -32,9 +32,9 @@ from typing import IO, Any
 
 from echo_shared.codec import encode_chunk
 from echo_shared.messages import ChannelProgress, FileChunkHeader, ResendRequest
-from echo_shared.mqtt import MqttClient
 
 from .retransmit import Unconfirmed
+from .transports import Transport
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ RESEND_INTERVAL = 1.0
 class FileSender:
     def __init__(
         self,
-        mqtt: MqttClient,
+        mqtt: Transport,
         producer: str,
         generation: int,
         topic: str,
@@ -235,7 +235,7 @@ class FileReceiver:
 
     def __init__(
         self,
-        mqtt: MqttClient,
+        mqtt: Transport,
         consumer: str,
         producer: str,
         resend_topic: str,

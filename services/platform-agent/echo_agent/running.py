@@ -26,7 +26,9 @@ from echo_shared.names import Names
 
 from .channels import DEFAULT_WINDOW, Outputs
 from .consuming import Consumer, call
+from .natschannels import NatsChannels
 from .operators import Operator, TaskContext, build
+from .transports import Transports
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ class TaskRunner:
         self.state = TaskState.pending
         self.reason = ""
         self.mqtt: MqttClient | None = None
+        self.transport: Transports | None = None
         self.op: Operator | None = None
         self.outputs: Outputs | None = None
         self.consumer: Consumer | None = None
@@ -130,15 +133,37 @@ class TaskRunner:
             return
         has_inputs = bool(cmd.inputs)
         data_dir = self.data_dir / cmd.dataflow / cmd.task
-        self.mqtt = MqttClient(
-            self.mqtt_url,
-            self.names.task_client_id(cmd.dataflow, cmd.task),
-            on_message=self._on_message,
-            persistent=has_inputs,
-            session_expiry=self.session_expiry,
-            receive_maximum=Consumer.receive_maximum(self.op, cmd.outputs),
-            manual_ack=True,
+        channels = [b.topic for b in (*cmd.inputs, *cmd.outputs)]
+        uses_nats = any(self.names.is_subject(c) for c in channels)
+        uses_mqtt = not channels or any(not self.names.is_subject(c) for c in channels)
+        if uses_nats and not self.nats_url:
+            self._set(
+                TaskState.failed,
+                f"a channel of {cmd.task} is on NATS, and {self.device} has no NATS URL",
+                report=False,
+            )
+            return
+        client_id = self.names.task_client_id(cmd.dataflow, cmd.task)
+        mqtt = (
+            MqttClient(
+                self.mqtt_url,
+                client_id,
+                on_message=self._on_message,
+                persistent=has_inputs,
+                session_expiry=self.session_expiry,
+                receive_maximum=Consumer.receive_maximum(self.op, cmd.outputs),
+                manual_ack=True,
+            )
+            if uses_mqtt
+            else None
         )
+        nats = (
+            NatsChannels(self.nats_url, self.names, client_id, self._on_message)
+            if uses_nats and self.nats_url
+            else None
+        )
+        self.transport = Transports(self.names, mqtt, nats)
+        self.mqtt = mqtt
         restore = cmd.restore
         if restore is not None and restore.state is not None:
             try:
@@ -150,7 +175,7 @@ class TaskRunner:
                 return
         # before connecting: retained progress reports arrive with the subscription
         self.outputs = Outputs(
-            self.mqtt,
+            self.transport,
             cmd.task,
             cmd.generation,
             cmd.outputs,
@@ -162,7 +187,7 @@ class TaskRunner:
             self.consumer = Consumer(
                 task=cmd.task,
                 op=self.op,
-                mqtt=self.mqtt,
+                mqtt=self.transport,
                 outputs=self.outputs,
                 inputs=cmd.inputs,
                 names=self.names,
@@ -171,12 +196,12 @@ class TaskRunner:
                 restore=restore,
             )
         try:
-            await self.mqtt.start()
+            await self.transport.start()
             # the inputs, and for the outputs the consumers' progress (our credit; retained)
             # and their resend requests: one round trip
             topics = [b.topic for b in cmd.inputs] + self.outputs.subscriptions()
             if topics:
-                await self.mqtt.subscribe(topics, qos=1)
+                await self.transport.subscribe(topics, qos=1)
             if self.consumer is not None:
                 self.consumer.progress.announce(self.consumer.inputs.hwm)
             await self.outputs.start()
@@ -268,20 +293,21 @@ class TaskRunner:
             return
         if self.outputs is not None:
             self.outputs.on_control(msg)  # progress reports and file resend requests
-        if self.mqtt is not None:
-            self.mqtt.ack(msg)
+        if self.transport is not None:
+            self.transport.ack(msg)
 
     async def _teardown(self, *, discard: bool) -> None:
         if self.outputs is not None:
             await self.outputs.stop()
         if self.consumer is not None:
             self.consumer.close()
-        if self.mqtt is None:
+        if self.transport is None:
             return
-        if discard and self.consumer is not None and self.mqtt.connected:
+        if discard and self.consumer is not None and self.transport.connected:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.gather(*self.consumer.progress.clear()), 2.0)
-        await self.mqtt.close(discard_session=discard)
+                async with asyncio.timeout(2.0):
+                    await asyncio.gather(*self.consumer.progress.clear())
+        await self.transport.close(discard_session=discard)
 
     async def _guard(self, body: object) -> None:
         assert asyncio.iscoroutine(body)
@@ -311,8 +337,8 @@ class TaskRunner:
             await self._teardown(discard=False)
 
     async def _watch_takeover(self) -> None:
-        assert self.mqtt is not None
-        await self.mqtt.taken_over.wait()
+        assert self.transport is not None
+        await self.transport.taken_over.wait()
         # an independent task: stop() cancels the body, and with it this watcher
         self._takeover_stop = asyncio.create_task(
             self.stop(discard_session=False, reason="another copy of this task took over its session")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from echo_shared.models import Link, Tier
 from echo_shared.settings import CommonSettings, LivenessSettings, MqttSettings
@@ -13,6 +13,12 @@ from echo_shared.settings import CommonSettings, LivenessSettings, MqttSettings
 class AgentSettings(CommonSettings, MqttSettings, LivenessSettings):
     service_name: str = "echo-agent"
     nats_url: str | None = Field(default=None, description="set when this device can reach NATS")
+
+    @field_validator("nats_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: object) -> object:
+        return None if v == "" else v
+
     device_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
     tier: Tier
     input_streams: list[str] = Field(default_factory=list)

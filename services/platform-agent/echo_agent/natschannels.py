@@ -1,0 +1,287 @@
+"""NATS channels: a task's data plane over JetStream, behind the same interface as MQTT.
+
+The scheduler gives an edge a NATS channel when both devices reach NATS. Then:
+
+- records go to the subject ``{ns}.df.{dataflow}.{from}.{to}`` of the work-queue stream
+  ``{NS}_DATA``: a message stays until the consuming task acknowledges it, even before
+  that task first runs;
+- the consuming task reads with a durable pull consumer named after the task and the edge
+  (``Names.consumer_name``), so its position belongs to the task and follows it;
+- progress reports (MQTT's retained messages) are entries of the key-value bucket
+  ``{NS}_PROGRESS``, watched by the producer; resend requests are plain NATS messages on
+  ``{ns}.dfctl...``, outside the data stream.
+
+``NatsChannels`` offers what ``channels``/``consuming``/``files`` use of ``MqttClient``
+(``publish``, ``subscribe``, ``ack``, ``wait_for_window``, ``window_full``, ``close``),
+and delivers ``MqttMessage`` objects whose ``source`` is this client, so acks find their way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+
+from echo_shared.mqtt import MqttMessage
+from echo_shared.names import Names
+
+log = logging.getLogger(__name__)
+
+ACK_WAIT = 60.0  # seconds JetStream waits for an ack before redelivering (acks wait for outputs)
+
+
+class NatsUnavailable(OSError):
+    pass
+
+
+class NatsChannels:
+    def __init__(
+        self,
+        url: str,
+        names: Names,
+        client_name: str,
+        on_message: Callable[[MqttMessage], None],
+        *,
+        window: int = 100,
+        max_ack_pending: int = 1000,
+    ) -> None:
+        self.url = url
+        self.names = names
+        self.client_name = client_name
+        self._on_message = on_message
+        self._window = window
+        self._max_ack_pending = max_ack_pending
+        self._nc: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+        self._kv: KeyValue | None = None
+        self._pending: set[asyncio.Future[None]] = set()
+        self._window_free = asyncio.Event()
+        self._window_free.set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._inflight: dict[int, Msg] = {}
+        self._next_id = 0
+        self._durables: list[str] = []
+        self._subs: list[Any] = []
+        self._watchers: list[Any] = []
+        self.taken_over = asyncio.Event()  # never set: JetStream has no session takeover
+        self._closing = False
+        self.epoch = 1
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, timeout: float = 10.0) -> None:
+        try:
+            self._nc = await nats.connect(
+                self.url,
+                name=self.client_name,
+                connect_timeout=timeout,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+            )
+        except Exception as e:
+            raise NatsUnavailable(f"NATS at {self.url} unreachable: {e}") from e
+        self._js = self._nc.jetstream()
+        await self._ensure_stream()
+        self._kv = await self._ensure_bucket()
+
+    async def _ensure_stream(self) -> None:
+        assert self._js is not None
+        cfg = StreamConfig(
+            name=self.names.data_stream,
+            subjects=[self.names.data_subjects],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            max_age=7 * 24 * 3600,
+        )
+        try:
+            await self._js.add_stream(cfg)
+        except BadRequestError:
+            pass  # it exists (created by another task or agent)
+
+    async def _ensure_bucket(self) -> KeyValue:
+        assert self._js is not None
+        bucket = self.names.progress_bucket
+        try:
+            return await self._js.key_value(bucket)
+        except BucketNotFoundError:
+            try:
+                return await self._js.create_key_value(bucket=bucket, history=1)
+            except BadRequestError:
+                return await self._js.key_value(bucket)
+
+    async def close(self, *, discard_session: bool = False, timeout: float = 2.0) -> None:
+        self._closing = True
+        pending = [t for t in self._tasks if not t.done()]
+        for _ in range(10):  # nats-py's fetch may swallow a cancellation (wait_for on 3.11): insist
+            if not pending:
+                break
+            for t in pending:
+                t.cancel()
+            _, still = await asyncio.wait(pending, timeout=0.5)
+            pending = list(still)
+        self._tasks.clear()
+        nc, self._nc = self._nc, None
+        if nc is None:
+            return
+        if discard_session and self._js is not None:
+            for durable in self._durables:  # the task is gone for good: so is its position
+                with contextlib.suppress(Exception):
+                    await self._js.delete_consumer(self.names.data_stream, durable)
+        for w in self._watchers:
+            with contextlib.suppress(Exception):
+                await w.stop()
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        with contextlib.suppress(Exception):  # publishes were awaited and acks sent: no drain
+            async with asyncio.timeout(timeout):
+                await nc.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    # ------------------------------------------------------------------ publishing
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        user_properties: dict[str, str] | None = None,
+    ) -> asyncio.Future[None]:
+        """Data: a JetStream publish (resolved on its ack); ``retain``: the key-value entry of
+        a progress report (empty payload: delete it); otherwise a plain NATS publish."""
+        fut = asyncio.ensure_future(self._publish(topic, payload, retain))
+        self._pending.add(fut)
+        if len(self._pending) >= self._window:
+            self._window_free.clear()
+        fut.add_done_callback(self._done)
+        return fut
+
+    async def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
+        if self._nc is None or self._js is None:
+            raise NatsUnavailable("not connected")
+        if retain:
+            assert self._kv is not None
+            key = self.names.progress_key(topic)
+            if payload:
+                await self._kv.put(key, payload)
+            else:
+                with contextlib.suppress(Exception):
+                    await self._kv.delete(key)
+        elif self.names.is_channel_control(topic):
+            await self._nc.publish(topic, payload)
+        else:
+            await self._js.publish(topic, payload, stream=self.names.data_stream)
+
+    def _done(self, fut: asyncio.Future[None]) -> None:
+        self._pending.discard(fut)
+        if not fut.cancelled() and fut.exception() is not None:
+            log.debug("nats publish failed: %s", fut.exception())
+        if len(self._pending) < self._window:
+            self._window_free.set()
+
+    async def wait_for_window(self) -> None:
+        while len(self._pending) >= self._window and self._nc is not None:
+            self._window_free.clear()
+            await self._window_free.wait()
+
+    @property
+    def window_full(self) -> bool:
+        return len(self._pending) >= self._window
+
+    @property
+    def unacked(self) -> int:
+        return len(self._pending)
+
+    # ------------------------------------------------------------------ subscribing
+
+    async def subscribe(self, topics: list[str] | str, qos: int = 1, timeout: float = 10.0) -> None:
+        if isinstance(topics, str):
+            topics = [topics]
+        assert self._nc is not None and self._js is not None and self._kv is not None
+        for topic in topics:
+            if topic.endswith(".progress"):
+                watcher = await self._kv.watch(self.names.progress_key(topic))
+                self._watchers.append(watcher)
+                self._tasks.append(asyncio.create_task(self._watch(topic, watcher)))
+            elif self.names.is_channel_control(topic):
+                self._subs.append(await self._nc.subscribe(topic, cb=self._core_message))
+            else:
+                durable = self.names.consumer_for(topic)
+                sub = await self._js.pull_subscribe(
+                    topic,
+                    durable=durable,
+                    stream=self.names.data_stream,
+                    config=ConsumerConfig(
+                        ack_policy=AckPolicy.EXPLICIT,
+                        ack_wait=ACK_WAIT,
+                        max_ack_pending=self._max_ack_pending,
+                        filter_subject=topic,
+                    ),
+                )
+                self._durables.append(durable)
+                self._tasks.append(asyncio.create_task(self._pull(topic, sub)))
+
+    def _deliver(self, topic: str, payload: bytes, js_msg: Msg | None) -> None:
+        self._next_id += 1
+        if js_msg is not None:
+            self._inflight[self._next_id] = js_msg
+        msg = MqttMessage(
+            topic=topic,
+            payload=payload,
+            qos=1 if js_msg else 0,
+            mid=self._next_id,
+            retain=False,
+            dup=False,
+            epoch=self.epoch,
+            source=self,
+        )
+        try:
+            self._on_message(msg)
+        except Exception:
+            log.exception("nats %s: message handler failed on %s", self.client_name, topic)
+
+    async def _pull(self, topic: str, sub: Any) -> None:
+        while not self._closing:
+            try:
+                msgs = await sub.fetch(batch=64, timeout=1.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except Exception as e:
+                log.debug("nats %s: fetch on %s failed: %s", self.client_name, topic, e)
+                await asyncio.sleep(0.2)
+                continue
+            for m in msgs:
+                self._deliver(topic, m.data, m)
+
+    async def _watch(self, topic: str, watcher: Any) -> None:
+        async for entry in watcher:
+            if entry is None or entry.value is None:
+                continue
+            self._deliver(topic, entry.value, None)
+
+    async def _core_message(self, m: Msg) -> None:
+        self._deliver(m.subject, m.data, None)
+
+    def ack(self, msg: MqttMessage) -> None:
+        js_msg = self._inflight.pop(msg.mid, None)
+        if js_msg is not None and self._nc is not None:
+            t = asyncio.ensure_future(js_msg.ack())
+            t.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
+__all__ = ["NatsChannels", "NatsUnavailable", "NotFoundError"]

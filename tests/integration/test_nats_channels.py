@@ -1,0 +1,155 @@
+"""Tasks wired over NATS (JetStream) channels, and through a relay from MQTT to NATS.
+
+The runners are driven directly (no master), on the real brokers: what the agent does once
+the scheduler has given an edge a NATS channel, or a relay between two brokers.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+from echo_agent.running import TaskRunner
+from echo_cli.devstack import Brokers
+from echo_shared.messages import Binding, DeployTask, TaskStatus
+from echo_shared.models import TaskState
+from echo_shared.names import Names
+
+from tests.harness.waiting import eventually
+
+
+def runner(
+    brokers: Brokers,
+    names: Names,
+    tmp: Path,
+    task: str,
+    operator: str,
+    config: dict[str, Any],
+    inputs: list[Binding],
+    outputs: list[Binding],
+    statuses: list[TaskStatus],
+) -> TaskRunner:
+    cmd = DeployTask(
+        cmd_id=uuid.uuid4().hex,
+        dataflow="df-nats",
+        task=task,
+        generation=1,
+        operator=operator,
+        config=config,
+        inputs=inputs,
+        outputs=outputs,
+    )
+    return TaskRunner(
+        cmd,
+        device="dev",
+        mqtt_url=brokers.mqtt_url,
+        names=names,
+        data_dir=tmp,
+        report=statuses.append,
+        session_expiry=60,
+        nats_url=brokers.nats_url,
+    )
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(x) for x in path.read_bytes().splitlines()] if path.exists() else []
+
+
+async def test_a_stream_over_jetstream(brokers: Brokers, names: Names, tmp_path: Path) -> None:
+    subject = names.data_subject("df-nats", "gen", "sink")
+    out = tmp_path / "out.jsonl"
+    statuses: list[TaskStatus] = []
+    # the source starts first: what it publishes before the sink exists waits in the work queue
+    gen = runner(
+        brokers,
+        names,
+        tmp_path,
+        "gen",
+        "io.generate",
+        {"count": 300},
+        [],
+        [Binding(peer="sink", topic=subject)],
+        statuses,
+    )
+    await gen.start()
+    sink = runner(
+        brokers,
+        names,
+        tmp_path,
+        "sink",
+        "io.file_sink",
+        {"path": str(out)},
+        [Binding(peer="gen", topic=subject)],
+        [],
+        statuses,
+    )
+    await sink.start()
+    try:
+        assert gen.state is not TaskState.failed and sink.state is not TaskState.failed, (
+            gen.reason,
+            sink.reason,
+        )
+        try:
+            await eventually(lambda: sink.state is TaskState.finished, timeout=30, what="the sink finishing")
+        except AssertionError:
+            c = sink.consumer
+            assert c is not None
+            raise AssertionError((c.inputs.hwm, c.inputs.eos, len(c.acks), c.queue.qsize(), c.held, len(lines(out))))
+        assert [r["seq"] for r in lines(out)] == list(range(300))
+        await eventually(lambda: gen.state is TaskState.finished, timeout=10, what="the source finishing")
+    finally:
+        await sink.stop(discard_session=True)
+        await gen.stop(discard_session=True)
+
+
+async def test_a_relay_carries_an_edge_from_mqtt_to_nats(
+    brokers: Brokers, names: Names, tmp_path: Path
+) -> None:
+    leg1 = names.data_topic("df-nats", "gen", "relay-0")  # the edge device reaches MQTT only
+    leg2 = names.data_subject("df-nats", "relay-0", "sink")  # the cloud device reaches NATS only
+    out = tmp_path / "relayed.jsonl"
+    statuses: list[TaskStatus] = []
+    sink = runner(
+        brokers,
+        names,
+        tmp_path,
+        "sink",
+        "io.file_sink",
+        {"path": str(out)},
+        [Binding(peer="relay-0", topic=leg2)],
+        [],
+        statuses,
+    )
+    relay = runner(
+        brokers,
+        names,
+        tmp_path,
+        "relay-0",
+        "core.relay",
+        {},
+        [Binding(peer="gen", topic=leg1)],
+        [Binding(peer="sink", topic=leg2)],
+        statuses,
+    )
+    gen = runner(
+        brokers,
+        names,
+        tmp_path,
+        "gen",
+        "io.generate",
+        {"count": 200, "fields": {"k": "v"}},
+        [],
+        [Binding(peer="relay-0", topic=leg1)],
+        statuses,
+    )
+    for r in (sink, relay, gen):
+        await r.start()
+    try:
+        assert sink.mqtt is None and gen.transport is not None and gen.transport.nats is None
+        await eventually(lambda: sink.state is TaskState.finished, timeout=30, what="the sink finishing")
+        assert lines(out) == [{"seq": i, "k": "v"} for i in range(200)]
+    finally:
+        for r in (gen, relay, sink):
+            await r.stop(discard_session=True)
