@@ -150,6 +150,7 @@ class TaskStatus(Message):
     reason: str = ""
     records_in: int = 0
     records_out: int = 0
+    rate_out: float = Field(default=0.0, description="records/s emitted since the previous report")
     ts: float
 
 

@@ -326,4 +326,5 @@ class TaskRecord(Strict):
     attempts: int = 0
     records_in: int = 0
     records_out: int = 0
+    rate_out: float = 0.0  # observed records/s out (placement uses it instead of the hints)
     restore: dict[str, Any] | None = None  # the snapshot a moved task continues from

@@ -280,6 +280,7 @@ class Reconciler:
         else:
             patch["records_in"] = update.records_in
             patch["records_out"] = update.records_out
+            patch["rate_out"] = update.rate_out
         rec = await self.store.patch_task(
             update.dataflow, update.task, patch, generation=update.generation, forward_only=True
         )

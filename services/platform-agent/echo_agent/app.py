@@ -85,6 +85,7 @@ async def run(settings: AgentSettings, stop: asyncio.Event) -> None:
                 lambda b: control.publish(names.heartbeat_topic(device), b, qos=0),
                 stop,
                 probes={"mqtt": probe_mqtt},
+                every_few=manager.report_progress,
             )
         finally:
             watcher.cancel()

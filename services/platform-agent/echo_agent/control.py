@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,6 +56,7 @@ class TaskManager:
         self._locks: dict[Key, asyncio.Lock] = {}
         self._inflight: set[asyncio.Task[None]] = set()
         self._shutting_down = False
+        self._last_counts: dict[Key, tuple[float, int, int]] = {}
         self._tracer = tracer("echo.agent")
 
     # ---------------------------------------------------------------- intake
@@ -162,6 +164,21 @@ class TaskManager:
         return ack
 
     # ---------------------------------------------------------------- views / shutdown
+
+    def report_progress(self) -> None:
+        """Counters and the observed output rate of every running task, when they moved."""
+        now = time.monotonic()
+        for runner in list(self.tasks.values()):
+            if runner.state is not TaskState.running:
+                continue
+            out, last = runner.records_out, self._last_counts.get(runner.key)
+            if last is not None and last[1] == out and runner.records_in == last[2]:
+                continue
+            rate = (out - last[1]) / max(now - last[0], 1e-3) if last is not None else 0.0
+            self._last_counts[runner.key] = (now, out, runner.records_in)
+            status = runner.status()
+            status.rate_out = round(rate, 3)
+            self.report(status)
 
     def briefs(self) -> list[TaskBrief]:
         return [

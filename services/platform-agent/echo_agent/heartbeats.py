@@ -63,10 +63,11 @@ async def run(
     send: Callable[[bytes], object],
     stop: asyncio.Event,
     probes: dict[str, Callable[[], Awaitable[float]]] | None = None,
+    every_few: Callable[[], None] | None = None,
 ) -> None:
     """Send a heartbeat every ``interval`` seconds until ``stop``, with the round trip to
     each broker measured every ``PROBE_EVERY`` heartbeats (``probes``: broker -> coroutine
-    returning seconds)."""
+    returning seconds), and ``every_few`` called as often (the tasks' counters and rates)."""
     psutil.cpu_percent(interval=None)  # prime: the first reading is meaningless
     rtt_ms: dict[str, float] = {}
     beats = 0
@@ -79,6 +80,11 @@ async def run(
                 except Exception as e:
                     log.debug("rtt probe of %s failed: %s", broker, e)
         beats += 1
+        if every_few is not None and beats % PROBE_EVERY == 0:
+            try:
+                every_few()
+            except Exception as e:
+                log.warning("periodic report failed: %s", e)
         hb = Heartbeat(
             device=device,
             boot_id=boot_id,
