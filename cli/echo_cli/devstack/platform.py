@@ -25,9 +25,12 @@ class AgentSpec:
     cpu: float | None = None
     memory_mb: int | None = None
     nats: bool | None = None  # reaches NATS (default: fog and cloud do, edge does not)
+    brokers: tuple[str, ...] = ()  # data brokers declared (default: the agent decides)
 
     @property
     def reaches_nats(self) -> bool:
+        if self.brokers:
+            return "nats" in self.brokers
         return self.nats if self.nats is not None else self.tier != "edge"
 
     def argv(self) -> list[str]:
@@ -40,6 +43,8 @@ class AgentSpec:
             out += ["--cpu", str(self.cpu)]
         if self.memory_mb is not None:
             out += ["--memory-mb", str(self.memory_mb)]
+        for b in self.brokers:
+            out += ["--broker", b]
         return out
 
 
