@@ -7,8 +7,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from echo_cli.devstack.platform import AgentSpec
 
+from echo_cli.devstack.platform import AgentSpec
 from tests.conftest import PlatformFactory
 
 pytestmark = pytest.mark.e2e
