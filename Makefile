@@ -20,7 +20,7 @@ MYPY_PACKAGES := echo_shared echo_scheduler echo_master echo_registry echo_agent
 APT_PACKAGES := mosquitto redis-server
 
 .DEFAULT_GOAL := help
-.PHONY: help venv deps test lint bench demo up down schemas lock clean distclean ci
+.PHONY: help venv deps test lint bench demo testbed up down schemas lock clean distclean ci
 
 help:  ## list the targets
 	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | \
@@ -107,6 +107,10 @@ bench: $(STAMP) deps  ## run the benchmarks (JSON on stdout)
 
 demo: $(STAMP) deps  ## start brokers + platform as local processes and submit the demo dataflow
 	$(BIN)/echoctl dev up --submit examples/demo/dataflow.yaml
+
+# Root only: network namespaces, veth pairs and tc (cli/echo_cli/testbed/).
+testbed: $(STAMP) deps  ## emulated fleet: edge agents behind +40 ms / 10 Mbit/s, fog +10 ms, until Ctrl-C
+	$(BIN)/echoctl testbed up
 
 up:  ## the whole platform in Docker (deploy/compose.yaml)
 	$(COMPOSE) up --build

@@ -19,6 +19,13 @@ Benchmarks:
 - ``etl_pipeline`` (``etl_pipeline.py``): the RIoTBench ETL example (examples/etl) end to end:
   records/s through the whole pipeline at rate 0, and per-record latency p50/p99 from a
   fixed-rate run (100 lines/s); targets >= 1,000 input records/s and sink p99 <= 1.5 s.
+- ``placement`` (``placement.py``): the scheduler alone (no brokers): placement time for
+  1,000 tasks x 1,000 devices and 10,000 x 10,000 (targets <= 1 s and <= 15 s) and sizes in
+  between; quality: greedy's cost vs the HiGHS ILP optimum on random small instances (gap).
+- ``testbed_etl`` (``testbed_etl.py``): the same example on the emulated testbed (``make testbed``'s
+  fleet: edge devices +40 ms / 10 Mbit/s from the brokers, fog +10 ms), placement left to
+  ``round-robin`` then ``greedy``: placement chosen and per-record latency p50/p99 at a fixed
+  rate; target greedy's sink p50 >= 2 x lower. Needs root (network namespaces), else ``skipped``.
 
 The new ones also report CPU time and peak RSS of the platform's processes (``procs.py``)
 and what went wrong meanwhile (``incidents.py``: heartbeat gaps, liveness flaps, commands
@@ -48,7 +55,9 @@ import batch_edge
 import deploy_latency
 import etl_pipeline
 import file_edge
+import placement
 import stream_edge
+import testbed_etl
 from common import Stack, log, running_stack, scan_logs
 
 BENCHMARKS: dict[str, Callable[[Stack, bool], dict[str, Any]]] = {
@@ -57,6 +66,8 @@ BENCHMARKS: dict[str, Callable[[Stack, bool], dict[str, Any]]] = {
     "batch_edge": batch_edge.run,
     "file_edge": file_edge.run,
     "etl_pipeline": etl_pipeline.run,
+    "placement": placement.run,
+    "testbed_etl": testbed_etl.run,
 }
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,6 +20,7 @@ from rich.console import RenderableType
 from rich.markup import escape
 
 from .client import DEFAULT_API_URL, CliError, EchoClient
+from .plan import Strategy as PlanStrategy
 from .render import (
     dataflow_detail,
     dataflows_table,
@@ -207,6 +208,35 @@ def get_device(
     """Show one device."""
     with client_of(ctx) as client:
         show(client.get_device(device_id), output, device_detail)
+
+
+# ---------------------------------------------------------------------------- plan
+
+
+@app.command()
+def plan(
+    spec: str = typer.Argument(..., help="Dataflow spec (YAML or JSON)."),
+    devices: str = typer.Option(
+        ..., "--devices", "-d", help="Device records (a YAML/JSON list in the registration format)."
+    ),
+    strategy: PlanStrategy | None = typer.Option(None, "--strategy", "-s", help="Override the spec's."),
+    output: Output = typer.Option(Output.table, "--output", "-o", help="table, or json (the placement)."),
+) -> None:
+    """Show where the scheduler would place a dataflow, and why (offline: no brokers)."""
+    from .plan import PlanFailed, parse, plan_view, run_plan
+
+    try:
+        text = run_plan(spec, devices, strategy)
+        if output is Output.json:
+            print_json(text)
+        else:
+            stdout().print(plan_view(parse(text)))
+    except PlanFailed as e:
+        print_error(e)
+        raise typer.Exit(e.code) from None
+    except CliError as e:
+        print_error(e)
+        raise typer.Exit(1) from None
 
 
 # ---------------------------------------------------------------------------- dev

@@ -248,6 +248,10 @@ class PlaceRequest(Message):
     reserved: dict[str, Reservation] = Field(
         default_factory=dict, description="resources already taken on each device by other dataflows"
     )
+    rates: dict[str, float] = Field(
+        default_factory=dict,
+        description="observed records/s out per task (replace the spec's hints once running)",
+    )
 
 
 class PlaceReply(Message):

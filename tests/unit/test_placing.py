@@ -123,7 +123,19 @@ def test_no_devices_at_all() -> None:
 
 
 def test_downstream_prefers_its_upstream_device() -> None:
+    """At equal cost a downstream task joins its upstream task's device."""
+    fleet = [*FLEET, dev("cloud-0", "cloud", cpu=8, mem=8192)]
+    s = spec(gen(device="cloud-1"), {"id": "a", "operator": "core.passthrough"}, edges=(("gen", "a"),))
+    p = place("df", s, fleet)
+    assert p.device_of("a") == "cloud-1"  # not cloud-0, equally good and first by id
+    assert "co-located" in p.tasks[1].reason
+
+
+def test_downstream_goes_where_its_channel_is_fastest() -> None:
+    """Every channel crosses the broker: a fog task's consumer is cheaper in the cloud
+    (1 ms to the broker) than next to it on the fog node (5 ms)."""
     s = spec(gen(device="fog-1"), {"id": "a", "operator": "core.passthrough"}, edges=(("gen", "a"),))
     p = place("df", s, FLEET)
-    assert p.device_of("a") == "fog-1"
-    assert "co-located" in p.tasks[1].reason
+    assert p.device_of("a") == "cloud-1"
+    a = p.tasks[1]
+    assert a.runner_up == "fog-1" and "more" in a.runner_up_reason

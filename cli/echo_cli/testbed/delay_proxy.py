@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 log = logging.getLogger("echo.testbed.proxy")
 
 CHUNK = 64 * 1024
-MAX_CHUNKS = 100000  # per direction: at most 16 MiB queued, far above any delay x bandwidth here
+MAX_CHUNKS = 256  # per direction: at most 16 MiB queued, far above any delay x bandwidth here
 CLOSE_TIMEOUT = 5.0
 
 
@@ -238,7 +238,7 @@ class DelayProxy:
     ) -> None:
         """Forward ``src`` to ``dst``, each chunk ``delay`` seconds after it was read; EOF too."""
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(self.max_chunks)
 
         async def read() -> None:
             while True:

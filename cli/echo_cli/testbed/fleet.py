@@ -57,16 +57,12 @@ class TestbedDevice(AgentSpec):
     site: str = ""
     latency_ms: float = 0.0  # one way, added in each direction by the delay proxy
     mbps: float | None = None  # tc tbf rate in each direction; None = unshaped
-    brokers: tuple[str, ...] = ("mqtt", "nats")
+    brokers: tuple[str, ...] = ("mqtt", "nats")  # explicit here (``AgentSpec``'s default: the agent decides)
 
     @property
     def isolated(self) -> bool:
         """Runs in a namespace of its own, behind the delay proxy (and tbf)."""
         return self.latency_ms > 0 or self.mbps is not None
-
-    @property
-    def reaches_nats(self) -> bool:
-        return "nats" in self.brokers
 
     def argv(self) -> list[str]:
         out = super().argv()
@@ -74,9 +70,7 @@ class TestbedDevice(AgentSpec):
             out += ["--site", self.site]
         out += ["--uplink-latency-ms", f"{self.latency_ms:g}"]
         out += ["--uplink-mbps", f"{self.mbps if self.mbps is not None else LOCAL_MBPS:g}"]
-        for b in self.brokers:
-            out += ["--broker", b]
-        return out
+        return out  # the base adds --broker per entry of ``brokers``
 
     def describe(self) -> str:
         path = (

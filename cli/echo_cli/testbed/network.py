@@ -177,6 +177,8 @@ class Network:
             raise NetworkError(f"at most {255 - FIRST_DEVICE_HOST} isolated devices per testbed")
         ip = ip_binary()
         with _state_lock():
+            while self.state_file.exists() or _exists("link", self.bridge):  # another testbed's tag
+                self.tag = secrets.token_hex(2)
             used = _subnets_in_use()
             free = [n for n in range(256) if n not in used]
             if not free:

@@ -155,7 +155,9 @@ class Reconciler:
         return total
 
     async def _schedule(self, df: Dataflow) -> None:
-        req = PlaceRequest(dataflow=df.id, spec=df.spec, reserved=await self.reserved(df.id))
+        req = PlaceRequest(
+            dataflow=df.id, spec=df.spec, reserved=await self.reserved(df.id), rates=observed_rates(df)
+        )
         try:
             reply = await self.bus.request(
                 self.names.scheduler_place, req, PlaceReply, timeout=self.settings.scheduler_timeout
@@ -327,7 +329,9 @@ class Reconciler:
             raise ConflictError(f"dataflow {df_id} is {df.state.value}: only a running dataflow can move")
         reply = await self.bus.request(
             self.names.scheduler_place,
-            PlaceRequest(dataflow=df.id, spec=df.spec, reserved=await self.reserved(df.id)),
+            PlaceRequest(
+                dataflow=df.id, spec=df.spec, reserved=await self.reserved(df.id), rates=observed_rates(df)
+            ),
             PlaceReply,
             timeout=self.settings.scheduler_timeout,
         )
@@ -391,3 +395,9 @@ class Reconciler:
 
 
 __all__ = ["BusError", "Reconciler"]
+
+
+def observed_rates(df: Dataflow) -> dict[str, float]:
+    """Records/s out per task as the agents measured them (placement prefers them to hints)."""
+    ids = {t.id for t in df.spec.tasks}
+    return {tid: rec.rate_out for tid, rec in df.tasks.items() if tid in ids and rec.rate_out > 0}

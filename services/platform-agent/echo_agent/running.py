@@ -296,14 +296,17 @@ class TaskRunner:
         if self.transport is not None:
             self.transport.ack(msg)
 
-    async def _teardown(self, *, discard: bool) -> None:
+    async def _teardown(self, *, discard: bool, clear_progress: bool | None = None) -> None:
+        """Leave the channels; ``discard``: the task is gone for good (its durable positions
+        go, and its progress reports unless ``clear_progress`` is False)."""
         if self.outputs is not None:
             await self.outputs.stop()
         if self.consumer is not None:
             self.consumer.close()
         if self.transport is None:
             return
-        if discard and self.consumer is not None and self.transport.connected:
+        clear = discard if clear_progress is None else clear_progress
+        if clear and self.consumer is not None and self.transport.connected:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2.0):
                     await asyncio.gather(*self.consumer.progress.clear())
@@ -353,7 +356,10 @@ class TaskRunner:
         await self.outputs.end_of_stream()
         if self.consumer is not None:
             await self.consumer.acks.drain(DRAIN_TIMEOUT)
-        await self._teardown(discard=True)  # nothing more will come on this task's channels
+        # nothing more will come on this task's channels; the final reports (end of stream
+        # confirmed) stay: a delete right behind the last report could hide it from a
+        # producer still waiting for it (a KV bucket keeps one entry per key)
+        await self._teardown(discard=True, clear_progress=False)
         self._set(TaskState.finished)
 
     async def _run_source(self) -> None:

@@ -1,4 +1,6 @@
-"""``python -m echo_scheduler`` / ``echo-scheduler``."""
+"""``python -m echo_scheduler`` / ``echo-scheduler``: the service;
+``python -m echo_scheduler plan SPEC --devices FILE [--strategy S]``: offline planning
+(``planning``), the placement as JSON without brokers."""
 
 from __future__ import annotations
 
@@ -6,6 +8,11 @@ import sys
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "plan":
+        from .planning import main as plan
+
+        sys.exit(plan(sys.argv[2:]))
+
     from echo_shared.lifecycle import run_service
 
     from .app import run

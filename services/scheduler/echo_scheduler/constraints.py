@@ -98,9 +98,7 @@ def static_mask(fleet: Fleet, reqs: Sequence[Requirement]) -> BoolArray:
     return out
 
 
-def capacity_mask(
-    ledger: Ledger, idx: IntArray, cpu: float, mem: float, acc: Mapping[str, int]
-) -> BoolArray:
+def capacity_mask(ledger: Ledger, idx: IntArray, cpu: float, mem: float, acc: Mapping[str, int]) -> BoolArray:
     ok: BoolArray = (ledger.free_cpu[idx] + EPS >= cpu) & (ledger.free_mem[idx] + EPS >= mem)
     for kind, n in acc.items():
         ok &= ledger.acc_free(kind)[idx] >= n

@@ -78,6 +78,7 @@ class Fleet:
     cap_cpu: FloatArray
     cap_mem: FloatArray
     _masks: dict[tuple[str, str], BoolArray] = field(default_factory=dict)
+    _index: dict[str, dict[str, list[int]]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, devices: Sequence[DeviceRecord]) -> Fleet:
@@ -125,27 +126,32 @@ class Fleet:
         key = (kind, value)
         got = self._masks.get(key)
         if got is None:
-            got = np.array([self._has(d, kind, value) for d in self.devices], dtype=np.bool_)
+            if not self._index:
+                self._build_index()
+            got = np.zeros(len(self.devices), dtype=np.bool_)
+            if kind not in self._index:
+                raise ValueError(f"unknown device property {kind!r}")
+            got[self._index[kind].get(value, [])] = True
             got.setflags(write=False)
             self._masks[key] = got
         return got
 
-    @staticmethod
-    def _has(d: DeviceRecord, kind: str, value: str) -> bool:
-        if kind == "tier":
-            return d.tier.value == value
-        if kind == "stream":
-            return value in d.input_streams
-        if kind == "label":
-            k, _, v = value.partition("=")
-            return d.labels.get(k) == v
-        if kind == "runtime":
-            return value in d.runtimes
-        if kind == "device":
-            return d.id == value
-        if kind == "online":
-            return d.status is DeviceStatus.online
-        raise ValueError(f"unknown device property {kind!r}")
+    def _build_index(self) -> None:
+        index: dict[str, dict[str, list[int]]] = {
+            k: {} for k in ("tier", "stream", "label", "runtime", "device", "online")
+        }
+        for i, d in enumerate(self.devices):
+            index["tier"].setdefault(d.tier.value, []).append(i)
+            index["device"].setdefault(d.id, []).append(i)
+            if d.status is DeviceStatus.online:
+                index["online"].setdefault("", []).append(i)
+            for s in set(d.input_streams):
+                index["stream"].setdefault(s, []).append(i)
+            for k, v in d.labels.items():
+                index["label"].setdefault(f"{k}={v}", []).append(i)
+            for r in set(d.runtimes):
+                index["runtime"].setdefault(r, []).append(i)
+        self._index = index
 
 
 @dataclass

@@ -6,7 +6,7 @@ import logging
 
 from opentelemetry import trace
 
-from echo_shared.errors import BusError, PlacementError
+from echo_shared.errors import BusError, PlacementError, Problem
 from echo_shared.messages import (
     DeviceListReply,
     DeviceListRequest,
@@ -21,8 +21,11 @@ from echo_shared.nats_bus import NatsBus
 
 from . import placing, validating
 from .errors import RegistryUnavailable
+from .fleet import Reservation
 
 log = logging.getLogger(__name__)
+
+ROUTE_CHECK_TIMEOUT = 1.0  # the validation's device list: a slow registry skips the route check
 
 
 class SchedulerService:
@@ -33,12 +36,34 @@ class SchedulerService:
 
     async def validate(self, req: ValidateRequest) -> ValidateReply:
         found = validating.problems(req.spec)
+        if not found:
+            found = await self.route_problems(req)
         return ValidateReply(ok=not found, problems=[p.as_dict() for p in found])
 
-    async def devices(self) -> list[DeviceRecord]:
+    async def route_problems(self, req: ValidateRequest) -> list[Problem]:
+        """Edges that cannot be connected wherever their tasks may run on the current devices
+        (a dry run of the placement's route check); other placement failures depend on the
+        moment and are reported later, in the dataflow's state."""
+        if not req.spec.edges:
+            return []
+        try:
+            devices = await self.devices(timeout=min(self.registry_timeout, ROUTE_CHECK_TIMEOUT))
+        except RegistryUnavailable as e:
+            log.warning("route check skipped: %s", e)
+            return []
+        return [
+            Problem(err.loc, str(err), "no_route")
+            for err in placing.route_problems(req.spec, devices)
+            if err.pinned
+        ]
+
+    async def devices(self, timeout: float | None = None) -> list[DeviceRecord]:
         try:
             reply = await self.bus.request(
-                self.names.registry_list, DeviceListRequest(), DeviceListReply, timeout=self.registry_timeout
+                self.names.registry_list,
+                DeviceListRequest(),
+                DeviceListReply,
+                timeout=timeout or self.registry_timeout,
             )
         except BusError as e:
             raise RegistryUnavailable(f"device list unavailable: {e}", delay=1.0) from e
@@ -47,13 +72,18 @@ class SchedulerService:
     async def place(self, req: PlaceRequest) -> PlaceReply:
         validating.validate(req.spec)  # SpecError -> ErrorReply via the bus middleware
         devices = await self.devices()
-        reserved = {k: (v.cpu, float(v.memory_mb)) for k, v in req.reserved.items()}
+        reserved: dict[str, Reservation] = {
+            k: (v.cpu, float(v.memory_mb), dict(getattr(v, "accelerators", None) or {}))
+            for k, v in req.reserved.items()
+        }
         span = trace.get_current_span()
         span.set_attribute("echo.dataflow", req.dataflow)
         span.set_attribute("echo.devices", len(devices))
+        span.set_attribute("echo.strategy", req.spec.placement_strategy.value)
         try:
-            placement = placing.place(req.dataflow, req.spec, devices, reserved, self.names)
+            placement = placing.place(req.dataflow, req.spec, devices, reserved, self.names, req.rates)
         except PlacementError as e:
             log.info("dataflow %s cannot be placed: %s", req.dataflow, e)
             return PlaceReply(ok=False, reason=str(e))
+        span.set_attribute("echo.placement.strategy", placement.strategy)
         return PlaceReply(ok=True, placement=placement)

@@ -90,6 +90,94 @@ def problems(spec: DataflowSpec) -> list[Problem]:
             continue
         if info.role in (Role.transform, Role.sink) and graph.in_degree(task.id) == 0:
             found.append(Problem(f"tasks[{i}]", f"{info.name} needs at least one input edge", "unconnected"))
+    found.extend(affinity_problems(spec, index))
+    return found
+
+
+def affinity_problems(spec: DataflowSpec, index: dict[str, int]) -> list[Problem]:
+    """``colocate_with`` / ``anti_affinity``: references to unknown tasks, and pins that
+    contradict each other (co-located tasks pinned apart, or kept apart yet co-located)."""
+    found: list[Problem] = []
+    parent = {t: t for t in index}
+
+    def find(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for i, task in enumerate(spec.tasks):
+        where = f"tasks[{i}].placement"
+        for kind, refs in (
+            ("colocate_with", task.placement.colocate_with),
+            ("anti_affinity", task.placement.anti_affinity),
+        ):
+            for j, ref in enumerate(refs):
+                if ref not in index:
+                    found.append(Problem(f"{where}.{kind}[{j}]", f"no task with id {ref!r}", "unknown_task"))
+                elif kind == "anti_affinity" and ref == task.id:
+                    found.append(
+                        Problem(f"{where}.{kind}[{j}]", f"task {ref!r} cannot avoid itself", "contradiction")
+                    )
+                elif kind == "colocate_with" and task.id in parent:
+                    parent[find(ref)] = find(task.id)
+    if found:
+        return found
+    pinned: dict[str, tuple[str, int]] = {}  # group -> (device, task index)
+    tiers: dict[str, tuple[set[str], int]] = {}
+    for i, task in enumerate(spec.tasks):
+        if task.id not in index or index[task.id] != i:
+            continue
+        group = find(task.id)
+        c = task.placement
+        if c.device:
+            prev = pinned.setdefault(group, (c.device, i))
+            if prev[0] != c.device:
+                other = spec.tasks[prev[1]].id
+                found.append(
+                    Problem(
+                        f"tasks[{i}].placement.device",
+                        f"{task.id!r} must share a device with {other!r} (colocate_with), "
+                        f"but they are pinned to {c.device} and {prev[0]}",
+                        "contradiction",
+                    )
+                )
+        if c.tiers():
+            mine = {t.value for t in c.tiers()}
+            have, first = tiers.setdefault(group, (mine, i))
+            if not have & mine:
+                other = spec.tasks[first].id
+                found.append(
+                    Problem(
+                        f"tasks[{i}].placement.tier",
+                        f"{task.id!r} must share a device with {other!r} (colocate_with), "
+                        f"but no tier is allowed for both "
+                        f"({'/'.join(sorted(mine))} vs {'/'.join(sorted(have))})",
+                        "contradiction",
+                    )
+                )
+            else:
+                tiers[group] = (have & mine, first)
+    for i, task in enumerate(spec.tasks):
+        for j, ref in enumerate(task.placement.anti_affinity):
+            if ref == task.id or ref not in index:
+                continue
+            where = f"tasks[{i}].placement.anti_affinity[{j}]"
+            peer = spec.tasks[index[ref]]
+            if find(ref) == find(task.id):
+                found.append(
+                    Problem(
+                        where, f"{task.id!r} and {ref!r} must share a device (colocate_with)", "contradiction"
+                    )
+                )
+            elif task.placement.device and task.placement.device == peer.placement.device:
+                found.append(
+                    Problem(
+                        where,
+                        f"{task.id!r} and {ref!r} are both pinned to {task.placement.device}",
+                        "contradiction",
+                    )
+                )
     return found
 
 

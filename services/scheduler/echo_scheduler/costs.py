@@ -1,0 +1,196 @@
+"""The cost model every strategy minimises (and the ILP encodes exactly).
+
+Every channel crosses a broker, even between two tasks on one device, so the latency of
+an edge e = (u -> v) with u on device a and v on device b is::
+
+    hop(e) = one_way(a, β) + one_way(b, β) + bytes_e · (serf(a) + serf(b))        (direct)
+    hop(e) = one_way(a, β1) + one_way(r, β1) + PROC_MS + one_way(r, β2) + one_way(b, β2)
+             + bytes_e · (serf(a) + 2·serf(r) + serf(b))                           (relay r)
+
+where β is the broker both reach (NATS preferred), ``one_way`` and the uplink bandwidth
+come from ``fleet`` (declared uplink, else measured RTT/2, else a declared link to a
+cloud site, else a tier default), ``serf(d) = 8 / (bandwidth(d) · 1000)`` ms per byte
+(the time a record takes through the uplink) and PROC_MS is a per-task processing
+constant. Finish times follow the DAG: ``F(t) = PROC_MS + max over inputs u of
+(F(u) + hop(u -> t))``, ``F(source) = PROC_MS``. The objective, in ms-equivalents::
+
+    latency  = max_t F(t)                                   (the critical path)
+    transfer = Σ_d W_TRANSFER · rho_d + W_OVERLOAD · max(0, rho_d - RHO_MAX)
+               rho_d = Mbit/s this dataflow sends through d's uplink / bandwidth(d)
+               (an edge's bytes go up from its producer's device and down to its
+               consumer's; a relay carries them both ways)
+    load     = Σ_d W_LOAD · (g(f_d) - g(f0_d)),  g(f) = f + 2·max(0, f - 0.5) + 8·max(0, f - 0.8)
+               f_d = max(CPU, memory) fraction of d in use after placing (f0_d: before,
+               what other dataflows hold), so filling a device past half, and past 80 %,
+               costs more: tasks spread instead of piling up
+    total    = latency + transfer + load
+
+Rates: a source emits ``hints.rate`` records/s (default 100; 1 for a source of files),
+a task emits ``selectivity`` (default 1.0) x the records it receives, an edge carries
+its producer's output of ``record_bytes`` (default 256 B; 1 MiB for files); an observed
+rate (records/s out, ``PlaceRequest.rates``) replaces the estimate of its task and
+propagates downstream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar, cast
+
+import numpy as np
+
+from echo_shared.models import TaskSpec
+from echo_shared.operators import Kind, lookup
+
+from .fleet import Fleet, FloatArray, Ledger
+
+PROC_MS = 0.5
+W_TRANSFER = 10.0
+RHO_MAX = 0.8
+W_OVERLOAD = 1000.0
+W_LOAD = 10.0
+LOAD_KNEES = ((0.5, 2.0), (0.8, 8.0))
+
+DEFAULT_RATE = 100.0
+DEFAULT_FILE_RATE = 1.0
+DEFAULT_RECORD_BYTES = 256
+DEFAULT_FILE_BYTES = 1 << 20
+TINY = 1e-12
+
+N = TypeVar("N", float, FloatArray)
+
+
+def g(f: N) -> N:
+    """The convex load penalty of a device at load fraction ``f``."""
+    out = f
+    for knee, slope in LOAD_KNEES:
+        out = out + slope * np.maximum(0.0, f - knee)
+    return out
+
+
+def load_fraction(cpu_used: N, mem_used: N, cap_cpu: N, cap_mem: N) -> N:
+    return cast(N, np.maximum(cpu_used / np.maximum(cap_cpu, TINY), mem_used / np.maximum(cap_mem, TINY)))
+
+
+def overload(rho: N) -> N:
+    return cast(N, np.maximum(0.0, rho - RHO_MAX))
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Rates (records/s out), bytes per record and Mbit/s of every task and edge."""
+
+    rate_out: list[float]
+    record_bytes: list[int]
+    edge_mbps: list[float]  # by edge index
+    task_mbps: list[float]  # through the task's device: its inputs (down) + outputs (up)
+
+    @classmethod
+    def of(
+        cls,
+        tasks: Sequence[TaskSpec],
+        order: Sequence[int],
+        edges: Sequence[tuple[int, int]],
+        inputs: Sequence[Sequence[int]],
+        rates: Mapping[str, float] | None = None,
+    ) -> Traffic:
+        rates = rates or {}
+        n = len(tasks)
+        files = [_produces_files(t) for t in tasks]
+        nbytes = [
+            t.hints.record_bytes or (DEFAULT_FILE_BYTES if files[i] else DEFAULT_RECORD_BYTES)
+            for i, t in enumerate(tasks)
+        ]
+        out = [0.0] * n
+        for i in order:
+            t = tasks[i]
+            if t.id in rates:
+                out[i] = max(0.0, float(rates[t.id]))
+            elif not inputs[i]:
+                default = DEFAULT_FILE_RATE if files[i] else DEFAULT_RATE
+                out[i] = t.hints.rate if t.hints.rate is not None else default
+            else:
+                sel = t.hints.selectivity if t.hints.selectivity is not None else 1.0
+                out[i] = sel * sum(out[edges[e][0]] for e in inputs[i])
+        edge_mbps = [out[u] * nbytes[u] * 8 / 1e6 for u, _ in edges]
+        task_mbps = [0.0] * n
+        for e, (u, v) in enumerate(edges):
+            task_mbps[u] += edge_mbps[e]
+            task_mbps[v] += edge_mbps[e]
+        return cls(out, nbytes, edge_mbps, task_mbps)
+
+
+def _produces_files(task: TaskSpec) -> bool:
+    info = lookup(task.operator)
+    return info is not None and info.kinds_for(task.config)[1] is Kind.files
+
+
+@dataclass
+class Costs:
+    """The objective's terms for a complete placement, and per task."""
+
+    latency_ms: float
+    transfer: float
+    load: float
+    finish_ms: list[float]  # by task index
+    channel_ms: list[float]  # the slowest input channel of each task (0 for sources)
+
+    @property
+    def total(self) -> float:
+        return self.latency_ms + self.transfer + self.load
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "latency_ms": round(self.latency_ms, 6),
+            "transfer": round(self.transfer, 6),
+            "load": round(self.load, 6),
+            "total": round(self.total, 6),
+        }
+
+
+def transfer_cost(fleet: Fleet, traffic: FloatArray) -> float:
+    rho = traffic / fleet.bandwidth
+    return float(W_TRANSFER * rho.sum() + W_OVERLOAD * overload(rho).sum())
+
+
+def load_cost(fleet: Fleet, before: Ledger, after: Ledger) -> float:
+    f0 = load_fraction(before.used_cpu, before.used_mem, fleet.cap_cpu, fleet.cap_mem)
+    f1 = load_fraction(after.used_cpu, after.used_mem, fleet.cap_cpu, fleet.cap_mem)
+    return float(W_LOAD * (g(f1) - g(f0)).sum())
+
+
+def evaluate(
+    fleet: Fleet,
+    before: Ledger,
+    after: Ledger,
+    traffic: FloatArray,
+    order: Sequence[int],
+    edges: Sequence[tuple[int, int]],
+    inputs: Sequence[Sequence[int]],
+    hop_ms: Sequence[float],
+) -> Costs:
+    """The objective of a complete placement.
+
+    ``after`` holds the tasks' resources (a relay's small reservation is not part of the
+    load term), ``traffic`` the Mbit/s through every uplink (tasks and relays), ``hop_ms``
+    each edge's latency over its chosen channel or relay.
+    """
+    n = len(inputs)
+    finish = [0.0] * n
+    channel = [0.0] * n
+    for t in order:
+        worst = 0.0
+        slowest = 0.0
+        for e in inputs[t]:
+            worst = max(worst, finish[edges[e][0]] + hop_ms[e])
+            slowest = max(slowest, hop_ms[e])
+        finish[t] = PROC_MS + worst
+        channel[t] = slowest
+    return Costs(
+        latency_ms=max(finish, default=0.0),
+        transfer=transfer_cost(fleet, traffic),
+        load=load_cost(fleet, before, after),
+        finish_ms=finish,
+        channel_ms=channel,
+    )
