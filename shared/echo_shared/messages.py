@@ -123,6 +123,11 @@ class StopTask(Message):
         description="the task is gone for good (its queued input is dropped); false: it moves, "
         "so it drains, snapshots and keeps its queued input for the next copy",
     )
+    fence: bool = Field(
+        default=False,
+        description="a stale copy (a newer generation runs elsewhere): stop at once, no drain, and "
+        "leave the channels' sessions, positions and progress reports alone (they are the newer copy's)",
+    )
 
 
 Command = Annotated[DeployTask | StopTask, Field(discriminator="kind")]
@@ -139,6 +144,22 @@ class CommandAck(Message):
     state: TaskState
     reason: str = ""
     snapshot: TaskSnapshot | None = None
+
+
+class TaskCheckpoint(Message):
+    """A running task's periodic checkpoint (agent -> master, MQTT): what failover restores.
+
+    Taken between two records, so ``snapshot`` is consistent: the operator's state after
+    every record up to ``snapshot.hwm`` and nothing after it. The task reports progress
+    to its producers only up to the hwm of its latest checkpoint, so they keep what came
+    after it and can replay it to a copy restored from this checkpoint."""
+
+    device: str
+    dataflow: str
+    task: str
+    generation: int
+    snapshot: TaskSnapshot
+    ts: float
 
 
 class TaskStatus(Message):
@@ -188,6 +209,11 @@ class ChannelProgress(Message):
     ts: float
     file_seq: int = 0
     file_offset: int = 0
+    generation: int = Field(
+        default=0,
+        description="the consumer copy's generation: a report from an older copy is ignored; a newer "
+        "copy (moved, or restored from a checkpoint) gets everything after its hwm sent again",
+    )
     eos: bool = Field(default=False, description="the consumer has the producer's end of stream")
 
 
@@ -252,6 +278,12 @@ class PlaceRequest(Message):
         default_factory=dict,
         description="observed records/s out per task (replace the spec's hints once running)",
     )
+    pinned: dict[str, str] = Field(
+        default_factory=dict, description="tasks kept on these devices (a migration moves only some)"
+    )
+    avoid: dict[str, list[str]] = Field(
+        default_factory=dict, description="devices a task must not go to (the one it leaves)"
+    )
 
 
 class PlaceReply(Message):
@@ -288,6 +320,163 @@ class DeviceEvent(Message):
     )
 
 
+# -------------------------------------------------------------- migrations (NATS)
+
+MigrationOrigin = Literal["api", "rebalance", "failover", "overload", "legacy"]
+MigrationState = Literal["pending", "running", "completed", "failed", "rolled_back"]
+StepState = Literal["pending", "running", "done", "failed", "skipped"]
+
+
+class MigrationStep(Message):
+    name: str
+    state: StepState = "pending"
+    started_at: float = 0.0
+    ended_at: float = 0.0
+    ms: float | None = None
+    detail: str = ""
+
+
+class Migration(Message):
+    """One task's move, as a saga the migrator persists in Redis (``names.migration_key``)."""
+
+    id: str
+    dataflow: str
+    task: str
+    origin: MigrationOrigin = "api"
+    reason: str = ""
+    requested_device: str | None = None
+    source: str | None = None
+    target: str | None = None
+    state: MigrationState = "pending"
+    generation_from: int = 0
+    generation_to: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    error: str = ""
+    steps: list[MigrationStep] = Field(default_factory=list)
+
+
+class MigrateRequest(Message):
+    dataflow: str
+    task: str
+    device: str | None = Field(default=None, description="the target; none: the scheduler chooses")
+    origin: MigrationOrigin = "api"
+    reason: str = ""
+
+
+class MigrateReply(Message):
+    ok: bool
+    migration: str | None = None
+    status: int = Field(default=202, description="an HTTP status for the gateway")
+    reason: str = ""
+
+
+class RebalanceRequest(Message):
+    dataflow: str
+    origin: MigrationOrigin = "rebalance"
+    reason: str = ""
+
+
+class RebalanceReply(Message):
+    ok: bool
+    migrations: list[str] = Field(default_factory=list)
+    moves: dict[str, str] = Field(default_factory=dict, description="task -> target device")
+    status: int = 202
+    reason: str = ""
+
+
+class MigrationGetRequest(Message):
+    id: str
+
+
+class MigrationGetReply(Message):
+    ok: bool
+    migration: Migration | None = None
+    reason: str = ""
+
+
+class MigrationListRequest(Message):
+    dataflow: str | None = None
+    limit: int = 100
+
+
+class MigrationListReply(Message):
+    migrations: list[Migration] = Field(default_factory=list)
+
+
+class RebalanceDecision(Message):
+    """What the rebalancer concluded about an overloaded device, and why."""
+
+    ts: float
+    device: str
+    metric: str
+    value: float
+    threshold: float
+    action: Literal["migrate", "none"]
+    reason: str
+    task: str | None = None
+    dataflow: str | None = None
+    migration: str | None = None
+
+
+class DecisionListRequest(Message):
+    limit: int = 100
+
+
+class DecisionListReply(Message):
+    decisions: list[RebalanceDecision] = Field(default_factory=list)
+
+
+class MoveTaskRequest(Message):
+    """Migrator -> master: one step of a migration on the task record the master owns.
+
+    ``drain``: stop the running copy (it finishes in-flight records and snapshots), record
+    the snapshot and the target with the next generation, deploy there. ``failover``: the
+    source is gone: restore from the latest periodic checkpoint on the target.
+    ``rollback``: the target did not come up: back to ``target`` (the source) with the
+    same snapshot. Idempotent: a request whose move already happened (the task is at
+    ``expected_generation + 1`` on ``target``) succeeds again without doing anything."""
+
+    dataflow: str
+    task: str
+    target: str
+    expected_generation: int
+    migration: str
+    mode: Literal["drain", "failover", "rollback"] = "drain"
+    reason: str = ""
+
+
+class MoveTaskReply(Message):
+    ok: bool
+    status: int = 200
+    reason: str = ""
+    source: str | None = None
+    generation: int = 0
+    drain_ms: float = 0.0
+    restored_from: str = Field(default="", description="drain snapshot, checkpoint, or nothing")
+
+
+class TaskLocation(Message):
+    dataflow: str
+    task: str
+    operator: str
+    device: str | None
+    state: TaskState
+    generation: int
+    stateful: bool = False
+    rate_out: float = 0.0
+    updated_at: float = 0.0
+
+
+class TaskListRequest(Message):
+    dataflow: str | None = None
+    device: str | None = None
+
+
+class TaskListReply(Message):
+    tasks: list[TaskLocation] = Field(default_factory=list)
+
+
 class DataflowEvent(Message):
     dataflow: str
     state: str
@@ -303,6 +492,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     DeployTask,
     StopTask,
     CommandAck,
+    TaskCheckpoint,
     TaskStatus,
     DataMessage,
     ChannelProgress,
@@ -318,6 +508,22 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     DeviceGetRequest,
     DeviceGetReply,
     DeviceEvent,
+    Migration,
+    MigrateRequest,
+    MigrateReply,
+    RebalanceRequest,
+    RebalanceReply,
+    MigrationGetRequest,
+    MigrationGetReply,
+    MigrationListRequest,
+    MigrationListReply,
+    RebalanceDecision,
+    DecisionListRequest,
+    DecisionListReply,
+    MoveTaskRequest,
+    MoveTaskReply,
+    TaskListRequest,
+    TaskListReply,
     DataflowEvent,
 )
 

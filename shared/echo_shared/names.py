@@ -87,9 +87,13 @@ class Names:
         """Nobody subscribes: the agent times the broker's PUBACK of a probe (its RTT)."""
         return f"{self.device_prefix(device)}/probe"
 
+    def checkpoint_topic(self, device: str) -> str:
+        """Periodic checkpoints of the tasks running on the device (``TaskCheckpoint``)."""
+        return f"{self.device_prefix(device)}/ckpt"
+
     def any_device_topic(self, leaf: str) -> str:
         """Wildcard subscription for one kind of per-device message (``hb``, ``ack``...)."""
-        if leaf not in {"hello", "hb", "bye", "cmd", "ack", "status", "probe"}:
+        if leaf not in {"hello", "hb", "bye", "cmd", "ack", "status", "probe", "ckpt"}:
             raise ValueError(f"unknown device topic leaf {leaf!r}")
         return f"{self.namespace}/dev/+/{leaf}"
 
@@ -197,6 +201,44 @@ class Names:
     def registry_get(self) -> str:
         return f"{self.namespace}.registry.devices.get"
 
+    @property
+    def migrator_migrate(self) -> str:
+        return f"{self.namespace}.migrator.migrate"
+
+    @property
+    def migrator_rebalance(self) -> str:
+        return f"{self.namespace}.migrator.rebalance"
+
+    @property
+    def migrator_get(self) -> str:
+        return f"{self.namespace}.migrator.migrations.get"
+
+    @property
+    def migrator_list(self) -> str:
+        return f"{self.namespace}.migrator.migrations.list"
+
+    @property
+    def migrator_decisions(self) -> str:
+        return f"{self.namespace}.migrator.decisions"
+
+    @property
+    def master_move(self) -> str:
+        """The master moves one task (it owns the task records): the migrator's saga steps."""
+        return f"{self.namespace}.master.tasks.move"
+
+    @property
+    def master_tasks(self) -> str:
+        """Where the tasks of the active dataflows run (the migrator's view)."""
+        return f"{self.namespace}.master.tasks.list"
+
+    @property
+    def migrator_queue(self) -> str:
+        return "migrator"
+
+    @property
+    def master_queue(self) -> str:
+        return "master"
+
     def device_event(self, device: str, status: str) -> str:
         return f"{self.namespace}.events.device.{_check(device, 'device id')}.{status}"
 
@@ -241,6 +283,28 @@ class Names:
     @property
     def dataflows_key(self) -> str:
         return f"{self.namespace}:dfs"
+
+    def migration_key(self, migration: str) -> str:
+        return f"{self.namespace}:migration:{migration}"
+
+    @property
+    def migrations_key(self) -> str:
+        """Every migration id, scored by creation time."""
+        return f"{self.namespace}:migrations"
+
+    @property
+    def active_migrations_key(self) -> str:
+        """Migrations not finished yet: a restarted migrator resumes them."""
+        return f"{self.namespace}:migrations:active"
+
+    @property
+    def decisions_key(self) -> str:
+        """The rebalancer's decisions, newest first (a capped list)."""
+        return f"{self.namespace}:rebalance:decisions"
+
+    def checkpoint_key(self, dataflow: str, task: str) -> str:
+        """A task's latest periodic checkpoint (what failover restores from)."""
+        return f"{self.namespace}:df:{dataflow}:ckpt:{task}"
 
     @property
     def active_dataflows_key(self) -> str:

@@ -41,9 +41,10 @@ class Requirement:
     cpu: float
     mem: float
     accelerators: tuple[tuple[str, int], ...]
+    avoid: tuple[str, ...] = ()  # devices it must leave (a migration off them, a failover)
 
     @classmethod
-    def of(cls, task: TaskSpec) -> Requirement:
+    def of(cls, task: TaskSpec, avoid: Sequence[str] = ()) -> Requirement:
         c = task.placement
         info = lookup(task.operator)
         return cls(
@@ -56,6 +57,7 @@ class Requirement:
             cpu=float(task.resources.cpu),
             mem=float(task.resources.memory_mb),
             accelerators=tuple(sorted((k, n) for k, n in c.accelerators.items() if n > 0)),
+            avoid=tuple(sorted(set(avoid))),
         )
 
     @property
@@ -74,10 +76,17 @@ class Requirement:
             out.append((f"input stream {self.stream}", "stream", self.stream))
         out += [(f"label {k}={v}", "label", f"{k}={v}") for k, v in self.labels]
         out.append((f"runtime {self.runtime}", "runtime", self.runtime))
+        if self.avoid:
+            out.append((f"not on {', '.join(self.avoid)}", "avoid", ",".join(self.avoid)))
         return out
 
 
 def check_mask(fleet: Fleet, kind: str, value: str) -> BoolArray:
+    if kind == "avoid":
+        out = np.ones(len(fleet), dtype=np.bool_)
+        for d in value.split(","):
+            out &= ~fleet.mask("device", d)
+        return out
     if kind == "tier":
         out = np.zeros(len(fleet), dtype=np.bool_)
         for t in value.split(","):

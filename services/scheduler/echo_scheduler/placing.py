@@ -40,15 +40,32 @@ def place(
     rates: Mapping[str, float] | None = None,
     *,
     strategy: PlacementStrategy | None = None,
+    pinned: Mapping[str, str] | None = None,
+    avoid: Mapping[str, Sequence[str]] | None = None,
 ) -> Placement:
     """Place every task of a valid spec, or raise ``PlacementError`` (``RouteError`` for an
-    edge that cannot be connected) with the reason. ``strategy`` overrides the spec's."""
+    edge that cannot be connected) with the reason. ``strategy`` overrides the spec's;
+    ``pinned`` keeps tasks on the devices given (a migration moves one task, the others
+    stay), ``avoid`` keeps tasks off devices (the one a task migrates away from)."""
     validate(spec)
-    p = build(dataflow_id, spec, devices, reserved, rates)
+    if pinned:
+        spec = pin(spec, pinned)
+    p = build(dataflow_id, spec, devices, reserved, rates, avoid)
     p.check_static()
     sol = STRATEGIES[strategy or spec.placement_strategy](p)
     out = assess(p, sol, names or Names())
     return explaining.placement(p, sol, out)
+
+
+def pin(spec: DataflowSpec, pinned: Mapping[str, str]) -> DataflowSpec:
+    """The spec with the tasks of ``pinned`` pinned to their devices."""
+    tasks = [
+        t.model_copy(update={"placement": t.placement.model_copy(update={"device": pinned[t.id]})})
+        if t.id in pinned
+        else t
+        for t in spec.tasks
+    ]
+    return spec.model_copy(update={"tasks": tasks})
 
 
 def route_problems(spec: DataflowSpec, devices: Sequence[DeviceRecord]) -> list[RouteError]:
@@ -57,4 +74,4 @@ def route_problems(spec: DataflowSpec, devices: Sequence[DeviceRecord]) -> list[
     return build("df-check", spec, devices).route_errors()
 
 
-__all__ = ["STRATEGIES", "PlacementError", "RouteError", "place", "route_problems"]
+__all__ = ["STRATEGIES", "PlacementError", "RouteError", "pin", "place", "route_problems"]

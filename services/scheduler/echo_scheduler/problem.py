@@ -121,8 +121,10 @@ def build(
     devices: Sequence[DeviceRecord],
     reserved: Mapping[str, Reservation] | None = None,
     rates: Mapping[str, float] | None = None,
+    avoid: Mapping[str, Sequence[str]] | None = None,
 ) -> Problem:
-    """The problem of a *valid* spec (``validating.validate`` first)."""
+    """The problem of a *valid* spec (``validating.validate`` first); ``avoid``: devices a
+    task must not be placed on (task id -> device ids)."""
     fleet = Fleet.of(devices)
     pos = {t.id: i for i, t in enumerate(spec.tasks)}
     n = len(spec.tasks)
@@ -152,7 +154,7 @@ def build(
     groups: dict[int, list[int]] = {}
     for t in order:
         groups.setdefault(find(t), []).append(t)
-    reqs = [Requirement.of(t) for t in spec.tasks]
+    reqs = [Requirement.of(t, (avoid or {}).get(t.id, ())) for t in spec.tasks]
     idx_cache: dict[tuple[tuple[str, str, str], ...], IntArray] = {}
     units: list[Unit] = []
     unit_of = [0] * n

@@ -81,7 +81,16 @@ class SchedulerService:
         span.set_attribute("echo.devices", len(devices))
         span.set_attribute("echo.strategy", req.spec.placement_strategy.value)
         try:
-            placement = placing.place(req.dataflow, req.spec, devices, reserved, self.names, req.rates)
+            placement = placing.place(
+                req.dataflow,
+                req.spec,
+                devices,
+                reserved,
+                self.names,
+                req.rates,
+                pinned=req.pinned,
+                avoid=req.avoid,
+            )
         except PlacementError as e:
             log.info("dataflow %s cannot be placed: %s", req.dataflow, e)
             return PlaceReply(ok=False, reason=str(e))
