@@ -164,3 +164,22 @@ class EchoClient:
 
     def get_device(self, device_id: str) -> httpx.Response:
         return self.request("GET", _path("devices", device_id), not_found=("device", device_id))
+
+    # ------------------------------------------------------------------ migrations
+
+    def migrate(self, df_id: str, task: str, device: str | None) -> httpx.Response:
+        path = f"{_path('dataflows', df_id)}/tasks/{quote(task, safe='')}/migrate"
+        body = {"device": device} if device else {}
+        return self.request("POST", path, json=body, ok=(202,))
+
+    def rebalance(self, df_id: str) -> httpx.Response:
+        return self.request("POST", f"{_path('dataflows', df_id)}/rebalance", ok=(202,))
+
+    def get_migration(self, mid: str) -> httpx.Response:
+        return self.request("GET", _path("migrations", mid), not_found=("migration", mid))
+
+    def list_migrations(self, df_id: str | None = None) -> httpx.Response:
+        return self.request("GET", "/api/v1/migrations", params={"dataflow": df_id} if df_id else None)
+
+    def decisions(self) -> httpx.Response:
+        return self.request("GET", "/api/v1/rebalancing/decisions")

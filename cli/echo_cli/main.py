@@ -210,6 +210,102 @@ def get_device(
         show(client.get_device(device_id), output, device_detail)
 
 
+@get_app.command("migrations")
+@cli_errors
+def get_migrations(
+    ctx: typer.Context,
+    dataflow: str | None = typer.Option(None, "--dataflow", help="Only this dataflow's."),
+    output: Output = OutputOpt,
+) -> None:
+    """List the latest migrations (newest first)."""
+    from .migrations import migrations_table
+
+    with client_of(ctx) as client:
+        show(client.list_migrations(dataflow), output, migrations_table, "no migrations")
+
+
+@get_app.command("migration")
+@cli_errors
+def get_migration(
+    ctx: typer.Context,
+    migration_id: str = typer.Argument(..., metavar="MID", help="Migration id."),
+    output: Output = OutputOpt,
+) -> None:
+    """Show one migration: its state and each step with its timing."""
+    from .migrations import migration_detail
+
+    with client_of(ctx) as client:
+        show(client.get_migration(migration_id), output, migration_detail)
+
+
+@get_app.command("decisions")
+@cli_errors
+def get_decisions(ctx: typer.Context, output: Output = OutputOpt) -> None:
+    """What the adaptive rebalancer decided about overloaded devices, and why."""
+    from .migrations import decisions_table
+
+    with client_of(ctx) as client:
+        show(client.decisions(), output, decisions_table, "no decisions")
+
+
+# ---------------------------------------------------------------------------- migrations
+
+
+@app.command()
+@cli_errors
+def migrate(
+    ctx: typer.Context,
+    dataflow_id: str = typer.Argument(..., metavar="ID", help="Dataflow id."),
+    task: str = typer.Argument(..., help="Task id."),
+    device: str | None = typer.Option(
+        None, "--device", "-d", help="Target device (default: the scheduler's)."
+    ),
+    wait: bool = typer.Option(False, "--wait", "-w", help="Wait until the migration ended, and show it."),
+    timeout: float = typer.Option(60.0, help="Seconds to wait at most with --wait."),
+    output: Output = OutputOpt,
+) -> None:
+    """Move a running task, with its state, to another device."""
+    import json as _json
+
+    from .migrations import migration_detail, wait_for
+
+    with client_of(ctx) as client:
+        mid = client.migrate(dataflow_id, task, device).json()["migration"]
+        if not wait:
+            if output is Output.json:
+                print_json(_json.dumps({"migration": mid}))
+            else:
+                stdout().print(f"migration {escape(mid)} started; `echoctl get migration {escape(mid)}`")
+            return
+        m = wait_for(client, mid, timeout)
+    if output is Output.json:
+        print_json(_json.dumps(m))
+    else:
+        stdout().print(migration_detail(m))
+    if m["state"] != "completed":
+        raise typer.Exit(1)
+
+
+@app.command()
+@cli_errors
+def rebalance(
+    ctx: typer.Context,
+    dataflow_id: str = typer.Argument(..., metavar="ID", help="Dataflow id."),
+    output: Output = OutputOpt,
+) -> None:
+    """Place a dataflow again and migrate the tasks whose device changes."""
+    with client_of(ctx) as client:
+        resp = client.rebalance(dataflow_id)
+    if output is Output.json:
+        print_json(resp.text)
+        return
+    body = resp.json()
+    if not body["moves"]:
+        stdout().print("every task stays where it is")
+    for (task, dev), mid in zip(body["moves"].items(), body["migrations"], strict=False):
+        stdout().print(f"{escape(task)} -> {escape(dev)}: migration {escape(mid)}")
+
+
 # ---------------------------------------------------------------------------- plan
 
 

@@ -466,6 +466,7 @@ class TaskLocation(Message):
     stateful: bool = False
     rate_out: float = 0.0
     updated_at: float = 0.0
+    brokers: list[str] = Field(default_factory=list, description="brokers its channels use (mqtt, nats)")
 
 
 class TaskListRequest(Message):
@@ -475,6 +476,9 @@ class TaskListRequest(Message):
 
 class TaskListReply(Message):
     tasks: list[TaskLocation] = Field(default_factory=list)
+    specs: dict[str, DataflowSpec] = Field(
+        default_factory=dict, description="the spec of each dataflow asked for by id"
+    )
 
 
 class DataflowEvent(Message):

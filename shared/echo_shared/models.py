@@ -328,3 +328,8 @@ class TaskRecord(Strict):
     records_out: int = 0
     rate_out: float = 0.0  # observed records/s out (placement uses it instead of the hints)
     restore: dict[str, Any] | None = None  # the snapshot a moved task continues from
+    fenced: dict[str, int] = Field(
+        default_factory=dict,
+        description="stale copies left on devices that were cut off when the task failed over "
+        "(device -> generation): stopped when the device comes back",
+    )

@@ -2,8 +2,8 @@
 
 Commands go to ``{ns}/dev/{device}/cmd`` (QoS 1, into the agent's persistent session, so
 an agent that is briefly away gets them when it returns) with the trace context in
-MQTT 5 user properties. Acks and task status come back on the per-device ``ack`` and
-``status`` topics into the master's own persistent session; they are applied to Redis
+MQTT 5 user properties. Acks, task status and periodic checkpoints come back on the per-device ``ack``,
+``status`` and ``ckpt`` topics into the master's own persistent session; they are applied to Redis
 in arrival order by one worker and only then acknowledged to the broker, so a master
 killed at any moment loses none of them.
 """
@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from pydantic import ValidationError
 
 from echo_shared.errors import RequestTimeout
-from echo_shared.messages import CommandAck, DeployTask, StopTask, TaskStatus
+from echo_shared.messages import CommandAck, DeployTask, StopTask, TaskCheckpoint, TaskStatus
 from echo_shared.mqtt import MqttClient, MqttMessage
 from echo_shared.names import Names
 from echo_shared.telemetry import inject
@@ -27,12 +27,16 @@ from echo_shared.telemetry import inject
 log = logging.getLogger(__name__)
 
 StatusHandler = Callable[[TaskStatus | CommandAck], Awaitable[None]]
+CheckpointHandler = Callable[[TaskCheckpoint], Awaitable[None]]
 
 
 class AgentLink:
-    def __init__(self, url: str, names: Names, on_update: StatusHandler) -> None:
+    def __init__(
+        self, url: str, names: Names, on_update: StatusHandler, on_checkpoint: CheckpointHandler | None = None
+    ) -> None:
         self.names = names
         self._on_update = on_update
+        self._on_checkpoint = on_checkpoint
         self._waiters: dict[str, asyncio.Future[CommandAck]] = {}
         self._queue: collections.deque[MqttMessage] = collections.deque()
         self._wake = asyncio.Event()
@@ -47,7 +51,13 @@ class AgentLink:
 
     async def start(self) -> None:
         await self.mqtt.start(timeout=30)
-        await self.mqtt.subscribe([self.names.any_device_topic("ack"), self.names.any_device_topic("status")])
+        await self.mqtt.subscribe(
+            [
+                self.names.any_device_topic("ack"),
+                self.names.any_device_topic("status"),
+                self.names.any_device_topic("ckpt"),
+            ]
+        )
 
     async def close(self) -> None:
         await self.mqtt.close()
@@ -89,6 +99,11 @@ class AgentLink:
             msg = self._queue.popleft()
             try:
                 update: TaskStatus | CommandAck
+                if msg.topic.endswith("/ckpt"):
+                    if self._on_checkpoint is not None:
+                        await self._on_checkpoint(TaskCheckpoint.from_bytes(msg.payload))
+                    self.mqtt.ack(msg)
+                    continue
                 if msg.topic.endswith("/ack"):
                     update = CommandAck.from_bytes(msg.payload)
                     fut = self._waiters.get(update.cmd_id)

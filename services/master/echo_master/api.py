@@ -27,6 +27,7 @@ from .context import ApiContext
 from .errors import BodyTooLarge, http_status
 from .hypercat import hypercat_router
 from .legacy.routes import legacy_router
+from .migrations_api import migrations_router
 from .specs import read_spec
 from .views import ERRORS, SPEC_BODY, DataflowCreated, DataflowView, dataflow_view, error_response
 
@@ -191,6 +192,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
             status_code=200 if ok else 503, content={"status": "ok" if ok else "degraded", **checks}
         )
 
+    app.include_router(migrations_router(ctx))
     app.include_router(legacy_router(ctx))
     app.include_router(hypercat_router(ctx))
 

@@ -14,7 +14,7 @@ import uvicorn
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
-from echo_shared.messages import DeviceEvent
+from echo_shared.messages import DeviceEvent, MoveTaskRequest, TaskCheckpoint, TaskListRequest
 from echo_shared.names import Names
 from echo_shared.nats_bus import NatsBus
 from echo_shared.redis_store import connect_redis
@@ -22,6 +22,7 @@ from echo_shared.redis_store import connect_redis
 from .agents_link import AgentLink
 from .api import create_api
 from .context import ApiContext
+from .moving import TaskMover
 from .reconciling import Reconciler
 from .settings import MasterSettings
 from .store import DataflowStore
@@ -49,8 +50,15 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
                 assert reconciler is not None
                 await reconciler.on_update(update)  # type: ignore[arg-type]
 
-            link = AgentLink(settings.mqtt_url, names, on_update)
+            mover: TaskMover | None = None
+
+            async def on_checkpoint(ckpt: TaskCheckpoint) -> None:
+                assert mover is not None
+                await mover.on_checkpoint(ckpt)
+
+            link = AgentLink(settings.mqtt_url, names, on_update, on_checkpoint)
             reconciler = Reconciler(store, link, bus, names, settings)
+            mover = TaskMover(store, reconciler)
 
             async def on_device_event(msg: Msg) -> None:
                 try:
@@ -79,6 +87,8 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
                     await stop.wait()
                     server.should_exit = True
 
+                await bus.serve(names.master_move, names.master_queue, MoveTaskRequest, mover.move)
+                await bus.serve(names.master_tasks, names.master_queue, TaskListRequest, mover.tasks)
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(link.run(stop))
                     tg.create_task(reconciler.run(stop))

@@ -24,10 +24,20 @@ class BodyTooLarge(PermanentError):
     pass
 
 
+class Refused(PermanentError):
+    """Another service refused a request with an HTTP-like status (e.g. the migrator)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
 def http_status(err: EchoError) -> int:
     """HTTP status for a typed error (the gateway's single mapping)."""
     if isinstance(err, SpecError):
         return 422
+    if isinstance(err, Refused):
+        return err.status
     if isinstance(err, NotFoundError):
         return 404
     if isinstance(err, UnsupportedMediaType):
@@ -46,6 +56,7 @@ __all__ = [
     "EchoError",
     "NotFoundError",
     "Problem",
+    "Refused",
     "SpecError",
     "UnsupportedMediaType",
     "http_status",

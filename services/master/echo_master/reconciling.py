@@ -24,7 +24,7 @@ import time
 
 from opentelemetry import trace
 
-from echo_shared.errors import BusError, ConflictError, EchoError, PlacementError, RequestTimeout, SpecError
+from echo_shared.errors import BusError, EchoError, RequestTimeout, SpecError
 from echo_shared.messages import CommandAck, DeviceEvent, PlaceReply, PlaceRequest, Reservation, TaskStatus
 from echo_shared.models import DataflowState, DesiredState, DeviceStatus, TaskRecord, TaskState
 from echo_shared.names import Names
@@ -57,7 +57,7 @@ class Reconciler:
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._workers: dict[str, asyncio.Task[None]] = {}
-        self._tracer = tracer("echo.master")
+        self.tracer = tracer("echo.master")
         self.changed = asyncio.Condition()
 
     # ------------------------------------------------------------------ loop
@@ -109,7 +109,7 @@ class Reconciler:
                 DataflowState.deploying,
                 DataflowState.running,
             ):
-                with self._tracer.start_as_current_span(
+                with self.tracer.start_as_current_span(
                     "reconcile dataflow", context=extract({"traceparent": df.traceparent})
                 ) as span:
                     span.set_attribute("echo.dataflow", df.id)
@@ -131,7 +131,7 @@ class Reconciler:
             async with self.changed:
                 self.changed.notify_all()
 
-    async def _set_state(self, df: Dataflow, state: DataflowState, reason: str = "") -> None:
+    async def set_state(self, df: Dataflow, state: DataflowState, reason: str = "") -> None:
         if df.state == state and df.reason == reason:
             return
         log.info("dataflow %s: %s -> %s %s", df.id, df.state.value, state.value, reason)
@@ -163,14 +163,14 @@ class Reconciler:
                 self.names.scheduler_place, req, PlaceReply, timeout=self.settings.scheduler_timeout
             )
         except SpecError as e:
-            await self._set_state(df, DataflowState.failed, f"invalid spec: {e}")
+            await self.set_state(df, DataflowState.failed, f"invalid spec: {e}")
             return
         if not reply.ok or reply.placement is None:
-            await self._set_state(df, DataflowState.failed, f"cannot be placed: {reply.reason}")
+            await self.set_state(df, DataflowState.failed, f"cannot be placed: {reply.reason}")
             return
         generations = {t: rec.generation + 1 for t, rec in df.tasks.items()}
         await self.store.set_placement(df.id, reply.placement, generations)
-        await self._set_state(df, DataflowState.scheduled)
+        await self.set_state(df, DataflowState.scheduled)
 
     # ------------------------------------------------------------------ deploying
 
@@ -179,7 +179,7 @@ class Reconciler:
         ends with a state and a reason of its own. Then sum up: failed, completed or running."""
         assert df.placement is not None
         if any(r.state not in SETTLED for r in df.tasks.values()) and df.state is not DataflowState.deploying:
-            await self._set_state(df, DataflowState.deploying)
+            await self.set_state(df, DataflowState.deploying)
         for level in deploy_levels(df.effective):
             waiting = [df.tasks[t] for t in level if df.tasks[t].state not in SETTLED]
             if not waiting:
@@ -209,24 +209,24 @@ class Reconciler:
             if still:
                 problems = [str(e) for e in results if isinstance(e, BaseException)]
                 reason = "; ".join(problems) or f"waiting for {', '.join(r.id for r in still)}"
-                await self._set_state(df, DataflowState.deploying, reason)
+                await self.set_state(df, DataflowState.deploying, reason)
                 return
         failed = [r for r in df.tasks.values() if r.state is TaskState.failed]
         if failed:
             r = failed[0]
             more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-            await self._set_state(
+            await self.set_state(
                 df, DataflowState.failed, f"task {r.id} failed on {r.device}: {r.reason}{more}"
             )
         elif all(r.state is TaskState.finished for r in df.tasks.values()):
-            await self._set_state(df, DataflowState.completed)
+            await self.set_state(df, DataflowState.completed)
         else:
-            await self._set_state(df, DataflowState.running)
+            await self.set_state(df, DataflowState.running)
 
     async def _deploy(self, df: Dataflow, rec: TaskRecord) -> CommandAck:
         assert rec.device and df.placement is not None
         cmd = deploy_command(df.id, df.effective, df.placement, rec)  # the caller marked it deploying
-        with self._tracer.start_as_current_span(f"deploy {rec.id} to {rec.device}") as span:
+        with self.tracer.start_as_current_span(f"deploy {rec.id} to {rec.device}") as span:
             span.set_attribute("echo.device", rec.device)
             span.set_attribute("echo.generation", rec.generation)
             ack = await self.link.send(rec.device, cmd, self.settings.command_timeout)
@@ -237,7 +237,7 @@ class Reconciler:
 
     async def _stop(self, df: Dataflow) -> None:
         if df.state is not DataflowState.stopping:
-            await self._set_state(df, DataflowState.stopping)
+            await self.set_state(df, DataflowState.stopping)
         placed = [r for r in df.tasks.values() if r.device and r.state is not TaskState.stopped]
 
         async def stop_one(rec: TaskRecord) -> None:
@@ -269,7 +269,7 @@ class Reconciler:
         await asyncio.gather(*(stop_one(r) for r in placed), return_exceptions=True)
         df = await self.store.get(df.id)
         if all(r.state is TaskState.stopped or not r.device for r in df.tasks.values()):
-            await self._set_state(df, DataflowState.stopped)
+            await self.set_state(df, DataflowState.stopped)
 
     # ------------------------------------------------------------------ reports
 
@@ -290,18 +290,28 @@ class Reconciler:
             self.kick(update.dataflow)
 
     async def on_device_event(self, event: DeviceEvent) -> None:
-        """A device's agent restarted: deploy again what should run on it.
+        """A device came back online.
 
-        A device that was only cut off (unreachable, even lost) and comes back with the same
-        agent process kept running its tasks (edge autonomy): nothing to do."""
-        if event.status is not DeviceStatus.online or not event.restarted:
+        Its agent restarted: deploy again what should run on it (what ran there is gone).
+        Only cut off (the same agent process): its tasks kept running (edge autonomy), except
+        those that failed over meanwhile: their stale copies are stopped (fenced)."""
+        if event.status is not DeviceStatus.online:
             return
         for df in await self.store.all(await self.store.active_ids()):
             if df.desired is not DesiredState.running or df.state not in ACTIVE_STATES:
                 continue
             touched = False
             for rec in df.tasks.values():
-                if rec.device == event.device and rec.state in (TaskState.running, TaskState.deploying):
+                if event.device in rec.fenced:
+                    if event.restarted:  # the stale copy died with the old agent
+                        await self.store.unfence(df.id, rec.id, event.device, rec.fenced[event.device])
+                    else:
+                        await self.fence(df.id, rec, event.device, rec.fenced[event.device])
+                if (
+                    event.restarted
+                    and rec.device == event.device
+                    and rec.state in (TaskState.running, TaskState.deploying)
+                ):
                     await self.store.patch_task(
                         df.id,
                         rec.id,
@@ -312,72 +322,23 @@ class Reconciler:
             if touched:
                 self.kick(df.id)
 
-    async def rebalance(self, df_id: str) -> list[str]:
-        """Place a running dataflow again and move the tasks whose device changes.
-
-        Each move stops the current copy with a drain (it finishes what it holds and
-        reports a snapshot: last seq emitted, last seq taken per producer, operator state),
-        records the snapshot with the task's next generation in Redis, then deploys the
-        new copy, which continues from the snapshot and from the task's queued input.
-        Returns the ids of the tasks moved.
-        """
-        df = await self.store.get(df_id)
-        if df.desired is not DesiredState.running or df.state not in (
-            DataflowState.running,
-            DataflowState.deploying,
-        ):
-            raise ConflictError(f"dataflow {df_id} is {df.state.value}: only a running dataflow can move")
-        reply = await self.bus.request(
-            self.names.scheduler_place,
-            PlaceRequest(
-                dataflow=df.id, spec=df.spec, reserved=await self.reserved(df.id), rates=observed_rates(df)
-            ),
-            PlaceReply,
-            timeout=self.settings.scheduler_timeout,
-        )
-        if not reply.ok or reply.placement is None:
-            raise PlacementError(f"cannot be placed again: {reply.reason}")
-        moved = []
-        for tp in reply.placement.tasks:
-            rec = df.tasks[tp.task]
-            if rec.device == tp.device or rec.state is not TaskState.running:
-                continue
-            await self.move(df, tp.task, tp.device, tp.reason)
-            moved.append(tp.task)
-        if moved:
-            self.kick(df.id)
-        return moved
-
-    async def move(self, df: Dataflow, task_id: str, target: str, reason: str) -> None:
-        """Move one running task to ``target`` (see ``rebalance``)."""
-        rec = df.tasks[task_id]
-        assert rec.device is not None
-        with self._tracer.start_as_current_span(f"move {task_id} {rec.device} -> {target}"):
-            ack = await self.link.send(
-                rec.device,
-                stop_command(df.id, rec, final=False),
-                self.settings.command_timeout + DRAIN_SECONDS,
-            )
-            if not ack.ok or ack.snapshot is None:
-                raise ConflictError(
-                    f"task {task_id} on {rec.device} could not drain: {ack.reason or ack.state}"
+    async def fence(self, df_id: str, rec: TaskRecord, device: str, generation: int) -> None:
+        """Stop the stale copy (``generation``) of a task that failed over away from ``device``."""
+        stale = rec.model_copy(update={"generation": generation})
+        cmd = stop_command(df_id, stale)
+        cmd.fence = True
+        with self.tracer.start_as_current_span(f"fence {rec.id} gen {generation} on {device}"):
+            try:
+                ack = await self.link.send(device, cmd, self.settings.command_timeout)
+            except RequestTimeout as e:
+                log.warning(
+                    "fencing %s/%s on %s: %s (retried when it reports again)", df_id, rec.id, device, e
                 )
-            await self.store.patch_task(
-                df.id,
-                task_id,
-                {
-                    "device": target,
-                    "generation": rec.generation + 1,
-                    "state": TaskState.pending,
-                    "reason": "",
-                    "restore": ack.snapshot.model_dump(mode="json"),
-                    "placement_reason": reason,
-                    "last_command_at": 0.0,
-                    "attempts": 0,
-                },
-                generation=rec.generation,
-            )
-            await self._set_state(df, DataflowState.deploying, f"moving {task_id} to {target}")
+                return
+        log.info(
+            "fenced the stale copy of %s/%s (gen %d) on %s: %s", df_id, rec.id, generation, device, ack.state
+        )
+        await self.store.unfence(df_id, rec.id, device, generation)
 
     async def wait_for(self, df_id: str, states: set[DataflowState], timeout: float) -> Dataflow:
         """Wait until a dataflow reaches one of ``states`` (or the timeout); returns it."""

@@ -21,6 +21,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from echo_shared.errors import NotFoundError
+from echo_shared.messages import TaskCheckpoint
 from echo_shared.models import (
     DataflowSpec,
     DataflowState,
@@ -52,6 +53,42 @@ for k, v in pairs(patch) do rec[k] = v end
 local out = cjson.encode(rec)
 redis.call('HSET', KEYS[1], ARGV[1], out)
 return out
+"""
+
+
+# KEYS[1] tasks hash, KEYS[2] checkpoint key; ARGV[1] task id, ARGV[2] generation, ARGV[3]
+# the checkpoint (JSON). Kept only when it comes from the task's current generation and is
+# newer than the one stored. Returns 1 when stored.
+_CHECKPOINT = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return 0 end
+local rec = cjson.decode(cur)
+if tonumber(rec['generation']) ~= tonumber(ARGV[2]) then return 0 end
+local old = redis.call('GET', KEYS[2])
+if old then
+  local o = cjson.decode(old)
+  local n = cjson.decode(ARGV[3])
+  if tonumber(o['generation']) == tonumber(ARGV[2])
+     and tonumber(o['snapshot']['taken_at']) >= tonumber(n['snapshot']['taken_at']) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[2], ARGV[3])
+return 1
+"""
+
+# KEYS[1] tasks hash; ARGV[1] task id, ARGV[2] device, ARGV[3] generation: forget a fenced
+# stale copy (it was stopped, or died with its agent).
+_UNFENCE = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return 0 end
+local rec = cjson.decode(cur)
+local f = rec['fenced']
+if type(f) ~= 'table' or tonumber(f[ARGV[2]]) ~= tonumber(ARGV[3]) then return 0 end
+f[ARGV[2]] = nil
+if next(f) == nil then rec['fenced'] = cjson.decode('{}') end
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(rec))
+return 1
 """
 
 
@@ -96,6 +133,8 @@ class DataflowStore:
         self.r = redis
         self.names = names
         self._patch = redis.register_script(_PATCH)
+        self._checkpoint = redis.register_script(_CHECKPOINT)
+        self._unfence = redis.register_script(_UNFENCE)
 
     @staticmethod
     def new_id() -> str:
@@ -260,3 +299,34 @@ class DataflowStore:
             ],
         )
         return TaskRecord.model_validate_json(out) if out else None
+
+    # ------------------------------------------------------------------ moves
+
+    async def save_checkpoint(self, ckpt: TaskCheckpoint) -> bool:
+        """Keep a task's periodic checkpoint if it comes from its current generation."""
+        out = await self._checkpoint(
+            keys=[
+                self.names.dataflow_tasks_key(ckpt.dataflow),
+                self.names.checkpoint_key(ckpt.dataflow, ckpt.task),
+            ],
+            args=[ckpt.task, str(ckpt.generation), ckpt.model_dump_json()],
+        )
+        return bool(out)
+
+    async def checkpoint(self, df_id: str, task: str) -> TaskCheckpoint | None:
+        raw = await self.r.get(self.names.checkpoint_key(df_id, task))
+        return TaskCheckpoint.model_validate_json(raw) if raw else None
+
+    async def unfence(self, df_id: str, task: str, device: str, generation: int) -> None:
+        await self._unfence(keys=[self.names.dataflow_tasks_key(df_id)], args=[task, device, str(generation)])
+
+    async def move_in_placement(self, df_id: str, task: str, device: str, reason: str) -> None:
+        """Show a moved task on its new device in the dataflow's recorded placement."""
+        raw = await self.r.hget(self.names.dataflow_key(df_id), "placement")
+        if not raw:
+            return
+        placement = Placement.model_validate_json(raw)
+        for tp in placement.tasks:
+            if tp.task == task:
+                tp.device, tp.reason, tp.runner_up, tp.runner_up_reason = device, reason, None, ""
+        await self.r.hset(self.names.dataflow_key(df_id), "placement", placement.model_dump_json())

@@ -1,4 +1,5 @@
-"""Migrator wiring: NATS and Redis, the device-event follower, a clean stop."""
+"""Migrator wiring: NATS and Redis, the saga runner (resuming what a previous run left),
+the NATS API, failover on lost devices, the adaptive rebalancer; a clean stop."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ from echo_shared.names import Names
 from echo_shared.nats_bus import NatsBus
 from echo_shared.redis_store import connect_redis
 
+from .balancing import Rebalancer
+from .migrating import Migrations
+from .sagas import SagaStore
+from .service import MigratorService
 from .settings import MigratorSettings
-from .watching import follow_device_events
+from .watching import FailoverWatcher
 
 log = logging.getLogger(__name__)
 
@@ -20,9 +25,18 @@ async def run(settings: MigratorSettings, stop: asyncio.Event) -> None:
     redis = await connect_redis(settings.redis_url)
     try:
         async with NatsBus(settings.nats_url, settings.service_name) as bus:
-            log.info("migrator ready")
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(follow_device_events(bus, names, stop))
+            store = SagaStore(redis, names)
+            migrations = Migrations(bus, names, store, settings)
+            await MigratorService(bus, names, store, migrations).serve()
+            resumed = await migrations.resume_all()
+            log.info("migrator ready (%d migration(s) resumed)", resumed)
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(FailoverWatcher(bus, names, migrations).follow(stop))
+                    if settings.rebalance_enabled:
+                        tg.create_task(Rebalancer(migrations, store, settings).run(stop))
+            finally:
+                await migrations.close()
             log.info("migrator stopping")
     finally:
         await redis.aclose()

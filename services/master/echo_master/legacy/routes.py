@@ -25,7 +25,6 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from echo_shared.errors import Problem, SpecError
@@ -33,7 +32,8 @@ from echo_shared.errors import Problem, SpecError
 from .. import submitting
 from ..context import ApiContext
 from ..errors import BodyTooLarge
-from ..views import ERRORS, DataflowView, dataflow_view, error_response
+from ..migrations_api import start_rebalance, wait_migrations
+from ..views import ERRORS, DataflowView, dataflow_view
 from .mapping import Mapped, map_dag
 from .parsing import read_dag
 
@@ -109,6 +109,7 @@ def locate(problems: list[Problem], mapped: Mapped) -> list[Problem]:
     return out
 
 
+REBALANCE_WAIT = 60.0  # seconds: the original API answered once the DAG ran again
 UUID = Query(description="the dataflow id returned by POST /DAG", min_length=1, max_length=128)
 
 
@@ -151,16 +152,14 @@ def legacy_router(ctx: ApiContext) -> APIRouter:
     @router.post(
         "/rebalance",
         response_model=DagRebalanced,
-        responses={**ERRORS, 501: {"description": "rebalancing is not available yet"}},
-        summary="Re-place a DAG's tasks",
+        responses=ERRORS,
+        summary="Re-place a DAG's tasks (the migrator's rebalance; answers once the moves ended)",
     )
-    async def rebalance_dag(uuid: str = UUID) -> DagRebalanced | JSONResponse:
-        await ctx.store.get(uuid)  # 404 for an unknown uuid
-        try:
-            moved = await ctx.reconciler.rebalance(uuid)
-        except NotImplementedError as e:
-            return error_response(501, f"rebalance is not available in this release: {e}")
-        return DagRebalanced(uuid=uuid, moved=list(moved))
+    async def rebalance_dag(uuid: str = UUID) -> DagRebalanced:
+        reply = await start_rebalance(ctx, uuid, origin="legacy")
+        done = await wait_migrations(ctx, reply.migrations, REBALANCE_WAIT)
+        moved = [m.task for m in done if m.state == "completed"]
+        return DagRebalanced(uuid=uuid, moved=moved)
 
     @router.get("", response_model=DagView, responses=ERRORS, summary="A DAG and its processors' tasks")
     async def get_dag(uuid: str = UUID) -> dict[str, Any]:

@@ -1,0 +1,210 @@
+"""Moving tasks: the master's side of the migrator's sagas (it owns the task records).
+
+The migrator asks (NATS, ``names.master_move``) for one step at a time; each is
+idempotent, fenced by the generation the migrator last saw:
+
+- ``drain``: the running copy stops taking input, finishes what it holds and snapshots
+  (``StopTask(final=False)``); its snapshot and the target are recorded with the next
+  generation, and the reconcile loop deploys the new copy, which restores the snapshot
+  and resumes from the task's durable input position (its channel sessions belong to
+  the task, not the device).
+- ``failover``: the device is lost; the new copy restores the task's latest periodic
+  checkpoint (or, when the current copy never took one, the snapshot it started from)
+  and its producers replay what came after it. The copy left on the lost device is
+  remembered in ``TaskRecord.fenced`` and stopped if that device ever returns.
+- ``rollback``: the target did not come up; the task goes back with the same snapshot.
+
+Periodic checkpoints arrive from the agents (``TaskCheckpoint``) and are kept in Redis,
+one per task, only when they come from the task's current generation.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from echo_shared.errors import ConflictError, EchoError, NotFoundError
+from echo_shared.messages import (
+    MoveTaskReply,
+    MoveTaskRequest,
+    TaskCheckpoint,
+    TaskListReply,
+    TaskListRequest,
+    TaskLocation,
+    TaskSnapshot,
+)
+from echo_shared.models import DataflowSpec, DataflowState, DesiredState, TaskRecord, TaskState
+from echo_shared.operators import lookup
+
+from .commands import stop_command
+from .reconciling import DRAIN_SECONDS, Reconciler
+from .store import ACTIVE_STATES, Dataflow, DataflowStore
+
+log = logging.getLogger(__name__)
+
+MOVABLE = {TaskState.running, TaskState.deploying, TaskState.pending}
+
+
+class TaskMover:
+    def __init__(self, store: DataflowStore, reconciler: Reconciler) -> None:
+        self.store = store
+        self.reconciler = reconciler
+
+    # ------------------------------------------------------------------ NATS handlers
+
+    async def move(self, req: MoveTaskRequest) -> MoveTaskReply:
+        try:
+            return await self._move(req)
+        except NotFoundError as e:
+            return MoveTaskReply(ok=False, status=404, reason=str(e))
+        except ConflictError as e:
+            return MoveTaskReply(ok=False, status=409, reason=str(e))
+        except EchoError as e:
+            return MoveTaskReply(ok=False, status=503, reason=str(e))
+
+    async def tasks(self, req: TaskListRequest) -> TaskListReply:
+        ids = [req.dataflow] if req.dataflow else await self.store.active_ids()
+        out: list[TaskLocation] = []
+        specs: dict[str, DataflowSpec] = {}
+        for df in await self.store.all(ids):
+            if df.desired is not DesiredState.running:
+                continue
+            if req.dataflow:
+                specs[df.id] = df.spec
+            brokers: dict[str, set[str]] = {}
+            for c in df.placement.channels if df.placement else []:
+                for t in (c.from_task, c.to_task):
+                    brokers.setdefault(t, set()).add(c.transport)
+            for rec in df.tasks.values():
+                if req.device and rec.device != req.device:
+                    continue
+                info = lookup(rec.operator)
+                out.append(
+                    TaskLocation(
+                        dataflow=df.id,
+                        task=rec.id,
+                        operator=rec.operator,
+                        device=rec.device,
+                        state=rec.state,
+                        generation=rec.generation,
+                        stateful=bool(info and info.stateful),
+                        rate_out=rec.rate_out,
+                        updated_at=rec.updated_at,
+                        brokers=sorted(brokers.get(rec.id, set())),
+                    )
+                )
+        return TaskListReply(tasks=out, specs=specs)
+
+    async def on_checkpoint(self, ckpt: TaskCheckpoint) -> None:
+        stored = await self.store.save_checkpoint(ckpt)
+        if not stored:
+            log.debug("checkpoint of %s/%s gen %d is stale", ckpt.dataflow, ckpt.task, ckpt.generation)
+
+    # ------------------------------------------------------------------ the steps
+
+    async def _move(self, req: MoveTaskRequest) -> MoveTaskReply:
+        df = await self.store.get(req.dataflow)
+        rec = df.tasks.get(req.task)
+        if rec is None:
+            raise NotFoundError("task", f"{req.task} of dataflow {req.dataflow}")
+        if rec.generation == req.expected_generation + 1 and rec.device == req.target:
+            return MoveTaskReply(ok=True, source=None, generation=rec.generation, reason="already moved")
+        if rec.generation != req.expected_generation:
+            raise ConflictError(
+                f"task {req.task} is at generation {rec.generation}, not {req.expected_generation}: "
+                "another move came first"
+            )
+        if df.desired is not DesiredState.running or df.state not in ACTIVE_STATES:
+            raise ConflictError(f"dataflow {df.id} is {df.state.value}: only a running dataflow can move")
+        if rec.device == req.target and req.mode != "rollback":
+            raise ConflictError(f"task {req.task} already runs on {req.target}")
+        if req.mode == "drain":
+            return await self._drain(df, rec, req)
+        if req.mode == "failover":
+            return await self._failover(df, rec, req)
+        return await self._relocate(df, rec, req, rec.restore, "rollback", "the same snapshot")
+
+    async def _drain(self, df: Dataflow, rec: TaskRecord, req: MoveTaskRequest) -> MoveTaskReply:
+        if rec.state is not TaskState.running or rec.device is None:
+            raise ConflictError(f"task {rec.id} is {rec.state.value}: only a running task can drain")
+        t0 = time.monotonic()
+        ack = await self.reconciler.link.send(
+            rec.device,
+            stop_command(df.id, rec, final=False),
+            self.reconciler.settings.command_timeout + DRAIN_SECONDS,
+        )
+        drain_ms = (time.monotonic() - t0) * 1000
+        if not ack.ok or ack.snapshot is None:
+            raise ConflictError(f"task {rec.id} on {rec.device} could not drain: {ack.reason or ack.state}")
+        reply = await self._relocate(
+            df, rec, req, ack.snapshot.model_dump(mode="json"), "drain", "the drained copy's snapshot"
+        )
+        reply.drain_ms = round(drain_ms, 3)
+        return reply
+
+    async def _failover(self, df: Dataflow, rec: TaskRecord, req: MoveTaskRequest) -> MoveTaskReply:
+        ckpt = await self.store.checkpoint(df.id, rec.id)
+        if ckpt is not None and ckpt.generation == rec.generation:
+            restore: dict[str, Any] | None = ckpt.snapshot.model_dump(mode="json")
+            source = f"checkpoint of {time.time() - ckpt.snapshot.taken_at:.1f}s ago"
+        elif rec.restore is not None:
+            restore, source = rec.restore, "the snapshot its copy started from (no checkpoint yet)"
+        else:
+            restore, source = None, "nothing (no checkpoint: it starts afresh)"
+        return await self._relocate(df, rec, req, restore, "failover", source)
+
+    async def _relocate(
+        self,
+        df: Dataflow,
+        rec: TaskRecord,
+        req: MoveTaskRequest,
+        restore: dict[str, Any] | None,
+        mode: str,
+        restored_from: str,
+    ) -> MoveTaskReply:
+        fenced = dict(rec.fenced)
+        if mode == "failover" and rec.device:
+            fenced[rec.device] = rec.generation  # stop it if that device comes back
+        if restore is not None:
+            TaskSnapshot.model_validate(restore)  # never record what a deploy could not use
+        with self.reconciler.tracer.start_as_current_span(f"{mode} {rec.id} {rec.device} -> {req.target}"):
+            moved = await self.store.patch_task(
+                df.id,
+                rec.id,
+                {
+                    "device": req.target,
+                    "generation": rec.generation + 1,
+                    "state": TaskState.pending,
+                    "reason": "",
+                    "restore": restore,
+                    "fenced": fenced,
+                    "placement_reason": f"{req.target}: {mode} ({req.reason or req.migration})",
+                    "last_command_at": 0.0,
+                    "attempts": 0,
+                    "records_in": 0,
+                    "records_out": 0,
+                },
+                generation=rec.generation,
+            )
+            if moved is None:
+                raise ConflictError(f"task {rec.id} changed while moving: another move came first")
+            await self.store.move_in_placement(df.id, rec.id, req.target, moved.placement_reason)
+            await self.reconciler.set_state(df, DataflowState.deploying, f"moving {rec.id} to {req.target}")
+            self.reconciler.kick(df.id)
+        log.info(
+            "%s %s/%s: %s -> %s, generation %d, restored from %s",
+            mode,
+            df.id,
+            rec.id,
+            rec.device,
+            req.target,
+            rec.generation + 1,
+            restored_from,
+        )
+        return MoveTaskReply(
+            ok=True, source=rec.device, generation=rec.generation + 1, restored_from=restored_from
+        )
+
+
+__all__ = ["TaskMover"]
