@@ -172,6 +172,10 @@ class TaskStatus(Message):
     records_in: int = 0
     records_out: int = 0
     rate_out: float = Field(default=0.0, description="records/s emitted since the previous report")
+    out_seq: int = Field(default=0, description="the last seq it emitted (a position that survives moves)")
+    hwm: dict[str, int] = Field(
+        default_factory=dict, description="the last seq taken from each producer (its input position)"
+    )
     ts: float
 
 
@@ -467,6 +471,7 @@ class TaskLocation(Message):
     rate_out: float = 0.0
     updated_at: float = 0.0
     brokers: list[str] = Field(default_factory=list, description="brokers its channels use (mqtt, nats)")
+    lag: int = Field(default=0, description="records its producers emitted that it has not taken yet")
 
 
 class TaskListRequest(Message):

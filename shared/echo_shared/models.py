@@ -327,6 +327,8 @@ class TaskRecord(Strict):
     records_in: int = 0
     records_out: int = 0
     rate_out: float = 0.0  # observed records/s out (placement uses it instead of the hints)
+    out_seq: int = 0  # the last seq it emitted, as last reported
+    hwm: dict[str, int] = Field(default_factory=dict)  # the last seq taken from each producer
     restore: dict[str, Any] | None = None  # the snapshot a moved task continues from
     fenced: dict[str, int] = Field(
         default_factory=dict,

@@ -92,6 +92,7 @@ class TaskMover:
                         rate_out=rec.rate_out,
                         updated_at=rec.updated_at,
                         brokers=sorted(brokers.get(rec.id, set())),
+                        lag=input_lag(df, rec),
                     )
                 )
         return TaskListReply(tasks=out, specs=specs)
@@ -207,4 +208,15 @@ class TaskMover:
         )
 
 
-__all__ = ["TaskMover"]
+def input_lag(df: Dataflow, rec: TaskRecord) -> int:
+    """Records its producers emitted that the task has not taken yet (positions, not
+    counters: they survive moves). 0 when it has no producer or nothing was reported."""
+    lag = 0
+    for producer in df.effective.inputs_of(rec.id):
+        p = df.tasks.get(producer)
+        if p is not None and p.out_seq:
+            lag += max(0, p.out_seq - rec.hwm.get(producer, 0))
+    return lag
+
+
+__all__ = ["TaskMover", "input_lag"]

@@ -283,6 +283,10 @@ class Reconciler:
             patch["records_in"] = update.records_in
             patch["records_out"] = update.records_out
             patch["rate_out"] = update.rate_out
+            if update.out_seq:
+                patch["out_seq"] = update.out_seq
+            if update.hwm:
+                patch["hwm"] = update.hwm
         rec = await self.store.patch_task(
             update.dataflow, update.task, patch, generation=update.generation, forward_only=True
         )

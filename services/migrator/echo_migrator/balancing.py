@@ -1,12 +1,14 @@
 """Adaptive rebalancing: tasks move off devices that stay overloaded.
 
 Every ``rebalance_period`` the fleet's utilisation (the registry's device records: CPU
-and memory from the heartbeats) is compared with the thresholds. A device above one for
-``overload_window`` seconds in a row gets one task moved off it: the running task of a
-spec (not pinned by device or input stream, not moved within the cool-down) with the
-highest observed output rate; the scheduler picks the target (the device avoided).
-Then the device and the task cool down for ``overload_cooldown`` seconds, so nothing
-flaps. Every decision, to move or not, is recorded with its reason (``SagaStore``).
+and memory from the heartbeats) and the input lag of each running task (records its
+producers emitted that it has not taken; positions reported by the agents) are compared
+with the thresholds. A device above one for ``overload_window`` seconds in a row gets
+one task moved off it: the running task of a spec (not pinned by device or input stream,
+not moved within the cool-down) with the highest observed output rate (for lag: the task
+that lags most); the scheduler picks the target (the device avoided). Then the device
+and the task cool down for ``overload_cooldown`` seconds, so nothing flaps. Every
+decision, to move or not, is recorded with its reason (``SagaStore``).
 """
 
 from __future__ import annotations
@@ -26,12 +28,15 @@ from .settings import MigratorSettings
 log = logging.getLogger(__name__)
 
 
-def overload(d: DeviceRecord, s: MigratorSettings) -> tuple[str, float, float] | None:
-    """(metric, value, threshold) of the first threshold the device is above, or None."""
+def overload(d: DeviceRecord, s: MigratorSettings, lag: int = 0) -> tuple[str, float, float] | None:
+    """(metric, value, threshold) of the first threshold the device is above, or None;
+    ``lag``: the largest input lag of a task on it (records)."""
     if d.cpu_percent is not None and d.cpu_percent > s.overload_cpu_percent:
         return "cpu_percent", d.cpu_percent, s.overload_cpu_percent
     if d.memory_percent is not None and d.memory_percent > s.overload_memory_percent:
         return "memory_percent", d.memory_percent, s.overload_memory_percent
+    if lag > s.overload_lag:
+        return "input_lag", float(lag), float(s.overload_lag)
     return None
 
 
@@ -62,8 +67,12 @@ class Rebalancer:
 
     async def tick(self, now: float) -> list[RebalanceDecision]:
         out = []
+        lags: dict[str, int] = {}
+        for t in (await self.migrations.tasks()).tasks:
+            if t.device and t.state is TaskState.running:
+                lags[t.device] = max(lags.get(t.device, 0), t.lag)
         for d in sorted((await self.migrations.devices()).values(), key=lambda d: d.id):
-            hot = overload(d, self.settings) if d.status is DeviceStatus.online else None
+            hot = overload(d, self.settings, lags.get(d.id, 0)) if d.status is DeviceStatus.online else None
             if hot is None:
                 self.hot_since.pop(d.id, None)
                 continue
@@ -80,7 +89,11 @@ class Rebalancer:
         listing = await self.migrations.tasks(device=d.id)
         specs: dict[str, DataflowSpec | None] = {}
         candidates = []
-        for t in sorted(listing.tasks, key=lambda t: (-t.rate_out, t.dataflow, t.task)):
+        if metric == "input_lag":  # the task that lags first
+            order = sorted(listing.tasks, key=lambda t: (-t.lag, t.dataflow, t.task))
+        else:  # the busiest first
+            order = sorted(listing.tasks, key=lambda t: (-t.rate_out, t.dataflow, t.task))
+        for t in order:
             if now < self.cool_until.get(f"{t.dataflow}/{t.task}", 0.0):
                 continue
             if t.dataflow not in specs:

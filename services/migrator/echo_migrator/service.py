@@ -57,6 +57,10 @@ class MigratorService:
         spec = listing.specs.get(req.dataflow)
         if spec is None:
             return RebalanceReply(ok=False, status=409, reason=f"dataflow {req.dataflow} is not running")
+        if not any(t.state in (TaskState.running, TaskState.deploying) for t in listing.tasks):
+            return RebalanceReply(
+                ok=False, status=409, reason=f"dataflow {req.dataflow} runs no task: nothing to move"
+            )
         ids = {t.id for t in spec.tasks}
         rates = {t.task: t.rate_out for t in listing.tasks if t.rate_out > 0 and t.task in ids}
         try:

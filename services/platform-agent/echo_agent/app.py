@@ -43,6 +43,7 @@ async def run(settings: AgentSettings, stop: asyncio.Event) -> None:
         publish=publish,
         channel_window=settings.channel_window,
         nats_url=settings.nats_url,
+        checkpoint_interval=settings.checkpoint_interval,
     )
     will = Will(
         names.bye_topic(device), Goodbye(device=device, boot_id=boot_id, reason="connection lost").to_bytes()
@@ -86,6 +87,7 @@ async def run(settings: AgentSettings, stop: asyncio.Event) -> None:
                 stop,
                 probes={"mqtt": probe_mqtt},
                 every_few=manager.report_progress,
+                usage=heartbeats.Usage(settings.utilisation, info.capacity.cpu, info.capacity.memory_mb),
             )
         finally:
             watcher.cancel()

@@ -63,7 +63,7 @@ class StreamOut:
     def add(self, seq: int, record: Any) -> None:
         payload = encode_records(self.o.producer, self.o.generation, [(seq, record)])
         self.unconfirmed.add(seq, payload)
-        self.o.published.append(self.o.mqtt.publish(self.topic, payload, qos=1))
+        self.o.track(self.o.mqtt.publish(self.topic, payload, qos=1))
 
     def barrier(self) -> asyncio.Future[None] | None:
         return None
@@ -113,7 +113,7 @@ class BatchOut:
         )
         if barrier is not None:
             _chain(fut, barrier)
-        self.o.published.append(fut)
+        self.o.track(fut)
 
 
 def _chain(src: asyncio.Future[None], dst: asyncio.Future[None]) -> None:
@@ -149,6 +149,7 @@ class Outputs:
         self.emitted = 0
         self.window = window
         self.published: list[asyncio.Future[None]] = []
+        self._unsafe: set[asyncio.Future[None]] = set()  # publishes the broker has not acknowledged
         self.channels: list[StreamOut | BatchOut | FileSender] = []
         self.files: list[FileSender] = []
         for b in bindings:
@@ -172,6 +173,9 @@ class Outputs:
         # progress topic -> the consumer's high-water mark of our records
         self.progress_topics = {names.progress_topic(b.topic): b for b in bindings}
         self.acked: dict[str, int] = dict.fromkeys(self.progress_topics, start_seq)
+        # channel topic -> the newest generation of its consumer heard from: an older copy's
+        # reports are ignored, a newer copy's first report may go back (it restored a checkpoint)
+        self.consumer_generation: dict[str, int] = {}
         self._sender_of = {
             names.progress_topic(b.topic): c for b, c in zip(bindings, self.channels, strict=True)
         }
@@ -193,6 +197,23 @@ class Outputs:
         if records is not None:
             for r in records:
                 self.emit(r)
+
+    def track(self, fut: asyncio.Future[None]) -> None:
+        """A publish of records: acknowledged inputs and checkpoints wait for it."""
+        self.published.append(fut)
+        if not fut.done():
+            self._unsafe.add(fut)
+            fut.add_done_callback(self._unsafe.discard)
+
+    def unsafe(self) -> list[asyncio.Future[None]]:
+        """Futures that resolve once everything emitted so far is safe at the broker; unlike
+        ``flush()`` it takes nothing away (a checkpoint waits for them beside the acks)."""
+        futs = list(self._unsafe)
+        for ch in self.channels:
+            barrier = ch.barrier()
+            if barrier is not None:
+                futs.append(barrier)
+        return futs
 
     def flush(self) -> list[asyncio.Future[None]]:
         """Futures that resolve once everything emitted so far is safe at the broker."""
@@ -331,17 +352,35 @@ class Outputs:
         if report.producer != self.producer:
             return
         ch = self._sender_of[msg.topic]
+        seen = self.consumer_generation.get(ch.topic)
+        if seen is not None and report.generation < seen:
+            log.debug(
+                "%s -> %s: ignoring a report of consumer generation %d (%d seen)",
+                self.producer,
+                ch.topic,
+                report.generation,
+                seen,
+            )
+            return
+        newer = seen is not None and report.generation > seen
+        self.consumer_generation[ch.topic] = report.generation
         first = ch.topic not in self.heard_from
         self.heard_from.add(ch.topic)
         self.heard[ch.topic] = asyncio.get_running_loop().time()
         if isinstance(ch, FileSender):
+            if newer:
+                ch.hwm = min(ch.hwm, report.hwm)
             ch.on_progress(report)
         ch.unconfirmed.confirm(report.hwm, report.eos)
         self.eos_seen[ch.topic] = report.eos
-        if report.hwm > self.acked[msg.topic]:
+        if report.hwm > self.acked[msg.topic] or newer:
+            # a newer copy of the consumer (moved, or restored from a checkpoint) may stand
+            # before what its predecessor confirmed: what it lacks was kept for it
             self.acked[msg.topic] = report.hwm
         self._credit.set()
-        if (
+        if newer:
+            self.resend(ch, report.hwm + 1, f"consumer generation {report.generation}")
+        elif (
             first
             and not isinstance(ch, FileSender)
             and ch.unconfirmed
@@ -412,18 +451,32 @@ class Progress:
     Reports go out every ``step`` records, and whenever the consumer has caught up (its
     queue is empty), so a producer waiting for credit never waits on an idle consumer.
     File channels also report the position within the file being received, every
-    ``FILE_STEP`` bytes.
+    ``FILE_STEP`` bytes. With checkpoints on, the reported mark stops at ``gate`` (the hwm
+    of the task's latest published checkpoint); every report carries the copy's generation.
     """
 
     FILE_STEP = 1 << 20
     INTERVAL = 0.5  # report at least this often while moving: silence means stuck
     CAUGHT_UP_GAP = 0.05  # when caught up, report at most this often (a slow stream: not per message)
 
-    def __init__(self, mqtt: Transport, consumer: str, topics: dict[str, str], step: int) -> None:
+    def __init__(
+        self,
+        mqtt: Transport,
+        consumer: str,
+        topics: dict[str, str],
+        step: int,
+        *,
+        generation: int = 0,
+        gate: dict[str, int] | None = None,
+    ) -> None:
         self.mqtt = mqtt
         self.consumer = consumer
         self.topics = topics  # producer -> progress topic
         self.step = max(1, step)
+        self.generation = generation
+        # checkpointing: report at most the hwm of the latest published checkpoint, so the
+        # producers keep the rest for a copy restored from it (None: report everything)
+        self.gate = gate
         self.reported: dict[str, tuple[int, int, int, bool]] = {}
         self._last_at: dict[str, float] = {}
         self.unreported = False
@@ -442,6 +495,8 @@ class Progress:
         loop_now = time.monotonic()
         for producer, topic in self.topics.items():
             mark = hwm.get(producer, 0)
+            if self.gate is not None:
+                mark = min(mark, self.gate.get(producer, 0))
             file_seq, file_offset = (files or {}).get(producer, (0, 0))
             ended = producer in (eos or {}) and mark >= (eos or {})[producer]
             now = (mark, file_seq, file_offset, ended)
@@ -466,6 +521,7 @@ class Progress:
                     file_seq=file_seq,
                     file_offset=file_offset,
                     eos=ended,
+                    generation=self.generation,
                 )
                 sent.append(self.mqtt.publish(topic, report.to_bytes(), qos=1, retain=True))
                 self.reported[producer] = now

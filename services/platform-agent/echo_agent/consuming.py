@@ -35,6 +35,7 @@ from echo_shared.mqtt import MqttMessage
 from echo_shared.names import Names
 
 from .channels import AckQueue, Gap, Inputs, Outputs, Progress, incoming_dir
+from .checkpoints import Checkpoints
 from .files import RESEND_INTERVAL, FileReceiver
 from .operators import Operator, Record
 from .transports import Transport
@@ -101,6 +102,8 @@ class Consumer:
         data_dir: Path,
         window: int,
         restore: TaskSnapshot | None = None,
+        generation: int = 0,
+        gated: bool = False,
     ) -> None:
         self.task = task
         self.op = op
@@ -112,8 +115,15 @@ class Consumer:
             self.inputs.eos.update(restore.eos)
         self.acks = AckQueue(mqtt)
         self.progress = Progress(
-            mqtt, task, {b.peer: names.progress_topic(b.topic) for b in inputs}, window // 4
+            mqtt,
+            task,
+            {b.peer: names.progress_topic(b.topic) for b in inputs},
+            window // 4,
+            generation=generation,
+            # checkpointing: report no further than the checkpoint a copy would restore
+            gate=(dict(restore.hwm) if restore else {}) if gated else None,
         )
+        self.checkpoints: Checkpoints | None = None  # set by the runner when checkpointing is on
         self.receivers = {
             b.topic: FileReceiver(
                 mqtt,
@@ -135,11 +145,14 @@ class Consumer:
         self.stopping = False
         self.records_in = 0
         self.gaps = 0
+        self.generations: dict[str, int] = {}  # producer -> the newest generation seen
+        self.stale = 0  # messages dropped: from an older copy of their producer
         self._force_report = False
         self._asked: dict[str, tuple[int, float]] = {}  # producer -> (seq asked for, when)
         # producer -> messages that came ahead of their turn: (first seq, message)
         self.held: dict[str, list[tuple[int, MqttMessage]]] = {}
         self._held_since: dict[str, float] = {}
+        self._releasing: set[str] = set()
         self._resend_topic = {b.peer: names.resend_topic(b.topic) for b in inputs}
 
     @staticmethod
@@ -165,6 +178,10 @@ class Consumer:
             if self.progress.unreported:  # wake up to report where we are
                 gap = Progress.CAUGHT_UP_GAP
                 timeout = gap if timeout is None else min(timeout, gap)
+            if self.checkpoints is not None:  # wake up to checkpoint what moved
+                due = self.checkpoints.wait_time()
+                if due is not None:
+                    timeout = due if timeout is None else min(timeout, due)
             try:
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
                 # cancellation that races with the get, and the task would never stop
@@ -176,12 +193,15 @@ class Consumer:
                 self._check_held()
                 if gather is not None and gather.timeout() == 0:
                     await self._run_gathered()
+                self._maybe_checkpoint()
                 continue
             if msg is None or self.stopping:
                 return  # a move: what is queued here stays unacknowledged, for the next copy
             futs = await self._take(msg)
             self.op.flush()
             self.acks.add(msg, [*futs, *self.outputs.flush()])
+            if self.inputs.done:
+                self.progress.gate = None  # the end: this task finishes, and never fails over
             self.progress.maybe_report(
                 self.inputs.hwm,
                 caught_up=queue.empty(),
@@ -192,6 +212,7 @@ class Consumer:
             self._force_report = False
             if self.inputs.done:
                 break
+            self._maybe_checkpoint()
             await self.outputs.wait_window()
             taken += 1
             if taken % YIELD_EVERY == 0:
@@ -212,7 +233,7 @@ class Consumer:
             except BadDataMessage as e:
                 log.warning("task %s: dropping bad chunk on %s: %s", self.task, msg.topic, e)
                 return []
-            if header.producer != receiver.producer:
+            if header.producer != receiver.producer or self._stale(header.producer, header.generation, msg):
                 return []
             record = await asyncio.to_thread(receiver.on_chunk, header, data)
             if record is None:
@@ -223,6 +244,8 @@ class Consumer:
             decoded = decode(msg.payload)
         except BadDataMessage as e:
             log.warning("task %s: dropping bad message on %s: %s", self.task, msg.topic, e)
+            return []
+        if self._stale(decoded.producer, decoded.generation, msg):
             return []
         try:
             records = self.inputs.fresh(decoded)
@@ -241,6 +264,48 @@ class Consumer:
         futs = await self._deliver(records, batch_edge=batch_edge, files=[])
         await self._release_held(decoded.producer)
         return futs
+
+    def _stale(self, producer: str, generation: int, msg: MqttMessage) -> bool:
+        """A message from an older copy of its producer than one already heard (a copy cut
+        off, then replaced elsewhere): dropped, and acknowledged like any other."""
+        newest = self.generations.get(producer)
+        if newest is None or generation > newest:
+            self.generations[producer] = generation
+            return False
+        if generation == newest:
+            return False
+        self.stale += 1
+        log.debug(
+            "task %s: dropping a message of %s generation %d on %s (generation %d runs)",
+            self.task,
+            producer,
+            generation,
+            msg.topic,
+            newest,
+        )
+        return True
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _maybe_checkpoint(self) -> None:
+        """Between two messages: checkpoint if one is due and the snapshot is consistent
+        (records gathered for a batch are taken but not yet processed: not now)."""
+        ck = self.checkpoints
+        if ck is not None and ck.due() and (self.gather is None or not self.gather.records):
+            ck.take()
+
+    def on_checkpointed(self, snap: TaskSnapshot) -> None:
+        """A checkpoint is at the broker: producers may now drop what it covers."""
+        if self.progress.gate is None:
+            return  # finished or drained: everything is reported already
+        self.progress.gate = dict(snap.hwm)
+        self.progress.flush_due(self.inputs.hwm, self._file_positions(), self.inputs.eos)
+
+    def ungate(self) -> None:
+        """Report everything from now on (a drain for a move: its snapshot is complete)."""
+        if self.progress.gate is not None:
+            self.progress.gate = None
+            self.progress.flush_due(self.inputs.hwm, self._file_positions(), self.inputs.eos)
 
     # ------------------------------------------------------------------ reordering
 
@@ -261,11 +326,18 @@ class Consumer:
             self._ask_again(msg.topic, producer, gap.expected, f"{gap}; too many messages out of order")
 
     async def _release_held(self, producer: str) -> None:
-        """Process held messages whose turn has come."""
-        held = self.held.get(producer)
-        while held and held[0][0] <= self.inputs.hwm.get(producer, 0) + 1:
-            _, msg = held.pop(0)
-            await self._take(msg)  # outputs are tracked by the next acknowledgement's flush
+        """Process held messages whose turn has come (iteratively: a replay after a failover
+        may release thousands, and taking each must not recurse into this)."""
+        if producer in self._releasing:
+            return  # the call further up the stack goes on with the next one
+        self._releasing.add(producer)
+        try:
+            held = self.held.get(producer)
+            while held and held[0][0] <= self.inputs.hwm.get(producer, 0) + 1:
+                _, msg = held.pop(0)
+                await self._take(msg)  # outputs are tracked by the next acknowledgement's flush
+        finally:
+            self._releasing.discard(producer)
         if not held:
             self.held.pop(producer, None)
             if self.inputs.eos.get(producer, 0) <= self.inputs.hwm.get(producer, 0):

@@ -41,6 +41,7 @@ class TaskManager:
         publish: Callable[[str, bytes], object],
         channel_window: int,
         nats_url: str | None = None,
+        checkpoint_interval: float = 0.0,
     ) -> None:
         self.device = device
         self.mqtt_url = mqtt_url
@@ -49,6 +50,7 @@ class TaskManager:
         self.session_expiry = session_expiry
         self.channel_window = channel_window
         self.nats_url = nats_url
+        self.checkpoint_interval = checkpoint_interval
         self._publish = publish
         self.control: MqttClient | None = None
         self.tasks: dict[Key, TaskRunner] = {}
@@ -104,6 +106,10 @@ class TaskManager:
             reason=reason,
         )
 
+    def publish_checkpoint(self, payload: bytes) -> object:
+        """A task's ``TaskCheckpoint`` to the master (QoS 1; the future resolves on the PUBACK)."""
+        return self._publish(self.names.checkpoint_topic(self.device), payload)
+
     def report(self, status: TaskStatus) -> None:
         if self._shutting_down:
             return  # the tasks resume when the device returns; they did not stop by intent
@@ -136,6 +142,8 @@ class TaskManager:
             session_expiry=self.session_expiry,
             window=self.channel_window,
             nats_url=self.nats_url,
+            checkpoint_interval=self.checkpoint_interval,
+            publish_checkpoint=self.publish_checkpoint,
         )
         self.tasks[key] = runner
         try:
@@ -153,7 +161,16 @@ class TaskManager:
         self.tombstones[key] = max(self.tombstones.get(key, -1), cmd.generation)
         if current is None:
             return self._ack(cmd, True, TaskState.stopped)
-        if cmd.final:
+        if cmd.fence:
+            # a stale copy: a newer one runs elsewhere and owns the task's session,
+            # durable positions and progress reports; stop without touching any of them
+            await current.stop(
+                discard_session=False,
+                reason=f"fenced: a newer copy than generation {current.generation} runs elsewhere",
+                fence=True,
+            )
+            snapshot = None
+        elif cmd.final:
             await current.stop(discard_session=True, reason="stopped by the master")
             snapshot = None
         else:

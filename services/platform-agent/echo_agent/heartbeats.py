@@ -1,4 +1,6 @@
-"""Registration and heartbeats: what the device declares, and its utilisation every interval."""
+"""Registration and heartbeats: what the device declares, and its utilisation every interval
+(the whole machine's, or with ``ECHO_UTILISATION=agent`` this agent's against the device's
+declared capacity)."""
 
 from __future__ import annotations
 
@@ -51,6 +53,50 @@ def device_info(s: AgentSettings) -> DeviceInfo:
     )
 
 
+class Usage:
+    """CPU and memory utilisation (percent) for heartbeats.
+
+    ``host``: the whole machine (psutil's system-wide figures). ``agent``: this agent
+    process and its children (the programs and containers its tasks run), CPU against the
+    device's declared ``cpu`` cores and RSS against its declared ``memory_mb``: several
+    emulated devices on one machine each report their own load.
+    """
+
+    def __init__(self, mode: str = "host", cpu: float = 1.0, memory_mb: int = 1024) -> None:
+        self.mode = mode
+        self.cpu = max(cpu, 1e-3)
+        self.memory = max(memory_mb, 1) * (1 << 20)
+        self._proc = psutil.Process() if mode == "agent" else None
+        self._last: tuple[float, float] | None = None  # (wall, cpu seconds)
+
+    def _agent_cpu_seconds(self) -> tuple[float, int]:
+        assert self._proc is not None
+        t = self._proc.cpu_times()
+        cpu = t.user + t.system + t.children_user + t.children_system  # children reaped included
+        rss = self._proc.memory_info().rss
+        for child in self._proc.children(recursive=True):
+            try:
+                ct = child.cpu_times()
+                cpu += ct.user + ct.system
+                rss += child.memory_info().rss
+            except psutil.Error:  # ended meanwhile
+                continue
+        return cpu, rss
+
+    def sample(self) -> tuple[float, float]:
+        """(cpu_percent, memory_percent) since the previous sample."""
+        if self._proc is None:
+            return psutil.cpu_percent(interval=None), psutil.virtual_memory().percent
+        now = time.monotonic()
+        cpu, rss = self._agent_cpu_seconds()
+        last, self._last = self._last, (now, cpu)
+        if last is None or now <= last[0]:
+            cpu_pct = 0.0
+        else:
+            cpu_pct = max(0.0, cpu - last[1]) / ((now - last[0]) * self.cpu) * 100
+        return round(cpu_pct, 2), round(rss / self.memory * 100, 2)
+
+
 def hello(info: DeviceInfo, boot_id: str) -> DeviceHello:
     return DeviceHello(device=info, boot_id=boot_id, ts=time.time())
 
@@ -64,11 +110,13 @@ async def run(
     stop: asyncio.Event,
     probes: dict[str, Callable[[], Awaitable[float]]] | None = None,
     every_few: Callable[[], None] | None = None,
+    usage: Usage | None = None,
 ) -> None:
     """Send a heartbeat every ``interval`` seconds until ``stop``, with the round trip to
     each broker measured every ``PROBE_EVERY`` heartbeats (``probes``: broker -> coroutine
     returning seconds), and ``every_few`` called as often (the tasks' counters and rates)."""
-    psutil.cpu_percent(interval=None)  # prime: the first reading is meaningless
+    usage = usage or Usage()
+    usage.sample()  # prime: the first reading is meaningless
     rtt_ms: dict[str, float] = {}
     beats = 0
     while True:
@@ -85,12 +133,17 @@ async def run(
                 every_few()
             except Exception as e:
                 log.warning("periodic report failed: %s", e)
+        try:
+            cpu_pct, mem_pct = usage.sample()
+        except psutil.Error as e:
+            log.debug("utilisation not sampled: %s", e)
+            cpu_pct, mem_pct = 0.0, 0.0
         hb = Heartbeat(
             device=device,
             boot_id=boot_id,
             ts=time.time(),
-            cpu_percent=psutil.cpu_percent(interval=None),
-            memory_percent=psutil.virtual_memory().percent,
+            cpu_percent=cpu_pct,
+            memory_percent=mem_pct,
             tasks=briefs(),
             rtt_ms=dict(rtt_ms),
         )

@@ -25,6 +25,7 @@ from echo_shared.mqtt import MqttClient, MqttMessage
 from echo_shared.names import Names
 
 from .channels import DEFAULT_WINDOW, Outputs
+from .checkpoints import Checkpoints, Publish, take_snapshot
 from .consuming import Consumer, call
 from .natschannels import NatsChannels
 from .operators import Operator, TaskContext, build
@@ -52,6 +53,8 @@ class TaskRunner:
         session_expiry: int,
         window: int = DEFAULT_WINDOW,
         nats_url: str | None = None,
+        checkpoint_interval: float = 0.0,
+        publish_checkpoint: Publish | None = None,
     ) -> None:
         self.cmd = cmd
         self.device = device
@@ -62,6 +65,11 @@ class TaskRunner:
         self.session_expiry = session_expiry
         self.window = window
         self.nats_url = nats_url
+        # periodic checkpoints (TaskCheckpoint through ``publish_checkpoint``): on when both set
+        self.checkpoint_interval = checkpoint_interval if publish_checkpoint is not None else 0.0
+        self._publish_checkpoint = publish_checkpoint
+        self.checkpoints: Checkpoints | None = None
+        self.fenced = False
         self.state = TaskState.pending
         self.reason = ""
         self.mqtt: MqttClient | None = None
@@ -109,6 +117,8 @@ class TaskRunner:
             reason=self.reason,
             records_in=self.records_in,
             records_out=self.records_out,
+            out_seq=self.outputs.seq if self.outputs is not None else 0,
+            hwm=dict(self.consumer.inputs.hwm) if self.consumer is not None else {},
             ts=time.time(),
         )
 
@@ -194,7 +204,29 @@ class TaskRunner:
                 data_dir=data_dir,
                 window=self.window,
                 restore=restore,
+                generation=cmd.generation,
+                gated=self.checkpoint_interval > 0,
             )
+        if self.checkpoint_interval > 0 and self._publish_checkpoint is not None:
+            consumer, op = self.consumer, self.op
+            self.checkpoints = Checkpoints(
+                interval=self.checkpoint_interval,
+                publish=self._publish_checkpoint,
+                device=self.device,
+                dataflow=cmd.dataflow,
+                task=cmd.task,
+                generation=cmd.generation,
+                outputs=self.outputs,
+                inputs=consumer.inputs if consumer is not None else None,
+                snapshot=op.snapshot,
+                # a consumer's progress waits for its checkpoints: take them often enough
+                # that its producers never run out of credit
+                every=max(1, self.window // 4) if consumer is not None else None,
+                restored=restore,
+                on_published=consumer.on_checkpointed if consumer is not None else None,
+            )
+            if consumer is not None:
+                consumer.checkpoints = self.checkpoints
         try:
             await self.transport.start()
             # the inputs, and for the outputs the consumers' progress (our credit; retained)
@@ -226,19 +258,28 @@ class TaskRunner:
         self._main = asyncio.create_task(self._guard(body), name=f"task-{cmd.dataflow}-{cmd.task}")
 
     async def stop(
-        self, *, discard_session: bool, reason: str = "", drain: bool = False
+        self, *, discard_session: bool, reason: str = "", drain: bool = False, fence: bool = False
     ) -> TaskSnapshot | None:
         """Stop the task (idempotent). ``discard_session`` drops its queued input for good.
 
         ``drain`` (a move): stop taking input at a safe point, finish what is in hand, wait
         until its consumers confirmed every output, and return a snapshot of where the task
         stands, so a copy elsewhere continues exactly there.
+
+        ``fence``: this copy is stale (a newer generation runs elsewhere): stop at once, and
+        leave everything it shares with the newer copy alone (the task's MQTT session, its
+        durable consumers, its progress reports).
         """
+        if fence:
+            self.fenced = True
+            discard_session, drain = False, False
         if self._stopping:
             return self.snapshot_taken
         self._stopping = True
         if self.state in (TaskState.running, TaskState.deploying):
             self._set(TaskState.stopping, reason)
+        if self.checkpoints is not None and not drain:
+            await self.checkpoints.close()  # no checkpoint of a copy on its way out
         if drain and self.state is TaskState.stopping and self._main is not None and not self._main.done():
             self.snapshot_taken = await self._drain()
         else:
@@ -246,7 +287,7 @@ class TaskRunner:
             if self.op is not None:
                 with contextlib.suppress(Exception):
                     await call(self.op.close())
-        await self._teardown(discard=discard_session)
+        await self._teardown(discard=discard_session and not self.fenced)
         if self.state not in (TaskState.failed, TaskState.finished):
             self._set(TaskState.stopped, reason)
         return self.snapshot_taken
@@ -269,23 +310,21 @@ class TaskRunner:
             await self._cancel_main()
             return None
         op, out = self.op, self.outputs
+        if self.checkpoints is not None:
+            await self.checkpoints.close()  # the drain snapshot supersedes them
         try:
             if self.consumer is not None:
                 await self.consumer.settle()
+                # the next copy restores this snapshot, which is complete: its producers
+                # need keep nothing of what we took
+                self.consumer.ungate()
             out.emit_all(await op.suspend())
             self.op = None
             await out.settle(DRAIN_TIMEOUT)
         except Exception as e:
             log.warning("task %s/%s could not drain cleanly: %s", *self.key, e)
             return None
-        inputs = self.consumer.inputs if self.consumer is not None else None
-        return TaskSnapshot(
-            out_seq=out.seq,
-            hwm=dict(inputs.hwm) if inputs else {},
-            eos=dict(inputs.eos) if inputs else {},
-            state=op.snapshot(),
-            taken_at=time.time(),
-        )
+        return take_snapshot(out, self.consumer.inputs if self.consumer else None, op.snapshot())
 
     def _on_message(self, msg: MqttMessage) -> None:
         if self.consumer is not None and msg.topic in self.consumer.bindings:
@@ -298,7 +337,12 @@ class TaskRunner:
 
     async def _teardown(self, *, discard: bool, clear_progress: bool | None = None) -> None:
         """Leave the channels; ``discard``: the task is gone for good (its durable positions
-        go, and its progress reports unless ``clear_progress`` is False)."""
+        go, and its progress reports unless ``clear_progress`` is False). A fenced copy never
+        discards: what it shares with the task belongs to the newer copy now."""
+        if self.checkpoints is not None:
+            await self.checkpoints.close()
+        if self.fenced or (self.transport is not None and self.transport.taken_over.is_set()):
+            discard, clear_progress = False, False
         if self.outputs is not None:
             await self.outputs.stop()
         if self.consumer is not None:
@@ -351,6 +395,8 @@ class TaskRunner:
 
     async def _finish(self) -> None:
         assert self.outputs is not None and self.op is not None
+        if self.checkpoints is not None:
+            await self.checkpoints.close()  # a finished task does not fail over
         self.outputs.emit_all(await call(self.op.close()))
         self.op = None
         await self.outputs.end_of_stream()
@@ -369,8 +415,11 @@ class TaskRunner:
             raise TaskFailed(f"{self.cmd.operator} is not a source, and no edge feeds it")
         out = self.outputs
         emitted = 0
+        ck = self.checkpoints
         async for record in generate():
             out.emit(record)
+            if ck is not None and ck.due():
+                ck.take()  # between two records: the generator's state matches out.seq
             await out.wait_window()
             if self.draining:
                 return  # a move: _drain() takes it from here

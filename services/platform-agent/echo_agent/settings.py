@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 
@@ -39,6 +40,16 @@ class AgentSettings(CommonSettings, MqttSettings, LivenessSettings):
     data_dir: Path = Field(default=Path(".echo/agent-data"), description="task working directories")
     channel_window: int = Field(
         default=10_000, gt=0, description="records a task may emit beyond what its slowest consumer processed"
+    )
+    checkpoint_interval: float = Field(
+        default=1.0,
+        ge=0,
+        description="seconds between a running task's checkpoints (what failover restores); 0: none",
+    )
+    utilisation: Literal["host", "agent"] = Field(
+        default="host",
+        description="what heartbeats report as load: the whole machine, or this agent and its "
+        "children against the device's declared cpu and memory_mb (emulated devices on one host)",
     )
     task_session_expiry: int = Field(
         default=86400, gt=0, description="seconds the broker keeps a task's queued input while no copy runs"

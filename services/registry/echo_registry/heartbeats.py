@@ -15,7 +15,7 @@ import time
 from pydantic import ValidationError
 
 from echo_shared.messages import DeviceHello, Goodbye, Heartbeat
-from echo_shared.models import DeviceStatus
+from echo_shared.models import DeviceStatus, TaskState
 from echo_shared.mqtt import MqttClient, MqttMessage
 from echo_shared.names import Names
 from echo_shared.telemetry import extract, tracer
@@ -82,7 +82,7 @@ class Intake:
             hb = Heartbeat.from_bytes(msg.payload)
             try:
                 prev = await self.store.heartbeat(
-                    device, now, hb.cpu_percent, hb.memory_percent, len(hb.tasks), hb.rtt_ms
+                    device, now, hb.cpu_percent, hb.memory_percent, active_tasks(hb), hb.rtt_ms
                 )
             except UnknownDevice:
                 log.debug("heartbeat from unregistered device %s", device)
@@ -114,3 +114,11 @@ class Intake:
             )
             if prev is not None:
                 await self.events.changed(device, DeviceStatus.unreachable, prev, bye.reason)
+
+
+ACTIVE = {TaskState.pending, TaskState.deploying, TaskState.running, TaskState.stopping}
+
+
+def active_tasks(hb: Heartbeat) -> int:
+    """The tasks the device runs (finished, failed and stopped copies it still lists are not)."""
+    return sum(1 for t in hb.tasks if t.state in ACTIVE)

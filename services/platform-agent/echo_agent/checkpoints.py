@@ -1,0 +1,173 @@
+"""Periodic checkpoints of a running task: what failover restores.
+
+Every ``interval`` seconds (and, for a task with inputs, every ``every`` records, so gated
+progress never costs a producer its credit window) the task's loop calls ``take()``
+between two records, when the snapshot is consistent: the operator's state after every
+record up to ``hwm`` and nothing after it, and ``out_seq`` the last record it emitted.
+The checkpoint is serialised at once (the operator's state keeps changing), then a
+background task waits until every output emitted up to ``out_seq`` is acknowledged by the
+broker, so a copy restored from it loses nothing emitted before it, and publishes it.
+Once the broker has the checkpoint, ``on_published`` runs: a consumer then reports its
+progress up to the checkpoint's hwm (``Progress.gate``), never beyond, so its producers
+keep everything after it for a copy restored from it.
+
+At most one checkpoint is in flight per task; one is skipped when nothing moved since
+the previous one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from echo_shared.messages import TaskCheckpoint, TaskSnapshot
+
+from .channels import Inputs, Outputs
+
+log = logging.getLogger(__name__)
+
+COMMIT_TIMEOUT = 10.0  # seconds to wait for the outputs' and the checkpoint's acknowledgements
+
+
+def take_snapshot(out: Outputs, inputs: Inputs | None, state: Any) -> TaskSnapshot:
+    """Where the task stands: last seq emitted, last seq taken per producer, operator state."""
+    return TaskSnapshot(
+        out_seq=out.seq,
+        hwm=dict(inputs.hwm) if inputs else {},
+        eos=dict(inputs.eos) if inputs else {},
+        state=state,
+        taken_at=time.time(),
+    )
+
+
+Publish = Callable[[bytes], object]  # returns a future (or awaitable) resolved on the PUBACK
+
+
+class Checkpoints:
+    def __init__(
+        self,
+        *,
+        interval: float,
+        publish: Publish,
+        device: str,
+        dataflow: str,
+        task: str,
+        generation: int,
+        outputs: Outputs,
+        inputs: Inputs | None,
+        snapshot: Callable[[], Any],
+        every: int | None = None,
+        restored: TaskSnapshot | None = None,
+        on_published: Callable[[TaskSnapshot], None] | None = None,
+    ) -> None:
+        self.interval = interval
+        self._publish = publish
+        self.device, self.dataflow, self.task, self.generation = device, dataflow, task, generation
+        self.outputs = outputs
+        self.inputs = inputs
+        self._snapshot = snapshot
+        self.every = every
+        self.on_published = on_published
+        self.published: TaskSnapshot | None = restored  # the latest the master has
+        self.taken = 0
+        self.committed = 0
+        self.failed = 0
+        self._inflight: asyncio.Task[None] | None = None
+        # where the task starts (fresh, or restored) needs no checkpoint
+        self._last_mark: tuple[int, int, int] | None = self._mark()
+        self._next_at = time.monotonic() + interval
+        self._closed = False
+
+    def _mark(self) -> tuple[int, int, int]:
+        inputs = self.inputs
+        if inputs is None:
+            return (self.outputs.seq, 0, 0)
+        return (self.outputs.seq, sum(inputs.hwm.values()), sum(inputs.eos.values()))
+
+    @property
+    def busy(self) -> bool:
+        return self._inflight is not None and not self._inflight.done()
+
+    def due(self) -> bool:
+        """A checkpoint should be taken now (the caller checks the snapshot is consistent)."""
+        if self._closed or self.busy:
+            return False
+        mark = self._mark()
+        if mark == self._last_mark:
+            return False
+        if time.monotonic() >= self._next_at:
+            return True
+        last = self._last_mark or (0, 0, 0)
+        return self.every is not None and mark[1] - last[1] >= self.every
+
+    def wait_time(self) -> float | None:
+        """Seconds until a checkpoint falls due (None: nothing to checkpoint), for an idle loop."""
+        if self._closed or self._mark() == self._last_mark:
+            return None
+        if self.busy:
+            return 0.05
+        return max(0.0, self._next_at - time.monotonic())
+
+    def take(self) -> None:
+        """Snapshot now (between two records) and commit it in the background."""
+        snap = take_snapshot(self.outputs, self.inputs, self._snapshot())
+        ckpt = TaskCheckpoint(
+            device=self.device,
+            dataflow=self.dataflow,
+            task=self.task,
+            generation=self.generation,
+            snapshot=snap,
+            ts=snap.taken_at,
+        )
+        payload = ckpt.to_bytes()  # now: the operator's state keeps changing
+        snap = TaskSnapshot(out_seq=snap.out_seq, hwm=snap.hwm, eos=snap.eos, taken_at=snap.taken_at)
+        self.taken += 1
+        self._last_mark = self._mark()
+        self._next_at = time.monotonic() + self.interval
+        self._inflight = asyncio.create_task(
+            self._commit(payload, snap, self.outputs.unsafe()), name=f"checkpoint-{self.task}"
+        )
+
+    async def _commit(self, payload: bytes, snap: TaskSnapshot, unsafe: list[asyncio.Future[None]]) -> None:
+        try:
+            if unsafe:  # asyncio.wait, not gather: the acks wait for the same futures
+                done, pending = await asyncio.wait(unsafe, timeout=COMMIT_TIMEOUT)
+                if pending or any(f.cancelled() or f.exception() is not None for f in done):
+                    raise OSError("outputs not acknowledged by the broker")
+            fut = self._publish(payload)
+            if inspect.isawaitable(fut):
+                ack = asyncio.ensure_future(fut)
+                done, _ = await asyncio.wait({ack}, timeout=COMMIT_TIMEOUT)
+                if not done:
+                    raise TimeoutError("checkpoint not acknowledged by the broker")
+                ack.result()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self.failed += 1
+            self._last_mark = None  # try again at the next opportunity
+            log.info("task %s/%s: checkpoint not committed: %s", self.dataflow, self.task, e)
+            return
+        self.committed += 1
+        if self._closed:
+            return
+        self.published = snap
+        log.debug(
+            "task %s/%s: checkpoint at out %d, hwm %s", self.dataflow, self.task, snap.out_seq, snap.hwm
+        )
+        if self.on_published is not None:
+            self.on_published(snap)
+
+    async def close(self) -> None:
+        """Stop checkpointing (idempotent): what is in flight is abandoned."""
+        self._closed = True
+        task, self._inflight = self._inflight, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

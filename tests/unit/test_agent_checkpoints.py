@@ -1,0 +1,180 @@
+"""Checkpoints and generation fencing in the agent's data plane (pure logic, a fake transport).
+
+The fake transport hands out publish futures the test resolves itself, standing for the
+broker's acknowledgements; the same paths run against real brokers in
+``tests/integration/test_checkpoints.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from echo_agent.channels import Inputs, Outputs, Progress
+from echo_agent.checkpoints import Checkpoints
+from echo_shared.messages import Binding, ChannelProgress, TaskCheckpoint
+from echo_shared.mqtt import MqttMessage
+from echo_shared.names import Names
+
+
+class FakeTransport:
+    """Publishes are recorded; each returns a future the test resolves (the PUBACK)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, asyncio.Future[None]]] = []
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        user_properties: dict[str, str] | None = None,
+    ) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.sent.append((topic, payload, fut))
+        return fut
+
+    def ack(self, msg: MqttMessage) -> None:
+        return None
+
+    async def wait_for_window(self) -> None:
+        return None
+
+    @property
+    def window_full(self) -> bool:
+        return False
+
+    def ack_all(self) -> None:
+        for _, _, fut in self.sent:
+            if not fut.done():
+                fut.set_result(None)
+
+
+def report_msg(topic: str, hwm: int, generation: int) -> MqttMessage:
+    payload = ChannelProgress(consumer="c", producer="p", hwm=hwm, ts=time.time(), generation=generation)
+    return MqttMessage(
+        topic=topic, payload=payload.to_bytes(), qos=1, mid=0, retain=False, dup=False, epoch=1
+    )
+
+
+async def test_a_checkpoint_is_published_only_after_its_outputs_are_acknowledged() -> None:
+    names = Names("t")
+    data = FakeTransport()
+    out = Outputs(data, "p", 1, [Binding(peer="c", topic=names.data_topic("df", "p", "c"))], names)
+    inputs = Inputs(["up"])
+    state = {"n": 0}
+    published: list[bytes] = []
+    ckpt_acks: list[asyncio.Future[None]] = []
+    committed: list[int] = []
+
+    def publish(payload: bytes) -> asyncio.Future[None]:
+        published.append(payload)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        ckpt_acks.append(fut)
+        return fut
+
+    ck = Checkpoints(
+        interval=60.0,
+        publish=publish,
+        device="d",
+        dataflow="df",
+        task="p",
+        generation=1,
+        outputs=out,
+        inputs=inputs,
+        snapshot=lambda: dict(state),
+        every=3,
+        on_published=lambda snap: committed.append(snap.hwm["up"]),
+    )
+    assert not ck.due()  # nothing moved since the start
+    for i in range(1, 4):
+        inputs.hwm["up"] = i
+        state["n"] = i
+        out.emit({"i": i})
+    assert ck.due()  # three records: due by count, long before the interval
+    ck.take()
+    state["n"] = 99  # the operator moves on: the checkpoint keeps what it was
+    out.emit({"i": 4})
+    await asyncio.sleep(0.01)
+    assert not published and ck.busy and not ck.due()  # waits for the broker; one in flight
+    for _, _, fut in data.sent[:3]:  # the outputs up to out_seq 3 (not the 4th: it came after)
+        fut.set_result(None)
+    for _ in range(100):
+        if published:
+            break
+        await asyncio.sleep(0.01)
+    ckpt = TaskCheckpoint.from_bytes(published[0])
+    assert (ckpt.snapshot.out_seq, ckpt.snapshot.hwm, ckpt.snapshot.state) == (3, {"up": 3}, {"n": 3})
+    assert ckpt.generation == 1 and not committed  # not committed before its own PUBACK
+    ckpt_acks[0].set_result(None)
+    for _ in range(100):
+        if committed:
+            break
+        await asyncio.sleep(0.01)
+    assert committed == [3] and ck.published is not None and ck.published.out_seq == 3
+    await ck.close()
+
+
+async def test_a_checkpoint_whose_outputs_failed_is_not_published() -> None:
+    names = Names("t")
+    data = FakeTransport()
+    out = Outputs(data, "p", 1, [Binding(peer="c", topic=names.data_topic("df", "p", "c"))], names)
+    published: list[bytes] = []
+    ck = Checkpoints(
+        interval=0.0,
+        publish=lambda b: published.append(b),
+        device="d",
+        dataflow="df",
+        task="p",
+        generation=1,
+        outputs=out,
+        inputs=None,
+        snapshot=lambda: None,
+    )
+    out.emit({"i": 1})
+    ck.take()
+    data.sent[0][2].set_exception(OSError("connection lost"))
+    for _ in range(100):
+        if not ck.busy:
+            break
+        await asyncio.sleep(0.01)
+    assert not published and ck.failed == 1
+    assert ck.due()  # tried again at the next opportunity
+    await ck.close()
+
+
+async def test_progress_reports_stop_at_the_gate_and_carry_the_generation() -> None:
+    data = FakeTransport()
+    progress = Progress(data, "c", {"p": "t/progress"}, step=1, generation=7, gate={"p": 5})
+    progress.maybe_report({"p": 20}, caught_up=True, eos={"p": 20})
+    report = ChannelProgress.from_bytes(data.sent[-1][1])
+    assert (report.hwm, report.eos, report.generation) == (5, False, 7)
+    progress.gate = None  # the end of stream: everything
+    progress.flush_due({"p": 20}, None, {"p": 20})
+    report = ChannelProgress.from_bytes(data.sent[-1][1])
+    assert (report.hwm, report.eos) == (20, True)
+
+
+async def test_producer_ignores_older_consumer_copies_and_replays_to_a_newer_one() -> None:
+    names = Names("t")
+    for topic in (names.data_topic("df", "p", "c"), names.data_subject("df", "p", "c")):
+        data = FakeTransport()
+        out = Outputs(data, "p", 1, [Binding(peer="c", topic=topic)], names)
+        progress_topic = names.progress_topic(topic)
+        for i in range(10):
+            out.emit({"i": i})
+        data.ack_all()
+        out.on_control(report_msg(progress_topic, 8, generation=2))
+        assert out.acked[progress_topic] == 8
+        sent = len(data.sent)
+        out.on_control(report_msg(progress_topic, 10, generation=1))  # a stale copy: ignored
+        assert out.acked[progress_topic] == 8 and len(data.sent) == sent
+        out.on_control(report_msg(progress_topic, 4, generation=3))  # restored from a checkpoint
+        assert out.acked[progress_topic] == 4  # its position goes back...
+        await asyncio.sleep(0)  # ...and what it lacks goes again (records 9 and 10 are kept)
+        await asyncio.sleep(0)
+        again = [p for t, p, _ in data.sent[sent:] if t == topic]
+        assert len(again) == 2, topic
+        await out.stop()
