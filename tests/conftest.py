@@ -20,6 +20,7 @@ FAST_LIVENESS = {
     "ECHO_LIVENESS_PERIOD": "0.1",
     "ECHO_COMMAND_TIMEOUT": "1.0",
     "ECHO_RECONCILE_PERIOD": "0.25",
+    "ECHO_REBALANCE_ENABLED": "false",  # tests that want the adaptive rebalancer turn it on
 }
 
 THREE_TIERS = (

@@ -96,6 +96,16 @@ class TaskSnapshot(Message):
     eos: dict[str, int] = Field(default_factory=dict)
     state: Any = None
     taken_at: float = 0.0
+    kind: Literal["drain", "checkpoint"] = Field(
+        default="checkpoint",
+        description="drain: taken by a copy that stopped to move, complete (its input after hwm is "
+        "still queued in its channels); checkpoint: periodic, its producers replay what came after",
+    )
+    tail: dict[str, list[tuple[int, str]]] = Field(
+        default_factory=dict,
+        description="drain: per output channel, the messages published and not yet confirmed by the "
+        "consumer ((last seq, base64 payload)): the next copy keeps them to send again if asked",
+    )
 
 
 class DeployTask(Message):
@@ -215,8 +225,12 @@ class ChannelProgress(Message):
     file_offset: int = 0
     generation: int = Field(
         default=0,
-        description="the consumer copy's generation: a report from an older copy is ignored; a newer "
-        "copy (moved, or restored from a checkpoint) gets everything after its hwm sent again",
+        description="the consumer copy's generation: a report from an older copy is ignored",
+    )
+    replay: bool = Field(
+        default=True,
+        description="a newer copy that needs everything after its hwm sent again (restored from a "
+        "checkpoint, or started afresh); false for a copy that continues a drained one",
     )
     eos: bool = Field(default=False, description="the consumer has the producer's end of stream")
 

@@ -90,6 +90,9 @@ class Platform:
             "ECHO_API_HOST": self.host,
             "ECHO_API_URL": self.api_url,
             "PYTHONUNBUFFERED": "1",
+            # every agent of a local stack shares this host: each reports its own load against
+            # its declared capacity, or the rebalancer would see one busy machine everywhere
+            "ECHO_UTILISATION": "agent",
             **self.extra_env,
         }
 

@@ -28,6 +28,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
 import logging
@@ -140,6 +141,7 @@ class Outputs:
         *,
         start_seq: int = 0,
         window: int = DEFAULT_WINDOW,
+        tail: dict[str, list[tuple[int, str]]] | None = None,
     ) -> None:
         self.mqtt = mqtt
         self.names = names
@@ -176,10 +178,17 @@ class Outputs:
         # channel topic -> the newest generation of its consumer heard from: an older copy's
         # reports are ignored, a newer copy's first report may go back (it restored a checkpoint)
         self.consumer_generation: dict[str, int] = {}
+        self._resend_from: dict[str, int] = {}  # channel topic -> first seq of the resend under way
         self._sender_of = {
             names.progress_topic(b.topic): c for b, c in zip(bindings, self.channels, strict=True)
         }
         self._credit = asyncio.Event()
+        for ch in self.channels:  # a drained predecessor's unconfirmed messages: ours to resend
+            kept = (tail or {}).get(ch.topic)
+            if kept and not isinstance(ch, FileSender):
+                for last, payload in kept:
+                    ch.unconfirmed.add(last, base64.b64decode(payload))
+                self.acked[names.progress_topic(ch.topic)] = min(start_seq, kept[0][0] - 1)
 
     def subscriptions(self) -> list[str]:
         """What the producer side listens to: progress reports and resend requests."""
@@ -241,13 +250,16 @@ class Outputs:
             await self._credit.wait()
 
     async def settle(self, timeout: float) -> None:
-        """For a move: publish open batches and queued files, and wait until every consumer
-        confirmed every record (nothing is left for this copy to retransmit)."""
+        """For a move: publish open batches and queued files, and wait until the broker has
+        every message. Records the consumers did not confirm yet travel in the snapshot
+        (``tail``) to the next copy; a file channel still waits for its consumer."""
         for ch in self.channels:
             ch.close()
         for sender in self.files:
             await sender.drain(timeout)
         await asyncio.wait_for(asyncio.gather(*self.flush()), timeout)
+        if not self.files:
+            return
 
         async def confirmed() -> None:
             while self.ahead > 0:
@@ -255,6 +267,14 @@ class Outputs:
                 await self._credit.wait()
 
         await asyncio.wait_for(confirmed(), timeout)
+
+    def tail(self) -> dict[str, list[tuple[int, str]]]:
+        """What the consumers did not confirm yet, per channel (for the next copy)."""
+        return {
+            ch.topic: [(last, base64.b64encode(p).decode()) for last, p in ch.unconfirmed.msgs]
+            for ch in self.channels
+            if not isinstance(ch, FileSender) and ch.unconfirmed.msgs
+        }
 
     @property
     def delivered(self) -> bool:
@@ -284,6 +304,11 @@ class Outputs:
             if ch.unconfirmed.eos is not None and not ch.records:
                 self.published.append(self.mqtt.publish(ch.topic, ch.unconfirmed.eos, qos=1))
             return
+        running = self._resending.get(ch.topic)
+        if running is not None and not running.done() and self._resend_from.get(ch.topic, seq + 1) <= seq:
+            # a resend that covers it is under way: restarting it at every request (they come
+            # each second while a long gap fills) would never let it finish
+            return
         again = ch.unconfirmed.since(seq)
         if not again:
             return
@@ -296,9 +321,9 @@ class Outputs:
             why,
         )
         self.retransmitted += len(again)
-        running = self._resending.get(ch.topic)
         if running is not None and not running.done():
-            running.cancel()  # a newer request supersedes it (go-back-N)
+            running.cancel()  # a request from further back supersedes it (go-back-N)
+        self._resend_from[ch.topic] = seq
         self._resending[ch.topic] = asyncio.create_task(self._send_again(ch.topic, again))
 
     async def _send_again(self, topic: str, payloads: list[bytes]) -> None:
@@ -378,7 +403,9 @@ class Outputs:
             # before what its predecessor confirmed: what it lacks was kept for it
             self.acked[msg.topic] = report.hwm
         self._credit.set()
-        if newer:
+        if newer and report.replay:
+            # restored from a checkpoint: what came after it was taken (and acknowledged to
+            # the broker) by the copy that is gone; we kept it for this one
             self.resend(ch, report.hwm + 1, f"consumer generation {report.generation}")
         elif (
             first
@@ -468,9 +495,11 @@ class Progress:
         *,
         generation: int = 0,
         gate: dict[str, int] | None = None,
+        replay: bool = True,
     ) -> None:
         self.mqtt = mqtt
         self.consumer = consumer
+        self.replay = replay
         self.topics = topics  # producer -> progress topic
         self.step = max(1, step)
         self.generation = generation
@@ -522,6 +551,7 @@ class Progress:
                     file_offset=file_offset,
                     eos=ended,
                     generation=self.generation,
+                    replay=self.replay,
                 )
                 sent.append(self.mqtt.publish(topic, report.to_bytes(), qos=1, retain=True))
                 self.reported[producer] = now

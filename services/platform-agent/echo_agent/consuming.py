@@ -122,6 +122,8 @@ class Consumer:
             generation=generation,
             # checkpointing: report no further than the checkpoint a copy would restore
             gate=(dict(restore.hwm) if restore else {}) if gated else None,
+            # continuing a drained copy: the rest of our input is still in the channels
+            replay=restore is None or restore.kind != "drain",
         )
         self.checkpoints: Checkpoints | None = None  # set by the runner when checkpointing is on
         self.receivers = {

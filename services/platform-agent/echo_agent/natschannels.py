@@ -37,6 +37,8 @@ from echo_shared.names import Names
 
 log = logging.getLogger(__name__)
 
+FETCH_BATCH = 64
+FETCH_WAIT = 0.5  # seconds a pull waits for messages when there are none (also: close's wait)
 ACK_WAIT = 60.0  # seconds JetStream waits for an ack before redelivering (acks wait for outputs)
 
 
@@ -73,6 +75,7 @@ class NatsChannels:
         self._durables: list[str] = []
         self._subs: list[Any] = []
         self._watchers: list[Any] = []
+        self._pulls: list[asyncio.Task[None]] = []
         self.taken_over = asyncio.Event()  # never set: JetStream has no session takeover
         self._closing = False
         self.epoch = 1
@@ -121,6 +124,12 @@ class NatsChannels:
 
     async def close(self, *, discard_session: bool = False, timeout: float = 2.0) -> None:
         self._closing = True
+        # let pulls finish the fetch they are in (FETCH_WAIT at most, less under load):
+        # messages of a fetch cancelled mid-flight are delivered to nobody and stay pending
+        # for ACK_WAIT, and enough of them (a few moves) stop the durable at max_ack_pending
+        pulls = [t for t in self._pulls if not t.done()]
+        if pulls:
+            await asyncio.wait(pulls, timeout=FETCH_WAIT + 0.5)
         pending = [t for t in self._tasks if not t.done()]
         for _ in range(10):  # nats-py's fetch may swallow a cancellation (wait_for on 3.11): insist
             if not pending:
@@ -137,6 +146,15 @@ class NatsChannels:
             for durable in self._durables:  # the task is gone for good: so is its position
                 with contextlib.suppress(Exception):
                     await self._js.delete_consumer(self.names.data_stream, durable)
+        elif self._inflight:
+            # fetched but not acknowledged (not processed, or outputs not yet safe): give them
+            # back at once, for the next copy; left alone they would block the durable for
+            # ACK_WAIT once max_ack_pending of them piled up over a few moves
+            unacked, self._inflight = list(self._inflight.values()), {}
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(timeout):
+                    await asyncio.gather(*(m.nak() for m in unacked), return_exceptions=True)
+                    await nc.flush()
         for w in self._watchers:
             with contextlib.suppress(Exception):
                 await w.stop()
@@ -234,7 +252,9 @@ class NatsChannels:
                     ),
                 )
                 self._durables.append(durable)
-                self._tasks.append(asyncio.create_task(self._pull(topic, sub)))
+                pull = asyncio.create_task(self._pull(topic, sub))
+                self._pulls.append(pull)
+                self._tasks.append(pull)
 
     def _deliver(self, topic: str, payload: bytes, js_msg: Msg | None) -> None:
         self._next_id += 1
@@ -258,7 +278,7 @@ class NatsChannels:
     async def _pull(self, topic: str, sub: Any) -> None:
         while not self._closing:
             try:
-                msgs = await sub.fetch(batch=64, timeout=1.0)
+                msgs = await sub.fetch(batch=FETCH_BATCH, timeout=FETCH_WAIT)
             except (TimeoutError, nats.errors.TimeoutError):
                 continue
             except Exception as e:

@@ -192,6 +192,7 @@ class TaskRunner:
             self.names,
             window=self.window,
             start_seq=restore.out_seq if restore else 0,
+            tail=restore.tail if restore else None,
         )
         if has_inputs:
             self.consumer = Consumer(
@@ -324,7 +325,9 @@ class TaskRunner:
         except Exception as e:
             log.warning("task %s/%s could not drain cleanly: %s", *self.key, e)
             return None
-        return take_snapshot(out, self.consumer.inputs if self.consumer else None, op.snapshot())
+        snap = take_snapshot(out, self.consumer.inputs if self.consumer else None, op.snapshot())
+        snap.kind, snap.tail = "drain", out.tail()
+        return snap
 
     def _on_message(self, msg: MqttMessage) -> None:
         if self.consumer is not None and msg.topic in self.consumer.bindings:
