@@ -26,6 +26,11 @@ Benchmarks:
   fleet: edge devices +40 ms / 10 Mbit/s from the brokers, fog +10 ms), placement left to
   ``round-robin`` then ``greedy``: placement chosen and per-record latency p50/p99 at a fixed
   rate; target greedy's sink p50 >= 2 x lower. Needs root (network namespaces), else ``skipped``.
+- ``migration`` (``migration.py``): io.generate (1,000/s) -> stats.count_by_key -> io.file_sink on a
+  platform of its own; 100 migrations (20 with ``--quick``) of the counting task round-robin over
+  three agents: downtime at the sink p50/p99 (targets <= 250 ms / <= 1 s) next to raw MQTT QoS 1
+  publish -> receive, the saga's drain/resume timings, records lost/duplicated (0/0) and state
+  carried; then kill -9 of its agent: failover time (target <= lost_after + 1 s), lost/duplicated.
 
 The new ones also report CPU time and peak RSS of the platform's processes (``procs.py``)
 and what went wrong meanwhile (``incidents.py``: heartbeat gaps, liveness flaps, commands
@@ -55,6 +60,7 @@ import batch_edge
 import deploy_latency
 import etl_pipeline
 import file_edge
+import migration
 import placement
 import stream_edge
 import testbed_etl
@@ -68,6 +74,7 @@ BENCHMARKS: dict[str, Callable[[Stack, bool], dict[str, Any]]] = {
     "etl_pipeline": etl_pipeline.run,
     "placement": placement.run,
     "testbed_etl": testbed_etl.run,
+    "migration": migration.run,
 }
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -100,7 +100,7 @@ def test_api_contract_and_fifty_migrations_exactly_once(
 ) -> None:
     _platform, api = platform_factory(FLEET)
     out = tmp_path / "counts.jsonl"
-    total = 45_000
+    total = 30_000
     df_id = api.submit(counting(out, total))
     api.wait_state(df_id, "running", timeout=30)
     base = f"/api/v1/dataflows/{df_id}/tasks"
