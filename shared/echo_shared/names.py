@@ -232,6 +232,11 @@ class Names:
         return f"{self.namespace}.master.tasks.list"
 
     @property
+    def state_bucket(self) -> str:
+        """JetStream object store for operator state too large to keep inline in Redis."""
+        return f"{self.namespace.upper().replace('-', '_')}_STATE"
+
+    @property
     def migrator_queue(self) -> str:
         return "migrator"
 

@@ -8,14 +8,17 @@ sink must hold every seq exactly once, and the count on the line of seq i must b
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from pathlib import Path
 from typing import Any
 
+import nats
 import orjson
 import pytest
 
 from echo_cli.devstack.platform import AgentSpec
+from echo_shared.names import Names
 from tests.conftest import PlatformFactory
 from tests.harness.api import Api
 from tests.harness.waiting import wait_until
@@ -183,3 +186,31 @@ def test_rebalance_moves_only_what_changes(platform_factory: PlatformFactory, tm
     check_exactly_once(out, 8_000)
     r = api.http.post(f"/api/v1/dataflows/{df_id}/rebalance")
     assert r.status_code == 409, r.text
+
+
+async def state_objects(nats_url: str, bucket: str) -> list[str]:
+    nc = await nats.connect(nats_url)
+    try:
+        store = await nc.jetstream().object_store(bucket)
+        return sorted(o.name for o in await store.list())
+    finally:
+        await nc.close()
+
+
+def test_large_state_goes_through_the_object_store(platform_factory: PlatformFactory, tmp_path: Path) -> None:
+    # every operator state counts as large here: it must travel through the object store
+    platform, api = platform_factory(FLEET, env={"ECHO_STATE_INLINE_MAX_BYTES": "8"})
+    out = tmp_path / "counts.jsonl"
+    total = 8_000
+    df_id = api.submit(counting(out, total))
+    api.wait_state(df_id, "running", timeout=30)
+    wait_until(lambda: task(api, df_id, "count")["records_in"] >= 1_500, timeout=30, what="1,500 counted")
+    here = task(api, df_id, "count")["device"]
+    m = wait_migration(api, migrate(api, df_id, "count", next(d for d in FOGS if d != here)))
+    assert m["state"] == "completed", m
+    bucket = Names(platform.namespace).state_bucket
+    names = asyncio.run(state_objects(platform.brokers.nats_url, bucket))
+    assert any(".count.1.drain." in n for n in names), names
+    assert any(".count.1.ckpt." in n for n in names), names
+    api.wait_state(df_id, "completed", timeout=60)
+    check_exactly_once(out, total)

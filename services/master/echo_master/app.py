@@ -25,6 +25,7 @@ from .context import ApiContext
 from .moving import TaskMover
 from .reconciling import Reconciler
 from .settings import MasterSettings
+from .snapshots import SnapshotStore
 from .store import DataflowStore
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,9 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
 
             link = AgentLink(settings.mqtt_url, names, on_update, on_checkpoint)
             reconciler = Reconciler(store, link, bus, names, settings)
-            mover = TaskMover(store, reconciler)
+            snapshots = SnapshotStore(bus, names, settings.state_inline_max_bytes)
+            reconciler.snapshots = snapshots
+            mover = TaskMover(store, reconciler, snapshots)
 
             async def on_device_event(msg: Msg) -> None:
                 try:

@@ -39,6 +39,7 @@ from echo_shared.operators import lookup
 
 from .commands import stop_command
 from .reconciling import DRAIN_SECONDS, Reconciler
+from .snapshots import SnapshotStore, object_name
 from .store import ACTIVE_STATES, Dataflow, DataflowStore
 
 log = logging.getLogger(__name__)
@@ -47,9 +48,12 @@ MOVABLE = {TaskState.running, TaskState.deploying, TaskState.pending}
 
 
 class TaskMover:
-    def __init__(self, store: DataflowStore, reconciler: Reconciler) -> None:
+    def __init__(
+        self, store: DataflowStore, reconciler: Reconciler, snapshots: SnapshotStore | None = None
+    ) -> None:
         self.store = store
         self.reconciler = reconciler
+        self.snapshots = snapshots
 
     # ------------------------------------------------------------------ NATS handlers
 
@@ -98,6 +102,11 @@ class TaskMover:
         return TaskListReply(tasks=out, specs=specs)
 
     async def on_checkpoint(self, ckpt: TaskCheckpoint) -> None:
+        if self.snapshots is not None:
+            snap = ckpt.snapshot
+            name = object_name(ckpt.dataflow, ckpt.task, ckpt.generation, "ckpt", snap.taken_at)
+            kept = await self.snapshots.offload(snap.model_dump(mode="json"), name)
+            ckpt = ckpt.model_copy(update={"snapshot": TaskSnapshot.model_validate(kept)})
         stored = await self.store.save_checkpoint(ckpt)
         if not stored:
             log.debug("checkpoint of %s/%s gen %d is stale", ckpt.dataflow, ckpt.task, ckpt.generation)
@@ -138,9 +147,11 @@ class TaskMover:
         drain_ms = (time.monotonic() - t0) * 1000
         if not ack.ok or ack.snapshot is None:
             raise ConflictError(f"task {rec.id} on {rec.device} could not drain: {ack.reason or ack.state}")
-        reply = await self._relocate(
-            df, rec, req, ack.snapshot.model_dump(mode="json"), "drain", "the drained copy's snapshot"
-        )
+        snapshot = ack.snapshot.model_dump(mode="json")
+        if self.snapshots is not None:
+            name = object_name(df.id, rec.id, rec.generation, "drain", ack.snapshot.taken_at)
+            snapshot = await self.snapshots.offload(snapshot, name)
+        reply = await self._relocate(df, rec, req, snapshot, "drain", "the drained copy's snapshot")
         reply.drain_ms = round(drain_ms, 3)
         return reply
 

@@ -34,6 +34,7 @@ from echo_shared.telemetry import extract, tracer
 from .agents_link import AgentLink
 from .commands import add_reservation, deploy_command, deploy_levels, stop_command
 from .settings import MasterSettings
+from .snapshots import SnapshotStore
 from .store import ACTIVE_STATES, Dataflow, DataflowStore, needs_work
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class Reconciler:
         self._wake = asyncio.Event()
         self._workers: dict[str, asyncio.Task[None]] = {}
         self.tracer = tracer("echo.master")
+        self.snapshots: SnapshotStore | None = None  # large operator state (object store)
         self.changed = asyncio.Condition()
 
     # ------------------------------------------------------------------ loop
@@ -224,12 +226,15 @@ class Reconciler:
             await self.set_state(df, DataflowState.running)
 
     async def _deploy(self, df: Dataflow, rec: TaskRecord) -> CommandAck:
-        assert rec.device and df.placement is not None
+        device = rec.device
+        assert device and df.placement is not None
+        if rec.restore is not None and self.snapshots is not None:
+            rec = rec.model_copy(update={"restore": await self.snapshots.resolve(rec.restore)})
         cmd = deploy_command(df.id, df.effective, df.placement, rec)  # the caller marked it deploying
-        with self.tracer.start_as_current_span(f"deploy {rec.id} to {rec.device}") as span:
-            span.set_attribute("echo.device", rec.device)
+        with self.tracer.start_as_current_span(f"deploy {rec.id} to {device}") as span:
+            span.set_attribute("echo.device", device)
             span.set_attribute("echo.generation", rec.generation)
-            ack = await self.link.send(rec.device, cmd, self.settings.command_timeout)
+            ack = await self.link.send(device, cmd, self.settings.command_timeout)
             span.set_attribute("echo.state", ack.state.value)
             return ack
 

@@ -16,3 +16,8 @@ class MasterSettings(CommonSettings, NatsSettings, MqttSettings, RedisSettings):
     scheduler_timeout: float = Field(default=5.0, gt=0)
     stop_wait: float = Field(default=5.0, ge=0, description="seconds DELETE waits for the stop to finish")
     max_body_bytes: int = Field(default=1 << 20, gt=0)
+    state_inline_max_bytes: int = Field(
+        default=256 * 1024,
+        gt=0,
+        description="operator state larger than this (JSON) goes to the NATS object store, not Redis",
+    )

@@ -1,0 +1,65 @@
+"""Large operator state lives in the NATS object store, not in Redis.
+
+A snapshot (a drained copy's, or a periodic checkpoint) is a small record of positions
+plus the operator's ``state``. When that state's JSON is larger than
+``state_inline_max_bytes`` it is put into the object store ``{NS}_STATE`` under a name
+unique to the task, generation and time, and the snapshot kept in Redis holds a
+reference ``{"$object": name, "bytes": n}`` in its place. A deploy that restores the
+snapshot reads the state back (``resolve``), so agents always receive it whole.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from nats.js.object_store import ObjectStore
+
+from echo_shared.names import Names
+from echo_shared.nats_bus import NatsBus
+
+log = logging.getLogger(__name__)
+
+REF = "$object"
+
+
+class SnapshotStore:
+    def __init__(self, bus: NatsBus, names: Names, inline_max: int) -> None:
+        self.bus = bus
+        self.names = names
+        self.inline_max = inline_max
+        self._store: ObjectStore | None = None
+
+    async def _bucket(self) -> ObjectStore:
+        if self._store is None:
+            self._store = await self.bus.js.create_object_store(self.names.state_bucket)
+        return self._store
+
+    async def offload(self, snapshot: dict[str, Any], name: str) -> dict[str, Any]:
+        """The snapshot to keep in Redis: its state moved to the object store if large."""
+        state = snapshot.get("state")
+        if state is None or is_ref(state):
+            return snapshot
+        raw = orjson.dumps(state)
+        if len(raw) <= self.inline_max:
+            return snapshot
+        await (await self._bucket()).put(name, raw)
+        log.info("state of %s (%d bytes) kept in the object store", name, len(raw))
+        return {**snapshot, "state": {REF: name, "bytes": len(raw)}}
+
+    async def resolve(self, snapshot: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The snapshot with its state read back from the object store, if it was offloaded."""
+        if snapshot is None or not is_ref(snapshot.get("state")):
+            return snapshot
+        name = snapshot["state"][REF]
+        got = await (await self._bucket()).get(name)
+        return {**snapshot, "state": orjson.loads(got.data or b"null")}
+
+
+def is_ref(state: object) -> bool:
+    return isinstance(state, dict) and REF in state and len(state) == 2
+
+
+def object_name(dataflow: str, task: str, generation: int, kind: str, taken_at: float) -> str:
+    return f"{dataflow}.{task}.{generation}.{kind}.{int(taken_at * 1000)}"
