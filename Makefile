@@ -88,7 +88,7 @@ deps:  ## make sure mosquitto and redis-server are available (installs them as r
 # --------------------------------------------------------------------- checks
 
 test: $(STAMP) deps  ## run the tests (PYTEST_ARGS="-k foo -x" to narrow)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
 
 # All three linters run even when one fails; the target fails if any did.
 lint: $(STAMP)  ## ruff, mypy and import-linter

@@ -304,12 +304,25 @@ class MqttClient:
             topics = [topics]
         for t in topics:
             self._subs[t] = qos
-        fut = self._send_subscribe([(t, qos) for t in topics])
-        if fut is not None:
-            codes = await asyncio.wait_for(fut, timeout)
-            bad = [str(rc) for rc in codes if rc.is_failure]
-            if bad:
-                raise MqttUnavailable(f"subscription to {topics} refused: {bad}")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            fut = self._send_subscribe([(t, qos) for t in topics])
+            if fut is None:
+                return  # not connected: the reconnect subscribes to everything remembered
+            # a SUBACK lost with a dropped connection never comes: ask again on the new one
+            attempt = min(max(deadline - loop.time(), 0.0), max(timeout / 4, 1.0))
+            try:
+                codes = await asyncio.wait_for(fut, attempt)
+                break
+            except TimeoutError:
+                if loop.time() >= deadline:
+                    raise
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._connected.wait(), max(deadline - loop.time(), 0.0))
+        bad = [str(rc) for rc in codes if rc.is_failure]
+        if bad:
+            raise MqttUnavailable(f"subscription to {topics} refused: {bad}")
 
     async def unsubscribe(self, topics: list[str]) -> None:
         for t in topics:
