@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from echo_agent.channels import Inputs, Outputs, Progress
+from echo_agent.channels import Outputs
 from echo_agent.checkpoints import Checkpoints
+from echo_agent.intake import Inputs, Progress
 from echo_shared.messages import Binding, ChannelProgress, TaskCheckpoint
 from echo_shared.mqtt import MqttMessage
 from echo_shared.names import Names

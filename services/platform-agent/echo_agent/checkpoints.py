@@ -27,7 +27,8 @@ from typing import Any
 
 from echo_shared.messages import TaskCheckpoint, TaskSnapshot
 
-from .channels import Inputs, Outputs
+from .channels import Outputs
+from .intake import Inputs
 
 log = logging.getLogger(__name__)
 

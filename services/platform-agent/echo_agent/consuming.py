@@ -34,9 +34,10 @@ from echo_shared.models import EdgeModel
 from echo_shared.mqtt import MqttMessage
 from echo_shared.names import Names
 
-from .channels import AckQueue, Gap, Inputs, Outputs, Progress, incoming_dir
+from .channels import Outputs
 from .checkpoints import Checkpoints
 from .files import RESEND_INTERVAL, FileReceiver
+from .intake import AckQueue, Gap, Inputs, Progress, incoming_dir
 from .operators import Operator, Record
 from .transports import Transport
 
