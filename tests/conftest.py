@@ -62,7 +62,7 @@ def platform_factory(
             namespace=unique_namespace(),
             extra_env={**FAST_LIVENESS, **(env or {})},
         )
-        started.append((p, Api(p.api_url)))
+        started.append((p, Api(p.api_url, p.admin_token)))
         p.start(fleet)
         return started[-1]
 

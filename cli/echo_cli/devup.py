@@ -26,6 +26,8 @@ from typing import IO, Any
 from rich.console import Console
 from rich.markup import escape
 
+from echo_shared.secretfiles import write_secret
+
 from .client import CliError, EchoClient
 from .devstack import Brokers, BrokerSetupError, ManagedProcess, free_port, start_brokers
 from .devstack.platform import DEFAULT_FLEET, Platform
@@ -85,9 +87,10 @@ def pick_api_port(requested: int, host: str = HOST) -> tuple[int, bool]:
     return free_port(host), bool(requested)
 
 
-def env_lines(api_url: str, brokers: Brokers, namespace: str = NAMESPACE) -> str:
+def env_lines(api_url: str, brokers: Brokers, token: str, namespace: str = NAMESPACE) -> str:
     values = {
         "ECHO_API_URL": api_url,
+        "ECHO_TOKEN": token,
         "ECHO_NATS_URL": brokers.nats_url,
         "ECHO_MQTT_URL": brokers.mqtt_url,
         "ECHO_REDIS_URL": brokers.redis_url,
@@ -167,7 +170,8 @@ class DevUp:
         self.platform = Platform(self.brokers, self.devdir, namespace=NAMESPACE, api_port=port, host=HOST)
         self.platform.start(DEFAULT_FLEET)
         self._banner(time.monotonic() - t0)
-        self.env_file.write_text(env_lines(self.platform.api_url, self.brokers))  # last: it means "ready"
+        # last: it means "ready"; it holds the admin token, so it is private
+        write_secret(self.env_file, env_lines(self.platform.api_url, self.brokers, self.platform.admin_token))
 
     def _banner(self, took: float) -> None:
         assert self.platform is not None and self.brokers is not None

@@ -315,3 +315,43 @@ class Names:
     def active_dataflows_key(self) -> str:
         """Dataflows whose observed state still has to reach the desired one."""
         return f"{self.namespace}:dfs:active"
+
+    # --- Redis: security (owned by the master) -------------------------------------------
+    def token_key(self, token_id: str) -> str:
+        """An API token's record (hash: role, digest, created, expires, revoked)."""
+        return f"{self.namespace}:token:{token_id}"
+
+    @property
+    def tokens_key(self) -> str:
+        """Every API token id, scored by creation time."""
+        return f"{self.namespace}:tokens"
+
+    def token_digest_key(self, digest: str) -> str:
+        """SHA-256 of a presented token -> its id (the token itself is never stored)."""
+        return f"{self.namespace}:tokendigest:{digest}"
+
+    @property
+    def audit_key(self) -> str:
+        """The audit trail: a capped Redis stream of mutating calls."""
+        return f"{self.namespace}:audit"
+
+    def enrolment_key(self, digest: str) -> str:
+        """A one-time device enrolment token (by SHA-256), with a TTL."""
+        return f"{self.namespace}:enrol:{digest}"
+
+    def device_identity_key(self, device: str) -> str:
+        """A device's identity: its broker usernames, status (enrolled / revoked), grants."""
+        return f"{self.namespace}:identity:{_check(device, 'device id')}"
+
+    @property
+    def device_identities_key(self) -> str:
+        return f"{self.namespace}:identities"
+
+    # --- broker identities of devices -------------------------------------------------
+    def device_username(self, device: str, serial: str) -> str:
+        """A device's MQTT/NATS username: one per credential generation (rotation makes a new one)."""
+        return f"{self.namespace}.{_check(device, 'device id')}.{_check(serial, 'serial')}"
+
+    def device_role(self, device: str) -> str:
+        """The device's Mosquitto dynamic-security role: its own topics plus its tasks' grants."""
+        return f"{self.namespace}.dev.{_check(device, 'device id')}"

@@ -80,7 +80,7 @@ def platform(
     workdir = tmp_path_factory.mktemp("legacy")
     p = Platform(brokers, workdir, namespace=unique_namespace(), extra_env=FAST_LIVENESS)
     p.start(FLEET)
-    client = Api(p.api_url)
+    client = Api(p.api_url, p.admin_token)
     try:
         yield p, client
     finally:

@@ -14,9 +14,10 @@ class DataflowFailed(Exception):
 
 
 class Api:
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, token: str | None = None) -> None:
         self.base = base_url
-        self.http = httpx.Client(base_url=base_url, timeout=10)
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        self.http = httpx.Client(base_url=base_url, timeout=10, headers=headers)
 
     def close(self) -> None:
         self.http.close()

@@ -304,10 +304,11 @@ def test_pick_api_port_moves_off_a_busy_port() -> None:
 
 def test_env_lines(tmp_path: Path) -> None:
     b = Brokers("nats://h:1", "mqtt://h:2", "redis://h:3/0", tmp_path)
-    text = env_lines("http://127.0.0.1:8099", b)
+    text = env_lines("http://127.0.0.1:8099", b, "tok")
     pairs = dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
     assert pairs == {
         "ECHO_API_URL": "http://127.0.0.1:8099",
+        "ECHO_TOKEN": "tok",
         "ECHO_NATS_URL": "nats://h:1",
         "ECHO_MQTT_URL": "mqtt://h:2",
         "ECHO_REDIS_URL": "redis://h:3/0",

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import httpx
 
+from echo_shared.secretfiles import new_secret, write_secret
+
 from .brokers import Brokers
 from .processes import ManagedProcess, free_port, wait_for_port
 
@@ -26,6 +28,7 @@ class AgentSpec:
     memory_mb: int | None = None
     nats: bool | None = None  # reaches NATS (default: fog and cloud do, edge does not)
     brokers: tuple[str, ...] = ()  # data brokers declared (default: the agent decides)
+    runtimes: tuple[str, ...] = ()  # extra runtimes enabled (``process``, ``container``: off by default)
 
     @property
     def reaches_nats(self) -> bool:
@@ -45,6 +48,8 @@ class AgentSpec:
             out += ["--memory-mb", str(self.memory_mb)]
         for b in self.brokers:
             out += ["--broker", b]
+        for r in self.runtimes:
+            out += ["--runtime", r]
         return out
 
 
@@ -73,6 +78,15 @@ class Platform:
         if not self.api_port:
             self.api_port = free_port(self.host)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        # the first admin token: the master registers it at start (``ECHO_ADMIN_TOKEN_FILE``);
+        # kept across restarts of a persistent stack
+        self.admin_token_file = self.workdir / "secrets" / "admin.token"
+        if not self.admin_token_file.exists():
+            write_secret(self.admin_token_file, "echo_" + new_secret())
+        self.admin_token = self.admin_token_file.read_text().strip()
+
+    def http_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"}
 
     @property
     def api_url(self) -> str:
@@ -89,6 +103,7 @@ class Platform:
             "ECHO_API_PORT": str(self.api_port),
             "ECHO_API_HOST": self.host,
             "ECHO_API_URL": self.api_url,
+            "ECHO_ADMIN_TOKEN_FILE": str(self.admin_token_file),
             "PYTHONUNBUFFERED": "1",
             # every agent of a local stack shares this host: each reports its own load against
             # its declared capacity, or the rebalancer would see one busy machine everywhere
@@ -130,7 +145,7 @@ class Platform:
         seen: dict[str, str] = {}
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError, ValueError):
-                r = httpx.get(f"{self.api_url}/api/v1/devices", timeout=2)
+                r = httpx.get(f"{self.api_url}/api/v1/devices", timeout=2, headers=self.http_headers())
                 if r.status_code == 200:
                     seen = {d["id"]: d["status"] for d in r.json()}
                     if all(seen.get(i) == status for i in ids):
