@@ -32,7 +32,7 @@ THREE_TIERS = (
 
 @pytest.fixture(scope="session")
 def brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Brokers]:
-    b = start_brokers(tmp_path_factory.mktemp("brokers"))
+    b = start_brokers(tmp_path_factory.mktemp("brokers"), tester=True)
     try:
         yield b
     finally:

@@ -12,6 +12,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 
+from .errors import EchoError
 from .logs import setup_logging
 from .telemetry import setup_tracing, shutdown_tracing
 
@@ -44,6 +45,9 @@ def run_service(
     code = 0
     try:
         asyncio.run(runner())
+    except EchoError as e:  # an expected failure (refused credentials, duplicate device): one line
+        log.error("%s failed: %s", name, e)
+        code = 1
     except Exception:
         log.exception("%s failed", name)
         code = 1

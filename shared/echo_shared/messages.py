@@ -140,8 +140,35 @@ class StopTask(Message):
     )
 
 
+class RotateCredentials(Message):
+    """New broker credentials for the device (master -> agent, on its private command topic).
+
+    The agent saves them (``credentials.json``, 0600), uses them from its next (re)connect on,
+    and answers with a ``CredentialsAck``; the old ones stop working after a grace period.
+    """
+
+    kind: Literal["credentials"] = "credentials"
+    cmd_id: str
+    device: str
+    username: str
+    password: str = Field(repr=False)
+    nats_username: str | None = None
+    nats_password: str | None = Field(default=None, repr=False)
+
+
+# task commands; ``RotateCredentials`` shares the command topic but not the task path
 Command = Annotated[DeployTask | StopTask, Field(discriminator="kind")]
 COMMAND_ADAPTER: TypeAdapter[DeployTask | StopTask] = TypeAdapter(Command)
+
+
+class CredentialsAck(Message):
+    """The agent's answer to ``RotateCredentials`` (on its ack topic)."""
+
+    kind: Literal["credentials"] = "credentials"
+    cmd_id: str
+    device: str
+    ok: bool
+    reason: str = ""
 
 
 class CommandAck(Message):
@@ -324,6 +351,17 @@ class DeviceGetRequest(Message):
 
 
 class DeviceGetReply(Message):
+    device: DeviceRecord | None = None
+
+
+class DeviceRevokeRequest(Message):
+    """The master revoked a device's identity (master -> registry): mark it ``revoked``."""
+
+    device: str
+    reason: str = "revoked by an administrator"
+
+
+class DeviceRevokeReply(Message):
     device: DeviceRecord | None = None
 
 

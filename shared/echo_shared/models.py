@@ -146,6 +146,7 @@ class DeviceStatus(StrEnum):
     online = "online"
     unreachable = "unreachable"
     lost = "lost"
+    revoked = "revoked"  # its identity was revoked: it can no longer reach the brokers
 
 
 class Capacity(Strict):

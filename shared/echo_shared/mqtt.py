@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +43,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from .credentials import Login, client_tls
 from .errors import BrokerUnavailable, EchoError
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,13 @@ class MqttUnavailable(BrokerUnavailable):
 
 class SessionTakenOver(EchoError):
     """Another client connected with our client id; this one must stop."""
+
+
+class MqttRefused(MqttUnavailable):
+    """The broker refused our credentials (bad login, revoked, not authorised)."""
+
+
+REFUSED_LOGIN = {134, 135, 138}  # MQTT 5: bad user name or password, not authorized, banned
 
 
 @dataclass(frozen=True)
@@ -124,10 +133,14 @@ class MqttClient:
         publish_window: int = 100,
         will: Will | None = None,
         reconnect_max_delay: float = 5.0,
+        login: Login | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.url = url
         self.client_id = client_id
         self._host, self._port, self._tls = parse_url(url)
+        self._login = login
+        self._tls_context = tls
         self._on_message = on_message
         self._persistent = persistent
         self._session_expiry = session_expiry if persistent else 0
@@ -159,6 +172,8 @@ class MqttClient:
         self._connected_at = 0.0
         self._quick_drops = 0
         self._socket_closed = asyncio.Event()
+        self.refused = asyncio.Event()  # the broker refuses our login (set until a connect succeeds)
+        self._refusal_logged = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -181,7 +196,9 @@ class MqttClient:
         c.max_inflight_messages_set(min(self._publish_window, 65000))
         c.max_queued_messages_set(0)
         if self._tls:
-            c.tls_set()
+            c.tls_set_context(self._tls_context or client_tls(None))
+        if self._login is not None:
+            c.username_pw_set(self._login.username, self._login.password)
         if self._will is not None:
             c.will_set(self._will.topic, self._will.payload, self._will.qos, self._will.retain)
         c.on_connect = self._on_connect
@@ -222,6 +239,9 @@ class MqttClient:
             await asyncio.wait_for(
                 asyncio.shield(self._first_connect), max(deadline - self._loop.time(), 1.0)
             )
+        except MqttRefused as e:
+            await self.close()
+            raise MqttRefused(f"MQTT broker {self._host}:{self._port} refused {self.client_id}: {e}") from e
         except (TimeoutError, MqttUnavailable) as e:
             await self.close()
             raise MqttUnavailable(f"MQTT broker {self._host}:{self._port} did not accept us: {e}") from e
@@ -292,6 +312,12 @@ class MqttClient:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    def relogin(self, login: Login) -> None:
+        """Use ``login`` from the next (re)connect on (credential rotation)."""
+        self._login = login
+        if self._client is not None:
+            self._client.username_pw_set(login.username, login.password)
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         await asyncio.wait_for(self._connected.wait(), timeout)
@@ -454,10 +480,18 @@ class MqttClient:
 
     def _on_connect(self, client: paho.Client, _ud: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
         if rc.is_failure:
-            log.warning("mqtt %s: connection refused: %s", self.client_id, rc)
+            refused = rc.value in REFUSED_LOGIN
+            if not (refused and self._refusal_logged):  # once per outage, not per retry
+                log.warning("mqtt %s: connection refused: %s", self.client_id, rc)
+            if refused:
+                self._refusal_logged = True
+                self.refused.set()
             if self._first_connect is not None and not self._first_connect.done():
-                self._first_connect.set_exception(MqttUnavailable(f"connection refused: {rc}"))
+                err = MqttRefused if refused else MqttUnavailable
+                self._first_connect.set_exception(err(f"connection refused: {rc}"))
             return
+        self.refused.clear()
+        self._refusal_logged = False
         # paho ignores the broker's Receive Maximum; exceeding it makes Mosquitto 2.0 drop
         # publishes silently, so never have more in flight than the broker accepts
         server_max = getattr(props, "ReceiveMaximum", None)

@@ -202,6 +202,10 @@ class Names:
         return f"{self.namespace}.registry.devices.get"
 
     @property
+    def registry_revoke(self) -> str:
+        return f"{self.namespace}.registry.devices.revoke"
+
+    @property
     def migrator_migrate(self) -> str:
         return f"{self.namespace}.migrator.migrate"
 
@@ -346,6 +350,14 @@ class Names:
     @property
     def device_identities_key(self) -> str:
         return f"{self.namespace}:identities"
+
+    def device_grants_key(self, device: str) -> str:
+        """What a device's tasks may use: channel -> grant (hash), the source of its broker role."""
+        return f"{self.namespace}:identity:{_check(device, 'device id')}:grants"
+
+    def device_login_key(self, username: str) -> str:
+        """A device's broker login (by username): the device and the password's digest."""
+        return f"{self.namespace}:identity:login:{username}"
 
     # --- broker identities of devices -------------------------------------------------
     def device_username(self, device: str, serial: str) -> str:

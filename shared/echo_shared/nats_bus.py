@@ -27,6 +27,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import ValidationError
 
+from .credentials import Access
 from .errors import BrokerUnavailable, EchoError, NotFoundError, RequestTimeout, SpecError
 from .messages import ErrorReply, Message
 from .telemetry import extract, inject
@@ -45,9 +46,12 @@ class RemoteError(EchoError):
 class NatsBus:
     """A NATS connection owned by one service. Async context manager."""
 
-    def __init__(self, url: str, name: str, *, connect_timeout: float = 30.0) -> None:
+    def __init__(
+        self, url: str, name: str, *, connect_timeout: float = 30.0, access: Access | None = None
+    ) -> None:
         self.url = url
         self.name = name
+        self._options = access.nats_options() if access is not None else {}
         self._connect_timeout = connect_timeout
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
@@ -87,6 +91,7 @@ class NatsBus:
                     reconnect_time_wait=0.5,
                     connect_timeout=2,
                     allow_reconnect=True,
+                    **self._options,
                 )
                 return
             except Exception as e:  # nats raises several unrelated types on connect

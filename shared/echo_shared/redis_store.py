@@ -8,18 +8,27 @@ from collections.abc import Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from .credentials import Access
 from .errors import BrokerUnavailable
 
 log = logging.getLogger(__name__)
 
 
-async def connect_redis(url: str, *, timeout: float = 30.0, max_connections: int = 64) -> aioredis.Redis:
+async def connect_redis(
+    url: str, *, timeout: float = 30.0, max_connections: int = 64, access: Access | None = None
+) -> aioredis.Redis:
     """Connect and ping, retrying until ``timeout`` (Redis may start after the service)."""
     # a blocking pool: a burst of concurrent work waits for a connection instead of failing
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, decode_responses=True, health_check_interval=10, max_connections=max_connections, timeout=10
+        url,
+        decode_responses=True,
+        health_check_interval=10,
+        max_connections=max_connections,
+        timeout=10,
+        **(access.redis_options() if access is not None else {}),
     )
     client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
     loop = asyncio.get_running_loop()
@@ -29,6 +38,14 @@ async def connect_redis(url: str, *, timeout: float = 30.0, max_connections: int
         try:
             await client.ping()
             return client
+        except (AuthenticationError, AuthorizationError) as e:
+            await client.aclose()
+            raise BrokerUnavailable(f"Redis at {url} refused our login: {e}") from e
+        except ResponseError as e:
+            if "NOAUTH" not in str(e) and "WRONGPASS" not in str(e):
+                raise
+            await client.aclose()
+            raise BrokerUnavailable(f"Redis at {url} refused our login: {e}") from e
         except (RedisConnectionError, OSError) as e:
             if loop.time() > deadline:
                 await client.aclose()

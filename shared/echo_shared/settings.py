@@ -8,6 +8,8 @@ No host, port or secret has a default here: a missing broker URL is a clear star
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -24,6 +26,13 @@ class CommonSettings(BaseSettings):
     )
     log_level: str = "INFO"
     service_name: str = "echo"
+    credentials_file: Path | None = Field(
+        default=None,
+        description="this identity's broker credentials (JSON, mode 0600; see echo_shared.credentials)",
+    )
+    ca_file: Path | None = Field(
+        default=None, description="the CA certificate that signs the brokers' and the API's certificates"
+    )
 
 
 class NatsSettings(BaseSettings):

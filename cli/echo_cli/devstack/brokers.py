@@ -6,21 +6,55 @@
   the Debian packages when it runs as root), otherwise containers through
   testcontainers when a Docker engine runs, otherwise a ``BrokerSetupError`` that says
   what to install.
+
+Secure by default: a security bundle (``echo_shared.bundle``: private CA, server
+certificate, service identities) is created in ``workdir/pki`` (kept across runs) and
+every broker listens with TLS only and authenticates every client: Mosquitto through
+its dynamic-security plugin (anonymous refused), NATS with a user per service, Redis
+with ACL users (``default`` off). ``secure=False`` exists for one purpose: the
+benchmark that measures what security costs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
+import os
 import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from echo_shared.bundle import Bundle, allow_traversal, create_bundle, mosquitto_owner
+from echo_shared.credentials import Access
+from echo_shared.secretfiles import write_secret
+
 from .processes import ManagedProcess, free_port, wait_for_port
 
 MOSQUITTO_CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 REDIS_CANDIDATES = ("redis-server", "/usr/bin/redis-server", "/usr/local/bin/redis-server")
+DYNSEC_CANDIDATES = (
+    "/usr/lib/*/mosquitto_dynamic_security.so",
+    "/usr/lib/mosquitto_dynamic_security.so",
+    "/usr/local/lib/mosquitto_dynamic_security.so",
+    "/usr/local/lib/*/mosquitto_dynamic_security.so",
+    "/opt/homebrew/lib/mosquitto_dynamic_security.so",
+)
+
+
+CONTAINER_DYNSEC = "/usr/lib/mosquitto_dynamic_security.so"  # in the eclipse-mosquitto image
+
+
+def dynsec_plugin() -> str:
+    for pattern in DYNSEC_CANDIDATES:
+        found = sorted(glob.glob(pattern))
+        if found:
+            return found[0]
+    raise BrokerSetupError(
+        "Mosquitto's dynamic-security plugin (mosquitto_dynamic_security.so) was not found; "
+        "it ships with Mosquitto ≥ 2.0 (Debian: the mosquitto package)"
+    )
 
 
 class BrokerSetupError(RuntimeError):
@@ -56,10 +90,24 @@ def docker_engine_running() -> bool:
         return False
 
 
-MOSQUITTO_CONF = """\
+MOSQUITTO_SECURE = """\
+listener {port} {host}
+protocol mqtt
+certfile {certfile}
+keyfile {keyfile}
+tls_version tlsv1.2
+allow_anonymous false
+plugin {plugin}
+plugin_opt_config_file {dynsec}
+"""
+
+MOSQUITTO_INSECURE = """\
 listener {port} {host}
 protocol mqtt
 allow_anonymous true
+"""
+
+MOSQUITTO_CONF = """\
 persistence {persistence}
 persistence_location {data}/
 autosave_interval 1
@@ -85,13 +133,31 @@ class Brokers:
     workdir: Path
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     containers: list[Any] = field(default_factory=list)
+    bundle: Bundle | None = None  # None: the benchmark's insecure brokers
+
+    @property
+    def secure(self) -> bool:
+        return self.bundle is not None
 
     def env(self) -> dict[str, str]:
-        return {
+        out = {
             "ECHO_NATS_URL": self.nats_url,
             "ECHO_MQTT_URL": self.mqtt_url,
             "ECHO_REDIS_URL": self.redis_url,
         }
+        if self.bundle is not None:
+            out["ECHO_CA_FILE"] = str(self.bundle.ca_file)
+        return out
+
+    def credentials_file(self, identity: str) -> Path | None:
+        return self.bundle.credentials_file(identity) if self.bundle is not None else None
+
+    def access(self, identity: str = "tester") -> Access:
+        """URLs and logins of one identity (tests use ``tester``, a superuser of these brokers)."""
+        creds = self.bundle.credentials(identity) if self.bundle is not None else None
+        return Access.build(
+            creds, mqtt_url=self.mqtt_url, nats_url=self.nats_url, redis_url=self.redis_url
+        )
 
     def stop(self) -> None:
         for p in self.processes.values():
@@ -108,16 +174,33 @@ class Brokers:
         self.stop()
 
 
-def start_brokers(workdir: Path, *, host: str = "127.0.0.1", persistent: bool = False) -> Brokers:
-    """Start NATS (JetStream), Mosquitto and Redis on free ports under ``workdir``."""
+def start_brokers(
+    workdir: Path,
+    *,
+    host: str = "127.0.0.1",
+    persistent: bool = False,
+    secure: bool = True,
+    hosts: tuple[str, ...] = (),
+    tester: bool = False,
+) -> Brokers:
+    """Start NATS (JetStream), Mosquitto and Redis on free ports under ``workdir``.
+
+    ``hosts``: extra names/addresses the server certificate must be valid for (clients
+    that dial the brokers by another address, e.g. the testbed's namespaces). ``tester``
+    adds a superuser identity for tests and benchmarks that talk to the brokers directly.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     logs = workdir / "logs"
+    bundle = None
+    if secure:
+        names = dict.fromkeys(("localhost", "127.0.0.1", "::1", host, *hosts))
+        bundle = create_bundle(workdir / "pki", tuple(names), tester=tester)
     procs: dict[str, ManagedProcess] = {}
     containers: list[Any] = []
     try:
-        nats_url = _start_nats(workdir, logs, host, procs)
-        mqtt_url = _start_mosquitto(workdir, logs, host, persistent, procs, containers)
-        redis_url = _start_redis(workdir, logs, host, persistent, procs, containers)
+        nats_url = _start_nats(workdir, logs, host, procs, bundle)
+        mqtt_url = _start_mosquitto(workdir, logs, host, persistent, procs, containers, bundle)
+        redis_url = _start_redis(workdir, logs, host, persistent, procs, containers, bundle)
     except BaseException:
         for p in procs.values():
             p.stop(timeout=3)
@@ -125,21 +208,54 @@ def start_brokers(workdir: Path, *, host: str = "127.0.0.1", persistent: bool = 
             with contextlib.suppress(Exception):
                 c.stop()
         raise
-    return Brokers(nats_url, mqtt_url, redis_url, workdir, procs, containers)
+    return Brokers(nats_url, mqtt_url, redis_url, workdir, procs, containers, bundle)
 
 
-def _start_nats(workdir: Path, logs: Path, host: str, procs: dict[str, ManagedProcess]) -> str:
+def _start_nats(
+    workdir: Path, logs: Path, host: str, procs: dict[str, ManagedProcess], bundle: Bundle | None
+) -> str:
     port = free_port(host)
     store = workdir / "nats"
     store.mkdir(exist_ok=True)
-    p = ManagedProcess(
-        "nats-server",
-        [nats_server_binary(), "-a", host, "-p", str(port), "-js", "-sd", str(store)],
-        log_dir=logs,
-    )
+    argv = [nats_server_binary(), "-a", host, "-p", str(port), "-js", "-sd", str(store)]
+    scheme = "nats"
+    if bundle is not None:
+        conf = workdir / "nats.conf"
+        text = (
+            f"listen: {_nats_str(f'{host}:{port}')}\n"
+            f"jetstream {{ store_dir: {_nats_str(str(store))} }}\n"
+            f"tls {{ cert_file: {_nats_str(str(bundle.server.cert))}, "
+            f"key_file: {_nats_str(str(bundle.server.key))}, timeout: 5 }}\n"
+            + bundle.nats_auth_file.read_text()
+        )
+        write_secret(conf, text)
+        argv = [nats_server_binary(), "-c", str(conf)]
+        scheme = "tls"
+    p = ManagedProcess("nats-server", argv, log_dir=logs)
     procs["nats"] = p
     wait_for_port(host, port, proc=p)
-    return f"nats://{host}:{port}"
+    return f"{scheme}://{host}:{port}"
+
+
+def _nats_str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _mosquitto_conf(
+    port: int, host: str, persistent: bool, data: Path, bundle: Bundle | None, plugin: str
+) -> str:
+    if bundle is None:
+        listener = MOSQUITTO_INSECURE.format(port=port, host=host)
+    else:
+        listener = MOSQUITTO_SECURE.format(
+            port=port,
+            host=host,
+            certfile=bundle.server.cert,
+            keyfile=bundle.mosquitto_key,
+            plugin=plugin,
+            dynsec=bundle.dynsec_file,
+        )
+    return listener + MOSQUITTO_CONF.format(persistence=str(persistent).lower(), data=data)
 
 
 def _start_mosquitto(
@@ -149,41 +265,62 @@ def _start_mosquitto(
     persistent: bool,
     procs: dict[str, ManagedProcess],
     containers: list[Any],
+    bundle: Bundle | None,
 ) -> str:
     binary = _find(MOSQUITTO_CANDIDATES)
-    data = workdir / "mosquitto"
-    data.mkdir(exist_ok=True)
+    scheme = "mqtt" if bundle is None else "mqtts"
     if binary:
+        data = workdir / "mosquitto"
+        data.mkdir(exist_ok=True)
+        owner = mosquitto_owner()
+        if owner is not None:  # started as root, it drops to the mosquitto account: its data is its own
+            os.chown(data, *owner)
+            allow_traversal(workdir)
         port = free_port(host)
         conf = workdir / "mosquitto.conf"
-        conf.write_text(
-            MOSQUITTO_CONF.format(port=port, host=host, persistence=str(persistent).lower(), data=data)
-        )
+        plugin = dynsec_plugin() if bundle is not None else ""
+        conf.write_text(_mosquitto_conf(port, host, persistent, data, bundle, plugin))
         p = ManagedProcess("mosquitto", [binary, "-c", str(conf)], log_dir=logs)
         procs["mosquitto"] = p
         wait_for_port(host, port, proc=p)
-        return f"mqtt://{host}:{port}"
+        return f"{scheme}://{host}:{port}"
     if docker_engine_running():
         from testcontainers.core.container import DockerContainer
 
         conf = workdir / "mosquitto.conf"
         conf.write_text(
-            MOSQUITTO_CONF.format(port=1883, host="0.0.0.0", persistence="false", data="/mosquitto/data")
+            _mosquitto_conf(1883, "0.0.0.0", False, Path("/mosquitto/data"), bundle, CONTAINER_DYNSEC)
         )
         c = (
-            DockerContainer("eclipse-mosquitto:2")
+            DockerContainer("eclipse-mosquitto:2.0.18")
             .with_exposed_ports(1883)
             .with_volume_mapping(str(conf), "/mosquitto/config/mosquitto.conf", "ro")
         )
+        if bundle is not None:  # the same paths inside: the config names them
+            c = c.with_volume_mapping(str(bundle.root), str(bundle.root), "rw")
         c.start()
         containers.append(c)
         h, port = c.get_container_host_ip(), int(c.get_exposed_port(1883))
         wait_for_port(h, port, timeout=30)
-        return f"mqtt://{h}:{port}"
+        return f"{scheme}://{h}:{port}"
     raise BrokerSetupError(
         "Mosquitto is not installed and no Docker engine runs. Install it with "
         "'apt-get install -y mosquitto' (make does this when run as root), or start Docker."
     )
+
+
+def _redis_security(port: int, bundle: Bundle | None) -> list[str]:
+    if bundle is None:
+        return ["--port", str(port), "--protected-mode", "no"]
+    return [
+        "--port", "0",
+        "--tls-port", str(port),
+        "--tls-cert-file", str(bundle.server.cert),
+        "--tls-key-file", str(bundle.server.key),
+        "--tls-ca-cert-file", str(bundle.ca_file),
+        "--tls-auth-clients", "no",
+        "--aclfile", str(bundle.redis_acl_file),
+    ]  # fmt: skip
 
 
 def _start_redis(
@@ -193,27 +330,32 @@ def _start_redis(
     persistent: bool,
     procs: dict[str, ManagedProcess],
     containers: list[Any],
+    bundle: Bundle | None,
 ) -> str:
     binary = _find(REDIS_CANDIDATES)
+    scheme = "redis" if bundle is None else "rediss"
     if binary:
         port = free_port(host)
         data = workdir / "redis"
         data.mkdir(exist_ok=True)
-        argv = [binary, "--port", str(port), "--bind", host, "--dir", str(data), "--save", ""]
-        argv += ["--appendonly", "yes" if persistent else "no", "--protected-mode", "no"]
+        argv = [binary, *_redis_security(port, bundle), "--bind", host, "--dir", str(data), "--save", ""]
+        argv += ["--appendonly", "yes" if persistent else "no"]
         p = ManagedProcess("redis-server", argv, log_dir=logs)
         procs["redis"] = p
         wait_for_port(host, port, proc=p)
-        return f"redis://{host}:{port}/0"
+        return f"{scheme}://{host}:{port}/0"
     if docker_engine_running():
         from testcontainers.core.container import DockerContainer
 
-        c = DockerContainer("redis:7").with_exposed_ports(6379)
+        c = DockerContainer("redis:7.2.5").with_exposed_ports(6379)
+        if bundle is not None:
+            c = c.with_volume_mapping(str(bundle.root), str(bundle.root), "ro")
+            c = c.with_command(["redis-server", *_redis_security(6379, bundle)])
         c.start()
         containers.append(c)
         h, port = c.get_container_host_ip(), int(c.get_exposed_port(6379))
         wait_for_port(h, port, timeout=30)
-        return f"redis://{h}:{port}/0"
+        return f"{scheme}://{h}:{port}/0"
     raise BrokerSetupError(
         "Redis is not installed and no Docker engine runs. Install it with "
         "'apt-get install -y redis-server' (make does this when run as root), or start Docker."

@@ -111,19 +111,62 @@ class Platform:
             **self.extra_env,
         }
 
+    def service_env(self, name: str) -> dict[str, str]:
+        env = self.env()
+        creds = self.brokers.credentials_file(name)
+        if creds is not None:  # the path of a 0600 file, never the secret itself
+            env["ECHO_CREDENTIALS_FILE"] = str(creds)
+        return env
+
+    def agent_env(self) -> dict[str, str]:
+        """What an agent sees: the brokers and the API, no service's secrets."""
+        env = self.env()
+        env.pop("ECHO_ADMIN_TOKEN_FILE", None)
+        return env
+
     def start_service(self, name: str) -> ManagedProcess:
-        proc = ManagedProcess(name, [sys.executable, "-m", f"echo_{name}"], log_dir=self.logs, env=self.env())
+        proc = ManagedProcess(
+            name, [sys.executable, "-m", f"echo_{name}"], log_dir=self.logs, env=self.service_env(name)
+        )
         self.services[name] = proc
         return proc
 
-    def start_agent(self, spec: AgentSpec) -> ManagedProcess:
+    def state_dir(self, device: str) -> Path:
+        return self.workdir / "agents" / device / "state"
+
+    def enrolment_token(self, spec: AgentSpec) -> str | None:
+        """A one-time token for a device not enrolled yet (None: its state dir has credentials)."""
+        if (self.state_dir(spec.device_id) / "credentials.json").exists() or not self.brokers.secure:
+            return None
+        r = httpx.post(
+            f"{self.api_url}/api/v1/enrolments",
+            json={"device": spec.device_id, "tier": spec.tier, "ttl": "10m"},
+            headers=self.http_headers(),
+            timeout=10,
+        )
+        if r.status_code != 201:
+            raise RuntimeError(f"enrolment of {spec.device_id} refused: HTTP {r.status_code} {r.text}")
+        return str(r.json()["token"])
+
+    def agent_argv(self, spec: AgentSpec) -> list[str]:
+        """``echo-agent`` arguments: the spec, its data and state dirs, and an enrolment token
+        when the device has no identity yet (the same path as a real device's first start)."""
         data = self.workdir / "agents" / spec.device_id
-        env = self.env()
+        argv = [*spec.argv(), "--data-dir", str(data)]
+        if self.brokers.secure:
+            argv += ["--state-dir", str(self.state_dir(spec.device_id))]
+            token = self.enrolment_token(spec)
+            if token:
+                argv += ["--enrol-token", token]
+        return argv
+
+    def start_agent(self, spec: AgentSpec) -> ManagedProcess:
+        env = self.agent_env()
         if not spec.reaches_nats:
             env["ECHO_NATS_URL"] = ""  # an edge device dials out to MQTT only
         proc = ManagedProcess(
             f"agent-{spec.device_id}",
-            [sys.executable, "-m", "echo_agent", *spec.argv(), "--data-dir", str(data)],
+            [sys.executable, "-m", "echo_agent", *self.agent_argv(spec)],
             log_dir=self.logs,
             env=env,
         )
@@ -135,10 +178,14 @@ class Platform:
     ) -> None:
         for name in SERVICES:
             self.start_service(name)
+        # agents enrol through the API (one-time tokens), so they start once it answers
+        self.wait_api(timeout)
         for spec in fleet:
             self.start_agent(spec)
-        wait_for_port(self.host, self.api_port, timeout=timeout, proc=self.services["master"])
         self.wait_devices({s.device_id for s in fleet}, timeout=timeout)
+
+    def wait_api(self, timeout: float = 60.0) -> None:
+        wait_for_port(self.host, self.api_port, timeout=timeout, proc=self.services["master"])
 
     def wait_devices(self, ids: set[str], status: str = "online", timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

@@ -67,8 +67,7 @@ class TestbedPlatform(Platform):
         launch = self.launches.get(spec.device_id)
         if launch is None:
             return super().start_agent(spec)
-        data = self.workdir / "agents" / spec.device_id
-        env = {**self.env(), "ECHO_MQTT_URL": launch.mqtt_url}
+        env = {**self.agent_env(), "ECHO_MQTT_URL": launch.mqtt_url}
         prefix = [ip_binary(), "netns", "exec", launch.netns] if launch.netns else []
         unset: list[str] = []
         if launch.nats_url:
@@ -77,7 +76,7 @@ class TestbedPlatform(Platform):
             unset = ["env", "-u", "ECHO_NATS_URL"]
         proc = ManagedProcess(
             f"agent-{spec.device_id}",
-            [*prefix, *unset, sys.executable, "-m", "echo_agent", *spec.argv(), "--data-dir", str(data)],
+            [*prefix, *unset, sys.executable, "-m", "echo_agent", *self.agent_argv(spec)],
             log_dir=self.logs,
             env=env,
         )

@@ -15,11 +15,24 @@ import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from echo_shared.credentials import Access
+from echo_shared.dynsec import DynsecAdmin
 from echo_shared.errors import RequestTimeout
-from echo_shared.messages import CommandAck, DeployTask, StopTask, TaskCheckpoint, TaskStatus
+from echo_shared.messages import (
+    CommandAck,
+    CredentialsAck,
+    DeployTask,
+    Message,
+    RotateCredentials,
+    StopTask,
+    TaskCheckpoint,
+    TaskStatus,
+)
+from echo_shared.models import TaskState
 from echo_shared.mqtt import MqttClient, MqttMessage
 from echo_shared.names import Names
 from echo_shared.telemetry import inject
@@ -30,14 +43,35 @@ StatusHandler = Callable[[TaskStatus | CommandAck], Awaitable[None]]
 CheckpointHandler = Callable[[TaskCheckpoint], Awaitable[None]]
 
 
+ENDED = (TaskState.finished, TaskState.failed, TaskState.stopped)
+
+
+class SendHooks(Protocol):
+    """What must happen around a command (grants before a deploy, withdrawal after a stop)."""
+
+    async def before_send(self, device: str, cmd: DeployTask | StopTask) -> None: ...
+
+    async def after_send(self, device: str, cmd: DeployTask | StopTask) -> None: ...
+
+    async def withdraw(self, device: str, dataflow: str, task: str, generation: int) -> None: ...
+
+
 class AgentLink:
     def __init__(
-        self, url: str, names: Names, on_update: StatusHandler, on_checkpoint: CheckpointHandler | None = None
+        self,
+        url: str,
+        names: Names,
+        on_update: StatusHandler,
+        on_checkpoint: CheckpointHandler | None = None,
+        *,
+        access: Access | None = None,
+        dynsec: bool = False,
     ) -> None:
         self.names = names
         self._on_update = on_update
         self._on_checkpoint = on_checkpoint
-        self._waiters: dict[str, asyncio.Future[CommandAck]] = {}
+        self.hooks: SendHooks | None = None
+        self._waiters: dict[str, asyncio.Future[Any]] = {}
         self._queue: collections.deque[MqttMessage] = collections.deque()
         self._wake = asyncio.Event()
         self.mqtt = MqttClient(
@@ -47,7 +81,11 @@ class AgentLink:
             persistent=True,
             manual_ack=True,
             receive_maximum=1000,
+            login=access.mqtt if access else None,
+            tls=access.tls() if access else None,
         )
+        # the master administers the broker's dynamic security over this same session
+        self.dynsec = DynsecAdmin(self.mqtt) if dynsec else None
 
     async def start(self) -> None:
         await self.mqtt.start(timeout=30)
@@ -58,6 +96,8 @@ class AgentLink:
                 self.names.any_device_topic("ckpt"),
             ]
         )
+        if self.dynsec is not None:
+            await self.dynsec.start()
 
     async def close(self) -> None:
         await self.mqtt.close()
@@ -65,23 +105,49 @@ class AgentLink:
     # ------------------------------------------------------------------ commands
 
     async def send(self, device: str, cmd: DeployTask | StopTask, timeout: float) -> CommandAck:
-        """Send a command and wait for its ack (``RequestTimeout`` if none comes in time)."""
+        """Send a command and wait for its ack (``RequestTimeout`` if none comes in time).
+
+        A deploy's channels are granted to the device before it leaves; a stop's are
+        withdrawn once it was answered or timed out (``hooks``)."""
+        if self.hooks is not None:
+            await self.hooks.before_send(device, cmd)
+        try:
+            ack: CommandAck = await self._request(
+                device, cmd, cmd.cmd_id, f"{cmd.kind} of {cmd.task}", timeout
+            )
+            return ack
+        finally:
+            if self.hooks is not None:
+                await self.hooks.after_send(device, cmd)
+
+    async def send_credentials(
+        self, device: str, cmd: RotateCredentials, timeout: float = 10.0
+    ) -> CredentialsAck:
+        ack: CredentialsAck = await self._request(device, cmd, cmd.cmd_id, "new credentials", timeout)
+        return ack
+
+    async def _request(self, device: str, cmd: Message, cmd_id: str, what: str, timeout: float) -> Any:
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[CommandAck] = loop.create_future()
-        self._waiters[cmd.cmd_id] = fut
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._waiters[cmd_id] = fut
         try:
             self.mqtt.publish(
                 self.names.command_topic(device), cmd.to_bytes(), qos=1, user_properties=inject() or None
             )
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError as e:
-            raise RequestTimeout(f"{device} did not ack {cmd.kind} of {cmd.task} within {timeout}s") from e
+            raise RequestTimeout(f"{device} did not ack {what} within {timeout}s") from e
         finally:
-            self._waiters.pop(cmd.cmd_id, None)
+            self._waiters.pop(cmd_id, None)
 
     # ------------------------------------------------------------------ intake
 
     def _on_message(self, msg: MqttMessage) -> None:
+        if msg.topic.startswith("$CONTROL/"):
+            if self.dynsec is not None:
+                self.dynsec.on_response(msg)
+            self.mqtt.ack(msg)
+            return
         self._queue.append(msg)
         self._wake.set()
 
@@ -99,25 +165,51 @@ class AgentLink:
             msg = self._queue.popleft()
             try:
                 update: TaskStatus | CommandAck
+                sender = self.names.device_from_topic(msg.topic)
                 if msg.topic.endswith("/ckpt"):
-                    if self._on_checkpoint is not None:
-                        await self._on_checkpoint(TaskCheckpoint.from_bytes(msg.payload))
+                    ckpt = TaskCheckpoint.from_bytes(msg.payload)
+                    if self._on_checkpoint is not None and self._from_sender(ckpt.device, sender, msg):
+                        await self._on_checkpoint(ckpt)
                     self.mqtt.ack(msg)
                     continue
                 if msg.topic.endswith("/ack"):
+                    if b'"kind":"credentials"' in msg.payload:
+                        cred = CredentialsAck.from_bytes(msg.payload)
+                        fut = self._waiters.get(cred.cmd_id)
+                        if fut is not None and not fut.done() and self._from_sender(cred.device, sender, msg):
+                            fut.set_result(cred)
+                        self.mqtt.ack(msg)
+                        continue
                     update = CommandAck.from_bytes(msg.payload)
+                    if not self._from_sender(update.device, sender, msg):
+                        self.mqtt.ack(msg)
+                        continue
                     fut = self._waiters.get(update.cmd_id)
                     if fut is not None and not fut.done():
                         fut.set_result(update)
                 else:
                     update = TaskStatus.from_bytes(msg.payload)
+                    if not self._from_sender(update.device, sender, msg):
+                        self.mqtt.ack(msg)
+                        continue
                 await self._on_update(update)
+                if update.state in ENDED and self.hooks is not None:
+                    # a task that ended keeps no grant (a newer generation's is left alone)
+                    await self.hooks.withdraw(sender, update.dataflow, update.task, update.generation)
             except ValidationError as e:
                 log.warning("dropping malformed message on %s: %s", msg.topic, e.errors()[:3])
             except Exception:
                 log.exception("failed to apply %s; it will be redelivered", msg.topic)
                 continue
             self.mqtt.ack(msg)
+
+    @staticmethod
+    def _from_sender(claimed: str, sender: str, msg: MqttMessage) -> bool:
+        """A device speaks only for itself: its ACL lets it publish only under its own prefix."""
+        if claimed == sender:
+            return True
+        log.warning("dropping a report of %s sent on %s's topic %s", claimed, sender, msg.topic)
+        return False
 
 
 def now() -> float:

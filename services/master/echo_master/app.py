@@ -14,14 +14,18 @@ import uvicorn
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
+from echo_shared.credentials import Access
 from echo_shared.messages import DeviceEvent, MoveTaskRequest, TaskCheckpoint, TaskListRequest
 from echo_shared.names import Names
 from echo_shared.nats_bus import NatsBus
 from echo_shared.redis_store import connect_redis
 
+from .access_control import DeviceAccess
 from .agents_link import AgentLink
 from .api import create_api
 from .context import ApiContext
+from .devices_api import devices_router
+from .identities import IdentityStore
 from .moving import TaskMover
 from .reconciling import Reconciler
 from .settings import MasterSettings
@@ -41,9 +45,10 @@ class _Server(uvicorn.Server):
 
 async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
     names = Names(settings.namespace)
-    redis = await connect_redis(settings.redis_url)
+    access = Access.from_settings(settings)
+    redis = await connect_redis(settings.redis_url, access=access)
     try:
-        async with NatsBus(settings.nats_url, settings.service_name) as bus:
+        async with NatsBus(settings.nats_url, settings.service_name, access=access) as bus:
             store = DataflowStore(redis, names)
             reconciler: Reconciler | None = None
 
@@ -57,7 +62,22 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
                 assert mover is not None
                 await mover.on_checkpoint(ckpt)
 
-            link = AgentLink(settings.mqtt_url, names, on_update, on_checkpoint)
+            secured = access.mqtt is not None  # a secured broker: the master administers its dynsec
+            link = AgentLink(
+                settings.mqtt_url, names, on_update, on_checkpoint, access=access, dynsec=secured
+            )
+            device_access = DeviceAccess(
+                IdentityStore(redis, names),
+                names,
+                bus,
+                dynsec=link.dynsec,
+                mqtt_url=settings.device_mqtt_url or settings.mqtt_url,
+                nats_url=settings.device_nats_url or settings.nats_url,
+                ca_file=access.ca_file,
+                rotation_grace=settings.rotation_grace,
+                send=link.send_credentials,
+            )
+            link.hooks = device_access
             reconciler = Reconciler(store, link, bus, names, settings)
             snapshots = SnapshotStore(bus, names, settings.state_inline_max_bytes)
             reconciler.snapshots = snapshots
@@ -75,6 +95,7 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
             await link.start()
             try:
                 api = create_api(ApiContext(settings, names, store, reconciler, bus, redis, link.mqtt))
+                api.include_router(devices_router(device_access))
                 server = _Server(
                     uvicorn.Config(
                         api,
@@ -95,6 +116,7 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(link.run(stop))
                     tg.create_task(reconciler.run(stop))
+                    tg.create_task(device_access.run_retirement(stop))
                     tg.create_task(
                         bus.follow(
                             names.events_stream,

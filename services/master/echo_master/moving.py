@@ -201,6 +201,10 @@ class TaskMover:
             )
             if moved is None:
                 raise ConflictError(f"task {rec.id} changed while moving: another move came first")
+            hooks = self.reconciler.link.hooks
+            if hooks is not None and rec.device and rec.device != req.target:
+                # the copy left behind loses its channels (a drained one already did)
+                await hooks.withdraw(rec.device, df.id, rec.id, rec.generation)
             await self.store.move_in_placement(df.id, rec.id, req.target, moved.placement_reason)
             await self.reconciler.set_state(df, DataflowState.deploying, f"moving {rec.id} to {req.target}")
             self.reconciler.kick(df.id)

@@ -21,3 +21,14 @@ class MasterSettings(CommonSettings, NatsSettings, MqttSettings, RedisSettings):
         gt=0,
         description="operator state larger than this (JSON) goes to the NATS object store, not Redis",
     )
+    device_mqtt_url: str | None = Field(
+        default=None,
+        description="the MQTT URL enrolled devices get (default: the master's own ECHO_MQTT_URL)",
+    )
+    device_nats_url: str | None = Field(
+        default=None,
+        description="the NATS URL enrolled devices that reach NATS get (default: ECHO_NATS_URL)",
+    )
+    rotation_grace: float = Field(
+        default=60.0, gt=0, description="seconds a device's old login keeps working after a rotation"
+    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from echo_shared.credentials import Access
 from echo_shared.names import Names
 from echo_shared.nats_bus import NatsBus
 from echo_shared.redis_store import connect_redis
@@ -22,9 +23,10 @@ log = logging.getLogger(__name__)
 
 async def run(settings: MigratorSettings, stop: asyncio.Event) -> None:
     names = Names(settings.namespace)
-    redis = await connect_redis(settings.redis_url)
+    access = Access.from_settings(settings)
+    redis = await connect_redis(settings.redis_url, access=access)
     try:
-        async with NatsBus(settings.nats_url, settings.service_name) as bus:
+        async with NatsBus(settings.nats_url, settings.service_name, access=access) as bus:
             store = SagaStore(redis, names)
             migrations = Migrations(bus, names, store, settings)
             await MigratorService(bus, names, store, migrations).serve()

@@ -37,8 +37,8 @@ class FailoverWatcher:
             log.warning("bad device event: %s", e)
             return
         log.info("device %s is %s", event.device, event.status.value)
-        if event.status is DeviceStatus.lost:
-            await self.fail_over(event.device, event.reason)
+        if event.status in (DeviceStatus.lost, DeviceStatus.revoked):
+            await self.fail_over(event.device, event.reason or event.status.value)
 
     async def fail_over(self, device: str, why: str) -> list[str]:
         try:
@@ -50,7 +50,7 @@ class FailoverWatcher:
         for t in listing.tasks:
             reply = await self.migrations.start(
                 MigrateRequest(
-                    dataflow=t.dataflow, task=t.task, origin="failover", reason=f"{device} lost ({why})"
+                    dataflow=t.dataflow, task=t.task, origin="failover", reason=f"{device} gone ({why})"
                 ),
                 failover=True,
             )

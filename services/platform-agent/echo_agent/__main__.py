@@ -28,6 +28,15 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--cpu", type=float, help="CPU cores offered to tasks (default: all)")
     p.add_argument("--memory-mb", type=int, help="memory offered to tasks in MiB (default: all)")
     p.add_argument("--data-dir", help="working directory for tasks")
+    p.add_argument(
+        "--state-dir",
+        help="the device's identity: credentials.json (0600) and the CA, written at enrolment, reused after",
+    )
+    p.add_argument(
+        "--enrol-token",
+        metavar="TOKEN",
+        help="one-time enrolment token (echoctl devices enrol ID --tier T); needs --state-dir, ECHO_API_URL",
+    )
     p.add_argument("--site", help="where the device is (devices of one site share a LAN)")
     p.add_argument(
         "--broker",
@@ -72,7 +81,9 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
         "input_streams": a.input_stream,
         "labels": labels,
     }
-    for name in ("cpu", "memory_mb", "data_dir", "site"):
+    if a.enrol_token is not None:
+        out["_enrol_token"] = a.enrol_token
+    for name in ("cpu", "memory_mb", "data_dir", "site", "state_dir"):
         if getattr(a, name) is not None:
             out[name] = getattr(a, name)
     if a.broker:
@@ -114,9 +125,11 @@ def main(argv: list[str] | None = None) -> None:
     from echo_shared.lifecycle import run_service
 
     from .app import run
+    from .identity import EnrolmentFailed, load_or_enrol
     from .settings import AgentSettings
 
     overrides = parse_args(argv)
+    enrol_token = overrides.pop("_enrol_token", None)
     try:
         settings = AgentSettings(**overrides)
     except ValidationError as e:
@@ -124,10 +137,15 @@ def main(argv: list[str] | None = None) -> None:
             loc = ".".join(str(x) for x in err["loc"])
             print(f"echo-agent: {loc}: {err['msg']}", file=sys.stderr)  # noqa: T201
         sys.exit(2)
+    try:
+        creds = load_or_enrol(settings, enrol_token)
+    except EnrolmentFailed as e:
+        print(f"echo-agent: {e}", file=sys.stderr)  # noqa: T201
+        sys.exit(2)
     sys.exit(
         run_service(
             settings.service_name,
-            lambda stop: run(settings, stop),
+            lambda stop: run(settings, stop, creds),
             log_level=settings.log_level,
             attributes={"echo.device": settings.device_id},
         )

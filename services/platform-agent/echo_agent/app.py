@@ -8,20 +8,28 @@ import logging
 import time
 import uuid
 
-from echo_shared.messages import Goodbye
-from echo_shared.mqtt import MqttClient, Will
+from pydantic import ValidationError
+
+from echo_shared.credentials import Credentials
+from echo_shared.messages import CredentialsAck, Goodbye, RotateCredentials
+from echo_shared.mqtt import MqttClient, MqttMessage, Will
 from echo_shared.names import Names
 from echo_shared.telemetry import inject, tracer
 
-from . import heartbeats
+from . import heartbeats, identity
 from .control import TaskManager
-from .errors import DuplicateDevice
+from .errors import CredentialsRefused, DuplicateDevice
+from .identity import EnrolmentFailed
 from .settings import AgentSettings
 
 log = logging.getLogger(__name__)
 
 
-async def run(settings: AgentSettings, stop: asyncio.Event) -> None:
+async def run(settings: AgentSettings, stop: asyncio.Event, creds: Credentials | None = None) -> None:
+    settings = identity.apply(settings, creds)
+    if not settings.mqtt_url:
+        raise EnrolmentFailed("no MQTT broker: set ECHO_MQTT_URL or enrol the device (--enrol-token)")
+    access = identity.access_of(settings, creds)
     names = Names(settings.namespace)
     device = settings.device_id
     boot_id = uuid.uuid4().hex
@@ -44,20 +52,25 @@ async def run(settings: AgentSettings, stop: asyncio.Event) -> None:
         channel_window=settings.channel_window,
         nats_url=settings.nats_url,
         checkpoint_interval=settings.checkpoint_interval,
+        access=access,
     )
     will = Will(
         names.bye_topic(device), Goodbye(device=device, boot_id=boot_id, reason="connection lost").to_bytes()
     )
+    rotation = Rotation(settings, creds, manager)
     control = MqttClient(
         settings.mqtt_url,
         names.agent_client_id(device),
-        on_message=manager.on_command,
+        on_message=rotation.route,
         persistent=True,
         manual_ack=True,
         will=will,
         keepalive=max(2, int(settings.unreachable_after)),
+        login=access.mqtt,
+        tls=access.tls(),
     )
     manager.control = control
+    rotation.control = control
     await control.start(timeout=30)
     try:
         with tracer("echo.agent").start_as_current_span("agent register"):
@@ -70,7 +83,13 @@ async def run(settings: AgentSettings, stop: asyncio.Event) -> None:
             log.error("another agent runs with device id %s; this one stops", device)
             stop.set()
 
+        async def watch_refusal() -> None:
+            await control.refused.wait()
+            log.error("the broker refuses the credentials of %s (revoked?); the agent stops", device)
+            stop.set()
+
         watcher = asyncio.create_task(watch_contention())
+        refusal = asyncio.create_task(watch_refusal())
         try:
 
             async def probe_mqtt() -> float:
@@ -91,6 +110,7 @@ async def run(settings: AgentSettings, stop: asyncio.Event) -> None:
             )
         finally:
             watcher.cancel()
+            refusal.cancel()
             log.info("agent %s stopping", device)
             await manager.shutdown()
             bye = Goodbye(device=device, boot_id=boot_id, reason="agent stopped")
@@ -100,3 +120,58 @@ async def run(settings: AgentSettings, stop: asyncio.Event) -> None:
         await control.close()
     if control.taken_over.is_set():
         raise DuplicateDevice(f"device id {device} is already taken by another agent")
+    if control.refused.is_set():
+        raise CredentialsRefused(f"the broker refuses the credentials of device {device}")
+
+
+class Rotation:
+    """Routes the control session's messages: new credentials here, task commands to the manager."""
+
+    def __init__(self, settings: AgentSettings, creds: Credentials | None, manager: TaskManager) -> None:
+        self.settings = settings
+        self.creds = creds
+        self.manager = manager
+        self.control: MqttClient | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    def route(self, msg: MqttMessage) -> None:
+        if b'"kind":"credentials"' not in msg.payload:
+            self.manager.on_command(msg)
+            return
+        t = asyncio.create_task(self._rotate(msg))
+        self._inflight.add(t)
+        t.add_done_callback(self._inflight.discard)
+
+    async def _rotate(self, msg: MqttMessage) -> None:
+        assert self.control is not None
+        device = self.settings.device_id
+        try:
+            cmd = RotateCredentials.from_bytes(msg.payload)
+        except ValidationError as e:
+            log.warning("dropping malformed credentials: %s", e.errors()[:3])
+            self.control.ack(msg)
+            return
+        ok, reason = True, ""
+        if cmd.device != device or self.creds is None:
+            ok, reason = (
+                False,
+                f"not for {device}" if cmd.device != device else "this agent has no credentials file",
+            )
+        else:
+            try:
+                self.creds = identity.save_rotation(self.settings, self.creds, cmd)
+            except OSError as e:
+                ok, reason = False, f"cannot save the new credentials: {e}"
+        if ok and self.creds is not None:
+            access = identity.access_of(self.settings, self.creds)
+            login = identity.login_of(self.creds)
+            if login is not None:
+                self.control.relogin(login)
+                for runner in list(self.manager.tasks.values()):
+                    if runner.mqtt is not None:
+                        runner.mqtt.relogin(login)
+            self.manager.access = access
+            log.info("device %s: new credentials (%s) in use from the next connect", device, cmd.username)
+        ack = CredentialsAck(cmd_id=cmd.cmd_id, device=device, ok=ok, reason=reason)
+        self.control.publish(self.manager.names.ack_topic(device), ack.to_bytes(), qos=1)
+        self.control.ack(msg)

@@ -17,6 +17,7 @@ from pathlib import Path
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
+from echo_shared.credentials import Access
 from echo_shared.messages import COMMAND_ADAPTER, CommandAck, DeployTask, StopTask, TaskBrief, TaskStatus
 from echo_shared.models import TaskState
 from echo_shared.mqtt import MqttClient, MqttMessage
@@ -42,8 +43,10 @@ class TaskManager:
         channel_window: int,
         nats_url: str | None = None,
         checkpoint_interval: float = 0.0,
+        access: Access | None = None,
     ) -> None:
         self.device = device
+        self.access = access  # logins and CA of this device (replaced when credentials rotate)
         self.mqtt_url = mqtt_url
         self.names = names
         self.data_dir = data_dir
@@ -144,6 +147,7 @@ class TaskManager:
             nats_url=self.nats_url,
             checkpoint_interval=self.checkpoint_interval,
             publish_checkpoint=self.publish_checkpoint,
+            access=self.access,
         )
         self.tasks[key] = runner
         try:

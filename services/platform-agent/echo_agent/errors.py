@@ -15,3 +15,7 @@ class BadCommand(PermanentError):
 
 class DuplicateDevice(PermanentError):
     """Another agent holds this device id (its control session)."""
+
+
+class CredentialsRefused(PermanentError):
+    """The broker refuses the device's login (revoked, or rotated away): the agent stops."""

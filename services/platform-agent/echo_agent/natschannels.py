@@ -56,8 +56,10 @@ class NatsChannels:
         *,
         window: int = 100,
         max_ack_pending: int = 1000,
+        options: dict[str, Any] | None = None,
     ) -> None:
         self.url = url
+        self._options = options or {}  # login and TLS (``Access.nats_options``)
         self.names = names
         self.client_name = client_name
         self._on_message = on_message
@@ -90,6 +92,7 @@ class NatsChannels:
                 connect_timeout=timeout,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
+                **self._options,
             )
         except Exception as e:
             raise NatsUnavailable(f"NATS at {self.url} unreachable: {e}") from e

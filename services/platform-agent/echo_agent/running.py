@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from echo_shared.credentials import Access
 from echo_shared.messages import DeployTask, TaskSnapshot, TaskStatus
 from echo_shared.models import TaskState
 from echo_shared.mqtt import MqttClient, MqttMessage
@@ -55,8 +56,10 @@ class TaskRunner:
         nats_url: str | None = None,
         checkpoint_interval: float = 0.0,
         publish_checkpoint: Publish | None = None,
+        access: Access | None = None,
     ) -> None:
         self.cmd = cmd
+        self.access = access
         self.device = device
         self.mqtt_url = mqtt_url
         self.names = names
@@ -163,12 +166,20 @@ class TaskRunner:
                 session_expiry=self.session_expiry,
                 receive_maximum=Consumer.receive_maximum(self.op, cmd.outputs),
                 manual_ack=True,
+                login=self.access.mqtt if self.access else None,
+                tls=self.access.tls() if self.access else None,
             )
             if uses_mqtt
             else None
         )
         nats = (
-            NatsChannels(self.nats_url, self.names, client_id, self._on_message)
+            NatsChannels(
+                self.nats_url,
+                self.names,
+                client_id,
+                self._on_message,
+                options=self.access.nats_options() if self.access else None,
+            )
             if uses_nats and self.nats_url
             else None
         )

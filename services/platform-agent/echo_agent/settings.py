@@ -13,7 +13,16 @@ from echo_shared.settings import CommonSettings, LivenessSettings, MqttSettings
 
 class AgentSettings(CommonSettings, MqttSettings, LivenessSettings):
     service_name: str = "echo-agent"
+    mqtt_url: str | None = Field(  # type: ignore[assignment]
+        default=None, description="the MQTT broker (default: from the credentials of the state dir)"
+    )
     nats_url: str | None = Field(default=None, description="set when this device can reach NATS")
+    state_dir: Path | None = Field(
+        default=None,
+        description="where the device keeps its identity: credentials.json (0600) and the CA, "
+        "written at enrolment (--enrol-token) and reused at every start",
+    )
+    api_url: str | None = Field(default=None, description="the master's REST API (enrolment)")
 
     @field_validator("nats_url", mode="before")
     @classmethod

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from echo_shared.messages import DeviceGetRequest, DeviceListRequest
+from echo_shared.credentials import Access
+from echo_shared.messages import DeviceGetRequest, DeviceListRequest, DeviceRevokeRequest
 from echo_shared.mqtt import MqttClient
 from echo_shared.names import Names
 from echo_shared.nats_bus import NatsBus
@@ -23,15 +24,18 @@ log = logging.getLogger(__name__)
 
 async def run(settings: RegistrySettings, stop: asyncio.Event) -> None:
     names = Names(settings.namespace)
-    redis = await connect_redis(settings.redis_url)
+    access = Access.from_settings(settings)
+    redis = await connect_redis(settings.redis_url, access=access)
     try:
-        async with NatsBus(settings.nats_url, settings.service_name) as bus:
+        async with NatsBus(settings.nats_url, settings.service_name, access=access) as bus:
             store = DeviceStore(redis, names)
             events = DeviceEvents(bus, names)
             await events.setup()
-            directory = Directory(store)
+            directory = Directory(store, events)
             await bus.serve(names.registry_list, names.registry_queue, DeviceListRequest, directory.list)
             await bus.serve(names.registry_get, names.registry_queue, DeviceGetRequest, directory.get)
+            queue = names.registry_queue
+            await bus.serve(names.registry_revoke, queue, DeviceRevokeRequest, directory.revoke)
             intake = Intake(store, events, names)
             mqtt = MqttClient(
                 settings.mqtt_url,
@@ -39,6 +43,8 @@ async def run(settings: RegistrySettings, stop: asyncio.Event) -> None:
                 on_message=intake.on_message,
                 persistent=True,
                 manual_ack=True,
+                login=access.mqtt,
+                tls=access.tls(),
             )
             intake.mqtt = mqtt
             await mqtt.start(timeout=30)

@@ -20,7 +20,7 @@ from echo_shared.mqtt import MqttClient, MqttMessage
 from echo_shared.names import Names
 from echo_shared.telemetry import extract, tracer
 
-from .errors import UnknownDevice
+from .errors import DeviceRevoked, UnknownDevice
 from .events import DeviceEvents
 from .store import DeviceStore
 
@@ -93,8 +93,15 @@ class Intake:
             if not msg.payload:
                 return  # a cleared retained registration
             hello = DeviceHello.from_bytes(msg.payload)
+            if hello.device.id != device:  # a device speaks only for itself (its ACL: its own topics)
+                log.warning("dropping a registration of %s sent on %s's topic", hello.device.id, device)
+                return
             with self._tracer.start_as_current_span("register device", context=extract(msg.user_properties)):
-                prev, prev_boot = await self.store.register(hello.device, hello.boot_id, now)
+                try:
+                    prev, prev_boot = await self.store.register(hello.device, hello.boot_id, now)
+                except DeviceRevoked:
+                    log.info("ignoring the registration of revoked device %s", device)
+                    return
             restarted = prev_boot is not None and prev_boot != hello.boot_id
             if prev is not DeviceStatus.online:
                 why = "agent restarted" if restarted else "registered"

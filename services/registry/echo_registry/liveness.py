@@ -36,7 +36,7 @@ async def sweep(
     devices and must not make them look unreachable."""
     now = time.time()
     for record, raw in await store.all():
-        if record.last_heartbeat is None or record.status is DeviceStatus.lost:
+        if record.last_heartbeat is None or record.status in (DeviceStatus.lost, DeviceStatus.revoked):
             continue
         silence = now - max(record.last_heartbeat, watching_since)
         target = judge(silence, unreachable_after, lost_after)

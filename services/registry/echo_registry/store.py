@@ -16,13 +16,14 @@ from echo_shared.models import DeviceInfo, DeviceRecord, DeviceStatus
 from echo_shared.names import Names
 from echo_shared.redis_store import fields
 
-from .errors import UnknownDevice
+from .errors import DeviceRevoked, UnknownDevice
 
 # KEYS[1] device hash; ARGV: expected status ('' = any), expected last_heartbeat ('' = any),
 # new status, now. Returns the previous status, or false when the check failed.
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return false end
+if cur == 'revoked' then return false end
 if ARGV[1] ~= '' and cur ~= ARGV[1] then return false end
 if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'last_heartbeat') ~= ARGV[2] then return false end
 if cur == ARGV[3] then return false end
@@ -43,6 +44,8 @@ class DeviceStore:
         """Upsert a registration; returns the previous status and boot id (None if new)."""
         key = self.names.device_key(info.id)
         prev, prev_boot = await self.r.hmget(key, ["status", "boot_id"])
+        if prev == DeviceStatus.revoked.value:
+            raise DeviceRevoked(info.id)
         async with self.r.pipeline(transaction=True) as p:
             p.hset(
                 key,
@@ -95,6 +98,15 @@ class DeviceStore:
             args=[expect.value if expect else "", expect_heartbeat or "", to.value, repr(now)],
         )
         return DeviceStatus(prev) if prev else None
+
+    async def revoke(self, device: str, now: float) -> DeviceStatus | None:
+        """Mark a device revoked for good; returns its previous status (None: unknown or already)."""
+        key = self.names.device_key(device)
+        prev = await self.r.hget(key, "status")
+        if prev is None or prev == DeviceStatus.revoked.value:
+            return None
+        await self.r.hset(key, mapping={"status": DeviceStatus.revoked.value, "status_since": repr(now)})
+        return DeviceStatus(str(prev))
 
     async def raw(self, device: str) -> dict[str, str]:
         data = await self.r.hgetall(self.names.device_key(device))

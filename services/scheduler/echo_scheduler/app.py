@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from echo_shared.credentials import Access
 from echo_shared.messages import PlaceRequest, ValidateRequest
 from echo_shared.names import Names
 from echo_shared.nats_bus import NatsBus
@@ -17,7 +18,8 @@ log = logging.getLogger(__name__)
 
 async def run(settings: SchedulerSettings, stop: asyncio.Event) -> None:
     names = Names(settings.namespace)
-    async with NatsBus(settings.nats_url, settings.service_name) as bus:
+    access = Access.from_settings(settings)
+    async with NatsBus(settings.nats_url, settings.service_name, access=access) as bus:
         service = SchedulerService(bus, names, settings.registry_timeout)
         await bus.serve(names.scheduler_validate, names.scheduler_queue, ValidateRequest, service.validate)
         await bus.serve(names.scheduler_place, names.scheduler_queue, PlaceRequest, service.place)

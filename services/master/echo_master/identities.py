@@ -1,0 +1,181 @@
+"""Device identities in Redis (the master owns them).
+
+- ``{ns}:enrol:{sha256(token)}``: a one-time enrolment token (JSON: device, tier, created,
+  expires), with a TTL; consumed by ``GETDEL``, so two agents racing with one token get
+  one identity between them.
+- ``{ns}:identity:{device}`` (hash): ``tier``, ``status`` (``enrolled`` / ``revoked``),
+  ``created``, ``nats`` ("1" when the device reaches NATS), ``logins`` (JSON list of
+  ``{"username", "retire_at"}``: the current login and those retiring after a rotation);
+  ids in the set ``{ns}:identities``.
+- ``{ns}:identity:login:{username}`` (hash): ``device``, ``nats_digest`` (SHA-256 of the
+  NATS password: the NATS auth callout checks it; MQTT passwords live in Mosquitto only).
+- ``{ns}:identity:{device}:grants`` (hash): ``{dataflow}/{task}`` -> JSON
+  ``{"generation", "channels": [[topic, produce], ...]}``: what the device's tasks use,
+  the source of its broker role (``DeviceAccess``).
+
+Tokens and passwords are random (``secrets``) and stored only as SHA-256 digests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from echo_shared.dynsec import ChannelGrant
+from echo_shared.names import Names
+
+ENROLLED = "enrolled"
+REVOKED = "revoked"
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass
+class Login:
+    username: str
+    retire_at: float | None = None
+
+
+@dataclass
+class Identity:
+    device: str
+    tier: str
+    status: str
+    created: float
+    nats: bool
+    logins: list[Login] = field(default_factory=list)
+
+    @property
+    def current(self) -> Login | None:
+        live = [lg for lg in self.logins if lg.retire_at is None]
+        return live[-1] if live else None
+
+
+@dataclass(frozen=True)
+class TaskGrant:
+    generation: int
+    channels: tuple[ChannelGrant, ...]
+
+
+class IdentityStore:
+    def __init__(self, redis: aioredis.Redis, names: Names) -> None:
+        self.r = redis
+        self.names = names
+
+    # ------------------------------------------------------------ enrolment tokens
+
+    async def add_enrolment(self, token: str, device: str, tier: str, ttl: float) -> float:
+        now = time.time()
+        expires = now + ttl
+        doc = json.dumps({"device": device, "tier": tier, "created": now, "expires": expires})
+        await self.r.set(self.names.enrolment_key(digest(token)), doc, px=max(1, int(ttl * 1000)))
+        return expires
+
+    async def take_enrolment(self, token: str) -> dict[str, Any] | None:
+        """The enrolment behind ``token``, consumed (None: unknown, expired or already used)."""
+        raw = await self.r.getdel(self.names.enrolment_key(digest(token)))
+        if raw is None:
+            return None
+        doc: dict[str, Any] = json.loads(raw)
+        return doc
+
+    # ------------------------------------------------------------ identities
+
+    async def create(self, ident: Identity) -> bool:
+        """Create the identity; False when the device id is taken (enrolled or revoked)."""
+        key = self.names.device_identity_key(ident.device)
+        created = await self.r.hsetnx(key, "status", ident.status)
+        if not created:
+            return False
+        await self.r.hset(key, mapping=self._fields(ident))
+        await self.r.sadd(self.names.device_identities_key, ident.device)
+        return True
+
+    async def save(self, ident: Identity) -> None:
+        await self.r.hset(self.names.device_identity_key(ident.device), mapping=self._fields(ident))
+
+    @staticmethod
+    def _fields(ident: Identity) -> Any:
+        return {
+            "tier": ident.tier,
+            "status": ident.status,
+            "created": repr(ident.created),
+            "nats": "1" if ident.nats else "0",
+            "logins": json.dumps(
+                [{"username": lg.username, "retire_at": lg.retire_at} for lg in ident.logins]
+            ),
+        }
+
+    async def get(self, device: str) -> Identity | None:
+        data = await self.r.hgetall(self.names.device_identity_key(device))
+        if not data or "tier" not in data:
+            return None
+        logins = [Login(str(x["username"]), x.get("retire_at")) for x in json.loads(data.get("logins", "[]"))]
+        return Identity(
+            device=device,
+            tier=str(data["tier"]),
+            status=str(data["status"]),
+            created=float(data.get("created", 0)),
+            nats=data.get("nats") == "1",
+            logins=logins,
+        )
+
+    async def ids(self) -> list[str]:
+        return sorted(str(x) for x in await self.r.smembers(self.names.device_identities_key))
+
+    # ------------------------------------------------------------ logins
+
+    async def add_login(self, username: str, device: str, nats_password: str | None) -> None:
+        mapping = {"device": device, "created": repr(time.time())}
+        if nats_password is not None:
+            mapping["nats_digest"] = digest(nats_password)
+        await self.r.hset(self.names.device_login_key(username), mapping=mapping)  # type: ignore[arg-type]
+
+    async def drop_login(self, username: str) -> None:
+        await self.r.delete(self.names.device_login_key(username))
+
+    async def check_nats_login(self, username: str, password: str) -> str | None:
+        """The device whose NATS login this is (None: unknown user or wrong password)."""
+        data = await self.r.hgetall(self.names.device_login_key(username))
+        want = data.get("nats_digest") if data else None
+        if not want or not hmac.compare_digest(str(want), digest(password)):
+            return None
+        return str(data["device"])
+
+    # ------------------------------------------------------------ grants
+
+    async def set_grant(self, device: str, task_key: str, grant: TaskGrant) -> None:
+        doc = {"generation": grant.generation, "channels": [[c.topic, c.produce] for c in grant.channels]}
+        await self.r.hset(self.names.device_grants_key(device), task_key, json.dumps(doc))
+
+    async def drop_grant(self, device: str, task_key: str, generation: int) -> bool:
+        """Withdraw a task's grant unless a newer generation of it runs there (fencing)."""
+        key = self.names.device_grants_key(device)
+        raw = await self.r.hget(key, task_key)
+        if raw is None:
+            return False
+        if int(json.loads(raw)["generation"]) > generation:
+            return False
+        await self.r.hdel(key, task_key)
+        return True
+
+    async def grants(self, device: str) -> dict[str, TaskGrant]:
+        raw = await self.r.hgetall(self.names.device_grants_key(device))
+        out: dict[str, TaskGrant] = {}
+        for k, v in raw.items():
+            doc = json.loads(v)
+            out[str(k)] = TaskGrant(
+                int(doc["generation"]), tuple(ChannelGrant(str(t), bool(p)) for t, p in doc["channels"])
+            )
+        return out
+
+    async def clear_grants(self, device: str) -> None:
+        await self.r.delete(self.names.device_grants_key(device))

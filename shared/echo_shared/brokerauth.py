@@ -1,0 +1,256 @@
+"""Who may do what on each broker: the static identities of the cloud services.
+
+Rendered into each broker's own mechanism (no hand-written plumbing):
+
+- Mosquitto: the dynamic-security plugin's JSON (``dynsec.json``): one client per service,
+  one role per service, default deny for publish, receive and subscribe. Devices are
+  added at run time by the master (``dynsec`` module), each with a role of its own.
+- NATS: a user per service with subject permissions (bcrypt-hashed passwords).
+- Redis: an ACL user per service with key patterns (``users.acl``, SHA-256 passwords);
+  the ``default`` user is off.
+
+Topics, subjects and keys start with the namespace, which is a wildcard here (``+``,
+``*``): one set of service identities serves every namespace on a broker. What separates
+services is the shape of what they may touch (the registry: ``*:device:*``; the master:
+``*:df:*``...), and what separates devices is their own dynamic role.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import bcrypt
+
+SERVICES = ("master", "registry", "scheduler", "migrator")
+TESTER = "tester"  # the test harness's superuser (never in a default bundle)
+DYNSEC_ITERATIONS = 101
+DYNSEC_CONTROL = "$CONTROL/dynamic-security/#"
+
+
+@dataclass(frozen=True)
+class MqttRights:
+    publish: tuple[str, ...] = ()
+    subscribe: tuple[str, ...] = ()  # subscription filters allowed (patterns), deliveries too
+
+
+@dataclass(frozen=True)
+class NatsRights:
+    publish: tuple[str, ...] = ()
+    subscribe: tuple[str, ...] = ()
+    responses: bool = True  # may answer requests (reply subjects)
+
+
+@dataclass(frozen=True)
+class RedisRights:
+    keys: tuple[str, ...] = ()
+    commands: str = "+@all -@dangerous"
+
+
+@dataclass(frozen=True)
+class Rights:
+    mqtt: MqttRights | None = None
+    nats: NatsRights | None = None
+    redis: RedisRights | None = None
+    dynsec_admin: bool = False
+
+
+def _dev(leaf: str) -> str:
+    return f"+/dev/+/{leaf}"
+
+
+# JetStream: stream names embed the namespace, so services' rights are per API verb
+_JS_STREAMS = ("$JS.API.INFO", "$JS.API.STREAM.INFO.*", "$JS.API.STREAM.CREATE.*", "$JS.API.STREAM.UPDATE.*")
+_JS_CONSUMERS = ("$JS.API.CONSUMER.>", "$JS.ACK.>", "$JS.FC.>")
+
+SERVICE_RIGHTS: dict[str, Rights] = {
+    "master": Rights(
+        mqtt=MqttRights(
+            publish=(_dev("cmd"),),
+            subscribe=(_dev("ack"), _dev("status"), _dev("ckpt")),
+        ),
+        nats=NatsRights(
+            publish=(
+                "*.scheduler.>",
+                "*.registry.>",
+                "*.migrator.>",
+                *_JS_STREAMS,
+                *_JS_CONSUMERS,
+                "$JS.API.STREAM.>",  # object store and the data stream / progress bucket it prepares
+                "$JS.API.DIRECT.GET.>",
+                "$O.>",
+                "$KV.>",
+            ),
+            subscribe=("*.master.>", "_INBOX.>", "$SYS.REQ.USER.AUTH"),
+        ),
+        redis=RedisRights(
+            keys=(
+                "*:df:*",
+                "*:dfs",
+                "*:dfs:*",
+                "*:token:*",
+                "*:tokens",
+                "*:tokendigest:*",
+                "*:audit",
+                "*:enrol:*",
+                "*:identity:*",
+                "*:identities",
+            )
+        ),
+        dynsec_admin=True,
+    ),
+    "registry": Rights(
+        mqtt=MqttRights(subscribe=(_dev("hello"), _dev("hb"), _dev("bye"))),
+        nats=NatsRights(
+            publish=("*.events.>", *_JS_STREAMS),
+            subscribe=("*.registry.>", "_INBOX.>"),
+        ),
+        redis=RedisRights(keys=("*:device:*", "*:devices")),
+    ),
+    "scheduler": Rights(nats=NatsRights(publish=("*.registry.>",), subscribe=("*.scheduler.>", "_INBOX.>"))),
+    "migrator": Rights(
+        nats=NatsRights(
+            publish=("*.scheduler.>", "*.registry.>", "*.master.>", *_JS_STREAMS, *_JS_CONSUMERS),
+            subscribe=("*.migrator.>", "_INBOX.>"),
+        ),
+        redis=RedisRights(keys=("*:migration:*", "*:migrations", "*:migrations:*", "*:rebalance:*")),
+    ),
+}
+
+TESTER_RIGHTS = Rights(
+    mqtt=MqttRights(publish=("#",), subscribe=("#",)),
+    nats=NatsRights(publish=(">",), subscribe=(">",)),
+    redis=RedisRights(keys=("*",), commands="+@all"),
+)
+
+
+@dataclass
+class Identity:
+    """A static identity and its passwords (one per broker)."""
+
+    name: str
+    rights: Rights
+    mqtt_password: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+    nats_password: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+    redis_password: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+
+
+# ------------------------------------------------------------------ Mosquitto
+
+
+def dynsec_password(password: str, *, salt: bytes | None = None) -> dict[str, Any]:
+    """The dynamic-security plugin's password fields (PBKDF2-SHA512, base64)."""
+    salt = salt or secrets.token_bytes(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, DYNSEC_ITERATIONS)
+    return {
+        "password": base64.b64encode(digest).decode(),
+        "salt": base64.b64encode(salt).decode(),
+        "iterations": DYNSEC_ITERATIONS,
+    }
+
+
+def mqtt_acls(rights: MqttRights) -> list[dict[str, Any]]:
+    """Dynsec ACL entries: publish = publishClientSend; subscribe = the filter and its deliveries."""
+    acls: list[dict[str, Any]] = []
+    for t in rights.publish:
+        acls.append({"acltype": "publishClientSend", "topic": t, "allow": True})
+    for t in rights.subscribe:
+        acls.append({"acltype": "subscribePattern", "topic": t, "allow": True})
+        acls.append({"acltype": "publishClientReceive", "topic": t, "allow": True})
+    return acls
+
+
+def render_dynsec(identities: list[Identity]) -> str:
+    """The initial ``dynsec.json``: services and their roles; everything else denied."""
+    clients: list[dict[str, Any]] = []
+    roles: list[dict[str, Any]] = []
+    admin_role = "echo-dynsec-admin"
+    need_admin = False
+    for ident in identities:
+        r = ident.rights
+        if r.mqtt is None and not r.dynsec_admin:
+            continue
+        role = f"echo-{ident.name}"
+        client_roles = [{"rolename": role}]
+        roles.append({"rolename": role, "acls": mqtt_acls(r.mqtt or MqttRights())})
+        if r.dynsec_admin:
+            need_admin = True
+            client_roles.append({"rolename": admin_role})
+        clients.append(
+            {"username": ident.name, "textname": f"ECHO {ident.name}", "roles": client_roles}
+            | dynsec_password(ident.mqtt_password)
+        )
+    if need_admin:
+        roles.append(
+            {
+                "rolename": admin_role,
+                "acls": mqtt_acls(MqttRights(publish=(DYNSEC_CONTROL,), subscribe=(DYNSEC_CONTROL,))),
+            }
+        )
+    doc = {
+        "defaultACLAccess": {
+            "publishClientSend": False,
+            "publishClientReceive": False,
+            "subscribe": False,
+            "unsubscribe": True,
+        },
+        "clients": clients,
+        "groups": [],
+        "roles": roles,
+    }
+    return json.dumps(doc, indent=2) + "\n"
+
+
+# ------------------------------------------------------------------ NATS
+
+
+def bcrypt_hash(password: str) -> str:
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=11)).decode()
+
+
+def _nats_list(items: tuple[str, ...]) -> str:
+    return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+
+def nats_user_block(name: str, password_hash: str, rights: NatsRights) -> str:
+    perms = [
+        f"publish: {{allow: {_nats_list(rights.publish)}}}",
+        f"subscribe: {{allow: {_nats_list(rights.subscribe)}}}",
+    ]
+    if rights.responses:
+        perms.append("allow_responses: true")
+    return (
+        f"{{user: {json.dumps(name)}, password: {json.dumps(password_hash)}, "
+        f"permissions: {{{', '.join(perms)}}}}}"
+    )
+
+
+def render_nats_users(identities: list[Identity]) -> str:
+    """An ``authorization`` block with one user per identity that uses NATS."""
+    users = [
+        nats_user_block(i.name, bcrypt_hash(i.nats_password), i.rights.nats)
+        for i in identities
+        if i.rights.nats is not None
+    ]
+    body = ",\n    ".join(users)
+    return f"authorization {{\n  users: [\n    {body}\n  ]\n}}\n"
+
+
+# ------------------------------------------------------------------ Redis
+
+
+def render_redis_acl(identities: list[Identity]) -> str:
+    """A Redis ACL file: ``default`` off, one user per identity with its key patterns."""
+    lines = ["user default off"]
+    for i in identities:
+        r = i.rights.redis
+        if r is None:
+            continue
+        digest = hashlib.sha256(i.redis_password.encode()).hexdigest()
+        keys = " ".join(f"~{k}" for k in r.keys)
+        lines.append(f"user {i.name} on #{digest} resetkeys {keys} resetchannels {r.commands}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,184 @@
+"""The security bundle: everything a deployment needs before its brokers start.
+
+``create_bundle(D, hosts)`` (what ``echoctl pki init --dir D`` runs) writes::
+
+    D/ca.pem, D/ca.key                 the private CA (key 0600)
+    D/server.pem, D/server.key         the brokers' and the API's certificate (key 0600)
+    D/identities/<service>.json        each service's credentials (0600): logins for
+                                       MQTT, NATS and Redis (``credentials.Credentials``)
+    D/admin.token                      the first admin API token (0600)
+    D/mosquitto/dynsec.json            Mosquitto's dynamic-security state (services' roles;
+                                       the master adds devices at run time)
+    D/nats/auth.conf                   NATS users and permissions (include it)
+    D/redis/users.acl                  Redis ACL users (``aclfile``)
+
+Running it again keeps what exists (a CA is never replaced silently) and creates only
+what is missing. A CA you bring (``ca.pem`` + ``ca.key`` already in ``D``) is used as is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import brokerauth, pki
+from .brokerauth import SERVICE_RIGHTS, TESTER, TESTER_RIGHTS, Identity
+from .credentials import Credentials
+from .secretfiles import new_secret, read_secret, write_secret
+
+MOSQUITTO_USER = "mosquitto"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    root: Path
+
+    @property
+    def ca(self) -> pki.KeyPair:
+        return pki.KeyPair(self.root / "ca.pem", self.root / "ca.key")
+
+    @property
+    def server(self) -> pki.KeyPair:
+        return pki.KeyPair(self.root / "server.pem", self.root / "server.key")
+
+    @property
+    def ca_file(self) -> Path:
+        return self.root / "ca.pem"
+
+    def credentials_file(self, identity: str) -> Path:
+        return self.root / "identities" / f"{identity}.json"
+
+    def credentials(self, identity: str) -> Credentials:
+        return Credentials.load(self.credentials_file(identity))
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.root / "admin.token"
+
+    def admin_token(self) -> str:
+        return read_secret(self.admin_token_file)
+
+    @property
+    def mosquitto_dir(self) -> Path:
+        return self.root / "mosquitto"
+
+    @property
+    def dynsec_file(self) -> Path:
+        return self.mosquitto_dir / "dynsec.json"
+
+    @property
+    def mosquitto_key(self) -> Path:
+        """The server key as Mosquitto reads it (its own copy when it drops root)."""
+        return self.mosquitto_dir / "server.key"
+
+    @property
+    def nats_auth_file(self) -> Path:
+        return self.root / "nats" / "auth.conf"
+
+    @property
+    def redis_acl_file(self) -> Path:
+        return self.root / "redis" / "users.acl"
+
+
+def mosquitto_owner() -> tuple[int, int] | None:
+    """Mosquitto started as root drops to the ``mosquitto`` account: its files must be its own."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pw = pwd.getpwnam(MOSQUITTO_USER)
+    except KeyError:
+        return None
+    return pw.pw_uid, pw.pw_gid
+
+
+def create_bundle(
+    root: Path, hosts: list[str] | tuple[str, ...] = pki.DEFAULT_HOSTS, *, tester: bool = False
+) -> Bundle:
+    """Create (or complete) the bundle in ``root``; returns it. Idempotent."""
+    b = Bundle(root)
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o700)
+    if not b.ca.cert.exists():
+        pki.create_ca(root)
+    if not b.server.cert.exists() or not b.server.key.exists():
+        pki.issue_server(b.ca, b.server, list(hosts))
+    names = [*brokerauth.SERVICES, *([TESTER] if tester else [])]
+    if not all(b.credentials_file(n).exists() for n in names) or not b.dynsec_file.exists():
+        _write_identities(b, names)
+    else:  # the passwords stay; the rights are those of this version of ECHO
+        _render_static(b, names)
+    if not b.admin_token_file.exists():
+        write_secret(b.admin_token_file, "echo_" + new_secret())
+    _give_mosquitto_its_files(b)
+    return b
+
+
+def _write_identities(b: Bundle, names: list[str]) -> None:
+    idents = [Identity(n, TESTER_RIGHTS if n == TESTER else SERVICE_RIGHTS[n]) for n in names]
+    for i in idents:
+        r = i.rights
+        creds = Credentials(
+            service=i.name,
+            ca_file=b.ca_file,
+            username=i.name if r.mqtt is not None or r.dynsec_admin else None,
+            password=i.mqtt_password if r.mqtt is not None or r.dynsec_admin else None,
+            nats_username=i.name if r.nats is not None else None,
+            nats_password=i.nats_password if r.nats is not None else None,
+            redis_username=i.name if r.redis is not None else None,
+            redis_password=i.redis_password if r.redis is not None else None,
+        )
+        creds.save(b.credentials_file(i.name))
+    write_secret(b.dynsec_file, brokerauth.render_dynsec(idents))
+    write_secret(b.nats_auth_file, brokerauth.render_nats_users(idents))
+    write_secret(b.redis_acl_file, brokerauth.render_redis_acl(idents))
+
+
+def _render_static(b: Bundle, names: list[str]) -> None:
+    idents = []
+    for n in names:
+        c = b.credentials(n)
+        idents.append(
+            Identity(
+                n,
+                TESTER_RIGHTS if n == TESTER else SERVICE_RIGHTS[n],
+                mqtt_password=c.password.get_secret_value() if c.password else "",
+                nats_password=c.nats_password.get_secret_value() if c.nats_password else "",
+                redis_password=c.redis_password.get_secret_value() if c.redis_password else "",
+            )
+        )
+    write_secret(b.nats_auth_file, brokerauth.render_nats_users(idents))
+    write_secret(b.redis_acl_file, brokerauth.render_redis_acl(idents))
+
+
+def _give_mosquitto_its_files(b: Bundle) -> None:
+    owner = mosquitto_owner()
+    b.mosquitto_dir.mkdir(parents=True, exist_ok=True)
+    if not b.mosquitto_key.exists():
+        write_secret(b.mosquitto_key, b.server.key.read_bytes(), owner=owner)
+    if owner is None:
+        b.mosquitto_dir.chmod(0o700)
+        return
+    # the plugin rewrites dynsec.json (a new file, then a rename): the directory must be its own
+    os.chown(b.mosquitto_dir, *owner)
+    b.mosquitto_dir.chmod(0o700)
+    for p in b.mosquitto_dir.iterdir():
+        with contextlib.suppress(OSError):
+            os.chown(p, *owner)
+    # it must be able to reach its directory: the bundle root is 0700 (root's) otherwise
+    b.root.chmod(0o711)
+    allow_traversal(b.root.parent)
+
+
+def allow_traversal(directory: Path) -> None:
+    """Let other accounts pass through (not list) our directories above ``directory``, so
+    that a broker which dropped root can reach its own files below (e.g. pytest's 0700 base)."""
+    uid = os.geteuid()
+    for d in (directory, *directory.parents):
+        with contextlib.suppress(OSError):
+            st = d.stat()
+            if st.st_uid == uid and not st.st_mode & 0o001:
+                d.chmod(stat.S_IMODE(st.st_mode) | 0o001)
