@@ -44,11 +44,17 @@ class DynsecError(EchoError):
 
 @dataclass(frozen=True, order=True)
 class ChannelGrant:
-    """One end of one MQTT channel: ``produce`` (publish records, read progress/resend) or
-    ``consume`` (read records, publish progress/resend)."""
+    """One end of one channel: ``produce`` (publish records, read progress/resend) or
+    ``consume`` (read records, publish progress/resend). ``app``: a topic of an operator's own
+    (``io.mqtt_sink`` publishes it, ``io.mqtt_source`` subscribes to it), nothing more:
+    ``"mqtt"`` or ``"nats"`` (an operator's topic says nothing of its broker by itself)."""
 
     topic: str
     produce: bool
+    app: str = ""
+
+    def on_nats(self, names: Names) -> bool:
+        return self.app == "nats" if self.app else names.is_subject(self.topic)
 
 
 def device_rights(names: Names, device: str, grants: Iterable[ChannelGrant] = ()) -> MqttRights:
@@ -64,6 +70,9 @@ def device_rights(names: Names, device: str, grants: Iterable[ChannelGrant] = ()
     publish: list[str] = list(own)
     subscribe: list[str] = [names.command_topic(device)]
     for g in sorted(set(grants)):
+        if g.app:
+            (publish if g.produce else subscribe).append(g.topic)
+            continue
         control = [names.progress_topic(g.topic), names.resend_topic(g.topic)]
         if g.produce:
             publish.append(g.topic)

@@ -57,6 +57,22 @@ def _check(part: str, what: str) -> str:
     return part
 
 
+def overlaps(a: str, b: str, sep: str, one: str, rest: str) -> bool:
+    """Whether some topic matches both filters ``a`` and ``b`` (MQTT: "/", "+", "#";
+    NATS: ".", "*", ">")."""
+    xs, ys = a.split(sep), b.split(sep)
+    for x, y in zip(xs, ys, strict=False):
+        if x == rest or y == rest:
+            return True
+        if x != y and one not in (x, y):
+            return False
+    if len(xs) == len(ys):
+        return True
+    longer = xs if len(xs) > len(ys) else ys
+    # "a/#" also matches "a" (MQTT); NATS ">" needs at least one more token
+    return sep == "/" and longer[min(len(xs), len(ys))] == rest
+
+
 @dataclass(frozen=True)
 class Names:
     namespace: str = "echo"
@@ -172,6 +188,21 @@ class Names:
     def consumer_name(self, dataflow: str, task: str, from_task: str) -> str:
         """The durable JetStream consumer of one input of a task: its position belongs to the task."""
         return f"{self.namespace}-{dataflow}-{task}-from-{from_task}"
+
+    # --- topics and subjects that dataflows' own operators may not use -------------------
+    def reserved_topics(self) -> tuple[str, ...]:
+        """MQTT filters that are ECHO's own (control and channels): never granted to an operator."""
+        return (f"{self.namespace}/dev/#", f"{self.namespace}/df/#", "$CONTROL/#", "$SYS/#")
+
+    def reserved_subjects(self) -> tuple[str, ...]:
+        """NATS subjects that are ECHO's own: never granted to an operator."""
+        return (f"{self.namespace}.>", "$JS.>", "$KV.>", "$O.>", "$SYS.>", "_INBOX.>")
+
+    def reserved_overlap(self, topic: str, *, nats: bool) -> str | None:
+        """The reserved filter an operator's topic (MQTT) or subject (NATS) overlaps, if any."""
+        if nats:
+            return next((r for r in self.reserved_subjects() if overlaps(topic, r, ".", "*", ">")), None)
+        return next((r for r in self.reserved_topics() if overlaps(topic, r, "/", "+", "#")), None)
 
     # --- MQTT client ids ------------------------------------------------------------------
     def agent_client_id(self, device: str) -> str:

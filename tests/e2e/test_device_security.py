@@ -129,9 +129,9 @@ def test_anonymous_plaintext_and_wrong_passwords_are_refused(platform_factory: P
             await MqttClient(a.mqtt_url or "", "anon-" + uuid.uuid4().hex[:6], tls=a.tls()).start(timeout=5)
         wrong = type(a.mqtt)(a.mqtt.username, "not-the-password")
         with pytest.raises(MqttRefused):
-            await MqttClient(a.mqtt_url or "", "wrong-" + uuid.uuid4().hex[:6], login=wrong, tls=a.tls()).start(
-                timeout=5
-            )
+            await MqttClient(
+                a.mqtt_url or "", "wrong-" + uuid.uuid4().hex[:6], login=wrong, tls=a.tls()
+            ).start(timeout=5)
         plain = (a.mqtt_url or "").replace("mqtts://", "mqtt://")
         with pytest.raises(MqttUnavailable):
             await MqttClient(plain, "plain-" + uuid.uuid4().hex[:6], login=a.mqtt).start(timeout=3)
@@ -139,7 +139,9 @@ def test_anonymous_plaintext_and_wrong_passwords_are_refused(platform_factory: P
     asyncio.run(attempts())
 
 
-def test_revoked_device_is_dropped_and_its_tasks_fail_over(platform_factory: PlatformFactory, tmp_path: Path) -> None:
+def test_revoked_device_is_dropped_and_its_tasks_fail_over(
+    platform_factory: PlatformFactory, tmp_path: Path
+) -> None:
     fleet = (*EDGES, AgentSpec("edge-3", "edge", cpu=1.0, memory_mb=512))
     platform, api = platform_factory(fleet)
     out = tmp_path / "out.jsonl"
@@ -161,14 +163,16 @@ def test_revoked_device_is_dropped_and_its_tasks_fail_over(platform_factory: Pla
 
     async def refused() -> None:
         with pytest.raises(MqttRefused):
-            await MqttClient(old.mqtt_url or "", "x-" + uuid.uuid4().hex[:6], login=old.mqtt, tls=old.tls()).start(
-                timeout=5
-            )
+            await MqttClient(
+                old.mqtt_url or "", "x-" + uuid.uuid4().hex[:6], login=old.mqtt, tls=old.tls()
+            ).start(timeout=5)
 
     asyncio.run(refused())
     # its task failed over to another edge device
     wait_until(
-        lambda: next(t for t in api.dataflow(df_id)["tasks"] if t["id"] == "sink")["device"] not in (victim, None),
+        lambda: (
+            next(t for t in api.dataflow(df_id)["tasks"] if t["id"] == "sink")["device"] not in (victim, None)
+        ),
         timeout=30,
         what="the sink failed over",
     )
@@ -178,7 +182,9 @@ def test_revoked_device_is_dropped_and_its_tasks_fail_over(platform_factory: Pla
     assert api.http.post("/api/v1/devices/nope/revoke").status_code == 404
 
 
-def test_enrolment_token_is_single_use_and_ids_are_not_reused(platform_factory: PlatformFactory, tmp_path: Path) -> None:
+def test_enrolment_token_is_single_use_and_ids_are_not_reused(
+    platform_factory: PlatformFactory, tmp_path: Path
+) -> None:
     platform, api = platform_factory(EDGES)
     r = api.http.post("/api/v1/enrolments", json={"device": "edge-9", "tier": "edge", "ttl": "5m"})
     assert r.status_code == 201, r.text

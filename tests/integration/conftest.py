@@ -34,7 +34,9 @@ def names() -> Names:
 
 @pytest.fixture
 async def redis(brokers: Brokers) -> AsyncIterator[aioredis.Redis]:
-    r: aioredis.Redis = aioredis.from_url(brokers.redis_url, decode_responses=True)
+    r: aioredis.Redis = aioredis.from_url(
+        brokers.redis_url, decode_responses=True, **brokers.access().redis_options()
+    )
     try:
         yield r
     finally:

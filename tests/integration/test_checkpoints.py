@@ -28,7 +28,7 @@ from echo_shared.messages import (
     TaskStatus,
 )
 from echo_shared.models import TaskState
-from echo_shared.mqtt import MqttClient, MqttMessage
+from echo_shared.mqtt import MqttMessage
 from echo_shared.names import Names
 from tests.harness.waiting import eventually
 
@@ -71,6 +71,7 @@ def runner(
         report=statuses.append,
         session_expiry=60,
         nats_url=brokers.nats_url,
+        access=brokers.access(),
         checkpoint_interval=interval,
         publish_checkpoint=publish,
     )
@@ -86,8 +87,8 @@ class Master:
     def __init__(self, brokers: Brokers, names: Names) -> None:
         self.topic = names.checkpoint_topic("dev")
         self.received: list[TaskCheckpoint] = []
-        self.agent = MqttClient(brokers.mqtt_url, "test-agent-" + uuid.uuid4().hex[:6])
-        self.master = MqttClient(brokers.mqtt_url, "test-master-" + uuid.uuid4().hex[:6], on_message=self._on)
+        self.agent = brokers.mqtt_client("test-agent-" + uuid.uuid4().hex[:6])
+        self.master = brokers.mqtt_client("test-master-" + uuid.uuid4().hex[:6], on_message=self._on)
 
     def _on(self, msg: MqttMessage) -> None:
         self.received.append(TaskCheckpoint.from_bytes(msg.payload))
@@ -159,8 +160,7 @@ async def test_periodic_checkpoints_are_consistent_and_progress_waits_for_them(
             interval=0.2,
         )
         reports: list[ChannelProgress] = []
-        watcher = MqttClient(
-            brokers.mqtt_url,
+        watcher = brokers.mqtt_client(
             "test-w-" + uuid.uuid4().hex[:6],
             on_message=lambda m: m.payload and reports.append(ChannelProgress.from_bytes(m.payload)),
         )
@@ -322,7 +322,7 @@ async def test_data_from_an_older_copy_of_a_producer_is_dropped(
     )
     await sink.start()
     try:
-        async with MqttClient(brokers.mqtt_url, "test-p-" + uuid.uuid4().hex[:6]) as p:
+        async with brokers.mqtt_client("test-p-" + uuid.uuid4().hex[:6]) as p:
             await p.publish(data, encode_records("p", 2, [(1, {"v": "new-1"})]), qos=1)
             await eventually(lambda: len(lines(out)) == 1, what="the first record")
             # the old copy (generation 1), cut off, then back: its records are not taken

@@ -11,7 +11,7 @@ from echo_agent.channels import Outputs
 from echo_agent.intake import Progress
 from echo_cli.devstack import Brokers
 from echo_shared.messages import Binding
-from echo_shared.mqtt import MqttClient, MqttMessage
+from echo_shared.mqtt import MqttMessage
 from echo_shared.names import Names
 from tests.harness.waiting import eventually
 
@@ -27,8 +27,8 @@ async def test_producer_blocks_at_the_window_until_the_consumer_reports(
         if outputs is not None and m.topic == progress_topic:
             outputs.on_control(m)
 
-    producer = MqttClient(brokers.mqtt_url, "test-p-" + uuid.uuid4().hex[:6], on_message=on_message)
-    consumer = MqttClient(brokers.mqtt_url, "test-c-" + uuid.uuid4().hex[:6])
+    producer = brokers.mqtt_client("test-p-" + uuid.uuid4().hex[:6], on_message=on_message)
+    consumer = brokers.mqtt_client("test-c-" + uuid.uuid4().hex[:6])
     outputs = Outputs(producer, "p", 1, [Binding(peer="c", topic=data)], names, window=100)
     async with producer, consumer:
         await producer.subscribe(progress_topic)
@@ -58,7 +58,7 @@ async def test_a_restarted_producer_learns_the_consumer_position_from_the_retain
 ) -> None:
     data = names.data_topic("df-credit2", "p", "c")
     progress_topic = names.progress_topic(data)
-    async with MqttClient(brokers.mqtt_url, "test-c-" + uuid.uuid4().hex[:6]) as consumer:
+    async with brokers.mqtt_client("test-c-" + uuid.uuid4().hex[:6]) as consumer:
         progress = Progress(consumer, "c", {"p": progress_topic}, step=1)
         await asyncio.gather(*progress.maybe_report({"p": 500}, caught_up=True))
         outputs: Outputs | None = None
@@ -67,7 +67,7 @@ async def test_a_restarted_producer_learns_the_consumer_position_from_the_retain
             if outputs is not None:
                 outputs.on_control(m)
 
-        producer = MqttClient(brokers.mqtt_url, "test-p-" + uuid.uuid4().hex[:6], on_message=on_message)
+        producer = brokers.mqtt_client("test-p-" + uuid.uuid4().hex[:6], on_message=on_message)
         outputs = Outputs(producer, "p", 2, [Binding(peer="c", topic=data)], names, window=100, start_seq=450)
         async with producer:
             await producer.subscribe(progress_topic)

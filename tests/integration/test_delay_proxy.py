@@ -23,6 +23,7 @@ import pytest
 from echo_cli.devstack import Brokers
 from echo_cli.devstack.processes import free_port
 from echo_cli.testbed.delay_proxy import DelayProxy, Route
+from echo_shared.mqtt import MqttClient
 
 DELAY_MS = 50.0
 SLACK_S = 0.15  # scheduling noise allowed above the delay on a loaded 2-core machine
@@ -240,24 +241,19 @@ async def test_a_refused_upstream_closes_the_client() -> None:
 
 
 async def test_mqtt_connack_through_the_proxy(brokers: Brokers) -> None:
-    """A real broker behind the proxy: MQTT CONNECT -> CONNACK costs the added round trip."""
+    """A real (TLS, authenticating) broker behind the proxy: the TLS handshake and MQTT
+    CONNECT -> CONNACK each cost the added round trip, and the login is accepted."""
     url = urlsplit(brokers.mqtt_url)
     assert url.hostname and url.port
-    client_id = b"delay-proxy-test"
-    var = b"\x00\x04MQTT\x04\x02\x00\x3c"  # MQTT 3.1.1, clean session, keepalive 60 s
-    body = var + len(client_id).to_bytes(2, "big") + client_id
-    connect_packet = b"\x10" + bytes([len(body)]) + body
     route = Route("127.0.0.1", 0, url.hostname, url.port, DELAY_MS, "mqtt")
+    access = brokers.access()
     async with DelayProxy([route]) as proxy:
-        r, w = await connect(proxy, "mqtt")
+        proxied = f"mqtts://127.0.0.1:{proxy.ports['mqtt']}"
+        client = MqttClient(proxied, "delay-proxy-test", login=access.mqtt, tls=access.tls())
         t0 = time.perf_counter()
-        w.write(connect_packet)
-        await w.drain()
-        connack = await r.readexactly(4)
+        await client.start(timeout=10)
         took = time.perf_counter() - t0
-        w.write(b"\xe0\x00")  # DISCONNECT
-        await w.drain()
-        w.close()
-        await w.wait_closed()
-    assert connack == b"\x20\x02\x00\x00", connack  # accepted
-    assert 2 * DELAY_MS / 1000 <= took < 2 * DELAY_MS / 1000 + SLACK_S + 0.2
+        assert client.connected
+        await client.close()
+    # TLS 1.3 (one round trip) + CONNECT/CONNACK (one): at least two added round trips
+    assert 2 * 2 * DELAY_MS / 1000 <= took < 3 * 2 * DELAY_MS / 1000 + SLACK_S + 0.3

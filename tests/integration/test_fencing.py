@@ -37,6 +37,7 @@ def manager(brokers: Brokers, names: Names, tmp: Path, sent: list[tuple[str, byt
         publish=lambda topic, payload: sent.append((topic, payload)),
         channel_window=1000,
         nats_url=brokers.nats_url,
+        access=brokers.access(),
     )
 
 
@@ -77,10 +78,10 @@ async def test_a_fenced_copy_leaves_its_session_and_reports_to_the_newer_copy(
             await js.publish(topic, payload, stream=names.data_stream)
 
     producer: MqttClient | None = None
-    nc = await nats.connect(brokers.nats_url)
+    nc = await nats.connect(brokers.nats_url, **brokers.access().nats_options())
     js = nc.jetstream()
     if transport == "mqtt":
-        producer = MqttClient(brokers.mqtt_url, "test-p-" + uuid.uuid4().hex[:6], on_message=on_report)
+        producer = brokers.mqtt_client("test-p-" + uuid.uuid4().hex[:6], on_message=on_report)
         await producer.start()
         await producer.subscribe(progress_topic)
     try:

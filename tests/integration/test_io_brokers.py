@@ -15,7 +15,6 @@ import pytest
 from echo_agent.operators import TaskContext, build
 from echo_agent.operators.io_brokers import BrokerUnreachable
 from echo_cli.devstack import Brokers
-from echo_shared.mqtt import MqttClient
 from tests.harness.waiting import eventually
 
 
@@ -28,6 +27,7 @@ def ctx(brokers: Brokers, tmp_path: Path, task: str) -> TaskContext:
         tmp_path,
         mqtt_url=brokers.mqtt_url,
         nats_url=brokers.nats_url,
+        access=brokers.access(),
     )
 
 
@@ -112,7 +112,7 @@ async def test_persistent_mqtt_source_gets_what_was_sent_while_away(brokers: Bro
     first = build("io.mqtt_source", config)
     await first.open(task_ctx)
     await first.close()  # the session stays on the broker
-    async with MqttClient(brokers.mqtt_url, f"pub-{uuid.uuid4().hex[:8]}") as pub:
+    async with brokers.mqtt_client(f"pub-{uuid.uuid4().hex[:8]}") as pub:
         await asyncio.gather(*(pub.publish(topic, b'{"n": %d}' % i) for i in range(5)))
     again = build("io.mqtt_source", config)
     await again.open(task_ctx)
@@ -122,9 +122,7 @@ async def test_persistent_mqtt_source_gets_what_was_sent_while_away(brokers: Bro
     finally:
         await got.stop()
         # end the session for good
-        async with MqttClient(
-            brokers.mqtt_url, f"echo-mqtt-source-{task_ctx.dataflow}-src", persistent=True
-        ) as c:
+        async with brokers.mqtt_client(f"echo-mqtt-source-{task_ctx.dataflow}-src", persistent=True) as c:
             await c.close(discard_session=True)
 
 

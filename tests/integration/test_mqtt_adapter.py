@@ -35,8 +35,8 @@ async def test_qos1_round_trip_with_user_properties(brokers: Brokers) -> None:
     topic = f"t/{uuid.uuid4().hex}"
     inbox = Inbox()
     async with (
-        MqttClient(brokers.mqtt_url, cid(), on_message=inbox) as sub,
-        MqttClient(brokers.mqtt_url, cid()) as pub,
+        brokers.mqtt_client(cid(), on_message=inbox) as sub,
+        brokers.mqtt_client(cid()) as pub,
     ):
         await sub.subscribe(topic)
         await asyncio.gather(
@@ -50,18 +50,16 @@ async def test_qos1_round_trip_with_user_properties(brokers: Brokers) -> None:
 async def test_unacked_messages_are_redelivered_to_the_next_session_holder(brokers: Brokers) -> None:
     topic, session = f"t/{uuid.uuid4().hex}", cid()
     first = Inbox()
-    a = MqttClient(brokers.mqtt_url, session, on_message=first, persistent=True, manual_ack=True)
+    a = brokers.mqtt_client(session, on_message=first, persistent=True, manual_ack=True)
     await a.start()
     await a.subscribe(topic)
-    async with MqttClient(brokers.mqtt_url, cid()) as pub:
+    async with brokers.mqtt_client(cid()) as pub:
         await asyncio.gather(*(pub.publish(topic, bytes([i])) for i in range(3)))
         await first.wait(3)
         a.ack(first.messages[0])  # only the first is processed
         await a.close()
         second = Inbox()
-        async with MqttClient(
-            brokers.mqtt_url, session, on_message=second, persistent=True, manual_ack=True
-        ) as b:
+        async with brokers.mqtt_client(session, on_message=second, persistent=True, manual_ack=True) as b:
             assert b.session_present
             await second.wait(2)
             assert [m.payload for m in second.messages[:2]] == [bytes([1]), bytes([2])]
@@ -71,7 +69,7 @@ async def test_unacked_messages_are_redelivered_to_the_next_session_holder(broke
     # discarded for good (the broker may take a moment to process the disconnect)
     deadline = asyncio.get_running_loop().time() + 5
     while True:
-        async with MqttClient(brokers.mqtt_url, session, persistent=True) as c:
+        async with brokers.mqtt_client(session, persistent=True) as c:
             present = c.session_present
         if not present or asyncio.get_running_loop().time() > deadline:
             break
@@ -80,14 +78,14 @@ async def test_unacked_messages_are_redelivered_to_the_next_session_holder(broke
 
 async def test_messages_wait_in_the_session_while_nobody_is_connected(brokers: Brokers) -> None:
     topic, session = f"t/{uuid.uuid4().hex}", cid()
-    a = MqttClient(brokers.mqtt_url, session, persistent=True, manual_ack=True)
+    a = brokers.mqtt_client(session, persistent=True, manual_ack=True)
     await a.start()
     await a.subscribe(topic)
     await a.close()
-    async with MqttClient(brokers.mqtt_url, cid()) as pub:
+    async with brokers.mqtt_client(cid()) as pub:
         await asyncio.gather(*(pub.publish(topic, str(i).encode()) for i in range(50)))
     inbox = Inbox()
-    async with MqttClient(brokers.mqtt_url, session, on_message=inbox, persistent=True, manual_ack=True) as b:
+    async with brokers.mqtt_client(session, on_message=inbox, persistent=True, manual_ack=True) as b:
         await inbox.wait(50)
         for m in inbox.messages:
             b.ack(m)
@@ -97,9 +95,9 @@ async def test_messages_wait_in_the_session_while_nobody_is_connected(brokers: B
 
 async def test_two_holders_of_one_session_do_not_fight_forever(brokers: Brokers) -> None:
     session = cid()
-    a = MqttClient(brokers.mqtt_url, session, persistent=True)
+    a = brokers.mqtt_client(session, persistent=True)
     await a.start()
-    b = MqttClient(brokers.mqtt_url, session, persistent=True)
+    b = brokers.mqtt_client(session, persistent=True)
     await b.start()
     waits = [asyncio.ensure_future(a.taken_over.wait()), asyncio.ensure_future(b.taken_over.wait())]
     try:

@@ -50,6 +50,7 @@ def runner(
         report=statuses.append,
         session_expiry=60,
         nats_url=brokers.nats_url,
+        access=brokers.access(),
     )
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from echo_shared.bundle import Bundle, allow_traversal, create_bundle, mosquitto_owner
 from echo_shared.credentials import Access
+from echo_shared.mqtt import MqttClient
 from echo_shared.secretfiles import write_secret
 
 from .processes import ManagedProcess, free_port, wait_for_port
@@ -151,6 +152,11 @@ class Brokers:
 
     def credentials_file(self, identity: str) -> Path | None:
         return self.bundle.credentials_file(identity) if self.bundle is not None else None
+
+    def mqtt_client(self, client_id: str, identity: str = "tester", **kwargs: Any) -> MqttClient:
+        """An MQTT client of these brokers logged in as ``identity`` (tests: the superuser)."""
+        a = self.access(identity)
+        return MqttClient(self.mqtt_url, client_id, login=a.mqtt, tls=a.tls(), **kwargs)
 
     def access(self, identity: str = "tester") -> Access:
         """URLs and logins of one identity (tests use ``tester``, a superuser of these brokers)."""

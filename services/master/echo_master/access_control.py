@@ -31,7 +31,7 @@ from pathlib import Path
 
 from echo_shared.brokerauth import MqttRights
 from echo_shared.dynsec import ChannelGrant, DynsecAdmin, DynsecError, device_rights
-from echo_shared.errors import NotFoundError, Problem, SpecError
+from echo_shared.errors import NotFoundError, PermanentError, Problem, SpecError
 from echo_shared.messages import (
     CredentialsAck,
     DeployTask,
@@ -71,11 +71,32 @@ def task_key(dataflow: str, task: str) -> str:
     return f"{dataflow}/{task}"
 
 
-def grants_of(cmd: DeployTask) -> tuple[ChannelGrant, ...]:
-    return tuple(
-        [ChannelGrant(b.topic, produce=False) for b in cmd.inputs]
-        + [ChannelGrant(b.topic, produce=True) for b in cmd.outputs]
-    )
+class GrantRefused(PermanentError):
+    """A task asks for what no task may have (e.g. an operator topic among ECHO's own)."""
+
+
+# operators that use the device's own broker login when their config names no url
+APP_TOPICS = {
+    "io.mqtt_source": ("topic", False),
+    "io.mqtt_sink": ("topic", True),
+    "io.nats_source": ("subject", False),
+    "io.nats_sink": ("subject", True),
+}
+
+
+def grants_of(cmd: DeployTask, names: Names) -> tuple[ChannelGrant, ...]:
+    """What a task needs on the brokers: its channels, and its operator's own topic."""
+    out = [ChannelGrant(b.topic, produce=False) for b in cmd.inputs]
+    out += [ChannelGrant(b.topic, produce=True) for b in cmd.outputs]
+    app = APP_TOPICS.get(cmd.operator)
+    if app is not None and not cmd.config.get("url") and isinstance(cmd.config.get(app[0]), str):
+        topic = str(cmd.config[app[0]])
+        nats = cmd.operator.startswith("io.nats")
+        reserved = names.reserved_overlap(topic, nats=nats)
+        if reserved is not None:
+            raise GrantRefused(f"{app[0]} {topic!r} overlaps {reserved!r}, which is ECHO's own")
+        out.append(ChannelGrant(topic, produce=app[1], app="nats" if nats else "mqtt"))
+    return tuple(out)
 
 
 class DeviceAccess:
@@ -295,7 +316,7 @@ class DeviceAccess:
         if ident is not None and ident.status == REVOKED:
             raise Refused(409, f"device {device} is revoked")
         await self.store.set_grant(
-            device, task_key(cmd.dataflow, cmd.task), TaskGrant(cmd.generation, grants_of(cmd))
+            device, task_key(cmd.dataflow, cmd.task), TaskGrant(cmd.generation, grants_of(cmd, self.names))
         )
         await self.push(device)
 
@@ -313,7 +334,7 @@ class DeviceAccess:
 
     async def rights(self, device: str) -> MqttRights:
         grants = await self.store.grants(device)
-        channels = [c for g in grants.values() for c in g.channels if not self.names.is_subject(c.topic)]
+        channels = [c for g in grants.values() for c in g.channels if not c.on_nats(self.names)]
         return device_rights(self.names, device, channels)
 
     async def push(self, device: str) -> None:
@@ -339,10 +360,5 @@ class DeviceAccess:
         """The NATS channels a device's tasks use now: (subject, produce)."""
         grants = await self.store.grants(device)
         return sorted(
-            {
-                (c.topic, c.produce)
-                for g in grants.values()
-                for c in g.channels
-                if self.names.is_subject(c.topic)
-            }
+            {(c.topic, c.produce) for g in grants.values() for c in g.channels if c.on_nats(self.names)}
         )

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from echo_shared.credentials import Access
 from echo_shared.dynsec import DynsecAdmin
-from echo_shared.errors import RequestTimeout
+from echo_shared.errors import PermanentError, RequestTimeout
 from echo_shared.messages import (
     CommandAck,
     CredentialsAck,
@@ -110,7 +110,21 @@ class AgentLink:
         A deploy's channels are granted to the device before it leaves; a stop's are
         withdrawn once it was answered or timed out (``hooks``)."""
         if self.hooks is not None:
-            await self.hooks.before_send(device, cmd)
+            try:
+                await self.hooks.before_send(device, cmd)
+            except PermanentError as e:  # refused by policy: the task fails, with the reason
+                refused = CommandAck(
+                    cmd_id=cmd.cmd_id,
+                    device=device,
+                    dataflow=cmd.dataflow,
+                    task=cmd.task,
+                    generation=cmd.generation,
+                    ok=False,
+                    state=TaskState.failed,
+                    reason=f"refused: {e}",
+                )
+                await self._on_update(refused)
+                return refused
         try:
             ack: CommandAck = await self._request(
                 device, cmd, cmd.cmd_id, f"{cmd.kind} of {cmd.task}", timeout

@@ -153,7 +153,10 @@ class IdentityStore:
     # ------------------------------------------------------------ grants
 
     async def set_grant(self, device: str, task_key: str, grant: TaskGrant) -> None:
-        doc = {"generation": grant.generation, "channels": [[c.topic, c.produce] for c in grant.channels]}
+        doc = {
+            "generation": grant.generation,
+            "channels": [[c.topic, c.produce, c.app] for c in grant.channels],
+        }
         await self.r.hset(self.names.device_grants_key(device), task_key, json.dumps(doc))
 
     async def drop_grant(self, device: str, task_key: str, generation: int) -> bool:
@@ -173,7 +176,11 @@ class IdentityStore:
         for k, v in raw.items():
             doc = json.loads(v)
             out[str(k)] = TaskGrant(
-                int(doc["generation"]), tuple(ChannelGrant(str(t), bool(p)) for t, p in doc["channels"])
+                int(doc["generation"]),
+                tuple(
+                    ChannelGrant(str(c[0]), bool(c[1]), str(c[2]) if len(c) > 2 else "")
+                    for c in doc["channels"]
+                ),
             )
         return out
 

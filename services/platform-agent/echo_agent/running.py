@@ -258,6 +258,7 @@ class TaskRunner:
                 logging.getLogger(f"echo.task.{cmd.task}"),
                 mqtt_url=self.mqtt_url,
                 nats_url=self.nats_url,
+                access=self.access,
                 emit=self.outputs.emit_all,
             )
             await self.op.open(ctx)

@@ -134,6 +134,13 @@ class LogSinkConfig(OperatorConfig):
 
 class MqttSourceConfig(OperatorConfig):
     url: MqttUrl = None
+    username: str | None = Field(
+        default=None, description="login at a broker of your own (config.url); the device's own broker: none"
+    )
+    password_file: str | None = Field(
+        default=None, description="a file on the device holding the password (never the password itself)"
+    )
+    ca_file: str | None = Field(default=None, description="CA certificate (on the device) of a TLS url")
     topic: str = Field(min_length=1, description="topic filter; '+' and '#' wildcards allowed")
     qos: Literal[0, 1] = 1
     format: Format = "json"
@@ -165,6 +172,13 @@ class MqttSourceConfig(OperatorConfig):
 
 class MqttSinkConfig(OperatorConfig):
     url: MqttUrl = None
+    username: str | None = Field(
+        default=None, description="login at a broker of your own (config.url); the device's own broker: none"
+    )
+    password_file: str | None = Field(
+        default=None, description="a file on the device holding the password (never the password itself)"
+    )
+    ca_file: str | None = Field(default=None, description="CA certificate (on the device) of a TLS url")
     topic: str = Field(min_length=1, description="topic to publish on (no wildcards)")
     qos: Literal[0, 1] = 1
     format: Format = "json"
@@ -196,6 +210,13 @@ def _subject(v: str, *, wildcards: bool) -> str:
 
 class NatsSourceConfig(OperatorConfig):
     url: NatsUrl = None
+    username: str | None = Field(
+        default=None, description="login at a broker of your own (config.url); the device's own broker: none"
+    )
+    password_file: str | None = Field(
+        default=None, description="a file on the device holding the password (never the password itself)"
+    )
+    ca_file: str | None = Field(default=None, description="CA certificate (on the device) of a TLS url")
     subject: str = Field(min_length=1, description="subject; '*' and '>' wildcards allowed")
     queue: str | None = Field(default=None, description="queue group (replicas share the messages)")
     format: Format = "json"
@@ -213,6 +234,13 @@ class NatsSourceConfig(OperatorConfig):
 
 class NatsSinkConfig(OperatorConfig):
     url: NatsUrl = None
+    username: str | None = Field(
+        default=None, description="login at a broker of your own (config.url); the device's own broker: none"
+    )
+    password_file: str | None = Field(
+        default=None, description="a file on the device holding the password (never the password itself)"
+    )
+    ca_file: str | None = Field(default=None, description="CA certificate (on the device) of a TLS url")
     subject: str = Field(min_length=1, description="subject to publish on (no wildcards)")
     format: Format = "json"
     field: str = Field(default="payload", min_length=1, description="text format: the field published")

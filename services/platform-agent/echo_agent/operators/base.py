@@ -42,7 +42,10 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
+
+if TYPE_CHECKING:
+    from echo_shared.credentials import Access
 
 Record = dict[str, Any]
 Output = Iterable[Record] | None
@@ -58,6 +61,8 @@ class TaskContext:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("echo.task"))
     mqtt_url: str = ""
     nats_url: str | None = None
+    # the device's logins and CA for its own brokers (operators that use them: io.mqtt_*, io.nats_*)
+    access: Access | None = None
     # emit records outside process()/close(), e.g. when a timer closes a window. What is
     # emitted this way is not tied to an input message's acknowledgement: keep it in the
     # operator's state (snapshot) if it must survive a crash.

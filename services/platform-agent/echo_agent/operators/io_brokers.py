@@ -20,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import orjson
 from nats.aio.client import Client as NatsClient
@@ -34,11 +36,13 @@ from echo_shared.catalogue.io import (
     NatsSinkConfig,
     NatsSourceConfig,
 )
+from echo_shared.credentials import Login, client_tls, is_tls_url
 from echo_shared.mqtt import MqttClient, MqttMessage, MqttUnavailable
 
 from .base import Operator, Record, SourceOperator, TaskContext
 
 log = logging.getLogger(__name__)
+LoginConfig = MqttSourceConfig | MqttSinkConfig | NatsSourceConfig | NatsSinkConfig
 
 
 class BrokerUnreachable(ConnectionError):
@@ -91,6 +95,27 @@ def _url(op: str, configured: str | None, device_url: str | None, ctx: TaskConte
     return url
 
 
+def _login(cfg: LoginConfig, ctx: TaskContext, kind: str) -> tuple[Login | None, ssl.SSLContext | None]:
+    """The device's own login at its own broker (no config.url: the master granted the topic),
+    else the config's (username + a password file on the device)."""
+    if cfg.url is None:
+        a = ctx.access
+        if a is None:
+            return None, None
+        return (a.mqtt if kind == "MQTT" else a.nats), a.tls()
+    login = None
+    if cfg.username:
+        password = ""
+        if cfg.password_file:
+            try:
+                password = Path(cfg.password_file).read_text().strip()
+            except OSError as e:
+                raise BrokerUnreachable(f"cannot read password_file {cfg.password_file}: {e}") from e
+        login = Login(cfg.username, password)
+    tls = client_tls(Path(cfg.ca_file) if cfg.ca_file else None) if is_tls_url(cfg.url) else None
+    return login, tls
+
+
 # ---------------------------------------------------------------------- MQTT
 
 
@@ -117,6 +142,7 @@ class MqttSource(SourceOperator):
         await super().open(ctx)
         cfg = self.config
         url = _url("io.mqtt_source", cfg.url, ctx.mqtt_url, ctx, "MQTT")
+        login, tls = _login(cfg, ctx, "MQTT")
         suffix = "" if cfg.persistent else f"-{uuid.uuid4().hex[:8]}"
         client = MqttClient(
             url,
@@ -125,6 +151,8 @@ class MqttSource(SourceOperator):
             persistent=cfg.persistent,
             receive_maximum=cfg.max_pending,
             manual_ack=True,
+            login=login,
+            tls=tls,
         )
         try:
             await client.start(timeout=cfg.connect_timeout)
@@ -203,7 +231,10 @@ class MqttSink(Operator):
         await super().open(ctx)
         cfg = self.config
         url = _url("io.mqtt_sink", cfg.url, ctx.mqtt_url, ctx, "MQTT")
-        client = MqttClient(url, f"echo-mqtt-sink-{ctx.dataflow}-{ctx.task}-{uuid.uuid4().hex[:8]}")
+        login, tls = _login(cfg, ctx, "MQTT")
+        client = MqttClient(
+            url, f"echo-mqtt-sink-{ctx.dataflow}-{ctx.task}-{uuid.uuid4().hex[:8]}", login=login, tls=tls
+        )
         try:
             await client.start(timeout=cfg.connect_timeout)
         except (MqttUnavailable, OSError) as e:
@@ -246,8 +277,16 @@ class MqttSink(Operator):
 # ---------------------------------------------------------------------- NATS
 
 
-async def _nats_connect(op: str, url: str, timeout: float, ctx: TaskContext) -> NatsClient:
+async def _nats_connect(
+    op: str, url: str, timeout: float, ctx: TaskContext, cfg: NatsSourceConfig | NatsSinkConfig
+) -> NatsClient:
     nc = NatsClient()
+    login, tls = _login(cfg, ctx, "NATS")
+    options: dict[str, object] = {}
+    if login is not None:
+        options.update(user=login.username, password=login.password)
+    if tls is not None and is_tls_url(url):
+        options["tls"] = tls
 
     async def on_error(e: Exception) -> None:
         log.debug("%s: NATS %s: %s", op, url, e)
@@ -262,6 +301,7 @@ async def _nats_connect(op: str, url: str, timeout: float, ctx: TaskContext) -> 
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=1,
                 error_cb=on_error,
+                **options,  # type: ignore[arg-type]
             ),
             timeout,
         )
@@ -300,7 +340,7 @@ class NatsSource(SourceOperator):
         await super().open(ctx)
         cfg = self.config
         url = _url("io.nats_source", cfg.url, ctx.nats_url, ctx, "NATS")
-        self._nc = await _nats_connect("io.nats_source", url, cfg.connect_timeout, ctx)
+        self._nc = await _nats_connect("io.nats_source", url, cfg.connect_timeout, ctx, cfg)
         try:
             self._sub = await self._nc.subscribe(
                 cfg.subject, queue=cfg.queue or "", pending_msgs_limit=cfg.max_pending
@@ -345,7 +385,7 @@ class NatsSink(Operator):
     async def open(self, ctx: TaskContext) -> None:
         await super().open(ctx)
         url = _url("io.nats_sink", self.config.url, ctx.nats_url, ctx, "NATS")
-        self._nc = await _nats_connect("io.nats_sink", url, self.config.connect_timeout, ctx)
+        self._nc = await _nats_connect("io.nats_sink", url, self.config.connect_timeout, ctx, self.config)
 
     async def process(self, record: Record) -> None:
         await self.process_batch([record])
