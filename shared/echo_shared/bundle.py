@@ -22,6 +22,7 @@ import contextlib
 import os
 import pwd
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,9 +97,18 @@ def mosquitto_owner() -> tuple[int, int] | None:
 
 
 def create_bundle(
-    root: Path, hosts: list[str] | tuple[str, ...] = pki.DEFAULT_HOSTS, *, tester: bool = False
+    root: Path,
+    hosts: list[str] | tuple[str, ...] = pki.DEFAULT_HOSTS,
+    *,
+    tester: bool = False,
+    owners: Mapping[str, tuple[int, int]] | None = None,
 ) -> Bundle:
-    """Create (or complete) the bundle in ``root``; returns it. Idempotent."""
+    """Create (or complete) the bundle in ``root``; returns it. Idempotent.
+
+    ``owners``: broker -> (uid, gid) of the account it runs as, when that is not ours
+    (containers: Mosquitto 1883, Redis 999): its own copy of the server key and of its
+    auth files is handed to it. Locally, a Mosquitto started as root drops to the
+    ``mosquitto`` account: that is found by itself."""
     b = Bundle(root)
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o700)
@@ -113,7 +123,15 @@ def create_bundle(
         _render_static(b, names)
     if not b.admin_token_file.exists():
         write_secret(b.admin_token_file, "echo_" + new_secret())
-    _give_mosquitto_its_files(b)
+    owners = dict(owners or {})
+    _give_mosquitto_its_files(b, owners.get("mosquitto") or mosquitto_owner())
+    if "redis" in owners:
+        for p in (b.redis_acl_file, b.root / "redis" / "server.key"):
+            if p.name == "server.key" and not p.exists():
+                write_secret(p, b.server.key.read_bytes())
+            os.chown(p, *owners["redis"])
+        os.chown(b.root / "redis", *owners["redis"])
+        b.root.chmod(0o711)
     return b
 
 
@@ -154,8 +172,7 @@ def _render_static(b: Bundle, names: list[str]) -> None:
     write_secret(b.redis_acl_file, brokerauth.render_redis_acl(idents))
 
 
-def _give_mosquitto_its_files(b: Bundle) -> None:
-    owner = mosquitto_owner()
+def _give_mosquitto_its_files(b: Bundle, owner: tuple[int, int] | None) -> None:
     b.mosquitto_dir.mkdir(parents=True, exist_ok=True)
     if not b.mosquitto_key.exists():
         write_secret(b.mosquitto_key, b.server.key.read_bytes(), owner=owner)

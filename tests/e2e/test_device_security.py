@@ -222,3 +222,40 @@ def test_enrolment_token_is_single_use_and_ids_are_not_reused(
     assert len(lines) == 1 and "unknown, expired or already used" in lines[0], again.stderr
     unknown = agent(tmp_path / "state-c", "echoenrol_nothing")
     assert unknown.returncode == 2 and "unknown, expired or already used" in unknown.stderr
+
+
+def test_rotation_hands_new_credentials_and_retires_the_old(
+    platform_factory: PlatformFactory, tmp_path: Path
+) -> None:
+    platform, api = platform_factory(EDGES, env={"ECHO_ROTATION_GRACE": "2"})
+    out = tmp_path / "out.jsonl"
+    df_id = api.submit(two_edges("rotate", out, count=10_000_000, rate=100))
+    api.wait_state(df_id, "running")
+    wait_until(lambda: out.exists() and out.stat().st_size > 0, what="records at the sink")
+    old = device_access(platform, "edge-1")
+
+    r = api.http.post("/api/v1/devices/edge-1/rotate")
+    assert r.status_code == 200, r.text
+    new_user = r.json()["username"]
+    assert new_user != (old.mqtt.username if old.mqtt else None)
+    saved = json.loads((platform.state_dir("edge-1") / "credentials.json").read_text())
+    assert saved["username"] == new_user  # saved before the agent acknowledged
+
+    async def old_refused() -> bool:
+        try:
+            c = MqttClient(old.mqtt_url or "", "old-" + uuid.uuid4().hex[:6], login=old.mqtt, tls=old.tls())
+            await c.start(timeout=3)
+        except MqttRefused:
+            return True
+        await c.close()
+        return False
+
+    wait_until(lambda: asyncio.run(old_refused()), timeout=15, what="the old login retired")
+    # the agent carries on with the new login: online, and its generator still feeds the sink
+    size = out.stat().st_size
+    wait_until(
+        lambda: out.stat().st_size > size + 1000, timeout=20, what="records flowing after the rotation"
+    )
+    assert platform.agents["edge-1"].alive()
+    assert api.devices()["edge-1"]["status"] == "online"
+    assert api.http.post("/api/v1/devices/nope/rotate").status_code == 404
