@@ -24,7 +24,17 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-import bcrypt
+from .natsauth import (
+    CalloutConfig,
+    NatsPermissions,
+    StaticUser,
+    callout_permissions,
+    hash_password,
+    js_publish_permissions,
+    render_auth_config,
+    request_permissions,
+    responder_permissions,
+)
 
 SERVICES = ("master", "registry", "scheduler", "migrator")
 TESTER = "tester"  # the test harness's superuser (never in a default bundle)
@@ -39,13 +49,6 @@ class MqttRights:
 
 
 @dataclass(frozen=True)
-class NatsRights:
-    publish: tuple[str, ...] = ()
-    subscribe: tuple[str, ...] = ()
-    responses: bool = True  # may answer requests (reply subjects)
-
-
-@dataclass(frozen=True)
 class RedisRights:
     keys: tuple[str, ...] = ()
     commands: str = "+@all -@dangerous"
@@ -54,7 +57,7 @@ class RedisRights:
 @dataclass(frozen=True)
 class Rights:
     mqtt: MqttRights | None = None
-    nats: NatsRights | None = None
+    nats: NatsPermissions | None = None
     redis: RedisRights | None = None
     dynsec_admin: bool = False
 
@@ -64,8 +67,20 @@ def _dev(leaf: str) -> str:
 
 
 # JetStream: stream names embed the namespace, so services' rights are per API verb
-_JS_STREAMS = ("$JS.API.INFO", "$JS.API.STREAM.INFO.*", "$JS.API.STREAM.CREATE.*", "$JS.API.STREAM.UPDATE.*")
-_JS_CONSUMERS = ("$JS.API.CONSUMER.>", "$JS.ACK.>", "$JS.FC.>")
+_JS_STREAMS = NatsPermissions(
+    pub_allow=("$JS.API.INFO", "$JS.API.STREAM.INFO.*", "$JS.API.STREAM.CREATE.*", "$JS.API.STREAM.UPDATE.*")
+)
+_JS_CONSUMERS = NatsPermissions(pub_allow=("$JS.API.CONSUMER.>", "$JS.ACK.>", "$JS.FC.>"))
+_JS_STORES = NatsPermissions(  # the object store (large operator state) and the channels' progress bucket
+    pub_allow=(
+        "$JS.API.STREAM.NAMES",
+        "$JS.API.STREAM.MSG.GET.*",
+        "$JS.API.STREAM.PURGE.*",
+        "$JS.API.DIRECT.GET.>",
+        "$O.>",
+        "$KV.>",
+    )
+)
 
 SERVICE_RIGHTS: dict[str, Rights] = {
     "master": Rights(
@@ -73,19 +88,13 @@ SERVICE_RIGHTS: dict[str, Rights] = {
             publish=(_dev("cmd"),),
             subscribe=(_dev("ack"), _dev("status"), _dev("ckpt")),
         ),
-        nats=NatsRights(
-            publish=(
-                "*.scheduler.>",
-                "*.registry.>",
-                "*.migrator.>",
-                *_JS_STREAMS,
-                *_JS_CONSUMERS,
-                "$JS.API.STREAM.>",  # object store and the data stream / progress bucket it prepares
-                "$JS.API.DIRECT.GET.>",
-                "$O.>",
-                "$KV.>",
-            ),
-            subscribe=("*.master.>", "_INBOX.>", "$SYS.REQ.USER.AUTH"),
+        nats=NatsPermissions.union(
+            request_permissions(("*.scheduler.>", "*.registry.>", "*.migrator.>")),
+            responder_permissions(("*.master.>",)),
+            _JS_STREAMS,
+            _JS_CONSUMERS,
+            _JS_STORES,
+            callout_permissions(),  # the master checks devices' NATS logins (auth callout)
         ),
         redis=RedisRights(
             keys=(
@@ -105,17 +114,20 @@ SERVICE_RIGHTS: dict[str, Rights] = {
     ),
     "registry": Rights(
         mqtt=MqttRights(subscribe=(_dev("hello"), _dev("hb"), _dev("bye"))),
-        nats=NatsRights(
-            publish=("*.events.>", *_JS_STREAMS),
-            subscribe=("*.registry.>", "_INBOX.>"),
+        nats=NatsPermissions.union(
+            responder_permissions(("*.registry.>",)), js_publish_permissions(("*.events.>",)), _JS_STREAMS
         ),
         redis=RedisRights(keys=("*:device:*", "*:devices")),
     ),
-    "scheduler": Rights(nats=NatsRights(publish=("*.registry.>",), subscribe=("*.scheduler.>", "_INBOX.>"))),
+    "scheduler": Rights(
+        nats=responder_permissions(("*.scheduler.>",)) | request_permissions(("*.registry.>",))
+    ),
     "migrator": Rights(
-        nats=NatsRights(
-            publish=("*.scheduler.>", "*.registry.>", "*.master.>", *_JS_STREAMS, *_JS_CONSUMERS),
-            subscribe=("*.migrator.>", "_INBOX.>"),
+        nats=NatsPermissions.union(
+            request_permissions(("*.scheduler.>", "*.registry.>", "*.master.>")),
+            responder_permissions(("*.migrator.>",)),
+            _JS_STREAMS,
+            _JS_CONSUMERS,
         ),
         redis=RedisRights(keys=("*:migration:*", "*:migrations", "*:migrations:*", "*:rebalance:*")),
     ),
@@ -123,7 +135,7 @@ SERVICE_RIGHTS: dict[str, Rights] = {
 
 TESTER_RIGHTS = Rights(
     mqtt=MqttRights(publish=("#",), subscribe=("#",)),
-    nats=NatsRights(publish=(">",), subscribe=(">",)),
+    nats=NatsPermissions(pub_allow=(">",), sub_allow=(">",), responses=True),
     redis=RedisRights(keys=("*",), commands="+@all"),
 )
 
@@ -208,36 +220,16 @@ def render_dynsec(identities: list[Identity]) -> str:
 # ------------------------------------------------------------------ NATS
 
 
-def bcrypt_hash(password: str) -> str:
-    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=11)).decode()
-
-
-def _nats_list(items: tuple[str, ...]) -> str:
-    return "[" + ", ".join(json.dumps(i) for i in items) + "]"
-
-
-def nats_user_block(name: str, password_hash: str, rights: NatsRights) -> str:
-    perms = [
-        f"publish: {{allow: {_nats_list(rights.publish)}}}",
-        f"subscribe: {{allow: {_nats_list(rights.subscribe)}}}",
-    ]
-    if rights.responses:
-        perms.append("allow_responses: true")
-    return (
-        f"{{user: {json.dumps(name)}, password: {json.dumps(password_hash)}, "
-        f"permissions: {{{', '.join(perms)}}}}}"
-    )
-
-
-def render_nats_users(identities: list[Identity]) -> str:
-    """An ``authorization`` block with one user per identity that uses NATS."""
+def render_nats_users(identities: list[Identity], callout_issuer: str | None) -> str:
+    """Accounts and users (one per identity that uses NATS); devices through the master's
+    auth callout when ``callout_issuer`` (its public account key) is given."""
     users = [
-        nats_user_block(i.name, bcrypt_hash(i.nats_password), i.rights.nats)
+        StaticUser(i.name, hash_password(i.nats_password), i.rights.nats)
         for i in identities
         if i.rights.nats is not None
     ]
-    body = ",\n    ".join(users)
-    return f"authorization {{\n  users: [\n    {body}\n  ]\n}}\n"
+    callout = CalloutConfig(callout_issuer, "master") if callout_issuer else None
+    return render_auth_config(users, callout)
 
 
 # ------------------------------------------------------------------ Redis

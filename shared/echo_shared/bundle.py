@@ -29,6 +29,7 @@ from pathlib import Path
 from . import brokerauth, pki
 from .brokerauth import SERVICE_RIGHTS, TESTER, TESTER_RIGHTS, Identity
 from .credentials import Credentials
+from .natsjwt import NkeyPair
 from .secretfiles import new_secret, read_secret, write_secret
 
 MOSQUITTO_USER = "mosquitto"
@@ -137,6 +138,7 @@ def create_bundle(
 
 def _write_identities(b: Bundle, names: list[str]) -> None:
     idents = [Identity(n, TESTER_RIGHTS if n == TESTER else SERVICE_RIGHTS[n]) for n in names]
+    issuer = NkeyPair.generate()  # the master's auth callout signs devices' NATS logins with it
     for i in idents:
         r = i.rights
         creds = Credentials(
@@ -148,10 +150,11 @@ def _write_identities(b: Bundle, names: list[str]) -> None:
             nats_password=i.nats_password if r.nats is not None else None,
             redis_username=i.name if r.redis is not None else None,
             redis_password=i.redis_password if r.redis is not None else None,
+            nats_issuer_seed=issuer.seed if i.name == "master" else None,
         )
         creds.save(b.credentials_file(i.name))
     write_secret(b.dynsec_file, brokerauth.render_dynsec(idents))
-    write_secret(b.nats_auth_file, brokerauth.render_nats_users(idents))
+    write_secret(b.nats_auth_file, brokerauth.render_nats_users(idents, issuer.public_key))
     write_secret(b.redis_acl_file, brokerauth.render_redis_acl(idents))
 
 
@@ -168,7 +171,9 @@ def _render_static(b: Bundle, names: list[str]) -> None:
                 redis_password=c.redis_password.get_secret_value() if c.redis_password else "",
             )
         )
-    write_secret(b.nats_auth_file, brokerauth.render_nats_users(idents))
+    seed = b.credentials("master").nats_issuer_seed
+    issuer = NkeyPair.from_seed(seed.get_secret_value()).public_key if seed else None
+    write_secret(b.nats_auth_file, brokerauth.render_nats_users(idents, issuer))
     write_secret(b.redis_acl_file, brokerauth.render_redis_acl(idents))
 
 

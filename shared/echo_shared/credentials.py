@@ -48,6 +48,7 @@ class Credentials(BaseModel):
     redis_url: str | None = None
     redis_username: str | None = None
     redis_password: SecretStr | None = None
+    nats_issuer_seed: SecretStr | None = None  # the master: signs devices' NATS logins (auth callout)
 
     @classmethod
     def load(cls, path: Path) -> Credentials:
@@ -63,7 +64,7 @@ class Credentials(BaseModel):
 
     def save(self, path: Path) -> None:
         data = self.model_dump(mode="json", exclude_none=True)
-        for k in ("password", "nats_password", "redis_password"):
+        for k in ("password", "nats_password", "redis_password", "nats_issuer_seed"):
             secret = getattr(self, k)
             if secret is not None:
                 data[k] = secret.get_secret_value()
@@ -98,6 +99,7 @@ class Access:
     mqtt: Login | None = None
     nats: Login | None = None
     redis: Login | None = None
+    nats_inbox: str | None = None  # a device's own inbox prefix (its replies are its own)
 
     @classmethod
     def build(
@@ -147,6 +149,8 @@ class Access:
         if self.nats is not None:
             opts["user"] = self.nats.username
             opts["password"] = self.nats.password
+        if self.nats_inbox:
+            opts["inbox_prefix"] = self.nats_inbox
         if self.nats_url and is_tls_url(self.nats_url):
             opts["tls"] = self.tls()
         return opts

@@ -515,6 +515,10 @@ class MqttClient:
         self.epoch += 1
         if self._closing:
             return
+        if self.refused.is_set():  # refused logins are not a contested session; retry (backoff)
+            if self._loop is not None and (self._reconnect_task is None or self._reconnect_task.done()):
+                self._reconnect_task = self._loop.create_task(self._reconnect_loop())
+            return
         lived = time.monotonic() - self._connected_at
         self._quick_drops = self._quick_drops + 1 if lived < QUICK_DROP else 0
         if rc.value == SESSION_TAKEN_OVER or (self._persistent and self._quick_drops >= TAKEOVER_DROPS):

@@ -204,6 +204,10 @@ class Names:
             return next((r for r in self.reserved_subjects() if overlaps(topic, r, ".", "*", ">")), None)
         return next((r for r in self.reserved_topics() if overlaps(topic, r, "/", "+", "#")), None)
 
+    def device_inbox(self, device: str) -> str:
+        """The NATS inbox prefix of a device: replies (and JetStream deliveries) to it alone."""
+        return f"_INBOX_{self.namespace}_{_check(device, 'device id')}"
+
     # --- MQTT client ids ------------------------------------------------------------------
     def agent_client_id(self, device: str) -> str:
         return f"{self.namespace}-agent-{device}"

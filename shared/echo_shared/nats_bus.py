@@ -21,8 +21,16 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, BucketNotFoundError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import ValidationError
@@ -30,6 +38,7 @@ from pydantic import ValidationError
 from .credentials import Access
 from .errors import BrokerUnavailable, EchoError, NotFoundError, RequestTimeout, SpecError
 from .messages import ErrorReply, Message
+from .names import Names
 from .telemetry import extract, inject
 
 log = logging.getLogger(__name__)
@@ -41,6 +50,30 @@ class RemoteError(EchoError):
     def __init__(self, reply: ErrorReply) -> None:
         super().__init__(reply.error)
         self.reply = reply
+
+
+DATA_MAX_AGE = 7 * 24 * 3600.0
+
+
+async def ensure_data_plane(js: JetStreamContext, names: Names) -> None:
+    """Create (or keep) the work-queue stream of NATS channels and their progress bucket."""
+    cfg = StreamConfig(
+        name=names.data_stream,
+        subjects=[names.data_subjects],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        max_age=DATA_MAX_AGE,
+    )
+    try:
+        await js.add_stream(cfg)
+    except BadRequestError:
+        pass  # it exists
+    try:
+        await js.key_value(names.progress_bucket)
+    except BucketNotFoundError:
+        with contextlib.suppress(BadRequestError):  # created meanwhile by another
+            # direct gets: a device's read permission can then name one key
+            await js.create_key_value(KeyValueConfig(bucket=names.progress_bucket, history=1, direct=True))
 
 
 class NatsBus:
@@ -182,6 +215,13 @@ class NatsBus:
         sub = await self.nc.subscribe(subject, queue=queue, cb=on_msg)
         self._subs.append(sub)
         return sub
+
+    # ---------------------------------------------------------------- data plane (JetStream)
+
+    async def ensure_data_plane(self, names: Names) -> None:
+        """The NATS channels' stream and progress bucket (the master prepares them; devices
+        may only look them up)."""
+        await ensure_data_plane(self.js, names)
 
     # ---------------------------------------------------------------- events (JetStream)
 

@@ -146,8 +146,8 @@ def test_revoked_device_is_dropped_and_its_tasks_fail_over(
     platform, api = platform_factory(fleet)
     out = tmp_path / "out.jsonl"
     spec = two_edges("revoke", out, count=10_000_000, rate=200)
-    spec["tasks"][1]["placement"] = {"tier": "edge"}  # type: ignore[index]
-    spec["tasks"][1]["config"]["path"] = str(out)  # type: ignore[index]
+    spec["tasks"][0]["placement"] = {"device": "edge-3"}  # type: ignore[index]
+    spec["tasks"][1]["placement"] = {"tier": "edge", "anti_affinity": ["gen"]}  # type: ignore[index]
     df_id = api.submit(spec)
     df = api.wait_state(df_id, "running")
     victim = next(t["device"] for t in df["tasks"] if t["id"] == "sink")

@@ -14,10 +14,11 @@ import uvicorn
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
-from echo_shared.credentials import Access
+from echo_shared.credentials import Access, Credentials
 from echo_shared.messages import DeviceEvent, MoveTaskRequest, TaskCheckpoint, TaskListRequest
 from echo_shared.names import Names
 from echo_shared.nats_bus import NatsBus
+from echo_shared.natsauth import APP_ACCOUNT, AuthCallout
 from echo_shared.redis_store import connect_redis
 
 from .access_control import DeviceAccess
@@ -27,6 +28,7 @@ from .context import ApiContext
 from .devices_api import devices_router
 from .identities import IdentityStore
 from .moving import TaskMover
+from .nats_logins import DeviceNatsLogins
 from .reconciling import Reconciler
 from .settings import MasterSettings
 from .snapshots import SnapshotStore
@@ -92,6 +94,17 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
                 await reconciler.on_device_event(event)
 
             await bus.ensure_stream(names.events_stream, [names.events_subjects])
+            await bus.ensure_data_plane(names)  # devices may only look the channels' stream up
+            callout = None
+            issuer = (
+                Credentials.load(settings.credentials_file).nats_issuer_seed
+                if settings.credentials_file
+                else None
+            )
+            if issuer is not None:  # devices' NATS logins come to us (auth callout)
+                logins = DeviceNatsLogins(IdentityStore(redis, names), names)
+                callout = AuthCallout(bus.nc, issuer.get_secret_value(), APP_ACCOUNT, logins.authorize)
+                await callout.start()
             await link.start()
             try:
                 api = create_api(ApiContext(settings, names, store, reconciler, bus, redis, link.mqtt))
@@ -133,6 +146,8 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
                     stop.set()
                 log.info("master stopped")
             finally:
+                if callout is not None:
+                    await callout.close()
                 await link.close()
     finally:
         await redis.aclose()

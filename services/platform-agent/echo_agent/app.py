@@ -16,7 +16,7 @@ from echo_shared.mqtt import MqttClient, MqttMessage, Will
 from echo_shared.names import Names
 from echo_shared.telemetry import inject, tracer
 
-from . import heartbeats, identity
+from . import heartbeats, identity, runtimes
 from .control import TaskManager
 from .errors import CredentialsRefused, DuplicateDevice
 from .identity import EnrolmentFailed
@@ -53,6 +53,7 @@ async def run(settings: AgentSettings, stop: asyncio.Event, creds: Credentials |
         nats_url=settings.nats_url,
         checkpoint_interval=settings.checkpoint_interval,
         access=access,
+        runtimes=runtimes.policy_of(settings),
     )
     will = Will(
         names.bye_topic(device), Goodbye(device=device, boot_id=boot_id, reason="connection lost").to_bytes()
@@ -118,10 +119,10 @@ async def run(settings: AgentSettings, stop: asyncio.Event, creds: Credentials |
                 await asyncio.wait_for(control.publish(names.bye_topic(device), bye.to_bytes(), qos=1), 2)
     finally:
         await control.close()
+    if control.refused.is_set():  # first: refused reconnects also look like a contested session
+        raise CredentialsRefused(f"the broker refuses the credentials of device {device}")
     if control.taken_over.is_set():
         raise DuplicateDevice(f"device id {device} is already taken by another agent")
-    if control.refused.is_set():
-        raise CredentialsRefused(f"the broker refuses the credentials of device {device}")
 
 
 class Rotation:
@@ -170,6 +171,9 @@ class Rotation:
                 for runner in list(self.manager.tasks.values()):
                     if runner.mqtt is not None:
                         runner.mqtt.relogin(login)
+                    nats = getattr(runner.transport, "nats", None) if hasattr(runner, "transport") else None
+                    if nats is not None and access.nats is not None:
+                        nats.relogin(access.nats.username, access.nats.password)
             self.manager.access = access
             log.info("device %s: new credentials (%s) in use from the next connect", device, cmd.username)
         ack = CredentialsAck(cmd_id=cmd.cmd_id, device=device, ok=ok, reason=reason)

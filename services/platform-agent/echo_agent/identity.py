@@ -23,6 +23,7 @@ from pydantic import SecretStr
 from echo_shared.credentials import Access, Credentials, Login
 from echo_shared.errors import EchoError
 from echo_shared.messages import RotateCredentials
+from echo_shared.names import Names
 from echo_shared.secretfiles import SecretFileError
 
 from .settings import AgentSettings
@@ -141,6 +142,7 @@ def access_of(settings: AgentSettings, creds: Credentials | None) -> Access:
         ca_file=base.ca_file,
         mqtt=base.mqtt,
         nats=base.nats,
+        nats_inbox=Names(settings.namespace).device_inbox(settings.device_id) if base.nats else None,
     )
 
 

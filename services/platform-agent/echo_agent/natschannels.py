@@ -28,12 +28,13 @@ import nats
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
+from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from echo_shared.mqtt import MqttMessage
 from echo_shared.names import Names
+from echo_shared.nats_bus import ensure_data_plane
 
 log = logging.getLogger(__name__)
 
@@ -97,33 +98,23 @@ class NatsChannels:
         except Exception as e:
             raise NatsUnavailable(f"NATS at {self.url} unreachable: {e}") from e
         self._js = self._nc.jetstream()
-        await self._ensure_stream()
-        self._kv = await self._ensure_bucket()
+        self._kv = await self._lookup()
 
-    async def _ensure_stream(self) -> None:
+    async def _lookup(self) -> KeyValue:
+        """The data stream and progress bucket, which the master prepares: a device may only
+        look them up. (A privileged client without a master, e.g. a test, creates them.)"""
         assert self._js is not None
-        cfg = StreamConfig(
-            name=self.names.data_stream,
-            subjects=[self.names.data_subjects],
-            retention=RetentionPolicy.WORK_QUEUE,
-            storage=StorageType.FILE,
-            max_age=7 * 24 * 3600,
-        )
         try:
-            await self._js.add_stream(cfg)
-        except BadRequestError:
-            pass  # it exists (created by another task or agent)
-
-    async def _ensure_bucket(self) -> KeyValue:
-        assert self._js is not None
-        bucket = self.names.progress_bucket
-        try:
-            return await self._js.key_value(bucket)
-        except BucketNotFoundError:
+            await self._js.stream_info(self.names.data_stream)
+            return await self._js.key_value(self.names.progress_bucket)
+        except (NotFoundError, BucketNotFoundError):
             try:
-                return await self._js.create_key_value(bucket=bucket, history=1)
-            except BadRequestError:
-                return await self._js.key_value(bucket)
+                await ensure_data_plane(self._js, self.names)
+                return await self._js.key_value(self.names.progress_bucket)
+            except Exception as e:
+                raise NatsUnavailable(
+                    f"the NATS data stream {self.names.data_stream} is missing (the master creates it): {e}"
+                ) from e
 
     async def close(self, *, discard_session: bool = False, timeout: float = 2.0) -> None:
         self._closing = True
@@ -171,6 +162,14 @@ class NatsChannels:
     @property
     def connected(self) -> bool:
         return self._nc is not None and self._nc.is_connected
+
+    def relogin(self, user: str, password: str) -> None:
+        """Use a new login from the next reconnect on (credential rotation). nats-py keeps the
+        login it sends at each (re)connect in ``options``."""
+        self._options.update(user=user, password=password)
+        if self._nc is not None:
+            self._nc.options["user"] = user
+            self._nc.options["password"] = password
 
     # ------------------------------------------------------------------ publishing
 
