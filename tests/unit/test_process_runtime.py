@@ -1,10 +1,17 @@
-"""The process runtime: the three modes of the process protocol with real child processes."""
+"""The process runtime: the three modes of the process protocol with real child processes.
+
+The programs run confined as on a device (``echo_agent.runtimes.sandbox``): as ``nobody``
+when the tests run as root, with the safe ``PATH``, so Python programs are the system's
+``python3`` (the virtualenv's interpreter may sit where ``nobody`` cannot reach). What the
+confinement itself guarantees is tested in ``test_runtime_sandbox.py``.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import sys
-from collections.abc import AsyncIterator
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +21,8 @@ from pydantic import ValidationError
 
 from echo_agent.operators import TaskContext, build, implementations
 from echo_agent.runtimes import detect, process_runtime
-from echo_agent.runtimes.process_runtime import MissingOnDevice
+from echo_agent.runtimes.process_runtime import MissingOnDevice, NotPermitted
+from echo_agent.runtimes.sandbox import SAFE_PATH, Sandbox
 from echo_agent.runtimes.stdio import RunFailed
 from echo_shared.catalogue import Kind
 from echo_shared.operators import lookup
@@ -36,7 +44,10 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
     assert not leaked, f"leaked asyncio tasks: {leaked}"
 
 
-PY = sys.executable
+PY = shutil.which("python3", path=SAFE_PATH) or "python3"
+pytestmark = pytest.mark.skipif(
+    shutil.which("python3", path=SAFE_PATH) is None, reason=f"no python3 on {SAFE_PATH}"
+)
 
 # one output per record, with the doubled seq
 DOUBLE = (
@@ -57,6 +68,24 @@ FAN = (
 
 def ctx(tmp_path: Path, device: str = "edge-7") -> TaskContext:
     return TaskContext("df-1", "proc", device, 1, tmp_path / "task")
+
+
+def incoming(tmp_path: Path, name: str) -> Path:
+    """Where a file edge puts an input file: in the task's directory."""
+    path = tmp_path / "task" / "incoming" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory any user may reach (pytest's own are private to the user running it)."""
+    d = Path(tempfile.mkdtemp(prefix="echo-test-"))
+    d.chmod(0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 async def opened(tmp_path: Path, config: dict[str, Any]) -> Any:
@@ -255,8 +284,7 @@ async def test_file_mode_file_to_file(tmp_path: Path) -> None:
             "output": "up/{stem}.up{suffix}",
         },
     )
-    src = tmp_path / "in" / "hello.txt"
-    src.parent.mkdir()
+    src = incoming(tmp_path, "hello.txt")
     src.write_text("hello world")
     [out] = await op.process({"path": str(src), "name": "hello.txt", "size": 11, "camera": 7})
     assert out["name"] == "hello.up.txt" and out["size"] == 11 and out["source"] == "hello.txt"
@@ -266,7 +294,7 @@ async def test_file_mode_file_to_file(tmp_path: Path) -> None:
 
 
 async def test_file_mode_file_to_records_and_a_missing_output(tmp_path: Path) -> None:
-    src = tmp_path / "data.bin"
+    src = incoming(tmp_path, "data.bin")
     src.write_bytes(b"x" * 1234)
     count = "import sys, json, os\nprint(json.dumps({'bytes': os.path.getsize(sys.argv[1])}))\n"
     op = await opened(tmp_path, {"command": [PY, "-c", count, "{input}"], "mode": "file"})
@@ -281,16 +309,23 @@ async def test_file_mode_file_to_records_and_a_missing_output(tmp_path: Path) ->
         await lazy.process(rec)
 
 
-async def test_default_cwd_is_the_task_directory_and_cwd_is_honoured(tmp_path: Path) -> None:
-    script = "import os, json\nprint(json.dumps({'cwd': os.getcwd(), 'dir': os.environ['ECHO_DATA_DIR']}))\n"
+async def test_default_cwd_is_the_programs_own_directory_and_cwd_is_honoured(tmp_path: Path) -> None:
+    script = (
+        "import os, json\n"
+        "open('scratch', 'w').write('mine')\n"  # its own directory is writable
+        "env = os.environ\n"
+        "print(json.dumps({'cwd': os.getcwd(), 'dir': env['ECHO_DATA_DIR'], 'home': env['HOME']}))\n"
+    )
     op = await opened(tmp_path, {"command": [PY, "-c", script], "mode": "batch"})
-    task_dir = str(tmp_path / "task")
-    assert await op.process_batch([{"v": 1}]) == [{"cwd": task_dir, "dir": task_dir}]
-    op = await opened(tmp_path, {"command": [PY, "-c", script], "mode": "batch", "cwd": str(tmp_path)})
-    assert await op.process_batch([{"v": 1}]) == [{"cwd": str(tmp_path), "dir": task_dir}]
+    work = str(tmp_path / "task" / "work")
+    assert await op.process_batch([{"v": 1}]) == [{"cwd": work, "dir": work, "home": work}]
+    assert (tmp_path / "task" / "work" / "scratch").read_text() == "mine"
+    pwd = ["sh", "-c", 'echo "{\\"cwd\\": \\"$(pwd)\\"}"']
+    op = await opened(tmp_path, {"command": pwd, "mode": "batch", "cwd": str(tmp_path)})
+    assert await op.process_batch([{"v": 1}]) == [{"cwd": str(tmp_path)}]
 
 
-async def test_missing_paths_fail_open_naming_path_and_device(tmp_path: Path) -> None:
+async def test_missing_paths_fail_open_naming_path_and_device(tmp_path: Path, open_dir: Path) -> None:
     with pytest.raises(MissingOnDevice, match=r"cwd /nowhere/at/all does not exist on device edge-7"):
         await opened(tmp_path, {"command": ["cat"], "cwd": "/nowhere/at/all"})
     with pytest.raises(
@@ -299,7 +334,7 @@ async def test_missing_paths_fail_open_naming_path_and_device(tmp_path: Path) ->
         await opened(tmp_path, {"command": ["no-such-tool-x"]})
     with pytest.raises(MissingOnDevice, match=r"program /opt/none/run.sh does not exist on device edge-7"):
         await opened(tmp_path, {"command": ["/opt/none/run.sh"]})
-    script = tmp_path / "run.sh"
+    script = open_dir / "run.sh"
     script.write_text("#!/bin/sh\ncat\n")
     with pytest.raises(MissingOnDevice, match=r"run.sh is not executable on device edge-7"):
         await opened(tmp_path, {"command": [str(script)]})
@@ -307,3 +342,18 @@ async def test_missing_paths_fail_open_naming_path_and_device(tmp_path: Path) ->
     op = await opened(tmp_path, {"command": [str(script)], "linger": 10})
     assert await op.process({"ok": True}) == [{"ok": True}]
     assert await op.close() == []
+
+
+async def test_a_program_its_user_cannot_reach_fails_naming_the_user(tmp_path: Path) -> None:
+    sandbox = Sandbox.default()
+    if not sandbox.switches:
+        pytest.skip("the tests do not run as root: programs run as this user")
+    private = tmp_path / "private"  # pytest's temporary directories are 0700
+    private.mkdir()
+    script = private / "run.sh"
+    script.write_text("#!/bin/sh\ncat\n")
+    script.chmod(0o755)
+    with pytest.raises(
+        NotPermitted, match=rf"user {sandbox.user} may not run {script} on device edge-7: directory"
+    ):
+        await opened(tmp_path, {"command": [str(script)]})

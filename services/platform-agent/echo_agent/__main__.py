@@ -4,7 +4,14 @@
 Placement inputs: ``--site NAME``, ``--broker mqtt|nats`` (the data brokers this device
 reaches; default: mqtt, plus nats when ``ECHO_NATS_URL`` is set), ``--inbound``,
 ``--uplink-latency-ms X --uplink-mbps Y`` (its path to the brokers), ``--link SITE=MS:MBPS``
-(paths to other sites), ``--accelerator KIND=N``, ``--runtime NAME`` (override detection)."""
+(paths to other sites), ``--accelerator KIND=N``.
+
+What the device runs: ``python`` always, ``onnx`` when ONNX Runtime imports; ``--runtime
+process`` / ``--runtime container`` *enable* the runtimes that run programs of the
+deployer's choosing (off by default; ``container`` also needs a Docker engine). Naming a
+default runtime is allowed and changes nothing; ``--runtime`` never disables one
+(``echo_agent.runtimes.gating``). ``--run-as USER`` (default ``nobody`` when the agent is
+root): the user external programs run as (``echo_agent.runtimes.sandbox``)."""
 
 from __future__ import annotations
 
@@ -65,8 +72,16 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument(
         "--runtime",
         action="append",
+        choices=["process", "container", "python", "onnx"],
         metavar="NAME",
-        help="a runtime this device offers (repeatable; default: detected)",
+        help="enable a runtime on top of the defaults (python; onnx when ONNX Runtime imports): "
+        "process (external commands), container (needs a Docker engine); repeatable; never disables one",
+    )
+    p.add_argument(
+        "--run-as",
+        metavar="USER",
+        help="user that external programs run as (default: nobody when the agent is root; "
+        "an agent that is not root runs them as itself)",
     )
     a = p.parse_args(argv)
     labels: dict[str, str] = {}
@@ -92,6 +107,8 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
         out["inbound"] = True
     if a.runtime:
         out["runtimes"] = a.runtime
+    if a.run_as is not None:
+        out["run_as"] = a.run_as
     if (a.uplink_latency_ms is None) != (a.uplink_mbps is None):
         p.error("--uplink-latency-ms and --uplink-mbps go together")
     if a.uplink_latency_ms is not None:

@@ -4,6 +4,12 @@ Commands may arrive twice (at-least-once) and out of date; each is harmless the 
 time: a deploy of the generation already running acks its current state, a command of
 an older generation than the one running (or last stopped) is refused as stale.
 Commands for one task run one at a time; different tasks deploy concurrently.
+
+A deploy of an operator whose runtime this device does not offer (``runtimes``, an
+``echo_agent.runtimes.RuntimePolicy``: ``process`` and ``container`` only when enabled) is
+refused whatever placement decided: its ack is ``ok=false``, state ``failed``, with the
+reason (``runtime 'process' is not enabled on device edge-1 (start echo-agent with
+--runtime process)``), and nothing of it starts.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from echo_shared.names import Names
 from echo_shared.telemetry import extract, tracer
 
 from .running import TaskRunner
+from .runtimes import RuntimePolicy
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
@@ -44,8 +51,11 @@ class TaskManager:
         nats_url: str | None = None,
         checkpoint_interval: float = 0.0,
         access: Access | None = None,
+        runtimes: RuntimePolicy | None = None,
     ) -> None:
         self.device = device
+        # what this device runs (default: the safe defaults, no external programs)
+        self.runtimes = runtimes or RuntimePolicy.decide(device)
         self.access = access  # logins and CA of this device (replaced when credentials rotate)
         self.mqtt_url = mqtt_url
         self.names = names
@@ -131,7 +141,14 @@ class TaskManager:
                     cmd, False, current.state, f"stale: generation {current.generation} runs here"
                 )
             if current.generation == cmd.generation and current.state is not TaskState.stopped:
+                if current.consumer is not None:  # the master moved a producer: accept its new copy
+                    current.consumer.assign(cmd.inputs)
                 return self._ack(cmd, current.state is not TaskState.failed, current.state, current.reason)
+        refusal = self.runtimes.refusal(cmd.operator)
+        if refusal is not None:
+            log.warning("deploy of %s/%s gen %d refused: %s", *key, cmd.generation, refusal)
+            return self._ack(cmd, False, TaskState.failed, refusal)
+        if current is not None:
             # an older generation, or this one stopped without being told to (its session was
             # taken, the agent is shutting down): start it afresh
             await current.stop(discard_session=False, reason=f"replaced by generation {cmd.generation}")
@@ -148,6 +165,7 @@ class TaskManager:
             checkpoint_interval=self.checkpoint_interval,
             publish_checkpoint=self.publish_checkpoint,
             access=self.access,
+            build=self.runtimes.build,
         )
         self.tasks[key] = runner
         try:

@@ -1,6 +1,7 @@
 """Registration and heartbeats: what the device declares, and its utilisation every interval
 (the whole machine's, or with ``ECHO_UTILISATION=agent`` this agent's against the device's
-declared capacity)."""
+declared capacity). The runtimes it declares are those its agent accepts
+(``echo_agent.runtimes.gating``: the safe defaults plus what ``--runtime`` enabled)."""
 
 from __future__ import annotations
 
@@ -35,9 +36,8 @@ def device_info(s: AgentSettings) -> DeviceInfo:
         capacity=Capacity(cpu=cpu, memory_mb=mem),
         labels=s.labels,
         input_streams=s.input_streams,
-        runtimes=s.runtimes
-        if s.runtimes is not None
-        else sorted(name for name, why_not in runtimes.detect().items() if why_not is None),
+        # what the agent accepts, no more: placement must not send it what it refuses
+        runtimes=list(runtimes.RuntimePolicy.decide(s.device_id, s.runtimes).offered),
         accelerators=s.accelerators,
         site=s.site,
         connectivity=Connectivity(

@@ -29,7 +29,8 @@ from .channels import DEFAULT_WINDOW, Outputs
 from .checkpoints import Checkpoints, Publish, take_snapshot
 from .consuming import Consumer, call
 from .natschannels import NatsChannels
-from .operators import Operator, TaskContext, build
+from .operators import Operator, TaskContext
+from .runtimes import RuntimePolicy, RuntimeRefused
 from .transports import Transports
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,12 @@ class TaskRunner:
         checkpoint_interval: float = 0.0,
         publish_checkpoint: Publish | None = None,
         access: Access | None = None,
+        build: Callable[[DeployTask], Operator] | None = None,
     ) -> None:
         self.cmd = cmd
+        # the device's gate (``RuntimePolicy.build``): refuses what the device does not run and
+        # confines external programs (default: the safe defaults, no external programs)
+        self._build = build or RuntimePolicy.decide(device).build
         self.access = access
         self.device = device
         self.mqtt_url = mqtt_url
@@ -133,7 +138,10 @@ class TaskRunner:
         # the states start() reaches travel in the command's ack; only later changes are reported
         self._set(TaskState.deploying, report=False)
         try:
-            self.op = build(cmd.operator, cmd.config)
+            self.op = self._build(cmd)
+        except RuntimeRefused as e:
+            self._set(TaskState.failed, str(e), report=False)
+            return
         except (LookupError, ValidationError) as e:
             self._set(TaskState.failed, f"cannot build operator {cmd.operator}: {e}", report=False)
             return

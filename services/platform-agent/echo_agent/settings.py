@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pwd
 from pathlib import Path
 from typing import Literal
 
@@ -33,9 +34,39 @@ class AgentSettings(CommonSettings, MqttSettings, LivenessSettings):
     tier: Tier
     input_streams: list[str] = Field(default_factory=list)
     labels: dict[str, str] = Field(default_factory=dict)
-    runtimes: list[str] | None = Field(
-        default=None, description="runtimes this device offers (default: those detected as usable)"
+    runtimes: list[Literal["python", "onnx", "process", "container"]] = Field(
+        default_factory=list,
+        description="runtimes enabled on top of the defaults (python always, onnx when ONNX Runtime "
+        "imports): process, container (which also needs a Docker engine); naming a default changes "
+        "nothing. See echo_agent.runtimes.gating",
     )
+    run_as: str | None = Field(
+        default=None,
+        min_length=1,
+        description="user (name or uid) that external programs (the process runtime) run as; default: "
+        "nobody when the agent is root; an agent that is not root runs them as itself",
+    )
+    process_cpu_seconds: int = Field(
+        default=600, ge=0, description="CPU seconds one batch or file run of a program may use (0: no limit)"
+    )
+    process_lines_cpu_seconds: int = Field(
+        default=0,
+        ge=0,
+        description="CPU seconds a lines-mode program may use over its whole life, which is its "
+        "task's (0: no limit)",
+    )
+    process_max_files: int = Field(default=1024, ge=16, le=1 << 20, description="open files per program")
+
+    @field_validator("run_as")
+    @classmethod
+    def _known_user(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                pwd.getpwuid(int(v)) if v.isdigit() else pwd.getpwnam(v)
+            except KeyError:
+                raise ValueError(f"no user {v!r} on this machine") from None
+        return v
+
     site: str = Field(default="", description="where the device is")
     brokers: list[str] | None = Field(
         default=None, description="data brokers the device reaches (default: mqtt, and nats if ECHO_NATS_URL)"

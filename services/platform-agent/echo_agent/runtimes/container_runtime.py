@@ -7,7 +7,8 @@ The container speaks the process protocol (``lines``, ``batch``, ``file``; see
 Each run (or, in lines mode, the task's one long-running container) is:
 
 1. ``POST /containers/create`` with ``create_request(...)``: the image, command/entrypoint,
-   env (the config's plus ``ECHO_DATAFLOW``, ``ECHO_TASK``, ``ECHO_DEVICE``), stdin open
+   env (only ``ECHO_DATAFLOW``, ``ECHO_TASK``, ``ECHO_DEVICE`` and the config's ``env``:
+   nothing of the agent's environment, no broker URL, no credential), stdin open
    and attached once (``OpenStdin``, ``StdinOnce``, no TTY), ``AutoRemove``, network
    ``none`` unless configured, optional memory/CPU limits, ``echo.*`` labels, and in file
    mode two bind mounts: the input file read-only at ``/echo/in/<name>`` (what ``{input}``
@@ -22,9 +23,11 @@ Each run (or, in lines mode, the task's one long-running container) is:
 
 ``open()`` fails when no engine answers (``no Docker engine at unix:///var/run/docker.sock:
 ...``) or when the image is missing and may not be pulled (``pull: never``); ``pull:
-missing`` (default) pulls it once, ``always`` pulls on every open. The agent declares the
-``container`` runtime only when an engine answers a ping within a second (``available()``,
-cached), so placement avoids devices without one.
+missing`` (default) pulls it once, ``always`` pulls on every open. The runtime is off unless
+the device enables it (``echo-agent --runtime container``; ``echo_agent.runtimes.gating``),
+and even then the agent declares it only when an engine answers a ping within a second
+(``available()``, cached), so placement avoids devices without one and the agent refuses
+container tasks there.
 
 Paths in bind mounts are the agent's: an agent that itself runs in a container needs its
 data directory at the same path on the host.

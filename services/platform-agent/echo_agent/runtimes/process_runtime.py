@@ -1,16 +1,28 @@
 """The process runtime: the ``process`` operator runs an external command, any language.
 
 The command is an argv (no shell unless it says ``["sh", "-c", ...]``) started with
-asyncio in its own session; records travel as JSON lines over its stdin/stdout in one of
-the three modes of the process protocol (``lines``, ``batch``, ``file``; see
-``echo_agent.runtimes.stdio``). Config: ``echo_shared.catalogue.runtimes.ProcessConfig``.
+asyncio; records travel as JSON lines over its stdin/stdout in one of the three modes of
+the process protocol (``lines``, ``batch``, ``file``; see ``echo_agent.runtimes.stdio``).
+Config: ``echo_shared.catalogue.runtimes.ProcessConfig``.
+
+A device runs no program unless it enables this runtime (``echo-agent --runtime process``;
+``echo_agent.runtimes.gating``), and then confines every program
+(``echo_agent.runtimes.sandbox``): it runs as an unprivileged user (``--run-as``, default
+``nobody`` when the agent is root), in its own directory ``<task data dir>/work`` (its
+default ``cwd``, ``HOME`` and ``ECHO_DATA_DIR``), under resource limits (address space from
+the task's ``resources.memory_mb``, CPU seconds, open files, no core dumps), with ``umask``
+077 and a minimal environment, never the agent's: ``PATH`` (``/usr/local/bin:/usr/bin:/bin``),
+``HOME``, ``LANG``/``LC_ALL``, ``ECHO_DATAFLOW``, ``ECHO_TASK``, ``ECHO_DEVICE``,
+``ECHO_DATA_DIR`` and the config's ``env``.
 
 On the device: ``open()`` fails, naming the path and the device, when the program (a path,
-or a name looked up on ``PATH``) or ``cwd`` is missing. The program runs in ``cwd`` (default:
-the task's data directory) with the agent's environment plus ``ECHO_DATAFLOW``,
-``ECHO_TASK``, ``ECHO_DEVICE``, ``ECHO_DATA_DIR`` and the config's ``env``. Every program is
-killed with its whole process group when its run ends, fails, times out or the task stops,
-and dies with the agent (``PR_SET_PDEATHSIG`` on Linux): no orphans.
+or a name looked up on that ``PATH``) or ``cwd`` is missing, and naming the user when that
+user may not run the program. Every program is killed with its whole process group, and
+the descendants seen (when its input ended, and at the end) that left the group, when its
+run ends, fails, times out or the task stops; it dies with the agent (``PR_SET_PDEATHSIG``
+on Linux): no orphans. (A descendant that leaves the group after the program's input ended
+and whose parent ends first is not seen: only a cgroup could follow it. It still runs as
+the program's user, under its limits.)
 """
 
 from __future__ import annotations
@@ -25,9 +37,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from echo_shared.catalogue.runtimes import ProcessConfig
+import psutil
+
+from echo_shared.catalogue.runtimes import Mode, ProcessConfig
 
 from ..operators.base import Operator, TaskContext
+from .sandbox import Limits, Sandbox
 from .stdio import LINE_LIMIT, Child, Run, substitute
 from .stdio_operator import StdioOperator
 
@@ -42,20 +57,38 @@ class MissingOnDevice(FileNotFoundError):
     """Something the config names does not exist on this device."""
 
 
-def _death_signal() -> Callable[[], None] | None:
-    """A pre-exec hook that makes the child die with the agent (Linux), resolved up front so
-    that the forked child only calls into libc."""
+class NotPermitted(PermissionError):
+    """The program's user may not run the program."""
+
+
+def _prctl() -> Callable[..., int] | None:
+    """libc's ``prctl``, resolved up front so that the forked child only calls into libc."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return None
 
+
+def pre_exec(limits: Limits, prctl: Callable[..., int] | None) -> Callable[[], None]:
+    """What the child does between fork and exec, after it switched users: die with the
+    agent (the death signal is reset by a change of credentials, so it is set after) and
+    take its resource limits."""
+
     def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        limits.apply()
 
     return hook
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
 
 
 class LocalChild(Child):
@@ -66,8 +99,17 @@ class LocalChild(Child):
         self.proc, self.what = proc, what
         self.stdin, self.stdout, self.stderr = proc.stdin, proc.stdout, proc.stderr
         self._reaped = False
+        # descendants seen while the program lived: those that left its group (setsid) are
+        # killed at the end too, even when their parent ended first
+        self._seen: dict[int, psutil.Process] = {}
+
+    def _look(self) -> None:
+        if self.proc.returncode is None:
+            for p in _descendants(self.proc.pid):
+                self._seen.setdefault(p.pid, p)
 
     def close_stdin(self) -> None:
+        self._look()  # the end of its input: what it started is running now
         if not self.stdin.is_closing():
             self.stdin.close()
 
@@ -77,7 +119,12 @@ class LocalChild(Child):
     async def kill(self) -> None:
         if self._reaped:
             return
-        # the group: what a shell or the program started dies with it
+        # its descendants (psutil checks each is still the process seen, not a reused pid),
+        # then the group: what a shell or the program started dies with it
+        await asyncio.to_thread(self._look)
+        for p in self._seen.values():
+            with contextlib.suppress(psutil.Error):
+                p.kill()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
@@ -110,8 +157,19 @@ def resolve_program(program: str, path_env: str | None, device: str, cwd: Path) 
     return found
 
 
+def _inside(path: Path, root: Path) -> bool:
+    return path.is_relative_to(root)
+
+
+def _searchable(path: Path) -> None:
+    """Others may search (not list) a directory of the agent's (blocking)."""
+    mode = path.stat().st_mode
+    if not mode & 0o001:
+        path.chmod(mode | 0o001)
+
+
 class Process(StdioOperator):
-    """``process``: an external command speaking the process protocol."""
+    """``process``: an external command speaking the process protocol, confined."""
 
     config: ProcessConfig
 
@@ -119,43 +177,114 @@ class Process(StdioOperator):
         super().__init__(config)
         self.program = config.command[0]
         self.cwd = Path(".")
+        self.task_dir = Path(".")
         self.env: dict[str, str] = {}
-        self.pre_exec = _death_signal()
+        self.sandbox: Sandbox | None = None
+        self.memory_mb: int | None = None
+        self._prctl = _prctl()
+
+    def confine(self, sandbox: Sandbox, memory_mb: int | None) -> None:
+        """The device's sandbox, and the task's memory (MiB; None or 0: no address-space limit)."""
+        self.sandbox, self.memory_mb = sandbox, memory_mb
 
     async def prepare(self, ctx: TaskContext) -> None:
         cfg = self.config
-        self.env = {
-            **os.environ,
-            "ECHO_DATAFLOW": ctx.dataflow,
-            "ECHO_TASK": ctx.task,
-            "ECHO_DEVICE": ctx.device,
-            "ECHO_DATA_DIR": str(ctx.data_dir),
-            **cfg.env,
-        }
+        if self.sandbox is None:
+            self.sandbox = Sandbox.default()
+        sandbox = self.sandbox
+        self.task_dir = ctx.data_dir
+        work = await asyncio.to_thread(sandbox.work_dir, ctx.data_dir)
+        if sandbox.switches:
+            await asyncio.to_thread(_searchable, ctx.data_dir)
+        self.env = sandbox.environment(
+            home=work,
+            echo={
+                "ECHO_DATAFLOW": ctx.dataflow,
+                "ECHO_TASK": ctx.task,
+                "ECHO_DEVICE": ctx.device,
+                "ECHO_DATA_DIR": str(work),
+            },
+            extra=cfg.env,
+        )
         if cfg.cwd is not None:
             cwd = await asyncio.to_thread(lambda: Path(cfg.cwd or ".").expanduser())
             if not await asyncio.to_thread(cwd.is_dir):
                 raise MissingOnDevice(f"cwd {cwd} does not exist on device {ctx.device}")
             self.cwd = cwd
         else:
-            self.cwd = ctx.data_dir
+            self.cwd = work
         self.program = await asyncio.to_thread(
             resolve_program, cfg.command[0], self.env.get("PATH"), ctx.device, self.cwd
         )
 
+    # ------------------------------------------------------------------ file-mode runs
+
+    def _for_program(self, path: Path | None) -> str | None:
+        """A path as the program gets it: relative to its working directory when both are in
+        the task's directory (they work whatever the directories above allow)."""
+        if path is None:
+            return None
+        if _inside(self.cwd, self.task_dir) and _inside(path, self.task_dir):
+            return os.path.relpath(path, self.cwd)
+        return str(path)
+
+    def _lend(self, run: Run) -> None:
+        sandbox = self.sandbox
+        if sandbox is None or not sandbox.switches:
+            return
+        for path in (run.input, run.output):
+            if path is None or not _inside(path, self.task_dir):
+                continue
+            for d in path.parents:
+                if not _inside(d, self.task_dir) or d == self.task_dir:
+                    break
+                _searchable(d)
+        if run.input is not None and _inside(run.input, self.task_dir):
+            sandbox.give(run.input)  # the agent's copy, for this task only: its to read
+        if run.output is not None and _inside(run.output, self.task_dir):
+            sandbox.give(run.output.parent, 0o700)  # for this run only: its to write in
+
+    def _take_back(self, run: Run) -> None:
+        if self.sandbox is not None and run.output is not None and _inside(run.output, self.task_dir):
+            self.sandbox.take_back(run.output.parent)
+
+    async def lend(self, run: Run) -> None:
+        await asyncio.to_thread(self._lend, run)
+
+    async def take_back(self, run: Run) -> None:
+        await asyncio.to_thread(self._take_back, run)
+
+    # ------------------------------------------------------------------ starting a program
+
     async def spawn(self, run: Run) -> Child:
-        argv = substitute([self.program, *self.config.command[1:]], run)
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            cwd=self.cwd,
-            env=self.env,
-            limit=LINE_LIMIT,
-            start_new_session=True,
-            preexec_fn=self.pre_exec,
+        sandbox = self.sandbox or Sandbox.default()
+        argv = substitute(
+            [self.program, *self.config.command[1:]],
+            run,
+            input_as=self._for_program(run.input),
+            output_as=self._for_program(run.output),
         )
+        limits = sandbox.limits(memory_mb=self.memory_mb, lines=self.config.mode is Mode.lines)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=self.cwd,
+                env=self.env,
+                limit=LINE_LIMIT,
+                start_new_session=True,
+                preexec_fn=pre_exec(limits, self._prctl),
+                umask=0o077,
+                **sandbox.popen_args(),  # type: ignore[arg-type]
+            )
+        except PermissionError as e:
+            why = await asyncio.to_thread(sandbox.why_not_executable, self.program)
+            raise NotPermitted(
+                f"user {sandbox.user} may not run {self.program} on device {self.ctx.device}"
+                + (f": {why}" if why else f" ({e.strerror})")
+            ) from e
         return LocalChild(proc, describe(self.config.command))
 
 

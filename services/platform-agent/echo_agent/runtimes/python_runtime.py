@@ -1,8 +1,10 @@
 """The Python runtime: user operators given as ``python:package.module:Class``.
 
 The module must be importable on the device (installed, or on ``PYTHONPATH``). The class
-implements the operator API (``echo_agent.operators.base``); if it has a ``Config``
-pydantic model, the task's config is validated with it, otherwise the class gets the dict.
+implements the operator API (``echo_agent.operators.base``: checked on the class before it
+is instantiated); if it has a ``Config`` pydantic model, the task's config is validated with
+it, otherwise the class gets the dict. The operator runs inside the agent, with its rights:
+what a device trusts is the code installed on it, which the deployer can only name.
 """
 
 from __future__ import annotations
@@ -35,12 +37,13 @@ def load(name: str, config: dict[str, Any]) -> Operator:
     cls = getattr(module, class_name, None)
     if not isinstance(cls, type):
         raise OperatorLoadError(f"{module_name} has no class {class_name}")
+    # checked on the class, before it is called: a class that is no operator (say
+    # subprocess.Popen, which a config could feed an argv) never runs
+    for method in ("open", "process", "close"):
+        if not callable(getattr(cls, method, None)):
+            raise OperatorLoadError(f"{target} does not implement the operator API (no {method}())")
     cfg_model = getattr(cls, "Config", None)
     cfg: Any = config
     if isinstance(cfg_model, type) and issubclass(cfg_model, BaseModel):
         cfg = cfg_model.model_validate(config)
-    op = cls(cfg)
-    for method in ("open", "process", "close"):
-        if not callable(getattr(op, method, None)):
-            raise OperatorLoadError(f"{target} does not implement the operator API (no {method}())")
-    return op  # type: ignore[no-any-return]
+    return cls(cfg)  # type: ignore[no-any-return]

@@ -1,8 +1,10 @@
 """The operator of the process protocol: ``StdioOperator`` drives a ``Child`` in its mode.
 
 ``process`` (``process_runtime``) and ``container`` (``container_runtime``) subclass it and
-say how a program starts (``spawn``) and what to check on the device first (``prepare``).
-The modes and their guarantees are documented in ``echo_agent.runtimes.stdio``.
+say how a program starts (``spawn``), what to check on the device first (``prepare``) and,
+for a file-mode run, how the program gets at its input and output (``lend``/``take_back``).
+The modes and their guarantees are documented in ``echo_agent.runtimes.stdio``. A file-mode
+run's ``{output}`` must be a regular file (not a link: the agent reads and sends it).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import os
+import stat
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -57,6 +61,12 @@ class StdioOperator(Operator):
 
     async def prepare(self, ctx: TaskContext) -> None:
         """Check what the config names on this device; raise naming what is missing."""
+
+    async def lend(self, run: Run) -> None:
+        """Before a file-mode run: let the program read its input and write its output."""
+
+    async def take_back(self, run: Run) -> None:
+        """After a file-mode run (the program ended): take back what ``lend`` lent."""
 
     # ------------------------------------------------------------------ operator API
 
@@ -110,18 +120,27 @@ class StdioOperator(Operator):
             base = self.ctx.data_dir / OUTPUT_DIR / f"{self.ctx.generation}-{self.runs}"
             out_path = output_path(self.config.output, name, self.runs, base)
             await asyncio.to_thread(_fresh, out_path)
-        child = await self.spawn(Run(Path(path), out_path))
-        data = await run_once(child, None, self.config.timeout, self.log)
+        run = Run(Path(path), out_path)
+        await self.lend(run)
+        try:
+            child = await self.spawn(run)
+            data = await run_once(child, None, self.config.timeout, self.log)
+        finally:
+            await self.take_back(run)
         meta = {k: v for k, v in record.items() if k not in ("path", "size")}
         if out_path is None:
             return [{**meta, **r} for r in parse_output(data, child.what)]
         try:
-            size = (await asyncio.to_thread(out_path.stat)).st_size
+            st = await asyncio.to_thread(os.lstat, out_path)
         except FileNotFoundError:
             raise RunFailed(
                 child.what, f"exited with code 0 but did not write its {OUTPUT} file {out_path}"
             ) from None
-        return [{**meta, "path": str(out_path), "name": out_path.name, "size": size, "source": name}]
+        # the agent reads and sends this file: a link the program made (to a file of the
+        # agent's) must not pass for its output
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            raise RunFailed(child.what, f"made its {OUTPUT} {out_path} something else than a regular file")
+        return [{**meta, "path": str(out_path), "name": out_path.name, "size": st.st_size, "source": name}]
 
 
 def _fresh(path: Path) -> None:
