@@ -85,6 +85,11 @@ class Binding(Message):
     topic: str
     model: EdgeModel = EdgeModel.stream
     batch: BatchSpec | None = None
+    generation: int | None = Field(
+        default=None,
+        description="inputs: the producer's generation the master assigned; a consumer accepts no "
+        "newer one until the master says so (it never learns a generation from traffic)",
+    )
 
 
 class TaskSnapshot(Message):

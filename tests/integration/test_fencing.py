@@ -130,3 +130,60 @@ async def test_a_fenced_copy_leaves_its_session_and_reports_to_the_newer_copy(
         if producer is not None:
             await producer.close()
         await nc.close()
+
+
+@pytest.mark.parametrize("transport", ["mqtt", "nats"])
+async def test_a_consumer_accepts_only_the_producer_generations_the_master_assigned(
+    brokers: Brokers, names: Names, tmp_path: Path, transport: str
+) -> None:
+    """A message claiming a newer producer generation than the master assigned is not taken
+    (nor acknowledged) until the master assigns it; an older one is dropped as stale."""
+    topic = names.data_topic(DF, "p", "sink") if transport == "mqtt" else names.data_subject(DF, "p", "sink")
+    out = tmp_path / "out.jsonl"
+    sent: list[tuple[str, bytes]] = []
+    agent = manager(brokers, names, tmp_path / "a", sent)
+
+    def cmd(producer_generation: int) -> DeployTask:
+        c = deploy(1, topic, out)
+        c.inputs[0].generation = producer_generation
+        return c
+
+    producer: MqttClient | None = None
+    nc = await nats.connect(brokers.nats_url, **brokers.access().nats_options())
+    js = nc.jetstream()
+    if transport == "mqtt":
+        producer = brokers.mqtt_client("test-p-" + uuid.uuid4().hex[:6])
+        await producer.start()
+
+    async def publish(generation: int, seq: int) -> None:
+        payload = encode_records("p", generation, [(seq, {"seq": seq, "gen": generation})])
+        if producer is not None:
+            await producer.publish(topic, payload, qos=1)
+        else:
+            await js.publish(topic, payload, stream=names.data_stream)
+
+    try:
+        ack = await agent.deploy(cmd(producer_generation=3))
+        assert ack.ok, ack.reason
+        runner = agent.tasks[(DF, "sink")]
+        assert runner.consumer is not None
+        await publish(3, 1)
+        await eventually(lambda: len(lines(out)) == 1, what="the assigned generation's record")
+        await publish(9, 2)  # "learned from traffic" would make 9 the producer's generation
+        await eventually(lambda: runner.consumer is not None and runner.consumer.early, what="held")
+        await publish(3, 2)  # the real producer carries on: still accepted
+        await eventually(lambda: len(lines(out)) == 2, what="the assigned generation still taken")
+        assert [r["gen"] for r in lines(out)] == [3, 3]
+        await publish(2, 3)  # older than assigned: stale, dropped
+        # the master moved the producer (generation 4): records of 4 are taken, 9 still waits
+        ack = await agent.deploy(cmd(producer_generation=4))
+        assert ack.ok
+        await publish(4, 3)
+        await eventually(lambda: [r["seq"] for r in lines(out)] == [1, 2, 3], what="generation 4 taken")
+        assert [r["gen"] for r in lines(out)] == [3, 3, 4]
+        assert runner.consumer is not None and sum(len(v) for v in runner.consumer.early.values()) == 1
+    finally:
+        await agent.shutdown()
+        if producer is not None:
+            await producer.close()
+        await nc.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 
 from echo_shared.messages import Binding, DeployTask, Reservation, StopTask, TaskSnapshot
 from echo_shared.models import DataflowSpec, EdgeModel, Placement, TaskRecord
@@ -19,8 +20,16 @@ def deploy_levels(spec: DataflowSpec) -> list[list[str]]:
     return [[t.id for t in spec.tasks]]
 
 
-def deploy_command(df_id: str, spec: DataflowSpec, placement: Placement, task: TaskRecord) -> DeployTask:
+def deploy_command(
+    df_id: str,
+    spec: DataflowSpec,
+    placement: Placement,
+    task: TaskRecord,
+    generations: Mapping[str, int] | None = None,
+) -> DeployTask:
+    """``generations``: task -> its current generation (the producers a consumer accepts)."""
     t = spec.task(task.id)
+    gens = generations or {}
     topic = {(c.from_task, c.to_task): c.topic for c in placement.channels}
     edges = {(e.from_, e.to): e for e in spec.edges}
 
@@ -31,6 +40,7 @@ def deploy_command(df_id: str, spec: DataflowSpec, placement: Placement, task: T
             topic=topic[(src, dst)],
             model=e.model,
             batch=e.batch_limits if e.model is EdgeModel.batch else None,
+            generation=gens.get(src) if peer == src else None,
         )
 
     return DeployTask(

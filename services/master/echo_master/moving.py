@@ -20,6 +20,7 @@ one per task, only when they come from the task's current generation.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -37,7 +38,7 @@ from echo_shared.messages import (
 from echo_shared.models import DataflowSpec, DataflowState, DesiredState, TaskRecord, TaskState
 from echo_shared.operators import lookup
 
-from .commands import stop_command
+from .commands import deploy_command, stop_command
 from .reconciling import DRAIN_SECONDS, Reconciler
 from .snapshots import SnapshotStore, object_name
 from .store import ACTIVE_STATES, Dataflow, DataflowStore
@@ -54,6 +55,7 @@ class TaskMover:
         self.store = store
         self.reconciler = reconciler
         self.snapshots = snapshots
+        self._background: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ NATS handlers
 
@@ -100,6 +102,34 @@ class TaskMover:
                     )
                 )
         return TaskListReply(tasks=out, specs=specs)
+
+    def _tell_consumers(self, df_id: str, task: str) -> None:
+        """The consumers of a moved task accept its new generation once told (in the background:
+        the move does not wait; until then its records wait at the consumers, unacknowledged)."""
+        t = asyncio.create_task(self._assign_generation(df_id, task))
+        self._background.add(t)
+        t.add_done_callback(self._background.discard)
+
+    async def _assign_generation(self, df_id: str, task: str) -> None:
+        df = await self.store.get(df_id)
+        if df.placement is None:
+            return
+        generations = {t: r.generation for t, r in df.tasks.items()}
+        link = self.reconciler.link
+        timeout = self.reconciler.settings.command_timeout
+
+        async def tell(rec: TaskRecord) -> None:
+            assert rec.device and df.placement is not None
+            cmd = deploy_command(df.id, df.effective, df.placement, rec, generations)
+            try:
+                await link.send(rec.device, cmd, timeout)
+            except Exception as e:  # it learns the generation when it is deployed again
+                log.info("could not tell %s/%s about %s's new copy: %s", df.id, rec.id, task, e)
+
+        consumers = [df.tasks[d] for d in df.effective.outputs_of(task) if d in df.tasks]
+        await asyncio.gather(
+            *(tell(c) for c in consumers if c.device and c.state in (TaskState.running, TaskState.deploying))
+        )
 
     async def on_checkpoint(self, ckpt: TaskCheckpoint) -> None:
         if self.snapshots is not None:
@@ -208,6 +238,7 @@ class TaskMover:
             await self.store.move_in_placement(df.id, rec.id, req.target, moved.placement_reason)
             await self.reconciler.set_state(df, DataflowState.deploying, f"moving {rec.id} to {req.target}")
             self.reconciler.kick(df.id)
+            self._tell_consumers(df.id, rec.id)
         log.info(
             "%s %s/%s: %s -> %s, generation %d, restored from %s",
             mode,

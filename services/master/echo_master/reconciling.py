@@ -230,7 +230,9 @@ class Reconciler:
         assert device and df.placement is not None
         if rec.restore is not None and self.snapshots is not None:
             rec = rec.model_copy(update={"restore": await self.snapshots.resolve(rec.restore)})
-        cmd = deploy_command(df.id, df.effective, df.placement, rec)  # the caller marked it deploying
+        generations = {t: r.generation for t, r in df.tasks.items()}
+        # the caller marked it deploying
+        cmd = deploy_command(df.id, df.effective, df.placement, rec, generations)
         with self.tracer.start_as_current_span(f"deploy {rec.id} to {device}") as span:
             span.set_attribute("echo.device", device)
             span.set_attribute("echo.generation", rec.generation)

@@ -149,6 +149,11 @@ class Consumer:
         self.records_in = 0
         self.gaps = 0
         self.generations: dict[str, int] = {}  # producer -> the newest generation seen
+        # producer -> the newest generation the master assigned (none: an older master's
+        # command; then what is seen counts). Messages of a newer one wait, unacknowledged,
+        # until the master assigns it: a generation is never learned from traffic.
+        self.assigned: dict[str, int] = {b.peer: b.generation for b in inputs if b.generation is not None}
+        self.early: dict[str, list[MqttMessage]] = {}
         self.stale = 0  # messages dropped: from an older copy of their producer
         self._force_report = False
         self._asked: dict[str, tuple[int, float]] = {}  # producer -> (seq asked for, when)
@@ -201,6 +206,8 @@ class Consumer:
             if msg is None or self.stopping:
                 return  # a move: what is queued here stays unacknowledged, for the next copy
             futs = await self._take(msg)
+            if futs is None:
+                continue  # waits, unacknowledged, for its producer's generation to be assigned
             self.op.flush()
             self.acks.add(msg, [*futs, *self.outputs.flush()])
             if self.inputs.done:
@@ -226,7 +233,7 @@ class Consumer:
             await self._run_gathered()
             self.op.flush()
 
-    async def _take(self, msg: MqttMessage) -> list[asyncio.Future[None]]:
+    async def _take(self, msg: MqttMessage) -> list[asyncio.Future[None]] | None:
         """Hand what ``msg`` carries to the operator; futures the ack must also wait for."""
         binding = self.bindings.get(msg.topic)
         receiver = self.receivers.get(msg.topic)
@@ -236,6 +243,8 @@ class Consumer:
             except BadDataMessage as e:
                 log.warning("task %s: dropping bad chunk on %s: %s", self.task, msg.topic, e)
                 return []
+            if self._unassigned(header.producer, header.generation, msg):
+                return None
             if header.producer != receiver.producer or self._stale(header.producer, header.generation, msg):
                 return []
             record = await asyncio.to_thread(receiver.on_chunk, header, data)
@@ -248,6 +257,8 @@ class Consumer:
         except BadDataMessage as e:
             log.warning("task %s: dropping bad message on %s: %s", self.task, msg.topic, e)
             return []
+        if self._unassigned(decoded.producer, decoded.generation, msg):
+            return None
         if self._stale(decoded.producer, decoded.generation, msg):
             return []
         try:
@@ -267,6 +278,47 @@ class Consumer:
         futs = await self._deliver(records, batch_edge=batch_edge, files=[])
         await self._release_held(decoded.producer)
         return futs
+
+    def _unassigned(self, producer: str, generation: int, msg: MqttMessage) -> bool:
+        """A generation the master has not assigned yet: the message waits for it."""
+        assigned = self.assigned.get(producer)
+        if assigned is None or generation <= assigned:
+            return False
+        waiting = self.early.setdefault(producer, [])
+        if not waiting:
+            log.info(
+                "task %s: %s generation %d is not assigned yet (%d is); its messages wait",
+                self.task,
+                producer,
+                generation,
+                assigned,
+            )
+        waiting.append(msg)
+        return True
+
+    def assign(self, inputs: list[Binding]) -> None:
+        """The master's current producer generations (a producer moved): what waited for one
+        of them is taken now."""
+        for b in inputs:
+            if b.generation is None or b.generation <= self.assigned.get(b.peer, -1):
+                continue
+            self.assigned[b.peer] = b.generation
+            waiting = self.early.pop(b.peer, [])
+            keep = [m for m in waiting if self._generation_of(m) > b.generation]
+            if keep:
+                self.early[b.peer] = keep
+            for m in waiting:
+                if m not in keep:
+                    self.queue.put_nowait(m)
+
+    @staticmethod
+    def _generation_of(msg: MqttMessage) -> int:
+        try:
+            if is_chunk(msg.payload):
+                return decode_chunk(msg.payload)[0].generation
+            return decode(msg.payload).generation
+        except BadDataMessage:
+            return -1
 
     def _stale(self, producer: str, generation: int, msg: MqttMessage) -> bool:
         """A message from an older copy of its producer than one already heard (a copy cut
