@@ -1,23 +1,36 @@
 """The process and container runtimes on the platform: placement by runtime, the three
-process modes, and failures that name what went wrong (exit code, stderr, path, device)."""
+process modes, and failures that name what went wrong (exit code, stderr, path, device).
+
+Devices run external programs only when their agent enables the runtime (``--runtime
+process``, ``AgentSpec.runtimes``), and run them as ``nobody`` when the agent is root, with
+the safe ``PATH``: Python programs are the system's ``python3``. What the agent refuses and
+how it confines programs: ``test_runtime_sandbox.py``."""
 
 from __future__ import annotations
 
-import sys
+import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from echo_agent.runtimes import container_runtime
+from echo_agent.runtimes import container_runtime, onnx_runtime
+from echo_agent.runtimes.sandbox import SAFE_PATH
 from tests.conftest import THREE_TIERS, PlatformFactory
 from tests.harness.api import Api
 from tests.harness.waiting import wait_until
 
-pytestmark = pytest.mark.e2e
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(shutil.which("python3", path=SAFE_PATH) is None, reason=f"no python3 on {SAFE_PATH}"),
+]
 
-PY = sys.executable
+PY = "python3"  # found on the program's PATH, as a deployer would write it
+ONNX = {"onnx"} if onnx_runtime.available() is None else set()
+# the three tiers, every agent with the process runtime enabled
+PROCESS_TIERS = tuple(replace(s, runtimes=("process",)) for s in THREE_TIERS)
 
 DOUBLE = (
     "import sys, json\n"
@@ -52,12 +65,9 @@ def wait_failed(api: Api, df_id: str, timeout: float = 60) -> dict[str, Any]:
 
 
 def test_process_lines_and_batch_modes(platform_factory: PlatformFactory, tmp_path: Path) -> None:
-    _platform, api = platform_factory()
-    expected = {"python", "process", "onnx"} | (
-        {"container"} if container_runtime.available() is None else set()
-    )
+    _platform, api = platform_factory(PROCESS_TIERS)
     assert {d: set(r["runtimes"]) for d, r in api.devices().items()} == {
-        s.device_id: expected for s in THREE_TIERS
+        s.device_id: {"python", "process"} | ONNX for s in THREE_TIERS
     }
 
     lines_out, batch_out = tmp_path / "doubles.jsonl", tmp_path / "sums.jsonl"
@@ -99,7 +109,7 @@ def test_process_file_mode_between_file_edges(platform_factory: PlatformFactory,
         (inbox / name).write_text(text)
     upper = "import sys\nopen(sys.argv[2], 'w').write(open(sys.argv[1]).read().upper())\n"
     count = "import sys, json, os\nprint(json.dumps({'bytes': os.path.getsize(sys.argv[1])}))\n"
-    _platform, api = platform_factory()
+    _platform, api = platform_factory(PROCESS_TIERS)
     df_id = api.submit(
         {
             "name": "process-files",
@@ -138,7 +148,7 @@ def test_process_file_mode_between_file_edges(platform_factory: PlatformFactory,
 def test_failures_name_the_exit_code_stderr_path_and_device(
     platform_factory: PlatformFactory, tmp_path: Path
 ) -> None:
-    _platform, api = platform_factory()
+    _platform, api = platform_factory(PROCESS_TIERS)
     crash = "import sys\nsys.stdin.readline()\nsys.stderr.write('boom: record 0 is bad\\n')\nsys.exit(3)\n"
 
     def pipeline(name: str, operator: str, config: dict[str, Any]) -> str:
@@ -170,14 +180,18 @@ def test_failures_name_the_exit_code_stderr_path_and_device(
     assert "model /models/missing.onnx does not exist on device fog-1" in df["reason"]
 
 
-def test_container_task_without_an_engine_fails_with_the_reason(
+def test_container_enabled_without_an_engine_is_not_offered(
     platform_factory: PlatformFactory, tmp_path: Path
 ) -> None:
     nowhere = f"unix://{tmp_path}/no-docker.sock"
-    # every agent claims the container runtime, but no engine answers where they look
-    _platform, api = platform_factory(
-        env={"ECHO_RUNTIMES": '["python", "process", "onnx", "container"]', "DOCKER_HOST": nowhere}
-    )
+    # every agent enables the container runtime, but no engine answers where they look
+    fleet = tuple(replace(s, runtimes=("process", "container")) for s in THREE_TIERS)
+    platform, api = platform_factory(fleet, env={"DOCKER_HOST": nowhere})
+    assert {d: set(r["runtimes"]) for d, r in api.devices().items()} == {
+        s.device_id: {"python", "process"} | ONNX for s in THREE_TIERS
+    }
+    log = (platform.logs / "agent-fog-1.log").read_text()
+    assert f"runtime 'container' is not available on device fog-1: no Docker engine at {nowhere}" in log
     df_id = api.submit(
         {
             "name": "no-engine",
@@ -190,13 +204,15 @@ def test_container_task_without_an_engine_fails_with_the_reason(
         }
     )
     df = wait_failed(api, df_id)
-    assert f"no Docker engine at {nowhere}" in df["reason"]
+    assert "cannot be placed" in df["reason"] and "runtime container" in df["reason"]
 
 
 def test_container_task_is_not_placed_where_no_device_offers_the_runtime(
     platform_factory: PlatformFactory, tmp_path: Path
 ) -> None:
+    # a complete list, as before --runtime enabled rather than listed: it means what it says
     _platform, api = platform_factory(env={"ECHO_RUNTIMES": '["python", "process", "onnx"]'})
+    assert all(set(d["runtimes"]) == {"python", "process"} | ONNX for d in api.devices().values())
     df_id = api.submit(
         {
             "name": "no-container-runtime",
@@ -216,7 +232,7 @@ def test_container_lines_mode_on_a_real_engine(platform_factory: PlatformFactory
     if reason is not None:
         pytest.skip(f"no Docker engine: {reason}")
     out = tmp_path / "echoed.jsonl"
-    _platform, api = platform_factory()
+    _platform, api = platform_factory(tuple(replace(s, runtimes=("container",)) for s in THREE_TIERS))
     df_id = api.submit(
         {
             "name": "container-lines",

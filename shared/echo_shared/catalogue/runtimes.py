@@ -1,7 +1,12 @@
 """Catalogue entries of the runtime operators: ``process``, ``ml.onnx`` and ``container``.
 
 Each entry's ``runtime`` is what placement matches against the runtimes a device offers
-(``DeviceInfo.runtimes``), so a task of these operators lands only where it can run.
+(``DeviceInfo.runtimes``), so a task of these operators lands only where it can run, and
+what the device's agent checks again before it deploys one. ``process`` and ``container``
+run programs of the deployer's choosing: a device offers them only when its agent enables
+them (``echo-agent --runtime process``), and runs ``process`` programs confined (an
+unprivileged user, resource limits, a minimal environment; ``echo_agent.runtimes.gating``
+and ``echo_agent.runtimes.sandbox``). ``onnx`` is offered wherever ONNX Runtime imports.
 
 The process protocol (``process`` and ``container``) has three modes:
 
@@ -44,7 +49,11 @@ class StdioConfig(OperatorConfig):
         description="lines: one long-running program, JSON lines in and out; batch: one run per "
         "micro-batch; file: one run per input file ({input} / {output} in the command)",
     )
-    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="environment variables for the program, on top of the minimal environment it "
+        "gets (never the agent's)",
+    )
     timeout: float | None = Field(
         default=None,
         gt=0,
