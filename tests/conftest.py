@@ -10,6 +10,7 @@ import pytest
 
 from echo_cli.devstack import Brokers, start_brokers
 from echo_cli.devstack.platform import AgentSpec, Platform
+from echo_cli.testbed.network import TESTBED_HOST
 from tests.harness.api import Api
 
 # fast liveness for tests: heartbeats every 0.2 s, unreachable after 1 s, lost after 3 s
@@ -32,7 +33,8 @@ THREE_TIERS = (
 
 @pytest.fixture(scope="session")
 def brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Brokers]:
-    b = start_brokers(tmp_path_factory.mktemp("brokers"), tester=True)
+    # the testbed's namespaces dial the brokers by TESTBED_HOST: the certificate names it too
+    b = start_brokers(tmp_path_factory.mktemp("brokers"), tester=True, hosts=(TESTBED_HOST,))
     try:
         yield b
     finally:

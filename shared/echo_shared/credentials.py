@@ -81,11 +81,23 @@ def is_tls_url(url: str) -> bool:
     return urlparse(url).scheme in TLS_SCHEMES
 
 
-def client_tls(ca_file: Path | None) -> ssl.SSLContext:
-    """A client TLS context verifying servers against ``ca_file`` (else the system's CAs)."""
+def client_tls(ca_file: Path | None, *extra: Path | None) -> ssl.SSLContext:
+    """A client TLS context verifying servers against ``ca_file`` (else the system's CAs);
+    ``extra`` CA files are trusted as well."""
     ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    for more in extra:
+        if more is not None:
+            ctx.load_verify_locations(cafile=str(more))
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx
+
+
+def same_broker(a: str | None, b: str | None) -> bool:
+    """Whether two broker URLs name the same host and port (whatever their spelling)."""
+    if not a or not b:
+        return False
+    ua, ub = urlparse(a), urlparse(b)
+    return (ua.hostname or "").lower() == (ub.hostname or "").lower() and ua.port == ub.port
 
 
 @dataclass(frozen=True)

@@ -129,12 +129,16 @@ def test_dev_up_runs_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
         dev_env = poll(".echo/dev.env", lambda: read_env(tmp_path / ".echo" / "dev.env"), proc, out, 120)
         assert dev_env["ECHO_API_URL"] == f"http://127.0.0.1:{port}"
         assert dev_env["ECHO_NAMESPACE"] == "echo"
-        for key, scheme in (
-            ("ECHO_NATS_URL", "nats://"),
-            ("ECHO_MQTT_URL", "mqtt://"),
-            ("ECHO_REDIS_URL", "redis://"),
+        for key, scheme in (  # TLS everywhere
+            ("ECHO_NATS_URL", "tls://"),
+            ("ECHO_MQTT_URL", "mqtts://"),
+            ("ECHO_REDIS_URL", "rediss://"),
         ):
             assert dev_env[key].startswith(scheme)
+        # the admin token and the CA, in a file only its owner reads
+        assert dev_env["ECHO_TOKEN"].startswith("echo_")
+        assert Path(dev_env["ECHO_CA_FILE"]).read_text().startswith("-----BEGIN CERTIFICATE-----")
+        assert (tmp_path / ".echo" / "dev.env").stat().st_mode & 0o777 == 0o600
         urls = [dev_env[k] for k in ("ECHO_API_URL", "ECHO_NATS_URL", "ECHO_MQTT_URL", "ECHO_REDIS_URL")]
         poll("the URLs printed", lambda: all(u in out.text() for u in urls), proc, out, 10)
         assert (tmp_path / ".echo" / "dev").is_dir()

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from echo_shared.mqtt import MqttClient, MqttMessage
+from echo_cli.devstack import Brokers
+from echo_shared.mqtt import MqttMessage
 from tests.conftest import PlatformFactory
 from tests.harness.waiting import wait_until
 
@@ -92,8 +93,8 @@ def published_fields(senml: str) -> dict[str, Any]:
 class Subscriber:
     """Collects the payloads published on a topic, on a thread with its own event loop."""
 
-    def __init__(self, url: str, topic: str) -> None:
-        self.url, self.topic = url, topic
+    def __init__(self, brokers: Brokers, topic: str) -> None:
+        self.brokers, self.topic = brokers, topic
         self.payloads: list[bytes] = []
         self.ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -106,7 +107,7 @@ class Subscriber:
         def got(msg: MqttMessage) -> None:
             self.payloads.append(msg.payload)
 
-        client = MqttClient(self.url, f"etl-test-{uuid.uuid4().hex[:8]}", on_message=got)
+        client = self.brokers.mqtt_client(f"etl-test-{uuid.uuid4().hex[:8]}", on_message=got)
         await client.start()
         try:
             await client.subscribe(self.topic, qos=1)
@@ -164,7 +165,7 @@ def test_etl_example_counts_every_stage_and_publishes_the_senml(
     out = tmp_path / "etl-out.jsonl"
     topic = f"etl-test-{uuid.uuid4().hex[:10]}/taxi"
     spec = example_spec(out, topic)
-    with Subscriber(platform.brokers.mqtt_url, topic) as sub:
+    with Subscriber(platform.brokers, topic) as sub:
         df_id = api.submit(spec)
         df = api.wait_state(df_id, "completed", timeout=150)
         wait_until(lambda: len(sub.payloads) >= kept, timeout=10, what=f"{kept} SenML messages on {topic}")

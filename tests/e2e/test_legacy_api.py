@@ -22,7 +22,7 @@ import pytest
 from echo_cli.devstack import Brokers
 from echo_cli.devstack.platform import AgentSpec, Platform
 from echo_master.legacy.parsing import read_dag
-from echo_shared.mqtt import MqttClient, MqttMessage
+from echo_shared.mqtt import MqttMessage
 from tests.conftest import FAST_LIVENESS, unique_namespace
 from tests.harness.api import Api
 from tests.harness.waiting import wait_until
@@ -37,8 +37,9 @@ METADATA = ("taxi-metadata-fulldataset.txt", "taxi-metadata.txt")
 # the DAGs pin input processors to the devices hosting the input streams "1", "2" and "3"
 FLEET = (
     AgentSpec("edge-1", "edge", input_streams=("1",), cpu=4.0, memory_mb=4096),
-    AgentSpec("edge-2", "edge", input_streams=("2",), cpu=4.0, memory_mb=4096),
-    AgentSpec("fog-1", "fog", input_streams=("3",), cpu=4.0, memory_mb=4096),
+    # the original TFDAG runs Python programs (ExecuteProcess): those devices must enable it
+    AgentSpec("edge-2", "edge", input_streams=("2",), cpu=4.0, memory_mb=4096, runtimes=("process",)),
+    AgentSpec("fog-1", "fog", input_streams=("3",), cpu=4.0, memory_mb=4096, runtimes=("process",)),
     AgentSpec("cloud-1", "cloud", cpu=8.0, memory_mb=8192),
 )
 SETTLED = {"running", "finished", "failed"}
@@ -227,17 +228,17 @@ def etl_variant(data: Path, out: Path, broker: str, topic: str) -> tuple[bytes, 
     return orjson.dumps(dag), expected
 
 
-async def retained(url: str, topic: str, timeout: float = 10.0) -> MqttMessage:
+async def retained(brokers: Brokers, topic: str, timeout: float = 10.0) -> MqttMessage:
     got: asyncio.Future[MqttMessage] = asyncio.get_running_loop().create_future()
 
     def on_message(m: MqttMessage) -> None:
         if not got.done():
             got.set_result(m)
 
-    async with MqttClient(url, "test-" + uuid.uuid4().hex[:10], on_message=on_message) as sub:
+    async with brokers.mqtt_client("test-" + uuid.uuid4().hex[:10], on_message=on_message) as sub:
         await sub.subscribe(topic)
         message = await asyncio.wait_for(got, timeout)
-    async with MqttClient(url, "test-" + uuid.uuid4().hex[:10]) as pub:
+    async with brokers.mqtt_client("test-" + uuid.uuid4().hex[:10]) as pub:
         await pub.publish(topic, b"", retain=True)  # clear the retained message
     return message
 
@@ -269,7 +270,7 @@ def test_etl_with_local_data_runs_through_to_its_sinks(
     assert names == sorted(names, key=schema.index)
 
     # PublishMQTT published each record's SenML text; the last one is retained on the topic
-    last = asyncio.run(retained(brokers.mqtt_url, topic))
+    last = asyncio.run(retained(brokers, topic))
     assert orjson.loads(last.payload) == orjson.loads(records[-1]["senml"])
     by_task = {t["id"]: t for t in df["tasks"]}
     assert by_task["publishmqtt-6"]["records_in"] == len(expected)
@@ -355,8 +356,9 @@ def test_rebalance_of_a_running_dag(api: Api, tmp_path: Path) -> None:
     df_id = r.json()["uuid"]
     api.wait_state(df_id, "running", "completed")
     r = api.http.post("/DAG/rebalance", params={"uuid": df_id})
-    if api.dataflow(df_id)["state"] == "completed":
-        assert r.status_code == 409, r.text  # nothing left to move
+    # the two-line file may be done before or after the rebalance looked: either answer fits
+    if r.status_code == 409:
+        assert api.dataflow(df_id)["state"] == "completed", r.text  # nothing left to move
     else:
         assert r.status_code == 200, r.text
         assert r.json()["uuid"] == df_id and isinstance(r.json()["moved"], list)

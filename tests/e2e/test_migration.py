@@ -17,6 +17,7 @@ import nats
 import orjson
 import pytest
 
+from echo_cli.devstack import Brokers
 from echo_cli.devstack.platform import AgentSpec
 from echo_shared.names import Names
 from tests.conftest import PlatformFactory
@@ -188,8 +189,8 @@ def test_rebalance_moves_only_what_changes(platform_factory: PlatformFactory, tm
     assert r.status_code == 409, r.text
 
 
-async def state_objects(nats_url: str, bucket: str) -> list[str]:
-    nc = await nats.connect(nats_url)
+async def state_objects(brokers: Brokers, bucket: str) -> list[str]:
+    nc = await nats.connect(brokers.nats_url, **brokers.access().nats_options())
     try:
         store = await nc.jetstream().object_store(bucket)
         return sorted(o.name for o in await store.list())
@@ -209,7 +210,7 @@ def test_large_state_goes_through_the_object_store(platform_factory: PlatformFac
     m = wait_migration(api, migrate(api, df_id, "count", next(d for d in FOGS if d != here)))
     assert m["state"] == "completed", m
     bucket = Names(platform.namespace).state_bucket
-    names = asyncio.run(state_objects(platform.brokers.nats_url, bucket))
+    names = asyncio.run(state_objects(platform.brokers, bucket))
     assert any(".count.1.drain." in n for n in names), names
     assert any(".count.1.ckpt." in n for n in names), names
     api.wait_state(df_id, "completed", timeout=60)

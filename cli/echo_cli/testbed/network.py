@@ -40,6 +40,11 @@ import psutil
 
 STATE_DIR = Path("/run/echo-testbed")
 SUBNET_BASE = "10.77"  # testbeds use 10.77.N.0/24
+# the name devices in a namespace dial the brokers and the API by (the delay proxy on the
+# bridge): the brokers' certificate is valid for it, and each namespace's /etc/hosts
+# (``ip netns exec`` mounts /etc/netns/NAME/hosts) points it at the bridge address
+TESTBED_HOST = "echo-testbed"
+NETNS_ETC = Path("/etc/netns")
 FIRST_DEVICE_HOST = 10
 CMD_TIMEOUT = 20.0
 
@@ -209,6 +214,9 @@ class Network:
         self._links.append(host_if)
         self._save()  # recorded before creation: a crash in between still gets cleaned up
         run([ip, "netns", "add", ns])
+        etc = NETNS_ETC / ns
+        etc.mkdir(parents=True, exist_ok=True)
+        (etc / "hosts").write_text(f"127.0.0.1 localhost\n{self.host_address} {TESTBED_HOST}\n")
         run([ip, "link", "add", host_if, "type", "veth", "peer", "name", dev_if, "netns", ns])
         run([ip, "link", "set", host_if, "master", self.bridge])
         run([ip, "link", "set", host_if, "up"])
@@ -293,6 +301,7 @@ def _remove(namespaces: Sequence[str], links: Sequence[str]) -> list[str]:
             res = run([ip, "netns", "delete", ns], check=False)
             if res.returncode != 0:
                 problems.append(f"netns {ns}: {res.stderr.strip()}")
+        shutil.rmtree(NETNS_ETC / ns, ignore_errors=True)
     for link in reversed(links):  # host veth ends first (gone with their peer already), the bridge last
         if _exists("link", link):
             res = run([ip, "link", "delete", link], check=False)

@@ -30,7 +30,15 @@ from ..devstack import Brokers, ManagedProcess, free_port, wait_for_port
 from ..devstack.platform import AgentSpec, Platform
 from .delay_proxy import Route
 from .fleet import DEFAULT_TESTBED, TestbedDevice
-from .network import DeviceLink, Network, NetworkError, ip_binary, sweep_stale, unavailable_reason
+from .network import (
+    TESTBED_HOST,
+    DeviceLink,
+    Network,
+    NetworkError,
+    ip_binary,
+    sweep_stale,
+    unavailable_reason,
+)
 
 
 class TestbedError(RuntimeError):
@@ -48,11 +56,12 @@ def _host_port(url: str) -> tuple[str, int]:
 
 @dataclass(frozen=True)
 class AgentLaunch:
-    """How one agent is started: its namespace (None = root) and its broker URLs."""
+    """How one agent is started: its namespace (None = root), its broker URLs and the API's."""
 
     netns: str | None
     mqtt_url: str
     nats_url: str | None
+    api_url: str | None = None
 
 
 @dataclass
@@ -68,6 +77,8 @@ class TestbedPlatform(Platform):
         if launch is None:
             return super().start_agent(spec)
         env = {**self.agent_env(), "ECHO_MQTT_URL": launch.mqtt_url}
+        if launch.api_url:  # it enrols through the proxy too
+            env["ECHO_API_URL"] = launch.api_url
         prefix = [ip_binary(), "netns", "exec", launch.netns] if launch.netns else []
         unset: list[str] = []
         if launch.nats_url:
@@ -173,10 +184,16 @@ class Testbed:
     def _start_proxy(self) -> None:
         assert self.network is not None
         host = self.network.host_address
-        upstreams = {"mqtt": _host_port(self.brokers.mqtt_url), "nats": _host_port(self.brokers.nats_url)}
+        if not self.api_port:
+            self.api_port = free_port()
+        upstreams = {
+            "mqtt": _host_port(self.brokers.mqtt_url),
+            "nats": _host_port(self.brokers.nats_url),
+            "api": ("127.0.0.1", self.api_port),
+        }
         for d in self.isolated:
             per: dict[str, Route] = {}
-            for broker in ("mqtt", "nats"):
+            for broker in ("mqtt", "nats", "api"):
                 if broker == "nats" and not d.reaches_nats:
                     continue
                 uh, up = upstreams[broker]
@@ -196,12 +213,17 @@ class Testbed:
         for d in self.fleet:
             if d.isolated:
                 per = self.routes[d.device_id]
-                mqtt = per["mqtt"]
-                nats = per.get("nats")
+                mqtt, nats, api = per["mqtt"], per.get("nats"), per["api"]
+                mqtt_scheme, nats_scheme = (
+                    urlsplit(self.brokers.mqtt_url).scheme,
+                    urlsplit(self.brokers.nats_url).scheme,
+                )
+                # by name: the brokers' certificate is valid for TESTBED_HOST, not the bridge address
                 out[d.device_id] = AgentLaunch(
                     self.netns_of(d.device_id),
-                    f"mqtt://{mqtt.listen_host}:{mqtt.listen_port}",
-                    f"nats://{nats.listen_host}:{nats.listen_port}" if nats else None,
+                    f"{mqtt_scheme}://{TESTBED_HOST}:{mqtt.listen_port}",
+                    f"{nats_scheme}://{TESTBED_HOST}:{nats.listen_port}" if nats else None,
+                    f"http://{TESTBED_HOST}:{api.listen_port}",
                 )
             else:
                 out[d.device_id] = AgentLaunch(

@@ -23,28 +23,25 @@ from typing import IO
 from rich.console import Console
 from rich.markup import escape
 
+from echo_shared.secretfiles import write_secret
+
 from ..client import CliError
 from ..devstack import Brokers, BrokerSetupError, ManagedProcess, start_brokers
 from ..devup import DevUp, Interrupted, pick_api_port
+from ..devup import env_lines as dev_env_lines
 from ..render import print_error
 from .fleet import DEFAULT_TESTBED, FleetError, TestbedDevice, load_fleet
-from .network import sweep_stale, unavailable_reason
+from .network import TESTBED_HOST, sweep_stale, unavailable_reason
 from .runner import Testbed
 
 NAMESPACE = "echo"
 
 
-def env_lines(api_url: str, brokers: Brokers, testbed: Testbed, namespace: str = NAMESPACE) -> str:
-    values = {
-        "ECHO_API_URL": api_url,
-        "ECHO_NATS_URL": brokers.nats_url,
-        "ECHO_MQTT_URL": brokers.mqtt_url,
-        "ECHO_REDIS_URL": brokers.redis_url,
-        "ECHO_NAMESPACE": namespace,
-    }
-    lines = ["# written by `echoctl testbed up`; removed when it stops. Use: source .echo/testbed.env"]
-    lines += [f"{k}={v}" for k, v in values.items()]
-    lines.append("export " + " ".join(values))
+def env_lines(
+    api_url: str, brokers: Brokers, testbed: Testbed, token: str, namespace: str = NAMESPACE
+) -> str:
+    lines = dev_env_lines(api_url, brokers, token, namespace).splitlines()
+    lines[0] = "# written by `echoctl testbed up`; removed when it stops. Use: source .echo/testbed.env"
     for row in testbed.describe():
         if row.netns:
             lines.append(
@@ -121,14 +118,18 @@ class TestbedUp(DevUp):
         if swept:
             self.con.print(f"removed the network of earlier testbeds that did not stop: {', '.join(swept)}")
         self.con.print(f"starting brokers (logs in {self._rel(self.devdir)}/)…")
-        self.brokers = start_brokers(self.devdir / "brokers")
+        self.brokers = start_brokers(self.devdir / "brokers", hosts=(TESTBED_HOST,))
         self.con.print(f"starting the network, services and {len(self.fleet)} agents…")
         self.testbed = Testbed(self.brokers, self.devdir, self.fleet, namespace=NAMESPACE, api_port=port)
         self.testbed.start()
         self.platform = self.testbed.platform
         self._banner(time.monotonic() - t0)
         assert self.platform is not None
-        self.env_file.write_text(env_lines(self.platform.api_url, self.brokers, self.testbed))
+        # it holds the admin token: private
+        write_secret(
+            self.env_file,
+            env_lines(self.platform.api_url, self.brokers, self.testbed, self.platform.admin_token),
+        )
 
     def _banner(self, took: float) -> None:
         assert self.platform is not None and self.brokers is not None and self.testbed is not None

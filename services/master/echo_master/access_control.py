@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from echo_shared.brokerauth import MqttRights
+from echo_shared.credentials import same_broker
 from echo_shared.dynsec import ChannelGrant, DynsecAdmin, DynsecError, device_rights
 from echo_shared.errors import NotFoundError, PermanentError, Problem, SpecError
 from echo_shared.messages import (
@@ -84,14 +85,19 @@ APP_TOPICS = {
 }
 
 
-def grants_of(cmd: DeployTask, names: Names) -> tuple[ChannelGrant, ...]:
-    """What a task needs on the brokers: its channels, and its operator's own topic."""
+def grants_of(
+    cmd: DeployTask, names: Names, own: tuple[str | None, str | None] = (None, None)
+) -> tuple[ChannelGrant, ...]:
+    """What a task needs on the brokers: its channels, and its operator's own topic when the
+    operator uses the platform's broker (``own``: the MQTT and NATS URLs devices get)."""
     out = [ChannelGrant(b.topic, produce=False) for b in cmd.inputs]
     out += [ChannelGrant(b.topic, produce=True) for b in cmd.outputs]
     app = APP_TOPICS.get(cmd.operator)
-    if app is not None and not cmd.config.get("url") and isinstance(cmd.config.get(app[0]), str):
+    nats = cmd.operator.startswith("io.nats")
+    url = cmd.config.get("url")
+    ours = not url or same_broker(str(url), own[1] if nats else own[0])
+    if app is not None and ours and isinstance(cmd.config.get(app[0]), str):
         topic = str(cmd.config[app[0]])
-        nats = cmd.operator.startswith("io.nats")
         reserved = names.reserved_overlap(topic, nats=nats)
         if reserved is not None:
             raise GrantRefused(f"{app[0]} {topic!r} overlaps {reserved!r}, which is ECHO's own")
@@ -316,7 +322,9 @@ class DeviceAccess:
         if ident is not None and ident.status == REVOKED:
             raise Refused(409, f"device {device} is revoked")
         await self.store.set_grant(
-            device, task_key(cmd.dataflow, cmd.task), TaskGrant(cmd.generation, grants_of(cmd, self.names))
+            device,
+            task_key(cmd.dataflow, cmd.task),
+            TaskGrant(cmd.generation, grants_of(cmd, self.names, (self.mqtt_url, self.nats_url))),
         )
         await self.push(device)
 

@@ -36,7 +36,7 @@ from echo_shared.catalogue.io import (
     NatsSinkConfig,
     NatsSourceConfig,
 )
-from echo_shared.credentials import Login, client_tls, is_tls_url
+from echo_shared.credentials import Login, client_tls, is_tls_url, same_broker
 from echo_shared.mqtt import MqttClient, MqttMessage, MqttUnavailable
 
 from .base import Operator, Record, SourceOperator, TaskContext
@@ -96,10 +96,11 @@ def _url(op: str, configured: str | None, device_url: str | None, ctx: TaskConte
 
 
 def _login(cfg: LoginConfig, ctx: TaskContext, kind: str) -> tuple[Login | None, ssl.SSLContext | None]:
-    """The device's own login at its own broker (no config.url: the master granted the topic),
-    else the config's (username + a password file on the device)."""
-    if cfg.url is None:
-        a = ctx.access
+    """The device's own login at its own broker (no config.url, or the device's broker: the
+    master granted the topic), else the config's (username + a password file on the device)."""
+    own = ctx.mqtt_url if kind == "MQTT" else ctx.nats_url
+    a = ctx.access
+    if cfg.url is None or same_broker(cfg.url, own):
         if a is None:
             return None, None
         return (a.mqtt if kind == "MQTT" else a.nats), a.tls()
@@ -112,7 +113,10 @@ def _login(cfg: LoginConfig, ctx: TaskContext, kind: str) -> tuple[Login | None,
             except OSError as e:
                 raise BrokerUnreachable(f"cannot read password_file {cfg.password_file}: {e}") from e
         login = Login(cfg.username, password)
-    tls = client_tls(Path(cfg.ca_file) if cfg.ca_file else None) if is_tls_url(cfg.url) else None
+    # a broker of your own: the system's CAs, the config's and the device's (e.g. a sibling broker)
+    tls = None
+    if is_tls_url(cfg.url):
+        tls = client_tls(None, Path(cfg.ca_file) if cfg.ca_file else None, a.ca_file if a else None)
     return login, tls
 
 
