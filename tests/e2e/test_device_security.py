@@ -259,3 +259,34 @@ def test_rotation_hands_new_credentials_and_retires_the_old(
     assert platform.agents["edge-1"].alive()
     assert api.devices()["edge-1"]["status"] == "online"
     assert api.http.post("/api/v1/devices/nope/rotate").status_code == 404
+
+
+def test_an_agent_enrols_from_a_token_file_and_restarts_with_its_credentials(
+    platform_factory: PlatformFactory, tmp_path: Path
+) -> None:
+    platform, api = platform_factory(EDGES)
+    r = api.http.post("/api/v1/enrolments", json={"device": "edge-8", "tier": "edge"})
+    assert r.status_code == 201, r.text
+    token_file = tmp_path / "edge-8.token"
+    token_file.write_text(r.json()["token"])
+    token_file.chmod(0o644)
+    state = tmp_path / "state"
+    argv = [
+        sys.executable, "-m", "echo_agent", "--device-id", "edge-8", "--tier", "edge",
+        "--enrol-token-file", str(token_file), "--state-dir", str(state), "--data-dir", str(tmp_path / "d"),
+    ]  # fmt: skip
+    env = {**__import__("os").environ, **platform.agent_env(), "ECHO_NATS_URL": ""}
+    loose = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
+    assert loose.returncode == 2 and "chmod 600" in loose.stderr, loose.stderr  # a readable secret: refused
+    token_file.chmod(0o600)
+    from echo_cli.devstack import ManagedProcess
+
+    for run in range(2):  # the second start reuses credentials.json (the token is used up)
+        proc = ManagedProcess(f"edge-8-{run}", argv, log_dir=tmp_path / "logs", env=env)
+        try:
+            platform.agents["edge-8"] = proc
+            platform.wait_devices({"edge-8"}, timeout=30)
+        finally:
+            proc.stop(10)
+            platform.agents.pop("edge-8", None)
+        assert (state / "credentials.json").stat().st_mode & 0o777 == 0o600

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -38,6 +39,11 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument(
         "--state-dir",
         help="the device's identity: credentials.json (0600) and the CA, written at enrolment, reused after",
+    )
+    p.add_argument(
+        "--enrol-token-file",
+        metavar="FILE",
+        help="the enrolment token, read from a file (mode 0600) instead of the command line",
     )
     p.add_argument(
         "--enrol-token",
@@ -96,8 +102,12 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
         "input_streams": a.input_stream,
         "labels": labels,
     }
+    if a.enrol_token is not None and a.enrol_token_file is not None:
+        p.error("give --enrol-token or --enrol-token-file, not both")
     if a.enrol_token is not None:
         out["_enrol_token"] = a.enrol_token
+    if a.enrol_token_file is not None:
+        out["_enrol_token_file"] = a.enrol_token_file
     for name in ("cpu", "memory_mb", "data_dir", "site", "state_dir"):
         if getattr(a, name) is not None:
             out[name] = getattr(a, name)
@@ -142,11 +152,12 @@ def main(argv: list[str] | None = None) -> None:
     from echo_shared.lifecycle import run_service
 
     from .app import run
-    from .identity import EnrolmentFailed, load_or_enrol
+    from .identity import EnrolmentFailed, credentials_path, load_or_enrol, read_token_file
     from .settings import AgentSettings
 
     overrides = parse_args(argv)
     enrol_token = overrides.pop("_enrol_token", None)
+    token_file = overrides.pop("_enrol_token_file", None)
     try:
         settings = AgentSettings(**overrides)
     except ValidationError as e:
@@ -155,6 +166,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"echo-agent: {loc}: {err['msg']}", file=sys.stderr)  # noqa: T201
         sys.exit(2)
     try:
+        if token_file is not None and not (
+            settings.state_dir and credentials_path(settings.state_dir).exists()
+        ):
+            enrol_token = read_token_file(Path(token_file))
         creds = load_or_enrol(settings, enrol_token)
     except EnrolmentFailed as e:
         print(f"echo-agent: {e}", file=sys.stderr)  # noqa: T201

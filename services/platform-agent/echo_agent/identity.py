@@ -24,7 +24,7 @@ from echo_shared.credentials import Access, Credentials, Login
 from echo_shared.errors import EchoError
 from echo_shared.messages import RotateCredentials
 from echo_shared.names import Names
-from echo_shared.secretfiles import SecretFileError
+from echo_shared.secretfiles import SecretFileError, read_secret
 
 from .settings import AgentSettings
 
@@ -41,6 +41,13 @@ class EnrolmentFailed(EchoError):
 
 def credentials_path(state_dir: Path) -> Path:
     return state_dir / CREDENTIALS
+
+
+def read_token_file(path: Path) -> str:
+    try:
+        return read_secret(path)
+    except SecretFileError as e:
+        raise EnrolmentFailed(str(e)) from e
 
 
 def wants_nats(settings: AgentSettings) -> bool:
