@@ -19,6 +19,7 @@ from rich.markup import escape
 
 from echo_shared.bundle import create_bundle
 from echo_shared.pki import DEFAULT_HOSTS, PkiError
+from echo_shared.secretfiles import write_secret
 
 from .client import CliError, EchoClient
 from .render import stdout
@@ -27,14 +28,21 @@ pki_app = typer.Typer(help="The private CA and credentials of a deployment.", no
 devices_app = typer.Typer(help="Device identities: enrol, revoke, rotate (admin).", no_args_is_help=True)
 
 
-def _owner(spec: str | None, what: str) -> tuple[int, int] | None:
-    if spec is None:
-        return None
-    uid, _, gid = spec.partition(":")
-    try:
-        return int(uid), int(gid or uid)
-    except ValueError as e:
-        raise CliError(f"--{what}-owner expects UID[:GID], got {spec!r}") from e
+OWNABLE = ("mosquitto", "redis", "master", "registry", "scheduler", "migrator")
+
+
+def parse_owners(specs: list[str]) -> dict[str, tuple[int, int]]:
+    """``NAME=UID[:GID]`` items: who runs each broker or service (when not this account)."""
+    out: dict[str, tuple[int, int]] = {}
+    for spec in specs:
+        name, sep, ids = spec.partition("=")
+        uid, _, gid = ids.partition(":")
+        if not sep or name not in OWNABLE or not uid.isdigit() or (gid and not gid.isdigit()):
+            raise CliError(
+                f"--owner expects NAME=UID[:GID] with NAME one of {', '.join(OWNABLE)}; got {spec!r}"
+            )
+        out[name] = (int(uid), int(gid or uid))
+    return out
 
 
 def pki_init(
@@ -74,24 +82,16 @@ def register(
         host: list[str] = typer.Option(
             [], "--host", help="A name or address clients dial the brokers and API by (repeatable)."
         ),
-        mosquitto_owner: str | None = typer.Option(
-            None, help="UID[:GID] Mosquitto runs as, if not this account (containers: 1883)."
-        ),
-        redis_owner: str | None = typer.Option(
-            None, help="UID[:GID] Redis runs as, if not this account (containers: 999)."
+        owner: list[str] = typer.Option(
+            [],
+            "--owner",
+            help="NAME=UID[:GID]: the account a broker (mosquitto, redis) or service (master, "
+            "registry, scheduler, migrator) runs as, if not this one: it gets its own files (repeatable).",
         ),
     ) -> None:
         """Create the CA, server certificate and credentials (keeps what exists)."""
-        owners = {
-            k: v
-            for k, v in (
-                ("mosquitto", _owner(mosquitto_owner, "mosquitto")),
-                ("redis", _owner(redis_owner, "redis")),
-            )
-            if v is not None
-        }
         out = stdout()
-        for what, path in pki_init(directory, host, owners):
+        for what, path in pki_init(directory, host, parse_owners(owner)):
             out.print(f"  {what:<38} {escape(str(path))}")
         out.print("private files are mode 0600; see docs/security.md to bring your own CA")
 
@@ -102,6 +102,12 @@ def register(
         device: str = typer.Argument(..., metavar="ID", help="The new device's id."),
         tier: str = typer.Option(..., "--tier", help="edge, fog or cloud."),
         ttl: str = typer.Option("15m", "--ttl", help="How long the token can be used (90s, 15m, 24h)."),
+        token_file: Path | None = typer.Option(
+            None, "--token-file", help="Write the token to this file (mode 0600) instead of showing it."
+        ),
+        owner: str | None = typer.Option(
+            None, "--token-file-owner", help="UID[:GID] that gets the token file."
+        ),
         output: Any = output_option,
     ) -> None:
         """A one-time enrolment token for a new device (shown once)."""
@@ -109,6 +115,11 @@ def register(
             resp = client.request(
                 "POST", "/api/v1/enrolments", json={"device": device, "tier": tier, "ttl": ttl}, ok=(201,)
             )
+        if token_file is not None:  # for the device's --enrol-token-file
+            who = parse_owners([f"master={owner}"])["master"] if owner else None
+            write_secret(token_file, resp.json()["token"], owner=who)
+            stdout().print(f"enrolment token for {escape(device)} written to {escape(str(token_file))}")
+            return
         if output == output_json:
             print_json(resp.text)
             return

@@ -19,6 +19,7 @@ what is missing. A CA you bring (``ca.pem`` + ``ca.key`` already in ``D``) is us
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import stat
@@ -65,6 +66,11 @@ class Bundle:
         return read_secret(self.admin_token_file)
 
     @property
+    def api_key(self) -> Path:
+        """The server key as the master reads it to serve HTTPS (its own copy in containers)."""
+        return self.root / "api" / "server.key"
+
+    @property
     def mosquitto_dir(self) -> Path:
         return self.root / "mosquitto"
 
@@ -106,10 +112,12 @@ def create_bundle(
 ) -> Bundle:
     """Create (or complete) the bundle in ``root``; returns it. Idempotent.
 
-    ``owners``: broker -> (uid, gid) of the account it runs as, when that is not ours
-    (containers: Mosquitto 1883, Redis 999): its own copy of the server key and of its
-    auth files is handed to it. Locally, a Mosquitto started as root drops to the
-    ``mosquitto`` account: that is found by itself."""
+    ``owners``: broker or service -> (uid, gid) of the account it runs as, when that is not
+    ours (containers): a broker (``mosquitto``, ``redis``) gets its own copy of the server key
+    and its auth files; a service (``master``, ``registry``...) its credentials file, and
+    the master also the admin token and a copy of the server key for HTTPS (``api/``).
+    Locally, a Mosquitto started as root drops to the ``mosquitto`` account: that is found
+    by itself."""
     b = Bundle(root)
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o700)
@@ -124,6 +132,7 @@ def create_bundle(
         _render_static(b, names)
     if not b.admin_token_file.exists():
         write_secret(b.admin_token_file, "echo_" + new_secret())
+    _render_nats_server(b)
     owners = dict(owners or {})
     _give_mosquitto_its_files(b, owners.get("mosquitto") or mosquitto_owner())
     if "redis" in owners:
@@ -132,7 +141,22 @@ def create_bundle(
                 write_secret(p, b.server.key.read_bytes())
             os.chown(p, *owners["redis"])
         os.chown(b.root / "redis", *owners["redis"])
+        (b.root / "redis").chmod(0o700)
         b.root.chmod(0o711)
+    services = {n: o for n, o in owners.items() if n in brokerauth.SERVICES}
+    if services:
+        b.root.chmod(0o711)
+        (b.root / "identities").chmod(0o711)  # each reads its own file, lists nothing
+        for name, owner in services.items():
+            os.chown(b.credentials_file(name), *owner)
+        if "master" in services:
+            os.chown(b.admin_token_file, *services["master"])
+            api_dir = b.root / "api"
+            api_dir.mkdir(exist_ok=True)
+            api_dir.chmod(0o711)
+            if not b.api_key.exists():
+                write_secret(b.api_key, b.server.key.read_bytes())
+            os.chown(b.api_key, *services["master"])
     return b
 
 
@@ -156,6 +180,19 @@ def _write_identities(b: Bundle, names: list[str]) -> None:
     write_secret(b.dynsec_file, brokerauth.render_dynsec(idents))
     write_secret(b.nats_auth_file, brokerauth.render_nats_users(idents, issuer.public_key))
     write_secret(b.redis_acl_file, brokerauth.render_redis_acl(idents))
+
+
+def _render_nats_server(b: Bundle) -> None:
+    """``nats/server.conf``: TLS, the monitor on loopback only, the users (``auth.conf``).
+    Run ``nats-server -c <it> -js -sd <store> -p 4222`` (compose does)."""
+    text = (
+        f"tls {{ cert_file: {json.dumps(str(b.server.cert))}, key_file: {json.dumps(str(b.server.key))}, "
+        "timeout: 5 }\n"
+        'http: "127.0.0.1:8222"\n'
+        "include ./auth.conf\n"
+    )
+    write_secret(b.root / "nats" / "server.conf", text)
+    (b.root / "nats").chmod(0o700)
 
 
 def _render_static(b: Bundle, names: list[str]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import uuid
+from pathlib import Path
 
 import nats
 import pytest
@@ -15,8 +16,10 @@ from nats.errors import NoServersError
 from redis.exceptions import AuthenticationError, NoPermissionError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from echo_cli.devstack import Brokers
-from echo_shared.credentials import Login
+from echo_cli.devstack import Brokers, ManagedProcess, free_port, wait_for_port
+from echo_cli.devstack.brokers import nats_server_binary
+from echo_shared.bundle import create_bundle
+from echo_shared.credentials import Access, Login
 from echo_shared.mqtt import MqttClient, MqttRefused, MqttUnavailable
 
 
@@ -130,3 +133,27 @@ async def test_redis_refuses_anonymous_and_confines_services(brokers: Brokers) -
     finally:
         await registry.aclose()
         await master.aclose()
+
+
+async def test_the_bundles_nats_server_conf_runs_as_compose_runs_it(tmp_path: Path) -> None:
+    """``nats-server -c <bundle>/nats/server.conf -js -sd ... -p ...``: TLS, users, callout."""
+    bundle = create_bundle(tmp_path / "pki")
+    port = free_port()
+    proc = ManagedProcess(
+        "nats-compose",
+        [nats_server_binary(), "-c", str(bundle.root / "nats" / "server.conf"), "-js", "-sd",
+         str(tmp_path / "js"), "-a", "127.0.0.1", "-p", str(port)],
+        log_dir=tmp_path,
+    )  # fmt: skip
+    try:
+        wait_for_port("127.0.0.1", port, proc=proc)
+        a = Access.build(bundle.credentials("registry"), nats_url=f"tls://127.0.0.1:{port}")
+        nc = await nats.connect(a.nats_url or "", **a.nats_options())
+        assert nc.is_connected
+        await nc.close()
+        with pytest.raises((NatsError, NoServersError, OSError)):
+            await nats.connect(
+                f"nats://127.0.0.1:{port}", allow_reconnect=False, connect_timeout=2, max_reconnect_attempts=0
+            )
+    finally:
+        proc.stop(5)

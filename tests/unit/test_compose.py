@@ -96,7 +96,6 @@ def test_brokers_are_durable(services: dict[str, dict[str, Any]]) -> None:
         line.split(None, 1) for line in conf.splitlines() if line.strip() and not line.startswith("#")
     )
     assert settings["persistence"].strip() == "true"
-    assert settings["allow_anonymous"].strip() == "true"
     assert settings["max_queued_messages"].strip() == "200000"
     assert settings["max_queued_bytes"].strip() == "0"
     assert settings["max_inflight_messages"].strip() == "1000"
@@ -104,8 +103,15 @@ def test_brokers_are_durable(services: dict[str, dict[str, Any]]) -> None:
     assert "./mosquitto.conf:/mosquitto/config/mosquitto.conf:ro" in mounts
 
 
+ONE_SHOT = ("pki", "fleet")  # jobs that run once and exit (depended on with service_completed_successfully)
+
+
 def test_every_service_has_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
+    for name in ONE_SHOT:
+        assert services[name]["restart"] == "no", name
     for name, svc in services.items():
+        if name in ONE_SHOT:
+            continue
         check = svc.get("healthcheck")
         assert check and check.get("test"), f"{name} has no healthcheck"
         assert not check.get("disable"), name
@@ -133,14 +139,16 @@ def test_dependencies_exist_and_wait_for_healthy_brokers(services: dict[str, dic
 def test_configuration_comes_from_the_environment(services: dict[str, dict[str, Any]]) -> None:
     for name in CLOUD_SERVICES:
         env = services[name]["environment"]
-        assert env["ECHO_NATS_URL"] == "nats://nats:4222"
-        assert env["ECHO_MQTT_URL"] == "mqtt://mosquitto:1883"
-        assert env["ECHO_REDIS_URL"] == "redis://redis:6379/0"
+        assert env["ECHO_NATS_URL"] == "tls://nats:4222"
+        assert env["ECHO_MQTT_URL"] == "mqtts://mosquitto:8883"
+        assert env["ECHO_REDIS_URL"] == "rediss://redis:6379/0"
+        assert env["ECHO_CA_FILE"] == "/pki/ca.pem"
+        assert env["ECHO_CREDENTIALS_FILE"] == f"/pki/identities/{name}.json"
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://lgtm:4318"
     assert str(services["master"]["environment"]["ECHO_API_PORT"]) == "8099"
     for name, tier in AGENTS.items():
         env = services[name]["environment"]
-        assert env["ECHO_MQTT_URL"] == "mqtt://mosquitto:1883"
+        assert env["ECHO_API_URL"] == "https://master:8099"  # to enrol; then its own credentials
         # fog and cloud devices reach NATS; edge devices only MQTT
         assert ("ECHO_NATS_URL" in env) == (tier != "edge"), name
 
@@ -168,3 +176,72 @@ def test_echo_services_build_the_one_image(services: dict[str, dict[str, Any]]) 
     assert "requirements.lock" in dockerfile
     users = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0"), "the image must not run as root"
+
+
+# ------------------------------------------------------------------ secure by default
+
+
+def test_no_anonymous_access_anywhere(services: dict[str, dict[str, Any]]) -> None:
+    conf = (DEPLOY / "mosquitto.conf").read_text(encoding="utf-8")
+    lines = [line.split() for line in conf.splitlines() if line.strip() and not line.startswith("#")]
+    assert ["allow_anonymous", "false"] in lines
+    listeners = [words for words in lines if words[0] == "listener"]
+    assert listeners == [["listener", "8883"]], "one listener, the TLS one"
+    keys = {words[0] for words in lines}
+    assert {"certfile", "keyfile", "plugin", "plugin_opt_config_file"} <= keys
+    redis = _command(services["redis"])
+    assert _flag(redis, "--port") == "0", "no plaintext Redis port"
+    assert _flag(redis, "--tls-port") == "6379"
+    assert _flag(redis, "--aclfile") == "/pki/redis/users.acl"
+    nats = _command(services["nats"])
+    assert _flag(nats, "-c") == "/pki/nats/server.conf"
+    master = services["master"]["environment"]
+    assert master["ECHO_API_TLS"] == "true"
+    assert "https://" in " ".join(services["master"]["healthcheck"]["test"])
+
+
+def test_the_bundle_is_made_first_and_owned_by_who_runs_each_part(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    pki = _command(services["pki"])
+    assert pki[:3] == ["echoctl", "pki", "init"] and _flag(pki, "--dir") == "/pki"
+    owners = dict(pki[i + 1].split("=", 1) for i, w in enumerate(pki) if w == "--owner")
+    for name in (*BROKERS, *CLOUD_SERVICES):
+        deps = services[name].get("depends_on", {})
+        if name in BROKERS:
+            assert deps["pki"]["condition"] == "service_completed_successfully", name
+    for name in CLOUD_SERVICES:
+        user = services[name]["user"]
+        assert owners[name] == user, f"{name} runs as {user} but its credentials go to {owners[name]}"
+        assert not user.startswith("0"), f"{name} must not run as root"
+    assert len({services[n]["user"] for n in CLOUD_SERVICES}) == len(CLOUD_SERVICES), "one account each"
+    hosts = [pki[i + 1] for i, w in enumerate(pki) if w == "--host"]
+    assert {"mosquitto", "nats", "redis", "master"} <= set(hosts)
+
+
+def test_no_secret_in_the_environment(services: dict[str, dict[str, Any]]) -> None:
+    for name, svc in services.items():
+        env = svc.get("environment") or {}
+        for key, value in env.items():
+            if any(w in key for w in ("PASSWORD", "TOKEN", "SECRET", "CREDENTIALS", "KEY")):
+                assert str(value).startswith("/"), f"{name}: {key} must name a file, not hold a secret"
+
+
+def test_agents_enrol_with_a_token_file_and_keep_their_identity(services: dict[str, dict[str, Any]]) -> None:
+    fleet = " ".join(_command(services["fleet"]))
+    for name in AGENTS:
+        cmd = _command(services[name])
+        assert _flag(cmd, "--enrol-token-file") == f"/fleet/{name}.token"
+        assert _flag(cmd, "--state-dir") == "/var/lib/echo/state"
+        assert f"{name}-state:/var/lib/echo/state" in services[name]["volumes"]
+        assert services[name]["depends_on"]["fleet"]["condition"] == "service_completed_successfully"
+        assert name in fleet
+
+
+def test_every_image_is_pinned(services: dict[str, dict[str, Any]]) -> None:
+    for name, svc in services.items():
+        image = str(svc["image"])
+        if "build" in svc:
+            continue  # built here
+        repo, _, tag = image.rpartition(":")
+        assert repo and tag and tag != "latest", f"{name}: pin {image} to a version"
