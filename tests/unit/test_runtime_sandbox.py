@@ -374,6 +374,9 @@ def test_build_refuses_and_confines() -> None:
         deploy("process", {"command": ["id"]}, memory_mb=700)
     )
     assert isinstance(op, Process) and op.sandbox is sandbox and op.memory_mb == 700
+    # without a sandbox given: the defaults, resolved only when a program is built
+    op = RuntimePolicy.decide("edge-1", ["process"]).build(deploy("process", {"command": ["id"]}))
+    assert isinstance(op, Process) and op.sandbox == Sandbox.default()
 
 
 def test_what_a_device_advertises_is_what_it_accepts(monkeypatch: pytest.MonkeyPatch) -> None:

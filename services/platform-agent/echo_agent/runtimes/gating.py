@@ -65,7 +65,7 @@ class RuntimePolicy:
     device: str
     offered: tuple[str, ...]
     refused: dict[str, str] = field(default_factory=dict)  # runtime -> the reason (one line)
-    sandbox: Sandbox = field(default_factory=Sandbox.default)
+    sandbox: Sandbox | None = None  # None: the defaults, resolved when a program is built
 
     @classmethod
     def decide(
@@ -95,7 +95,7 @@ class RuntimePolicy:
                 offered.append(name)
             else:
                 refused[name] = f"runtime {name!r} is not available on device {device}: {why}"
-        return cls(device, tuple(sorted(offered)), refused, sandbox or Sandbox.default())
+        return cls(device, tuple(sorted(offered)), refused, sandbox)
 
     def announce(self, enabled: Iterable[str] = ()) -> None:
         """Say once what this device offers, and why an enabled runtime is not offered."""
@@ -124,21 +124,21 @@ class RuntimePolicy:
             raise RuntimeRefused(why)
         op = build(cmd.operator, cmd.config)
         if isinstance(op, Process):
-            op.confine(self.sandbox, cmd.resources.memory_mb)
+            op.confine(self.sandbox or Sandbox.default(), cmd.resources.memory_mb)
         return op
 
 
 def policy_of(settings: AgentSettings) -> RuntimePolicy:
     """This agent's policy, from its settings (``runtimes``, ``run_as``, ``process_*``);
     says once what it offers, and who external programs run as when it offers ``process``."""
-    quiet = "process" not in settings.runtimes
-    sandbox = Sandbox.for_agent(
-        settings.run_as,
-        cpu_seconds=settings.process_cpu_seconds,
-        lines_cpu_seconds=settings.process_lines_cpu_seconds,
-        max_files=settings.process_max_files,
-        quiet=quiet,
-    )
+    sandbox = None
+    if "process" in settings.runtimes:  # resolved (and said) only where programs may run
+        sandbox = Sandbox.for_agent(
+            settings.run_as,
+            cpu_seconds=settings.process_cpu_seconds,
+            lines_cpu_seconds=settings.process_lines_cpu_seconds,
+            max_files=settings.process_max_files,
+        )
     policy = RuntimePolicy.decide(settings.device_id, settings.runtimes, sandbox=sandbox)
     policy.announce(settings.runtimes)
     return policy
