@@ -1,13 +1,16 @@
 """A small synchronous client of the ECHO REST API (``/api/v1``), on httpx.
 
-Every failure is turned into a typed error (``ApiUnreachable``, ``NotFound``,
-``ApiError``) whose ``str()`` is a one-line message for the user, so the CLI never
-shows a traceback. Methods return the ``httpx.Response`` so callers can print the
-API's JSON exactly as it came (``-o json``) or decode it for tables.
+Every failure is turned into a typed error (``ApiUnreachable``, ``TlsFailure``,
+``NotFound``, ``Refused`` for 401/403, ``ApiError``) whose ``str()`` is a one-line message
+for the user, so the CLI never shows a traceback. ``token`` goes in ``Authorization:
+Bearer``; ``ca_file`` is the CA that signed an HTTPS API's certificate. Methods return
+the ``httpx.Response`` so callers can print the API's JSON exactly as it came
+(``-o json``) or decode it for tables.
 """
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,15 @@ class ApiUnreachable(CliError):
         super().__init__(
             f"cannot reach the ECHO API at {url} ({cause}); start one with `echoctl dev up`, "
             "or `source .echo/dev.env` / set ECHO_API_URL or --api-url to point at a running one"
+        )
+        self.url = url
+
+
+class TlsFailure(CliError):
+    def __init__(self, url: str, cause: str) -> None:
+        super().__init__(
+            f"cannot verify the ECHO API at {url} over HTTPS ({cause}); "
+            "set ECHO_CA_FILE or --ca-file to the CA certificate that signed it"
         )
         self.url = url
 
@@ -61,6 +73,17 @@ class ApiError(CliError):
         return out
 
 
+class Refused(ApiError):
+    """401 (no token, or one the API does not accept) or 403 (the token's role is too low)."""
+
+    def __post_init__(self) -> None:
+        if self.status == 403:
+            message = f"not allowed: {self.detail}"
+        else:
+            message = f"the API refused the token: {self.detail} (set ECHO_TOKEN or --token)"
+        Exception.__init__(self, message)
+
+
 def content_type_for(path: str) -> str:
     """``application/yaml`` for .yaml/.yml files and stdin (``-``), JSON otherwise."""
     if path == "-" or Path(path).suffix.lower() in YAML_SUFFIXES:
@@ -87,6 +110,8 @@ def _error_from(resp: httpx.Response) -> ApiError:
         detail = resp.reason_phrase or "request failed"
         if body is None and resp.text.strip():
             detail = f"{detail}: {resp.text.strip()[:200]}"
+    if resp.status_code in (401, 403):
+        return Refused(resp.status_code, detail, errors)
     return ApiError(resp.status_code, detail, errors)
 
 
@@ -94,14 +119,35 @@ def _path(collection: str, ident: str) -> str:
     return f"/api/v1/{collection}/{quote(ident, safe='')}"
 
 
+def tls_context(ca_file: str) -> ssl.SSLContext:
+    """Verify the API's certificate against ``ca_file`` (PEM)."""
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as e:
+        raise CliError(f"cannot use the CA file {ca_file}: {e.strerror or e}") from e
+
+
 class EchoClient:
-    """``EchoClient(url)``; pass ``transport`` (e.g. ``httpx.MockTransport``) in tests."""
+    """``EchoClient(url, token=..., ca_file=...)``; pass ``transport`` (e.g.
+    ``httpx.MockTransport``) in tests."""
 
     def __init__(
-        self, base_url: str, *, timeout: float = 15.0, transport: httpx.BaseTransport | None = None
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        ca_file: str | None = None,
+        timeout: float = 15.0,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+        self.token = token or None
+        self.ca_file = ca_file or None
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        verify: ssl.SSLContext | bool = tls_context(self.ca_file) if self.ca_file else True
+        self._http = httpx.Client(
+            base_url=self.base_url, timeout=timeout, transport=transport, headers=headers, verify=verify
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -126,6 +172,8 @@ class EchoClient:
         try:
             resp = self._http.request(method, path, **kwargs)
         except httpx.ConnectError as e:
+            if "CERTIFICATE_VERIFY_FAILED" in str(e) or "SSL" in str(e):
+                raise TlsFailure(self.base_url, str(e)) from e
             raise ApiUnreachable(
                 self.base_url,
                 "connection refused" if "refused" in str(e).lower() else str(e) or type(e).__name__,
@@ -183,3 +231,25 @@ class EchoClient:
 
     def decisions(self) -> httpx.Response:
         return self.request("GET", "/api/v1/rebalancing/decisions")
+
+    # ------------------------------------------------------------------ tokens and audit
+
+    def create_token(self, role: str, ttl: str | None = None, name: str | None = None) -> httpx.Response:
+        body: dict[str, Any] = {"role": role}
+        if ttl is not None:
+            body["ttl"] = ttl
+        if name:
+            body["name"] = name
+        return self.request("POST", "/api/v1/tokens", json=body, ok=(201,))
+
+    def list_tokens(self) -> httpx.Response:
+        return self.request("GET", "/api/v1/tokens")
+
+    def revoke_token(self, token_id: str) -> httpx.Response:
+        return self.request("DELETE", _path("tokens", token_id), not_found=("token", token_id))
+
+    def audit(self, limit: int = 100, since: str | None = None) -> httpx.Response:
+        params: dict[str, Any] = {"limit": limit}
+        if since:
+            params["since"] = since
+        return self.request("GET", "/api/v1/audit", params=params)

@@ -208,7 +208,7 @@ class DevUp:
 
     def _submit_all(self) -> None:
         assert self.platform is not None
-        with EchoClient(self.platform.api_url) as client:
+        with EchoClient(self.platform.api_url, token=self.platform.admin_token) as client:
             for path in self.submit:
                 try:
                     self._submit_one(client, path)

@@ -1,8 +1,11 @@
 """``echoctl``: the command line of ECHO (typer + rich, REST over httpx).
 
 The API is found from ``--api-url``, else ``ECHO_API_URL`` (``source .echo/dev.env``
-after ``echoctl dev up``), else http://127.0.0.1:8099. Errors are one red line (plus the
-located problems of an invalid spec) and exit code 1, never a traceback.
+after ``echoctl dev up``), else http://127.0.0.1:8099. The API token comes from
+``--token`` or ``ECHO_TOKEN``, else the 0600 file ``--token-file`` / ``ECHO_TOKEN_FILE``;
+an HTTPS API's certificate is verified against ``--ca-file`` / ``ECHO_CA_FILE`` (else the
+system's CAs). Errors are one red line (plus the located problems of an invalid spec) and
+exit code 1, never a traceback.
 """
 
 from __future__ import annotations
@@ -22,12 +25,15 @@ from rich.markup import escape
 from .client import DEFAULT_API_URL, CliError, EchoClient
 from .plan import Strategy as PlanStrategy
 from .render import (
+    audit_table,
     dataflow_detail,
     dataflows_table,
     device_detail,
     devices_table,
     print_error,
     stdout,
+    token_created,
+    tokens_table,
 )
 from .watching import SUCCESS, print_outcome, submit_file, watch_dataflow
 
@@ -50,6 +56,8 @@ testbed_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(testbed_app, name="testbed")
+tokens_app = typer.Typer(help="API tokens (admin): create, list, revoke.", no_args_is_help=True)
+app.add_typer(tokens_app, name="tokens")
 
 
 class Output(StrEnum):
@@ -57,9 +65,9 @@ class Output(StrEnum):
     json = "json"
 
 
-def make_client(api_url: str) -> EchoClient:
+def make_client(api_url: str, token: str | None = None, ca_file: str | None = None) -> EchoClient:
     """Build the API client (tests replace this to fake the HTTP layer)."""
-    return EchoClient(api_url)
+    return EchoClient(api_url, token=token, ca_file=ca_file)
 
 
 def cli_errors(fn: Callable[P, R]) -> Callable[P, R]:
@@ -86,9 +94,25 @@ def cli_errors(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def token_of(obj: dict[str, Any]) -> str | None:
+    """``--token`` / ``ECHO_TOKEN``, else the content of ``--token-file`` / ``ECHO_TOKEN_FILE``."""
+    if obj.get("token"):
+        return str(obj["token"])
+    if not obj.get("token_file"):
+        return None
+    from pathlib import Path
+
+    from echo_shared.secretfiles import SecretFileError, read_secret
+
+    try:
+        return read_secret(Path(obj["token_file"])) or None
+    except SecretFileError as e:
+        raise CliError(f"cannot read the API token: {e}") from e
+
+
 def client_of(ctx: typer.Context) -> EchoClient:
-    url = (ctx.find_root().obj or {}).get("api_url") or DEFAULT_API_URL
-    return make_client(url)
+    obj = ctx.find_root().obj or {}
+    return make_client(obj.get("api_url") or DEFAULT_API_URL, token_of(obj), obj.get("ca_file"))
 
 
 def print_json(text: str) -> None:
@@ -106,8 +130,30 @@ def root(
     api_url: str = typer.Option(
         DEFAULT_API_URL, "--api-url", envvar="ECHO_API_URL", show_envvar=True, help="Base URL of the API."
     ),
+    token: str | None = typer.Option(
+        None,
+        "--token",
+        envvar="ECHO_TOKEN",
+        show_envvar=True,
+        show_default=False,
+        help="API token (sent as Authorization: Bearer); prefer the environment variable.",
+    ),
+    token_file: str | None = typer.Option(
+        None,
+        "--token-file",
+        envvar="ECHO_TOKEN_FILE",
+        show_envvar=True,
+        help="A file (mode 0600) holding the API token, when no --token / ECHO_TOKEN is given.",
+    ),
+    ca_file: str | None = typer.Option(
+        None,
+        "--ca-file",
+        envvar="ECHO_CA_FILE",
+        show_envvar=True,
+        help="CA certificate (PEM) to verify an HTTPS API with.",
+    ),
 ) -> None:
-    ctx.obj = {"api_url": api_url}
+    ctx.obj = {"api_url": api_url, "token": token, "token_file": token_file, "ca_file": ca_file}
 
 
 # ---------------------------------------------------------------------------- dataflows
@@ -248,6 +294,65 @@ def get_decisions(ctx: typer.Context, output: Output = OutputOpt) -> None:
         show(client.decisions(), output, decisions_table, "no decisions")
 
 
+@get_app.command("audit")
+@cli_errors
+def get_audit(
+    ctx: typer.Context,
+    limit: int = typer.Option(100, "--limit", "-n", min=1, max=10_000, help="At most this many entries."),
+    since: str | None = typer.Option(None, "--since", help="Only entries at or after this ISO 8601 time."),
+    output: Output = OutputOpt,
+) -> None:
+    """The audit trail (admin): mutating calls and device events, newest first."""
+    with client_of(ctx) as client:
+        show(client.audit(limit, since), output, audit_table, "no audit entries")
+
+
+# ---------------------------------------------------------------------------- tokens
+
+
+class TokenRole(StrEnum):
+    viewer = "viewer"
+    operator = "operator"
+    admin = "admin"
+
+
+@tokens_app.command("create")
+@cli_errors
+def tokens_create(
+    ctx: typer.Context,
+    role: TokenRole = typer.Option(..., "--role", help="viewer, operator or admin."),
+    ttl: str | None = typer.Option(None, "--ttl", help="Lifetime: 90s, 15m, 24h, 7d (default: no expiry)."),
+    name: str | None = typer.Option(None, "--name", help="A note: who or what the token is for."),
+    output: Output = OutputOpt,
+) -> None:
+    """Create an API token; its secret is shown once."""
+    with client_of(ctx) as client:
+        resp = client.create_token(role.value, ttl, name)
+    show(resp, output, token_created)
+
+
+@tokens_app.command("list")
+@cli_errors
+def tokens_list(ctx: typer.Context, output: Output = OutputOpt) -> None:
+    """List API tokens (no secrets)."""
+    with client_of(ctx) as client:
+        show(client.list_tokens(), output, tokens_table, "no tokens")
+
+
+@tokens_app.command("revoke")
+@cli_errors
+def tokens_revoke(
+    ctx: typer.Context, token_id: str = typer.Argument(..., metavar="ID", help="Token id (not the secret).")
+) -> None:
+    """Revoke an API token: refused everywhere within a second."""
+    with client_of(ctx) as client:
+        resp = client.revoke_token(token_id)
+    body = resp.json()
+    stdout().print(
+        f"token [bold]{escape(str(body.get('id', token_id)))}[/] ({escape(str(body.get('role')))}) revoked"
+    )
+
+
 # ---------------------------------------------------------------------------- migrations
 
 
@@ -384,6 +489,20 @@ def testbed_clean() -> None:
 
     swept = run()
     stdout().print(f"removed testbeds: {', '.join(swept)}" if swept else "nothing to remove")
+
+
+# ---------------------------------------------------------------------------- security
+
+from .security_cli import register as _register_security  # noqa: E402  (needs the plumbing above)
+
+_register_security(
+    app,
+    cli_errors=cli_errors,
+    client_of=client_of,
+    print_json=print_json,
+    output_option=OutputOpt,
+    output_json=Output.json,
+)
 
 
 if __name__ == "__main__":

@@ -246,3 +246,61 @@ def device_detail(d: Mapping[str, Any]) -> Table:
     for k, v in rows:
         t.add_row(k, v)
     return t
+
+
+# ------------------------------------------------------------------------ tokens and audit
+
+
+def token_created(body: Mapping[str, Any]) -> RenderableType:
+    """A new token: the secret once, with the warning that it is not shown again."""
+    expires = body.get("expires") or "never"
+    return Group(
+        Text.assemble(
+            ("token ", "bold"),
+            (_str(body.get("id")), "bold"),
+            f" ({_str(body.get('role'))}), expires {expires}:",
+        ),
+        Text(_str(body.get("token"))),
+        Text("it is not shown again: keep it now (e.g. export ECHO_TOKEN=...)", style="yellow"),
+    )
+
+
+def tokens_table(items: Sequence[Mapping[str, Any]]) -> Table:
+    t = Table(header_style="bold", box=None, pad_edge=False)
+    for col in ("ID", "ROLE", "NAME", "CREATED", "EXPIRES", "REVOKED"):
+        t.add_column(col, overflow="fold", no_wrap=col != "NAME")
+    for tok in items:
+        t.add_row(
+            _str(tok.get("id")),
+            _str(tok.get("role")),
+            _str(tok.get("name")),
+            _str(tok.get("created")),
+            _str(tok.get("expires")) if tok.get("expires") else "never",
+            Text("revoked", style="bold red") if tok.get("revoked") else Text("-"),
+        )
+    return t
+
+
+def _target(target: Any) -> str:
+    if not isinstance(target, Mapping) or not target:
+        return "-"
+    return ",".join(f"{k}={v}" for k, v in target.items())
+
+
+def audit_table(items: Sequence[Mapping[str, Any]]) -> Table:
+    t = Table(header_style="bold", box=None, pad_edge=False)
+    for col in ("TIME", "TOKEN", "ROLE", "ACTION", "TARGET", "RESULT", "CLIENT"):
+        t.add_column(col, overflow="fold", no_wrap=col in ("TIME", "RESULT"))
+    for e in items:
+        result = e.get("result")
+        ok = (isinstance(result, int) and result < 400) or result == "ok"
+        t.add_row(
+            _str(e.get("time")),
+            _str(e.get("token")),
+            _str(e.get("role")),
+            _str(e.get("action")),
+            _target(e.get("target")),
+            Text(_str(result), style="" if ok else "red"),
+            _str(e.get("client")),
+        )
+    return t

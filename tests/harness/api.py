@@ -22,6 +22,16 @@ class Api:
     def close(self) -> None:
         self.http.close()
 
+    def create_token(self, role: str, ttl: str | float | None = None, name: str = "") -> dict[str, Any]:
+        """A new API token (needs an admin token): ``{"id", "token", "role", "expires"}``."""
+        body: dict[str, Any] = {"role": role, "name": name}
+        if ttl is not None:
+            body["ttl"] = ttl
+        r = self.http.post("/api/v1/tokens", json=body)
+        assert r.status_code == 201, r.text
+        out: dict[str, Any] = r.json()
+        return out
+
     def submit(self, spec: dict[str, Any]) -> str:
         r = self.http.post("/api/v1/dataflows", json=spec)
         assert r.status_code == 201, r.text

@@ -23,6 +23,7 @@ from echo_cli.devstack import Brokers
 from echo_cli.devup import env_lines, pick_api_port, port_is_free
 from echo_shared.models import DataflowSpec
 from echo_shared.operators import config_problems, lookup
+from echo_shared.secretfiles import write_secret
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "examples" / "demo" / "dataflow.yaml"
@@ -96,13 +97,18 @@ class FakeApi:
 
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Handler], FakeApi]]:
-    monkeypatch.delenv("ECHO_API_URL", raising=False)
+    for var in ("ECHO_API_URL", "ECHO_TOKEN", "ECHO_TOKEN_FILE", "ECHO_CA_FILE"):
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(watching, "WATCH_INTERVAL", 0.0)
 
     def install(handler: Handler) -> FakeApi:
         fake = FakeApi(handler)
         transport = httpx.MockTransport(fake)
-        monkeypatch.setattr(main, "make_client", lambda url: EchoClient(url, transport=transport))
+        monkeypatch.setattr(
+            main,
+            "make_client",
+            lambda url, token=None, ca_file=None: EchoClient(url, token=token, transport=transport),
+        )
         return fake
 
     yield install
@@ -286,6 +292,135 @@ def test_connection_refused_names_the_url_and_the_fix(monkeypatch: pytest.Monkey
         assert f"http://127.0.0.1:{port}" in lines[0]
         assert "echoctl dev up" in lines[0] and "source .echo/dev.env" in lines[0]
         assert "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------------------ tokens and audit
+
+TOKEN = {"id": "tok-1a2b", "token": "echo_s3cret", "role": "viewer", "expires": "2030-01-01T00:00:00Z"}
+TOKENS: list[dict[str, Any]] = [
+    {"id": "bootstrap", "role": "admin", "name": "bootstrap", "created": "2025-01-01T00:00:00Z",
+     "expires": None, "revoked": False},
+    {"id": "tok-1a2b", "role": "viewer", "name": "ci", "created": "2025-01-02T00:00:00Z",
+     "expires": "2030-01-01T00:00:00Z", "revoked": True},
+]  # fmt: skip
+AUDIT: list[dict[str, Any]] = [
+    {"id": "1-0", "time": "2025-01-02T00:00:00.000Z", "token": "tok-1a2b", "role": "operator",
+     "action": "DELETE /api/v1/dataflows/{df_id}", "target": {"df_id": "df-9"}, "result": 200,
+     "client": "10.0.0.7"},
+]  # fmt: skip
+
+
+def test_token_from_env_or_option_is_sent_as_bearer(api: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = api(lambda r: httpx.Response(200, json=[]))
+    assert run("get", "dataflows").exit_code == 0
+    monkeypatch.setenv("ECHO_TOKEN", "echo_from_env")
+    assert run("get", "dataflows").exit_code == 0
+    assert run("--token", "echo_from_option", "get", "devices").exit_code == 0
+    auth = [r.headers.get("authorization") for r in fake.requests]
+    assert auth == [None, "Bearer echo_from_env", "Bearer echo_from_option"]
+
+
+def test_token_from_a_private_file(api: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fake = api(lambda r: httpx.Response(200, json=[]))
+    token_file = tmp_path / "admin.token"
+    write_secret(token_file, "echo_from_file\n")
+    monkeypatch.setenv("ECHO_TOKEN_FILE", str(token_file))
+    assert run("get", "dataflows").exit_code == 0
+    assert run("--token", "echo_wins", "get", "dataflows").exit_code == 0  # --token / ECHO_TOKEN first
+    assert [r.headers["authorization"] for r in fake.requests] == [
+        "Bearer echo_from_file",
+        "Bearer echo_wins",
+    ]
+    token_file.chmod(0o644)  # others may read it: refused, in one line
+    result = run("get", "dataflows")
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot read the API token" in lines[0] and "chmod 600" in lines[0], lines
+
+
+def test_401_and_403_are_one_line(api: Any) -> None:
+    api(
+        lambda r: httpx.Response(
+            401,
+            json={"detail": "the token was revoked", "errors": []},
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+    )
+    result = run("--token", "echo_x", "get", "dataflows")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: the API refused the token: the token was revoked (set ECHO_TOKEN or --token)"
+    ]
+    api(lambda r: httpx.Response(403, json={"detail": "this needs the admin role; your token has viewer"}))
+    result = run("--token", "echo_x", "tokens", "list")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: not allowed: this needs the admin role; your token has viewer"
+    ]
+
+
+def test_tokens_create_json_prints_exactly_the_api_keys(api: Any) -> None:
+    fake = api(lambda r: httpx.Response(201, json=TOKEN))
+    result = run("tokens", "create", "--role", "viewer", "--ttl", "24h", "--name", "ci", "-o", "json")
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(result.stdout)) == {"id", "token", "role", "expires"}
+    (req,) = fake.requests
+    assert req.method == "POST" and req.url.path == "/api/v1/tokens"
+    assert json.loads(req.content) == {"role": "viewer", "ttl": "24h", "name": "ci"}
+
+
+def test_tokens_create_table_shows_the_secret_once_with_a_warning(api: Any) -> None:
+    fake = api(lambda r: httpx.Response(201, json={**TOKEN, "expires": None}))
+    result = run("tokens", "create", "--role", "admin")
+    assert result.exit_code == 0, result.output
+    assert "echo_s3cret" in result.stdout and "not shown again" in result.stdout
+    assert "never" in result.stdout
+    assert json.loads(fake.requests[0].content) == {"role": "admin"}
+
+
+def test_tokens_create_refuses_an_unknown_role_before_calling(api: Any) -> None:
+    fake = api(lambda r: httpx.Response(201, json=TOKEN))
+    result = run("tokens", "create", "--role", "root")
+    assert result.exit_code == 2 and not fake.requests
+
+
+def test_tokens_list_and_revoke(api: Any) -> None:
+    def handler(r: httpx.Request) -> httpx.Response:
+        if r.method == "DELETE":
+            if r.url.path.endswith("/nope"):
+                return httpx.Response(404, json={"detail": "token 'nope' not found", "errors": []})
+            return httpx.Response(200, json={**TOKENS[1], "revoked": True})
+        return httpx.Response(200, json=TOKENS)
+
+    fake = api(handler)
+    result = run("tokens", "list")
+    assert result.exit_code == 0
+    assert "bootstrap" in result.stdout and "revoked" in result.stdout and "never" in result.stdout
+    assert json.loads(run("tokens", "list", "-o", "json").stdout) == TOKENS
+    result = run("tokens", "revoke", "tok-1a2b")
+    assert result.exit_code == 0 and "tok-1a2b" in result.stdout and "revoked" in result.stdout
+    assert fake.requests[-1].method == "DELETE" and fake.requests[-1].url.path == "/api/v1/tokens/tok-1a2b"
+    result = run("tokens", "revoke", "nope")
+    assert result.exit_code == 1 and "no token nope" in result.stderr
+
+
+def test_get_audit(api: Any) -> None:
+    fake = api(lambda r: httpx.Response(200, json=AUDIT))
+    result = run("get", "audit", "--limit", "5", "--since", "2025-01-01T00:00:00Z")
+    assert result.exit_code == 0, result.output
+    assert "DELETE /api/v1/dataflows/{df_id}" in result.stdout and "df_id=df-9" in result.stdout
+    req = fake.requests[0]
+    assert req.url.path == "/api/v1/audit"
+    assert dict(req.url.params) == {"limit": "5", "since": "2025-01-01T00:00:00Z"}
+    assert json.loads(run("get", "audit", "-o", "json").stdout) == AUDIT
+
+
+def test_an_unreadable_ca_file_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("ECHO_API_URL", "https://127.0.0.1:1")
+    result = run("--ca-file", str(tmp_path / "missing.pem"), "get", "dataflows")
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot use the CA file" in lines[0], result.stderr
 
 
 # ------------------------------------------------------------------------------ dev up helpers

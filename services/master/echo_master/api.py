@@ -1,5 +1,9 @@
 """The REST gateway (FastAPI): dataflows, devices, health. OpenAPI at ``/docs``.
 
+Every route needs an API token (``Authorization: Bearer``) of a role the route allows,
+except public ones (``/healthz``; see ``auth`` for the rule and how to declare a route
+public); mutating calls are audited. Tokens: ``tokens``; audit trail: ``audit``.
+
 Errors are mapped to HTTP codes in one place (``errors.http_status``); every error body
 is ``{"detail": "...", "errors": [{"loc": "tasks[2].operator", "msg": "...", "type": "..."}]}``
 and never carries a stack trace. The original ECHO API (``/DAG``) and the HyperCat
@@ -23,12 +27,15 @@ from echo_shared.models import DataflowSpec, DataflowState, DeviceRecord, Placem
 from echo_shared.operators import join_loc
 
 from . import submitting
+from .audit import audit_router, audit_target
+from .auth import AccessRules, AuthLayer, declare_bearer
 from .context import ApiContext
-from .errors import BodyTooLarge, http_status
+from .errors import BodyTooLarge, http_headers, http_status
 from .hypercat import hypercat_router
 from .legacy.routes import legacy_router
 from .migrations_api import migrations_router
 from .specs import read_spec
+from .tokens import tokens_router
 from .views import ERRORS, SPEC_BODY, DataflowCreated, DataflowView, dataflow_view, error_response
 
 log = logging.getLogger(__name__)
@@ -80,14 +87,16 @@ def create_api(ctx: ApiContext) -> FastAPI:
     async def on_echo_error(_req: Request, e: EchoError) -> JSONResponse:
         if isinstance(e, SpecError):
             return error_response(422, "invalid dataflow spec", e.problems)
-        return error_response(http_status(e), str(e))
+        return error_response(http_status(e), str(e), headers=http_headers(e))
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(_req: Request, e: RequestValidationError) -> JSONResponse:
         problems = [Problem(join_loc("", err["loc"]), err["msg"], err["type"]) for err in e.errors()]
         return error_response(422, "invalid request", problems)
 
-    app.add_middleware(NoStackTraces)
+    rules = AccessRules(app.router.routes)  # the same list: routers included later count too
+    app.add_middleware(AuthLayer, tokens=ctx.tokens, audit=ctx.audit, rules=rules)
+    app.add_middleware(NoStackTraces)  # outermost: whatever fails below, no stack trace
 
     # -------------------------------------------------------------------- dataflows
 
@@ -107,6 +116,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         if len(body) > ctx.settings.max_body_bytes:
             raise BodyTooLarge(f"body of {len(body)} bytes exceeds {ctx.settings.max_body_bytes}")
         df_id = await submitting.submit(ctx, read_spec(body, request.headers.get("content-type")))
+        audit_target(request, dataflow=df_id)
         return DataflowCreated(id=df_id, state=DataflowState.pending)
 
     @app.get("/api/v1/dataflows", response_model=list[DataflowView], summary="List dataflows")
@@ -180,21 +190,25 @@ def create_api(ctx: ApiContext) -> FastAPI:
 
     # -------------------------------------------------------------------- health
 
-    @app.get("/healthz", summary="Liveness and broker connectivity")
+    @app.get(
+        "/healthz",
+        summary="Liveness and broker connectivity (no token): ok (200) or degraded (503), nothing more",
+        openapi_extra={"security": []},
+    )
     async def healthz() -> JSONResponse:
-        checks = {"nats": ctx.bus.nc.is_connected, "mqtt": ctx.mqtt.connected}
-        try:
-            checks["redis"] = bool(await ctx.redis.ping())
-        except Exception:
-            checks["redis"] = False
-        ok = all(checks.values())
-        return JSONResponse(
-            status_code=200 if ok else 503, content={"status": "ok" if ok else "degraded", **checks}
-        )
+        ok = ctx.bus.nc.is_connected and ctx.mqtt.connected
+        if ok:
+            try:
+                ok = bool(await ctx.redis.ping())
+            except Exception:
+                ok = False
+        return JSONResponse(status_code=200 if ok else 503, content={"status": "ok" if ok else "degraded"})
 
     app.include_router(migrations_router(ctx))
     app.include_router(legacy_router(ctx))
     app.include_router(hypercat_router(ctx))
+    app.include_router(tokens_router(ctx.tokens))
+    app.include_router(audit_router(ctx.audit))
 
     # make DataflowSpec part of the OpenAPI components (the request body refers to it)
     original_openapi = app.openapi
@@ -207,6 +221,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(defs.pop("$defs", {}))
         components["DataflowSpec"] = defs
+        declare_bearer(schema, rules)
         app.openapi_schema = schema
         return schema
 

@@ -1,4 +1,5 @@
-"""Master wiring: Redis, NATS, the MQTT control link, the reconciler and the REST server.
+"""Master wiring: Redis, NATS, the MQTT control link, the reconciler and the REST server
+(HTTPS when ``ECHO_API_TLS``; the first admin token from ``ECHO_ADMIN_TOKEN_FILE``).
 
 Shutdown order: stop serving HTTP, stop the reconciler, then close the links.
 """
@@ -9,6 +10,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import uvicorn
 from nats.aio.msg import Msg
@@ -20,12 +23,15 @@ from echo_shared.names import Names
 from echo_shared.nats_bus import NatsBus
 from echo_shared.natsauth import APP_ACCOUNT, AuthCallout
 from echo_shared.redis_store import connect_redis
+from echo_shared.secretfiles import SecretFileError, check_private, read_secret
 
 from .access_control import DeviceAccess
 from .agents_link import AgentLink
 from .api import create_api
+from .audit import AuditLog
 from .context import ApiContext
 from .devices_api import devices_router
+from .errors import ApiTlsError
 from .identities import IdentityStore
 from .moving import TaskMover
 from .nats_logins import DeviceNatsLogins
@@ -33,6 +39,7 @@ from .reconciling import Reconciler
 from .settings import MasterSettings
 from .snapshots import SnapshotStore
 from .store import DataflowStore
+from .tokens import TokenStore
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +52,44 @@ class _Server(uvicorn.Server):
         yield
 
 
+def tls_options(settings: MasterSettings) -> dict[str, Any]:
+    """uvicorn's HTTPS options (empty: plain HTTP); ``ApiTlsError`` if the files are not usable."""
+    if not settings.api_tls:
+        return {}
+    files: dict[str, Path | None] = {
+        "ECHO_API_CERT_FILE": settings.api_cert_file,
+        "ECHO_API_KEY_FILE": settings.api_key_file,
+    }
+    for var, path in files.items():
+        if path is None:
+            raise ApiTlsError(f"ECHO_API_TLS is on but {var} is not set")
+        if not path.is_file():
+            raise ApiTlsError(f"ECHO_API_TLS is on but {var} ({path}) is not a readable file")
+    assert settings.api_cert_file is not None and settings.api_key_file is not None
+    check_private(settings.api_key_file)  # a private key others can read is refused
+    return {"ssl_certfile": str(settings.api_cert_file), "ssl_keyfile": str(settings.api_key_file)}
+
+
 async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
     names = Names(settings.namespace)
+    tls = tls_options(settings)  # before anything connects: a bad file is a one-line error
+    admin_token = read_secret(settings.admin_token_file) if settings.admin_token_file else None
+    if admin_token == "":
+        raise SecretFileError(f"the admin token file {settings.admin_token_file} is empty")
     access = Access.from_settings(settings)
     redis = await connect_redis(settings.redis_url, access=access)
     try:
         async with NatsBus(settings.nats_url, settings.service_name, access=access) as bus:
             store = DataflowStore(redis, names)
+            # the audit trail: the API records mutating calls; other parts may record events
+            audit = AuditLog(redis, names, max_entries=settings.audit_max_entries)
+            tokens = TokenStore(redis, names, cache_seconds=settings.token_cache_seconds)
+            if admin_token is not None:
+                await tokens.register_bootstrap(admin_token)
+            else:
+                log.warning(
+                    "no ECHO_ADMIN_TOKEN_FILE: no bootstrap admin token (API tokens that exist still work)"
+                )
             reconciler: Reconciler | None = None
 
             async def on_update(update: object) -> None:
@@ -107,7 +145,9 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
                 await callout.start()
             await link.start()
             try:
-                api = create_api(ApiContext(settings, names, store, reconciler, bus, redis, link.mqtt))
+                api = create_api(
+                    ApiContext(settings, names, store, reconciler, bus, redis, link.mqtt, tokens, audit)
+                )
                 api.include_router(devices_router(device_access))
                 server = _Server(
                     uvicorn.Config(
@@ -117,6 +157,7 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
                         log_config=None,
                         access_log=False,
                         lifespan="off",
+                        **tls,
                     )
                 )
 

@@ -1,4 +1,5 @@
-"""What the API's routes need: settings, names, stores, the reconciler and the links."""
+"""What the API's routes need: settings, names, stores, the reconciler, the links, and the
+API's tokens and audit trail."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from echo_shared.mqtt import MqttClient
 from echo_shared.names import Names
 from echo_shared.nats_bus import NatsBus
 
+from .audit import AuditLog
 from .reconciling import Reconciler
 from .settings import MasterSettings
 from .store import DataflowStore
+from .tokens import TokenStore
 
 
 @dataclass
@@ -24,3 +27,5 @@ class ApiContext:
     bus: NatsBus
     redis: aioredis.Redis
     mqtt: MqttClient
+    tokens: TokenStore
+    audit: AuditLog

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 
 from echo_shared.settings import CommonSettings, MqttSettings, NatsSettings, RedisSettings
@@ -31,4 +33,21 @@ class MasterSettings(CommonSettings, NatsSettings, MqttSettings, RedisSettings):
     )
     rotation_grace: float = Field(
         default=60.0, gt=0, description="seconds a device's old login keeps working after a rotation"
+    )
+    # ---------------------------------------------------------------- API security
+    admin_token_file: Path | None = Field(
+        default=None,
+        description="a 0600 file holding the first admin API token, registered at start as id 'bootstrap'",
+    )
+    api_tls: bool = Field(default=False, description="serve the REST API over HTTPS")
+    api_cert_file: Path | None = Field(default=None, description="the API's certificate chain (PEM)")
+    api_key_file: Path | None = Field(default=None, description="the API certificate's key (PEM, 0600)")
+    token_cache_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=1.0,
+        description="how long a verified token is remembered in-process (revocation takes that long)",
+    )
+    audit_max_entries: int = Field(
+        default=10_000, gt=0, description="the audit stream is capped near this many entries"
     )

@@ -121,6 +121,11 @@ SPEC_BODY = {
 }
 
 
-def error_response(status: int, detail: str, problems: list[Problem] | None = None) -> JSONResponse:
+def error_response(
+    status: int,
+    detail: str,
+    problems: list[Problem] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     body = ErrorBody(detail=detail, errors=[ErrorItem(**p.as_dict()) for p in problems or []])
-    return JSONResponse(status_code=status, content=body.model_dump())
+    return JSONResponse(status_code=status, content=body.model_dump(), headers=headers or None)

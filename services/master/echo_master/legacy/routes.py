@@ -30,6 +30,7 @@ from pydantic import BaseModel, Field
 from echo_shared.errors import Problem, SpecError
 
 from .. import submitting
+from ..audit import audit_target
 from ..context import ApiContext
 from ..errors import BodyTooLarge
 from ..migrations_api import start_rebalance, wait_migrations
@@ -142,10 +143,12 @@ def legacy_router(ctx: ApiContext) -> APIRouter:
             df_id = await submitting.submit(ctx, mapped.spec, extra)
         except SpecError as e:
             raise SpecError(locate(e.problems, mapped)) from e
+        audit_target(request, dataflow=df_id)
         return DagCreated(uuid=df_id)
 
     @router.post("/stop", response_model=DagStopped, responses=ERRORS, summary="Stop a DAG")
-    async def stop_dag(uuid: str = UUID) -> DagStopped:
+    async def stop_dag(request: Request, uuid: str = UUID) -> DagStopped:
+        audit_target(request, dataflow=uuid)
         df = await submitting.stop(ctx, uuid)
         return DagStopped(uuid=df.id, state=df.state.value)
 
@@ -155,7 +158,8 @@ def legacy_router(ctx: ApiContext) -> APIRouter:
         responses=ERRORS,
         summary="Re-place a DAG's tasks (the migrator's rebalance; answers once the moves ended)",
     )
-    async def rebalance_dag(uuid: str = UUID) -> DagRebalanced:
+    async def rebalance_dag(request: Request, uuid: str = UUID) -> DagRebalanced:
+        audit_target(request, dataflow=uuid)
         reply = await start_rebalance(ctx, uuid, origin="legacy")
         done = await wait_migrations(ctx, reply.migrations, REBALANCE_WAIT)
         moved = [m.task for m in done if m.state == "completed"]
