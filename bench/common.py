@@ -149,12 +149,18 @@ class Stack:
 
 @contextlib.contextmanager
 def running_stack(
-    *, keep: bool = False, extra_env: dict[str, str] | None = None, fleet: tuple[AgentSpec, ...] = FLEET
+    *,
+    keep: bool = False,
+    extra_env: dict[str, str] | None = None,
+    fleet: tuple[AgentSpec, ...] = FLEET,
+    secure: bool = True,
 ) -> Iterator[Stack]:
-    """Brokers + the five services + the fleet, in a fresh temp dir; all stopped on exit."""
+    """Brokers + the five services + the fleet, in a fresh temp dir; all stopped on exit.
+
+    ``secure=False`` (the security_cost benchmark only): brokers without TLS or logins."""
     workdir = Path(tempfile.mkdtemp(prefix="echo-bench-"))
     log(f"workdir {workdir}")
-    brokers = start_brokers(workdir / "brokers")
+    brokers = start_brokers(workdir / "brokers", tester=True, secure=secure)
     platform: Platform | None = None
     api: Api | None = None
     try:

@@ -53,7 +53,7 @@ import incidents
 import timeline
 from common import BenchApiError, Stack, log, percentile
 from procs import ProcSampler, platform_pids
-from raw_brokers import _connect, _mqtt_client
+from raw_brokers import Auth, _connect, _mqtt_client
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "etl"
@@ -162,8 +162,8 @@ class SinkTail:
 class Subscriber:
     """Records the arrival time of every message on an MQTT topic (paho's network thread)."""
 
-    def __init__(self, url: str, topic: str) -> None:
-        self.url, self.topic = url, topic
+    def __init__(self, url: str, topic: str, auth: Auth | None = None) -> None:
+        self.url, self.topic, self.auth = url, topic, auth
         self.arrivals: list[tuple[float, bytes]] = []
         self.client = _mqtt_client(f"bench-etl-{uuid.uuid4().hex[:8]}")
 
@@ -171,7 +171,7 @@ class Subscriber:
         subscribed = threading.Event()
         self.client.on_message = lambda _c, _u, m: self.arrivals.append((time.time(), m.payload))
         self.client.on_subscribe = lambda *_a: subscribed.set()
-        _connect(self.client, self.url)
+        _connect(self.client, self.url, auth=self.auth)
         self.client.subscribe(self.topic, qos=1)
         if not subscribed.wait(10):
             self.__exit__()
@@ -206,7 +206,9 @@ def run_pipeline(stack: Stack, label: str, lines: int, rate: float, timeout: flo
     sampler = ProcSampler(platform_pids(stack, services=("master",)), every=0.1)
     hb, channels = incidents.HeartbeatWatch(stack), incidents.ChannelWatch(stack)
     error: str | None = None
-    with sampler, hb, channels, Subscriber(stack.brokers.mqtt_url, topic) as sub, SinkTail(sink) as tail:
+    mqtt_auth = Auth.of(stack.brokers, "mqtt")
+    subscriber = Subscriber(stack.brokers.mqtt_url, topic, mqtt_auth)
+    with sampler, hb, channels, subscriber as sub, SinkTail(sink) as tail:
         t0_wall, t0 = time.time(), time.perf_counter()
         df_id = stack.api.submit(spec)
         try:

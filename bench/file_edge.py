@@ -234,7 +234,8 @@ def run(stack: Stack, quick: bool) -> dict[str, Any]:
         raws: list[dict[str, Any]] = []
         for i in range(RAW_RUNS):
             url = stack.brokers.mqtt_url
-            raws.append(raw_brokers.mqtt_pub_sub(url, raw_count, CHUNK, inflight=RAW_INFLIGHT))
+            auth = raw_brokers.Auth.of(stack.brokers, "mqtt")
+            raws.append(raw_brokers.mqtt_pub_sub(url, raw_count, CHUNK, inflight=RAW_INFLIGHT, auth=auth))
             log(f"raw mqtt {i + 1}/{RAW_RUNS}: {raw_count} x {CHUNK // 1024} KiB, QoS 1, "
                 f"{RAW_INFLIGHT} in flight: {raws[-1]['msgs_per_s'] * CHUNK / MIB:.1f} MiB/s")
         raw = sorted(raws, key=lambda r: r["msgs_per_s"])[len(raws) // 2]  # the median run

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from common import Stack
-from raw_brokers import _connect, _mqtt_client
+from raw_brokers import Auth, _connect, _mqtt_client
 
 PATTERNS = {
     "device_unreachable": re.compile(r"online -> unreachable"),
@@ -39,6 +39,7 @@ class HeartbeatWatch:
     def __init__(self, stack: Stack) -> None:
         self.topic = f"{stack.platform.namespace}/dev/+/hb"
         self.url = stack.brokers.mqtt_url
+        self.auth = Auth.of(stack.brokers, "mqtt")
         self.beats: dict[str, list[tuple[float, float]]] = {}  # device -> (agent ts, arrival)
         self.client = _mqtt_client(f"bench-hb-{uuid.uuid4().hex[:8]}")
 
@@ -54,7 +55,7 @@ class HeartbeatWatch:
         subscribed = threading.Event()
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *_a: subscribed.set()
-        _connect(self.client, self.url)
+        _connect(self.client, self.url, auth=self.auth)
         self.client.subscribe(self.topic, qos=0)
         subscribed.wait(10)
         return self
@@ -90,6 +91,7 @@ class ChannelWatch:
         ns = stack.platform.namespace
         self.topics = [f"{ns}/df/+/+/+/progress", f"{ns}/df/+/+/+/resend"]
         self.url = stack.brokers.mqtt_url
+        self.auth = Auth.of(stack.brokers, "mqtt")
         self.channels: dict[str, dict[str, Any]] = {}
         self.client = _mqtt_client(f"bench-ch-{uuid.uuid4().hex[:8]}")
 
@@ -113,7 +115,7 @@ class ChannelWatch:
         subscribed = threading.Event()
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *_a: subscribed.set()
-        _connect(self.client, self.url)
+        _connect(self.client, self.url, auth=self.auth)
         self.client.subscribe([(t, 0) for t in self.topics])
         subscribed.wait(10)
         return self

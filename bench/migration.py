@@ -66,7 +66,7 @@ from echo_cli.devstack.platform import AgentSpec, Platform
 from echo_shared.settings import LivenessSettings
 from etl_pipeline import SinkTail
 from procs import ProcSampler, platform_pids
-from raw_brokers import _connect, _mqtt_client
+from raw_brokers import Auth, _connect, _mqtt_client
 
 RATE = 1000.0
 MIGRATIONS_FULL, MIGRATIONS_QUICK = 100, 20
@@ -194,7 +194,7 @@ def per_second(times: list[float], origin: float) -> list[int]:
 # ------------------------------------------------------------------ raw brokers
 
 
-def mqtt_latency(url: str, samples: int) -> dict[str, Any]:
+def mqtt_latency(url: str, samples: int, auth: Auth | None = None) -> dict[str, Any]:
     """Publish -> receive of one QoS 1 message at a time (64 bytes), paho, MQTT 5."""
     topic = f"bench/mig-rtt/{uuid.uuid4().hex[:8]}"
     got = threading.Event()
@@ -205,8 +205,8 @@ def mqtt_latency(url: str, samples: int) -> dict[str, Any]:
     sub.on_subscribe = lambda *_a: subscribed.set()
     out: list[float] = []
     try:
-        _connect(sub, url)
-        _connect(pub, url)
+        _connect(sub, url, auth=auth)
+        _connect(pub, url, auth=auth)
         sub.subscribe(topic, qos=1)
         if not subscribed.wait(10):
             raise RuntimeError("raw mqtt: not subscribed")
@@ -224,11 +224,11 @@ def mqtt_latency(url: str, samples: int) -> dict[str, Any]:
     return stats_ms(out) | {"lost": samples - len(out), "what": "MQTT 5 QoS 1 publish -> receive, 64 B"}
 
 
-def nats_latency(url: str, samples: int) -> dict[str, Any]:
+def nats_latency(url: str, samples: int, auth: Auth | None = None) -> dict[str, Any]:
     """Publish -> receive of one core NATS message at a time (64 bytes)."""
 
     async def main() -> list[float]:
-        nc = await nats.connect(url)
+        nc = await nats.connect(url, **(auth.nats_options(url) if auth else {}))
         subject = f"bench.mig-rtt.{uuid.uuid4().hex[:8]}"
         got = asyncio.Event()
 
@@ -277,7 +277,7 @@ def own_stack(stack: Stack) -> Stack:
         platform.stop()
         raise
     log(f"migration: own platform up in {time.monotonic() - t0:.1f}s, API {platform.api_url}")
-    return Stack(stack.brokers, platform, Api(platform.api_url), workdir, FLEET)
+    return Stack(stack.brokers, platform, Api(platform.api_url, platform.admin_token), workdir, FLEET)
 
 
 # ------------------------------------------------------------------ part 1: migrations
@@ -561,11 +561,12 @@ def run(stack: Stack, quick: bool) -> dict[str, Any]:
     own = own_stack(stack)
     try:
         lost_after = lost_after_in_force(own.platform)
-        raw: dict[str, Any] = {"mqtt": mqtt_latency(stack.brokers.mqtt_url, RTT_SAMPLES)}
+        mqtt_auth = Auth.of(stack.brokers, "mqtt")
+        raw: dict[str, Any] = {"mqtt": mqtt_latency(stack.brokers.mqtt_url, RTT_SAMPLES, mqtt_auth)}
         log(f"migration: raw MQTT QoS 1 publish -> receive {raw['mqtt']}")
         mig = migrations_run(own, n)
         if "nats" in mig["edges_transport"].values():
-            raw["nats"] = nats_latency(stack.brokers.nats_url, RTT_SAMPLES)
+            raw["nats"] = nats_latency(stack.brokers.nats_url, RTT_SAMPLES, Auth.of(stack.brokers, "nats"))
         log(
             f"migration: downtime {mig['downtime_ms']}, saga {mig['saga_steps_ms']}, sink {mig['sink']}, "
             f"not completed {len(mig['migrations_not_completed'])}"

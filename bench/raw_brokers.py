@@ -21,9 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing as mp
+import ssl
 import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
@@ -38,13 +40,45 @@ RECEIVE_MAXIMUM = 1000
 TIMEOUT_S = 120.0
 
 
+@dataclass(frozen=True)
+class Auth:
+    """A login and the CA of secured brokers (picklable: it crosses to publisher processes)."""
+
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_file: str | None = None
+
+    @classmethod
+    def of(cls, brokers: Any, kind: str) -> Auth | None:
+        """The test identity's login at ``kind`` ("mqtt" or "nats"); None: insecure brokers."""
+        if not brokers.secure:
+            return None
+        a = brokers.access("tester")
+        login = a.mqtt if kind == "mqtt" else a.nats
+        return cls(login.username, login.password, str(a.ca_file)) if login else None
+
+    def nats_options(self, url: str) -> dict[str, Any]:
+        opts: dict[str, Any] = {"user": self.username, "password": self.password}
+        if url.startswith("tls://"):
+            opts["tls"] = ssl.create_default_context(cafile=self.ca_file)
+        return opts
+
+
+def _nats_options(url: str, auth: Auth | None) -> dict[str, Any]:
+    return auth.nats_options(url) if auth is not None else {}
+
+
 def _mqtt_client(client_id: str) -> paho.Client:
     return paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
                        protocol=MQTTProtocolVersion.MQTTv5)
 
 
-def _connect(c: paho.Client, url: str, props: Properties | None = None) -> None:
+def _connect(c: paho.Client, url: str, props: Properties | None = None, auth: Auth | None = None) -> None:
     u = urlparse(url)
+    if u.scheme == "mqtts":
+        c.tls_set_context(ssl.create_default_context(cafile=auth.ca_file if auth else None))
+    if auth is not None and auth.username:
+        c.username_pw_set(auth.username, auth.password)
     connected = threading.Event()
     c.on_connect = lambda *_a: connected.set()
     c.connect(u.hostname or "127.0.0.1", u.port or 1883, clean_start=True, properties=props)
@@ -57,7 +91,8 @@ def _connect(c: paho.Client, url: str, props: Properties | None = None) -> None:
 
 
 def _mqtt_publisher(
-    url: str, topic: str, count: int, size: int, inflight: int, ready: Any, go: Any, out: Any
+    url: str, topic: str, count: int, size: int, inflight: int, ready: Any, go: Any, out: Any,
+    auth: Auth | None = None,
 ) -> None:
     c = _mqtt_client(f"bench-pub-{uuid.uuid4().hex[:8]}")
     c.max_inflight_messages_set(inflight)
@@ -72,7 +107,7 @@ def _mqtt_publisher(
             all_acked.set()
 
     c.on_publish = on_publish
-    _connect(c, url)
+    _connect(c, url, auth=auth)
     ready.set()
     go.wait(30)
     payload = b"x" * size
@@ -87,7 +122,9 @@ def _mqtt_publisher(
     out.put({"t_start": t0, "t_queued": t_queued, "t_acked": t_acked, "acked": acked})
 
 
-def mqtt_pub_sub(url: str, count: int, size: int = 256, inflight: int = INFLIGHT) -> dict[str, Any]:
+def mqtt_pub_sub(
+    url: str, count: int, size: int = 256, inflight: int = INFLIGHT, auth: Auth | None = None
+) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     ready, go, out = ctx.Event(), ctx.Event(), ctx.Queue()
     topic = f"bench/raw/{uuid.uuid4().hex[:8]}"
@@ -111,11 +148,11 @@ def mqtt_pub_sub(url: str, count: int, size: int = 256, inflight: int = INFLIGHT
     sub.on_subscribe = lambda *_a: subscribed.set()
     props = Properties(PacketTypes.CONNECT)
     props.ReceiveMaximum = RECEIVE_MAXIMUM
-    proc = ctx.Process(target=_mqtt_publisher, args=(url, topic, count, size, inflight, ready, go, out),
-                       daemon=True)
+    proc = ctx.Process(target=_mqtt_publisher,
+                       args=(url, topic, count, size, inflight, ready, go, out, auth), daemon=True)
     proc.start()
     try:
-        _connect(sub, url, props)
+        _connect(sub, url, props, auth)
         sub.subscribe(topic, qos=1)
         if not subscribed.wait(10) or not ready.wait(30):
             raise RuntimeError("raw mqtt: subscriber or publisher not ready")
@@ -139,9 +176,11 @@ def mqtt_pub_sub(url: str, count: int, size: int = 256, inflight: int = INFLIGHT
 # ------------------------------------------------------------------------ NATS
 
 
-def _nats_publisher(url: str, subject: str, count: int, size: int, ready: Any, go: Any, out: Any) -> None:
+def _nats_publisher(
+    url: str, subject: str, count: int, size: int, ready: Any, go: Any, out: Any, auth: Auth | None = None
+) -> None:
     async def main() -> None:
-        nc = await nats.connect(url)
+        nc = await nats.connect(url, **_nats_options(url, auth))
         ready.set()
         await asyncio.get_running_loop().run_in_executor(None, go.wait, 30)
         payload = b"x" * size
@@ -157,7 +196,7 @@ def _nats_publisher(url: str, subject: str, count: int, size: int, ready: Any, g
     asyncio.run(main())
 
 
-async def _nats_sub(url: str, count: int, size: int) -> dict[str, Any]:
+async def _nats_sub(url: str, count: int, size: int, auth: Auth | None) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     ready, go, out = ctx.Event(), ctx.Event(), ctx.Queue()
     subject = f"bench.raw.{uuid.uuid4().hex[:8]}"
@@ -176,8 +215,9 @@ async def _nats_sub(url: str, count: int, size: int) -> dict[str, Any]:
             done.set()
 
     loop = asyncio.get_running_loop()
-    nc = await nats.connect(url)
-    proc = ctx.Process(target=_nats_publisher, args=(url, subject, count, size, ready, go, out), daemon=True)
+    nc = await nats.connect(url, **_nats_options(url, auth))
+    proc = ctx.Process(target=_nats_publisher, args=(url, subject, count, size, ready, go, out, auth),
+                       daemon=True)
     try:
         await nc.subscribe(subject, cb=on_msg, pending_msgs_limit=count + 1024,
                            pending_bytes_limit=(count + 1024) * (size + 128))
@@ -199,8 +239,8 @@ async def _nats_sub(url: str, count: int, size: int) -> dict[str, Any]:
     return _figures(count, size, got, first, last, pub) | {"protocol": "NATS core (nats-py)"}
 
 
-def nats_pub_sub(url: str, count: int, size: int = 256) -> dict[str, Any]:
-    return asyncio.run(_nats_sub(url, count, size))
+def nats_pub_sub(url: str, count: int, size: int = 256, auth: Auth | None = None) -> dict[str, Any]:
+    return asyncio.run(_nats_sub(url, count, size, auth))
 
 
 # ------------------------------------------------------------------------ figures

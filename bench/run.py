@@ -26,6 +26,9 @@ Benchmarks:
   fleet: edge devices +40 ms / 10 Mbit/s from the brokers, fog +10 ms), placement left to
   ``round-robin`` then ``greedy``: placement chosen and per-record latency p50/p99 at a fixed
   rate; target greedy's sink p50 >= 2 x lower. Needs root (network namespaces), else ``skipped``.
+- ``security_cost`` (``security_cost.py``): deploy p50 and one stream edge's records/s on the
+  secured stack next to a stack with the previous insecure settings (plaintext, anonymous);
+  target: TLS and authentication cost <= 15 %.
 - ``migration`` (``migration.py``): io.generate (1,000/s) -> stats.count_by_key -> io.file_sink on a
   platform of its own; 100 migrations (20 with ``--quick``) of the counting task round-robin over
   three agents: downtime at the sink p50/p99 (targets <= 250 ms / <= 1 s) next to raw MQTT QoS 1
@@ -45,6 +48,7 @@ platform's logs) for inspection.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -62,6 +66,7 @@ import etl_pipeline
 import file_edge
 import migration
 import placement
+import security_cost
 import stream_edge
 import testbed_etl
 from common import Stack, log, running_stack, scan_logs
@@ -75,6 +80,10 @@ BENCHMARKS: dict[str, Callable[[Stack, bool], dict[str, Any]]] = {
     "placement": placement.run,
     "testbed_etl": testbed_etl.run,
     "migration": migration.run,
+}
+# benchmarks that start stacks of their own, run after the shared one is gone
+STANDALONE: dict[str, Callable[[Stack | None, bool], dict[str, Any]]] = {
+    "security_cost": security_cost.run,
 }
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,7 +117,7 @@ def _on_sigterm(*_: object) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="ECHO benchmarks; one JSON document on stdout")
-    p.add_argument("--only", choices=sorted(BENCHMARKS), action="append",
+    p.add_argument("--only", choices=sorted([*BENCHMARKS, *STANDALONE]), action="append",
                    help="run only this benchmark (repeatable)")
     p.add_argument("--quick", action="store_true", help="fewer runs and records")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs) after the run")
@@ -118,17 +127,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
-    names = args.only or list(BENCHMARKS)
+    names = args.only or [*BENCHMARKS, *STANDALONE]
     doc: dict[str, Any] = {"quick": args.quick, "environment": environment(), "benchmarks": {}}
     t0 = time.monotonic()
     rc = 0
     try:
-        with running_stack(keep=args.keep) as stack:
-            doc["platform"] = {
-                "fleet": [{"id": a.device_id, "tier": a.tier} for a in stack.fleet],
-                "settings": "service defaults (no ECHO_* overrides)",
-            }
-            for name in names:
+        shared = [n for n in names if n in BENCHMARKS]
+        with running_stack(keep=args.keep) if shared else contextlib.nullcontext() as stack:
+            if stack is not None:
+                doc["platform"] = {
+                    "fleet": [{"id": a.device_id, "tier": a.tier} for a in stack.fleet],
+                    "settings": "service defaults (no ECHO_* overrides)",
+                }
+            for name in shared:
                 log(f"== {name}")
                 try:
                     doc["benchmarks"][name] = BENCHMARKS[name](stack, args.quick)
@@ -136,9 +147,18 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"{name} failed: {type(e).__name__}: {e}")
                     doc["benchmarks"][name] = {"error": f"{type(e).__name__}: {e}", "met": False}
                     rc = 1
-            doc["platform_logs"] = scan_logs(stack.logs)
-            if args.keep:
-                doc["workdir"] = str(stack.workdir)
+            if stack is not None:
+                doc["platform_logs"] = scan_logs(stack.logs)
+                if args.keep:
+                    doc["workdir"] = str(stack.workdir)
+        for name in (n for n in names if n in STANDALONE):
+            log(f"== {name}")
+            try:
+                doc["benchmarks"][name] = STANDALONE[name](None, args.quick)
+            except Exception as e:
+                log(f"{name} failed: {type(e).__name__}: {e}")
+                doc["benchmarks"][name] = {"error": f"{type(e).__name__}: {e}", "met": False}
+                rc = 1
     except KeyboardInterrupt:
         log("interrupted")
         doc["interrupted"] = True

@@ -187,17 +187,19 @@ def run(stack: Stack, quick: bool) -> dict[str, Any]:
         log(f"stream edge: {echo['measured_span_s']} s is under {MIN_SPAN_S} s; again with {bigger} records")
         first = {k: echo[k] for k in ("records", "records_per_s", "measured_span_s")}
         echo = measured_stream(stack, bigger) | {"first_attempt": first}
+    mqtt_auth = raw_brokers.Auth.of(stack.brokers, "mqtt")
+    nats_auth = raw_brokers.Auth.of(stack.brokers, "nats")
     log(f"raw mqtt: {mqtt_count} x {RECORD_BYTES} B, QoS 1")
-    mqtt = raw_brokers.mqtt_pub_sub(stack.brokers.mqtt_url, mqtt_count, RECORD_BYTES)
+    mqtt = raw_brokers.mqtt_pub_sub(stack.brokers.mqtt_url, mqtt_count, RECORD_BYTES, auth=mqtt_auth)
     log(f"raw mqtt: {mqtt['msgs_per_s']:.0f} msgs/s (max_inflight {raw_brokers.INFLIGHT})")
     sweep = {raw_brokers.INFLIGHT: mqtt["msgs_per_s"]}
     for inflight in SWEEP_INFLIGHT:
         sweep[inflight] = raw_brokers.mqtt_pub_sub(stack.brokers.mqtt_url, mqtt_count, RECORD_BYTES,
-                                                   inflight=inflight)["msgs_per_s"]
+                                                   inflight=inflight, auth=mqtt_auth)["msgs_per_s"]
         log(f"raw mqtt: {sweep[inflight]:.0f} msgs/s (max_inflight {inflight})")
     best_inflight = max(sweep, key=lambda k: sweep[k])
     log(f"raw nats: {nats_count} x {RECORD_BYTES} B")
-    nats = raw_brokers.nats_pub_sub(stack.brokers.nats_url, nats_count, RECORD_BYTES)
+    nats = raw_brokers.nats_pub_sub(stack.brokers.nats_url, nats_count, RECORD_BYTES, auth=nats_auth)
     log(f"raw nats: {nats['msgs_per_s']:.0f} msgs/s")
     ratio = echo["records_per_s"] / mqtt["msgs_per_s"] if mqtt["msgs_per_s"] else float("nan")
     best_ratio = echo["records_per_s"] / sweep[best_inflight] if sweep[best_inflight] else float("nan")

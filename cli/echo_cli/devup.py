@@ -96,6 +96,8 @@ def env_lines(api_url: str, brokers: Brokers, token: str, namespace: str = NAMES
         "ECHO_REDIS_URL": brokers.redis_url,
         "ECHO_NAMESPACE": namespace,
     }
+    if brokers.bundle is not None:  # the CA that signs the brokers' (and the API's) certificates
+        values["ECHO_CA_FILE"] = str(brokers.bundle.ca_file)
     lines = ["# written by `echoctl dev up`; removed when it stops. Use: source .echo/dev.env"]
     lines += [f"{k}={v}" for k, v in values.items()]
     lines.append("export " + " ".join(values))  # so `source` exports them to echoctl and echo-agent

@@ -1,0 +1,70 @@
+"""What TLS and authentication cost: deploy latency and one stream edge's records/s on the
+secured stack (the one every other benchmark uses: TLS on every broker, logins, per-device
+ACLs, grants pushed to Mosquitto before each deploy, NATS logins through the auth callout)
+next to the same figures on a stack with the previous insecure settings (plaintext
+brokers, anonymous clients: ``running_stack(secure=False)``, a switch only this benchmark
+uses). Target: security costs <= 15 % (deploy p50 at most 1.15 x; records/s at least 0.85 x).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import deploy_latency
+import stream_edge
+from common import Stack, log, running_stack, summary_ms
+
+TARGET = 0.15
+
+
+def figures(stack: Stack, quick: bool) -> dict[str, Any]:
+    runs = 5 if quick else 15
+    results = deploy_latency.series(stack, "deploy", runs, None, [])
+    count = 50_000 if quick else 150_000
+    stream = stream_edge.measured_stream(stack, count)
+    return {
+        "deploy_p50_ms": summary_ms([r["client"] for r in results])["p50"],
+        "stream_records_per_s": stream["records_per_s"],
+        "stream_clean": stream["sink_file_check"]["duplicates"] == 0
+        and stream["sink_file_check"]["missing"] == 0,
+    }
+
+
+def measure(secure: bool, quick: bool) -> dict[str, Any]:
+    what = "secured" if secure else "insecure (previous settings)"
+    log(f"security cost: a {what} stack")
+    with running_stack(secure=secure) as stack:
+        deploy_latency.series(stack, "warmup", 1, None, [])
+        out = figures(stack, quick)
+    log(f"security cost: {what}: {out}")
+    return out
+
+
+def run(_stack: Stack | None, quick: bool) -> dict[str, Any]:
+    """Two stacks of its own, one after the other (never both at once: 2 cores)."""
+    secure = measure(True, quick)
+    insecure = measure(False, quick)
+    deploy_cost = (
+        secure["deploy_p50_ms"] / insecure["deploy_p50_ms"] - 1 if insecure["deploy_p50_ms"] else None
+    )
+    rate_cost = (
+        1 - secure["stream_records_per_s"] / insecure["stream_records_per_s"]
+        if insecure["stream_records_per_s"]
+        else None
+    )
+    met = (
+        deploy_cost is not None
+        and rate_cost is not None
+        and deploy_cost <= TARGET
+        and rate_cost <= TARGET
+        and secure["stream_clean"]
+        and insecure["stream_clean"]
+    )
+    return {
+        "secure": secure,
+        "insecure": insecure,
+        "deploy_p50_cost": round(deploy_cost, 3) if deploy_cost is not None else None,
+        "stream_rate_cost": round(rate_cost, 3) if rate_cost is not None else None,
+        "target": f"cost <= {TARGET:.0%} on both",
+        "met": met,
+    }
