@@ -79,9 +79,9 @@ class Api:
     """A thin synchronous client of the master's REST API (one keep-alive connection), with
     the platform's admin token (every route needs one)."""
 
-    def __init__(self, base_url: str, token: str | None = None) -> None:
+    def __init__(self, base_url: str, token: str | None = None, verify: Any = True) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else None
-        self.http = httpx.Client(base_url=base_url, timeout=15, headers=headers)
+        self.http = httpx.Client(base_url=base_url, timeout=15, headers=headers, verify=verify)
 
     def close(self) -> None:
         self.http.close()
@@ -177,7 +177,7 @@ def running_stack(
             f"platform up in {time.monotonic() - t0:.1f}s: API {platform.api_url}, "
             f"fleet {[a.device_id for a in fleet]}"
         )
-        api = Api(platform.api_url, platform.admin_token)
+        api = Api(platform.api_url, platform.admin_token, platform.api_verify)
         yield Stack(brokers, platform, api, workdir, fleet)
     finally:
         if api is not None:

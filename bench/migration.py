@@ -277,7 +277,13 @@ def own_stack(stack: Stack) -> Stack:
         platform.stop()
         raise
     log(f"migration: own platform up in {time.monotonic() - t0:.1f}s, API {platform.api_url}")
-    return Stack(stack.brokers, platform, Api(platform.api_url, platform.admin_token), workdir, FLEET)
+    return Stack(
+        stack.brokers,
+        platform,
+        Api(platform.api_url, platform.admin_token, platform.api_verify),
+        workdir,
+        FLEET,
+    )
 
 
 # ------------------------------------------------------------------ part 1: migrations

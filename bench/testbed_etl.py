@@ -206,7 +206,7 @@ def run(stack: Stack, quick: bool) -> dict[str, Any]:
     t0 = time.monotonic()
     tb.start(timeout=90)
     assert tb.platform is not None
-    api = Api(tb.platform.api_url)
+    api = Api(tb.platform.api_url, tb.platform.admin_token, tb.platform.api_verify)
     runs: dict[str, dict[str, Any]] = {}
     try:
         log(

@@ -64,7 +64,7 @@ def platform_factory(
             namespace=unique_namespace(),
             extra_env={**FAST_LIVENESS, **(env or {})},
         )
-        started.append((p, Api(p.api_url, p.admin_token)))
+        started.append((p, Api.of(p)))
         p.start(fleet)
         return started[-1]
 

@@ -210,7 +210,9 @@ class DevUp:
 
     def _submit_all(self) -> None:
         assert self.platform is not None
-        with EchoClient(self.platform.api_url, token=self.platform.admin_token) as client:
+        with EchoClient(
+            self.platform.api_url, token=self.platform.admin_token, ca_file=self._ca_file()
+        ) as client:
             for path in self.submit:
                 try:
                     self._submit_one(client, path)
@@ -263,6 +265,10 @@ class DevUp:
         while not self.shutdown.event.wait(POLL):
             self.check_children()
         self.con.print("\n[bold]stopping ECHO…[/]")
+
+    def _ca_file(self) -> str | None:
+        b = self.brokers.bundle if self.brokers is not None else None
+        return str(b.ca_file) if b is not None else None
 
     def _rel(self, p: Path) -> str:
         try:

@@ -17,10 +17,6 @@ from urllib.parse import quote
 import typer
 from rich.markup import escape
 
-from echo_shared.bundle import create_bundle
-from echo_shared.pki import DEFAULT_HOSTS, PkiError
-from echo_shared.secretfiles import write_secret
-
 from .client import CliError, EchoClient
 from .render import stdout
 
@@ -48,6 +44,10 @@ def parse_owners(specs: list[str]) -> dict[str, tuple[int, int]]:
 def pki_init(
     directory: Path, hosts: list[str], owners: dict[str, tuple[int, int]] | None = None
 ) -> list[tuple[str, Path]]:
+    # imported here: the cryptography stack is heavy, and every other echoctl command skips it
+    from echo_shared.bundle import create_bundle
+    from echo_shared.pki import DEFAULT_HOSTS, PkiError
+
     try:
         b = create_bundle(directory, tuple(dict.fromkeys([*DEFAULT_HOSTS, *hosts])), owners=owners)
     except (PkiError, OSError) as e:
@@ -116,6 +116,8 @@ def register(
                 "POST", "/api/v1/enrolments", json={"device": device, "tier": tier, "ttl": ttl}, ok=(201,)
             )
         if token_file is not None:  # for the device's --enrol-token-file
+            from echo_shared.secretfiles import write_secret
+
             who = parse_owners([f"master={owner}"])["master"] if owner else None
             write_secret(token_file, resp.json()["token"], owner=who)
             stdout().print(f"enrolment token for {escape(device)} written to {escape(str(token_file))}")

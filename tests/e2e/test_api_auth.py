@@ -42,7 +42,7 @@ class Live:
         h = dict(headers)
         if token is not None:
             h["Authorization"] = f"Bearer {token}"
-        return httpx.Client(base_url=self.url, headers=h, timeout=15)
+        return httpx.Client(base_url=self.url, headers=h, timeout=15, verify=self.platform.api_verify)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def live(brokers: Brokers, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     p = Platform(
         brokers, tmp_path_factory.mktemp("auth"), namespace=unique_namespace(), extra_env=dict(FAST_LIVENESS)
     )
-    admin = Api(p.api_url, p.admin_token)
+    admin = Api.of(p)
     try:
         p.start(fleet=())
         yield Live(p, admin)
@@ -172,7 +172,7 @@ def test_bad_credentials_get_401_with_the_challenge(
     live: Live, header: str | None, error: str | None
 ) -> None:
     headers = {"Authorization": header.encode("utf-8")} if header is not None else {}
-    with httpx.Client(base_url=live.url, timeout=10) as c:
+    with httpx.Client(base_url=live.url, timeout=10, verify=live.platform.api_verify) as c:
         r = c.get("/api/v1/dataflows", headers=headers)  # type: ignore[arg-type]
     assert r.status_code == 401, r.text
     challenge = r.headers["www-authenticate"]
@@ -186,7 +186,7 @@ def test_two_authorization_headers_are_malformed(live: Live, tokens: dict[str, s
         ("Authorization", f"Bearer {tokens['admin']}"),
         ("Authorization", f"Bearer {tokens['viewer']}"),
     ]
-    with httpx.Client(base_url=live.url, timeout=10) as c:
+    with httpx.Client(base_url=live.url, timeout=10, verify=live.platform.api_verify) as c:
         r = c.get("/api/v1/dataflows", headers=headers)
     assert r.status_code == 401 and 'error="invalid_request"' in r.headers["www-authenticate"], r.text
 

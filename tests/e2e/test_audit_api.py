@@ -30,13 +30,18 @@ def platform(brokers: Brokers, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 @pytest.fixture
 def admin(platform: Platform) -> Iterator[Api]:
-    api = Api(platform.api_url, platform.admin_token)
+    api = Api.of(platform)
     yield api
     api.close()
 
 
 def as_token(platform: Platform, token: str) -> httpx.Client:
-    return httpx.Client(base_url=platform.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=15)
+    return httpx.Client(
+        base_url=platform.api_url,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=15,
+        verify=platform.api_verify,
+    )
 
 
 def entries_of(admin: Api, token_id: str, **params: Any) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ def api(brokers: Brokers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         brokers, tmp_path_factory.mktemp("bad-specs"), namespace=unique_namespace(), extra_env=FAST_LIVENESS
     )
     p.start(THREE_TIERS)
-    client = Api(p.api_url, p.admin_token)
+    client = Api.of(p)
     try:
         yield client
     finally:

@@ -127,7 +127,7 @@ def test_dev_up_runs_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
     try:
         # 1. the platform is up and says where
         dev_env = poll(".echo/dev.env", lambda: read_env(tmp_path / ".echo" / "dev.env"), proc, out, 120)
-        assert dev_env["ECHO_API_URL"] == f"http://127.0.0.1:{port}"
+        assert dev_env["ECHO_API_URL"] == f"https://127.0.0.1:{port}"  # the API over TLS too
         assert dev_env["ECHO_NAMESPACE"] == "echo"
         for key, scheme in (  # TLS everywhere
             ("ECHO_NATS_URL", "tls://"),

@@ -215,6 +215,7 @@ def test_enrolment_token_is_single_use_and_ids_are_not_reused(
         f"{platform.api_url}/api/v1/enrol",
         json={"device": "edge-9", "tier": "edge"},
         headers={"Authorization": f"Bearer {token}"},
+        verify=platform.api_verify,
     ).raise_for_status()
     again = agent(tmp_path / "state-b", token)
     assert again.returncode == 2
@@ -222,6 +223,13 @@ def test_enrolment_token_is_single_use_and_ids_are_not_reused(
     assert len(lines) == 1 and "unknown, expired or already used" in lines[0], again.stderr
     unknown = agent(tmp_path / "state-c", "echoenrol_nothing")
     assert unknown.returncode == 2 and "unknown, expired or already used" in unknown.stderr
+    # the audit trail has the enrolment and the refused reuse
+    entries = api.http.get("/api/v1/audit", params={"limit": 50}).json()
+    enrols = [e for e in entries if e["action"] == "device.enrol"]
+    assert {(str(e["result"]), e["target"].get("device")) for e in enrols} >= {
+        ("201", "edge-9"),
+        ("401", "edge-9"),
+    }
 
 
 def test_rotation_hands_new_credentials_and_retires_the_old(

@@ -81,7 +81,7 @@ def platform(
     workdir = tmp_path_factory.mktemp("legacy")
     p = Platform(brokers, workdir, namespace=unique_namespace(), extra_env=FAST_LIVENESS)
     p.start(FLEET)
-    client = Api(p.api_url, p.admin_token)
+    client = Api.of(p)
     try:
         yield p, client
     finally:

@@ -79,7 +79,7 @@ def test_edge_agent_in_its_namespace_behind_the_delay(
     testbed: Testbed, brokers: Brokers, tmp_path: Path
 ) -> None:
     assert testbed.platform is not None and testbed.network is not None
-    api = Api(testbed.platform.api_url, testbed.platform.admin_token)
+    api = Api.of(testbed.platform)
     try:
         # the edge agent runs in the testbed's namespace, not in ours
         netns = testbed.netns_of("edge-1")

@@ -41,13 +41,18 @@ def platform(brokers: Brokers, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 @pytest.fixture
 def admin(platform: Platform) -> Iterator[Api]:
-    api = Api(platform.api_url, platform.admin_token)
+    api = Api.of(platform)
     yield api
     api.close()
 
 
 def status_with(platform: Platform, token: str, path: str = "/api/v1/dataflows") -> int:
-    r = httpx.get(platform.api_url + path, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    r = httpx.get(
+        platform.api_url + path,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+        verify=platform.api_verify,
+    )
     return r.status_code
 
 
@@ -78,7 +83,9 @@ def test_create_list_revoke(platform: Platform, admin: Api) -> None:
     wait_until(lambda: status_with(platform, created["token"]) == 401, timeout=3, what="revoked -> 401")
     assert time.monotonic() - t0 <= 1.2
     r = httpx.get(
-        platform.api_url + "/api/v1/dataflows", headers={"Authorization": f"Bearer {created['token']}"}
+        platform.api_url + "/api/v1/dataflows",
+        headers={"Authorization": f"Bearer {created['token']}"},
+        verify=platform.api_verify,
     )
     assert r.headers["www-authenticate"] == 'Bearer error="invalid_token"' and "revoked" in r.json()["detail"]
     assert admin.http.delete("/api/v1/tokens/tok-nope").status_code == 404
@@ -91,7 +98,9 @@ def test_a_short_lived_token_expires(platform: Platform, admin: Api) -> None:
     wait_until(lambda: status_with(platform, created["token"]) == 401, timeout=6, what="expired -> 401")
     assert time.monotonic() - t0 > 0.3  # it did work for a while
     r = httpx.get(
-        platform.api_url + "/api/v1/dataflows", headers={"Authorization": f"Bearer {created['token']}"}
+        platform.api_url + "/api/v1/dataflows",
+        headers={"Authorization": f"Bearer {created['token']}"},
+        verify=platform.api_verify,
     )
     assert "expired" in r.json()["detail"]
 
@@ -171,6 +180,9 @@ def test_bootstrap_token_follows_its_file_across_a_restart(platform_factory: Pla
     wait_until(lambda: status_with(platform, new, "/api/v1/tokens") == 200, timeout=20, what="new bootstrap")
     assert status_with(platform, old) == 401
     listed = httpx.get(
-        platform.api_url + "/api/v1/tokens", headers={"Authorization": f"Bearer {new}"}, timeout=10
+        platform.api_url + "/api/v1/tokens",
+        headers={"Authorization": f"Bearer {new}"},
+        timeout=10,
+        verify=platform.api_verify,
     ).json()
     assert [t["id"] for t in listed] == ["bootstrap"]

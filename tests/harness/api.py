@@ -14,10 +14,15 @@ class DataflowFailed(Exception):
 
 
 class Api:
-    def __init__(self, base_url: str, token: str | None = None) -> None:
+    def __init__(self, base_url: str, token: str | None = None, verify: Any = True) -> None:
         self.base = base_url
         headers = {"Authorization": f"Bearer {token}"} if token else None
-        self.http = httpx.Client(base_url=base_url, timeout=10, headers=headers)
+        self.http = httpx.Client(base_url=base_url, timeout=10, headers=headers, verify=verify)
+
+    @classmethod
+    def of(cls, platform: Any) -> Api:
+        """An admin client of a running ``Platform`` (its token; its CA for HTTPS)."""
+        return cls(platform.api_url, platform.admin_token, platform.api_verify)
 
     def close(self) -> None:
         self.http.close()

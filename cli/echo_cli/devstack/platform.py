@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ssl
 import sys
 import time
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from echo_shared.credentials import client_tls
 from echo_shared.secretfiles import new_secret, write_secret
 
 from .brokers import Brokers
@@ -71,10 +73,13 @@ class Platform:
     api_port: int = 0
     host: str = "127.0.0.1"
     extra_env: dict[str, str] = field(default_factory=dict)
+    api_tls: bool | None = None  # None: HTTPS when the brokers are secured (the bundle's certificate)
     services: dict[str, ManagedProcess] = field(default_factory=dict)
     agents: dict[str, ManagedProcess] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.api_tls is None:
+            self.api_tls = self.brokers.bundle is not None
         if not self.api_port:
             self.api_port = free_port(self.host)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -90,15 +95,30 @@ class Platform:
 
     @property
     def api_url(self) -> str:
-        return f"http://{self.host}:{self.api_port}"
+        return f"{'https' if self.api_tls else 'http'}://{self.host}:{self.api_port}"
+
+    @property
+    def api_verify(self) -> ssl.SSLContext | bool:
+        """What an HTTP client verifies the API's certificate with (httpx's ``verify``)."""
+        b = self.brokers.bundle
+        return client_tls(b.ca_file) if b is not None else True
 
     @property
     def logs(self) -> Path:
         return self.workdir / "logs"
 
     def env(self) -> dict[str, str]:
+        tls: dict[str, str] = {}
+        if self.api_tls and self.brokers.bundle is not None:
+            b = self.brokers.bundle
+            tls = {
+                "ECHO_API_TLS": "true",
+                "ECHO_API_CERT_FILE": str(b.server.cert),
+                "ECHO_API_KEY_FILE": str(b.server.key),
+            }
         return {
             **self.brokers.env(),
+            **tls,
             "ECHO_NAMESPACE": self.namespace,
             "ECHO_API_PORT": str(self.api_port),
             "ECHO_API_HOST": self.host,
@@ -143,6 +163,7 @@ class Platform:
             json={"device": spec.device_id, "tier": spec.tier, "ttl": "10m"},
             headers=self.http_headers(),
             timeout=10,
+            verify=self.api_verify,
         )
         if r.status_code != 201:
             raise RuntimeError(f"enrolment of {spec.device_id} refused: HTTP {r.status_code} {r.text}")
@@ -192,7 +213,12 @@ class Platform:
         seen: dict[str, str] = {}
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError, ValueError):
-                r = httpx.get(f"{self.api_url}/api/v1/devices", timeout=2, headers=self.http_headers())
+                r = httpx.get(
+                    f"{self.api_url}/api/v1/devices",
+                    timeout=2,
+                    headers=self.http_headers(),
+                    verify=self.api_verify,
+                )
                 if r.status_code == 200:
                     seen = {d["id"]: d["status"] for d in r.json()}
                     if all(seen.get(i) == status for i in ids):

@@ -223,7 +223,7 @@ class Testbed:
                     self.netns_of(d.device_id),
                     f"{mqtt_scheme}://{TESTBED_HOST}:{mqtt.listen_port}",
                     f"{nats_scheme}://{TESTBED_HOST}:{nats.listen_port}" if nats else None,
-                    f"http://{TESTBED_HOST}:{api.listen_port}",
+                    f"{'https' if self.brokers.secure else 'http'}://{TESTBED_HOST}:{api.listen_port}",
                 )
             else:
                 out[d.device_id] = AgentLaunch(

@@ -32,7 +32,7 @@ from pathlib import Path
 from echo_shared.brokerauth import MqttRights
 from echo_shared.credentials import same_broker
 from echo_shared.dynsec import ChannelGrant, DynsecAdmin, DynsecError, device_rights
-from echo_shared.errors import NotFoundError, PermanentError, Problem, SpecError
+from echo_shared.errors import EchoError, NotFoundError, PermanentError, Problem, SpecError
 from echo_shared.messages import (
     CredentialsAck,
     DeployTask,
@@ -44,6 +44,7 @@ from echo_shared.messages import (
 from echo_shared.names import Names
 from echo_shared.nats_bus import NatsBus
 
+from .audit import AuditLog
 from .errors import Refused
 from .identities import ENROLLED, REVOKED, Identity, IdentityStore, Login, TaskGrant
 
@@ -118,6 +119,7 @@ class DeviceAccess:
         ca_file: Path | None,
         rotation_grace: float,
         send: SendCredentials | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.store = store
         self.names = names
@@ -128,6 +130,7 @@ class DeviceAccess:
         self.ca_file = ca_file
         self.rotation_grace = rotation_grace
         self.send_credentials = send
+        self.audit = audit  # enrolments and retired logins (the API's calls are audited there)
         self._locks: dict[str, asyncio.Lock] = {}
         self._pushed: dict[str, MqttRights] = {}
 
@@ -142,8 +145,24 @@ class DeviceAccess:
         expires = await self.store.add_enrolment(token, device, tier, ttl)
         return token, expires
 
-    async def enrol(self, token: str, device: str, tier: str, nats: bool) -> DeviceLogin:
-        """Exchange an enrolment token (once) for the device's broker login."""
+    async def enrol(self, token: str, device: str, tier: str, nats: bool, client: str = "") -> DeviceLogin:
+        """Exchange an enrolment token (once) for the device's broker login (audited)."""
+        try:
+            login = await self._enrol(token, device, tier, nats)
+        except Refused as e:
+            await self._audit("device.enrol", e.status, device, client)
+            raise
+        await self._audit("device.enrol", 201, device, client)
+        return login
+
+    async def _audit(self, action: str, result: int | str, device: str, client: str = "") -> None:
+        if self.audit is not None:
+            try:
+                await self.audit.record(action, result=result, target={"device": device}, client=client)
+            except EchoError as e:  # the audit trail is down: the event still happened
+                log.warning("audit of %s on %s not recorded: %s", action, device, e)
+
+    async def _enrol(self, token: str, device: str, tier: str, nats: bool) -> DeviceLogin:
         self._check_id(device, tier)
         found = await self.store.take_enrolment(token)
         if found is None:
@@ -298,6 +317,7 @@ class DeviceAccess:
                 )
             ident.logins = [lg for lg in ident.logins if lg not in due]
             await self.store.save(ident)
+            await self._audit("device.login.retired", "ok", device)
             log.info("device %s: retired login(s) %s", device, ", ".join(lg.username for lg in due))
 
     async def run_retirement(self, stop: asyncio.Event, period: float = 1.0) -> None:

@@ -116,6 +116,7 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
                 ca_file=access.ca_file,
                 rotation_grace=settings.rotation_grace,
                 send=link.send_credentials,
+                audit=audit,
             )
             link.hooks = device_access
             reconciler = Reconciler(store, link, bus, names, settings)

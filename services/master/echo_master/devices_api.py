@@ -11,9 +11,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import re
-
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -21,33 +18,10 @@ from echo_shared.models import Tier
 
 from .access_control import DeviceAccess
 from .errors import Refused
+from .tokens import iso, parse_ttl
 from .views import ERRORS
 
-_TTL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-_UNIT = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 MAX_ENROL_TTL = 30 * 86400.0
-
-
-def parse_ttl(value: str | float | int) -> float:
-    """``"90s"``, ``"15m"``, ``"24h"``, ``"7d"`` or a number of seconds; > 0."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        m = _TTL.match(str(value))
-        if not m:
-            raise ValueError(
-                f"{value!r} is not a duration: use e.g. 90s, 15m, 24h, 7d or a number of seconds"
-            )
-        seconds = float(m.group(1)) * _UNIT[m.group(2)]
-    if seconds <= 0:
-        raise ValueError("a duration must be positive")
-    return seconds
-
-
-def iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 
 
@@ -135,7 +109,8 @@ def devices_router(access: DeviceAccess) -> APIRouter:
     )
     async def enrol(request: Request, body: EnrolBody) -> EnrolReply:
         token = bearer(request)
-        login = await access.enrol(token, body.device, body.tier.value, body.nats)
+        client = request.client.host if request.client else ""
+        login = await access.enrol(token, body.device, body.tier.value, body.nats, client)
         return EnrolReply(**login.__dict__)
 
     @r.post(

@@ -15,12 +15,13 @@ working until the old login retires) and acknowledges.
 from __future__ import annotations
 
 import logging
+import ssl
 from pathlib import Path
 
 import httpx
 from pydantic import SecretStr
 
-from echo_shared.credentials import Access, Credentials, Login
+from echo_shared.credentials import Access, Credentials, Login, client_tls
 from echo_shared.errors import EchoError
 from echo_shared.messages import RotateCredentials
 from echo_shared.names import Names
@@ -90,7 +91,7 @@ def enrol(settings: AgentSettings, token: str) -> Credentials:
         raise EnrolmentFailed("enrolment needs the master's API: set ECHO_API_URL")
     url = settings.api_url.rstrip("/") + "/api/v1/enrol"
     body = {"device": settings.device_id, "tier": settings.tier.value, "nats": wants_nats(settings)}
-    verify: str | bool = str(settings.ca_file) if settings.ca_file else True
+    verify: ssl.SSLContext | bool = client_tls(settings.ca_file) if settings.ca_file else True
     try:
         r = httpx.post(
             url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=ENROL_TIMEOUT, verify=verify
