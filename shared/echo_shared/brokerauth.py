@@ -60,6 +60,7 @@ class Rights:
     nats: NatsPermissions | None = None
     redis: RedisRights | None = None
     dynsec_admin: bool = False
+    nats_system: bool = False  # a login in NATS' system account: disconnect revoked devices (KICK)
 
 
 def _dev(leaf: str) -> str:
@@ -111,6 +112,7 @@ SERVICE_RIGHTS: dict[str, Rights] = {
             )
         ),
         dynsec_admin=True,
+        nats_system=True,
     ),
     "registry": Rights(
         mqtt=MqttRights(subscribe=(_dev("hello"), _dev("hb"), _dev("bye"))),
@@ -149,6 +151,7 @@ class Identity:
     mqtt_password: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
     nats_password: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
     redis_password: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+    nats_system_password: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
 
 
 # ------------------------------------------------------------------ Mosquitto
@@ -228,8 +231,21 @@ def render_nats_users(identities: list[Identity], callout_issuer: str | None) ->
         for i in identities
         if i.rights.nats is not None
     ]
+    system = [
+        StaticUser(system_user(i.name), hash_password(i.nats_system_password), KICK_RIGHTS)
+        for i in identities
+        if i.rights.nats_system
+    ]
     callout = CalloutConfig(callout_issuer, "master") if callout_issuer else None
-    return render_auth_config(users, callout)
+    return render_auth_config(users, callout, system_users=system)
+
+
+def system_user(name: str) -> str:
+    return f"{name}-sys"
+
+
+# the system login may ask a server to disconnect one client (a revoked device's connection)
+KICK_RIGHTS = NatsPermissions(pub_allow=("$SYS.REQ.SERVER.*.KICK",), sub_allow=("_INBOX.>",))
 
 
 # ------------------------------------------------------------------ Redis

@@ -27,6 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from . import brokerauth, pki
 from .brokerauth import SERVICE_RIGHTS, TESTER, TESTER_RIGHTS, Identity
 from .credentials import Credentials
@@ -175,6 +177,8 @@ def _write_identities(b: Bundle, names: list[str]) -> None:
             redis_username=i.name if r.redis is not None else None,
             redis_password=i.redis_password if r.redis is not None else None,
             nats_issuer_seed=issuer.seed if i.name == "master" else None,
+            nats_system_username=brokerauth.system_user(i.name) if r.nats_system else None,
+            nats_system_password=i.nats_system_password if r.nats_system else None,
         )
         creds.save(b.credentials_file(i.name))
     write_secret(b.dynsec_file, brokerauth.render_dynsec(idents))
@@ -196,16 +200,34 @@ def _render_nats_server(b: Bundle) -> None:
 
 
 def _render_static(b: Bundle, names: list[str]) -> None:
+    """Re-render the NATS and Redis users from the credentials files (the passwords stay);
+    a login this version adds to an identity (e.g. the master's NATS system login) is made
+    now and saved, never left empty."""
     idents = []
     for n in names:
         c = b.credentials(n)
+        rights = TESTER_RIGHTS if n == TESTER else SERVICE_RIGHTS[n]
+        fresh = Identity(n, rights)
+        if rights.nats_system and c.nats_system_password is None:
+            c = c.model_copy(
+                update={
+                    "nats_system_username": brokerauth.system_user(n),
+                    "nats_system_password": SecretStr(fresh.nats_system_password),
+                }
+            )
+            c.save(b.credentials_file(n))
+
+        def secret(value: SecretStr | None, default: str) -> str:
+            return value.get_secret_value() if value else default
+
         idents.append(
             Identity(
                 n,
-                TESTER_RIGHTS if n == TESTER else SERVICE_RIGHTS[n],
-                mqtt_password=c.password.get_secret_value() if c.password else "",
-                nats_password=c.nats_password.get_secret_value() if c.nats_password else "",
-                redis_password=c.redis_password.get_secret_value() if c.redis_password else "",
+                rights,
+                mqtt_password=secret(c.password, fresh.mqtt_password),
+                nats_password=secret(c.nats_password, fresh.nats_password),
+                redis_password=secret(c.redis_password, fresh.redis_password),
+                nats_system_password=secret(c.nats_system_password, fresh.nats_system_password),
             )
         )
     seed = b.credentials("master").nats_issuer_seed

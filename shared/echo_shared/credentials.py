@@ -49,6 +49,8 @@ class Credentials(BaseModel):
     redis_username: str | None = None
     redis_password: SecretStr | None = None
     nats_issuer_seed: SecretStr | None = None  # the master: signs devices' NATS logins (auth callout)
+    nats_system_username: str | None = None  # the master: disconnects revoked devices' connections
+    nats_system_password: SecretStr | None = None
 
     @classmethod
     def load(cls, path: Path) -> Credentials:
@@ -64,7 +66,7 @@ class Credentials(BaseModel):
 
     def save(self, path: Path) -> None:
         data = self.model_dump(mode="json", exclude_none=True)
-        for k in ("password", "nats_password", "redis_password", "nats_issuer_seed"):
+        for k in ("password", "nats_password", "redis_password", "nats_issuer_seed", "nats_system_password"):
             secret = getattr(self, k)
             if secret is not None:
                 data[k] = secret.get_secret_value()

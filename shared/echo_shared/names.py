@@ -390,6 +390,11 @@ class Names:
         """What a device's tasks may use: channel -> grant (hash), the source of its broker role."""
         return f"{self.namespace}:identity:{_check(device, 'device id')}:grants"
 
+    def device_connections_key(self, device: str) -> str:
+        """A device's recent NATS connections (``server_id cid username``, newest first, capped):
+        what a revocation disconnects."""
+        return f"{self.namespace}:identity:{_check(device, 'device id')}:conns"
+
     def device_login_key(self, username: str) -> str:
         """A device's broker login (by username): the device and the password's digest."""
         return f"{self.namespace}:identity:login:{username}"

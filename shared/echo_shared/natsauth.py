@@ -186,11 +186,14 @@ def render_auth_config(
     account: str = APP_ACCOUNT,
     system_account: str = SYSTEM_ACCOUNT,
     jetstream: bool = True,
+    system_users: list[StaticUser] | None = None,
 ) -> str:
     """The accounts and authorization part of nats-server's config (the caller adds
     ``listen``, ``tls`` and ``jetstream { store_dir }``). Every static user is an
-    ``auth_user``: only logins nobody declared reach the callout."""
-    names = [u.name for u in static_users]
+    ``auth_user``: only logins nobody declared reach the callout. ``system_users`` live in
+    the system account (e.g. the master's, to disconnect a revoked device: ``KICK``)."""
+    sys_users = system_users or []
+    names = [u.name for u in [*static_users, *sys_users]]
     if len(set(names)) != len(names):
         raise ValueError("NATS user names must be unique")
     if callout is not None and callout.callout_user not in names:
@@ -198,15 +201,24 @@ def render_auth_config(
     for acc in (account, system_account):
         if not acc.isidentifier() or acc == "$G":
             raise ValueError(f"invalid account name {acc!r}")
-    users = ",\n".join(
-        f"      {{user: {json.dumps(u.name)}, password: {json.dumps(u.password_hash)}, "
-        f"permissions: {u.permissions.config_block()}}}"
-        for u in static_users
+
+    def block(users: list[StaticUser]) -> str:
+        return ",\n".join(
+            f"      {{user: {json.dumps(u.name)}, password: {json.dumps(u.password_hash)}, "
+            f"permissions: {u.permissions.config_block()}}}"
+            for u in users
+        )
+
+    users = block(static_users)
+    system = (
+        f"  {system_account}: {{ users: [\n{block(sys_users)}\n    ] }}"
+        if sys_users
+        else f"  {system_account}: {{}}"
     )
     lines = [
         f"system_account: {system_account}",
         "accounts {",
-        f"  {system_account}: {{}}",
+        system,
         f"  {account}: {{",
         *(["    jetstream: enabled"] if jetstream else []),
         "    users: [",

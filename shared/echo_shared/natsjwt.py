@@ -277,6 +277,7 @@ class ClientInfo:
     server_name: str
     tls_version: str | None  # None: a plain connection
     user_nkey: str  # the one-off key the server made for this connection
+    cid: int | None = None  # the connection's id on its server (to disconnect it: ``KICK``)
 
     @classmethod
     def of(cls, req: AuthorizationRequest) -> ClientInfo:
@@ -288,6 +289,7 @@ class ClientInfo:
             server_name=req.server_name,
             tls_version=str(tls["version"]) if tls.get("version") else None,
             user_nkey=req.user_nkey,
+            cid=cid if isinstance(cid := req.client_info.get("id"), int) else None,
         )
 
 

@@ -10,14 +10,16 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
 import httpx
+import nats
 import pytest
 
 from echo_cli.devstack.platform import AgentSpec, Platform
-from echo_shared.credentials import Access, Credentials
+from echo_shared.credentials import Access, Credentials, client_tls
 from echo_shared.messages import Binding, DeployTask
 from echo_shared.mqtt import MqttClient, MqttMessage, MqttRefused, MqttUnavailable
 from echo_shared.names import Names
@@ -298,3 +300,52 @@ def test_an_agent_enrols_from_a_token_file_and_restarts_with_its_credentials(
             proc.stop(10)
             platform.agents.pop("edge-8", None)
         assert (state / "credentials.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_revocation_ends_the_devices_nats_connections(platform_factory: PlatformFactory) -> None:
+    """The callout checks a NATS login when a connection opens; revoking a device also ends
+    the connections it has open (KICK), and they cannot come back."""
+    platform, api = platform_factory(EDGES)
+    r = api.http.post("/api/v1/enrolments", json={"device": "fog-9", "tier": "fog"})
+    token = r.json()["token"]
+    login = httpx.post(
+        f"{platform.api_url}/api/v1/enrol",
+        json={"device": "fog-9", "tier": "fog", "nats": True},
+        headers={"Authorization": f"Bearer {token}"},
+        verify=platform.api_verify,
+    )
+    assert login.status_code == 201, login.text
+    doc = login.json()
+    assert doc["nats_url"] and doc["nats_username"] and doc["nats_password"]
+    ca = platform.brokers.bundle.ca_file if platform.brokers.bundle else None
+
+    async def scenario() -> None:
+        disconnected, closed = asyncio.Event(), asyncio.Event()
+
+        async def on_disconnect() -> None:
+            disconnected.set()
+
+        async def on_closed() -> None:
+            closed.set()
+
+        nc = await nats.connect(
+            platform.brokers.nats_url,
+            user=doc["nats_username"],
+            password=doc["nats_password"],
+            tls=client_tls(ca),
+            inbox_prefix=Names(platform.namespace).device_inbox("fog-9"),
+            disconnected_cb=on_disconnect,
+            closed_cb=on_closed,
+            max_reconnect_attempts=3,
+            reconnect_time_wait=0.2,
+        )
+        assert nc.is_connected
+        t0 = time.monotonic()
+        resp = await asyncio.to_thread(api.http.post, "/api/v1/devices/fog-9/revoke")
+        assert resp.status_code == 200, resp.text
+        await asyncio.wait_for(disconnected.wait(), 5)
+        assert time.monotonic() - t0 < 5
+        await asyncio.wait_for(closed.wait(), 15)  # its reconnections are refused
+        assert not nc.is_connected
+
+    asyncio.run(scenario())

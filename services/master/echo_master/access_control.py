@@ -47,6 +47,7 @@ from echo_shared.nats_bus import NatsBus
 from .audit import AuditLog
 from .errors import Refused
 from .identities import ENROLLED, REVOKED, Identity, IdentityStore, Login, TaskGrant
+from .nats_logins import NatsKicker
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,7 @@ class DeviceAccess:
         rotation_grace: float,
         send: SendCredentials | None = None,
         audit: AuditLog | None = None,
+        kicker: NatsKicker | None = None,
     ) -> None:
         self.store = store
         self.names = names
@@ -131,6 +133,7 @@ class DeviceAccess:
         self.rotation_grace = rotation_grace
         self.send_credentials = send
         self.audit = audit  # enrolments and retired logins (the API's calls are audited there)
+        self.kicker = kicker  # ends a revoked device's (or retired login's) NATS connections
         self._locks: dict[str, asyncio.Lock] = {}
         self._pushed: dict[str, MqttRights] = {}
 
@@ -245,6 +248,8 @@ class DeviceAccess:
             await self.dynsec.call(cmds, tolerate=frozenset({"Client not found", "Role not found"}))
         ident.logins = []
         await self.store.save(ident)
+        if self.kicker is not None:
+            await self.kicker.kick(device)
         await self.store.clear_grants(device)
         self._pushed.pop(device, None)
         await self.bus.request(
@@ -317,6 +322,8 @@ class DeviceAccess:
                 )
             ident.logins = [lg for lg in ident.logins if lg not in due]
             await self.store.save(ident)
+            if self.kicker is not None:
+                await self.kicker.kick(device, {lg.username for lg in due})
             await self._audit("device.login.retired", "ok", device)
             log.info("device %s: retired login(s) %s", device, ", ".join(lg.username for lg in due))
 

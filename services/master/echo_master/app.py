@@ -13,11 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import nats
 import uvicorn
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
-from echo_shared.credentials import Access, Credentials
+from echo_shared.credentials import Access, Credentials, is_tls_url
 from echo_shared.messages import DeviceEvent, MoveTaskRequest, TaskCheckpoint, TaskListRequest
 from echo_shared.names import Names
 from echo_shared.nats_bus import NatsBus
@@ -34,7 +35,7 @@ from .devices_api import devices_router
 from .errors import ApiTlsError
 from .identities import IdentityStore
 from .moving import TaskMover
-from .nats_logins import DeviceNatsLogins
+from .nats_logins import DeviceNatsLogins, NatsKicker
 from .reconciling import Reconciler
 from .settings import MasterSettings
 from .snapshots import SnapshotStore
@@ -70,6 +71,25 @@ def tls_options(settings: MasterSettings) -> dict[str, Any]:
     return {"ssl_certfile": str(settings.api_cert_file), "ssl_keyfile": str(settings.api_key_file)}
 
 
+async def nats_kicker(
+    settings: MasterSettings, access: Access, store: IdentityStore, names: Names
+) -> NatsKicker | None:
+    """The master's login in NATS' system account (to disconnect revoked devices), if it has one."""
+    creds = Credentials.load(settings.credentials_file) if settings.credentials_file else None
+    if creds is None or not creds.nats_system_username or creds.nats_system_password is None:
+        return None
+    nc = await nats.connect(
+        settings.nats_url,
+        name=f"{settings.service_name}-system",
+        user=creds.nats_system_username,
+        password=creds.nats_system_password.get_secret_value(),
+        tls=access.tls() if access.nats_url and is_tls_url(access.nats_url) else None,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+    )
+    return NatsKicker(nc, store, names)
+
+
 async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
     names = Names(settings.namespace)
     tls = tls_options(settings)  # before anything connects: a bad file is a one-line error
@@ -103,6 +123,7 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
                 await mover.on_checkpoint(ckpt)
 
             secured = access.mqtt is not None  # a secured broker: the master administers its dynsec
+            kicker = await nats_kicker(settings, access, IdentityStore(redis, names), names)
             link = AgentLink(
                 settings.mqtt_url, names, on_update, on_checkpoint, access=access, dynsec=secured
             )
@@ -117,6 +138,7 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
                 rotation_grace=settings.rotation_grace,
                 send=link.send_credentials,
                 audit=audit,
+                kicker=kicker,
             )
             link.hooks = device_access
             reconciler = Reconciler(store, link, bus, names, settings)
@@ -190,6 +212,8 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
             finally:
                 if callout is not None:
                     await callout.close()
+                if kicker is not None:
+                    await kicker.close()
                 await link.close()
     finally:
         await redis.aclose()

@@ -12,7 +12,11 @@ deployment; a revoked device's logins are refused.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+
+from nats.aio.client import Client as NatsClient
 
 from echo_shared.dynsec import ChannelGrant
 from echo_shared.names import Names
@@ -63,6 +67,10 @@ def device_permissions(names: Names, device: str, grants: list[ChannelGrant]) ->
     return NatsPermissions.union(*parts)
 
 
+RECENT_CONNECTIONS = 256  # per device: what a revocation disconnects (older ones closed long ago)
+KICK_TIMEOUT = 2.0
+
+
 class DeviceNatsLogins:
     def __init__(self, store: IdentityStore, names: Names) -> None:
         self.store = store
@@ -77,4 +85,50 @@ class DeviceNatsLogins:
             return None
         grants = [c for g in (await self.store.grants(device)).values() for c in g.channels]
         nats = [c for c in grants if c.on_nats(self.names)]
+        if client.cid is not None:  # remembered, so that a revocation can disconnect it
+            key = self.names.device_connections_key(device)
+            async with self.store.r.pipeline(transaction=True) as p:
+                p.lpush(key, f"{client.server_id} {client.cid} {username}")
+                p.ltrim(key, 0, RECENT_CONNECTIONS - 1)
+                await p.execute()
         return device_permissions(self.names, device, nats)
+
+
+class NatsKicker:
+    """Disconnects devices' NATS connections (a login in NATS' system account: ``KICK``).
+
+    The callout checks a login only when a connection opens: a revoked device's open
+    connections, or those of a retired login, are ended here; they cannot come back."""
+
+    def __init__(self, nc: NatsClient, store: IdentityStore, names: Names) -> None:
+        self.nc = nc
+        self.store = store
+        self.names = names
+
+    async def kick(self, device: str, usernames: set[str] | None = None) -> int:
+        """Disconnect the device's connections (only those of ``usernames`` if given)."""
+        key = self.names.device_connections_key(device)
+        entries = [str(e) for e in await self.store.r.lrange(key, 0, -1)]
+        kicked = 0
+        for entry in entries:
+            server_id, cid, username = entry.split(" ", 2)
+            if usernames is not None and username not in usernames:
+                continue
+            try:
+                await self.nc.request(
+                    f"$SYS.REQ.SERVER.{server_id}.KICK",
+                    json.dumps({"cid": int(cid)}).encode(),
+                    timeout=KICK_TIMEOUT,
+                )
+                kicked += 1
+            except Exception as e:  # that server or connection is gone already
+                log.debug("kick of %s (cid %s on %s): %s", device, cid, server_id, e)
+            if usernames is not None:
+                await self.store.r.lrem(key, 0, entry)
+        if usernames is None:
+            await self.store.r.delete(key)
+        return kicked
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.nc.close()
