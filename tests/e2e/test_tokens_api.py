@@ -133,6 +133,8 @@ def test_a_malformed_json_body_is_4xx(admin: Api) -> None:
 def echoctl(platform: Platform, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("ECHO_TOKEN", "ECHO_CA_FILE")}
     env["ECHO_API_URL"] = platform.api_url
+    if platform.brokers.bundle is not None:  # the API serves HTTPS with the bundle's certificate
+        env["ECHO_CA_FILE"] = str(platform.brokers.bundle.ca_file)
     if token is not None:
         env["ECHO_TOKEN"] = token
     return subprocess.run([str(ECHOCTL), *args], env=env, capture_output=True, text=True, timeout=60)

@@ -180,6 +180,9 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
                         log_config=None,
                         access_log=False,
                         lifespan="off",
+                        # idle keep-alive clients (over TLS uvicorn may wait on them) do not
+                        # hold the shutdown: long polls and requests get this long to finish
+                        timeout_graceful_shutdown=2,
                         **tls,
                     )
                 )
