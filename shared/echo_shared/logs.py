@@ -44,3 +44,10 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     root.setLevel(level.upper())
     for noisy in ("uvicorn.access", "nats", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("asyncio").addFilter(_quiet_tls_eof)
+
+
+def _quiet_tls_eof(record: logging.LogRecord) -> bool:
+    """asyncio warns at every TLS connection a peer closes (nats-py's protocol returns True from
+    ``eof_received``, which TLS ignores): harmless, and one line per closed connection."""
+    return "eof_received() has no effect when using ssl" not in record.getMessage()
