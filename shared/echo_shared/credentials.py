@@ -19,6 +19,7 @@ never show in a repr or a log line.
 
 from __future__ import annotations
 
+import functools
 import json
 import ssl
 from dataclasses import dataclass, field
@@ -83,9 +84,11 @@ def is_tls_url(url: str) -> bool:
     return urlparse(url).scheme in TLS_SCHEMES
 
 
+@functools.lru_cache(maxsize=32)
 def client_tls(ca_file: Path | None, *extra: Path | None) -> ssl.SSLContext:
     """A client TLS context verifying servers against ``ca_file`` (else the system's CAs);
-    ``extra`` CA files are trusted as well."""
+    ``extra`` CA files are trusted as well. Built once per set of CA files and shared (a
+    context serves any number of connections; the system's CAs cost tens of ms to load)."""
     ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
     for more in extra:
         if more is not None:

@@ -55,6 +55,8 @@ class SendHooks(Protocol):
 
     async def withdraw(self, device: str, dataflow: str, task: str, generation: int) -> None: ...
 
+    async def prepare(self, wave: list[tuple[str, DeployTask]]) -> None: ...
+
 
 class AgentLink:
     def __init__(
@@ -133,6 +135,11 @@ class AgentLink:
         finally:
             if self.hooks is not None:
                 await self.hooks.after_send(device, cmd)
+
+    async def prepare(self, wave: list[tuple[str, DeployTask]]) -> None:
+        """Before a wave of deploys: what they need, granted at once (``hooks.prepare``)."""
+        if self.hooks is not None and wave:
+            await self.hooks.prepare(wave)
 
     async def send_credentials(
         self, device: str, cmd: RotateCredentials, timeout: float = 10.0

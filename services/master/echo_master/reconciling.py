@@ -25,7 +25,15 @@ import time
 from opentelemetry import trace
 
 from echo_shared.errors import BusError, EchoError, RequestTimeout, SpecError
-from echo_shared.messages import CommandAck, DeviceEvent, PlaceReply, PlaceRequest, Reservation, TaskStatus
+from echo_shared.messages import (
+    CommandAck,
+    DeployTask,
+    DeviceEvent,
+    PlaceReply,
+    PlaceRequest,
+    Reservation,
+    TaskStatus,
+)
 from echo_shared.models import DataflowState, DesiredState, DeviceStatus, TaskRecord, TaskState
 from echo_shared.names import Names
 from echo_shared.nats_bus import NatsBus
@@ -205,7 +213,11 @@ class Reconciler:
                     for r in due
                 ],
             )
-            results = await asyncio.gather(*(self._deploy(df, r) for r in due), return_exceptions=True)
+            commands = [await self._command(df, r) for r in due]
+            await self.link.prepare([(r.device, c) for r, c in zip(due, commands, strict=True) if r.device])
+            results = await asyncio.gather(
+                *(self._deploy(r, c) for r, c in zip(due, commands, strict=True)), return_exceptions=True
+            )
             df = await self.store.get(df.id)
             still = [df.tasks[t] for t in level if df.tasks[t].state not in SETTLED]
             if still:
@@ -225,14 +237,16 @@ class Reconciler:
         else:
             await self.set_state(df, DataflowState.running)
 
-    async def _deploy(self, df: Dataflow, rec: TaskRecord) -> CommandAck:
-        device = rec.device
-        assert device and df.placement is not None
+    async def _command(self, df: Dataflow, rec: TaskRecord) -> DeployTask:
+        assert df.placement is not None
         if rec.restore is not None and self.snapshots is not None:
             rec = rec.model_copy(update={"restore": await self.snapshots.resolve(rec.restore)})
         generations = {t: r.generation for t, r in df.tasks.items()}
-        # the caller marked it deploying
-        cmd = deploy_command(df.id, df.effective, df.placement, rec, generations)
+        return deploy_command(df.id, df.effective, df.placement, rec, generations)
+
+    async def _deploy(self, rec: TaskRecord, cmd: DeployTask) -> CommandAck:
+        device = rec.device  # the caller marked it deploying
+        assert device
         with self.tracer.start_as_current_span(f"deploy {rec.id} to {device}") as span:
             span.set_attribute("echo.device", device)
             span.set_attribute("echo.generation", rec.generation)
