@@ -22,7 +22,6 @@ from echo_shared.credentials import Access, Credentials, is_tls_url
 from echo_shared.messages import DeviceEvent, MoveTaskRequest, TaskCheckpoint, TaskListRequest
 from echo_shared.names import Names
 from echo_shared.nats_bus import NatsBus
-from echo_shared.natsauth import APP_ACCOUNT, AuthCallout
 from echo_shared.redis_store import connect_redis
 from echo_shared.secretfiles import SecretFileError, check_private, read_secret
 
@@ -30,12 +29,13 @@ from .access_control import DeviceAccess
 from .agents_link import AgentLink
 from .api import create_api
 from .audit import AuditLog
+from .callout_thread import CalloutThread
 from .context import ApiContext
 from .devices_api import devices_router
 from .errors import ApiTlsError
 from .identities import IdentityStore
 from .moving import TaskMover
-from .nats_logins import DeviceNatsLogins, NatsKicker
+from .nats_logins import NatsKicker
 from .reconciling import Reconciler
 from .settings import MasterSettings
 from .snapshots import SnapshotStore
@@ -162,9 +162,8 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
                 if settings.credentials_file
                 else None
             )
-            if issuer is not None:  # devices' NATS logins come to us (auth callout)
-                logins = DeviceNatsLogins(IdentityStore(redis, names), names)
-                callout = AuthCallout(bus.nc, issuer.get_secret_value(), APP_ACCOUNT, logins.authorize)
+            if issuer is not None:  # devices' NATS logins come to us (auth callout, its own thread)
+                callout = CalloutThread(access, names, issuer.get_secret_value())
                 await callout.start()
             await link.start()
             try:

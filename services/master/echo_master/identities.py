@@ -170,8 +170,27 @@ class IdentityStore:
         await self.r.hdel(key, task_key)
         return True
 
+    async def status_and_grants(
+        self, device: str, remember: tuple[str, str, int] | None = None
+    ) -> tuple[str | None, dict[str, TaskGrant]]:
+        """The device's status and grants in one round trip; ``remember`` (key, entry, cap):
+        push ``entry`` on a capped list meanwhile (its recent NATS connections)."""
+        async with self.r.pipeline(transaction=False) as p:
+            p.hget(self.names.device_identity_key(device), "status")
+            p.hgetall(self.names.device_grants_key(device))
+            if remember is not None:
+                key, entry, cap = remember
+                p.lpush(key, entry)
+                p.ltrim(key, 0, cap - 1)
+            res = await p.execute()
+        status = str(res[0]) if res[0] is not None else None
+        return status, self._parse_grants(res[1])
+
     async def grants(self, device: str) -> dict[str, TaskGrant]:
-        raw = await self.r.hgetall(self.names.device_grants_key(device))
+        return self._parse_grants(await self.r.hgetall(self.names.device_grants_key(device)))
+
+    @staticmethod
+    def _parse_grants(raw: dict[Any, Any]) -> dict[str, TaskGrant]:
         out: dict[str, TaskGrant] = {}
         for k, v in raw.items():
             doc = json.loads(v)

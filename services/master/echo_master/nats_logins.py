@@ -77,20 +77,19 @@ class DeviceNatsLogins:
         self.names = names
 
     async def authorize(self, username: str, password: str, client: ClientInfo) -> NatsPermissions | None:
+        """Two round trips to Redis: the login, then the device's status and grants (and the
+        connection remembered) together; the callout is on every task's connect path."""
         device = await self.store.check_nats_login(username, password)
         if device is None:
             return None
-        ident = await self.store.get(device)
-        if ident is None or ident.status != ENROLLED:
+        conn = f"{client.server_id} {client.cid} {username}" if client.cid is not None else None
+        status, grants = await self.store.status_and_grants(
+            device,
+            remember=(self.names.device_connections_key(device), conn, RECENT_CONNECTIONS) if conn else None,
+        )
+        if status != ENROLLED:
             return None
-        grants = [c for g in (await self.store.grants(device)).values() for c in g.channels]
-        nats = [c for c in grants if c.on_nats(self.names)]
-        if client.cid is not None:  # remembered, so that a revocation can disconnect it
-            key = self.names.device_connections_key(device)
-            async with self.store.r.pipeline(transaction=True) as p:
-                p.lpush(key, f"{client.server_id} {client.cid} {username}")
-                p.ltrim(key, 0, RECENT_CONNECTIONS - 1)
-                await p.execute()
+        nats = [c for g in grants.values() for c in g.channels if c.on_nats(self.names)]
         return device_permissions(self.names, device, nats)
 
 
