@@ -465,8 +465,17 @@ class MqttClient:
         self._sock = None
 
     def _read(self) -> None:
-        if self._client is not None:
-            self._client.loop_read(max_packets=64)
+        c = self._client
+        if c is None:
+            return
+        c.loop_read(max_packets=64)
+        # TLS: OpenSSL may hold decrypted bytes the kernel no longer has (a record carries
+        # several packets); the socket is not readable again for them, so read them now
+        for _ in range(1024):
+            sock = self._sock
+            if c is not self._client or not isinstance(sock, ssl.SSLSocket) or not sock.pending():
+                break
+            c.loop_read(max_packets=64)
 
     def _write(self) -> None:
         if self._client is not None:
