@@ -346,12 +346,10 @@ class DeviceAccess:
         """Grant a whole deployment wave at once: every task's grant stored, then one message
         to the broker with the new role of every device concerned (instead of a round trip
         per task, serialised per device). ``before_send`` then has nothing left to do."""
-        devices: dict[str, bool] = {}  # device -> revoked
+        statuses = await self.store.statuses(sorted({d for d, _ in wave}))
+        granted: list[tuple[str, str, TaskGrant]] = []
         for device, cmd in wave:
-            if device not in devices:
-                ident = await self.store.get(device)
-                devices[device] = ident is not None and ident.status == REVOKED
-            if devices[device]:
+            if statuses.get(device) == REVOKED:
                 self._prepared[cmd.cmd_id] = Refused(409, f"device {device} is revoked")
                 continue
             try:
@@ -359,9 +357,10 @@ class DeviceAccess:
             except GrantRefused as e:
                 self._prepared[cmd.cmd_id] = e
                 continue
-            await self.store.set_grant(device, task_key(cmd.dataflow, cmd.task), grant)
+            granted.append((device, task_key(cmd.dataflow, cmd.task), grant))
             self._prepared[cmd.cmd_id] = None
-        await self.push_many([d for d, revoked in devices.items() if not revoked])
+        await self.store.set_grants(granted)
+        await self.push_many(sorted({d for d, _, _ in granted}))
 
     async def before_send(self, device: str, cmd: DeployTask | StopTask) -> None:
         """Grant a deploy's channels before the command leaves (a revoked device gets nothing)."""
@@ -395,7 +394,9 @@ class DeviceAccess:
             await self.push(device)
 
     async def rights(self, device: str) -> MqttRights:
-        grants = await self.store.grants(device)
+        return self._rights_from(device, await self.store.grants(device))
+
+    def _rights_from(self, device: str, grants: dict[str, TaskGrant]) -> MqttRights:
         channels = [c for g in grants.values() for c in g.channels if not c.on_nats(self.names)]
         return device_rights(self.names, device, channels)
 
@@ -407,7 +408,8 @@ class DeviceAccess:
         async with contextlib.AsyncExitStack() as stack:
             for lock in locks:  # sorted: no two waves deadlock
                 await stack.enter_async_context(lock)
-            wanted = {d: await self.rights(d) for d in sorted(set(devices))}
+            grants = await self.store.grants_of_many(sorted(set(devices)))
+            wanted = {d: self._rights_from(d, g) for d, g in grants.items()}
             changed = {d: r for d, r in wanted.items() if self._pushed.get(d) != r}
             if not changed:
                 return

@@ -153,11 +153,15 @@ class IdentityStore:
     # ------------------------------------------------------------ grants
 
     async def set_grant(self, device: str, task_key: str, grant: TaskGrant) -> None:
+        await self.r.hset(self.names.device_grants_key(device), task_key, self._grant_json(grant))
+
+    @staticmethod
+    def _grant_json(grant: TaskGrant) -> str:
         doc = {
             "generation": grant.generation,
             "channels": [[c.topic, c.produce, c.app] for c in grant.channels],
         }
-        await self.r.hset(self.names.device_grants_key(device), task_key, json.dumps(doc))
+        return json.dumps(doc)
 
     async def drop_grant(self, device: str, task_key: str, generation: int) -> bool:
         """Withdraw a task's grant unless a newer generation of it runs there (fencing)."""
@@ -185,6 +189,28 @@ class IdentityStore:
             res = await p.execute()
         status = str(res[0]) if res[0] is not None else None
         return status, self._parse_grants(res[1])
+
+    async def statuses(self, devices: list[str]) -> dict[str, str | None]:
+        """Several devices' identity status in one round trip."""
+        async with self.r.pipeline(transaction=False) as p:
+            for d in devices:
+                p.hget(self.names.device_identity_key(d), "status")
+            res = await p.execute()
+        return {d: (str(s) if s is not None else None) for d, s in zip(devices, res, strict=True)}
+
+    async def set_grants(self, grants: list[tuple[str, str, TaskGrant]]) -> None:
+        """Several (device, task key, grant) at once (one round trip)."""
+        async with self.r.pipeline(transaction=False) as p:
+            for device, task_key, grant in grants:
+                p.hset(self.names.device_grants_key(device), task_key, self._grant_json(grant))
+            await p.execute()
+
+    async def grants_of_many(self, devices: list[str]) -> dict[str, dict[str, TaskGrant]]:
+        async with self.r.pipeline(transaction=False) as p:
+            for d in devices:
+                p.hgetall(self.names.device_grants_key(d))
+            res = await p.execute()
+        return {d: self._parse_grants(raw) for d, raw in zip(devices, res, strict=True)}
 
     async def grants(self, device: str) -> dict[str, TaskGrant]:
         return self._parse_grants(await self.r.hgetall(self.names.device_grants_key(device)))
