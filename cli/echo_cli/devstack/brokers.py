@@ -286,7 +286,9 @@ def _start_mosquitto(
         conf = workdir / "mosquitto.conf"
         plugin = dynsec_plugin() if bundle is not None else ""
         conf.write_text(_mosquitto_conf(port, host, persistent, data, bundle, plugin))
-        p = ManagedProcess("mosquitto", [binary, "-c", str(conf)], log_dir=logs)
+        # as its own account from the start (when we are root): a Mosquitto that drops root
+        # itself loses the death signal and would outlive a killed parent
+        p = ManagedProcess("mosquitto", [binary, "-c", str(conf)], log_dir=logs, run_as=owner)
         procs["mosquitto"] = p
         wait_for_port(host, port, proc=p)
         return f"{scheme}://{host}:{port}"

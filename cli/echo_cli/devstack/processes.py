@@ -59,7 +59,10 @@ class ManagedProcess:
         log_dir: Path,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        run_as: tuple[int, int] | None = None,
     ) -> None:
+        """``run_as`` (uid, gid): started as that account (set before the death signal, which a
+        process that changed its own user would lose: a broker dropping root would outlive us)."""
         self.name = name
         self.argv = list(argv)
         self.log_path = log_dir / f"{name}.log"
@@ -79,6 +82,9 @@ class ManagedProcess:
             # then stops its children in order; PDEATHSIG still ends them if it dies
             start_new_session=True,
             preexec_fn=_die_with_parent,
+            user=run_as[0] if run_as else None,
+            group=run_as[1] if run_as else None,
+            extra_groups=[] if run_as else None,
         )
 
     @property
