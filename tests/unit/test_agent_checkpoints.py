@@ -179,3 +179,26 @@ async def test_producer_ignores_older_consumer_copies_and_replays_to_a_newer_one
         again = [p for t, p, _ in data.sent[sent:] if t == topic]
         assert len(again) == 2, topic
         await out.stop()
+
+
+async def test_a_batch_published_before_its_consumer_listened_is_sent_again_when_asked() -> None:
+    """A batch edge keeps each batch until the consumer confirms it, as a stream keeps records:
+    the first batch of a producer that starts before its consumer subscribed is not lost."""
+    names = Names("t")
+    data = FakeTransport()
+    topic = names.data_topic("df", "p", "c")
+    out = Outputs(data, "p", 1, [Binding(peer="c", topic=topic, model="batch", batch={"count": 3})], names)
+    for i in range(7):
+        out.emit_all([{"n": i}])
+    batches = [p for t, p, _ in data.sent if t == topic]
+    assert len(batches) == 2  # two full batches of 3; the seventh record waits for its batch
+    data.ack_all()
+    out.resend(out.channels[0], 1, "the consumer asked from seq 1")
+    await asyncio.sleep(0)  # the resend task publishes
+    for _ in range(10):
+        if len([p for t, p, _ in data.sent if t == topic]) >= 4:
+            break
+        await asyncio.sleep(0)
+    again = [p for t, p, _ in data.sent if t == topic][2:]
+    assert again == batches  # both batches again, from seq 1
+    await out.stop()

@@ -103,9 +103,11 @@ class BatchOut:
             return
         batch, self.pending = self.pending, []
         barrier, self._barrier = self._barrier, None
-        fut = self.o.mqtt.publish(
-            self.topic, encode_records(self.o.producer, self.o.generation, batch), qos=1
-        )
+        payload = encode_records(self.o.producer, self.o.generation, batch)
+        # kept until the consumer confirms it, like a stream's records: a batch published
+        # before the consumer subscribed (or lost) is sent again when it asks
+        self.unconfirmed.add(batch[-1][0], payload)
+        fut = self.o.mqtt.publish(self.topic, payload, qos=1)
         if barrier is not None:
             _chain(fut, barrier)
         self.o.track(fut)
