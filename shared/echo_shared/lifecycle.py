@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 
 from .errors import EchoError
@@ -17,6 +18,13 @@ from .logs import setup_logging
 from .telemetry import setup_tracing, shutdown_tracing
 
 log = logging.getLogger(__name__)
+
+# How long a thread may hold the GIL while another waits (CPython's default: 5 ms). A
+# service's event loop shares its process with a few threads (the master's NATS auth
+# callout, thread-pool work, exporters); with the default, each socket call of the loop
+# that released the GIL could wait up to 5 ms to get it back, and a deployment pays that
+# on every Redis and broker round trip (measured: 10-task deploy p50 ~120 ms -> ~97 ms).
+GIL_SWITCH_INTERVAL = 0.0005
 
 
 def run_service(
@@ -26,6 +34,7 @@ def run_service(
     log_level: str = "INFO",
     attributes: dict[str, str] | None = None,
 ) -> int:
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     setup_logging(name, log_level)
     setup_tracing(name, attributes=attributes)
 
