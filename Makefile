@@ -17,7 +17,7 @@ COMPOSE ?= docker compose -f deploy/compose.yaml
 # import hook is invisible to it).
 MYPY_PACKAGES := echo_shared echo_scheduler echo_master echo_registry echo_agent echo_migrator echo_cli
 
-APT_PACKAGES := mosquitto redis-server
+APT_PACKAGES := mosquitto redis-server prometheus
 
 .DEFAULT_GOAL := help
 .PHONY: help venv deps test lint bench demo testbed up down schemas lock clean distclean ci
@@ -56,13 +56,14 @@ $(STAMP): requirements.lock pyproject.toml
 
 # --------------------------------------------------------------- system brokers
 
-# Mosquitto and Redis: the Debian packages (root + apt-get), else containers through
-# testcontainers when a Docker engine runs, else a clear error.
-deps:  ## make sure mosquitto and redis-server are available (installs them as root)
+# Mosquitto, Redis and Prometheus: the Debian packages (root + apt-get), else containers
+# through testcontainers when a Docker engine runs (brokers only), else a clear error.
+deps:  ## make sure mosquitto, redis-server and prometheus are available (installs them as root)
 	@have() { command -v "$$1" >/dev/null 2>&1 || [ -x "$$2" ]; }; \
 	missing() { m=""; \
 	    have mosquitto /usr/sbin/mosquitto || m="$$m mosquitto"; \
 	    have redis-server /usr/bin/redis-server || m="$$m redis-server"; \
+	    have prometheus /usr/bin/prometheus || m="$$m prometheus"; \
 	    echo "$$m"; }; \
 	miss=$$(missing); \
 	if [ -z "$$miss" ]; then exit 0; fi; \
@@ -80,8 +81,8 @@ deps:  ## make sure mosquitto and redis-server are available (installs them as r
 	    exit 0; \
 	fi; \
 	echo "error: not installed:$$miss" >&2; \
-	echo "  ECHO's tests and dev stack need the Mosquitto (MQTT 5) and Redis server binaries." >&2; \
-	echo "  Install them, e.g. 'sudo apt-get install mosquitto redis-server' (Debian/Ubuntu)," >&2; \
+	echo "  ECHO's tests and dev stack need the Mosquitto (MQTT 5), Redis and Prometheus binaries." >&2; \
+	echo "  Install them, e.g. 'sudo apt-get install mosquitto redis-server prometheus' (Debian/Ubuntu)," >&2; \
 	echo "  or 'brew install mosquitto redis' (macOS), or run a Docker engine (testcontainers)." >&2; \
 	exit 1
 

@@ -30,6 +30,7 @@ from echo_shared.secretfiles import write_secret
 
 from .client import CliError, EchoClient
 from .devstack import Brokers, BrokerSetupError, ManagedProcess, free_port, start_brokers
+from .devstack.monitoring import Prometheus, prometheus_binary
 from .devstack.platform import DEFAULT_FLEET, Platform
 from .render import print_error, stdout
 from .watching import SUCCESS, file_sinks, print_outcome, submit_file, watch_dataflow
@@ -87,7 +88,13 @@ def pick_api_port(requested: int, host: str = HOST) -> tuple[int, bool]:
     return free_port(host), bool(requested)
 
 
-def env_lines(api_url: str, brokers: Brokers, token: str, namespace: str = NAMESPACE) -> str:
+def env_lines(
+    api_url: str,
+    brokers: Brokers,
+    token: str,
+    namespace: str = NAMESPACE,
+    prometheus: Prometheus | None = None,
+) -> str:
     values = {
         "ECHO_API_URL": api_url,
         "ECHO_TOKEN": token,
@@ -98,6 +105,10 @@ def env_lines(api_url: str, brokers: Brokers, token: str, namespace: str = NAMES
     }
     if brokers.bundle is not None:  # the CA that signs the brokers' (and the API's) certificates
         values["ECHO_CA_FILE"] = str(brokers.bundle.ca_file)
+    if prometheus is not None:  # queried over HTTPS with this login (the password stays in its file)
+        values["ECHO_PROMETHEUS_URL"] = prometheus.url
+        values["ECHO_PROMETHEUS_USER"] = prometheus.login[0]
+        values["ECHO_PROMETHEUS_PASSWORD_FILE"] = str(prometheus.bundle.prometheus_password_file)
     lines = ["# written by `echoctl dev up`; removed when it stops. Use: source .echo/dev.env"]
     lines += [f"{k}={v}" for k, v in values.items()]
     lines.append("export " + " ".join(values))  # so `source` exports them to echoctl and echo-agent
@@ -171,9 +182,24 @@ class DevUp:
         self.con.print(f"starting services and {len(DEFAULT_FLEET)} agents…")
         self.platform = Platform(self.brokers, self.devdir, namespace=NAMESPACE, api_port=port, host=HOST)
         self.platform.start(DEFAULT_FLEET)
+        if prometheus_binary() is not None:
+            self.platform.start_prometheus()
+        else:
+            self.con.print(
+                "[yellow]Prometheus is not installed (apt-get install prometheus; make does it as root): "
+                "the services serve /metrics, nothing keeps them[/]"
+            )
         self._banner(time.monotonic() - t0)
         # last: it means "ready"; it holds the admin token, so it is private
-        write_secret(self.env_file, env_lines(self.platform.api_url, self.brokers, self.platform.admin_token))
+        write_secret(
+            self.env_file,
+            env_lines(
+                self.platform.api_url,
+                self.brokers,
+                self.platform.admin_token,
+                prometheus=self.platform.prometheus,
+            ),
+        )
 
     def _banner(self, took: float) -> None:
         assert self.platform is not None and self.brokers is not None
@@ -185,6 +211,7 @@ class DevUp:
             ("NATS", b.nats_url),
             ("MQTT", b.mqtt_url),
             ("Redis", b.redis_url),
+            ("metrics", f"{p.prometheus.url} (Prometheus; login in .echo/dev.env)" if p.prometheus else "-"),
             ("devices", fleet),
             ("logs", f"{self._rel(p.logs)}/"),
             ("env", f"{self._rel(self.env_file)}  (source it to point echoctl and extra echo-agents here)"),

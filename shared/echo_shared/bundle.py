@@ -11,6 +11,9 @@
                                        the master adds devices at run time)
     D/nats/auth.conf                   NATS users and permissions (include it)
     D/redis/users.acl                  Redis ACL users (``aclfile``)
+    D/prometheus/client.pem, .key      Prometheus' client certificate: the services' metrics
+                                       endpoints accept only certificates of the CA
+    D/prometheus/web.yml, password     Prometheus' HTTPS and the login that may query it
 
 Running it again keeps what exists (a CA is never replaced silently) and creates only
 what is missing. A CA you bring (``ca.pem`` + ``ca.key`` already in ``D``) is used as is.
@@ -27,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import bcrypt
 from pydantic import SecretStr
 
 from . import brokerauth, pki
@@ -36,6 +40,8 @@ from .natsjwt import NkeyPair
 from .secretfiles import new_secret, read_secret, write_secret
 
 MOSQUITTO_USER = "mosquitto"
+PROMETHEUS_USER = "prometheus"  # the account Debian's package runs Prometheus as
+PROMETHEUS_LOGIN = "echo"  # who may query Prometheus (basic auth over HTTPS)
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,30 @@ class Bundle:
     def redis_acl_file(self) -> Path:
         return self.root / "redis" / "users.acl"
 
+    @property
+    def prometheus_dir(self) -> Path:
+        return self.root / "prometheus"
+
+    @property
+    def scraper(self) -> pki.KeyPair:
+        """The client certificate Prometheus presents to the services' metrics endpoints."""
+        return pki.KeyPair(self.prometheus_dir / "client.pem", self.prometheus_dir / "client.key")
+
+    @property
+    def prometheus_key(self) -> Path:
+        """The server key as Prometheus reads it to serve HTTPS (its own copy)."""
+        return self.prometheus_dir / "server.key"
+
+    @property
+    def prometheus_password_file(self) -> Path:
+        """The password of ``PROMETHEUS_LOGIN``, who may query Prometheus."""
+        return self.prometheus_dir / "password"
+
+    @property
+    def prometheus_web_config(self) -> Path:
+        """Prometheus' ``--web.config.file``: HTTPS with the server certificate, basic auth."""
+        return self.prometheus_dir / "web.yml"
+
 
 def mosquitto_owner() -> tuple[int, int] | None:
     """Mosquitto started as root drops to the ``mosquitto`` account: its files must be its own."""
@@ -135,6 +165,7 @@ def create_bundle(
     if not b.admin_token_file.exists():
         write_secret(b.admin_token_file, "echo_" + new_secret())
     _render_nats_server(b)
+    _prometheus_files(b, prometheus_owner())
     owners = dict(owners or {})
     _give_mosquitto_its_files(b, owners.get("mosquitto") or mosquitto_owner())
     if "redis" in owners:
@@ -252,6 +283,45 @@ def _give_mosquitto_its_files(b: Bundle, owner: tuple[int, int] | None) -> None:
     # it must be able to reach its directory: the bundle root is 0700 (root's) otherwise
     b.root.chmod(0o711)
     allow_traversal(b.root.parent)
+
+
+def prometheus_owner() -> tuple[int, int] | None:
+    """Prometheus started as root runs as the ``prometheus`` account: its files must be its own."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pw = pwd.getpwnam(PROMETHEUS_USER)
+    except KeyError:
+        return None
+    return pw.pw_uid, pw.pw_gid
+
+
+def _prometheus_files(b: Bundle, owner: tuple[int, int] | None) -> None:
+    """Prometheus' own files: its client certificate for scraping (mutual TLS), a copy of the
+    server key (it serves HTTPS), the query login's password and the web config with its
+    bcrypt hash. Nobody queries or scrapes anonymously."""
+    d = b.prometheus_dir
+    d.mkdir(parents=True, exist_ok=True)
+    d.chmod(0o700)
+    if not b.scraper.cert.exists() or not b.scraper.key.exists():
+        pki.issue_client(b.ca, b.scraper, "prometheus")
+    if not b.prometheus_key.exists():
+        write_secret(b.prometheus_key, b.server.key.read_bytes())
+    if not b.prometheus_password_file.exists():
+        write_secret(b.prometheus_password_file, new_secret())
+    if not b.prometheus_web_config.exists():
+        hashed = bcrypt.hashpw(read_secret(b.prometheus_password_file).encode(), bcrypt.gensalt(rounds=10))
+        web = {
+            "tls_server_config": {"cert_file": str(b.server.cert), "key_file": str(b.prometheus_key)},
+            "basic_auth_users": {PROMETHEUS_LOGIN: hashed.decode()},
+        }
+        write_secret(b.prometheus_web_config, json.dumps(web, indent=2))  # JSON is YAML
+    if owner is not None:
+        os.chown(d, *owner)
+        for p in (b.scraper.key, b.prometheus_key, b.prometheus_web_config):
+            os.chown(p, *owner)
+        b.root.chmod(0o711)
+        allow_traversal(b.root.parent)
 
 
 def allow_traversal(directory: Path) -> None:

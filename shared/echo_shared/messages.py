@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from .models import (
     BatchSpec,
+    ChannelCounts,
     DataflowSpec,
     DeviceInfo,
     DeviceRecord,
@@ -217,6 +218,9 @@ class TaskStatus(Message):
     out_seq: int = Field(default=0, description="the last seq it emitted (a position that survives moves)")
     hwm: dict[str, int] = Field(
         default_factory=dict, description="the last seq taken from each producer (its input position)"
+    )
+    channels: dict[str, ChannelCounts] = Field(
+        default_factory=dict, description="per consuming task: what this task sent it (its output edges)"
     )
     ts: float
 

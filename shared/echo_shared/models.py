@@ -312,6 +312,15 @@ class TaskState(StrEnum):
     failed = "failed"
 
 
+class ChannelCounts(Strict):
+    """What a producing task sent on one output channel (this copy of the task)."""
+
+    transport: Literal["mqtt", "nats"]
+    messages: int = Field(default=0, ge=0, description="messages published (first sends)")
+    bytes: int = Field(default=0, ge=0, description="payload bytes of those messages")
+    retransmits: int = Field(default=0, ge=0, description="messages published again (lost or unconfirmed)")
+
+
 class TaskRecord(Strict):
     """The master's record of one task of a dataflow (Redis)."""
 
@@ -330,6 +339,7 @@ class TaskRecord(Strict):
     rate_out: float = 0.0  # observed records/s out (placement uses it instead of the hints)
     out_seq: int = 0  # the last seq it emitted, as last reported
     hwm: dict[str, int] = Field(default_factory=dict)  # the last seq taken from each producer
+    channels: dict[str, ChannelCounts] = Field(default_factory=dict)  # consumer -> what it was sent
     restore: dict[str, Any] | None = None  # the snapshot a moved task continues from
     fenced: dict[str, int] = Field(
         default_factory=dict,

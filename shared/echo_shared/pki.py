@@ -168,6 +168,36 @@ def issue_server(
     return out
 
 
+def issue_client(
+    ca: KeyPair,
+    out: KeyPair,
+    name: str,
+    *,
+    days: int = SERVER_DAYS,
+    key_owner: tuple[int, int] | None = None,
+) -> KeyPair:
+    """A client certificate (``clientAuth`` only) named ``name``, signed by the CA: what a
+    scraper presents to the services' metrics endpoints (mutual TLS)."""
+    ca_cert, ca_key = load_ca(ca)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write_key(out.key, key, owner=key_owner)
+    _write_cert(out.cert, cert)
+    return out
+
+
 def server_hosts(cert_path: Path) -> list[str]:
     """The DNS names and addresses a server certificate is valid for."""
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())

@@ -33,6 +33,14 @@ class CommonSettings(BaseSettings):
     ca_file: Path | None = Field(
         default=None, description="the CA certificate that signs the brokers' and the API's certificates"
     )
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="serve Prometheus metrics on this port (0: no endpoint)"
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="the address the metrics endpoint listens on")
+    metrics_cert_file: Path | None = Field(
+        default=None, description="the metrics endpoint's certificate (PEM); clients need one of the CA"
+    )
+    metrics_key_file: Path | None = Field(default=None, description="that certificate's key (PEM, 0600)")
 
 
 class NatsSettings(BaseSettings):

@@ -15,6 +15,7 @@ from echo_shared.credentials import client_tls
 from echo_shared.secretfiles import new_secret, write_secret
 
 from .brokers import Brokers
+from .monitoring import SCRAPE_INTERVAL, Prometheus, start_prometheus
 from .processes import ManagedProcess, free_port, wait_for_port
 
 SERVICES = ("registry", "scheduler", "migrator", "master")
@@ -74,12 +75,18 @@ class Platform:
     host: str = "127.0.0.1"
     extra_env: dict[str, str] = field(default_factory=dict)
     api_tls: bool | None = None  # None: HTTPS when the brokers are secured (the bundle's certificate)
+    metrics: bool | None = None  # None: each service serves /metrics (mutual TLS) when secured
     services: dict[str, ManagedProcess] = field(default_factory=dict)
     agents: dict[str, ManagedProcess] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.api_tls is None:
             self.api_tls = self.brokers.bundle is not None
+        if self.metrics is None or self.brokers.bundle is None:
+            self.metrics = self.brokers.bundle is not None
+        # each service's metrics endpoint: a port of its own, kept across restarts of a service
+        self.metrics_ports = {name: free_port(self.host) for name in SERVICES} if self.metrics else {}
+        self.prometheus: Prometheus | None = None
         if not self.api_port:
             self.api_port = free_port(self.host)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -136,7 +143,34 @@ class Platform:
         creds = self.brokers.credentials_file(name)
         if creds is not None:  # the path of a 0600 file, never the secret itself
             env["ECHO_CREDENTIALS_FILE"] = str(creds)
+        b = self.brokers.bundle
+        if name in self.metrics_ports and b is not None:
+            env.update(
+                ECHO_METRICS_PORT=str(self.metrics_ports[name]),
+                ECHO_METRICS_HOST=self.host,
+                ECHO_METRICS_CERT_FILE=str(b.server.cert),
+                ECHO_METRICS_KEY_FILE=str(b.server.key),
+            )
         return env
+
+    @property
+    def metrics_targets(self) -> dict[str, str]:
+        """service -> ``host:port`` of its metrics endpoint."""
+        return {name: f"{self.host}:{port}" for name, port in self.metrics_ports.items()}
+
+    def start_prometheus(self, interval: float = SCRAPE_INTERVAL) -> Prometheus:
+        """Prometheus scraping every service of the stack (stopped by ``stop()``)."""
+        if self.brokers.bundle is None or not self.metrics_ports:
+            raise RuntimeError("Prometheus scrapes over mutual TLS: it needs a secured stack")
+        self.prometheus = start_prometheus(
+            self.workdir / "prometheus",
+            self.brokers.bundle,
+            self.metrics_targets,
+            host=self.host,
+            interval=interval,
+            logs=self.logs,
+        )
+        return self.prometheus
 
     def agent_env(self) -> dict[str, str]:
         """What an agent sees: the brokers and the API, no service's secrets."""
@@ -239,6 +273,8 @@ class Platform:
         for name in reversed(SERVICES):
             if name in self.services:
                 codes[name] = self.services[name].stop(timeout)
+        if self.prometheus is not None:
+            codes["prometheus"] = self.prometheus.stop(timeout)
         return codes
 
     def __enter__(self) -> Platform:

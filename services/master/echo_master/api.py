@@ -33,6 +33,7 @@ from .context import ApiContext
 from .errors import BodyTooLarge, http_headers, http_status
 from .hypercat import hypercat_router
 from .legacy.routes import legacy_router
+from .metrics import ApiMetrics
 from .migrations_api import migrations_router
 from .specs import read_spec
 from .tokens import tokens_router
@@ -96,7 +97,9 @@ def create_api(ctx: ApiContext) -> FastAPI:
 
     rules = AccessRules(app.router.routes)  # the same list: routers included later count too
     app.add_middleware(AuthLayer, tokens=ctx.tokens, audit=ctx.audit, rules=rules)
-    app.add_middleware(NoStackTraces)  # outermost: whatever fails below, no stack trace
+    app.add_middleware(NoStackTraces)  # whatever fails below, no stack trace
+    if ctx.metrics is not None:  # outermost: every answer counted, refusals and 500s too
+        app.add_middleware(ApiMetrics, metrics=ctx.metrics, routes=app.router.routes)
 
     # -------------------------------------------------------------------- dataflows
 

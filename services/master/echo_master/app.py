@@ -18,6 +18,7 @@ import uvicorn
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
+from echo_shared import metrics as prometheus
 from echo_shared.credentials import Access, Credentials, is_tls_url
 from echo_shared.messages import DeviceEvent, MoveTaskRequest, TaskCheckpoint, TaskListRequest
 from echo_shared.names import Names
@@ -34,6 +35,7 @@ from .context import ApiContext
 from .devices_api import devices_router
 from .errors import ApiTlsError
 from .identities import IdentityStore
+from .metrics import MasterMetrics
 from .moving import TaskMover
 from .nats_logins import NatsKicker
 from .reconciling import Reconciler
@@ -142,6 +144,8 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
             )
             link.hooks = device_access
             reconciler = Reconciler(store, link, bus, names, settings)
+            figures = MasterMetrics(store, asyncio.get_running_loop())
+            reconciler.metrics = figures
             snapshots = SnapshotStore(bus, names, settings.state_inline_max_bytes)
             reconciler.snapshots = snapshots
             mover = TaskMover(store, reconciler, snapshots)
@@ -166,9 +170,13 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
                 callout = CalloutThread(access, names, issuer.get_secret_value())
                 await callout.start()
             await link.start()
+            exporter: prometheus.MetricsServer | None = None
             try:
+                exporter = prometheus.serve(figures.registry, settings, settings.service_name)
                 api = create_api(
-                    ApiContext(settings, names, store, reconciler, bus, redis, link.mqtt, tokens, audit)
+                    ApiContext(
+                        settings, names, store, reconciler, bus, redis, link.mqtt, tokens, audit, figures
+                    )
                 )
                 api.include_router(devices_router(device_access))
                 server = _Server(
@@ -212,6 +220,8 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
                     stop.set()
                 log.info("master stopped")
             finally:
+                if exporter is not None:
+                    exporter.close()
                 if callout is not None:
                     await callout.close()
                 if kicker is not None:

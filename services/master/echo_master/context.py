@@ -12,6 +12,7 @@ from echo_shared.names import Names
 from echo_shared.nats_bus import NatsBus
 
 from .audit import AuditLog
+from .metrics import MasterMetrics
 from .reconciling import Reconciler
 from .settings import MasterSettings
 from .store import DataflowStore
@@ -29,3 +30,4 @@ class ApiContext:
     mqtt: MqttClient
     tokens: TokenStore
     audit: AuditLog
+    metrics: MasterMetrics | None = None

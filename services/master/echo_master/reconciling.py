@@ -41,6 +41,7 @@ from echo_shared.telemetry import extract, tracer
 
 from .agents_link import AgentLink
 from .commands import add_reservation, deploy_command, deploy_levels, stop_command
+from .metrics import MasterMetrics
 from .settings import MasterSettings
 from .snapshots import SnapshotStore
 from .store import ACTIVE_STATES, Dataflow, DataflowStore, needs_work
@@ -69,11 +70,14 @@ class Reconciler:
         self.tracer = tracer("echo.master")
         self.snapshots: SnapshotStore | None = None  # large operator state (object store)
         self.changed = asyncio.Condition()
+        self.metrics: MasterMetrics | None = None
+        self._dirty_since: dict[str, float] = {}  # when a dataflow first needed attention
 
     # ------------------------------------------------------------------ loop
 
     def kick(self, df_id: str) -> None:
         self._dirty.add(df_id)
+        self._dirty_since.setdefault(df_id, time.monotonic())
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -99,6 +103,9 @@ class Reconciler:
                         break  # the rest stay dirty for the next round
                     if df_id not in self._workers:
                         self._dirty.discard(df_id)
+                        since = self._dirty_since.pop(df_id, None)
+                        if since is not None and self.metrics is not None:
+                            self.metrics.waited(time.monotonic() - since)
                         self._workers[df_id] = asyncio.create_task(
                             self._pass(df_id), name=f"reconcile-{df_id}"
                         )
@@ -145,7 +152,15 @@ class Reconciler:
         if df.state == state and df.reason == reason:
             return
         log.info("dataflow %s: %s -> %s %s", df.id, df.state.value, state.value, reason)
-        await self.store.set_state(df.id, state, reason)
+        extra: dict[str, str] = {}
+        if state is DataflowState.running and not df.raw.get("first_running_at"):
+            now = time.time()
+            extra["first_running_at"] = repr(now)  # a redeploy later is not a submission
+            if self.metrics is not None:
+                self.metrics.deployed(now - df.created_at)
+        await self.store.set_state(df.id, state, reason, **extra)
+        if extra:
+            df.raw.update(extra)
         trace.get_current_span().add_event("state", {"state": state.value, "reason": reason})
         df.state, df.reason = state, reason
         async with self.changed:  # wake whoever waits for this dataflow (DELETE, ?wait=)
@@ -308,10 +323,14 @@ class Reconciler:
                 patch["out_seq"] = update.out_seq
             if update.hwm:
                 patch["hwm"] = update.hwm
+            if update.channels:
+                patch["channels"] = {k: v.model_dump() for k, v in update.channels.items()}
         rec = await self.store.patch_task(
             update.dataflow, update.task, patch, generation=update.generation, forward_only=True
         )
         if rec is not None:
+            if update.state is TaskState.failed and self.metrics is not None:
+                self.metrics.task_failed(update.dataflow, update.task, update.device)
             self.kick(update.dataflow)
 
     async def on_device_event(self, event: DeviceEvent) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from echo_shared import metrics
 from echo_shared.credentials import Access
 from echo_shared.names import Names
 from echo_shared.nats_bus import NatsBus
@@ -32,12 +33,14 @@ async def run(settings: MigratorSettings, stop: asyncio.Event) -> None:
             await MigratorService(bus, names, store, migrations).serve()
             resumed = await migrations.resume_all()
             log.info("migrator ready (%d migration(s) resumed)", resumed)
+            exporter = metrics.serve(migrations.metrics.registry, settings, settings.service_name)
             try:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(FailoverWatcher(bus, names, migrations).follow(stop))
                     if settings.rebalance_enabled:
                         tg.create_task(Rebalancer(migrations, store, settings).run(stop))
             finally:
+                exporter.close()
                 await migrations.close()
             log.info("migrator stopping")
     finally:

@@ -37,6 +37,7 @@ from echo_shared.names import Names
 from echo_shared.nats_bus import NatsBus
 from echo_shared.telemetry import tracer
 
+from .metrics import MigratorMetrics
 from .sagas import SagaStore, begin, end, new_id, step
 from .settings import MigratorSettings
 
@@ -59,6 +60,7 @@ class Migrations:
         self.tracer = tracer("echo.migrator")
         self._running: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self.metrics = MigratorMetrics()
 
     # ------------------------------------------------------------------ views
 
@@ -181,6 +183,8 @@ class Migrations:
                 except Exception as e:
                     log.exception("migration %s crashed", m.id)
                     await self._fail(m, f"{type(e).__name__}: {e}")
+                if m.state in ("completed", "failed", "rolled_back"):
+                    self.metrics.ended(m)
 
     async def _run(self, m: Migration) -> None:
         if m.state == "pending":

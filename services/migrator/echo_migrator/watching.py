@@ -56,6 +56,7 @@ class FailoverWatcher:
             )
             if reply.ok and reply.migration:
                 started.append(reply.migration)
+                self.migrations.metrics.failed_over()
             else:
                 log.info("failover of %s/%s from %s: %s", t.dataflow, t.task, device, reply.reason)
         if started:

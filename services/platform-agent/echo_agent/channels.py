@@ -35,7 +35,7 @@ from pydantic import ValidationError
 
 from echo_shared.codec import encode_eos, encode_records
 from echo_shared.messages import Binding, ChannelProgress, ResendRequest
-from echo_shared.models import EdgeModel
+from echo_shared.models import ChannelCounts, EdgeModel
 from echo_shared.mqtt import MqttMessage
 from echo_shared.names import Names
 
@@ -58,6 +58,7 @@ class StreamOut:
     def add(self, seq: int, record: Any) -> None:
         payload = encode_records(self.o.producer, self.o.generation, [(seq, record)])
         self.unconfirmed.add(seq, payload)
+        self.o.count(self.topic, len(payload))
         self.o.track(self.o.mqtt.publish(self.topic, payload, qos=1))
 
     def barrier(self) -> asyncio.Future[None] | None:
@@ -107,6 +108,7 @@ class BatchOut:
         # kept until the consumer confirms it, like a stream's records: a batch published
         # before the consumer subscribed (or lost) is sent again when it asks
         self.unconfirmed.add(batch[-1][0], payload)
+        self.o.count(self.topic, len(payload))
         fut = self.o.mqtt.publish(self.topic, payload, qos=1)
         if barrier is not None:
             _chain(fut, barrier)
@@ -166,6 +168,9 @@ class Outputs:
         self.heard_from: set[str] = set()
         self.eos_seen: dict[str, bool] = {b.topic: False for b in bindings}
         self.retransmitted = 0
+        # channel topic -> [messages, bytes, retransmits] sent by this copy (metrics)
+        self.counts: dict[str, list[int]] = {b.topic: [0, 0, 0] for b in bindings}
+        self.peers = {b.topic: b.peer for b in bindings}
         self._watchdog: asyncio.Task[None] | None = None
         self._resending: dict[str, asyncio.Task[None]] = {}
         # progress topic -> the consumer's high-water mark of our records
@@ -185,6 +190,26 @@ class Outputs:
                 for last, payload in kept:
                     ch.unconfirmed.add(last, base64.b64decode(payload))
                 self.acked[names.progress_topic(ch.topic)] = min(start_seq, kept[0][0] - 1)
+
+    def count(self, topic: str, size: int) -> None:
+        c = self.counts[topic]
+        c[0] += 1
+        c[1] += size
+
+    def channel_counts(self) -> dict[str, ChannelCounts]:
+        """Per consuming task: what this copy sent it (file channels count their chunks)."""
+        out: dict[str, ChannelCounts] = {}
+        for ch in self.channels:
+            messages, size, again = self.counts[ch.topic]
+            if isinstance(ch, FileSender):
+                messages, size = ch.chunks_sent, ch.bytes_sent
+            out[self.peers[ch.topic]] = ChannelCounts(
+                transport="nats" if self.names.is_subject(ch.topic) else "mqtt",
+                messages=messages,
+                bytes=size,
+                retransmits=again,
+            )
+        return out
 
     def subscriptions(self) -> list[str]:
         """What the producer side listens to: progress reports and resend requests."""
@@ -317,6 +342,7 @@ class Outputs:
             why,
         )
         self.retransmitted += len(again)
+        self.counts[ch.topic][2] += len(again)
         if running is not None and not running.done():
             running.cancel()  # a request from further back supersedes it (go-back-N)
         self._resend_from[ch.topic] = seq

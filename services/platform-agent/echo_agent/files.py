@@ -57,6 +57,8 @@ class FileSender:
         self.mqtt = mqtt
         self.producer = producer
         self.generation = generation
+        self.chunks_sent = 0  # metrics: chunks published, first sends and resends alike
+        self.bytes_sent = 0
         self.topic = topic
         self.chunk = chunk
         self.byte_window = byte_window
@@ -199,6 +201,8 @@ class FileSender:
                 if self._restart:
                     return  # a resend request: the queue starts over
                 last_fut = self.mqtt.publish(self.topic, encode_chunk(header, data), qos=1)
+                self.chunks_sent += 1
+                self.bytes_sent += len(data)
                 self.sent[seq] = self.sent.get(seq, 0) + len(data)
                 offset += len(data)
                 index += 1

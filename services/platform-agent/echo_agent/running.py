@@ -127,6 +127,7 @@ class TaskRunner:
             records_out=self.records_out,
             out_seq=self.outputs.seq if self.outputs is not None else 0,
             hwm=dict(self.consumer.inputs.hwm) if self.consumer is not None else {},
+            channels=self.outputs.channel_counts() if self.outputs is not None else {},
             ts=time.time(),
         )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from echo_shared import metrics
 from echo_shared.credentials import Access
 from echo_shared.messages import DeviceGetRequest, DeviceListRequest, DeviceRevokeRequest
 from echo_shared.mqtt import MqttClient
@@ -16,6 +17,7 @@ from . import liveness
 from .directory import Directory
 from .events import DeviceEvents
 from .heartbeats import Intake
+from .metrics import registry_metrics
 from .settings import RegistrySettings
 from .store import DeviceStore
 
@@ -48,6 +50,9 @@ async def run(settings: RegistrySettings, stop: asyncio.Event) -> None:
             )
             intake.mqtt = mqtt
             await mqtt.start(timeout=30)
+            exporter = metrics.serve(
+                registry_metrics(store, asyncio.get_running_loop()), settings, settings.service_name
+            )
             try:
                 await mqtt.subscribe(intake.topics(), qos=1)
                 log.info("registry ready")
@@ -65,6 +70,7 @@ async def run(settings: RegistrySettings, stop: asyncio.Event) -> None:
                     )
                 log.info("registry stopping")
             finally:
+                exporter.close()
                 await mqtt.close()
     finally:
         await redis.aclose()

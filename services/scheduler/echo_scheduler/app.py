@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from echo_shared import metrics
 from echo_shared.credentials import Access
 from echo_shared.messages import PlaceRequest, ValidateRequest
 from echo_shared.names import Names
@@ -23,6 +24,10 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event) -> None:
         service = SchedulerService(bus, names, settings.registry_timeout)
         await bus.serve(names.scheduler_validate, names.scheduler_queue, ValidateRequest, service.validate)
         await bus.serve(names.scheduler_place, names.scheduler_queue, PlaceRequest, service.place)
+        exporter = metrics.serve(service.metrics.registry, settings, settings.service_name)
         log.info("scheduler ready")
-        await stop.wait()
+        try:
+            await stop.wait()
+        finally:
+            exporter.close()
         log.info("scheduler stopping")

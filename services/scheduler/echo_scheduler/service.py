@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from opentelemetry import trace
 
@@ -22,6 +23,7 @@ from echo_shared.nats_bus import NatsBus
 from . import placing, validating
 from .errors import RegistryUnavailable
 from .fleet import Reservation
+from .metrics import SchedulerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ class SchedulerService:
         self.bus = bus
         self.names = names
         self.registry_timeout = registry_timeout
+        self.metrics = SchedulerMetrics()
 
     async def validate(self, req: ValidateRequest) -> ValidateReply:
         found = validating.problems(req.spec)
@@ -80,6 +83,7 @@ class SchedulerService:
         span.set_attribute("echo.dataflow", req.dataflow)
         span.set_attribute("echo.devices", len(devices))
         span.set_attribute("echo.strategy", req.spec.placement_strategy.value)
+        started = time.perf_counter()
         try:
             placement = placing.place(
                 req.dataflow,
@@ -92,7 +96,11 @@ class SchedulerService:
                 avoid=req.avoid,
             )
         except PlacementError as e:
+            self.metrics.placements.labels("unplaceable").inc()
             log.info("dataflow %s cannot be placed: %s", req.dataflow, e)
             return PlaceReply(ok=False, reason=str(e))
+        finally:
+            self.metrics.duration.observe(time.perf_counter() - started)
+        self.metrics.placements.labels("placed").inc()
         span.set_attribute("echo.placement.strategy", placement.strategy)
         return PlaceReply(ok=True, placement=placement)
