@@ -24,7 +24,7 @@ pki_app = typer.Typer(help="The private CA and credentials of a deployment.", no
 devices_app = typer.Typer(help="Device identities: enrol, revoke, rotate (admin).", no_args_is_help=True)
 
 
-OWNABLE = ("mosquitto", "redis", "master", "registry", "scheduler", "migrator")
+OWNABLE = ("mosquitto", "redis", "master", "registry", "scheduler", "migrator", "prometheus", "grafana")
 
 
 def parse_owners(specs: list[str]) -> dict[str, tuple[int, int]]:
@@ -61,6 +61,7 @@ def pki_init(
         ("Mosquitto dynamic security", b.dynsec_file),
         ("NATS users", b.nats_auth_file),
         ("Redis ACL users", b.redis_acl_file),
+        ("Prometheus: scrape certificate, HTTPS and its login", b.prometheus_dir),
     ]
 
 

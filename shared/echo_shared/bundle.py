@@ -118,6 +118,19 @@ class Bundle:
         """The password of ``PROMETHEUS_LOGIN``, who may query Prometheus."""
         return self.prometheus_dir / "password"
 
+    def service_key(self, name: str) -> Path:
+        """A service's own copy of the server key (its metrics endpoint's HTTPS, in containers)."""
+        return self.root / "keys" / f"{name}.key"
+
+    @property
+    def grafana_dir(self) -> Path:
+        return self.root / "grafana"
+
+    @property
+    def grafana_admin_password_file(self) -> Path:
+        """Grafana's admin password (``GF_SECURITY_ADMIN_PASSWORD__FILE``): never admin/admin."""
+        return self.grafana_dir / "admin.password"
+
     @property
     def prometheus_web_config(self) -> Path:
         """Prometheus' ``--web.config.file``: HTTPS with the server certificate, basic auth."""
@@ -165,8 +178,10 @@ def create_bundle(
     if not b.admin_token_file.exists():
         write_secret(b.admin_token_file, "echo_" + new_secret())
     _render_nats_server(b)
-    _prometheus_files(b, prometheus_owner())
     owners = dict(owners or {})
+    _prometheus_files(b, owners.get("prometheus") or prometheus_owner())
+    if "grafana" in owners:
+        _grafana_files(b, owners["grafana"])
     _give_mosquitto_its_files(b, owners.get("mosquitto") or mosquitto_owner())
     if "redis" in owners:
         for p in (b.redis_acl_file, b.root / "redis" / "server.key"):
@@ -182,6 +197,12 @@ def create_bundle(
         (b.root / "identities").chmod(0o711)  # each reads its own file, lists nothing
         for name, owner in services.items():
             os.chown(b.credentials_file(name), *owner)
+            key = b.service_key(name)  # its metrics endpoint serves HTTPS
+            key.parent.mkdir(exist_ok=True)
+            key.parent.chmod(0o711)
+            if not key.exists():
+                write_secret(key, b.server.key.read_bytes())
+            os.chown(key, *owner)
         if "master" in services:
             os.chown(b.admin_token_file, *services["master"])
             api_dir = b.root / "api"
@@ -322,6 +343,24 @@ def _prometheus_files(b: Bundle, owner: tuple[int, int] | None) -> None:
             os.chown(p, *owner)
         b.root.chmod(0o711)
         allow_traversal(b.root.parent)
+
+
+def _grafana_files(b: Bundle, owner: tuple[int, int]) -> None:
+    """Grafana's (compose): its admin password, its copy of the server key (it serves HTTPS)
+    and of Prometheus' query password (its datasource logs in with it)."""
+    d = b.grafana_dir
+    d.mkdir(parents=True, exist_ok=True)
+    if not b.grafana_admin_password_file.exists():
+        write_secret(b.grafana_admin_password_file, new_secret())
+    copies = {d / "server.key": b.server.key, d / "prometheus.password": b.prometheus_password_file}
+    for copy, source in copies.items():
+        if not copy.exists():
+            write_secret(copy, source.read_bytes())
+    os.chown(d, *owner)
+    d.chmod(0o700)
+    for p in (b.grafana_admin_password_file, *copies):
+        os.chown(p, *owner)
+    b.root.chmod(0o711)
 
 
 def allow_traversal(directory: Path) -> None:

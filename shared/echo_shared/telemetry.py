@@ -2,14 +2,19 @@
 
 ``setup_tracing(service)`` is called once by each service at start: spans go to the
 OTLP/HTTP exporter when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or the traces-specific
-variable) is set, and nowhere otherwise. Context travels as W3C ``traceparent`` in NATS
-headers and MQTT 5 user properties; ``inject()`` and ``extract()`` convert.
+variable) is set, and nowhere otherwise. Log records go the same way when
+``OTEL_EXPORTER_OTLP_LOGS_ENDPOINT`` is set (e.g. Loki's OTLP endpoint: compose), each
+carrying the trace and span it was written in, besides the JSON lines on stderr.
+Context travels as W3C ``traceparent`` in NATS headers and MQTT 5 user properties;
+``inject()`` and ``extract()`` convert.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -20,6 +25,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _provider: TracerProvider | None = None
+_log_provider: Any = None
 
 
 def setup_tracing(service_name: str, *, attributes: Mapping[str, str] | None = None) -> TracerProvider:
@@ -37,16 +43,35 @@ def setup_tracing(service_name: str, *, attributes: Mapping[str, str] | None = N
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     _provider = provider
+    if os.environ.get("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"):
+        _export_logs(provider.resource)
     return provider
+
+
+def _export_logs(resource: Resource) -> None:
+    """Ship log records over OTLP (batched, off the event loop) with their trace context."""
+    global _log_provider
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+    from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+
+    _log_provider = LoggerProvider(resource=resource)
+    _log_provider.add_log_record_processor(BatchLogRecordProcessor(OTLPLogExporter()))
+    logging.getLogger().addHandler(LoggingHandler(logger_provider=_log_provider))
 
 
 def shutdown_tracing() -> None:
     """Flush and stop exporting (called last in a service's shutdown)."""
     global _provider
+    global _log_provider
     if _provider is not None:
         _provider.force_flush(timeout_millis=3000)
         _provider.shutdown()
         _provider = None
+    if _log_provider is not None:
+        _log_provider.force_flush(timeout_millis=3000)
+        _log_provider.shutdown()
+        _log_provider = None
 
 
 def tracer(name: str) -> trace.Tracer:

@@ -9,6 +9,8 @@ PromQL with their labels.
 
 from __future__ import annotations
 
+import json
+import re
 import ssl
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ FLEET = (
     AgentSpec("cloud-1", "cloud", cpu=4.0, memory_mb=4096),
 )
 SCRAPE = 0.5  # seconds between scrapes in this test
+DASHBOARDS = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards"
 
 
 def spec(out: Path) -> dict[str, Any]:
@@ -200,3 +203,20 @@ def test_prometheus_scrapes_the_stack_and_answers_only_its_login(
         what="the 401 under its route",
     )
     assert not [r for r in prom.query("echo_api_requests_total") if "df-" in r["metric"]["route"]]
+
+    # every metric a Grafana dashboard queries is one the platform really exports
+    exported: set[str] = set()
+    for addr in p.metrics_targets.values():
+        text = httpx.get(f"https://{addr}/metrics", verify=scraper_context(p), timeout=5).text
+        exported |= {
+            line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and line[0] != "#"
+        }
+    queried: dict[str, set[str]] = {}
+    for board in sorted(DASHBOARDS.glob("*.json")):
+        for panel in json.loads(board.read_text())["panels"]:
+            for target in panel["targets"]:
+                for name in re.findall(r"\b(echo_[a-z_]+)", target["expr"]):
+                    queried.setdefault(name, set()).add(f"{board.name}: {panel['title']}")
+    assert len(queried) >= 15
+    unknown = {name: where for name, where in queried.items() if name not in exported}
+    assert not unknown, f"dashboards query metrics nobody exports: {unknown}"

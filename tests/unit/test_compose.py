@@ -28,6 +28,8 @@ CLOUD_SERVICES = {
     "migrator": "echo-migrator",
 }
 AGENTS = {"edge-1": "edge", "edge-2": "edge", "fog-1": "fog", "cloud-1": "cloud"}
+OBSERVABILITY = ("prometheus", "tempo", "loki", "grafana")
+GRAFANA = DEPLOY / "grafana"
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +70,7 @@ def test_compose_file_matches_the_compose_specification(compose: dict[str, Any])
 
 
 def test_all_platform_services_and_brokers_are_deployed(services: dict[str, dict[str, Any]]) -> None:
-    for name in (*BROKERS, *CLOUD_SERVICES, *AGENTS, "lgtm"):
+    for name in (*BROKERS, *CLOUD_SERVICES, *AGENTS, *OBSERVABILITY):
         assert name in services, f"service {name!r} missing"
     for name, script in CLOUD_SERVICES.items():
         assert _command(services[name])[0] == script, name
@@ -144,7 +146,9 @@ def test_configuration_comes_from_the_environment(services: dict[str, dict[str, 
         assert env["ECHO_REDIS_URL"] == "rediss://redis:6379/0"
         assert env["ECHO_CA_FILE"] == "/pki/ca.pem"
         assert env["ECHO_CREDENTIALS_FILE"] == f"/pki/identities/{name}.json"
-        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://lgtm:4318"
+        assert env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] == "http://tempo:4318/v1/traces"
+        assert env["OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"] == "http://loki:3100/otlp/v1/logs"
+        assert env["ECHO_METRICS_PORT"] == "9464"
     assert str(services["master"]["environment"]["ECHO_API_PORT"]) == "8099"
     for name, tier in AGENTS.items():
         env = services[name]["environment"]
@@ -216,7 +220,59 @@ def test_the_bundle_is_made_first_and_owned_by_who_runs_each_part(
         assert not user.startswith("0"), f"{name} must not run as root"
     assert len({services[n]["user"] for n in CLOUD_SERVICES}) == len(CLOUD_SERVICES), "one account each"
     hosts = [pki[i + 1] for i, w in enumerate(pki) if w == "--host"]
-    assert {"mosquitto", "nats", "redis", "master"} <= set(hosts)
+    assert {"mosquitto", "nats", "redis", *CLOUD_SERVICES, "prometheus", "grafana"} <= set(hosts)
+    for name in ("prometheus", "grafana"):  # their own copies of what they read
+        assert owners[name] == services[name]["user"], name
+
+
+# ------------------------------------------------------------------ metrics, dashboards
+
+
+def test_prometheus_scrapes_every_service_with_its_client_certificate(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    prom = services["prometheus"]
+    cmd = _command(prom)
+    assert "--web.config.file=/pki/prometheus/web.yml" in cmd, "its API: HTTPS and a login"
+    assert "./prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prom["volumes"]
+    cfg = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    (job,) = cfg["scrape_configs"]
+    assert job["scheme"] == "https"
+    assert job["tls_config"]["cert_file"] == "/pki/prometheus/client.pem"
+    targets = {t for group in job["static_configs"] for t in group["targets"]}
+    assert targets == {f"{name}:9464" for name in CLOUD_SERVICES}
+    for name in CLOUD_SERVICES:
+        env = services[name]["environment"]
+        assert env["ECHO_METRICS_CERT_FILE"] == "/pki/server.pem"
+        assert env["ECHO_METRICS_KEY_FILE"].startswith("/pki/")
+
+
+def test_grafana_has_no_default_password_and_its_provisioning_is_shipped(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    g = services["grafana"]
+    env = g["environment"]
+    assert env["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/pki/grafana/admin.password"
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in env
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert env["GF_SERVER_PROTOCOL"] == "https"
+    assert "./grafana/provisioning:/etc/grafana/provisioning:ro" in g["volumes"]
+    assert "./grafana/dashboards:/var/lib/grafana/dashboards/echo:ro" in g["volumes"]
+    sources = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "echo.yaml").read_text())[
+        "datasources"
+    ]
+    by_type = {s["type"]: s for s in sources}
+    assert set(by_type) == {"prometheus", "tempo", "loki"}
+    prom = by_type["prometheus"]
+    assert prom["url"].startswith("https://") and prom["basicAuth"] is True
+    assert prom["secureJsonData"]["basicAuthPassword"].startswith("$__file{")  # from a file, not here
+    uids = {s["uid"] for s in sources}
+    for path in sorted((GRAFANA / "dashboards").glob("*.json")):
+        board = json.loads(path.read_text())
+        for panel in board["panels"]:
+            assert panel["datasource"]["uid"] in uids, f"{path.name}: {panel['title']}"
+    titles = {json.loads(p.read_text())["title"] for p in (GRAFANA / "dashboards").glob("*.json")}
+    assert titles == {"ECHO overview", "ECHO dataflow"}
 
 
 def test_no_secret_in_the_environment(services: dict[str, dict[str, Any]]) -> None:
