@@ -232,6 +232,24 @@ class EchoClient:
     def decisions(self) -> httpx.Response:
         return self.request("GET", "/api/v1/rebalancing/decisions")
 
+    def events(
+        self,
+        *,
+        dataflow: str | None = None,
+        device: str | None = None,
+        since: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> httpx.Response:
+        params: dict[str, Any] = {"limit": limit}
+        for k, v in (("device", device), ("since", since), ("after", after)):
+            if v is not None:
+                params[k] = v
+        if dataflow is not None:
+            path = f"{_path('dataflows', dataflow)}/events"
+            return self.request("GET", path, params=params, not_found=("dataflow", dataflow))
+        return self.request("GET", "/api/v1/events", params=params)
+
     # ------------------------------------------------------------------ tokens and audit
 
     def create_token(self, role: str, ttl: str | None = None, name: str | None = None) -> httpx.Response:

@@ -28,8 +28,10 @@ from .render import (
     audit_table,
     dataflow_detail,
     dataflows_table,
+    describe_dataflow,
     device_detail,
     devices_table,
+    events_table,
     print_error,
     stdout,
     token_created,
@@ -292,6 +294,62 @@ def get_decisions(ctx: typer.Context, output: Output = OutputOpt) -> None:
 
     with client_of(ctx) as client:
         show(client.decisions(), output, decisions_table, "no decisions")
+
+
+@get_app.command("events")
+@cli_errors
+def get_events(
+    ctx: typer.Context,
+    dataflow: str | None = typer.Option(None, "--dataflow", help="Only this dataflow's."),
+    device: str | None = typer.Option(None, "--device", help="Only those about this device."),
+    since: str | None = typer.Option(
+        None, "--since", help="A time (ISO 8601, Unix) or an age: 90s, 10m, 2h."
+    ),
+    limit: int = typer.Option(100, "--limit", "-n", min=1, max=1000, help="At most this many (the newest)."),
+    watch: bool = typer.Option(False, "--watch", "-w", help="Then follow new events until Ctrl-C."),
+    output: Output = OutputOpt,
+) -> None:
+    """What happened (oldest first): scheduled, deployed, task started/failed, migrated,
+    failed over, rebalanced, devices lost and back... With -w, follows live."""
+    from .events import follow_events
+
+    with client_of(ctx) as client:
+        if not watch:
+            show(
+                client.events(dataflow=dataflow, device=device, since=since, limit=limit),
+                output,
+                events_table,
+                "no events",
+            )
+            return
+        try:
+            follow_events(
+                client,
+                dataflow=dataflow,
+                device=device,
+                since=since,
+                limit=limit,
+                json_lines=output is Output.json,
+            )
+        except KeyboardInterrupt:
+            raise typer.Exit(0) from None
+
+
+@app.command()
+@cli_errors
+def describe(
+    ctx: typer.Context,
+    kind: str = typer.Argument(..., metavar="dataflow", help="What to describe: dataflow."),
+    ident: str = typer.Argument(..., metavar="ID", help="Its id."),
+    events: int = typer.Option(20, "--events", min=0, max=1000, help="How many recent events to show."),
+) -> None:
+    """Describe a dataflow (kubectl-style): spec in short, placement and tasks, edges, recent events."""
+    if kind not in ("dataflow", "df"):
+        raise CliError(f"cannot describe {kind!r}: only 'dataflow' (e.g. echoctl describe dataflow df-…)")
+    with client_of(ctx) as client:
+        df = client.get_dataflow(ident).json()
+        recent = client.events(dataflow=ident, limit=events).json() if events else []
+    stdout().print(describe_dataflow(df, recent))
 
 
 @get_app.command("audit")

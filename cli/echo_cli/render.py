@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
+import urllib.parse
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
@@ -162,10 +165,105 @@ def edges_table(df: Mapping[str, Any]) -> Table:
     return t
 
 
+def grafana_trace_link(trace_id: str, grafana: str | None = None) -> str | None:
+    """A Grafana Explore link to a trace (Tempo), when ``ECHO_GRAFANA_URL`` is set."""
+    base = grafana if grafana is not None else os.environ.get("ECHO_GRAFANA_URL", "")
+    if not base:
+        return None
+    pane = {
+        "t": {
+            "datasource": "echo-tempo",
+            "queries": [
+                {
+                    "refId": "A",
+                    "datasource": {"type": "tempo", "uid": "echo-tempo"},
+                    "queryType": "traceql",
+                    "query": trace_id,
+                }
+            ],
+            "range": {"from": "now-24h", "to": "now"},
+        }
+    }
+    panes = urllib.parse.quote(json.dumps(pane, separators=(",", ":")))
+    return f"{base.rstrip('/')}/explore?schemaVersion=1&orgId=1&panes={panes}"
+
+
+def trace_line(df: Mapping[str, Any]) -> Text | None:
+    trace_id = df.get("trace_id")
+    if not trace_id:
+        return None
+    line = Text.assemble(("trace ", "bold"), str(trace_id))
+    link = grafana_trace_link(str(trace_id))
+    if link:
+        line.append(f"  {link}", style="dim")
+    return line
+
+
 def dataflow_detail(df: Mapping[str, Any]) -> RenderableType:
-    parts: list[RenderableType] = [dataflow_title(df), Text(""), tasks_table(df)]
+    parts: list[RenderableType] = [dataflow_title(df)]
+    if (trace := trace_line(df)) is not None:
+        parts.append(trace)
+    parts += [Text(""), tasks_table(df)]
     if df.get("edges"):
         parts += [Text(""), edges_table(df)]
+    return Group(*parts)
+
+
+def when(ts: Any) -> str:
+    try:
+        return datetime.fromtimestamp(float(ts)).strftime("%Y-%m-%d %H:%M:%S")
+    except (TypeError, ValueError):
+        return "-"
+
+
+def events_table(items: Sequence[Mapping[str, Any]], *, header: bool = True) -> Table:
+    t = Table(header_style="bold", box=None, pad_edge=False, show_header=header)
+    for col in ("TIME", "KIND", "SUBJECT", "MESSAGE", "TRACE"):
+        t.add_column(col, overflow="fold", no_wrap=col in ("TIME", "KIND"))
+    for e in items:
+        t.add_row(
+            when(e.get("time")),
+            _str(e.get("kind")),
+            _str(e.get("subject")),
+            _str(e.get("message")),
+            str(e.get("trace_id") or "-")[:16],
+        )
+    return t
+
+
+def describe_dataflow(df: Mapping[str, Any], events: Sequence[Mapping[str, Any]]) -> RenderableType:
+    """kubectl-describe style: the spec in short, placement and tasks, edges, recent events."""
+    tasks = df.get("tasks") or []
+    devices = sorted({str(t.get("device")) for t in tasks if t.get("device")})
+    summary = Table(box=None, show_header=False, pad_edge=False)
+    summary.add_column(style="bold")
+    summary.add_column(overflow="fold")
+    rows = [
+        ("Name", _str(df.get("name"))),
+        ("Id", _str(df.get("id"))),
+        ("State", f"{df.get('state')} (desired: {df.get('desired')})"),
+        ("Reason", _str(df.get("reason")) or "-"),
+        ("Created", when(df.get("created_at"))),
+        ("Updated", when(df.get("updated_at"))),
+        ("Tasks", f"{len(tasks)} on {len(devices)} device(s): {', '.join(devices) or '-'}"),
+        ("Edges", str(len(df.get("edges") or []))),
+        ("Trace", _str(df.get("trace_id")) or "-"),
+    ]
+    link = grafana_trace_link(str(df["trace_id"])) if df.get("trace_id") else None
+    if link:
+        rows.append(("Grafana", link))
+    for k, v in rows:
+        summary.add_row(k, v)
+    parts: list[RenderableType] = [
+        summary,
+        Text(""),
+        Text("Placement and tasks", style="bold"),
+        tasks_table(df),
+    ]
+    if df.get("edges"):
+        parts += [Text(""), Text("Edges", style="bold"), edges_table(df)]
+    parts += [Text(""), Text("Events", style="bold")]
+    parts.append(events_table(events) if events else Text("no events", style="dim"))
     return Group(*parts)
 
 

@@ -67,6 +67,9 @@ def _dev(leaf: str) -> str:
     return f"+/dev/+/{leaf}"
 
 
+# the event log (echo_shared.events): the master, registry and migrator record what happened
+_EVENTS = ("*:events", "*:events:*")
+
 # JetStream: stream names embed the namespace, so services' rights are per API verb
 _JS_STREAMS = NatsPermissions(
     pub_allow=("$JS.API.INFO", "$JS.API.STREAM.INFO.*", "$JS.API.STREAM.CREATE.*", "$JS.API.STREAM.UPDATE.*")
@@ -109,6 +112,7 @@ SERVICE_RIGHTS: dict[str, Rights] = {
                 "*:enrol:*",
                 "*:identity:*",
                 "*:identities",
+                *_EVENTS,
             )
         ),
         dynsec_admin=True,
@@ -119,7 +123,7 @@ SERVICE_RIGHTS: dict[str, Rights] = {
         nats=NatsPermissions.union(
             responder_permissions(("*.registry.>",)), js_publish_permissions(("*.events.>",)), _JS_STREAMS
         ),
-        redis=RedisRights(keys=("*:device:*", "*:devices")),
+        redis=RedisRights(keys=("*:device:*", "*:devices", *_EVENTS)),
     ),
     "scheduler": Rights(
         nats=responder_permissions(("*.scheduler.>",)) | request_permissions(("*.registry.>",))
@@ -131,7 +135,9 @@ SERVICE_RIGHTS: dict[str, Rights] = {
             _JS_STREAMS,
             _JS_CONSUMERS,
         ),
-        redis=RedisRights(keys=("*:migration:*", "*:migrations", "*:migrations:*", "*:rebalance:*")),
+        redis=RedisRights(
+            keys=("*:migration:*", "*:migrations", "*:migrations:*", "*:rebalance:*", *_EVENTS)
+        ),
     ),
 }
 

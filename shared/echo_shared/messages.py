@@ -419,6 +419,7 @@ class Migration(Message):
     updated_at: float = 0.0
     error: str = ""
     steps: list[MigrationStep] = Field(default_factory=list)
+    trace_id: str | None = Field(default=None, description="the trace of the move (each saga step a span)")
 
 
 class MigrateRequest(Message):

@@ -152,7 +152,7 @@ class Names:
         prefix = f"{self.namespace}.df."
         if not data_subject.startswith(prefix):
             raise ValueError(f"not a data subject: {data_subject!r}")
-        return f"{self.namespace}.dfctl.{data_subject[len(prefix):]}.{leaf}"
+        return f"{self.namespace}.dfctl.{data_subject[len(prefix) :]}.{leaf}"
 
     def progress_topic(self, data_topic: str) -> str:
         """Where a channel's consumer reports how far it got (retained): the producer's credit."""
@@ -368,6 +368,15 @@ class Names:
     def token_digest_key(self, digest: str) -> str:
         """SHA-256 of a presented token -> its id (the token itself is never stored)."""
         return f"{self.namespace}:tokendigest:{digest}"
+
+    @property
+    def events_key(self) -> str:
+        """Every event of the platform: a capped Redis stream (``echo_shared.events``)."""
+        return f"{self.namespace}:events"
+
+    def dataflow_events_key(self, dataflow: str) -> str:
+        """One dataflow's events: a capped Redis stream of its own."""
+        return f"{self.namespace}:events:df:{dataflow}"
 
     @property
     def audit_key(self) -> str:

@@ -161,9 +161,7 @@ class Brokers:
     def access(self, identity: str = "tester") -> Access:
         """URLs and logins of one identity (tests use ``tester``, a superuser of these brokers)."""
         creds = self.bundle.credentials(identity) if self.bundle is not None else None
-        return Access.build(
-            creds, mqtt_url=self.mqtt_url, nats_url=self.nats_url, redis_url=self.redis_url
-        )
+        return Access.build(creds, mqtt_url=self.mqtt_url, nats_url=self.nats_url, redis_url=self.redis_url)
 
     def stop(self) -> None:
         for p in self.processes.values():

@@ -31,6 +31,7 @@ from .audit import audit_router, audit_target
 from .auth import AccessRules, AuthLayer, declare_bearer
 from .context import ApiContext
 from .errors import BodyTooLarge, http_headers, http_status
+from .events_api import events_router
 from .hypercat import hypercat_router
 from .legacy.routes import legacy_router
 from .metrics import ApiMetrics
@@ -208,6 +209,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         return JSONResponse(status_code=200 if ok else 503, content={"status": "ok" if ok else "degraded"})
 
     app.include_router(migrations_router(ctx))
+    app.include_router(events_router(ctx))
     app.include_router(legacy_router(ctx))
     app.include_router(hypercat_router(ctx))
     app.include_router(tokens_router(ctx.tokens))

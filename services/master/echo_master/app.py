@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from echo_shared import metrics as prometheus
 from echo_shared.credentials import Access, Credentials, is_tls_url
+from echo_shared.events import EventLog
 from echo_shared.messages import DeviceEvent, MoveTaskRequest, TaskCheckpoint, TaskListRequest
 from echo_shared.names import Names
 from echo_shared.nats_bus import NatsBus
@@ -146,6 +147,7 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
             reconciler = Reconciler(store, link, bus, names, settings)
             figures = MasterMetrics(store, asyncio.get_running_loop())
             reconciler.metrics = figures
+            reconciler.events = EventLog(redis, names)
             snapshots = SnapshotStore(bus, names, settings.state_inline_max_bytes)
             reconciler.snapshots = snapshots
             mover = TaskMover(store, reconciler, snapshots)

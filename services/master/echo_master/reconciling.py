@@ -21,10 +21,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Any
 
 from opentelemetry import trace
 
 from echo_shared.errors import BusError, EchoError, RequestTimeout, SpecError
+from echo_shared.events import EventKind, EventLog
 from echo_shared.messages import (
     CommandAck,
     DeployTask,
@@ -55,6 +57,14 @@ DRAIN_SECONDS = 12.0  # what an agent may take to drain a task that moves
 MAX_CONCURRENT_PASSES = 32
 
 
+PLACEMENTS_IN_EVENT = 50  # tasks a "scheduled" event names (each task's view has its own reason)
+STATE_EVENTS = {
+    DataflowState.failed: EventKind.dataflow_failed,
+    DataflowState.completed: EventKind.completed,
+    DataflowState.stopped: EventKind.stopped,
+}
+
+
 class Reconciler:
     def __init__(
         self, store: DataflowStore, link: AgentLink, bus: NatsBus, names: Names, settings: MasterSettings
@@ -71,6 +81,8 @@ class Reconciler:
         self.snapshots: SnapshotStore | None = None  # large operator state (object store)
         self.changed = asyncio.Condition()
         self.metrics: MasterMetrics | None = None
+        self.events: EventLog | None = None
+        self._task_states: dict[tuple[str, str], tuple[int, TaskState]] = {}  # last seen, for events
         self._dirty_since: dict[str, float] = {}  # when a dataflow first needed attention
 
     # ------------------------------------------------------------------ loop
@@ -158,6 +170,10 @@ class Reconciler:
             extra["first_running_at"] = repr(now)  # a redeploy later is not a submission
             if self.metrics is not None:
                 self.metrics.deployed(now - df.created_at)
+            took = now - df.created_at
+            await self.event(EventKind.deployed, df.id, f"running, {took * 1000:.0f} ms after submission")
+        elif state in STATE_EVENTS:
+            await self.event(STATE_EVENTS[state], df.id, f"{state.value}{': ' + reason if reason else ''}")
         await self.store.set_state(df.id, state, reason, **extra)
         if extra:
             df.raw.update(extra)
@@ -191,10 +207,22 @@ class Reconciler:
             await self.set_state(df, DataflowState.failed, f"invalid spec: {e}")
             return
         if not reply.ok or reply.placement is None:
+            await self.event(EventKind.unplaceable, df.id, f"cannot be placed: {reply.reason}")
             await self.set_state(df, DataflowState.failed, f"cannot be placed: {reply.reason}")
             return
         generations = {t: rec.generation + 1 for t, rec in df.tasks.items()}
         await self.store.set_placement(df.id, reply.placement, generations)
+        placed = reply.placement.tasks
+        summary = ", ".join(f"{p.task} on {p.device}" for p in placed[:PLACEMENTS_IN_EVENT])
+        more = f" and {len(placed) - PLACEMENTS_IN_EVENT} more" if len(placed) > PLACEMENTS_IN_EVENT else ""
+        await self.event(
+            EventKind.scheduled,
+            df.id,
+            f"{len(placed)} task(s) placed ({reply.placement.strategy}): {summary}{more}",
+            placement={
+                p.task: {"device": p.device, "reason": p.reason} for p in placed[:PLACEMENTS_IN_EVENT]
+            },
+        )
         await self.set_state(df, DataflowState.scheduled)
 
     # ------------------------------------------------------------------ deploying
@@ -331,7 +359,37 @@ class Reconciler:
         if rec is not None:
             if update.state is TaskState.failed and self.metrics is not None:
                 self.metrics.task_failed(update.dataflow, update.task, update.device)
+            await self._task_event(update)
             self.kick(update.dataflow)
+
+    async def event(self, kind: EventKind, df_id: str, message: str, **kw: Any) -> None:
+        if self.events is not None:
+            await self.events.record(kind, message, dataflow=df_id, **kw)
+
+    async def _task_event(self, update: TaskStatus | CommandAck) -> None:
+        """A task's start, restart or failure (once per change of state, not per report)."""
+        key = (update.dataflow, update.task)
+        seen = self._task_states.get(key)
+        if seen == (update.generation, update.state):
+            return
+        self._task_states[key] = (update.generation, update.state)
+        where: dict[str, Any] = {
+            "task": update.task,
+            "device": update.device,
+            "generation": update.generation,
+        }
+        if update.state is TaskState.running:
+            restarted = update.generation > 1
+            kind = EventKind.task_restarted if restarted else EventKind.task_started
+            message = f"{update.task} running on {update.device}" + (
+                f" (generation {update.generation})" if restarted else ""
+            )
+            await self.event(kind, update.dataflow, message, **where)
+        elif update.state is TaskState.failed:
+            message = f"{update.task} failed on {update.device}: {update.reason}"
+            await self.event(EventKind.task_failed, update.dataflow, message, **where)
+        if update.state in (TaskState.stopped, TaskState.finished):
+            self._task_states.pop(key, None)
 
     async def on_device_event(self, event: DeviceEvent) -> None:
         """A device came back online.

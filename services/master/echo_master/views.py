@@ -61,6 +61,13 @@ class DataflowView(BaseModel):
     updated_at: float
     tasks: list[TaskView]
     edges: list[EdgeView]
+    trace_id: str | None = Field(default=None, description="the trace of its submission and deployment")
+
+
+def trace_id_of(traceparent: str) -> str | None:
+    """The trace id of a W3C ``traceparent`` (``00-<trace>-<span>-<flags>``)."""
+    parts = traceparent.split("-")
+    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
 
 
 def dataflow_view(df: Dataflow) -> DataflowView:
@@ -105,6 +112,7 @@ def dataflow_view(df: Dataflow) -> DataflowView:
         updated_at=df.updated_at,
         tasks=tasks,
         edges=edges,
+        trace_id=trace_id_of(df.traceparent),
     )
 
 

@@ -8,6 +8,7 @@ import logging
 
 from echo_shared import metrics
 from echo_shared.credentials import Access
+from echo_shared.events import EventLog
 from echo_shared.names import Names
 from echo_shared.nats_bus import NatsBus
 from echo_shared.redis_store import connect_redis
@@ -30,6 +31,7 @@ async def run(settings: MigratorSettings, stop: asyncio.Event) -> None:
         async with NatsBus(settings.nats_url, settings.service_name, access=access) as bus:
             store = SagaStore(redis, names)
             migrations = Migrations(bus, names, store, settings)
+            migrations.events = EventLog(redis, names)
             await MigratorService(bus, names, store, migrations).serve()
             resumed = await migrations.resume_all()
             log.info("migrator ready (%d migration(s) resumed)", resumed)

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import time
 
+from echo_shared.events import EventKind
 from echo_shared.messages import MigrateRequest, RebalanceDecision, TaskLocation
 from echo_shared.models import DataflowSpec, DeviceRecord, DeviceStatus, TaskState
 
@@ -125,5 +126,18 @@ class Rebalancer:
         self.cool_until[d.id] = now + self.settings.overload_cooldown
         self.hot_since.pop(d.id, None)
         await self.store.record_decision(decision)
+        if self.migrations.events is not None:
+            await self.migrations.events.record(
+                EventKind.rebalanced,
+                decision.reason,
+                dataflow=decision.dataflow,
+                task=decision.task,
+                device=d.id,
+                subject=f"device {d.id}",
+                action=decision.action,
+                metric=metric,
+                value=value,
+                threshold=threshold,
+            )
         log.warning("rebalancer: %s", decision.reason)
         return decision

@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Literal
+from typing import Any, Literal
 
 from echo_shared.errors import BusError, EchoError
+from echo_shared.events import EventKind, EventLog
 from echo_shared.messages import (
     DeviceListReply,
     DeviceListRequest,
@@ -35,9 +36,9 @@ from echo_shared.messages import (
 from echo_shared.models import DeviceRecord, DeviceStatus, TaskState
 from echo_shared.names import Names
 from echo_shared.nats_bus import NatsBus
-from echo_shared.telemetry import tracer
+from echo_shared.telemetry import current_trace_id, tracer
 
-from .metrics import MigratorMetrics
+from .metrics import MigratorMetrics, downtime
 from .sagas import SagaStore, begin, end, new_id, step
 from .settings import MigratorSettings
 
@@ -61,6 +62,7 @@ class Migrations:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.metrics = MigratorMetrics()
+        self.events: EventLog | None = None  # the platform's event log (set by the app)
 
     # ------------------------------------------------------------------ views
 
@@ -174,6 +176,8 @@ class Migrations:
             with self.tracer.start_as_current_span(f"migrate {m.task} ({m.id})") as span:
                 span.set_attribute("echo.dataflow", m.dataflow)
                 span.set_attribute("echo.migration", m.id)
+                if m.trace_id is None:
+                    m.trace_id = current_trace_id()
                 try:
                     await self._run(m)
                 except StepFailed as e:
@@ -185,6 +189,7 @@ class Migrations:
                     await self._fail(m, f"{type(e).__name__}: {e}")
                 if m.state in ("completed", "failed", "rolled_back"):
                     self.metrics.ended(m)
+                    await self._record(m)
 
     async def _run(self, m: Migration) -> None:
         if m.state == "pending":
@@ -332,6 +337,29 @@ class Migrations:
         m.state, m.error = "rolled_back", f"{m.task} {why} on {m.target}"
         await self.store.save(m)
         log.warning("migration %s rolled back: %s", m.id, m.error)
+
+    async def _record(self, m: Migration) -> None:
+        if self.events is None:
+            return
+        seconds = downtime(m)
+        if m.state == "completed":
+            took = f", down {seconds * 1000:.0f} ms" if seconds is not None else ""
+            kind = EventKind.migrated
+            message = f"{m.task} moved from {m.source} to {m.target} ({m.origin}{took})"
+        else:
+            kind = EventKind.migration_failed
+            message = f"{m.task} did not move from {m.source} ({m.state}): {m.error}"
+        figures: dict[str, Any] = {"from": m.source, "to": m.target, "downtime_s": seconds}
+        await self.events.record(
+            kind,
+            message,
+            dataflow=m.dataflow,
+            task=m.task,
+            device=m.target if m.state == "completed" else m.source,
+            migration=m.id,
+            origin=m.origin,
+            **figures,
+        )
 
     async def _fail(self, m: Migration, why: str) -> None:
         for s in m.steps:

@@ -14,6 +14,7 @@ import logging
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
+from echo_shared.events import EventKind
 from echo_shared.messages import DeviceEvent, MigrateRequest
 from echo_shared.models import DeviceStatus
 from echo_shared.names import Names
@@ -57,6 +58,15 @@ class FailoverWatcher:
             if reply.ok and reply.migration:
                 started.append(reply.migration)
                 self.migrations.metrics.failed_over()
+                if self.migrations.events is not None:
+                    await self.migrations.events.record(
+                        EventKind.failed_over,
+                        f"{t.task} fails over from {device} ({why})",
+                        dataflow=t.dataflow,
+                        task=t.task,
+                        device=device,
+                        migration=reply.migration,
+                    )
             else:
                 log.info("failover of %s/%s from %s: %s", t.dataflow, t.task, device, reply.reason)
         if started:

@@ -7,6 +7,7 @@ import logging
 
 from echo_shared import metrics
 from echo_shared.credentials import Access
+from echo_shared.events import EventLog
 from echo_shared.messages import DeviceGetRequest, DeviceListRequest, DeviceRevokeRequest
 from echo_shared.mqtt import MqttClient
 from echo_shared.names import Names
@@ -31,7 +32,7 @@ async def run(settings: RegistrySettings, stop: asyncio.Event) -> None:
     try:
         async with NatsBus(settings.nats_url, settings.service_name, access=access) as bus:
             store = DeviceStore(redis, names)
-            events = DeviceEvents(bus, names)
+            events = DeviceEvents(bus, names, EventLog(redis, names))
             await events.setup()
             directory = Directory(store, events)
             await bus.serve(names.registry_list, names.registry_queue, DeviceListRequest, directory.list)
