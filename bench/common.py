@@ -154,10 +154,12 @@ def running_stack(
     extra_env: dict[str, str] | None = None,
     fleet: tuple[AgentSpec, ...] = FLEET,
     secure: bool = True,
+    metrics: bool = True,
 ) -> Iterator[Stack]:
     """Brokers + the five services + the fleet, in a fresh temp dir; all stopped on exit.
 
-    ``secure=False`` (the security_cost benchmark only): brokers without TLS or logins."""
+    ``secure=False`` (the security_cost benchmark only): brokers without TLS or logins.
+    ``metrics=False`` (metrics_cost): the services serve no /metrics."""
     workdir = Path(tempfile.mkdtemp(prefix="echo-bench-"))
     log(f"workdir {workdir}")
     brokers = start_brokers(workdir / "brokers", tester=True, secure=secure)
@@ -170,6 +172,7 @@ def running_stack(
             workdir / "platform",
             namespace="b" + uuid.uuid4().hex[:8],
             extra_env=dict(extra_env or {}),
+            metrics=metrics,
         )
         t0 = time.monotonic()
         platform.start(fleet, timeout=90)

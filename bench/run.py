@@ -29,6 +29,9 @@ Benchmarks:
 - ``security_cost`` (``security_cost.py``): deploy p50 and one stream edge's records/s on the
   secured stack next to a stack with the previous insecure settings (plaintext, anonymous);
   target: TLS and authentication cost <= 15 %.
+- ``metrics_cost`` (``metrics_cost.py``): one stream edge's records/s with the services' /metrics
+  scraped by Prometheus every second vs without metrics (target: cost <= 5 %), and the time a
+  scrape of the master's and the registry's /metrics takes with 1,000 devices and 5,000 tasks.
 - ``migration`` (``migration.py``): io.generate (1,000/s) -> stats.count_by_key -> io.file_sink on a
   platform of its own; 100 migrations (20 with ``--quick``) of the counting task round-robin over
   three agents: downtime at the sink p50/p99 (targets <= 250 ms / <= 1 s) next to raw MQTT QoS 1
@@ -64,6 +67,7 @@ import batch_edge
 import deploy_latency
 import etl_pipeline
 import file_edge
+import metrics_cost
 import migration
 import placement
 import security_cost
@@ -84,6 +88,7 @@ BENCHMARKS: dict[str, Callable[[Stack, bool], dict[str, Any]]] = {
 # benchmarks that start stacks of their own, run after the shared one is gone
 STANDALONE: dict[str, Callable[[Stack | None, bool], dict[str, Any]]] = {
     "security_cost": security_cost.run,
+    "metrics_cost": metrics_cost.run,
 }
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from echo_shared import __version__
@@ -38,7 +39,15 @@ from .metrics import ApiMetrics
 from .migrations_api import migrations_router
 from .specs import read_spec
 from .tokens import tokens_router
-from .views import ERRORS, SPEC_BODY, DataflowCreated, DataflowView, dataflow_view, error_response
+from .views import (
+    ERRORS,
+    SPEC_BODY,
+    DataflowCreated,
+    DataflowView,
+    ErrorBody,
+    dataflow_view,
+    error_response,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +83,32 @@ class NoStackTraces:
             await response(scope, receive, send)
 
 
+ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
+
+
+def errors_as_sent(schema: dict[str, Any]) -> None:
+    """Document every error as ECHO sends it: FastAPI declares its own 422 body
+    (``HTTPValidationError``) on routes with parameters, but ECHO answers every error with
+    ``ErrorBody``; and any route may refuse a body it cannot parse (400)."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.setdefault(
+        "ErrorBody", ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    )
+    for defs in components["ErrorBody"].pop("$defs", {}).items():
+        components.setdefault(*defs)
+    for ops in schema.get("paths", {}).values():
+        for op in ops.values():
+            if not isinstance(op, dict):
+                continue
+            responses = op.setdefault("responses", {})
+            responses.setdefault("400", {"description": "a body that cannot be parsed"})
+            for code in ("400", "422"):
+                if code in responses:
+                    responses[code]["content"] = {"application/json": {"schema": ERROR_REF}}
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+
+
 def create_api(ctx: ApiContext) -> FastAPI:
     app = FastAPI(
         title="ECHO",
@@ -90,6 +125,12 @@ def create_api(ctx: ApiContext) -> FastAPI:
         if isinstance(e, SpecError):
             return error_response(422, "invalid dataflow spec", e.problems)
         return error_response(http_status(e), str(e), headers=http_headers(e))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(_req: Request, e: StarletteHTTPException) -> JSONResponse:
+        # Starlette's own refusals (a body it cannot parse: 400; no such route: 404; 405...)
+        # in ECHO's error format, like every other error
+        return error_response(e.status_code, str(e.detail), headers=dict(e.headers or {}))
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(_req: Request, e: RequestValidationError) -> JSONResponse:
@@ -227,6 +268,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         components.update(defs.pop("$defs", {}))
         components["DataflowSpec"] = defs
         declare_bearer(schema, rules)
+        errors_as_sent(schema)
         app.openapi_schema = schema
         return schema
 

@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from echo_shared.models import Tier
@@ -23,6 +25,8 @@ from .views import ERRORS
 
 MAX_ENROL_TTL = 30 * 86400.0
 DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+# a device id in a path: anything else is a 422 naming ``path.device_id`` (never reaches a broker)
+DeviceId = Annotated[str, Path(pattern=DEVICE_ID, description="a device id (letters, digits, _ and -)")]
 
 
 class EnrolmentBody(BaseModel):
@@ -119,7 +123,7 @@ def devices_router(access: DeviceAccess) -> APIRouter:
         responses=ERRORS,
         summary="Revoke a device: the broker drops it, its credentials stop working, its tasks fail over",
     )
-    async def revoke(device_id: str) -> RevokeReply:
+    async def revoke(device_id: DeviceId) -> RevokeReply:
         ident = await access.revoke(device_id)
         return RevokeReply(device=ident.device, status=ident.status)
 
@@ -129,7 +133,7 @@ def devices_router(access: DeviceAccess) -> APIRouter:
         responses=ERRORS,
         summary="Give a connected device new credentials; the old ones stop after a grace period",
     )
-    async def rotate(device_id: str) -> RotateReply:
+    async def rotate(device_id: DeviceId) -> RotateReply:
         username, retire_at = await access.rotate(device_id)
         return RotateReply(device=device_id, username=username, old_retire_at=iso(retire_at))
 

@@ -116,7 +116,9 @@ def dataflow_view(df: Dataflow) -> DataflowView:
     )
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (404, 413, 415, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 404, 409, 413, 415, 422, 503)
+}
 
 SPEC_BODY = {
     "requestBody": {
