@@ -20,7 +20,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from echo_shared import metrics as m
-from echo_shared.models import DataflowState, TaskState
+from echo_shared.models import DataflowState
 
 from .store import Dataflow, DataflowStore
 
@@ -56,7 +56,7 @@ def task_families(dataflows: list[Dataflow], errors: dict[tuple[str, str, str], 
         m.TASK_INPUT_LAG, "records its producers emitted that it has not taken yet", labels=labels
     )
     state = GaugeMetricFamily(
-        m.TASK_STATE, "1 for the task's current state, 0 for the others", labels=[*labels, "state"]
+        m.TASK_STATE, "1 for the task's current state (one series per task)", labels=[*labels, "state"]
     )
     count = GaugeMetricFamily(m.DATAFLOWS, "dataflows in each state (active ones)", labels=["state"])
     ch_labels = list(m.CHANNEL_LABELS)
@@ -75,8 +75,7 @@ def task_families(dataflows: list[Dataflow], errors: dict[tuple[str, str, str], 
             failures.add_metric(key, float(errors.get((df.id, rec.id, rec.device or ""), 0)))
             restarts.add_metric(key, float(max(0, rec.generation - 1)))
             lag.add_metric(key, float(input_lag(df, rec.id)))
-            for s in TaskState:
-                state.add_metric([*key, s.value], 1.0 if rec.state is s else 0.0)
+            state.add_metric([*key, rec.state.value], 1.0)
             for consumer, c in rec.channels.items():
                 edge = [df.id, f"{rec.id}->{consumer}", c.transport]
                 messages.add_metric(edge, float(c.messages))

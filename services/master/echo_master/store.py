@@ -128,6 +128,9 @@ class Dataflow:
         self.effective = effective_spec(self.spec, self.placement)
 
 
+READ_BATCH = 200  # dataflows per round trip when reading many
+
+
 class DataflowStore:
     def __init__(self, redis: aioredis.Redis, names: Names) -> None:
         self.r = redis
@@ -197,12 +200,22 @@ class DataflowStore:
             await self.r.srem(self.names.active_dataflows_key, df_id)
 
     async def all(self, ids: list[str] | None = None) -> list[Dataflow]:
+        """The dataflows (all, or those of ``ids`` that exist), read ``READ_BATCH`` at a
+        time in one round trip each (a fleet's metrics scrape reads a thousand)."""
+        wanted = await self.ids() if ids is None else ids
         out = []
-        for df_id in await self.ids() if ids is None else ids:
-            try:
-                out.append(await self.get(df_id))
-            except NotFoundError:
-                continue
+        for start in range(0, len(wanted), READ_BATCH):
+            batch = wanted[start : start + READ_BATCH]
+            async with self.r.pipeline(transaction=True) as p:
+                for df_id in batch:
+                    p.hgetall(self.names.dataflow_key(df_id))
+                    p.hgetall(self.names.dataflow_tasks_key(df_id))
+                rows = await p.execute()
+            for i in range(len(batch)):
+                raw, tasks = rows[2 * i], rows[2 * i + 1]
+                if raw:
+                    records = {k: TaskRecord.model_validate_json(v) for k, v in tasks.items()}
+                    out.append(Dataflow(raw, records))
         return out
 
     async def set_desired(self, df_id: str, desired: DesiredState) -> None:
