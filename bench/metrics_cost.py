@@ -2,9 +2,9 @@
 
 1. ``stream``: one cross-agent stream edge's records/s (the ``stream_edge`` measurement) on
    a stack whose services serve ``/metrics`` with Prometheus scraping them every 5 s (the dev
-   stack's interval; compose scrapes every 10 s) next to the same stack without metrics endpoints nor Prometheus (``Platform(metrics=
-   False)``). The agents' per-edge counters are always on (they are two additions per
-   message). Target: metrics cost <= 5 %.
+   stack's interval; compose scrapes every 10 s) next to the same stack without metrics
+   endpoints nor Prometheus (``Platform(metrics=False)``). The agents' per-edge counters
+   are always on (two additions per message). Target: metrics cost <= 5 %.
 2. ``scrape``: the master's and the registry's ``/metrics`` with 1,000 devices and 1,000
    dataflows of 5 tasks each (5,000 tasks, 4,000 edges) in a real Redis: the time to read
    the records and render the exposition (what a scrape waits for), its size and series.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,3 +64,47 @@ def test_deployment_is_one_trace(
     # one root (the HTTP request); every other span's parent is inside the trace
     roots = [s for s in spans if not s.parent_id]  # type: ignore[attr-defined]
     assert len(roots) == 1, roots
+    # ECHO_TRACE_RECORDS is 0 by default: no record is traced
+    assert not [s for s in otlp.snapshot() if s.name.startswith("record ")]
+
+
+def test_sampled_records_are_traced_across_devices(
+    platform_factory: PlatformFactory, otlp: OtlpReceiver, tmp_path: Path
+) -> None:
+    """``ECHO_TRACE_RECORDS``: a sampled record's path edge-1 -> fog-1 (MQTT) -> cloud-1
+    (NATS) is one trace with a span per hop, each the child of the one before."""
+    _platform, api = platform_factory(
+        env={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+            "ECHO_TRACE_RECORDS": "0.05",
+        }
+    )
+    count = 400
+    df_id = api.submit(three_tiers("records", tmp_path / "o.jsonl", count=count, rate=400))
+    df = api.wait_state(df_id, "completed", timeout=60)
+    edges = {(e["from"], e["to"]): e["transport"] for e in df["edges"]}
+    assert edges == {("gen", "pass"): "mqtt", ("pass", "sink"): "nats"}
+
+    def paths() -> list[list[Any]] | None:
+        spans = [s for s in otlp.snapshot() if s.name.startswith("record ")]
+        by_id = {s.span_id: s for s in spans}
+        full = []
+        for sink in (s for s in spans if s.name == "record at sink"):
+            chain = [sink]
+            while chain[-1].parent_id in by_id:
+                chain.append(by_id[chain[-1].parent_id])
+            if chain[-1].name == "record from gen" and len(chain) == 3:
+                full.append(chain[::-1])
+        return full if len(full) >= 3 else None
+
+    found = wait_until(paths, timeout=30, what="three records traced from the source to the sink")
+    for gen, hop, sink in found:
+        assert gen.trace_id == hop.trace_id == sink.trace_id
+        assert not gen.parent_id, "a sampled record's trace starts at its source"
+        assert [s.name for s in (gen, hop, sink)] == ["record from gen", "record at pass", "record at sink"]
+        assert [s.resource.get("echo.device") for s in (gen, hop, sink)] == ["edge-1", "fog-1", "cloud-1"]
+        assert gen.attributes["echo.dataflow"] == df_id and int(gen.attributes["echo.seq"]) >= 1
+        assert hop.attributes["echo.producer"] == "gen" and sink.attributes["echo.producer"] == "pass"
+    sampled = {s.trace_id for s in otlp.snapshot() if s.name == "record from gen"}
+    assert 3 <= len(sampled) < count / 2, f"{len(sampled)} of {count} records sampled at 5 %"

@@ -52,6 +52,7 @@ async def run(settings: AgentSettings, stop: asyncio.Event, creds: Credentials |
         channel_window=settings.channel_window,
         nats_url=settings.nats_url,
         checkpoint_interval=settings.checkpoint_interval,
+        trace_records=settings.trace_records,
         access=access,
         runtimes=runtimes.policy_of(settings),
     )

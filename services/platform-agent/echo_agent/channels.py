@@ -40,6 +40,7 @@ from echo_shared.mqtt import MqttMessage
 from echo_shared.names import Names
 
 from .files import FileSender
+from .recordtrace import carried
 from .retransmit import RETRANSMIT_AFTER, Unconfirmed
 from .transports import Transport
 
@@ -59,7 +60,7 @@ class StreamOut:
         payload = encode_records(self.o.producer, self.o.generation, [(seq, record)])
         self.unconfirmed.add(seq, payload)
         self.o.count(self.topic, len(payload))
-        self.o.track(self.o.mqtt.publish(self.topic, payload, qos=1))
+        self.o.track(self.o.mqtt.publish(self.topic, payload, qos=1, user_properties=carried()))
 
     def barrier(self) -> asyncio.Future[None] | None:
         return None
@@ -79,10 +80,13 @@ class BatchOut:
         self.seconds = limits.seconds if limits else 1.0
         self.pending: list[tuple[int, Any]] = []
         self.unconfirmed = Unconfirmed()
+        self.traced: dict[str, str] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._barrier: asyncio.Future[None] | None = None
 
     def add(self, seq: int, record: Any) -> None:
+        if self.traced is None:
+            self.traced = carried()  # the batch carries the trace of a sampled record in it
         if not self.pending:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self.seconds, self.close)
@@ -109,7 +113,8 @@ class BatchOut:
         # before the consumer subscribed (or lost) is sent again when it asks
         self.unconfirmed.add(batch[-1][0], payload)
         self.o.count(self.topic, len(payload))
-        fut = self.o.mqtt.publish(self.topic, payload, qos=1)
+        traced, self.traced = self.traced, None
+        fut = self.o.mqtt.publish(self.topic, payload, qos=1, user_properties=traced)
         if barrier is not None:
             _chain(fut, barrier)
         self.o.track(fut)

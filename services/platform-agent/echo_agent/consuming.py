@@ -39,6 +39,7 @@ from .checkpoints import Checkpoints
 from .files import RESEND_INTERVAL, FileReceiver
 from .intake import AckQueue, Gap, Inputs, Progress, incoming_dir
 from .operators import Operator, Record
+from .recordtrace import TRACEPARENT, RecordTracer
 from .transports import Transport
 
 log = logging.getLogger(__name__)
@@ -105,8 +106,10 @@ class Consumer:
         restore: TaskSnapshot | None = None,
         generation: int = 0,
         gated: bool = False,
+        records_tracer: RecordTracer | None = None,
     ) -> None:
         self.task = task
+        self.records_tracer = records_tracer  # sampled record tracing (None: off)
         self.op = op
         self.mqtt = mqtt
         self.outputs = outputs
@@ -275,7 +278,12 @@ class Consumer:
             self._force_report = bool(decoded.records)  # a resend of what we have: say so again
             return []
         batch_edge = binding is not None and binding.model is EdgeModel.batch
-        futs = await self._deliver(records, batch_edge=batch_edge, files=[])
+        traced = msg.user_properties.get(TRACEPARENT) if self.records_tracer is not None else None
+        if traced is not None and self.records_tracer is not None:  # a sampled record's trace goes on
+            with self.records_tracer.hop(traced, decoded.producer, len(records)):
+                futs = await self._deliver(records, batch_edge=batch_edge, files=[])
+        else:
+            futs = await self._deliver(records, batch_edge=batch_edge, files=[])
         await self._release_held(decoded.producer)
         return futs
 

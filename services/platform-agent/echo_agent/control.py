@@ -50,9 +50,11 @@ class TaskManager:
         channel_window: int,
         nats_url: str | None = None,
         checkpoint_interval: float = 0.0,
+        trace_records: float = 0.0,
         access: Access | None = None,
         runtimes: RuntimePolicy | None = None,
     ) -> None:
+        self.trace_records = trace_records
         self.device = device
         # what this device runs (default: the safe defaults, no external programs)
         self.runtimes = runtimes or RuntimePolicy.decide(device)
@@ -163,6 +165,7 @@ class TaskManager:
             window=self.channel_window,
             nats_url=self.nats_url,
             checkpoint_interval=self.checkpoint_interval,
+            trace_records=self.trace_records,
             publish_checkpoint=self.publish_checkpoint,
             access=self.access,
             build=self.runtimes.build,

@@ -36,6 +36,8 @@ from echo_shared.mqtt import MqttMessage
 from echo_shared.names import Names
 from echo_shared.nats_bus import ensure_data_plane
 
+from .recordtrace import TRACEPARENT
+
 log = logging.getLogger(__name__)
 
 FETCH_BATCH = 64
@@ -184,14 +186,16 @@ class NatsChannels:
     ) -> asyncio.Future[None]:
         """Data: a JetStream publish (resolved on its ack); ``retain``: the key-value entry of
         a progress report (empty payload: delete it); otherwise a plain NATS publish."""
-        fut = asyncio.ensure_future(self._publish(topic, payload, retain))
+        fut = asyncio.ensure_future(self._publish(topic, payload, retain, user_properties))
         self._pending.add(fut)
         if len(self._pending) >= self._window:
             self._window_free.clear()
         fut.add_done_callback(self._done)
         return fut
 
-    async def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
+    async def _publish(
+        self, topic: str, payload: bytes, retain: bool, headers: dict[str, str] | None = None
+    ) -> None:
         if self._nc is None or self._js is None:
             raise NatsUnavailable("not connected")
         if retain:
@@ -205,7 +209,8 @@ class NatsChannels:
         elif self.names.is_channel_control(topic):
             await self._nc.publish(topic, payload)
         else:
-            await self._js.publish(topic, payload, stream=self.names.data_stream)
+            # headers: a sampled record's trace context (MQTT 5 user properties on MQTT)
+            await self._js.publish(topic, payload, stream=self.names.data_stream, headers=headers)
 
     def _done(self, fut: asyncio.Future[None]) -> None:
         self._pending.discard(fut)
@@ -262,6 +267,7 @@ class NatsChannels:
         self._next_id += 1
         if js_msg is not None:
             self._inflight[self._next_id] = js_msg
+        traced = js_msg.headers.get(TRACEPARENT) if js_msg is not None and js_msg.headers else None
         msg = MqttMessage(
             topic=topic,
             payload=payload,
@@ -270,6 +276,7 @@ class NatsChannels:
             retain=False,
             dup=False,
             epoch=self.epoch,
+            user_properties={TRACEPARENT: traced} if traced else {},
             source=self,
         )
         try:

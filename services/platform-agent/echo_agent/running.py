@@ -30,6 +30,7 @@ from .checkpoints import Checkpoints, Publish, take_snapshot
 from .consuming import Consumer, call
 from .natschannels import NatsChannels
 from .operators import Operator, TaskContext
+from .recordtrace import RecordTracer
 from .runtimes import RuntimePolicy, RuntimeRefused
 from .transports import Transports
 
@@ -56,6 +57,7 @@ class TaskRunner:
         window: int = DEFAULT_WINDOW,
         nats_url: str | None = None,
         checkpoint_interval: float = 0.0,
+        trace_records: float = 0.0,
         publish_checkpoint: Publish | None = None,
         access: Access | None = None,
         build: Callable[[DeployTask], Operator] | None = None,
@@ -77,6 +79,7 @@ class TaskRunner:
         self.checkpoint_interval = checkpoint_interval if publish_checkpoint is not None else 0.0
         self._publish_checkpoint = publish_checkpoint
         self.checkpoints: Checkpoints | None = None
+        self.records = RecordTracer(trace_records, dataflow=cmd.dataflow, task=cmd.task, device=device)
         self.fenced = False
         self.state = TaskState.pending
         self.reason = ""
@@ -227,6 +230,7 @@ class TaskRunner:
                 restore=restore,
                 generation=cmd.generation,
                 gated=self.checkpoint_interval > 0,
+                records_tracer=self.records if self.records.on else None,
             )
         if self.checkpoint_interval > 0 and self._publish_checkpoint is not None:
             consumer, op = self.consumer, self.op
@@ -440,8 +444,13 @@ class TaskRunner:
         out = self.outputs
         emitted = 0
         ck = self.checkpoints
+        records = self.records
         async for record in generate():
-            out.emit(record)
+            if records.sampled():
+                with records.source(out.seq + 1):
+                    out.emit(record)
+            else:
+                out.emit(record)
             if ck is not None and ck.due():
                 ck.take()  # between two records: the generator's state matches out.seq
             await out.wait_window()

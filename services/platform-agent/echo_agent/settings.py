@@ -81,6 +81,12 @@ class AgentSettings(CommonSettings, MqttSettings, LivenessSettings):
     channel_window: int = Field(
         default=10_000, gt=0, description="records a task may emit beyond what its slowest consumer processed"
     )
+    trace_records: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="the fraction of records traced across devices (0.001: one in a thousand; 0: none)",
+    )
     checkpoint_interval: float = Field(
         default=1.0,
         ge=0,
