@@ -340,6 +340,7 @@ class TaskRecord(Strict):
     out_seq: int = 0  # the last seq it emitted, as last reported
     hwm: dict[str, int] = Field(default_factory=dict)  # the last seq taken from each producer
     channels: dict[str, ChannelCounts] = Field(default_factory=dict)  # consumer -> what it was sent
+    traceparent: str = ""  # the move that made this generation: its deployment belongs to that trace
     restore: dict[str, Any] | None = None  # the snapshot a moved task continues from
     fenced: dict[str, int] = Field(
         default_factory=dict,

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from echo_cli.devstack.platform import AgentSpec
 from tests.conftest import PlatformFactory
 from tests.harness.otlp import OtlpReceiver
 from tests.harness.specs import three_tiers
@@ -108,3 +109,65 @@ def test_sampled_records_are_traced_across_devices(
         assert hop.attributes["echo.producer"] == "gen" and sink.attributes["echo.producer"] == "pass"
     sampled = {s.trace_id for s in otlp.snapshot() if s.name == "record from gen"}
     assert 3 <= len(sampled) < count / 2, f"{len(sampled)} of {count} records sampled at 5 %"
+
+
+def test_a_migration_and_a_failover_are_traces_of_their_own(
+    platform_factory: PlatformFactory, otlp: OtlpReceiver, tmp_path: Path
+) -> None:
+    """A move: one trace, a span per saga step, the master's move and the agents' drain and
+    deploy inside it. A failover: one trace for the lost device, its tasks' moves in it."""
+    fleet = (
+        AgentSpec("edge-1", "edge", input_streams=("taxi-feed",), cpu=1.0, memory_mb=512),
+        AgentSpec("fog-1", "fog", cpu=2.0, memory_mb=2048),
+        AgentSpec("fog-2", "fog", cpu=2.0, memory_mb=2048),
+        AgentSpec("cloud-1", "cloud", cpu=4.0, memory_mb=8192),
+    )
+    p, api = platform_factory(
+        fleet, env={"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    )
+    df_id = api.submit(three_tiers("moved", tmp_path / "o.jsonl", count=10**9, rate=50))
+    api.wait_state(df_id, "running")
+    r = api.http.post(f"/api/v1/dataflows/{df_id}/tasks/pass/migrate", json={"device": "fog-2"})
+    assert r.status_code == 202, r.text
+    mid = r.json()["migration"]
+    mig = wait_until(
+        lambda: (m := api.http.get(f"/api/v1/migrations/{mid}").json())["state"] == "completed" and m,
+        timeout=60,
+        what="the migration",
+    )
+
+    def moved() -> list[Any] | None:
+        spans = [s for s in otlp.snapshot() if s.trace_id == mig["trace_id"]]
+        names = {s.name for s in spans}
+        devices = {s.resource.get("echo.device") for s in spans if s.service == "echo-agent"}
+        steps = {"migration step place", "migration step drain", "migration step resume"}
+        assert steps <= names and {"fog-1", "fog-2"} <= devices, (sorted(names), devices)
+        return spans
+
+    spans = wait_until(moved, timeout=30, what="the saga's steps and both agents in the migration's trace")
+    by_id = {s.span_id: s for s in spans}
+    drain = next(s for s in spans if s.name == "migration step drain")
+
+    def under(span: Any, ancestor: Any) -> bool:
+        while span.parent_id in by_id:
+            span = by_id[span.parent_id]
+            if span.span_id == ancestor.span_id:
+                return True
+        return False
+
+    on_fog1 = [s for s in spans if s.service == "echo-agent" and s.resource.get("echo.device") == "fog-1"]
+    assert on_fog1 and all(under(s, drain) for s in on_fog1), "the source's drain runs inside the drain step"
+
+    # the device goes: one trace for its failover
+    p.agents["fog-2"].kill()
+
+    def failover() -> list[Any] | None:
+        roots = [s for s in otlp.snapshot() if s.name == "failover fog-2"]
+        if not roots:
+            return None
+        inside = [s for s in otlp.snapshot() if s.trace_id == roots[0].trace_id]
+        names = {s.name for s in inside}
+        return inside if "migration step restore" in names and "migration step resume" in names else None
+
+    inside = wait_until(failover, timeout=60, what="the failover's trace with its move")
+    assert any(s.name.startswith("migrate pass") for s in inside)

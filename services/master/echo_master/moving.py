@@ -37,6 +37,7 @@ from echo_shared.messages import (
 )
 from echo_shared.models import DataflowSpec, DataflowState, DesiredState, TaskRecord, TaskState
 from echo_shared.operators import lookup
+from echo_shared.telemetry import inject
 
 from .commands import deploy_command, stop_command
 from .reconciling import DRAIN_SECONDS, Reconciler
@@ -226,6 +227,8 @@ class TaskMover:
                     "attempts": 0,
                     "records_in": 0,
                     "records_out": 0,
+                    # the new copy's deployment (its restore) is part of this move's trace
+                    "traceparent": inject().get("traceparent", ""),
                 },
                 generation=rec.generation,
             )

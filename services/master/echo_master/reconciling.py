@@ -290,7 +290,9 @@ class Reconciler:
     async def _deploy(self, rec: TaskRecord, cmd: DeployTask) -> CommandAck:
         device = rec.device  # the caller marked it deploying
         assert device
-        with self.tracer.start_as_current_span(f"deploy {rec.id} to {device}") as span:
+        # a moved task's new copy: in the move's trace (the reconcile pass is the dataflow's)
+        moved = extract({"traceparent": rec.traceparent}) if rec.traceparent else None
+        with self.tracer.start_as_current_span(f"deploy {rec.id} to {device}", context=moved) as span:
             span.set_attribute("echo.device", device)
             span.set_attribute("echo.generation", rec.generation)
             ack = await self.link.send(device, cmd, self.settings.command_timeout)

@@ -21,6 +21,7 @@ import time
 from echo_shared.events import EventKind
 from echo_shared.messages import MigrateRequest, RebalanceDecision, TaskLocation
 from echo_shared.models import DataflowSpec, DeviceRecord, DeviceStatus, TaskState
+from echo_shared.telemetry import tracer
 
 from .migrating import Migrations, StepFailed
 from .sagas import SagaStore
@@ -84,6 +85,17 @@ class Rebalancer:
         return out
 
     async def relieve(
+        self, d: DeviceRecord, metric: str, value: float, threshold: float, held: float, now: float
+    ) -> RebalanceDecision:
+        """Decide about an overloaded device: one trace, the move it starts (if any) in it."""
+        with tracer("echo.migrator").start_as_current_span(
+            f"rebalance decision {d.id}", attributes={"echo.device": d.id, "echo.metric": metric}
+        ) as span:
+            decision = await self._relieve(d, metric, value, threshold, held, now)
+            span.set_attribute("echo.action", decision.action)
+            return decision
+
+    async def _relieve(
         self, d: DeviceRecord, metric: str, value: float, threshold: float, held: float, now: float
     ) -> RebalanceDecision:
         why = f"{d.id}: {metric} {value:.0f} > {threshold:.0f} for {held:.0f}s"

@@ -198,11 +198,16 @@ class Migrations:
         failover = any(s.name == "restore" for s in m.steps)
         move_step = "restore" if failover else "drain"
         if step(m, "place").state != "done":
-            await self._place(m)
+            with self._step_span(m, "place"):
+                await self._place(m)
         if step(m, move_step).state != "done":
-            await self._move(m, move_step, "failover" if failover else "drain")
-        if step(m, "resume").state != "done" and not await self._resume(m):
-            return  # rolled back
+            with self._step_span(m, move_step):
+                await self._move(m, move_step, "failover" if failover else "drain")
+        if step(m, "resume").state != "done":
+            with self._step_span(m, "resume"):
+                resumed = await self._resume(m)
+            if not resumed:
+                return  # rolled back
         m.state = "completed"
         await self.store.save(m)
         log.info(
@@ -213,6 +218,13 @@ class Migrations:
             m.source,
             m.target,
             ", ".join(f"{s.name} {s.ms:.0f} ms" for s in m.steps if s.ms is not None),
+        )
+
+    def _step_span(self, m: Migration, name: str) -> Any:
+        """A saga step as a span of the migration's trace (the master's move and the agents'
+        drain and restore happen inside it: their spans are its children)."""
+        return self.tracer.start_as_current_span(
+            f"migration step {name}", attributes={"echo.migration": m.id, "echo.task": m.task}
         )
 
     async def _place(self, m: Migration) -> None:

@@ -19,6 +19,7 @@ from echo_shared.messages import DeviceEvent, MigrateRequest
 from echo_shared.models import DeviceStatus
 from echo_shared.names import Names
 from echo_shared.nats_bus import NatsBus
+from echo_shared.telemetry import tracer
 
 from .migrating import Migrations, StepFailed
 
@@ -42,6 +43,13 @@ class FailoverWatcher:
             await self.fail_over(event.device, event.reason or event.status.value)
 
     async def fail_over(self, device: str, why: str) -> list[str]:
+        """Move every task off a lost or revoked device: one trace, the tasks' migrations in it."""
+        with tracer("echo.migrator").start_as_current_span(
+            f"failover {device}", attributes={"echo.device": device, "echo.reason": why}
+        ):
+            return await self._fail_over(device, why)
+
+    async def _fail_over(self, device: str, why: str) -> list[str]:
         try:
             listing = await self.migrations.tasks(device=device)
         except StepFailed as e:
