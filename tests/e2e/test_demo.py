@@ -22,8 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import psutil
 import pytest
+
+from echo_shared.credentials import client_tls
 
 pytestmark = pytest.mark.e2e
 
@@ -142,6 +145,24 @@ def test_dev_up_runs_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
         urls = [dev_env[k] for k in ("ECHO_API_URL", "ECHO_NATS_URL", "ECHO_MQTT_URL", "ECHO_REDIS_URL")]
         poll("the URLs printed", lambda: all(u in out.text() for u in urls), proc, out, 10)
         assert (tmp_path / ".echo" / "dev").is_dir()
+        # Prometheus scrapes the stack, over HTTPS, for its login only
+        assert dev_env["ECHO_PROMETHEUS_URL"].startswith("https://127.0.0.1:")
+        password_file = Path(dev_env["ECHO_PROMETHEUS_PASSWORD_FILE"])
+        assert password_file.stat().st_mode & 0o077 == 0
+        login = (dev_env["ECHO_PROMETHEUS_USER"], password_file.read_text().strip())
+        query = f"{dev_env['ECHO_PROMETHEUS_URL']}/api/v1/query"
+        ca = client_tls(Path(dev_env["ECHO_CA_FILE"]))
+
+        def scraped() -> bool:
+            try:
+                r = httpx.get(query, params={"query": "sum(up)"}, auth=login, verify=ca, timeout=5)
+                result = r.json()["data"]["result"]
+            except (httpx.HTTPError, ValueError, KeyError):
+                return False
+            return bool(result) and result[0]["value"][1] == "4"  # master, registry, scheduler, migrator
+
+        poll("Prometheus scraping the four services", scraped, proc, out, 60)
+        assert httpx.get(query, params={"query": "up"}, verify=ca, timeout=5).status_code == 401
         children = psutil.Process(proc.pid).children(recursive=True)
 
         # 2. the demo dataflow runs and its output lands where echoctl says
