@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import datetime
 
 from fastapi import APIRouter, Query
 from fastapi.exceptions import RequestValidationError
 
 from echo_shared.events import Event, EventLog
 
+from . import audit
 from .context import ApiContext
+from .tokens import parse_ttl
 from .views import ERRORS
 
-_AGE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
 
@@ -30,22 +29,19 @@ def invalid(field: str, msg: str) -> RequestValidationError:
 
 
 def parse_since(value: str | None, now: float | None = None) -> float | None:
-    """A time (Unix seconds, ISO 8601) or an age before now (``10m``); None: no bound."""
+    """A time (Unix seconds; ISO 8601, no zone = UTC, as the audit trail reads it) or an age
+    before now (``10m``, as token lifetimes are written); None: no bound."""
     if value is None or value == "":
         return None
     text = value.strip()
-    if m := _AGE.match(text):
-        return (now or time.time()) - float(m.group(1)) * _UNIT[m.group(2)]
     try:
         return float(text)
     except ValueError:
         pass
     try:
-        return datetime.fromisoformat(text).timestamp()
+        return (now or time.time()) - parse_ttl(text)
     except ValueError:
-        raise invalid(
-            "since", f"{value!r} is neither a time (Unix seconds, ISO 8601) nor an age such as 10m"
-        ) from None
+        return audit.parse_since(text)  # else a 422 naming query.since
 
 
 def check_after(after: str | None) -> str | None:
