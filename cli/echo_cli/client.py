@@ -250,6 +250,12 @@ class EchoClient:
             return self.request("GET", path, params=params, not_found=("dataflow", dataflow))
         return self.request("GET", "/api/v1/events", params=params)
 
+    def console_code(self, dataflow: str | None = None) -> httpx.Response:
+        """A one-time console login code for this client's token (``{code, expires_in, path}``)."""
+        params = {"dataflow": dataflow} if dataflow else None
+        not_found = ("dataflow", dataflow) if dataflow else None
+        return self.request("POST", "/api/v1/console/codes", params=params, ok=(201,), not_found=not_found)
+
     # ------------------------------------------------------------------ tokens and audit
 
     def create_token(self, role: str, ttl: str | None = None, name: str | None = None) -> httpx.Response:

@@ -33,6 +33,7 @@ from .render import (
     devices_table,
     events_table,
     print_error,
+    stderr,
     stdout,
     token_created,
     tokens_table,
@@ -350,6 +351,33 @@ def describe(
         df = client.get_dataflow(ident).json()
         recent = client.events(dataflow=ident, limit=events).json() if events else []
     stdout().print(describe_dataflow(df, recent))
+
+
+@app.command()
+@cli_errors
+def console(
+    ctx: typer.Context,
+    dataflow: str | None = typer.Option(
+        None, "--dataflow", metavar="ID", help="Land on this dataflow's page."
+    ),
+    url_only: bool = typer.Option(False, "--url", help="Only print the login URL (do not open a browser)."),
+) -> None:
+    """Open the web console: a one-time login URL (valid 60 s, used once) for your token's role."""
+    with client_of(ctx) as client:
+        got = client.console_code(dataflow).json()
+        url = client.base_url + got["path"]
+    sys.stdout.write(url + "\n")  # as is, one line: scripts and terminals take it whole
+    sys.stdout.flush()
+    if not url_only:
+        import webbrowser
+
+        opened = False
+        try:
+            opened = webbrowser.open(url)
+        except webbrowser.Error:
+            opened = False
+        if not opened:
+            stderr().print(f"no browser to open here: open the URL above within {got['expires_in']:.0f} s")
 
 
 @get_app.command("audit")

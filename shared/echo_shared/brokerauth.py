@@ -109,6 +109,7 @@ SERVICE_RIGHTS: dict[str, Rights] = {
                 "*:tokens",
                 "*:tokendigest:*",
                 "*:audit",
+                "*:console:*",
                 "*:enrol:*",
                 "*:identity:*",
                 "*:identities",

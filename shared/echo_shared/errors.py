@@ -8,6 +8,7 @@ the master's gateway.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class EchoError(Exception):
@@ -31,9 +32,20 @@ class Problem:
     loc: str
     msg: str
     type: str = "value_error"
+    line: int | None = None  # where in the submitted text (1-based), when known
+    column: int | None = None
 
-    def as_dict(self) -> dict[str, str]:
-        return {"loc": self.loc, "msg": self.msg, "type": self.type}
+    @classmethod
+    def of(cls, d: dict[str, Any]) -> Problem:
+        """A problem from its ``as_dict`` form (as it crosses the bus)."""
+        return cls(d["loc"], d["msg"], d.get("type", "value_error"), d.get("line"), d.get("column"))
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"loc": self.loc, "msg": self.msg, "type": self.type}
+        if self.line is not None:
+            out["line"] = self.line
+            out["column"] = self.column
+        return out
 
 
 @dataclass

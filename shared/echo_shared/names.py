@@ -369,6 +369,14 @@ class Names:
         """SHA-256 of a presented token -> its id (the token itself is never stored)."""
         return f"{self.namespace}:tokendigest:{digest}"
 
+    def console_code_key(self, digest: str) -> str:
+        """A one-time console login code (hash: token, role, expires, used), by SHA-256."""
+        return f"{self.namespace}:console:code:{digest}"
+
+    def console_session_key(self, digest: str) -> str:
+        """A console session (hash: token, role, csrf, expires), by the cookie's SHA-256."""
+        return f"{self.namespace}:console:session:{digest}"
+
     @property
     def events_key(self) -> str:
         """Every event of the platform: a capped Redis stream (``echo_shared.events``)."""

@@ -294,5 +294,5 @@ def _error_from_reply(err: ErrorReply) -> EchoError:
     from .errors import Problem
 
     if err.kind == "spec":
-        return SpecError([Problem(**p) for p in err.problems])
+        return SpecError([Problem.of(p) for p in err.problems])
     return RemoteError(err)

@@ -30,6 +30,9 @@ from echo_shared.operators import join_loc
 from . import submitting
 from .audit import audit_router, audit_target
 from .auth import AccessRules, AuthLayer, declare_bearer
+from .console.live import live_router
+from .console.pages import console_api_router, console_router
+from .console.sessions import ConsoleSessions
 from .context import ApiContext
 from .errors import BodyTooLarge, http_headers, http_status
 from .events_api import events_router
@@ -37,7 +40,7 @@ from .hypercat import hypercat_router
 from .legacy.routes import legacy_router
 from .metrics import ApiMetrics
 from .migrations_api import migrations_router
-from .specs import read_spec
+from .specs import locate, read_spec
 from .tokens import tokens_router
 from .views import (
     ERRORS,
@@ -138,7 +141,10 @@ def create_api(ctx: ApiContext) -> FastAPI:
         return error_response(422, "invalid request", problems)
 
     rules = AccessRules(app.router.routes)  # the same list: routers included later count too
-    app.add_middleware(AuthLayer, tokens=ctx.tokens, audit=ctx.audit, rules=rules)
+    sessions = ConsoleSessions(
+        ctx.redis, ctx.names, ctx.tokens, session_seconds=ctx.settings.console_session_seconds
+    )
+    app.add_middleware(AuthLayer, tokens=ctx.tokens, audit=ctx.audit, rules=rules, sessions=sessions)
     app.add_middleware(NoStackTraces)  # whatever fails below, no stack trace
     if ctx.metrics is not None:  # outermost: every answer counted, refusals and 500s too
         app.add_middleware(ApiMetrics, metrics=ctx.metrics, routes=app.router.routes)
@@ -160,7 +166,10 @@ def create_api(ctx: ApiContext) -> FastAPI:
         body = await request.body()
         if len(body) > ctx.settings.max_body_bytes:
             raise BodyTooLarge(f"body of {len(body)} bytes exceeds {ctx.settings.max_body_bytes}")
-        df_id = await submitting.submit(ctx, read_spec(body, request.headers.get("content-type")))
+        try:
+            df_id = await submitting.submit(ctx, read_spec(body, request.headers.get("content-type")))
+        except SpecError as e:
+            raise SpecError(locate(body, e.problems)) from None
         audit_target(request, dataflow=df_id)
         return DataflowCreated(id=df_id, state=DataflowState.pending)
 
@@ -255,6 +264,9 @@ def create_api(ctx: ApiContext) -> FastAPI:
     app.include_router(hypercat_router(ctx))
     app.include_router(tokens_router(ctx.tokens))
     app.include_router(audit_router(ctx.audit))
+    app.include_router(console_api_router(ctx, sessions))
+    app.include_router(live_router(ctx))
+    app.include_router(console_router(ctx, sessions))
 
     # make DataflowSpec part of the OpenAPI components (the request body refers to it)
     original_openapi = app.openapi

@@ -4,14 +4,16 @@ Every request to the REST API carries ``Authorization: Bearer <token>`` (an API 
 ``tokens``), except on public routes. The rule, in one place (``AccessRules.required``):
 
 1. public (no API token; the route authenticates itself or answers nothing secret):
-   ``PUBLIC_PATHS`` (``/healthz``, ``/api/v1/enrol``) and any route declared with
-   ``openapi_extra={"security": []}`` (which also tells OpenAPI clients). A public route
-   must have a fixed path (no path parameters).
+   ``PUBLIC_PATHS`` (``/healthz``, ``/api/v1/enrol``), the web console's pages under
+   ``PUBLIC_PREFIXES`` (``/ui``: they send a browser without a session to the login form)
+   and any route declared with ``openapi_extra={"security": []}`` (which also tells OpenAPI
+   clients). A public route must have a fixed path (no path parameters).
 2. ``admin``, every method: ``/api/v1/tokens``, ``/api/v1/audit``, ``/api/v1/enrolments``
    (and everything under them)
 3. ``viewer``: GET, HEAD, OPTIONS anywhere else (``/docs`` and ``/openapi.json`` included)
 4. ``admin``, other methods: under ``/api/v1/devices`` (enrol, revoke, rotate)
-5. ``operator``: every other method anywhere (submit, stop, migrate, rebalance, ``/DAG``)
+5. ``viewer`` may also POST to ``VIEWER_WRITE_PATHS`` (a console login code for itself)
+6. ``operator``: every other method anywhere (submit, stop, migrate, rebalance, ``/DAG``)
 
 So a new route is never unprotected: it needs at least viewer (a read) or operator (a write).
 Unknown paths need a token too (a 404 is for those who may look).
@@ -22,24 +24,33 @@ Answers: no token -> 401 ``WWW-Authenticate: Bearer``; a malformed header -> 401
 query string (``token``, ``access_token``, ``api_key``) -> 400. Bodies are the API's error
 shape ``{"detail", "errors": []}``. The caller's ``tokens.Principal`` is
 ``request.state.principal``. Mutating calls are audited (``audit``) once answered.
+
+The web console's pages call the API with its session cookie instead (``console.sessions``),
+only when no ``Authorization`` header is sent; a changing call made so must carry the
+session's CSRF secret in ``X-ECHO-CSRF`` (403 without it). Its ``Session`` is
+``request.state.session``.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import re
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
+from starlette.requests import cookie_parser
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from echo_shared.errors import EchoError
 
 from .audit import AuditLog
+from .console.sessions import COOKIE, CSRF_HEADER, ConsoleSessions, Session
 from .errors import (
     AuditUnavailable,
+    CsrfRefused,
     Forbidden,
     TokenInUrl,
     Unauthenticated,
@@ -53,6 +64,8 @@ log = logging.getLogger(__name__)
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PUBLIC_PATHS = frozenset({"/healthz", "/api/v1/enrol"})
+PUBLIC_PREFIXES = ("/ui",)
+VIEWER_WRITE_PATHS = frozenset({"/api/v1/console/codes"})
 ADMIN_PATHS = ("/api/v1/tokens", "/api/v1/audit", "/api/v1/enrolments")
 ADMIN_WRITE_PATHS = ("/api/v1/devices",)
 URL_TOKEN_PARAMS = frozenset({"token", "access_token", "api_key"})
@@ -82,11 +95,11 @@ class AccessRules:
 
     def required(self, method: str, path: str) -> Role | None:
         """The least role that may call ``method path``; None: public."""
-        if path in self.public_paths:
+        if path in self.public_paths or _under(path, PUBLIC_PREFIXES):
             return None
         if _under(path, ADMIN_PATHS):
             return Role.admin
-        if method in READ_METHODS:
+        if method in READ_METHODS or path in VIEWER_WRITE_PATHS:
             return Role.viewer
         if _under(path, ADMIN_WRITE_PATHS):
             return Role.admin
@@ -149,6 +162,28 @@ def bearer_token(scope: Scope) -> str:
     return str(parts[1])
 
 
+def session_cookie(scope: Scope) -> str | None:
+    """The console's session cookie, when the request has no ``Authorization`` header."""
+    cookie = None
+    for k, v in scope["headers"]:
+        if k == b"authorization":
+            return None
+        if k == b"cookie":
+            cookie = v
+    if cookie is None:
+        return None
+    return cookie_parser(cookie.decode("latin-1")).get(COOKIE) or None
+
+
+def check_csrf(scope: Scope, session: Session) -> None:
+    sent = next((v for k, v in scope["headers"] if k == CSRF_HEADER.encode()), b"")
+    if not hmac.compare_digest(sent, session.csrf.encode()):
+        raise CsrfRefused(
+            "a console request that changes something needs the session's X-ECHO-CSRF header",
+            token_id=session.principal.token_id,
+        )
+
+
 def check_query(query_string: bytes) -> None:
     """Refuse a token in the URL (``TokenInUrl``)."""
     if not query_string:
@@ -161,9 +196,18 @@ def check_query(query_string: bytes) -> None:
 class AuthLayer:
     """Pure ASGI: authenticate, authorise, then audit mutating calls (after the answer)."""
 
-    def __init__(self, app: ASGIApp, *, tokens: TokenStore, audit: AuditLog, rules: AccessRules) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        tokens: TokenStore,
+        audit: AuditLog,
+        rules: AccessRules,
+        sessions: ConsoleSessions | None = None,
+    ) -> None:
         self.app = app
         self.tokens = tokens
+        self.sessions = sessions
         self.audit = audit
         self.rules = rules
 
@@ -182,7 +226,7 @@ class AuthLayer:
             if needed is None:
                 await self.app(scope, receive, send)
                 return
-            principal = await self.tokens.verify(bearer_token(scope))
+            principal = await self._principal(scope, method)
             if not principal.role.covers(needed):
                 raise Forbidden(needed.value, principal.role.value, token_id=principal.token_id)
         except EchoError as e:
@@ -211,6 +255,19 @@ class AuthLayer:
             await self._audit(scope, 500, principal.token_id, principal.role.value)
             raise
         await self._audit(scope, status, principal.token_id, principal.role.value)
+
+    async def _principal(self, scope: Scope, method: str) -> Principal:
+        sid = session_cookie(scope) if self.sessions is not None else None
+        if sid is None:
+            return await self.tokens.verify(bearer_token(scope))
+        assert self.sessions is not None
+        session = await self.sessions.resolve(sid)
+        if session is None:
+            raise Unauthenticated("the console session has ended: log in again", error="invalid_token")
+        if method not in READ_METHODS:
+            check_csrf(scope, session)
+        scope.setdefault("state", {})["session"] = session
+        return session.principal
 
     async def _audit(self, scope: Scope, status: int, token_id: str, role: str | None) -> None:
         template, target = self.rules.route_of(scope)
@@ -258,6 +315,8 @@ __all__ = [
     "ADMIN_PATHS",
     "ADMIN_WRITE_PATHS",
     "PUBLIC_PATHS",
+    "PUBLIC_PREFIXES",
+    "VIEWER_WRITE_PATHS",
     "AccessRules",
     "AuthLayer",
     "bearer_token",

@@ -74,6 +74,15 @@ class TokenStoreUnavailable(BusError):
     """Redis did not answer while a token was checked or changed."""
 
 
+class LoginRefused(AuthError):
+    """A console login that cannot go on: an unknown, expired or used code, or a bad token.
+    The reason is shown on the login form."""
+
+
+class CsrfRefused(AuthError):
+    """A console (cookie) request that changes something without the session's CSRF header."""
+
+
 class AuditUnavailable(BusError):
     """Redis did not take an audit record."""
 
@@ -86,9 +95,9 @@ def http_status(err: EchoError) -> int:
     """HTTP status for a typed error (the gateway's single mapping)."""
     if isinstance(err, SpecError):
         return 422
-    if isinstance(err, Unauthenticated):
+    if isinstance(err, Unauthenticated | LoginRefused):
         return 401
-    if isinstance(err, Forbidden):
+    if isinstance(err, Forbidden | CsrfRefused):
         return 403
     if isinstance(err, TokenInUrl):
         return 400
@@ -119,8 +128,10 @@ __all__ = [
     "AuditUnavailable",
     "AuthError",
     "BodyTooLarge",
+    "CsrfRefused",
     "EchoError",
     "Forbidden",
+    "LoginRefused",
     "NotFoundError",
     "Problem",
     "Refused",

@@ -48,6 +48,14 @@ class MasterSettings(CommonSettings, NatsSettings, MqttSettings, RedisSettings):
         le=1.0,
         description="how long a verified token is remembered in-process (revocation takes that long)",
     )
+    console_session_seconds: float = Field(
+        default=8 * 3600.0,
+        gt=0,
+        description="how long a web console session lasts (at most its token's life)",
+    )
+    grafana_url: str | None = Field(
+        default=None, description="Grafana's address: the console links trace ids to its Explore view"
+    )
     audit_max_entries: int = Field(
         default=10_000, gt=0, description="the audit stream is capped near this many entries"
     )

@@ -1,7 +1,11 @@
-"""Reading a dataflow spec from a request body (JSON or YAML) with located errors."""
+"""Reading a dataflow spec from a request body (JSON or YAML) with located errors: each
+problem names its field (``tasks[2].operator``) and, where the body shows it, its line and
+column (``locate``: the console's editor marks them)."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from typing import Any
 
 import orjson
@@ -31,12 +35,21 @@ def parse_body(body: bytes, content_type: str | None) -> Any:
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             problem = getattr(e, "problem", None) or str(e)
-            raise SpecError([Problem("body", f"invalid YAML{where}: {problem}", "yaml")]) from e
+            line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
+            raise SpecError([Problem("body", f"invalid YAML{where}: {problem}", "yaml", line, column)]) from e
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as e:
         raise SpecError(
-            [Problem("body", f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}", "json")]
+            [
+                Problem(
+                    "body",
+                    f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}",
+                    "json",
+                    e.lineno,
+                    e.colno,
+                )
+            ]
         ) from e
 
 
@@ -53,3 +66,54 @@ def read_spec(body: bytes, content_type: str | None) -> DataflowSpec:
         return DataflowSpec.model_validate(data)
     except ValidationError as e:
         raise SpecError(problems_from(e)) from e
+
+
+_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def _parts(loc: str) -> list[str | int]:
+    out: list[str | int] = []
+    for name, index in _PART.findall(loc):
+        out.append(int(index) if index else name)
+    if out and out[0] == "body":
+        out = out[1:]
+    return out
+
+
+def _node_at(root: yaml.Node, parts: list[str | int]) -> yaml.Node:
+    """The deepest node of the document along a problem's path (a field's key when it is
+    there; the object missing it otherwise)."""
+    node = root
+    for part in parts:
+        if isinstance(node, yaml.MappingNode):
+            hit = next(((k, v) for k, v in node.value if getattr(k, "value", None) == str(part)), None)
+            if hit is None:
+                continue  # a validator's step (e.g. a union's member): not in the text
+            if part is parts[-1]:
+                key: yaml.Node = hit[0]
+                return key
+            node = hit[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                break
+            node = node.value[part]
+    return node
+
+
+def locate(body: bytes, problems: list[Problem]) -> list[Problem]:
+    """The problems with the line and column of their field in ``body`` (YAML or JSON text)."""
+    if all(p.line is not None for p in problems):
+        return problems
+    try:
+        root = yaml.compose(body, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return problems
+    if root is None:
+        return problems
+    out = []
+    for p in problems:
+        if p.line is None:
+            mark = _node_at(root, _parts(p.loc)).start_mark
+            p = dataclasses.replace(p, line=mark.line + 1, column=mark.column + 1)
+        out.append(p)
+    return out

@@ -28,7 +28,7 @@ async def validate(ctx: ApiContext, spec: DataflowSpec) -> None:
         timeout=ctx.settings.scheduler_timeout,
     )
     if not reply.ok:
-        raise SpecError([Problem(**p) for p in reply.problems])
+        raise SpecError([Problem.of(p) for p in reply.problems])
 
 
 async def submit(ctx: ApiContext, spec: DataflowSpec, extra: dict[str, str] | None = None) -> str:

@@ -17,6 +17,8 @@ class ErrorItem(BaseModel):
     loc: str = Field(examples=["tasks[2].operator"])
     msg: str
     type: str
+    line: int | None = Field(default=None, description="the line of a submitted spec it is at (1-based)")
+    column: int | None = Field(default=None, description="its column (1-based)")
 
 
 class ErrorBody(BaseModel):
@@ -39,6 +41,7 @@ class TaskView(BaseModel):
     placement_reason: str = ""
     records_in: int = 0
     records_out: int = 0
+    rate_out: float = Field(default=0.0, description="records/s it emitted, as last reported")
 
 
 class EdgeView(BaseModel):
@@ -49,6 +52,8 @@ class EdgeView(BaseModel):
     model: str
     transport: str | None = None
     topic: str | None = None
+    rate: float = Field(default=0.0, description="records/s its producer emits, as last reported")
+    messages: int = Field(default=0, description="messages its producer's current copy sent on it")
 
 
 class DataflowView(BaseModel):
@@ -88,11 +93,14 @@ def dataflow_view(df: Dataflow) -> DataflowView:
                 placement_reason=rec.placement_reason,
                 records_in=rec.records_in,
                 records_out=rec.records_out,
+                rate_out=rec.rate_out,
             )
         )
     edges = []
     for e in df.effective.edges:
         ch = channels.get((e.from_, e.to))
+        producer = df.tasks.get(e.from_)
+        sent = producer.channels.get(e.to) if producer is not None else None
         edges.append(
             EdgeView(
                 from_=e.from_,
@@ -100,6 +108,8 @@ def dataflow_view(df: Dataflow) -> DataflowView:
                 model=e.model.value,
                 transport=ch.transport if ch else None,
                 topic=ch.topic if ch else None,
+                rate=producer.rate_out if producer is not None else 0.0,
+                messages=sent.messages if sent is not None else 0,
             )
         )
     return DataflowView(
