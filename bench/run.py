@@ -38,6 +38,8 @@ Benchmarks:
   publish -> receive, the saga's drain/resume timings, records lost/duplicated (0/0) and state
   carried; then kill -9 of its agent: failover time (target <= lost_after + 1 s), lost/duplicated.
 
+- ``console_render`` (``console_render.py``): the web console in Chromium with 1,000 devices and a
+  200-task dataflow: time to first render of the dataflow's page (and the devices page); target <= 1 s.
 The new ones also report CPU time and peak RSS of the platform's processes (``procs.py``)
 and what went wrong meanwhile (``incidents.py``: heartbeat gaps, liveness flaps, commands
 not acked, retransmissions); on this shared 2-core machine the per-CPU-second figures
@@ -64,6 +66,7 @@ from pathlib import Path
 from typing import Any
 
 import batch_edge
+import console_render
 import deploy_latency
 import etl_pipeline
 import file_edge
@@ -89,6 +92,7 @@ BENCHMARKS: dict[str, Callable[[Stack, bool], dict[str, Any]]] = {
 STANDALONE: dict[str, Callable[[Stack | None, bool], dict[str, Any]]] = {
     "security_cost": security_cost.run,
     "metrics_cost": metrics_cost.run,
+    "console_render": console_render.run,
 }
 ROOT = Path(__file__).resolve().parent.parent
 

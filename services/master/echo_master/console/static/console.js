@@ -41,6 +41,12 @@ const pill = (state) => `<span class="pill s-${esc(state)}" data-state="${esc(st
 const meter = (pct) => pct == null ? '<span class="muted">—</span>'
   : `<meter min="0" max="100" low="70" high="90" optimum="0" value="${pct.toFixed(0)}"></meter><span class="bar-label">${pct.toFixed(0)}%</span>`;
 
+// a long text (a reason naming many tasks) in short, the whole of it one click away
+function clipped(text, max = 240) {
+  if (text.length <= max) return esc(text);
+  return `<details><summary>${esc(text.slice(0, max))}… (${text.length - max} more characters)</summary>${esc(text)}</details>`;
+}
+
 function traceLink(traceId) {
   if (!traceId) return '<span class="muted">—</span>';
   if (!session.grafana_url) return `<code class="trace-id">${esc(traceId)}</code>`;
@@ -158,7 +164,7 @@ function renderDataflows(dfs) {
     const running = df.tasks.filter((t) => t.state === "running").length;
     return `<tr data-dataflow="${esc(df.id)}"><td><a href="/ui/dataflows/${encodeURIComponent(df.id)}">${esc(df.name)}</a>
       <div class="muted mono">${esc(df.id)}</div></td><td>${pill(df.state)}</td><td>${running} / ${df.tasks.length}</td>
-      <td>${esc(df.reason) || '<span class="muted">—</span>'}</td><td class="muted">${when(df.created_at)}</td></tr>`;
+      <td>${df.reason ? clipped(df.reason, 160) : '<span class="muted">—</span>'}</td><td class="muted">${when(df.created_at)}</td></tr>`;
   });
   document.getElementById("dataflows").innerHTML = rows.length
     ? `<table><thead><tr><th>Dataflow</th><th>State</th><th>Tasks running</th><th>Reason</th><th>Created</th></tr></thead><tbody>${rows.join("")}</tbody></table>`
@@ -224,7 +230,7 @@ async function dataflowPage(id) {
     document.getElementById("df-state").innerHTML = pill(current.state);
     document.getElementById("df-info").innerHTML = `<dt>Id</dt><dd class="mono" id="df-id">${esc(current.id)}</dd>
       <dt>Desired</dt><dd>${esc(current.desired)}</dd>
-      ${current.reason ? `<dt>Reason</dt><dd id="df-reason">${esc(current.reason)}</dd>` : ""}
+      ${current.reason ? `<dt>Reason</dt><dd id="df-reason">${clipped(current.reason)}</dd>` : ""}
       <dt>Trace</dt><dd id="df-trace">${traceLink(current.trace_id)}</dd><dt>Created</dt><dd>${when(current.created_at)}</dd>`;
   };
   const draw = () => {
