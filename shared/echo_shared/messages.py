@@ -483,6 +483,7 @@ class RebalanceDecision(Message):
     task: str | None = None
     dataflow: str | None = None
     migration: str | None = None
+    trace_id: str | None = Field(default=None, description="the decision's trace (the move it starts inside)")
 
 
 class DecisionListRequest(Message):

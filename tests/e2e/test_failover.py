@@ -20,6 +20,7 @@ from echo_cli.devstack.platform import AgentSpec
 from tests.conftest import PlatformFactory
 from tests.e2e.test_migration import FLEET, FOGS, check_exactly_once, counting, task
 from tests.harness.api import Api
+from tests.harness.otlp import OtlpReceiver
 from tests.harness.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -111,7 +112,14 @@ OVERLOAD_ENV = {
 def test_an_overloaded_device_gets_a_task_moved_off_it_once(
     platform_factory: PlatformFactory, tmp_path: Path
 ) -> None:
-    _platform, api = platform_factory(OVERLOAD_FLEET, env=OVERLOAD_ENV)
+    """... once, and the decision is a trace with the move inside it."""
+    with OtlpReceiver() as otlp:
+        overloaded_device(platform_factory, tmp_path, otlp)
+
+
+def overloaded_device(platform_factory: PlatformFactory, tmp_path: Path, otlp: OtlpReceiver) -> None:
+    env = {**OVERLOAD_ENV, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    _platform, api = platform_factory(OVERLOAD_FLEET, env=env)
     out = tmp_path / "out.jsonl"
     total = 400_000
     df_id = api.submit(
@@ -159,6 +167,15 @@ def test_an_overloaded_device_gets_a_task_moved_off_it_once(
         what="the overload migration to end",
     )
     assert m["state"] == "completed" and m["origin"] == "overload", m
+    # the decision is one trace: its root span, the move's saga steps inside it
+    assert first[0]["trace_id"] and m["trace_id"] == first[0]["trace_id"], (first, m)
+
+    def decision_trace() -> set[str] | None:
+        names = {s.name for s in otlp.snapshot() if s.trace_id == first[0]["trace_id"]}
+        wanted = {f"rebalance decision {hot}", "migration step drain", "migration step resume"}
+        return names if wanted <= names else None
+
+    wait_until(decision_trace, timeout=30, what="the rebalance decision's trace with its move")
     other = m["target"]
     # the task now heats the other device; it has just moved (cool-down): nothing moves again,
     # and the rebalancer says so

@@ -21,7 +21,7 @@ import time
 from echo_shared.events import EventKind
 from echo_shared.messages import MigrateRequest, RebalanceDecision, TaskLocation
 from echo_shared.models import DataflowSpec, DeviceRecord, DeviceStatus, TaskState
-from echo_shared.telemetry import tracer
+from echo_shared.telemetry import current_trace_id, tracer
 
 from .migrating import Migrations, StepFailed
 from .sagas import SagaStore
@@ -121,6 +121,7 @@ class Rebalancer:
             threshold=threshold,
             action="none",
             reason=why,
+            trace_id=current_trace_id(),
         )
         for t in candidates:
             reply = await self.migrations.start(
