@@ -208,6 +208,7 @@ class DevUp:
         self.con.print(f"[bold green]ECHO is up[/] in {took:.1f}s")
         rows = [
             ("API", f"{p.api_url}  (docs: {p.api_url}/docs)"),
+            ("console", f"{p.api_url}/ui/  (a login link: source the env file, then `echoctl console`)"),
             ("NATS", b.nats_url),
             ("MQTT", b.mqtt_url),
             ("Redis", b.redis_url),

@@ -50,8 +50,13 @@ function clipped(text, max = 240) {
 function traceLink(traceId) {
   if (!traceId) return '<span class="muted">—</span>';
   if (!session.grafana_url) return `<code class="trace-id">${esc(traceId)}</code>`;
-  const left = JSON.stringify({ datasource: "tempo", queries: [{ refId: "A", queryType: "traceql", query: traceId }] });
-  const url = `${session.grafana_url.replace(/\/$/, "")}/explore?left=${encodeURIComponent(left)}`;
+  // the same Explore link as echoctl's (deploy/grafana's Tempo datasource: uid echo-tempo)
+  const panes = JSON.stringify({ t: {
+    datasource: "echo-tempo",
+    queries: [{ refId: "A", datasource: { type: "tempo", uid: "echo-tempo" }, queryType: "traceql", query: traceId }],
+    range: { from: "now-24h", to: "now" },
+  } });
+  const url = `${session.grafana_url.replace(/\/$/, "")}/explore?schemaVersion=1&orgId=1&panes=${encodeURIComponent(panes)}`;
   return `<a class="trace-id mono" href="${esc(url)}" target="_blank" rel="noopener">${esc(traceId)}</a>`;
 }
 
@@ -251,7 +256,7 @@ async function dataflowPage(id) {
       ${t.reason ? `<dt>Reason</dt><dd>${esc(t.reason)}</dd>` : ""}</dl>
       <h2>Why here</h2><p id="placement-reason">${esc(p?.reason || t.placement_reason || "no placement explanation")}</p>
       ${p ? `<dl class="kv"><dt>Constraints met</dt><dd>${p.satisfied.map(esc).join(", ") || "—"}</dd>
-      <dt>Cost terms</dt><dd>${costs || "—"}</dd><dt>Runner-up</dt><dd>${esc(p.runner_up || "—")}${p.runner_up_reason ? ` — ${esc(p.runner_up_reason)}` : ""}</dd></dl>` : ""}
+      <dt>Cost terms</dt><dd>${costs || "—"}</dd><dt>Runner-up</dt><dd>${[p.runner_up, p.runner_up_reason].filter(Boolean).map(esc).join(" — ") || "—"}</dd></dl>` : ""}
       ${canOperate() ? `<h2>Migrate</h2><div class="actions"><select id="target"><option value="">the scheduler's choice</option>
       ${choices.map((d) => `<option value="${esc(d.id)}">${esc(d.id)} (${esc(d.tier)})</option>`).join("")}</select>
       <button id="migrate" class="primary">Migrate</button></div>` : ""}`;
