@@ -21,7 +21,7 @@ MYPY_PACKAGES := echo_shared echo_scheduler echo_master echo_registry echo_agent
 APT_PACKAGES := mosquitto redis-server prometheus chromium chromium-driver
 
 .DEFAULT_GOAL := help
-.PHONY: help venv deps test lint bench demo testbed up down schemas lock clean distclean ci
+.PHONY: help venv deps test chaos lint bench demo testbed up down schemas lock clean distclean ci
 
 help:  ## list the targets
 	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | \
@@ -92,8 +92,11 @@ deps:  ## make sure mosquitto, redis-server, prometheus and chromium (+driver) a
 
 # --------------------------------------------------------------------- checks
 
-test: $(STAMP) deps  ## run the tests (PYTEST_ARGS="-k foo -x" to narrow)
+test: $(STAMP) deps  ## run the tests (PYTEST_ARGS="-k foo -x" to narrow); the chaos suite's fast part
 	$(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
+
+chaos: $(STAMP) deps  ## the whole chaos suite (tests/chaos: brokers and services killed under load), slow cases too
+	$(BIN)/python -m pytest tests/chaos --run-slow --durations=0 $(PYTEST_ARGS)
 
 # All three linters run even when one fails; the target fails if any did.
 lint: $(STAMP)  ## ruff, mypy and import-linter

@@ -38,6 +38,7 @@ from .watching import SUCCESS, file_sinks, print_outcome, submit_file, watch_dat
 HOST = "127.0.0.1"
 NAMESPACE = "echo"
 POLL = 0.5  # seconds between checks that every child still runs
+RESTART_MAX_DELAY = 30.0  # the longest back-off before a child that exited is started again
 
 
 class Interrupted(Exception):
@@ -148,6 +149,8 @@ class DevUp:
         self.brokers: Brokers | None = None
         self.platform: Platform | None = None
         self._reported: set[str] = set()
+        self._restarts: dict[str, int] = {}
+        self._restart_at: dict[str, float] = {}
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -277,15 +280,45 @@ class DevUp:
         return out
 
     def check_children(self) -> list[str]:
-        """Report (once each) children that exited; returns the names newly found dead."""
+        """Report children that exited (once per exit) and start them again, each after a
+        back-off that doubles with its restarts (1 s ... 30 s), as compose's
+        ``restart: unless-stopped`` does. Returns the names newly found dead."""
         died = []
+        now = time.monotonic()
         for name, proc in self.children().items():
-            if name in self._reported or proc.alive():
+            if proc.alive():
                 continue
-            self._reported.add(name)
-            died.append(name)
-            print_error(f"{name} exited with code {proc.returncode}; log: {self._rel(proc.log_path)}")
+            if name not in self._reported:
+                self._reported.add(name)
+                died.append(name)
+                n = self._restarts.get(name, 0)
+                self._restart_at[name] = now + min(RESTART_MAX_DELAY, 2.0**n)
+                print_error(
+                    f"{name} exited with code {proc.returncode}; log: {self._rel(proc.log_path)}; "
+                    f"restarting in {self._restart_at[name] - now:.0f} s"
+                )
+            elif now >= self._restart_at.get(name, now):
+                try:
+                    self.restart(name)
+                except Exception as e:  # try again later, with a longer back-off
+                    print_error(f"cannot restart {name}: {e}")
+                    self._reported.discard(name)
+                    self._restarts[name] = self._restarts.get(name, 0) + 1
+                    continue
+                self._restarts[name] = self._restarts.get(name, 0) + 1
+                self._reported.discard(name)
+                self.con.print(f"[yellow]restarted {escape(name)}[/] (restart {self._restarts[name]})")
         return died
+
+    def restart(self, name: str) -> None:
+        assert self.brokers is not None and self.platform is not None
+        if name in self.brokers.processes:
+            self.brokers.restart(name)
+        elif name in self.platform.services:
+            self.platform.start_service(name)
+        elif name.startswith("agent-"):
+            spec = next(a for a in DEFAULT_FLEET if a.device_id == name.removeprefix("agent-"))
+            self.platform.start_agent(spec)
 
     def _wait(self) -> None:
         self.con.print("ECHO runs; press Ctrl-C to stop.")

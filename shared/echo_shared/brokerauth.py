@@ -258,9 +258,16 @@ KICK_RIGHTS = NatsPermissions(pub_allow=("$SYS.REQ.SERVER.*.KICK",), sub_allow=(
 # ------------------------------------------------------------------ Redis
 
 
+# ``default`` is off: no connection can be it (anonymous clients and ``AUTH default ...`` are
+# refused). It keeps every right only because Redis (7.0) replays its append-only file as
+# ``default``: without them every MULTI/EXEC in the file fails at start ("NOPERM ACLs rules
+# changed...") and a restart loses what was written in transactions (seen: dataflow records).
+REDIS_DEFAULT_USER = "user default off resetpass ~* &* +@all"
+
+
 def render_redis_acl(identities: list[Identity]) -> str:
     """A Redis ACL file: ``default`` off, one user per identity with its key patterns."""
-    lines = ["user default off"]
+    lines = [REDIS_DEFAULT_USER]
     for i in identities:
         r = i.rights.redis
         if r is None:

@@ -81,5 +81,13 @@ class RequestTimeout(BusError):
     pass
 
 
+class DependencyUnavailable(BusError):
+    """A dependency (``redis``, ``nats``, ``mqtt``) is out of reach: try again later (HTTP 503)."""
+
+    def __init__(self, dependency: str, detail: str = "") -> None:
+        super().__init__(f"{dependency} is unavailable" + (f": {detail}" if detail else ""))
+        self.dependency = dependency
+
+
 class ConflictError(RetryableError):
     """A versioned write lost a race; read again and retry."""

@@ -19,7 +19,9 @@ What the adapter adds to paho:
   and ``taken_over`` when another process holds the same id: either the broker says so
   (MQTT 5 reason 0x8E) or, since some brokers (Mosquitto 2.0) just close the socket, the
   connection is dropped right after each of ``TAKEOVER_DROPS`` consecutive connects. The
-  client then stops reconnecting instead of fighting the other holder for the session;
+  client then stops reconnecting instead of fighting the other holder for the session
+  (agents and their tasks), or, with ``yield_session=False`` (services, which must never go
+  deaf), keeps reconnecting every ``reconnect_max_delay`` seconds, logging it once;
 - an idempotent, time-limited ``close()``.
 """
 
@@ -135,8 +137,11 @@ class MqttClient:
         reconnect_max_delay: float = 5.0,
         login: Login | None = None,
         tls: ssl.SSLContext | None = None,
+        yield_session: bool = True,
     ) -> None:
         self.url = url
+        # False (services): a contested session is never given up, only retried slowly
+        self._yield_session = yield_session
         self.client_id = client_id
         self._host, self._port, self._tls = parse_url(url)
         self._login = login
@@ -530,16 +535,33 @@ class MqttClient:
             return
         lived = time.monotonic() - self._connected_at
         self._quick_drops = self._quick_drops + 1 if lived < QUICK_DROP else 0
+        if self._quick_drops == 0 and not self._yield_session and self.taken_over.is_set():
+            log.warning("mqtt %s: the session is ours again", self.client_id)
+            self.taken_over.clear()
         if rc.value == SESSION_TAKEN_OVER or (self._persistent and self._quick_drops >= TAKEOVER_DROPS):
-            log.warning("mqtt %s: another client holds this session; giving it up", self.client_id)
-            self.taken_over.set()
+            if self._yield_session:
+                log.warning("mqtt %s: another client holds this session; giving it up", self.client_id)
+                self.taken_over.set()
+                return
+            if not self.taken_over.is_set():  # once per streak; reconnecting never stops
+                log.warning(
+                    "mqtt %s: the session is contested (another client with this id?); reconnecting "
+                    "every %.0f s",
+                    self.client_id,
+                    self._reconnect_max_delay,
+                )
+                self.taken_over.set()
+            if self._loop is not None and (self._reconnect_task is None or self._reconnect_task.done()):
+                self._reconnect_task = self._loop.create_task(self._reconnect_loop(self._reconnect_max_delay))
             return
         log.info("mqtt %s disconnected (%s); reconnecting", self.client_id, rc)
         if self._loop is not None and (self._reconnect_task is None or self._reconnect_task.done()):
             self._reconnect_task = self._loop.create_task(self._reconnect_loop())
 
-    async def _reconnect_loop(self) -> None:
+    async def _reconnect_loop(self, first_delay: float = 0.0) -> None:
         delay = 0.05
+        if first_delay:
+            await asyncio.sleep(first_delay)
         while not self._closing and not self.connected:
             self._drop_socket()
             try:

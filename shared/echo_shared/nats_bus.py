@@ -36,9 +36,17 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import ValidationError
 
 from .credentials import Access
-from .errors import BrokerUnavailable, EchoError, NotFoundError, RequestTimeout, SpecError
+from .errors import (
+    BrokerUnavailable,
+    DependencyUnavailable,
+    EchoError,
+    NotFoundError,
+    RequestTimeout,
+    SpecError,
+)
 from .messages import ErrorReply, Message
 from .names import Names
+from .outage import Backoff, Outage, dependency_of
 from .telemetry import extract, inject
 
 log = logging.getLogger(__name__)
@@ -170,6 +178,8 @@ class NatsBus:
         request_type: type[M],
         handler: Callable[[M], Awaitable[Message]],
     ) -> Subscription:
+        outage = Outage(f"{subject}: a dependency", log)
+
         async def on_msg(m: Msg) -> None:
             ctx = extract(m.headers or {})
             with self._tracer.start_as_current_span(
@@ -181,6 +191,7 @@ class NatsBus:
                     req = request_type.from_bytes(m.data)
                     reply: Message = await handler(req)
                     headers = None
+                    outage.ok()
                 except ValidationError as e:
                     reply = ErrorReply(
                         error=f"bad request on {subject}: {e.error_count()} problem(s)",
@@ -198,9 +209,23 @@ class NatsBus:
                     reply = ErrorReply(error=str(e), kind="not_found")
                     headers = {"echo-error": "1"}
                 except EchoError as e:
-                    reply = ErrorReply(error=str(e), kind=type(e).__name__)
+                    dep = dependency_of(e) if isinstance(e, DependencyUnavailable) else None
+                    kind = f"unavailable:{dep}" if dep else type(e).__name__
+                    reply = ErrorReply(error=str(e), kind=kind)
                     headers = {"echo-error": "1"}
                 except Exception as e:
+                    dep = dependency_of(e)
+                    if dep is not None:  # Redis or a broker out of reach: once per outage, no traceback
+                        outage.what = f"{subject}: {dep}"
+                        outage.failed(e)
+                        reply = ErrorReply(
+                            error=f"{dep} is unavailable ({type(e).__name__})", kind=f"unavailable:{dep}"
+                        )
+                        headers = {"echo-error": "1"}
+                        span.record_exception(e)
+                        if m.reply:
+                            await self.nc.publish(m.reply, reply.to_bytes(), headers=headers)
+                        return
                     log.exception("handler for %s failed", subject)
                     span.record_exception(e)
                     reply = ErrorReply(error=f"internal error: {type(e).__name__}", kind="internal")
@@ -258,31 +283,56 @@ class NatsBus:
         service was down is handled when it returns. A message is acked after its
         handler returns; a handler that raises gets it redelivered.
         """
-        sub = await self.js.pull_subscribe(
-            subject,
-            durable=durable,
-            stream=stream,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.NEW, ack_wait=30
-            ),
-        )
+        fetching = Outage(f"JetStream consumer {durable}", log)
+        handling = Outage(f"handling {subject} ({durable})", log)
+        backoff = Backoff(0.2, 5.0)
+        sub = None
         try:
             while not stop.is_set():
                 try:
+                    if sub is None:  # (again, after an outage: the consumer may be new)
+                        sub = await self.js.pull_subscribe(
+                            subject,
+                            durable=durable,
+                            stream=stream,
+                            config=ConsumerConfig(
+                                ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.NEW, ack_wait=30
+                            ),
+                        )
                     msgs = await sub.fetch(batch=batch, timeout=0.5)
                 except TimeoutError:
+                    fetching.ok()
                     continue
+                except Exception as e:  # NATS restarting, JetStream not ready, the consumer gone
+                    fetching.failed(e)
+                    if sub is not None:
+                        with contextlib.suppress(Exception):
+                            await sub.unsubscribe()
+                        sub = None
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(backoff.next()):
+                            await stop.wait()
+                    continue
+                fetching.ok()
+                backoff.reset()
                 for m in msgs:
                     try:
                         await handler(m)
-                    except Exception:
-                        log.exception("handling %s failed; it will be redelivered", m.subject)
-                        await m.nak(delay=1.0)
+                    except Exception as e:
+                        if dependency_of(e) is not None:
+                            handling.failed(e)  # once per outage; redelivered until it is over
+                        else:
+                            log.exception("handling %s failed; it will be redelivered", m.subject)
+                        with contextlib.suppress(Exception):
+                            await m.nak(delay=1.0)
                         continue
-                    await m.ack()
+                    handling.ok()
+                    with contextlib.suppress(Exception):  # unacked: redelivered after ack_wait
+                        await m.ack()
         finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
 
     async def subscribe_raw(self, subject: str, cb: Callable[[Msg], Awaitable[Any]]) -> Subscription:
         sub = await self.nc.subscribe(subject, cb=cb)
@@ -295,4 +345,6 @@ def _error_from_reply(err: ErrorReply) -> EchoError:
 
     if err.kind == "spec":
         return SpecError([Problem.of(p) for p in err.problems])
+    if err.kind.startswith("unavailable:"):
+        return DependencyUnavailable(err.kind.split(":", 1)[1], f"(answered by another service) {err.error}")
     return RemoteError(err)

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -21,13 +23,18 @@ async def connect_redis(
     url: str, *, timeout: float = 30.0, max_connections: int = 64, access: Access | None = None
 ) -> aioredis.Redis:
     """Connect and ping, retrying until ``timeout`` (Redis may start after the service)."""
-    # a blocking pool: a burst of concurrent work waits for a connection instead of failing
+    # a blocking pool: a burst of concurrent work waits for a connection instead of failing.
+    # After a Redis restart every pooled connection is dead: a command that meets one is
+    # sent again on a fresh connection (a broken connection is found when writing to it, so
+    # the command had not run), rather than failing once per stale connection in the pool.
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         decode_responses=True,
         health_check_interval=10,
         max_connections=max_connections,
         timeout=10,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        retry_on_error=[RedisConnectionError],
         **(access.redis_options() if access is not None else {}),
     )
     client: aioredis.Redis = aioredis.Redis(connection_pool=pool)

@@ -203,12 +203,39 @@ def test_dev_up_runs_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
         records = [json.loads(line) for line in sink.read_text().splitlines()]
         assert {r["key"] for r in records} == {"nyc"} and max(r["count"] for r in records) == COUNT
 
-        # 4. SIGTERM stops everything
+        # 4. a service, an agent and a broker killed (-9): started again, like compose's
+        # `restart: unless-stopped`; the device comes back online
+        def child(marker: str) -> psutil.Process:
+            found = [
+                c
+                for c in psutil.Process(proc.pid).children(recursive=True)
+                if marker in " ".join(c.cmdline())
+            ]
+            assert found, f"no child running {marker}"
+            return found[0]
+
+        victims = {
+            "registry": child("echo_registry"),
+            "mosquitto": child("mosquitto"),
+            "agent-edge-2": child("edge-2"),
+        }
+        for p in victims.values():
+            p.kill()
+        for name in victims:
+            poll(f"{name} restarted", lambda name=name: f"restarted {name}" in out.text(), proc, out, 60)
+
+        def edge2_online() -> bool:
+            devices = {d["id"]: d for d in echoctl(cli_env, "get", "devices", "-o", "json")}
+            return devices["edge-2"]["status"] == "online" and devices["fog-1"]["status"] == "online"
+
+        poll("edge-2 back online", edge2_online, proc, out, 60)
+
+        # 5. SIGTERM stops everything
         children = psutil.Process(proc.pid).children(recursive=True)
         names = " ".join(" ".join(c.cmdline()) for c in children)
         assert names.count("echo_agent") == 4 and "nats-server" in names and "echo_master" in names
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0, out.text()
+        assert proc.wait(timeout=30) == 0, out.text()
         out.join(5)
         assert "ECHO stopped" in out.text()
         assert "Traceback" not in out.text()

@@ -22,6 +22,7 @@ import glob
 import os
 import shutil
 import sys
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,20 @@ class Brokers:
         """URLs and logins of one identity (tests use ``tester``, a superuser of these brokers)."""
         creds = self.bundle.credentials(identity) if self.bundle is not None else None
         return Access.build(creds, mqtt_url=self.mqtt_url, nats_url=self.nats_url, redis_url=self.redis_url)
+
+    def kill(self, name: str) -> None:
+        """kill -9 one broker (``nats``, ``mosquitto``, ``redis``): chaos tests."""
+        self.processes[name].kill()
+
+    def restart(self, name: str, timeout: float = 15.0) -> None:
+        """Start a killed (or stopped) broker again, same port, same files."""
+        old = self.processes[name]
+        old.stop(timeout=5)
+        p = self.processes[name] = old.respawn()
+        url = {"nats": self.nats_url, "mosquitto": self.mqtt_url, "redis": self.redis_url}[name]
+        host, port = urllib.parse.urlsplit(url).hostname, urllib.parse.urlsplit(url).port
+        assert host is not None and port is not None
+        wait_for_port(host, port, timeout=timeout, proc=p)
 
     def stop(self) -> None:
         for p in self.processes.values():

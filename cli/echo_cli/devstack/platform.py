@@ -6,6 +6,7 @@ import contextlib
 import ssl
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,6 +90,9 @@ class Platform:
         self.prometheus: Prometheus | None = None
         if not self.api_port:
             self.api_port = free_port(self.host)
+        # this stack's master says so in /healthz: the API we report is ours, not whatever
+        # else listens on the port
+        self.boot_id = uuid.uuid4().hex
         self.workdir.mkdir(parents=True, exist_ok=True)
         # the first admin token: the master registers it at start (``ECHO_ADMIN_TOKEN_FILE``);
         # kept across restarts of a persistent stack
@@ -140,6 +144,8 @@ class Platform:
 
     def service_env(self, name: str) -> dict[str, str]:
         env = self.env()
+        if name == "master":
+            env["ECHO_BOOT_ID"] = self.boot_id
         creds = self.brokers.credentials_file(name)
         if creds is not None:  # the path of a 0600 file, never the secret itself
             env["ECHO_CREDENTIALS_FILE"] = str(creds)
@@ -240,7 +246,30 @@ class Platform:
         self.wait_devices({s.device_id for s in fleet}, timeout=timeout)
 
     def wait_api(self, timeout: float = 60.0) -> None:
-        wait_for_port(self.host, self.api_port, timeout=timeout, proc=self.services["master"])
+        """Until this stack's master answers ``/healthz`` (its boot id); another process on
+        the port is an error at once, not a stack that seems up."""
+        deadline = time.monotonic() + timeout
+        master = self.services["master"]
+        wait_for_port(self.host, self.api_port, timeout=timeout, proc=master)
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                r = httpx.get(f"{self.api_url}/healthz", timeout=2, verify=self.api_verify)
+                boot = (
+                    r.json().get("boot_id")
+                    if r.headers.get("content-type", "").startswith("application/json")
+                    else None
+                )
+                if boot == self.boot_id:
+                    return
+                if boot is not None or r.status_code == 404:
+                    raise RuntimeError(
+                        f"{self.api_url} answers, but not as this stack's master (boot id {boot}): "
+                        "another ECHO or another server holds the port"
+                    )
+            if not master.alive():
+                raise RuntimeError(f"master exited with {master.returncode}: {master.log_tail()}")
+            time.sleep(0.05)
+        raise TimeoutError(f"this stack's master did not answer {self.api_url}/healthz within {timeout}s")
 
     def wait_devices(self, ids: set[str], status: str = "online", timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

@@ -65,6 +65,7 @@ class ManagedProcess:
         process that changed its own user would lose: a broker dropping root would outlive us)."""
         self.name = name
         self.argv = list(argv)
+        self._spawn = {"log_dir": log_dir, "env": env, "cwd": cwd, "run_as": run_as}
         self.log_path = log_dir / f"{name}.log"
         log_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -86,6 +87,14 @@ class ManagedProcess:
             group=run_as[1] if run_as else None,
             extra_groups=[] if run_as else None,
         )
+
+    def respawn(self) -> ManagedProcess:
+        """The same command started again (this one must have ended), appending to its log."""
+        if self.alive():
+            raise RuntimeError(f"{self.name} still runs (pid {self.pid})")
+        with contextlib.suppress(Exception):
+            self._log.close()
+        return ManagedProcess(self.name, self.argv, **self._spawn)  # type: ignore[arg-type]
 
     @property
     def pid(self) -> int:

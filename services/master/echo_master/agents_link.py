@@ -35,6 +35,7 @@ from echo_shared.messages import (
 from echo_shared.models import TaskState
 from echo_shared.mqtt import MqttClient, MqttMessage
 from echo_shared.names import Names
+from echo_shared.outage import Outage, dependency_of
 from echo_shared.telemetry import inject
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class AgentLink:
         self._on_checkpoint = on_checkpoint
         self.hooks: SendHooks | None = None
         self._waiters: dict[str, asyncio.Future[Any]] = {}
+        self.outage = Outage("agent reports: a dependency", log)
         self._queue: collections.deque[MqttMessage] = collections.deque()
         self._wake = asyncio.Event()
         self.mqtt = MqttClient(
@@ -85,6 +87,7 @@ class AgentLink:
             receive_maximum=1000,
             login=access.mqtt if access else None,
             tls=access.tls() if access else None,
+            yield_session=False,  # a service never goes deaf: it keeps reconnecting
         )
         # the master administers the broker's dynamic security over this same session
         self.dynsec = DynsecAdmin(self.mqtt) if dynsec else None
@@ -219,9 +222,13 @@ class AgentLink:
                     await self.hooks.withdraw(sender, update.dataflow, update.task, update.generation)
             except ValidationError as e:
                 log.warning("dropping malformed message on %s: %s", msg.topic, e.errors()[:3])
-            except Exception:
-                log.exception("failed to apply %s; it will be redelivered", msg.topic)
+            except Exception as e:
+                if dependency_of(e) is None:
+                    log.exception("failed to apply %s; it will be redelivered", msg.topic)
+                else:  # Redis out of reach: once per outage (agents report again)
+                    self.outage.failed(e)
                 continue
+            self.outage.ok()
             self.mqtt.ack(msg)
 
     @staticmethod

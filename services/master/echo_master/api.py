@@ -12,6 +12,7 @@ catalogue (``/cat``) are routers of their own (``legacy.routes``, ``hypercat``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -26,6 +27,7 @@ from echo_shared.errors import EchoError, NotFoundError, Problem, SpecError
 from echo_shared.messages import DeviceGetReply, DeviceGetRequest, DeviceListReply, DeviceListRequest
 from echo_shared.models import DataflowSpec, DataflowState, DeviceRecord, Placement
 from echo_shared.operators import join_loc
+from echo_shared.outage import Outage, dependency_of
 
 from . import submitting
 from .audit import audit_router, audit_target
@@ -64,6 +66,7 @@ class NoStackTraces:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self.outages: dict[str, Outage] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -79,11 +82,23 @@ class NoStackTraces:
         try:
             await self.app(scope, receive, tracked)
         except Exception as e:
-            log.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
+            dep = dependency_of(e)
+            if dep is None:
+                log.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
+            else:  # Redis or a broker out of reach: 503 naming it, logged once per outage
+                self.outages.setdefault(dep, Outage(f"the API's {dep}", log)).failed(e)
             if started:
                 raise
-            response = error_response(500, f"internal error ({type(e).__name__}); see the master's log")
+            if dep is not None:
+                response = error_response(
+                    503, f"{dep} is unavailable: try again shortly", headers={"Retry-After": "2"}
+                )
+            else:
+                response = error_response(500, f"internal error ({type(e).__name__}); see the master's log")
             await response(scope, receive, send)
+            return
+        for outage in self.outages.values():
+            outage.ok()
 
 
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
@@ -244,19 +259,30 @@ def create_api(ctx: ApiContext) -> FastAPI:
 
     # -------------------------------------------------------------------- health
 
+    boot_id = ctx.settings.boot_id  # `echoctl dev up` checks that the API it reports is its own
+
     @app.get(
         "/healthz",
-        summary="Liveness and broker connectivity (no token): ok (200) or degraded (503), nothing more",
+        summary="Liveness (no token): ok (200) or degraded (503), which dependency is down, this "
+        "process's boot id",
         openapi_extra={"security": []},
     )
     async def healthz() -> JSONResponse:
-        ok = ctx.bus.nc.is_connected and ctx.mqtt.connected
-        if ok:
-            try:
-                ok = bool(await ctx.redis.ping())
-            except Exception:
-                ok = False
-        return JSONResponse(status_code=200 if ok else 503, content={"status": "ok" if ok else "degraded"})
+        deps = {"nats": ctx.bus.nc.is_connected, "mqtt": ctx.mqtt.connected, "redis": False}
+        try:
+            async with asyncio.timeout(1.0):
+                deps["redis"] = bool(await ctx.redis.ping())
+        except Exception:
+            deps["redis"] = False
+        ok = all(deps.values())
+        return JSONResponse(
+            status_code=200 if ok else 503,
+            content={
+                "status": "ok" if ok else "degraded",
+                "dependencies": {k: "ok" if v else "down" for k, v in deps.items()},
+                "boot_id": boot_id,
+            },
+        )
 
     app.include_router(migrations_router(ctx))
     app.include_router(events_router(ctx))

@@ -39,6 +39,7 @@ from echo_shared.messages import (
 from echo_shared.models import DataflowState, DesiredState, DeviceStatus, TaskRecord, TaskState
 from echo_shared.names import Names
 from echo_shared.nats_bus import NatsBus
+from echo_shared.outage import Outage, dependency_of
 from echo_shared.telemetry import extract, tracer
 
 from .agents_link import AgentLink
@@ -72,6 +73,7 @@ class Reconciler:
         self.store = store
         self.link = link
         self.bus = bus
+        self.outage = Outage("reconciler: a dependency", log)
         self.names = names
         self.settings = settings
         self._dirty: set[str] = set()
@@ -107,8 +109,12 @@ class Reconciler:
                     last_sweep = now
                     try:
                         self._dirty.update(await self.store.active_ids())
-                    except Exception:
-                        log.exception("cannot list dataflows")
+                        self.outage.ok()
+                    except Exception as e:
+                        if dependency_of(e) is None:
+                            log.exception("cannot list dataflows")
+                        else:
+                            self.outage.failed(e)
                 self._workers = {k: w for k, w in self._workers.items() if not w.done()}
                 for df_id in list(self._dirty):
                     if len(self._workers) >= MAX_CONCURRENT_PASSES:
@@ -151,9 +157,15 @@ class Reconciler:
             df = await self.store.get(df_id)
             await self.store.set_active(df_id, needs_work(df.desired, df.state))
         except EchoError as e:
-            log.info("dataflow %s: will retry: %s", df_id, e)
-        except Exception:
-            log.exception("reconcile pass for %s failed", df_id)
+            if dependency_of(e) is None:
+                log.info("dataflow %s: will retry: %s", df_id, e)
+            else:
+                self.outage.failed(e)  # the sweep lists it again (still active) once it is over
+        except Exception as e:
+            if dependency_of(e) is None:
+                log.exception("reconcile pass for %s failed", df_id)
+            else:
+                self.outage.failed(e)
         finally:
             if self._dirty:
                 self._wake.set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 from pydantic import Field
@@ -52,6 +53,10 @@ class MasterSettings(CommonSettings, NatsSettings, MqttSettings, RedisSettings):
         default=8 * 3600.0,
         gt=0,
         description="how long a web console session lasts (at most its token's life)",
+    )
+    boot_id: str = Field(
+        default_factory=lambda: uuid.uuid4().hex,
+        description="this process's id in /healthz (a supervisor sets it to know the API is its own)",
     )
     grafana_url: str | None = Field(
         default=None, description="Grafana's address: the console links trace ids to its Explore view"

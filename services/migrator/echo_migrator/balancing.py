@@ -21,6 +21,7 @@ import time
 from echo_shared.events import EventKind
 from echo_shared.messages import MigrateRequest, RebalanceDecision, TaskLocation
 from echo_shared.models import DataflowSpec, DeviceRecord, DeviceStatus, TaskState
+from echo_shared.outage import Outage, dependency_of
 from echo_shared.telemetry import current_trace_id, tracer
 
 from .migrating import Migrations, StepFailed
@@ -58,11 +59,20 @@ class Rebalancer:
         self.cool_until: dict[str, float] = {}  # device id or "dataflow/task"
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Tick every ``rebalance_period`` until ``stop``; a tick that fails (a step refused,
+        Redis or another service out of reach, a bug) never ends the loop."""
+        outage = Outage("rebalancer: a dependency", log)
         while not stop.is_set():
             try:
                 await self.tick(time.monotonic())
+                outage.ok()
             except StepFailed as e:
                 log.warning("rebalancer: %s", e)
+            except Exception as e:
+                if dependency_of(e) is None:
+                    log.exception("rebalancer tick failed")
+                else:
+                    outage.failed(e)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.rebalance_period):
                     await stop.wait()

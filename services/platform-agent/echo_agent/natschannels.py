@@ -10,6 +10,10 @@ The scheduler gives an edge a NATS channel when both devices reach NATS. Then:
 - progress reports (MQTT's retained messages) are entries of the key-value bucket
   ``{NS}_PROGRESS``, watched by the producer; resend requests are plain NATS messages on
   ``{ns}.dfctl...``, outside the data stream.
+- after a reconnect (a NATS restart) every progress watch is made again: nats-py's
+  ordered consumer behind a watch does not always survive the server's restart (its
+  reset can fail while the server is away, and then the watch is silent for good), and a
+  producer that never hears its consumer's progress stops at its credit window.
 
 ``NatsChannels`` offers what ``channels``/``consuming``/``files`` use of ``MqttClient``
 (``publish``, ``subscribe``, ``ack``, ``wait_for_window``, ``window_full``, ``close``),
@@ -79,7 +83,7 @@ class NatsChannels:
         self._next_id = 0
         self._durables: list[str] = []
         self._subs: list[Any] = []
-        self._watchers: list[Any] = []
+        self._watchers: dict[str, tuple[Any, asyncio.Task[None]]] = {}  # progress topic -> watch
         self._pulls: list[asyncio.Task[None]] = []
         self.taken_over = asyncio.Event()  # never set: JetStream has no session takeover
         self._closing = False
@@ -95,6 +99,7 @@ class NatsChannels:
                 connect_timeout=timeout,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
+                reconnected_cb=self._reconnected,
                 **self._options,
             )
         except Exception as e:
@@ -151,7 +156,7 @@ class NatsChannels:
                 async with asyncio.timeout(timeout):
                     await asyncio.gather(*(m.nak() for m in unacked), return_exceptions=True)
                     await nc.flush()
-        for w in self._watchers:
+        for w, _ in self._watchers.values():
             with contextlib.suppress(Exception):
                 await w.stop()
         for sub in self._subs:
@@ -240,9 +245,7 @@ class NatsChannels:
         assert self._nc is not None and self._js is not None and self._kv is not None
         for topic in topics:
             if topic.endswith(".progress"):
-                watcher = await self._kv.watch(self.names.progress_key(topic))
-                self._watchers.append(watcher)
-                self._tasks.append(asyncio.create_task(self._watch(topic, watcher)))
+                await self._start_watch(topic)
             elif self.names.is_channel_control(topic):
                 self._subs.append(await self._nc.subscribe(topic, cb=self._core_message))
             else:
@@ -296,6 +299,33 @@ class NatsChannels:
                 continue
             for m in msgs:
                 self._deliver(topic, m.data, m)
+
+    async def _start_watch(self, topic: str) -> None:
+        assert self._kv is not None
+        watcher = await self._kv.watch(self.names.progress_key(topic))
+        task = asyncio.create_task(self._watch(topic, watcher))
+        self._watchers[topic] = (watcher, task)
+        self._tasks.append(task)
+
+    async def _reconnected(self) -> None:
+        """NATS is back: watch every progress key again (the latest value comes first)."""
+        if self._closing or not self._watchers:
+            return
+        log.info("nats %s reconnected: renewing %d progress watch(es)", self.client_name, len(self._watchers))
+        for topic, (old, task) in list(self._watchers.items()):
+            task.cancel()
+            with contextlib.suppress(Exception):
+                await old.stop()
+            for attempt in range(50):
+                if self._closing:
+                    return
+                try:
+                    await self._start_watch(topic)
+                    break
+                except Exception as e:  # JetStream may need a moment after the restart
+                    if attempt == 49:
+                        log.warning("nats %s: cannot watch %s again: %s", self.client_name, topic, e)
+                    await asyncio.sleep(0.2)
 
     async def _watch(self, topic: str, watcher: Any) -> None:
         async for entry in watcher:

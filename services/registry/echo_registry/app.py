@@ -48,6 +48,7 @@ async def run(settings: RegistrySettings, stop: asyncio.Event) -> None:
                 manual_ack=True,
                 login=access.mqtt,
                 tls=access.tls(),
+                yield_session=False,  # a service never goes deaf: it keeps reconnecting
             )
             intake.mqtt = mqtt
             await mqtt.start(timeout=30)
@@ -67,6 +68,7 @@ async def run(settings: RegistrySettings, stop: asyncio.Event) -> None:
                             period=settings.liveness_period,
                             unreachable_after=settings.unreachable_after,
                             lost_after=settings.lost_after,
+                            link_up=lambda: mqtt.connected,
                         )
                     )
                 log.info("registry stopping")

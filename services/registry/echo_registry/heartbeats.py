@@ -18,6 +18,7 @@ from echo_shared.messages import DeviceHello, Goodbye, Heartbeat
 from echo_shared.models import DeviceStatus, TaskState
 from echo_shared.mqtt import MqttClient, MqttMessage
 from echo_shared.names import Names
+from echo_shared.outage import Outage, dependency_of
 from echo_shared.telemetry import extract, tracer
 
 from .errors import DeviceRevoked, UnknownDevice
@@ -38,6 +39,7 @@ class Intake:
         self._queue: collections.deque[MqttMessage] = collections.deque()
         self._wake = asyncio.Event()
         self.dropped_heartbeats = 0
+        self.outage = Outage("registry intake: a dependency", log)
         self._tracer = tracer("echo.registry")
 
     def topics(self) -> list[str]:
@@ -68,9 +70,13 @@ class Intake:
                 await self.handle(msg)
             except ValidationError as e:
                 log.warning("dropping malformed message on %s: %s", msg.topic, e.errors()[:3])
-            except Exception:
-                log.exception("failed to handle %s", msg.topic)
+            except Exception as e:
+                if dependency_of(e) is None:
+                    log.exception("failed to handle %s", msg.topic)
+                else:
+                    self.outage.failed(e)
                 continue  # not acked: the broker redelivers registrations
+            self.outage.ok()
             if self.mqtt is not None:
                 self.mqtt.ack(msg)
 

@@ -1,13 +1,21 @@
-"""Liveness: missed heartbeats make a device unreachable, then lost after the grace period."""
+"""Liveness: missed heartbeats make a device unreachable, then lost after the grace period.
+
+Only heartbeats the registry could have received count as missed: the sweep pauses while
+its own link to the MQTT broker is down, and after the link returns silence counts from
+that moment (every device gets its full grace period again), so a broker restart never
+makes healthy devices look lost. Likewise after a Redis outage (heartbeats could not be
+recorded): sweeps pause, logged once per outage, and silence counts from its end."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from echo_shared.lifecycle import wait_or_stop
 from echo_shared.models import DeviceStatus
+from echo_shared.outage import Outage, dependency_of
 
 from .events import DeviceEvents
 from .store import DeviceStore
@@ -58,10 +66,27 @@ async def run(
     period: float,
     unreachable_after: float,
     lost_after: float,
+    link_up: Callable[[], bool] = lambda: True,
 ) -> None:
     started = time.time()
+    link = Outage("the registry's MQTT link (liveness paused)", log)
+    store_outage = Outage("liveness sweep: redis", log)
     while not await wait_or_stop(stop, period):
+        if not link_up():
+            link.failed("disconnected from the broker: heartbeats cannot arrive")
+            continue
+        if link.down:
+            link.ok()
+            started = time.time()  # silence counts from now: a full grace period for everyone
         try:
+            if store_outage.down:  # heartbeats could not be recorded meanwhile: none was missed
+                await store.all()
+                store_outage.ok()
+                started = time.time()
+                continue
             await sweep(store, events, unreachable_after, lost_after, started)
-        except Exception:
-            log.exception("liveness sweep failed")
+        except Exception as e:
+            if dependency_of(e) is None:
+                log.exception("liveness sweep failed")
+            else:
+                store_outage.failed(e)
