@@ -54,6 +54,28 @@ M = TypeVar("M", bound=Message)
 R = TypeVar("R", bound=Message)
 
 
+def connection_callbacks(
+    name: str, on_reconnect: Callable[[], Awaitable[None]] | None = None
+) -> dict[str, Any]:
+    """``nats.connect`` callbacks that log a connection's outage once when it begins and once
+    when it ends (with its length), instead of nats-py's traceback per reconnect attempt;
+    ``on_reconnect`` runs after each reconnect."""
+    outage = Outage(f"NATS connection {name}", log)
+
+    async def error_cb(e: Exception) -> None:
+        outage.failed(e)
+
+    async def disconnected_cb() -> None:
+        outage.failed("disconnected")
+
+    async def reconnected_cb() -> None:
+        outage.ok()
+        if on_reconnect is not None:
+            await on_reconnect()
+
+    return {"error_cb": error_cb, "disconnected_cb": disconnected_cb, "reconnected_cb": reconnected_cb}
+
+
 class RemoteError(EchoError):
     def __init__(self, reply: ErrorReply) -> None:
         super().__init__(reply.error)
@@ -132,6 +154,7 @@ class NatsBus:
                     reconnect_time_wait=0.5,
                     connect_timeout=2,
                     allow_reconnect=True,
+                    **connection_callbacks(self.name),
                     **self._options,
                 )
                 return

@@ -225,7 +225,17 @@ def test_dev_up_runs_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
             poll(f"{name} restarted", lambda name=name: f"restarted {name}" in out.text(), proc, out, 60)
 
         def edge2_online() -> bool:
-            devices = {d["id"]: d for d in echoctl(cli_env, "get", "devices", "-o", "json")}
+            done = subprocess.run(
+                [str(ECHOCTL), "get", "devices", "-o", "json"],
+                env=cli_env,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            if done.returncode != 0:  # the registry is still on its way back: 503 meanwhile
+                assert "503" in done.stderr, done.stderr
+                return False
+            devices = {d["id"]: d for d in json.loads(done.stdout)}
             return devices["edge-2"]["status"] == "online" and devices["fog-1"]["status"] == "online"
 
         poll("edge-2 back online", edge2_online, proc, out, 60)

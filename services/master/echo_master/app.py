@@ -23,7 +23,7 @@ from echo_shared.credentials import Access, Credentials, is_tls_url
 from echo_shared.events import EventLog
 from echo_shared.messages import DeviceEvent, MoveTaskRequest, TaskCheckpoint, TaskListRequest
 from echo_shared.names import Names
-from echo_shared.nats_bus import NatsBus
+from echo_shared.nats_bus import NatsBus, connection_callbacks
 from echo_shared.redis_store import connect_redis
 from echo_shared.secretfiles import SecretFileError, check_private, read_secret
 
@@ -89,6 +89,7 @@ async def nats_kicker(
         tls=access.tls() if access.nats_url and is_tls_url(access.nats_url) else None,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
+        **connection_callbacks(f"{settings.service_name}-system"),
     )
     return NatsKicker(nc, store, names)
 

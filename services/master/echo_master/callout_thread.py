@@ -20,6 +20,7 @@ import nats
 from echo_shared.credentials import Access
 from echo_shared.errors import BrokerUnavailable
 from echo_shared.names import Names
+from echo_shared.nats_bus import connection_callbacks
 from echo_shared.natsauth import APP_ACCOUNT, AuthCallout
 from echo_shared.redis_store import connect_redis
 
@@ -73,6 +74,7 @@ class CalloutThread:
                 name=self._name,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
+                **connection_callbacks(self._name),
                 **self.access.nats_options(),
             )
             try:

@@ -38,7 +38,8 @@ from nats.js.kv import KeyValue
 
 from echo_shared.mqtt import MqttMessage
 from echo_shared.names import Names
-from echo_shared.nats_bus import ensure_data_plane
+from echo_shared.nats_bus import connection_callbacks, ensure_data_plane
+from echo_shared.outage import Backoff, Outage
 
 from .recordtrace import TRACEPARENT
 
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 FETCH_BATCH = 64
 FETCH_WAIT = 0.5  # seconds a pull waits for messages when there are none (also: close's wait)
 ACK_WAIT = 60.0  # seconds JetStream waits for an ack before redelivering (acks wait for outputs)
+PUBLISH_TIMEOUT = 2.0  # seconds a JetStream publish waits for the stream's ack before trying again
 
 
 class NatsUnavailable(OSError):
@@ -87,6 +89,7 @@ class NatsChannels:
         self._pulls: list[asyncio.Task[None]] = []
         self.taken_over = asyncio.Event()  # never set: JetStream has no session takeover
         self._closing = False
+        self._outage = Outage(f"nats data publishes of {client_name}", log)
         self.epoch = 1
 
     # ------------------------------------------------------------------ lifecycle
@@ -99,7 +102,7 @@ class NatsChannels:
                 connect_timeout=timeout,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
-                reconnected_cb=self._reconnected,
+                **connection_callbacks(self.client_name, on_reconnect=self._reconnected),
                 **self._options,
             )
         except Exception as e:
@@ -215,7 +218,28 @@ class NatsChannels:
             await self._nc.publish(topic, payload)
         else:
             # headers: a sampled record's trace context (MQTT 5 user properties on MQTT)
-            await self._js.publish(topic, payload, stream=self.names.data_stream, headers=headers)
+            await self._publish_data(topic, payload, headers)
+
+    async def _publish_data(self, topic: str, payload: bytes, headers: dict[str, str] | None) -> None:
+        """A record's JetStream publish, resolved once the stream has it: while NATS is away
+        (restarting) it is tried again, with back-off, until it lands or the channel closes.
+        Failing instead would leave the input that caused it unacknowledged on a connection
+        that never drops (the input's MQTT session), and enough of those stop the task for
+        good. (A publish that timed out may have landed: the consumer drops the duplicate.)"""
+        backoff = Backoff(0.1, 2.0)
+        while True:
+            assert self._js is not None
+            try:
+                await self._js.publish(
+                    topic, payload, stream=self.names.data_stream, headers=headers, timeout=PUBLISH_TIMEOUT
+                )
+                self._outage.ok()
+                return
+            except Exception as e:
+                if self._closing or self._nc is None:
+                    raise
+                self._outage.failed(e)
+                await asyncio.sleep(backoff.next())  # the retry's pace; closing ends it
 
     def _done(self, fut: asyncio.Future[None]) -> None:
         self._pending.discard(fut)
