@@ -139,10 +139,16 @@ def test_unknown_paths_need_a_token_too(live: Live, tokens: dict[str, str]) -> N
 
 
 def test_healthz_without_a_token_shows_only_the_status(live: Live) -> None:
+    """The status, each dependency's state and the process's random boot id: no version,
+    address or name of anything."""
     with live.client() as anon:
         r = anon.get("/healthz")
     assert r.status_code == 200
-    assert r.json() == {"status": "ok"}
+    body = r.json()
+    assert set(body) == {"status", "dependencies", "boot_id"}
+    assert body["status"] == "ok"
+    assert body["dependencies"] == {"nats": "ok", "mqtt": "ok", "redis": "ok"}
+    assert re.fullmatch(r"[0-9a-f]{32}", body["boot_id"])
 
 
 def test_openapi_declares_the_bearer_scheme(live: Live) -> None:

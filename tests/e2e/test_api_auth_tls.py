@@ -17,6 +17,7 @@ import pytest
 from echo_cli.devstack import Brokers
 from echo_cli.devstack.platform import Platform
 from echo_shared import pki as pki_lib
+from echo_shared.credentials import client_tls
 from tests.conftest import FAST_LIVENESS, unique_namespace
 
 ECHOCTL = Path(sys.executable).parent / "echoctl"
@@ -50,7 +51,7 @@ def tls_master(brokers: Brokers, tmp_path_factory: pytest.TempPathFactory) -> It
     p = Platform(brokers, work / "platform", namespace=unique_namespace(), extra_env=env)
     try:
         p.start_service("master")
-        p.wait_api()
+        p.wait_api(verify=client_tls(pki.ca))
         yield p, pki
     finally:
         p.stop()
@@ -68,7 +69,7 @@ def test_the_api_is_served_over_https(tls_master: tuple[Platform, Pki]) -> None:
         deadline = time.monotonic() + 20
         while (r := c.get("/healthz")).status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert r.json() == {"status": "ok"}
+        assert r.json()["status"] == "ok"
         assert c.get("/api/v1/dataflows").status_code == 401
         assert c.get("/api/v1/dataflows", headers=headers).status_code == 200
     with httpx.Client(base_url=https(p), timeout=10) as c, pytest.raises(httpx.ConnectError):

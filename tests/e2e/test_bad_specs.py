@@ -196,3 +196,26 @@ def test_long_poll_waits_for_a_state(api: Api) -> None:
     r = api.http.get(f"/api/v1/dataflows/{df_id}", params={"wait": "sleeping"})
     assert r.status_code == 422 and r.json()["errors"][0]["loc"] == "query.wait"
     assert api.http.get("/api/v1/dataflows/df-nope", params={"wait": "running"}).status_code == 404
+
+
+def test_a_body_over_the_limit_gets_413_even_sent_whole(api: Api, brokers: Brokers) -> None:
+    """urllib sends the whole body before it reads the answer: it must get the 413, not a
+    connection reset."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from echo_shared.credentials import client_tls
+
+    body = b"x" * (2 << 20)  # the limit is 1 MiB
+    req = urllib.request.Request(
+        f"{api.base}/api/v1/dataflows",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", **dict(api.http.headers)},
+    )
+    ctx = client_tls(brokers.bundle.ca_file) if api.base.startswith("https") and brokers.bundle else None
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=30, context=ctx)
+    assert e.value.code == 413
+    assert "exceeds the limit" in json.loads(e.value.read())["detail"]

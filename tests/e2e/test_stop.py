@@ -26,6 +26,7 @@ def test_stop_removes_every_task_from_every_agent(platform_factory: PlatformFact
     df = api.wait_state(df_id, "stopped")
     assert df["desired"] == "stopped"
     assert all(t["state"] == "stopped" for t in df["tasks"])
+
     # every agent reports no task any more (heartbeats carry what each agent runs)
     def no_tasks() -> bool:
         counts = {i: (d["tasks"], d["status"], d["last_heartbeat"]) for i, d in api.devices().items()}

@@ -202,3 +202,30 @@ async def test_a_batch_published_before_its_consumer_listened_is_sent_again_when
     again = [p for t, p, _ in data.sent if t == topic][2:]
     assert again == batches  # both batches again, from seq 1
     await out.stop()
+
+
+async def test_a_stalled_edge_is_named_until_it_moves_again() -> None:
+    """Nothing confirmed for STALL_AFTER while messages wait: ``Outputs.stalled`` names the
+    edge (the task reports it as its reason); a progress report clears it."""
+    from echo_agent.channels import STALL_AFTER
+
+    names = Names("t")
+    data = FakeTransport()
+    topic = names.data_topic("df", "p", "c")
+    out = Outputs(data, "p", 1, [Binding(peer="c", topic=topic)], names)
+    out.emit({"x": 1})
+    out.emit({"x": 2})
+    now = asyncio.get_running_loop().time()
+    out.check_channels(now)
+    assert out.stalled == {}
+    out.check_channels(now + STALL_AFTER - 1)
+    assert out.stalled == {}
+    out.check_channels(now + STALL_AFTER + 1)
+    (why,) = out.stalled.values()
+    seconds = f"{STALL_AFTER + 1:.0f}"
+    assert why == f"edge p -> c stalled: nothing confirmed for {seconds} s, 2 message(s) waiting (resending)"
+    out.on_control(report_msg(names.progress_topic(topic), hwm=1, generation=1))
+    assert out.stalled == {}
+    out.on_control(report_msg(names.progress_topic(topic), hwm=2, generation=1))
+    out.check_channels(now + 10 * STALL_AFTER)  # nothing waits: nothing is stalled
+    assert out.stalled == {}

@@ -245,20 +245,24 @@ class Platform:
             self.start_agent(spec)
         self.wait_devices({s.device_id for s in fleet}, timeout=timeout)
 
-    def wait_api(self, timeout: float = 60.0) -> None:
+    def wait_api(self, timeout: float = 60.0, verify: ssl.SSLContext | bool | None = None) -> None:
         """Until this stack's master answers ``/healthz`` (its boot id); another process on
-        the port is an error at once, not a stack that seems up."""
+        the port is an error at once, not a stack that seems up. ``verify``: what to check the
+        API's certificate with, when it is not of the brokers' CA."""
         deadline = time.monotonic() + timeout
         master = self.services["master"]
         wait_for_port(self.host, self.api_port, timeout=timeout, proc=master)
+        last = "no answer"
         while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError, ValueError):
-                r = httpx.get(f"{self.api_url}/healthz", timeout=2, verify=self.api_verify)
-                boot = (
-                    r.json().get("boot_id")
-                    if r.headers.get("content-type", "").startswith("application/json")
-                    else None
+            try:
+                r = httpx.get(
+                    f"{self.api_url}/healthz", timeout=2, verify=self.api_verify if verify is None else verify
                 )
+                json_body = r.headers.get("content-type", "").startswith("application/json")
+                boot = r.json().get("boot_id") if json_body else None
+            except (httpx.HTTPError, ValueError, AttributeError) as e:
+                last = f"{type(e).__name__}: {e}"
+            else:
                 if boot == self.boot_id:
                     return
                 if boot is not None or r.status_code == 404:
@@ -269,7 +273,9 @@ class Platform:
             if not master.alive():
                 raise RuntimeError(f"master exited with {master.returncode}: {master.log_tail()}")
             time.sleep(0.05)
-        raise TimeoutError(f"this stack's master did not answer {self.api_url}/healthz within {timeout}s")
+        raise TimeoutError(
+            f"this stack's master did not answer {self.api_url}/healthz within {timeout}s ({last})"
+        )
 
     def wait_devices(self, ids: set[str], status: str = "online", timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

@@ -32,6 +32,7 @@ from echo_shared.outage import Outage, dependency_of
 from . import submitting
 from .audit import audit_router, audit_target
 from .auth import AccessRules, AuthLayer, declare_bearer
+from .body_limit import BodyLimit
 from .console.live import live_router
 from .console.pages import console_api_router, console_router
 from .console.sessions import ConsoleSessions
@@ -161,6 +162,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
     )
     app.add_middleware(AuthLayer, tokens=ctx.tokens, audit=ctx.audit, rules=rules, sessions=sessions)
     app.add_middleware(NoStackTraces)  # whatever fails below, no stack trace
+    app.add_middleware(BodyLimit, max_bytes=ctx.settings.max_body_bytes)  # before any token check
     if ctx.metrics is not None:  # outermost: every answer counted, refusals and 500s too
         app.add_middleware(ApiMetrics, metrics=ctx.metrics, routes=app.router.routes)
 

@@ -277,7 +277,7 @@ class Reconciler:
             still = [df.tasks[t] for t in level if df.tasks[t].state not in SETTLED]
             if still:
                 problems = [str(e) for e in results if isinstance(e, BaseException)]
-                reason = "; ".join(problems) or f"waiting for {', '.join(r.id for r in still)}"
+                reason = summed(problems) or f"waiting for {summed([r.id for r in still], sep=', ')}"
                 await self.set_state(df, DataflowState.deploying, reason)
                 return
         failed = [r for r in df.tasks.values() if r.state is TaskState.failed]
@@ -290,7 +290,13 @@ class Reconciler:
         elif all(r.state is TaskState.finished for r in df.tasks.values()):
             await self.set_state(df, DataflowState.completed)
         else:
-            await self.set_state(df, DataflowState.running)
+            # a running task may say why it is not well (an output edge that stopped moving)
+            unwell = [
+                f"task {r.id}: {r.reason}"
+                for r in df.tasks.values()
+                if r.state is TaskState.running and r.reason
+            ]
+            await self.set_state(df, DataflowState.running, summed(unwell))
 
     async def _command(self, df: Dataflow, rec: TaskRecord) -> DeployTask:
         assert df.placement is not None
@@ -472,6 +478,13 @@ class Reconciler:
 
 
 __all__ = ["BusError", "Reconciler"]
+
+
+def summed(items: list[str], *, sep: str = "; ", first: int = 3) -> str:
+    """The first few of many (a reason naming 200 tasks helps nobody)."""
+    if len(items) <= first:
+        return sep.join(items)
+    return sep.join(items[:first]) + f" (and {len(items) - first} more)"
 
 
 def observed_rates(df: Dataflow) -> dict[str, float]:

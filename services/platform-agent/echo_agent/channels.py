@@ -20,6 +20,10 @@
   asks for everything from the gap on (``ResendRequest``, go-back-N); a producer whose
   consumer reported nothing for ``RETRANSMIT_AFTER`` seconds while messages are unconfirmed
   sends them again (a lost tail, a lost end of stream). Duplicates are dropped by seq.
+- A stalled edge is never silent: when a channel's consumer has confirmed nothing for
+  ``STALL_AFTER`` seconds while messages wait (resends included), ``Outputs.stalled`` names
+  the edge, and the task's reports carry it as their reason (the master shows it on the
+  task and the dataflow) until the edge moves again.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from .retransmit import RETRANSMIT_AFTER, Unconfirmed
 from .transports import Transport
 
 DEFAULT_WINDOW = 10_000
+STALL_AFTER = 3 * RETRANSMIT_AFTER  # seconds without progress while messages wait: a stalled edge
 log = logging.getLogger(__name__)
 
 
@@ -185,6 +190,8 @@ class Outputs:
         # reports are ignored, a newer copy's first report may go back (it restored a checkpoint)
         self.consumer_generation: dict[str, int] = {}
         self._resend_from: dict[str, int] = {}  # channel topic -> first seq of the resend under way
+        self._moved_at: dict[str, float] = {}  # channel topic -> when its consumer last confirmed more
+        self.stalled: dict[str, str] = {}  # channel topic -> why it is stalled (while it is)
         self._sender_of = {
             names.progress_topic(b.topic): c for b, c in zip(bindings, self.channels, strict=True)
         }
@@ -364,16 +371,32 @@ class Outputs:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(RETRANSMIT_AFTER / 2)
-            now = loop.time()
-            for ch in self.channels:
-                if not ch.unconfirmed and not (isinstance(ch, FileSender) and ch.records):
-                    continue
-                last = self.heard.get(ch.topic)
-                if last is None:
-                    self.heard[ch.topic] = now
-                elif now - last >= RETRANSMIT_AFTER:
-                    self.heard[ch.topic] = now
-                    self.resend(ch, self.acked_of(ch) + 1, f"no report for {RETRANSMIT_AFTER:g}s")
+            self.check_channels(loop.time())
+
+    def check_channels(self, now: float) -> None:
+        """One round of the watchdog (``now``: the event loop's clock): name the edges that
+        stopped moving, send again what a silent consumer did not confirm."""
+        for ch in self.channels:
+            if not ch.unconfirmed and not (isinstance(ch, FileSender) and ch.records):
+                self._moved_at.pop(ch.topic, None)
+                self.stalled.pop(ch.topic, None)
+                continue
+            still = now - self._moved_at.setdefault(ch.topic, now)
+            if still >= STALL_AFTER:
+                waiting = len(ch.unconfirmed.msgs) if not isinstance(ch, FileSender) else len(ch.records)
+                why = (
+                    f"edge {self.producer} -> {self.peers.get(ch.topic, ch.topic)} stalled: nothing "
+                    f"confirmed for {still:.0f} s, {waiting} message(s) waiting (resending)"
+                )
+                if ch.topic not in self.stalled:
+                    log.warning("%s", why)
+                self.stalled[ch.topic] = why
+            last = self.heard.get(ch.topic)
+            if last is None:
+                self.heard[ch.topic] = now
+            elif now - last >= RETRANSMIT_AFTER:
+                self.heard[ch.topic] = now
+                self.resend(ch, self.acked_of(ch) + 1, f"no report for {RETRANSMIT_AFTER:g}s")
 
     def acked_of(self, ch: StreamOut | BatchOut | FileSender) -> int:
         for topic, c in self._sender_of.items():
@@ -426,6 +449,9 @@ class Outputs:
         ch.unconfirmed.confirm(report.hwm, report.eos)
         self.eos_seen[ch.topic] = report.eos
         if report.hwm > self.acked[msg.topic] or newer:
+            self._moved_at[ch.topic] = asyncio.get_running_loop().time()
+            if self.stalled.pop(ch.topic, None) is not None:
+                log.warning("edge %s -> %s moves again", self.producer, self.peers.get(ch.topic, ch.topic))
             # a newer copy of the consumer (moved, or restored from a checkpoint) may stand
             # before what its predecessor confirmed: what it lacks was kept for it
             self.acked[msg.topic] = report.hwm

@@ -14,6 +14,11 @@ The scheduler gives an edge a NATS channel when both devices reach NATS. Then:
   ordered consumer behind a watch does not always survive the server's restart (its
   reset can fail while the server is away, and then the watch is silent for good), and a
   producer that never hears its consumer's progress stops at its credit window.
+- a connection the server closes for good (nats-py gives up after an ``Authorization
+  Violation``, which a device's login through the auth callout can meet while everything
+  reconnects at once after a restart) is opened again, and every subscription with it;
+  acknowledgements go over whichever connection is current (an ack is a plain publish to
+  the message's reply subject), so nothing fetched before is left pending.
 
 ``NatsChannels`` offers what ``channels``/``consuming``/``files`` use of ``MqttClient``
 (``publish``, ``subscribe``, ``ack``, ``wait_for_window``, ``window_full``, ``close``),
@@ -89,6 +94,8 @@ class NatsChannels:
         self._pulls: list[asyncio.Task[None]] = []
         self.taken_over = asyncio.Event()  # never set: JetStream has no session takeover
         self._closing = False
+        self._reopening: asyncio.Task[None] | None = None
+        self._topics: list[str] = []  # everything subscribed (a new connection subscribes again)
         self._outage = Outage(f"nats data publishes of {client_name}", log)
         self.epoch = 1
 
@@ -102,6 +109,7 @@ class NatsChannels:
                 connect_timeout=timeout,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
+                closed_cb=self._closed,
                 **connection_callbacks(self.client_name, on_reconnect=self._reconnected),
                 **self._options,
             )
@@ -109,6 +117,35 @@ class NatsChannels:
             raise NatsUnavailable(f"NATS at {self.url} unreachable: {e}") from e
         self._js = self._nc.jetstream()
         self._kv = await self._lookup()
+
+    async def _closed(self) -> None:
+        """The connection ended for good: unless we close, open a new one."""
+        if self._closing or (self._reopening is not None and not self._reopening.done()):
+            return
+        log.warning(
+            "nats %s: the connection was closed (%s); opening a new one", self.client_name, self._last_err()
+        )
+        self._reopening = asyncio.create_task(self._reopen(), name=f"reopen-{self.client_name}")
+
+    def _last_err(self) -> str:
+        err = getattr(self._nc, "last_error", None) if self._nc is not None else None
+        return f"{type(err).__name__}: {err}" if err is not None else "no error given"
+
+    async def _reopen(self) -> None:
+        backoff = Backoff(0.2, 5.0)
+        while not self._closing:
+            try:
+                await self.start(timeout=5.0)
+                for t in self._tasks:  # the old connection's pulls and watches
+                    t.cancel()
+                self._tasks, self._pulls, self._subs, self._watchers = [], [], [], {}
+                self._durables = []
+                await self.subscribe(list(self._topics), remember=False)
+                log.warning("nats %s: a new connection took over every subscription", self.client_name)
+                return
+            except Exception as e:
+                log.debug("nats %s: cannot open a new connection: %s", self.client_name, e)
+                await asyncio.sleep(backoff.next())  # the retry's pace; closing ends it
 
     async def _lookup(self) -> KeyValue:
         """The data stream and progress bucket, which the master prepares: a device may only
@@ -128,6 +165,8 @@ class NatsChannels:
 
     async def close(self, *, discard_session: bool = False, timeout: float = 2.0) -> None:
         self._closing = True
+        if self._reopening is not None and not self._reopening.done():
+            self._reopening.cancel()
         # let pulls finish the fetch they are in (FETCH_WAIT at most, less under load):
         # messages of a fetch cancelled mid-flight are delivered to nobody and stay pending
         # for ACK_WAIT, and enough of them (a few moves) stop the durable at max_ack_pending
@@ -263,10 +302,14 @@ class NatsChannels:
 
     # ------------------------------------------------------------------ subscribing
 
-    async def subscribe(self, topics: list[str] | str, qos: int = 1, timeout: float = 10.0) -> None:
+    async def subscribe(
+        self, topics: list[str] | str, qos: int = 1, timeout: float = 10.0, *, remember: bool = True
+    ) -> None:
         if isinstance(topics, str):
             topics = [topics]
         assert self._nc is not None and self._js is not None and self._kv is not None
+        if remember:
+            self._topics.extend(t for t in topics if t not in self._topics)
         for topic in topics:
             if topic.endswith(".progress"):
                 await self._start_watch(topic)
@@ -362,8 +405,9 @@ class NatsChannels:
 
     def ack(self, msg: MqttMessage) -> None:
         js_msg = self._inflight.pop(msg.mid, None)
-        if js_msg is not None and self._nc is not None:
-            t = asyncio.ensure_future(js_msg.ack())
+        if js_msg is not None and self._nc is not None and js_msg.reply:
+            # over the current connection: the message may have come on one closed since
+            t = asyncio.ensure_future(self._nc.publish(js_msg.reply, b"+ACK"))
             t.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 

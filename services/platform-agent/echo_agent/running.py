@@ -125,7 +125,7 @@ class TaskRunner:
             task=self.cmd.task,
             generation=self.generation,
             state=self.state,
-            reason=self.reason,
+            reason=self.reason or self._stalled(),
             records_in=self.records_in,
             records_out=self.records_out,
             out_seq=self.outputs.seq if self.outputs is not None else 0,
@@ -133,6 +133,12 @@ class TaskRunner:
             channels=self.outputs.channel_counts() if self.outputs is not None else {},
             ts=time.time(),
         )
+
+    def _stalled(self) -> str:
+        """While running: the output edges that stopped moving (else nothing)."""
+        if self.state is not TaskState.running or self.outputs is None or not self.outputs.stalled:
+            return ""
+        return "; ".join(sorted(self.outputs.stalled.values()))
 
     # ------------------------------------------------------------------ lifecycle
 
