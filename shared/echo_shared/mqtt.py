@@ -563,6 +563,8 @@ class MqttClient:
         if first_delay:
             await asyncio.sleep(first_delay)
         while not self._closing and not self.connected:
+            if self._yield_session and self.taken_over.is_set():
+                return  # given up: dialling again would kick the session's holder once more
             self._drop_socket()
             try:
                 await self._dial()

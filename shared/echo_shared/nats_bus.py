@@ -55,18 +55,22 @@ R = TypeVar("R", bound=Message)
 
 
 def connection_callbacks(
-    name: str, on_reconnect: Callable[[], Awaitable[None]] | None = None
+    name: str,
+    on_reconnect: Callable[[], Awaitable[None]] | None = None,
+    closing: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """``nats.connect`` callbacks that log a connection's outage once when it begins and once
     when it ends (with its length), instead of nats-py's traceback per reconnect attempt;
-    ``on_reconnect`` runs after each reconnect."""
+    ``on_reconnect`` runs after each reconnect; ``closing()`` true: a disconnect we asked for."""
     outage = Outage(f"NATS connection {name}", log)
 
     async def error_cb(e: Exception) -> None:
-        outage.failed(e)
+        if closing is None or not closing():
+            outage.failed(e)
 
     async def disconnected_cb() -> None:
-        outage.failed("disconnected")
+        if closing is None or not closing():
+            outage.failed("disconnected")
 
     async def reconnected_cb() -> None:
         outage.ok()
@@ -154,7 +158,7 @@ class NatsBus:
                     reconnect_time_wait=0.5,
                     connect_timeout=2,
                     allow_reconnect=True,
-                    **connection_callbacks(self.name),
+                    **connection_callbacks(self.name, closing=lambda: self._nc is None),
                     **self._options,
                 )
                 return

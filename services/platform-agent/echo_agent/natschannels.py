@@ -110,7 +110,9 @@ class NatsChannels:
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
                 closed_cb=self._closed,
-                **connection_callbacks(self.client_name, on_reconnect=self._reconnected),
+                **connection_callbacks(
+                    self.client_name, on_reconnect=self._reconnected, closing=lambda: self._closing
+                ),
                 **self._options,
             )
         except Exception as e:
