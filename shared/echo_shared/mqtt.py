@@ -35,9 +35,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlparse
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -46,52 +44,22 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from .credentials import Login, client_tls
-from .errors import BrokerUnavailable, EchoError
+from .mqtt_types import (
+    REFUSED_LOGIN,
+    MessageHandler,
+    MqttMessage,
+    MqttRefused,
+    MqttUnavailable,
+    SessionTakenOver,
+    Will,
+    parse_url,
+)
 
 log = logging.getLogger(__name__)
 
 SESSION_TAKEN_OVER = 142  # MQTT 5 reason code 0x8E
 TAKEOVER_DROPS = 3  # consecutive drops within QUICK_DROP seconds of connecting
 QUICK_DROP = 3.0
-
-
-class MqttUnavailable(BrokerUnavailable):
-    pass
-
-
-class SessionTakenOver(EchoError):
-    """Another client connected with our client id; this one must stop."""
-
-
-class MqttRefused(MqttUnavailable):
-    """The broker refused our credentials (bad login, revoked, not authorised)."""
-
-
-REFUSED_LOGIN = {134, 135, 138}  # MQTT 5: bad user name or password, not authorized, banned
-
-
-@dataclass(frozen=True)
-class Will:
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = False
-
-
-@dataclass
-class MqttMessage:
-    topic: str
-    payload: bytes
-    qos: int
-    mid: int
-    retain: bool
-    dup: bool
-    epoch: int
-    user_properties: dict[str, str] = field(default_factory=dict)
-    source: Any = None  # the client that delivered it (acks go back through it); None: this one
-
-
-MessageHandler = Callable[[MqttMessage], None]
 
 
 class _Client(paho.Client):
@@ -108,14 +76,6 @@ class _Client(paho.Client):
 
 def _properties(packet_type: int) -> Properties:
     return Properties(packet_type)  # type: ignore[no-untyped-call]
-
-
-def parse_url(url: str) -> tuple[str, int, bool]:
-    u = urlparse(url)
-    if u.scheme not in {"mqtt", "mqtts", "tcp"} or not u.hostname:
-        raise ValueError(f"not an MQTT URL: {url!r} (expected mqtt://host:port)")
-    tls = u.scheme == "mqtts"
-    return u.hostname, u.port or (8883 if tls else 1883), tls
 
 
 class MqttClient:
@@ -628,3 +588,16 @@ class MqttClient:
         fut = self._pending_sub.pop(mid, None)
         if fut is not None and not fut.done():
             fut.set_result(list(codes))
+
+
+__all__ = [
+    "REFUSED_LOGIN",
+    "MessageHandler",
+    "MqttClient",
+    "MqttMessage",
+    "MqttRefused",
+    "MqttUnavailable",
+    "SessionTakenOver",
+    "Will",
+    "parse_url",
+]

@@ -13,6 +13,11 @@ import logging
 import time
 from collections.abc import Callable
 
+from nats import errors as nats_errors
+from redis import exceptions as redis_errors
+
+from .errors import BusError, DependencyUnavailable
+
 
 class Outage:
     def __init__(
@@ -75,11 +80,6 @@ class Backoff:
 def dependency_of(e: BaseException) -> str | None:
     """The dependency an exception says is out of reach (``redis``, ``nats``; ``bus``: another
     service did not answer), or None for any other error (a bug, bad input...)."""
-    from nats import errors as nats_errors
-    from redis import exceptions as redis_errors
-
-    from .errors import BusError, DependencyUnavailable
-
     if isinstance(e, DependencyUnavailable):
         return e.dependency
     if isinstance(

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.chaos.conftest import FLEET, Stack
-from tests.e2e.test_migration import check_exactly_once, read_jsonl
+from tests.e2e.test_migration import check_exactly_once, counting, read_jsonl
 from tests.harness.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -22,31 +22,11 @@ RATE = 500.0
 
 
 def flow(out: Path, count: int) -> dict[str, Any]:
-    """edge -> fog (a stateful count) -> cloud, 500 records/s."""
-    return {
-        "name": "chaos",
-        "tasks": [
-            {
-                "id": "gen",
-                "operator": "io.generate",
-                "config": {"count": count, "rate": RATE, "fields": {"city": "nyc"}},
-                "placement": {"device": "edge-1"},
-            },
-            {
-                "id": "count",
-                "operator": "stats.count_by_key",
-                "config": {"key": "city"},
-                "placement": {"tier": "fog"},
-            },
-            {
-                "id": "sink",
-                "operator": "io.file_sink",
-                "config": {"path": str(out)},
-                "placement": {"device": "cloud-1"},
-            },
-        ],
-        "edges": [{"from": "gen", "to": "count"}, {"from": "count", "to": "sink"}],
-    }
+    """The migration tests' counting dataflow, its source on the edge: edge -> fog (a
+    stateful count) -> cloud, 500 records/s."""
+    spec = counting(out, count, RATE)
+    spec["tasks"][0]["placement"] = {"device": "edge-1"}
+    return spec
 
 
 def outage(seconds: float, during: Callable[[], None] | None = None) -> None:

@@ -32,12 +32,12 @@ from echo_shared.outage import Outage, dependency_of
 from . import submitting
 from .audit import audit_router, audit_target
 from .auth import AccessRules, AuthLayer, declare_bearer
-from .body_limit import BodyLimit
+from .body_limit import BodyLimit, read_body
 from .console.live import live_router
 from .console.pages import console_api_router, console_router
 from .console.sessions import ConsoleSessions
 from .context import ApiContext
-from .errors import BodyTooLarge, http_headers, http_status
+from .errors import http_headers, http_status
 from .events_api import events_router
 from .hypercat import hypercat_router
 from .legacy.routes import legacy_router
@@ -177,12 +177,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         summary="Submit a dataflow (JSON, or YAML with Content-Type: application/yaml)",
     )
     async def submit(request: Request) -> DataflowCreated:
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > ctx.settings.max_body_bytes:
-            raise BodyTooLarge(f"body of {length} bytes exceeds {ctx.settings.max_body_bytes}")
-        body = await request.body()
-        if len(body) > ctx.settings.max_body_bytes:
-            raise BodyTooLarge(f"body of {len(body)} bytes exceeds {ctx.settings.max_body_bytes}")
+        body = await read_body(request, ctx.settings.max_body_bytes)
         try:
             df_id = await submitting.submit(ctx, read_spec(body, request.headers.get("content-type")))
         except SpecError as e:

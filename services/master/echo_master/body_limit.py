@@ -11,8 +11,10 @@ length (chunked) are left to the routes, which count what they read.
 
 from __future__ import annotations
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .errors import BodyTooLarge
 from .views import error_response
 
 DRAIN_MAX = 64 << 20
@@ -45,3 +47,16 @@ async def drain(receive: Receive) -> None:
         message: Message = await receive()
         if message["type"] != "http.request" or not message.get("more_body", False):
             return
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """A route's body, read up to ``max_bytes`` (``BodyTooLarge`` past it): the middleware
+    refused a declared length over the limit already; this bounds a body sent without one."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise BodyTooLarge(f"body of more than {max_bytes} bytes exceeds the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

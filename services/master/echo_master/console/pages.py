@@ -28,8 +28,9 @@ from pydantic import BaseModel, Field
 from echo_shared.errors import NotFoundError, SpecError
 from echo_shared.messages import DeviceGetReply, DeviceGetRequest
 
+from ..body_limit import read_body
 from ..context import ApiContext
-from ..errors import BodyTooLarge, LoginRefused
+from ..errors import LoginRefused
 from ..specs import locate, read_spec
 from ..submitting import validate
 from ..tokens import Principal
@@ -283,9 +284,7 @@ def console_api_router(ctx: ApiContext, sessions: ConsoleSessions) -> APIRouter:
         summary="Check a dataflow spec without submitting it: every problem, with its line",
     )
     async def check_spec(request: Request) -> SpecCheck:
-        body = await request.body()
-        if len(body) > ctx.settings.max_body_bytes:
-            raise BodyTooLarge(f"body of {len(body)} bytes exceeds {ctx.settings.max_body_bytes}")
+        body = await read_body(request, ctx.settings.max_body_bytes)
         try:
             await validate(ctx, read_spec(body, request.headers.get("content-type")))
         except SpecError as e:

@@ -31,8 +31,8 @@ from echo_shared.errors import Problem, SpecError
 
 from .. import submitting
 from ..audit import audit_target
+from ..body_limit import read_body
 from ..context import ApiContext
-from ..errors import BodyTooLarge
 from ..migrations_api import start_rebalance, wait_migrations
 from ..views import ERRORS, DataflowView, dataflow_view
 from .mapping import Mapped, map_dag
@@ -130,12 +130,7 @@ def legacy_router(ctx: ApiContext) -> APIRouter:
             default=None, description="name of the dataflow (default: dag-<first processor>)"
         ),
     ) -> DagCreated:
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > ctx.settings.max_body_bytes:
-            raise BodyTooLarge(f"body of {length} bytes exceeds {ctx.settings.max_body_bytes}")
-        body = await request.body()
-        if len(body) > ctx.settings.max_body_bytes:
-            raise BodyTooLarge(f"body of {len(body)} bytes exceeds {ctx.settings.max_body_bytes}")
+        body = await read_body(request, ctx.settings.max_body_bytes)
         dag, notes = read_dag(body)
         mapped = map_dag(dag, name, notes)
         extra = {LEGACY_FIELD: orjson.dumps(mapped.legacy_record()).decode()}

@@ -1,0 +1,58 @@
+"""What ECHO's MQTT adapter (``mqtt``) hands out and takes, without paho: messages, wills,
+errors, URLs. Kept apart so code that only reads these needs no MQTT client."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+from .errors import BrokerUnavailable, EchoError
+
+
+class MqttUnavailable(BrokerUnavailable):
+    pass
+
+
+class SessionTakenOver(EchoError):
+    """Another client connected with our client id; this one must stop."""
+
+
+class MqttRefused(MqttUnavailable):
+    """The broker refused our credentials (bad login, revoked, not authorised)."""
+
+
+REFUSED_LOGIN = {134, 135, 138}  # MQTT 5: bad user name or password, not authorized, banned
+
+
+@dataclass(frozen=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+
+
+@dataclass
+class MqttMessage:
+    topic: str
+    payload: bytes
+    qos: int
+    mid: int
+    retain: bool
+    dup: bool
+    epoch: int
+    user_properties: dict[str, str] = field(default_factory=dict)
+    source: Any = None  # the client that delivered it (acks go back through it); None: this one
+
+
+MessageHandler = Callable[[MqttMessage], None]
+
+
+def parse_url(url: str) -> tuple[str, int, bool]:
+    u = urlparse(url)
+    if u.scheme not in {"mqtt", "mqtts", "tcp"} or not u.hostname:
+        raise ValueError(f"not an MQTT URL: {url!r} (expected mqtt://host:port)")
+    tls = u.scheme == "mqtts"
+    return u.hostname, u.port or (8883 if tls else 1883), tls
