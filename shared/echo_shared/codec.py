@@ -48,6 +48,20 @@ def encode_eos(producer: str, generation: int, last_seq: int) -> bytes:
     )
 
 
+def restamp(data: bytes, generation: int) -> bytes:
+    """A data message sent again by a newer copy of its producer, as that copy's own: a
+    consumer that heard the newer generation drops older ones as stale, and would never get
+    the records a drained copy left unconfirmed."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise BadDataMessage(f"not a data message: {e}") from e
+    if not isinstance(obj, dict) or "generation" not in obj:
+        raise BadDataMessage("not a data message: no generation")
+    obj["generation"] = generation
+    return orjson.dumps(obj)
+
+
 def decode(data: bytes) -> Decoded:
     try:
         obj = orjson.loads(data)

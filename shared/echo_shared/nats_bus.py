@@ -58,6 +58,7 @@ def connection_callbacks(
     name: str,
     on_reconnect: Callable[[], Awaitable[None]] | None = None,
     closing: Callable[[], bool] | None = None,
+    on_disconnect: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """``nats.connect`` callbacks that log a connection's outage once when it begins and once
     when it ends (with its length), instead of nats-py's traceback per reconnect attempt;
@@ -69,6 +70,8 @@ def connection_callbacks(
             outage.failed(e)
 
     async def disconnected_cb() -> None:
+        if on_disconnect is not None:
+            on_disconnect()
         if closing is None or not closing():
             outage.failed("disconnected")
 
@@ -124,6 +127,13 @@ class NatsBus:
         self._js: JetStreamContext | None = None
         self._subs: list[Subscription] = []
         self._tracer = trace.get_tracer("echo.nats")
+        # set when the connection drops: requests in flight then fail at once (their answer,
+        # if any, went to the lost connection) instead of waiting out their timeout
+        self._dropped = asyncio.Event()
+
+    def _on_disconnect(self) -> None:
+        self._dropped.set()
+        self._dropped = asyncio.Event()
 
     async def __aenter__(self) -> NatsBus:
         await self.start()
@@ -158,7 +168,9 @@ class NatsBus:
                     reconnect_time_wait=0.5,
                     connect_timeout=2,
                     allow_reconnect=True,
-                    **connection_callbacks(self.name, closing=lambda: self._nc is None),
+                    **connection_callbacks(
+                        self.name, closing=lambda: self._nc is None, on_disconnect=self._on_disconnect
+                    ),
                     **self._options,
                 )
                 return
@@ -180,12 +192,28 @@ class NatsBus:
 
     # ---------------------------------------------------------------- request / reply
 
+    async def _request(self, subject: str, data: bytes, timeout: float) -> Msg:
+        """``nc.request``, failing at once with ``RequestTimeout`` if the connection drops
+        while it waits (a reply sent meanwhile is lost: asking again is the caller's call)."""
+        dropped = self._dropped
+        asked = asyncio.ensure_future(self.nc.request(subject, data, timeout=timeout, headers=inject()))
+        gone = asyncio.ensure_future(dropped.wait())
+        try:
+            await asyncio.wait({asked, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not asked.done():
+                asked.cancel()
+        if not asked.done() or asked.cancelled():
+            raise RequestTimeout(f"the connection to NATS dropped while waiting for an answer on {subject}")
+        return asked.result()
+
     async def request(self, subject: str, msg: Message, reply_type: type[R], *, timeout: float = 5.0) -> R:
         with self._tracer.start_as_current_span(f"{subject} request", kind=SpanKind.CLIENT) as span:
             span.set_attribute("messaging.system", "nats")
             span.set_attribute("messaging.destination.name", subject)
             try:
-                resp = await self.nc.request(subject, msg.to_bytes(), timeout=timeout, headers=inject())
+                resp = await self._request(subject, msg.to_bytes(), timeout)
             except NoRespondersError as e:
                 raise RequestTimeout(f"no service answers on {subject}") from e
             except NatsTimeout as e:

@@ -25,7 +25,7 @@ import logging
 import time
 from typing import Any
 
-from echo_shared.errors import ConflictError, EchoError, NotFoundError
+from echo_shared.errors import ConflictError, EchoError, NotFoundError, RetryableError
 from echo_shared.messages import (
     MoveTaskReply,
     MoveTaskRequest,
@@ -47,6 +47,7 @@ from .store import ACTIVE_STATES, Dataflow, DataflowStore
 log = logging.getLogger(__name__)
 
 MOVABLE = {TaskState.running, TaskState.deploying, TaskState.pending}
+DRAINABLE = {TaskState.running, TaskState.deploying, TaskState.failed}
 
 
 class TaskMover:
@@ -57,10 +58,28 @@ class TaskMover:
         self.reconciler = reconciler
         self.snapshots = snapshots
         self._background: set[asyncio.Task[None]] = set()
+        # moves under way, by task: a migrator that asks again (its answer was lost with a
+        # connection) joins the one in flight instead of draining the task a second time
+        self._moving: dict[tuple[str, str], tuple[MoveTaskRequest, asyncio.Future[MoveTaskReply]]] = {}
 
     # ------------------------------------------------------------------ NATS handlers
 
     async def move(self, req: MoveTaskRequest) -> MoveTaskReply:
+        key = (req.dataflow, req.task)
+        running = self._moving.get(key)
+        if running is not None:
+            first, fut = running
+            if first.migration == req.migration and first.mode == req.mode and first.target == req.target:
+                return await asyncio.shield(fut)  # the same step asked again: its one answer
+            return MoveTaskReply(
+                ok=False, status=409, reason=f"task {req.task} is moving already ({first.migration})"
+            )
+        fut = asyncio.ensure_future(self._answer(req))
+        self._moving[key] = (req, fut)
+        fut.add_done_callback(lambda _: self._moving.pop(key, None))
+        return await asyncio.shield(fut)  # a dropped request does not cancel a move half done
+
+    async def _answer(self, req: MoveTaskRequest) -> MoveTaskReply:
         try:
             return await self._move(req)
         except NotFoundError as e:
@@ -167,8 +186,9 @@ class TaskMover:
         return await self._relocate(df, rec, req, rec.restore, "rollback", "the same snapshot")
 
     async def _drain(self, df: Dataflow, rec: TaskRecord, req: MoveTaskRequest) -> MoveTaskReply:
-        if rec.state is not TaskState.running or rec.device is None:
-            raise ConflictError(f"task {rec.id} is {rec.state.value}: only a running task can drain")
+        if rec.device is None or rec.state not in DRAINABLE:
+            # between two copies (a master restarted mid-move redeploys it): ask again shortly
+            raise RetryableError(f"task {rec.id} is {rec.state.value}: it can drain once it runs")
         t0 = time.monotonic()
         ack = await self.reconciler.link.send(
             rec.device,
@@ -176,8 +196,13 @@ class TaskMover:
             self.reconciler.settings.command_timeout + DRAIN_SECONDS,
         )
         drain_ms = (time.monotonic() - t0) * 1000
-        if not ack.ok or ack.snapshot is None:
+        if not ack.ok:
             raise ConflictError(f"task {rec.id} on {rec.device} could not drain: {ack.reason or ack.state}")
+        if ack.snapshot is None:
+            # the copy had stopped already: a drain that a master killed mid-move sent, whose
+            # snapshot died with it. The copy is stopped for good (its device keeps the
+            # generation's tombstone): move it as a failover does, from its checkpoint
+            return await self._failover(df, rec, req)
         snapshot = ack.snapshot.model_dump(mode="json")
         if self.snapshots is not None:
             name = object_name(df.id, rec.id, rec.generation, "drain", ack.snapshot.taken_at)

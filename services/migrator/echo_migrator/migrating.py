@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from echo_shared.errors import BusError, EchoError
@@ -36,6 +38,7 @@ from echo_shared.messages import (
 from echo_shared.models import DeviceRecord, DeviceStatus, TaskState
 from echo_shared.names import Names
 from echo_shared.nats_bus import NatsBus
+from echo_shared.outage import Backoff, Outage, dependency_of
 from echo_shared.telemetry import current_trace_id, tracer
 
 from .metrics import MigratorMetrics, downtime
@@ -50,6 +53,12 @@ FAILING_OVER = {TaskState.running, TaskState.deploying, TaskState.pending, TaskS
 
 class StepFailed(EchoError):
     """A step of a migration could not be done (the saga records why)."""
+
+
+class StepUnanswered(StepFailed):
+    """A step could not be done for now: a service did not answer (it may be restarting, or
+    its connection dropped with the answer) or its own dependency is down. Every step is
+    idempotent: the saga asks again, with back-off, for ``saga_retry_for`` seconds."""
 
 
 class Migrations:
@@ -75,7 +84,7 @@ class Migrations:
                 timeout=self.settings.request_timeout,
             )
         except BusError as e:
-            raise StepFailed(f"the master did not answer: {e}") from e
+            raise StepUnanswered(f"the master did not answer: {e}") from e
 
     async def devices(self) -> dict[str, DeviceRecord]:
         try:
@@ -86,7 +95,7 @@ class Migrations:
                 timeout=self.settings.request_timeout,
             )
         except BusError as e:
-            raise StepFailed(f"the registry did not answer: {e}") from e
+            raise StepUnanswered(f"the registry did not answer: {e}") from e
         return {d.id: d for d in reply.devices}
 
     def busy(self, dataflow: str, task: str) -> str | None:
@@ -178,18 +187,60 @@ class Migrations:
                 span.set_attribute("echo.migration", m.id)
                 if m.trace_id is None:
                     m.trace_id = current_trace_id()
-                try:
-                    await self._run(m)
-                except StepFailed as e:
-                    await self._fail(m, str(e))
-                except asyncio.CancelledError:
-                    raise  # a clean stop: the saga stays active and resumes at the next start
-                except Exception as e:
-                    log.exception("migration %s crashed", m.id)
-                    await self._fail(m, f"{type(e).__name__}: {e}")
+                await self._until_settled(m)
                 if m.state in ("completed", "failed", "rolled_back"):
                     self.metrics.ended(m)
-                    await self._record(m)
+                    await self._persist(m, self._record)
+
+    async def _until_settled(self, m: Migration) -> None:
+        """Run the saga until it ends: a step that got no answer is asked again (with
+        back-off) for ``saga_retry_for`` seconds; Redis or NATS out of reach is waited for,
+        however long (without Redis nothing can be recorded, not even a failure)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.saga_retry_for
+        outage = Outage(f"migration {m.id}", log)
+        backoff = Backoff(0.2, 5.0)
+        while True:
+            failure: str | None = None
+            try:
+                await self._run(m)
+                outage.ok()
+                return
+            except StepUnanswered as e:
+                if loop.time() >= deadline:
+                    failure = str(e)
+                else:
+                    outage.failed(e)
+            except StepFailed as e:
+                failure = str(e)
+            except asyncio.CancelledError:
+                raise  # a clean stop: the saga stays active and resumes at the next start
+            except Exception as e:
+                if dependency_of(e) is None:
+                    log.exception("migration %s crashed", m.id)
+                    failure = f"{type(e).__name__}: {e}"
+                else:
+                    outage.failed(e)
+            if failure is not None:
+                await self._persist(m, functools.partial(self._fail, why=failure))
+                return
+            await asyncio.sleep(backoff.next())
+
+    async def _persist(self, m: Migration, write: Callable[[Migration], Awaitable[None]]) -> None:
+        """A write that ends a saga (its failure, its event): retried while Redis or NATS is
+        out of reach, so a migration is never left looking under way."""
+        outage = Outage(f"recording migration {m.id}", log)
+        backoff = Backoff(0.2, 5.0)
+        while True:
+            try:
+                await write(m)
+                outage.ok()
+                return
+            except Exception as e:
+                if dependency_of(e) is None:
+                    raise
+                outage.failed(e)
+            await asyncio.sleep(backoff.next())
 
     async def _run(self, m: Migration) -> None:
         if m.state == "pending":
@@ -263,6 +314,8 @@ class Migrations:
                 PlaceReply,
                 timeout=self.settings.request_timeout,
             )
+        except BusError as e:
+            raise StepUnanswered(f"the scheduler did not answer for {m.task}: {e}") from e
         except EchoError as e:
             raise StepFailed(f"the scheduler could not place {m.task}: {e}") from e
         if not reply.ok or reply.placement is None:
@@ -278,7 +331,7 @@ class Migrations:
         await self.store.save(m)
         reply = await self._ask_move(m, m.target, m.generation_from, mode)
         if not reply.ok:
-            raise StepFailed(f"{name} failed: {reply.reason}")
+            raise (StepUnanswered if reply.status == 503 else StepFailed)(f"{name} failed: {reply.reason}")
         m.generation_to = reply.generation
         detail = f"generation {reply.generation}; restored from {reply.restored_from or 'its snapshot'}"
         if reply.drain_ms:
@@ -303,7 +356,7 @@ class Migrations:
                 self.names.master_move, req, MoveTaskReply, timeout=self.settings.move_timeout
             )
         except BusError as e:
-            raise StepFailed(f"the master did not answer the {mode} of {m.task}: {e}") from e
+            raise StepUnanswered(f"the master did not answer the {mode} of {m.task}: {e}") from e
 
     async def _resume(self, m: Migration) -> bool:
         """Wait for the new copy to run; False when it did not and the move was rolled back."""
@@ -344,7 +397,8 @@ class Migrations:
         await self.store.save(m)
         reply = await self._ask_move(m, source.id, m.generation_to, "rollback")
         if not reply.ok:
-            raise StepFailed(f"{m.task} {why} on {m.target}; rollback failed: {reply.reason}")
+            failed = StepUnanswered if reply.status == 503 else StepFailed
+            raise failed(f"{m.task} {why} on {m.target}; rollback failed: {reply.reason}")
         end(m, "rollback", detail=f"back on {source.id}, generation {reply.generation}")
         m.state, m.error = "rolled_back", f"{m.task} {why} on {m.target}"
         await self.store.save(m)

@@ -11,7 +11,17 @@ class MigratorSettings(CommonSettings, NatsSettings, RedisSettings):
     service_name: str = "echo-migrator"
     request_timeout: float = Field(default=5.0, gt=0, description="seconds for a scheduler/registry request")
     move_timeout: float = Field(
-        default=30.0, gt=0, description="seconds the master may take for a move step (a drain included)"
+        default=5.0,
+        gt=0,
+        description=(
+            "seconds to wait for the master's answer to a move step before asking again (asked "
+            "again, a move under way is joined, not repeated; a master restarted meanwhile answers)"
+        ),
+    )
+    saga_retry_for: float = Field(
+        default=120.0,
+        gt=0,
+        description="seconds a migration step that gets no answer (a service restarting) is asked again",
     )
     resume_timeout: float = Field(
         default=30.0, gt=0, description="seconds the new copy may take to run before the move is rolled back"

@@ -37,7 +37,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from echo_shared.codec import encode_eos, encode_records
+from echo_shared.codec import encode_eos, encode_records, restamp
 from echo_shared.messages import Binding, ChannelProgress, ResendRequest
 from echo_shared.models import ChannelCounts, EdgeModel
 from echo_shared.mqtt import MqttMessage
@@ -200,7 +200,7 @@ class Outputs:
             kept = (tail or {}).get(ch.topic)
             if kept and not isinstance(ch, FileSender):
                 for last, payload in kept:
-                    ch.unconfirmed.add(last, base64.b64decode(payload))
+                    ch.unconfirmed.add(last, restamp(base64.b64decode(payload), generation))
                 self.acked[names.progress_topic(ch.topic)] = min(start_seq, kept[0][0] - 1)
 
     def count(self, topic: str, size: int) -> None:
