@@ -250,6 +250,16 @@ class Network:
                 return False
         return True
 
+    # -------------------------------------------------------------------- faults
+
+    def partition(self, device_id: str, cut: bool = True) -> None:
+        """Cut a device off the network (its veth's bridge end down: packets go nowhere, no
+        connection is reset, as when a cable or radio link drops), or heal it (``cut=False``)."""
+        att = self.attached.get(device_id)
+        if att is None:
+            raise NetworkError(f"{device_id} is not an isolated device of this testbed")
+        run([ip_binary(), "link", "set", att.host_if, "down" if cut else "up"])
+
     # -------------------------------------------------------------------- tear down
 
     def down(self) -> list[str]:
