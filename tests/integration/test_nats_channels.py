@@ -10,7 +10,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import nats
 import orjson
+import pytest
 
 from echo_agent.running import TaskRunner
 from echo_cli.devstack import Brokers
@@ -149,3 +151,51 @@ async def test_a_relay_carries_an_edge_from_mqtt_to_nats(
     finally:
         for r in (gen, relay, sink):
             await r.stop(discard_session=True)
+
+
+async def test_a_reader_whose_consumer_was_deleted_makes_it_again(
+    brokers: Brokers, names: Names, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The watchdog of a reader: its durable consumer deleted behind its back (fetches then
+    answer nothing, forever) is noticed and made again; the work queue kept what was not
+    acknowledged, so every record still arrives once."""
+    subject = names.data_subject("df-nats", "gen", "sink")
+    out = tmp_path / "out.jsonl"
+    statuses: list[TaskStatus] = []
+    total = 3_000
+    gen = runner(
+        brokers,
+        names,
+        tmp_path,
+        "gen",
+        "io.generate",
+        {"count": total, "rate": 300.0},
+        [],
+        [Binding(peer="sink", topic=subject)],
+        statuses,
+    )
+    sink = runner(
+        brokers,
+        names,
+        tmp_path,
+        "sink",
+        "io.file_sink",
+        {"path": str(out)},
+        [Binding(peer="gen", topic=subject)],
+        [],
+        statuses,
+    )
+    await gen.start()
+    await sink.start()
+    nc = await nats.connect(brokers.nats_url, **brokers.access().nats_options())
+    try:
+        await eventually(lambda: len(lines(out)) >= 300, timeout=30, what="records at the sink")
+        await nc.jetstream().delete_consumer(names.data_stream, names.consumer_for(subject))
+        await eventually(lambda: sink.state is TaskState.finished, timeout=60, what="the sink finishing")
+        seqs = [r["seq"] for r in lines(out)]
+        assert seqs == list(range(total)), f"{len(seqs)} records, {len(set(seqs))} distinct"
+        assert any("was gone: made again" in r.getMessage() for r in caplog.records), "not by the watchdog"
+    finally:
+        await nc.close()
+        await sink.stop(discard_session=True)
+        await gen.stop(discard_session=True)

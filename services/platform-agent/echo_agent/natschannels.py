@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 FETCH_BATCH = 64
 FETCH_WAIT = 0.5  # seconds a pull waits for messages when there are none (also: close's wait)
+CONSUMER_CHECK_EVERY = 5.0  # seconds of empty fetches before a reader checks its consumer is there
 ACK_WAIT = 60.0  # seconds JetStream waits for an ack before redelivering (acks wait for outputs)
 PUBLISH_TIMEOUT = 2.0  # seconds a JetStream publish waits for the stream's ack before trying again
 
@@ -318,22 +319,50 @@ class NatsChannels:
             elif self.names.is_channel_control(topic):
                 self._subs.append(await self._nc.subscribe(topic, cb=self._core_message))
             else:
-                durable = self.names.consumer_for(topic)
-                sub = await self._js.pull_subscribe(
-                    topic,
-                    durable=durable,
-                    stream=self.names.data_stream,
-                    config=ConsumerConfig(
-                        ack_policy=AckPolicy.EXPLICIT,
-                        ack_wait=ACK_WAIT,
-                        max_ack_pending=self._max_ack_pending,
-                        filter_subject=topic,
-                    ),
-                )
-                self._durables.append(durable)
+                sub = await self._pull_subscribe(topic)
+                self._durables.append(self.names.consumer_for(topic))
                 pull = asyncio.create_task(self._pull(topic, sub))
                 self._pulls.append(pull)
                 self._tasks.append(pull)
+
+    async def _pull_subscribe(self, topic: str) -> Any:
+        """The task's durable pull consumer on ``topic`` (made if it is not there)."""
+        assert self._js is not None
+        return await self._js.pull_subscribe(
+            topic,
+            durable=self.names.consumer_for(topic),
+            stream=self.names.data_stream,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=ACK_WAIT,
+                max_ack_pending=self._max_ack_pending,
+                filter_subject=topic,
+            ),
+        )
+
+    async def _consumer_checked(self, topic: str, sub: Any) -> Any:
+        """The watchdog of a reader: its durable consumer still there, or made again (one
+        deleted behind its back, by an operator or a server that lost its state, leaves
+        fetches answering nothing, forever; the work queue kept every unacknowledged
+        message, which the new consumer delivers again and the task drops as seen)."""
+        try:
+            await sub.consumer_info()
+            return sub
+        except NotFoundError:
+            pass
+        except Exception as e:  # NATS away: the fetches say so; look again later
+            log.debug("nats %s: cannot look at the consumer of %s: %s", self.client_name, topic, e)
+            return sub
+        new = await self._pull_subscribe(topic)
+        log.warning(
+            "nats %s: the consumer %s of %s was gone: made again",
+            self.client_name,
+            self.names.consumer_for(topic),
+            topic,
+        )
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        return new
 
     def _deliver(self, topic: str, payload: bytes, js_msg: Msg | None) -> None:
         self._next_id += 1
@@ -357,15 +386,29 @@ class NatsChannels:
             log.exception("nats %s: message handler failed on %s", self.client_name, topic)
 
     async def _pull(self, topic: str, sub: Any) -> None:
+        loop = asyncio.get_running_loop()
+        outage = Outage(f"nats {self.client_name} reading {topic}", log)
+        backoff = Backoff(0.2, 5.0)
+        checked = loop.time()
         while not self._closing:
             try:
                 msgs = await sub.fetch(batch=FETCH_BATCH, timeout=FETCH_WAIT)
             except (TimeoutError, nats.errors.TimeoutError):
+                if loop.time() - checked >= CONSUMER_CHECK_EVERY:  # idle, or deaf?
+                    checked = loop.time()
+                    with contextlib.suppress(Exception):
+                        sub = await self._consumer_checked(topic, sub)
                 continue
             except Exception as e:
-                log.debug("nats %s: fetch on %s failed: %s", self.client_name, topic, e)
-                await asyncio.sleep(0.2)
+                outage.failed(e)
+                await asyncio.sleep(backoff.next())
+                with contextlib.suppress(Exception):
+                    sub = await self._consumer_checked(topic, sub)
+                checked = loop.time()
                 continue
+            outage.ok()
+            backoff.reset()
+            checked = loop.time()
             for m in msgs:
                 self._deliver(topic, m.data, m)
 
