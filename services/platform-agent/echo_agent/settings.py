@@ -56,6 +56,11 @@ class AgentSettings(CommonSettings, MqttSettings, LivenessSettings):
         "task's (0: no limit)",
     )
     process_max_files: int = Field(default=1024, ge=16, le=1 << 20, description="open files per program")
+    python_workers: bool = Field(
+        default=True,
+        description="run user operators (python:pkg.mod:Class) in a worker process each, so one that "
+        "spins or crashes cannot stall the agent (false: inside the agent, as before)",
+    )
 
     @field_validator("run_as")
     @classmethod

@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from echo_shared.messages import DeployTask
-from echo_shared.operators import lookup
+from echo_shared.operators import PYTHON_PREFIX, lookup
 
 from ..operators import Operator, build
+from . import workers
 from .process_runtime import Process
 from .sandbox import Sandbox
 
@@ -66,6 +67,7 @@ class RuntimePolicy:
     offered: tuple[str, ...]
     refused: dict[str, str] = field(default_factory=dict)  # runtime -> the reason (one line)
     sandbox: Sandbox | None = None  # None: the defaults, resolved when a program is built
+    python_workers: bool = True  # user operators in worker processes (``workers``)
 
     @classmethod
     def decide(
@@ -75,6 +77,7 @@ class RuntimePolicy:
         *,
         sandbox: Sandbox | None = None,
         usable: Callable[[str], str | None] = _usable,
+        python_workers: bool = True,
     ) -> RuntimePolicy:
         """The defaults plus ``enabled``, each if ``usable`` here (None, or why not)."""
         wanted = set(enabled)
@@ -95,7 +98,7 @@ class RuntimePolicy:
                 offered.append(name)
             else:
                 refused[name] = f"runtime {name!r} is not available on device {device}: {why}"
-        return cls(device, tuple(sorted(offered)), refused, sandbox)
+        return cls(device, tuple(sorted(offered)), refused, sandbox, python_workers)
 
     def announce(self, enabled: Iterable[str] = ()) -> None:
         """Say once what this device offers, and why an enabled runtime is not offered."""
@@ -122,6 +125,8 @@ class RuntimePolicy:
         why = self.refusal(cmd.operator)
         if why is not None:
             raise RuntimeRefused(why)
+        if self.python_workers and cmd.operator.startswith(PYTHON_PREFIX):
+            return workers.load(cmd.operator, cmd.config)
         op = build(cmd.operator, cmd.config)
         if isinstance(op, Process):
             op.confine(self.sandbox or Sandbox.default(), cmd.resources.memory_mb)
@@ -139,6 +144,8 @@ def policy_of(settings: AgentSettings) -> RuntimePolicy:
             lines_cpu_seconds=settings.process_lines_cpu_seconds,
             max_files=settings.process_max_files,
         )
-    policy = RuntimePolicy.decide(settings.device_id, settings.runtimes, sandbox=sandbox)
+    policy = RuntimePolicy.decide(
+        settings.device_id, settings.runtimes, sandbox=sandbox, python_workers=settings.python_workers
+    )
     policy.announce(settings.runtimes)
     return policy
