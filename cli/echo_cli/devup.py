@@ -183,7 +183,14 @@ class DevUp:
         self.con.print(f"starting brokers (state in {self._rel(self.devdir)}/)…")
         self.brokers = start_brokers(self.devdir, host=HOST, persistent=True)
         self.con.print(f"starting services and {len(DEFAULT_FLEET)} agents…")
-        self.platform = Platform(self.brokers, self.devdir, namespace=NAMESPACE, api_port=port, host=HOST)
+        self.platform = Platform(
+            self.brokers,
+            self.devdir,
+            namespace=NAMESPACE,
+            api_port=port,
+            host=HOST,
+            api_port_fixed=bool(self.api_port) and not moved,
+        )
         self.platform.start(DEFAULT_FLEET)
         if prometheus_binary() is not None:
             self.platform.start_prometheus()

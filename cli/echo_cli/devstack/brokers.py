@@ -32,7 +32,7 @@ from echo_shared.credentials import Access
 from echo_shared.mqtt import MqttClient
 from echo_shared.secretfiles import write_secret
 
-from .processes import ManagedProcess, free_port, wait_for_port
+from .processes import ManagedProcess, start_on_free_port, wait_for_port
 
 MOSQUITTO_CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 REDIS_CANDIDATES = ("redis-server", "/usr/bin/redis-server", "/usr/local/bin/redis-server")
@@ -233,26 +233,27 @@ def start_brokers(
 def _start_nats(
     workdir: Path, logs: Path, host: str, procs: dict[str, ManagedProcess], bundle: Bundle | None
 ) -> str:
-    port = free_port(host)
     store = workdir / "nats"
     store.mkdir(exist_ok=True)
-    argv = [nats_server_binary(), "-a", host, "-p", str(port), "-js", "-sd", str(store)]
-    scheme = "nats"
-    if bundle is not None:
-        conf = workdir / "nats.conf"
-        text = (
-            f"listen: {_nats_str(f'{host}:{port}')}\n"
-            f"jetstream {{ store_dir: {_nats_str(str(store))} }}\n"
-            f"tls {{ cert_file: {_nats_str(str(bundle.server.cert))}, "
-            f"key_file: {_nats_str(str(bundle.server.key))}, timeout: 5 }}\n"
-            + bundle.nats_auth_file.read_text()
-        )
-        write_secret(conf, text)
-        argv = [nats_server_binary(), "-c", str(conf)]
-        scheme = "tls"
-    p = ManagedProcess("nats-server", argv, log_dir=logs)
-    procs["nats"] = p
-    wait_for_port(host, port, proc=p)
+    scheme = "nats" if bundle is None else "tls"
+
+    def start(port: int) -> ManagedProcess:
+        argv = [nats_server_binary(), "-a", host, "-p", str(port), "-js", "-sd", str(store)]
+        if bundle is not None:
+            conf = workdir / "nats.conf"
+            text = (
+                f"listen: {_nats_str(f'{host}:{port}')}\n"
+                f"jetstream {{ store_dir: {_nats_str(str(store))} }}\n"
+                f"tls {{ cert_file: {_nats_str(str(bundle.server.cert))}, "
+                f"key_file: {_nats_str(str(bundle.server.key))}, timeout: 5 }}\n"
+                + bundle.nats_auth_file.read_text()
+            )
+            write_secret(conf, text)
+            argv = [nats_server_binary(), "-c", str(conf)]
+        p = procs["nats"] = ManagedProcess("nats-server", argv, log_dir=logs)
+        return p
+
+    port, _ = start_on_free_port(host, start)
     return f"{scheme}://{host}:{port}"
 
 
@@ -295,15 +296,19 @@ def _start_mosquitto(
         if owner is not None:  # started as root, it drops to the mosquitto account: its data is its own
             os.chown(data, *owner)
             allow_traversal(workdir)
-        port = free_port(host)
         conf = workdir / "mosquitto.conf"
         plugin = dynsec_plugin() if bundle is not None else ""
-        conf.write_text(_mosquitto_conf(port, host, persistent, data, bundle, plugin))
-        # as its own account from the start (when we are root): a Mosquitto that drops root
-        # itself loses the death signal and would outlive a killed parent
-        p = ManagedProcess("mosquitto", [binary, "-c", str(conf)], log_dir=logs, run_as=owner)
-        procs["mosquitto"] = p
-        wait_for_port(host, port, proc=p)
+
+        def start(port: int) -> ManagedProcess:
+            conf.write_text(_mosquitto_conf(port, host, persistent, data, bundle, plugin))
+            # as its own account from the start (when we are root): a Mosquitto that drops root
+            # itself loses the death signal and would outlive a killed parent
+            p = procs["mosquitto"] = ManagedProcess(
+                "mosquitto", [binary, "-c", str(conf)], log_dir=logs, run_as=owner
+            )
+            return p
+
+        port, _ = start_on_free_port(host, start)
         return f"{scheme}://{host}:{port}"
     if docker_engine_running():
         from testcontainers.core.container import DockerContainer
@@ -356,14 +361,16 @@ def _start_redis(
     binary = _find(REDIS_CANDIDATES)
     scheme = "redis" if bundle is None else "rediss"
     if binary:
-        port = free_port(host)
         data = workdir / "redis"
         data.mkdir(exist_ok=True)
-        argv = [binary, *_redis_security(port, bundle), "--bind", host, "--dir", str(data), "--save", ""]
-        argv += ["--appendonly", "yes" if persistent else "no"]
-        p = ManagedProcess("redis-server", argv, log_dir=logs)
-        procs["redis"] = p
-        wait_for_port(host, port, proc=p)
+
+        def start(port: int) -> ManagedProcess:
+            argv = [binary, *_redis_security(port, bundle), "--bind", host, "--dir", str(data), "--save", ""]
+            argv += ["--appendonly", "yes" if persistent else "no"]
+            p = procs["redis"] = ManagedProcess("redis-server", argv, log_dir=logs)
+            return p
+
+        port, _ = start_on_free_port(host, start)
         return f"{scheme}://{host}:{port}/0"
     if docker_engine_running():
         from testcontainers.core.container import DockerContainer

@@ -23,7 +23,7 @@ from echo_shared.credentials import client_tls
 from echo_shared.secretfiles import read_secret
 
 from .brokers import BrokerSetupError
-from .processes import ManagedProcess, free_port, wait_for_port
+from .processes import ManagedProcess, start_on_free_port
 
 PROMETHEUS_CANDIDATES = ("prometheus", "/usr/bin/prometheus")
 SCRAPE_INTERVAL = 5.0  # seconds (a local stack; tests ask for less)
@@ -132,22 +132,24 @@ def start_prometheus(
         for p in (workdir, data, conf):
             os.chown(p, *owner)
         allow_traversal(workdir.parent)  # it must reach its directory (e.g. below pytest's 0700 base)
-    port = free_port(host)
-    proc = ManagedProcess(
-        "prometheus",
-        [
-            binary,
-            f"--config.file={conf}",
-            f"--web.config.file={bundle.prometheus_web_config}",
-            f"--web.listen-address={host}:{port}",
-            f"--storage.tsdb.path={data}",
-            "--storage.tsdb.retention.time=2d",
-        ],
-        log_dir=logs or workdir / "logs",
-        cwd=workdir,
-        run_as=owner,
-    )
-    wait_for_port(host, port, timeout=30, proc=proc)
+
+    def start(port: int) -> ManagedProcess:
+        return ManagedProcess(
+            "prometheus",
+            [
+                binary,
+                f"--config.file={conf}",
+                f"--web.config.file={bundle.prometheus_web_config}",
+                f"--web.listen-address={host}:{port}",
+                f"--storage.tsdb.path={data}",
+                "--storage.tsdb.retention.time=2d",
+            ],
+            log_dir=logs or workdir / "logs",
+            cwd=workdir,
+            run_as=owner,
+        )
+
+    port, proc = start_on_free_port(host, start, timeout=30)
     prometheus = Prometheus(f"https://{host}:{port}", proc, bundle)
     prometheus.wait_ready()
     return prometheus

@@ -17,7 +17,7 @@ from echo_shared.secretfiles import new_secret, write_secret
 
 from .brokers import Brokers
 from .monitoring import SCRAPE_INTERVAL, Prometheus, start_prometheus
-from .processes import ManagedProcess, free_port, wait_for_port
+from .processes import START_ATTEMPTS, ManagedProcess, PortTaken, free_port, wait_for_own_port, wait_for_port
 
 SERVICES = ("registry", "scheduler", "migrator", "master")
 
@@ -73,6 +73,9 @@ class Platform:
     workdir: Path
     namespace: str = "echo"
     api_port: int = 0
+    # the API port was asked for (kept, an error if taken) rather than chosen here (another
+    # is chosen when the master finds it taken in between)
+    api_port_fixed: bool = False
     host: str = "127.0.0.1"
     extra_env: dict[str, str] = field(default_factory=dict)
     api_tls: bool | None = None  # None: HTTPS when the brokers are secured (the bundle's certificate)
@@ -90,6 +93,7 @@ class Platform:
         self.prometheus: Prometheus | None = None
         if not self.api_port:
             self.api_port = free_port(self.host)
+            self.api_port_fixed = False
         # this stack's master says so in /healthz: the API we report is ours, not whatever
         # else listens on the port
         self.boot_id = uuid.uuid4().hex
@@ -239,11 +243,26 @@ class Platform:
     ) -> None:
         for name in SERVICES:
             self.start_service(name)
+        self._own_api_port(timeout)
         # agents enrol through the API (one-time tokens), so they start once it answers
         self.wait_api(timeout)
         for spec in fleet:
             self.start_agent(spec)
         self.wait_devices({s.device_id for s in fleet}, timeout=timeout)
+
+    def _own_api_port(self, timeout: float) -> None:
+        """Until the master holds its API port; one it finds taken (bound by another process
+        after the port was chosen) is exchanged for another, unless the port was asked for."""
+        for attempt in range(START_ATTEMPTS):
+            try:
+                wait_for_own_port(self.host, self.api_port, self.services["master"], timeout=timeout)
+                return
+            except PortTaken:
+                if self.api_port_fixed or attempt == START_ATTEMPTS - 1:
+                    raise
+                self.services["master"].stop(timeout=3)
+                self.api_port = free_port(self.host)
+                self.start_service("master")
 
     def wait_api(self, timeout: float = 60.0, verify: ssl.SSLContext | bool | None = None) -> None:
         """Until this stack's master answers ``/healthz`` (its boot id); another process on

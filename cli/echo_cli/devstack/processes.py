@@ -9,8 +9,10 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+
+import psutil
 
 _PR_SET_PDEATHSIG = 1
 
@@ -32,6 +34,66 @@ def port_open(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+class PortTaken(RuntimeError):
+    """The port chosen for a server was bound by another process before the server bound it."""
+
+
+IN_USE = ("address already in use", "address in use", "bind: address already in use")
+START_ATTEMPTS = 5
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` (or a process it started) has a listening TCP socket on ``port``."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return False
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            for c in p.net_connections(kind="tcp"):
+                if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port:
+                    return True
+    return False
+
+
+def wait_for_own_port(host: str, port: int, proc: ManagedProcess, timeout: float = 15.0) -> None:
+    """Until ``proc`` itself listens on ``port`` (something else answering there does not
+    count). ``PortTaken`` if it exited because another process had bound the port meanwhile."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_open(host, port) and listens(proc.pid, port):
+            return
+        if not proc.alive():
+            tail = proc.log_tail()
+            if any(s in tail.lower() for s in IN_USE):
+                raise PortTaken(f"{proc.name}: port {port} was taken before it could bind it")
+            raise RuntimeError(
+                f"{proc.name} exited with {proc.returncode} before listening on {port}; log: {tail}"
+            )
+        time.sleep(0.02)
+    raise TimeoutError(f"{proc.name} does not listen on {host}:{port} after {timeout}s")
+
+
+def start_on_free_port(
+    host: str, start: Callable[[int], ManagedProcess], timeout: float = 15.0
+) -> tuple[int, ManagedProcess]:
+    """Start a server on a free port, without the race between choosing a port and binding
+    it: a server that finds its port taken (another process bound it in between) is started
+    again on another; one that listens is checked to be the one holding the port."""
+    for attempt in range(START_ATTEMPTS):
+        port = free_port(host)
+        proc = start(port)
+        try:
+            wait_for_own_port(host, port, proc, timeout=timeout)
+            return port, proc
+        except PortTaken:
+            proc.stop(timeout=3)
+            if attempt == START_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def wait_for_port(host: str, port: int, timeout: float = 15.0, proc: ManagedProcess | None = None) -> None:
