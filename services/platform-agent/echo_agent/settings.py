@@ -56,6 +56,12 @@ class AgentSettings(CommonSettings, MqttSettings, LivenessSettings):
         "task's (0: no limit)",
     )
     process_max_files: int = Field(default=1024, ge=16, le=1 << 20, description="open files per program")
+    process_cpu_window: float = Field(
+        default=10.0,
+        gt=0,
+        description="seconds a program's CPU use is averaged over: above its task's resources.cpu "
+        "(with 50 % tolerance) for that long, it is killed and the task fails saying so",
+    )
     python_workers: bool = Field(
         default=True,
         description="run user operators (python:pkg.mod:Class) in a worker process each, so one that "

@@ -129,7 +129,7 @@ class RuntimePolicy:
             return workers.load(cmd.operator, cmd.config)
         op = build(cmd.operator, cmd.config)
         if isinstance(op, Process):
-            op.confine(self.sandbox or Sandbox.default(), cmd.resources.memory_mb)
+            op.confine(self.sandbox or Sandbox.default(), cmd.resources.memory_mb, cmd.resources.cpu)
         return op
 
 
@@ -143,6 +143,7 @@ def policy_of(settings: AgentSettings) -> RuntimePolicy:
             cpu_seconds=settings.process_cpu_seconds,
             lines_cpu_seconds=settings.process_lines_cpu_seconds,
             max_files=settings.process_max_files,
+            cpu_window=settings.process_cpu_window,
         )
     policy = RuntimePolicy.decide(
         settings.device_id, settings.runtimes, sandbox=sandbox, python_workers=settings.python_workers

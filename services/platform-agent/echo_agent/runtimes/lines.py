@@ -90,11 +90,12 @@ class LinesSession:
             raise self.failure
         if self.exited.done():
             code = self.exited.result()
+            stderr = await self.tail.settle()
             raise RunFailed(
                 self.child.what,
-                f"exited with code {code} while records were still arriving",
+                self.child.failure(code, stderr, " while records were still arriving"),
                 code=code,
-                stderr=await self.tail.settle(),
+                stderr=stderr,
             )
 
     async def send(self, record: Record) -> list[Record]:

@@ -42,7 +42,8 @@ import psutil
 from echo_shared.catalogue.runtimes import Mode, ProcessConfig
 
 from ..operators.base import Operator, TaskContext
-from .sandbox import Limits, Sandbox
+from .limits import DEFAULT_WINDOW, CpuWatch, limit_hit
+from .sandbox import MIN_ADDRESS_SPACE_MB, Limits, Sandbox
 from .stdio import LINE_LIMIT, Child, Run, substitute
 from .stdio_operator import StdioOperator
 
@@ -94,9 +95,23 @@ def _descendants(pid: int) -> list[psutil.Process]:
 class LocalChild(Child):
     """A local process in its own session (so its whole group can be killed)."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, what: str) -> None:
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        what: str,
+        *,
+        cpu: float | None = None,
+        cpu_window: float = DEFAULT_WINDOW,
+        memory_mb: int | None = None,
+        cpu_seconds: int | None = None,
+    ) -> None:
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         self.proc, self.what = proc, what
+        self.memory_mb, self.cpu_seconds = memory_mb, cpu_seconds
+        # the task's resources.cpu: sustained use above it kills the program (``limits``)
+        self.watch = CpuWatch(proc.pid, cpu, self.kill, window=cpu_window) if cpu else None
+        if self.watch is not None:
+            self.watch.start()
         self.stdin, self.stdout, self.stderr = proc.stdin, proc.stdout, proc.stderr
         self._reaped = False
         # descendants seen while the program lived: those that left its group (setsid) are
@@ -116,7 +131,14 @@ class LocalChild(Child):
     async def wait(self) -> int:
         return await self.proc.wait()
 
+    def limit_reason(self, code: int, stderr: str) -> str | None:
+        if self.watch is not None and self.watch.exceeded:
+            return self.watch.exceeded
+        return limit_hit(code, stderr, memory_mb=self.memory_mb, cpu_seconds_limit=self.cpu_seconds)
+
     async def kill(self) -> None:
+        if self.watch is not None and asyncio.current_task() is not self.watch.task:
+            self.watch.stop()
         if self._reaped:
             return
         # its descendants (psutil checks each is still the process seen, not a reused pid),
@@ -181,11 +203,13 @@ class Process(StdioOperator):
         self.env: dict[str, str] = {}
         self.sandbox: Sandbox | None = None
         self.memory_mb: int | None = None
+        self.cpu: float | None = None
         self._prctl = _prctl()
 
-    def confine(self, sandbox: Sandbox, memory_mb: int | None) -> None:
-        """The device's sandbox, and the task's memory (MiB; None or 0: no address-space limit)."""
-        self.sandbox, self.memory_mb = sandbox, memory_mb
+    def confine(self, sandbox: Sandbox, memory_mb: int | None, cpu: float | None = None) -> None:
+        """The device's sandbox, the task's memory (MiB; None or 0: no address-space limit)
+        and CPU (cores; None or 0: not watched)."""
+        self.sandbox, self.memory_mb, self.cpu = sandbox, memory_mb, cpu
 
     async def prepare(self, ctx: TaskContext) -> None:
         cfg = self.config
@@ -285,7 +309,16 @@ class Process(StdioOperator):
                 f"user {sandbox.user} may not run {self.program} on device {self.ctx.device}"
                 + (f": {why}" if why else f" ({e.strerror})")
             ) from e
-        return LocalChild(proc, describe(self.config.command))
+        lines = self.config.mode is Mode.lines
+        cpu_seconds = sandbox.lines_cpu_seconds if lines else sandbox.cpu_seconds
+        return LocalChild(
+            proc,
+            describe(self.config.command),
+            cpu=self.cpu,
+            cpu_window=sandbox.cpu_window,
+            memory_mb=max(self.memory_mb, MIN_ADDRESS_SPACE_MB) if self.memory_mb else None,
+            cpu_seconds=cpu_seconds or None,
+        )
 
 
 class BatchProcess(Process):

@@ -104,6 +104,7 @@ class Sandbox:
     cpu_seconds: int = DEFAULT_CPU_SECONDS
     lines_cpu_seconds: int = 0
     max_files: int = DEFAULT_MAX_FILES
+    cpu_window: float = 10.0  # seconds resources.cpu is averaged over (``limits``)
     path: str = SAFE_PATH
     agent: Account = field(default_factory=Account.current)
 
@@ -115,6 +116,7 @@ class Sandbox:
         cpu_seconds: int = DEFAULT_CPU_SECONDS,
         lines_cpu_seconds: int = 0,
         max_files: int = DEFAULT_MAX_FILES,
+        cpu_window: float = 10.0,
         euid: int | None = None,
         quiet: bool = False,
     ) -> Sandbox:
@@ -145,7 +147,7 @@ class Sandbox:
                     log.warning("external programs run as root (--run-as %s): they are not confined", run_as)
                 else:
                     log.info("external programs run as %s (uid %d)", account.name, account.uid)
-        return cls(account, cpu_seconds, lines_cpu_seconds, max_files, agent=agent)
+        return cls(account, cpu_seconds, lines_cpu_seconds, max_files, cpu_window, agent=agent)
 
     @classmethod
     def default(cls) -> Sandbox:

@@ -110,6 +110,14 @@ class Child(abc.ABC):
     async def kill(self) -> None:
         """End the program now, if it runs (idempotent), and release what it held."""
 
+    def limit_reason(self, code: int, stderr: str) -> str | None:
+        """The resource limit its exit shows it hit (None: none that can be told)."""
+        return None
+
+    def failure(self, code: int, stderr: str, what: str = "") -> str:
+        """How an exit with ``code`` is described: the limit hit, else the code."""
+        return self.limit_reason(code, stderr) or f"exited with code {code}{what}"
+
 
 @dataclass(frozen=True)
 class Run:
@@ -237,5 +245,5 @@ async def run_once(child: Child, data: bytes | None, timeout: float | None, log:
     stderr = await tail.settle()
     tail.cancel()
     if code != 0:
-        raise RunFailed(child.what, f"exited with code {code}", code=code, stderr=stderr)
+        raise RunFailed(child.what, child.failure(code, stderr), code=code, stderr=stderr)
     return out
