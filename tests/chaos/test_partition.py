@@ -20,12 +20,11 @@ import pytest
 
 from echo_cli.devstack import Brokers
 from echo_cli.testbed.fleet import TestbedDevice
-from echo_cli.testbed.network import unavailable_reason
 from echo_cli.testbed.runner import Testbed
 from tests.chaos.test_broker_outages import outage
-from tests.conftest import FAST_LIVENESS, unique_namespace
 from tests.e2e.test_migration import check_exactly_once, read_jsonl
 from tests.harness.api import Api
+from tests.harness.testbed import running_testbed
 from tests.harness.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -49,21 +48,8 @@ DEVICES = (
 
 @pytest.fixture
 def testbed(brokers: Brokers, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Testbed]:
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    tb = Testbed(
-        brokers, tmp_path / "testbed", DEVICES, namespace=unique_namespace(), extra_env=FAST_LIVENESS
-    )
-    tb.start(timeout=60)
-    try:
+    with running_testbed(brokers, tmp_path / "testbed", DEVICES, request) as tb:
         yield tb
-    finally:
-        tb.stop()
-        rep = getattr(request.node, "rep_call", None)
-        if rep is not None and rep.failed:
-            for log in sorted(tb.logs.glob("*.log")):
-                print(f"----- {log.name} -----\n{log.read_text(errors='replace')[-6000:]}")
 
 
 def spec(out: Path, count: int) -> dict[str, Any]:

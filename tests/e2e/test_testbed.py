@@ -29,6 +29,7 @@ from echo_cli.testbed.network import STATE_DIR, named_namespace_inode, net_names
 from echo_cli.testbed.runner import Testbed
 from tests.conftest import FAST_LIVENESS, unique_namespace
 from tests.harness.api import Api
+from tests.harness.testbed import running_testbed
 from tests.harness.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -52,21 +53,8 @@ SMALL_TESTBED = (
 
 @pytest.fixture
 def testbed(brokers: Brokers, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Testbed]:
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    tb = Testbed(
-        brokers, tmp_path / "testbed", SMALL_TESTBED, namespace=unique_namespace(), extra_env=FAST_LIVENESS
-    )
-    tb.start(timeout=60)
-    try:
+    with running_testbed(brokers, tmp_path / "testbed", SMALL_TESTBED, request) as tb:
         yield tb
-    finally:
-        tb.stop()
-        rep = getattr(request.node, "rep_call", None)
-        if rep is not None and rep.failed:
-            for log in sorted(tb.logs.glob("*.log")):
-                print(f"----- {log.name} -----\n{log.read_text(errors='replace')[-6000:]}")
 
 
 def read_jsonl(path: Path) -> list[dict[str, object]]:

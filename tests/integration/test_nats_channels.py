@@ -60,27 +60,28 @@ def lines(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(x) for x in path.read_bytes().splitlines()] if path.exists() else []
 
 
-async def test_a_stream_over_jetstream(brokers: Brokers, names: Names, tmp_path: Path) -> None:
+def gen_and_sink(
+    brokers: Brokers, names: Names, tmp: Path, gen_config: dict[str, Any]
+) -> tuple[TaskRunner, TaskRunner, str, Path]:
+    """``io.generate`` -> ``io.file_sink`` over a NATS channel (not started yet)."""
     subject = names.data_subject("df-nats", "gen", "sink")
-    out = tmp_path / "out.jsonl"
+    out = tmp / "out.jsonl"
     statuses: list[TaskStatus] = []
-    # the source starts first: what it publishes before the sink exists waits in the work queue
     gen = runner(
         brokers,
         names,
-        tmp_path,
+        tmp,
         "gen",
         "io.generate",
-        {"count": 300},
+        gen_config,
         [],
         [Binding(peer="sink", topic=subject)],
         statuses,
     )
-    await gen.start()
     sink = runner(
         brokers,
         names,
-        tmp_path,
+        tmp,
         "sink",
         "io.file_sink",
         {"path": str(out)},
@@ -88,6 +89,13 @@ async def test_a_stream_over_jetstream(brokers: Brokers, names: Names, tmp_path:
         [],
         statuses,
     )
+    return gen, sink, subject, out
+
+
+async def test_a_stream_over_jetstream(brokers: Brokers, names: Names, tmp_path: Path) -> None:
+    gen, sink, _, out = gen_and_sink(brokers, names, tmp_path, {"count": 300})
+    # the source starts first: what it publishes before the sink exists waits in the work queue
+    await gen.start()
     await sink.start()
     try:
         assert gen.state is not TaskState.failed and sink.state is not TaskState.failed, (
@@ -159,32 +167,8 @@ async def test_a_reader_whose_consumer_was_deleted_makes_it_again(
     """The watchdog of a reader: its durable consumer deleted behind its back (fetches then
     answer nothing, forever) is noticed and made again; the work queue kept what was not
     acknowledged, so every record still arrives once."""
-    subject = names.data_subject("df-nats", "gen", "sink")
-    out = tmp_path / "out.jsonl"
-    statuses: list[TaskStatus] = []
     total = 3_000
-    gen = runner(
-        brokers,
-        names,
-        tmp_path,
-        "gen",
-        "io.generate",
-        {"count": total, "rate": 300.0},
-        [],
-        [Binding(peer="sink", topic=subject)],
-        statuses,
-    )
-    sink = runner(
-        brokers,
-        names,
-        tmp_path,
-        "sink",
-        "io.file_sink",
-        {"path": str(out)},
-        [Binding(peer="gen", topic=subject)],
-        [],
-        statuses,
-    )
+    gen, sink, subject, out = gen_and_sink(brokers, names, tmp_path, {"count": total, "rate": 300.0})
     await gen.start()
     await sink.start()
     nc = await nats.connect(brokers.nats_url, **brokers.access().nats_options())

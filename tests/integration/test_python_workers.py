@@ -7,7 +7,6 @@ import asyncio
 import os
 import signal
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,11 @@ from echo_agent.runtimes import python_runtime, workers
 from echo_agent.runtimes.python_runtime import OperatorLoadError
 from echo_agent.runtimes.workers import WorkerDied, WorkerError, WorkerOperator
 from echo_cli.devstack import Brokers
-from echo_shared.messages import Binding, DeployTask, TaskStatus
+from echo_shared.messages import Binding, TaskStatus
 from echo_shared.models import TaskState
 from echo_shared.names import Names
 from tests.harness.waiting import eventually
+from tests.integration.test_nats_channels import runner
 
 OPS = "python:tests.harness.user_ops"
 
@@ -50,7 +50,7 @@ async def test_a_user_operator_runs_in_a_process_of_its_own(
 
     env = workers.load(f"{OPS}:Env", {})
     await env.open(ctx(tmp_path))
-    (seen,) = await env.process({})  # type: ignore[misc]
+    (seen,) = await env.process({})
     await env.close()
     assert seen["secret"] is None, "the worker inherited the agent's environment"
     assert seen["pid"] != os.getpid() and seen["ppid"] == os.getpid()
@@ -158,45 +158,25 @@ async def test_a_task_of_a_spinning_operator_on_real_brokers(
     brokers: Brokers, names: Names, tmp_path: Path
 ) -> None:
     """Through the task runner, as the agent runs it: the records go through, the loop is free."""
-    subject = names.data_subject("df-w", "gen", "spin")
+    subject = names.data_subject("df-nats", "gen", "spin")
     out = tmp_path / "out.jsonl"
-    to_sink = names.data_subject("df-w", "spin", "sink")
+    to_sink = names.data_subject("df-nats", "spin", "sink")
     statuses: list[TaskStatus] = []
 
-    def runner(
-        task: str, operator: str, config: dict[str, Any], ins: list[Binding], outs: list[Binding]
+    def task(
+        name: str, op: str, config: dict[str, Any], ins: list[Binding], outs: list[Binding]
     ) -> TaskRunner:
-        cmd = DeployTask(
-            cmd_id=uuid.uuid4().hex,
-            dataflow="df-w",
-            task=task,
-            generation=1,
-            operator=operator,
-            config=config,
-            inputs=ins,
-            outputs=outs,
-        )
-        return TaskRunner(
-            cmd,
-            device="dev",
-            mqtt_url=brokers.mqtt_url,
-            names=names,
-            data_dir=tmp_path,
-            report=statuses.append,
-            session_expiry=60,
-            nats_url=brokers.nats_url,
-            access=brokers.access(),
-        )
+        return runner(brokers, names, tmp_path, name, op, config, ins, outs, statuses)
 
-    gen = runner("gen", "io.generate", {"count": 4}, [], [Binding(peer="spin", topic=subject)])
-    spin = runner(
+    gen = task("gen", "io.generate", {"count": 4}, [], [Binding(peer="spin", topic=subject)])
+    spin = task(
         "spin",
         f"{OPS}:Spin",
         {"seconds": 0.4},
         [Binding(peer="gen", topic=subject)],
         [Binding(peer="sink", topic=to_sink)],
     )
-    sink = runner("sink", "io.file_sink", {"path": str(out)}, [Binding(peer="spin", topic=to_sink)], [])
+    sink = task("sink", "io.file_sink", {"path": str(out)}, [Binding(peer="spin", topic=to_sink)], [])
     for r in (sink, spin, gen):
         await r.start()
     try:

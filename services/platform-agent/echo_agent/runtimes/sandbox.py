@@ -51,6 +51,12 @@ DEFAULT_MAX_FILES = 1024
 WORK_DIR = "work"  # under the task's data directory: the program's own
 
 
+def minimal_environment(home: Path | str, path: str = SAFE_PATH) -> dict[str, str]:
+    """What any child of the agent starts from (programs, user-operator workers): a search
+    path, a home and a locale, never the agent's own variables."""
+    return {"PATH": path, "HOME": str(home), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+
+
 class UnknownUser(ValueError):
     """``--run-as`` names no user of this machine."""
 
@@ -172,14 +178,7 @@ class Sandbox:
 
     def environment(self, *, home: Path, echo: dict[str, str], extra: dict[str, str]) -> dict[str, str]:
         """The program's whole environment: nothing of the agent's."""
-        return {
-            "PATH": self.path,
-            "HOME": str(home),
-            "LANG": "C.UTF-8",
-            "LC_ALL": "C.UTF-8",
-            **echo,
-            **extra,
-        }
+        return {**minimal_environment(home, self.path), **echo, **extra}
 
     def limits(self, *, memory_mb: int | None, lines: bool) -> Limits:
         """The limits of one program (``lines``: the task's long-running program)."""

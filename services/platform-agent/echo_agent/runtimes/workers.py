@@ -53,7 +53,7 @@ import orjson
 
 from ..operators.base import Operator, Output, Record, TaskContext
 from .python_runtime import OperatorLoadError
-from .sandbox import SAFE_PATH
+from .sandbox import minimal_environment
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +100,7 @@ def worker_env() -> dict[str, str]:
     if "" in sys.path:
         path.insert(0, os.getcwd())
     return {
-        "PATH": SAFE_PATH,
-        "HOME": os.environ.get("HOME", "/"),
-        "LANG": "C.UTF-8",
-        "LC_ALL": "C.UTF-8",
+        **minimal_environment(os.environ.get("HOME", "/")),
         "PYTHONPATH": os.pathsep.join(dict.fromkeys(path)),
         "PYTHONUNBUFFERED": "1",
     }
