@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -19,6 +20,13 @@ def test_killed_agent_goes_unreachable_then_lost(platform_factory: PlatformFacto
     dev = api.devices()["edge-9"]
     assert dev["status"] == "online"
     assert dev["labels"] == {"site": "b"} and dev["tier"] == "edge"
+
+    # online from its hello; its usage comes with its heartbeats (the next one under load)
+    def with_usage() -> dict[str, Any] | None:
+        d: dict[str, Any] = api.devices()["edge-9"]
+        return d if d["cpu_percent"] is not None else None
+
+    dev = wait_until(with_usage, timeout=10, what="edge-9's usage in a heartbeat")
     assert dev["cpu_percent"] is not None and dev["memory_percent"] is not None
 
     platform.agents["edge-9"].kill()
