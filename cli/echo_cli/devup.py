@@ -189,9 +189,13 @@ class DevUp:
             namespace=NAMESPACE,
             api_port=port,
             host=HOST,
-            api_port_fixed=bool(self.api_port) and not moved,
         )
         self.platform.start(DEFAULT_FLEET)
+        if self.platform.api_port != port:  # bound by another process between the check and the master
+            self.con.print(
+                f"[yellow]port {port} was taken while ECHO started; the API uses port "
+                f"{self.platform.api_port} instead[/]"
+            )
         if prometheus_binary() is not None:
             self.platform.start_prometheus()
         else:

@@ -21,9 +21,12 @@ from echo_agent.operators import TaskContext, build, implementations
 from echo_agent.runtimes import container_runtime, detect, docker_api
 from echo_agent.runtimes.container_runtime import Pipe, create_request, image_reference
 from echo_agent.runtimes.docker_api import STDERR, STDOUT, Demux, EngineError, EngineUnavailable, frame
+from echo_agent.runtimes.gating import RuntimePolicy
 from echo_agent.runtimes.stdio import Run, RunFailed
 from echo_shared.catalogue import Kind
 from echo_shared.catalogue.runtimes import ContainerConfig
+from echo_shared.messages import DeployTask
+from echo_shared.models import Resources
 from echo_shared.operators import lookup
 
 
@@ -185,6 +188,8 @@ class FakeContainer:
         self.stdio: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self.exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.waiting = False
+        self.oom = False  # the engine OOM-killed it
+        self.subscribed = False  # to its events
         self.runner: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
@@ -205,6 +210,12 @@ class FakeContainer:
                 code = int(cmd[1])
             elif cmd[0] == "sleep":
                 await asyncio.Event().wait()
+            elif cmd[0] == "hog":  # what the kernel does to one above its memory.max
+                await reader.readline()
+                self.oom, code = "Memory" in self.body["HostConfig"], 137
+            elif cmd[0] == "killed":  # SIGKILL from elsewhere (docker kill)
+                await reader.readline()
+                code = 137
             await writer.drain()
         except asyncio.CancelledError:
             code = 137
@@ -222,6 +233,7 @@ class FakeEngine:
         self.images = {"echo/fake:1"}
         self.calls: list[str] = []
         self.containers: dict[str, FakeContainer] = {}
+        self.events = True  # answers /events (an engine that does not: 500)
         self.server: asyncio.Server | None = None
 
     async def __aenter__(self) -> FakeEngine:
@@ -302,9 +314,27 @@ class FakeEngine:
                 code = await c.exit
                 chunk = orjson.dumps({"StatusCode": code, "Error": None}) + b"\n"
                 writer.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n0\r\n\r\n")
+            elif path == "/events" and self.events:
+                filters = orjson.loads(query["filters"])
+                assert filters["event"] == ["oom", "die"] and filters["type"] == ["container"]
+                (cid,) = filters["container"]
+                c = self.containers[cid]
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                )
+                await writer.drain()
+                c.subscribed = True
+                await c.exit
+                for action in ["oom", "die"] if c.oom else ["die"]:
+                    event = {"status": action, "id": cid, "Type": "container", "Action": action}
+                    chunk = orjson.dumps(event) + b"\n"
+                    writer.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                    await writer.drain()
+                return  # an engine keeps the stream open: the client ends it
             elif parts[0] == "containers" and parts[-1] == "start":
                 c = self.containers[parts[1]]
                 assert c.stdio is not None and c.waiting, "attach and wait before start"
+                assert c.subscribed or not self.events, "the events before start"
                 c.runner = asyncio.create_task(c.run())
                 self.respond(writer, 204)
             elif parts[0] == "containers" and method == "DELETE":
@@ -346,10 +376,11 @@ async def test_lines_mode_through_the_engine(engine: FakeEngine, tmp_path: Path)
     out.extend(await op.close())
     assert out == [{"x": 2 * i} for i in range(200)]
     assert engine.calls[:2] == ["GET /_ping", "GET /images/echo/fake:1/json"]
-    assert [c.split("?")[0] for c in engine.calls[2:6]] == [
+    assert [c.split("?")[0] for c in engine.calls[2:7]] == [
         "POST /containers/create",
         "POST /containers/c1/attach",
         "POST /containers/c1/wait",
+        "GET /events",
         "POST /containers/c1/start",
     ]
     body = engine.containers["c1"].body
@@ -389,3 +420,80 @@ async def test_missing_images_are_pulled_or_refused(engine: FakeEngine, tmp_path
         await op.close()
     with pytest.raises(EngineError, match="pull access denied"):
         await opened(tmp_path, {"image": "private/x:1", "command": ["double"], "pull": "always"})
+
+
+# ------------------------------------------------------------------------- the task's resources
+
+
+def test_the_tasks_resources_are_the_limits_the_config_does_not_set() -> None:
+    bare = ContainerConfig(image="a", command=["x"])
+    host = create_request(bare, dataflow="d", task="t", device="e", memory_mb=64, cpu=0.25)["HostConfig"]
+    assert host["Memory"] == 64 * 1024 * 1024 and host["NanoCpus"] == 250_000_000
+    tiny = create_request(bare, dataflow="d", task="t", device="e", memory_mb=2, cpu=0)["HostConfig"]
+    assert tiny["Memory"] == 6 * 1024 * 1024, "below the engine's smallest limit"
+    assert "NanoCpus" not in tiny
+    none = create_request(bare, dataflow="d", task="t", device="e", memory_mb=0, cpu=None)["HostConfig"]
+    assert "Memory" not in none and "NanoCpus" not in none
+    own = ContainerConfig(image="a", command=["x"], memory_mb=512, cpus=2)
+    host = create_request(own, dataflow="d", task="t", device="e", memory_mb=64, cpu=0.25)["HostConfig"]
+    assert host["Memory"] == 512 * 1024 * 1024 and host["NanoCpus"] == 2_000_000_000
+
+
+def deploy(config: dict[str, Any], resources: Resources) -> Any:
+    """The operator as an agent offering ``container`` builds it for a deploy."""
+    policy = RuntimePolicy.decide("fog-1", ["container"], usable=lambda name: None)
+    cmd = DeployTask(
+        cmd_id="c-1",
+        dataflow="df-1",
+        task="ctr",
+        generation=1,
+        operator="container",
+        config=config,
+        resources=resources,
+    )
+    return policy.build(cmd)
+
+
+async def test_a_deployed_container_gets_its_tasks_resources(engine: FakeEngine, tmp_path: Path) -> None:
+    op = deploy(
+        {"image": "echo/fake:1", "command": ["count"], "mode": "batch"}, Resources(cpu=0.5, memory_mb=96)
+    )
+    await op.open(TaskContext("df-1", "ctr", "fog-1", 1, tmp_path / "task"))
+    assert await op.process_batch([{"v": 1}]) == [{"n": 1}]
+    host = engine.containers["c1"].body["HostConfig"]
+    assert host["Memory"] == 96 * 1024 * 1024 and host["NanoCpus"] == 500_000_000
+
+
+async def test_an_oom_killed_container_fails_its_task_naming_the_limit(
+    engine: FakeEngine, tmp_path: Path
+) -> None:
+    op = deploy({"image": "echo/fake:1", "command": ["hog"], "mode": "batch"}, Resources(memory_mb=64))
+    await op.open(TaskContext("df-1", "ctr", "fog-1", 1, tmp_path / "task"))
+    with pytest.raises(RunFailed, match=r"memory limit exceeded: 64 MiB \(resources\.memory_mb\)") as err:
+        await op.process_batch([{"v": 1}])
+    assert err.value.code == 137
+    # the config's own limit is named as such; in lines mode, at the next record
+    op = deploy({"image": "echo/fake:1", "command": ["hog"], "memory_mb": 32}, Resources(memory_mb=64))
+    await op.open(TaskContext("df-1", "ctr", "fog-1", 1, tmp_path / "task"))
+    await op.process({"v": 1})
+    assert await asyncio.wait_for(asyncio.shield(op.lines.exited), 10) == 137
+    with pytest.raises(RunFailed, match=r"memory limit exceeded: 32 MiB \(memory_mb of its config\)"):
+        await op.process({"v": 2})
+    with pytest.raises(RunFailed, match="memory limit exceeded"):
+        await op.close()
+
+
+async def test_a_container_killed_otherwise_is_not_called_out_of_memory(
+    engine: FakeEngine, tmp_path: Path
+) -> None:
+    op = deploy({"image": "echo/fake:1", "command": ["killed"], "mode": "batch"}, Resources(memory_mb=64))
+    await op.open(TaskContext("df-1", "ctr", "fog-1", 1, tmp_path / "task"))
+    with pytest.raises(RunFailed, match=r"exited with code 137; no stderr output") as err:
+        await op.process_batch([{"v": 1}])
+    assert "memory" not in str(err.value)
+    # an engine that would not give its events: exit 137 under a limit is only a maybe
+    engine.events = False
+    with pytest.raises(
+        RunFailed, match=r"exited with code 137 \(killed: memory limit 64 MiB may have been exceeded\)"
+    ):
+        await op.process_batch([{"v": 1}])

@@ -14,7 +14,7 @@ import pytest
 from echo_agent.operators import TaskContext, build
 from echo_agent.runtimes.limits import CpuWatch, limit_hit
 from echo_agent.runtimes.sandbox import SAFE_PATH, Sandbox
-from echo_agent.runtimes.stdio import RunFailed
+from echo_agent.runtimes.stdio import RunFailed, exit_text
 
 PY = shutil.which("python3", path=SAFE_PATH) or "python3"
 needs_python3 = pytest.mark.skipif(
@@ -50,6 +50,18 @@ def test_exits_that_show_a_limit() -> None:
     )
     assert limit_hit(1, "MemoryError", memory_mb=None, cpu_seconds_limit=None) is None
     assert limit_hit(2, "usage: ...", memory_mb=256, cpu_seconds_limit=600) is None
+    # what a failed allocation may end in, when the program has an address-space limit
+    assert limit_hit(-signal.SIGSEGV, "", memory_mb=256, cpu_seconds_limit=600) == (
+        "exited with signal SIGSEGV (memory limit 256 MiB of address space may have been exceeded)"
+    )
+    assert limit_hit(-signal.SIGKILL, "", memory_mb=None, cpu_seconds_limit=600) is None
+    assert limit_hit(-signal.SIGTERM, "", memory_mb=256, cpu_seconds_limit=600) is None
+
+
+def test_exits_name_their_signal() -> None:
+    assert exit_text(3) == "exited with code 3"
+    assert exit_text(-signal.SIGTERM) == "exited with signal SIGTERM"
+    assert exit_text(-99) == "exited with signal signal 99"
 
 
 def process(tmp_path: Path, command: list[str], *, cpu: float | None, memory_mb: int | None) -> Any:
@@ -91,4 +103,43 @@ async def test_a_program_within_its_limits_runs(tmp_path: Path) -> None:
     try:
         assert await op.process_batch([{"seq": i} for i in range(100)]) == [{"seq": i} for i in range(100)]
     finally:
+        await op.close()
+
+
+def suicide(sig: signal.Signals) -> str:
+    return f"import os, signal, sys\nsys.stdin.read()\nos.kill(os.getpid(), signal.{sig.name})\n"
+
+
+@needs_python3
+async def test_a_program_killed_by_a_signal_names_it(tmp_path: Path) -> None:
+    op = await opened(
+        process(tmp_path, [PY, "-c", suicide(signal.SIGTERM)], cpu=None, memory_mb=64), tmp_path
+    )
+    try:
+        with pytest.raises(RunFailed, match=r"exited with signal SIGTERM; no stderr output") as err:
+            await op.process_batch([{"seq": 1}])
+        assert err.value.code == -signal.SIGTERM
+    finally:
+        await op.close()
+    op = await opened(
+        process(tmp_path, [PY, "-c", suicide(signal.SIGSEGV)], cpu=None, memory_mb=64), tmp_path
+    )
+    try:
+        with pytest.raises(
+            RunFailed,
+            match=r"exited with signal SIGSEGV \(memory limit 256 MiB of address space may have been "
+            r"exceeded\)",
+        ):
+            await op.process_batch([{"seq": 1}])
+    finally:
+        await op.close()
+
+
+@needs_python3
+async def test_a_lines_program_that_ends_killed_names_the_signal(tmp_path: Path) -> None:
+    op = build("process", {"command": [PY, "-c", suicide(signal.SIGABRT)], "mode": "lines"})
+    op.confine(Sandbox.for_agent(quiet=True), None, None)
+    op = await opened(op, tmp_path)
+    assert await op.process({"seq": 1}) == []
+    with pytest.raises(RunFailed, match=r"exited with signal SIGABRT; no stderr output"):
         await op.close()

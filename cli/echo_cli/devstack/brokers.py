@@ -32,7 +32,7 @@ from echo_shared.credentials import Access
 from echo_shared.mqtt import MqttClient
 from echo_shared.secretfiles import write_secret
 
-from .processes import ManagedProcess, start_on_free_port, wait_for_port
+from .processes import ManagedProcess, start_on_free_port, wait_for_own_port, wait_for_port
 
 MOSQUITTO_CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 REDIS_CANDIDATES = ("redis-server", "/usr/bin/redis-server", "/usr/local/bin/redis-server")
@@ -169,14 +169,15 @@ class Brokers:
         self.processes[name].kill()
 
     def restart(self, name: str, timeout: float = 15.0) -> None:
-        """Start a killed (or stopped) broker again, same port, same files."""
+        """Start a killed (or stopped) broker again, same port, same files (clients know its
+        URL). Up when it holds the port itself; ``PortTaken`` if another process took it."""
         old = self.processes[name]
         old.stop(timeout=5)
         p = self.processes[name] = old.respawn()
         url = {"nats": self.nats_url, "mosquitto": self.mqtt_url, "redis": self.redis_url}[name]
         host, port = urllib.parse.urlsplit(url).hostname, urllib.parse.urlsplit(url).port
         assert host is not None and port is not None
-        wait_for_port(host, port, timeout=timeout, proc=p)
+        wait_for_own_port(host, port, p, timeout=timeout)
 
     def stop(self) -> None:
         for p in self.processes.values():

@@ -17,7 +17,7 @@ from echo_shared.secretfiles import new_secret, write_secret
 
 from .brokers import Brokers
 from .monitoring import SCRAPE_INTERVAL, Prometheus, start_prometheus
-from .processes import START_ATTEMPTS, ManagedProcess, PortTaken, free_port, wait_for_own_port, wait_for_port
+from .processes import START_ATTEMPTS, ManagedProcess, PortTaken, free_port, wait_for_own_ports, wait_for_port
 
 SERVICES = ("registry", "scheduler", "migrator", "master")
 
@@ -243,26 +243,39 @@ class Platform:
     ) -> None:
         for name in SERVICES:
             self.start_service(name)
-        self._own_api_port(timeout)
+        for name in SERVICES:
+            self._own_ports(name, timeout)
         # agents enrol through the API (one-time tokens), so they start once it answers
         self.wait_api(timeout)
         for spec in fleet:
             self.start_agent(spec)
         self.wait_devices({s.device_id for s in fleet}, timeout=timeout)
 
-    def _own_api_port(self, timeout: float) -> None:
-        """Until the master holds its API port; one it finds taken (bound by another process
-        after the port was chosen) is exchanged for another, unless the port was asked for."""
+    def ports(self, name: str) -> list[int]:
+        """The ports service ``name`` listens on: the master's API, each one's metrics."""
+        out = [self.api_port] if name == "master" else []
+        if name in self.metrics_ports:
+            out.append(self.metrics_ports[name])
+        return out
+
+    def _own_ports(self, name: str, timeout: float) -> None:
+        """Until service ``name`` holds its ports itself. A port it finds taken (another
+        process bound it after it was chosen) is exchanged for another and the service
+        started again, up to ``START_ATTEMPTS`` times; an API port that was asked for is not."""
         for attempt in range(START_ATTEMPTS):
             try:
-                wait_for_own_port(self.host, self.api_port, self.services["master"], timeout=timeout)
+                wait_for_own_ports(self.host, self.ports(name), self.services[name], timeout=timeout)
                 return
-            except PortTaken:
-                if self.api_port_fixed or attempt == START_ATTEMPTS - 1:
+            except PortTaken as e:
+                is_api = name == "master" and e.port == self.api_port
+                if (is_api and self.api_port_fixed) or attempt == START_ATTEMPTS - 1:
                     raise
-                self.services["master"].stop(timeout=3)
-                self.api_port = free_port(self.host)
-                self.start_service("master")
+                self.services[name].stop(timeout=3)
+                if is_api:
+                    self.api_port = free_port(self.host)
+                else:
+                    self.metrics_ports[name] = free_port(self.host)
+                self.start_service(name)
 
     def wait_api(self, timeout: float = 60.0, verify: ssl.SSLContext | bool | None = None) -> None:
         """Until this stack's master answers ``/healthz`` (its boot id); another process on

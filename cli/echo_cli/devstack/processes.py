@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -39,50 +40,91 @@ def port_open(host: str, port: int) -> bool:
 class PortTaken(RuntimeError):
     """The port chosen for a server was bound by another process before the server bound it."""
 
+    def __init__(self, name: str, port: int) -> None:
+        super().__init__(f"{name}: port {port} was taken by another process before it could bind it")
+        self.name = name
+        self.port = port
 
-IN_USE = ("address already in use", "address in use", "bind: address already in use")
+
+# how nats-server, Prometheus (Go: "bind: address already in use"), Redis, Mosquitto and
+# Python ("[Errno 98] Address already in use") say that a port is taken
+IN_USE = ("address already in use", "address in use")
 START_ATTEMPTS = 5
+
+
+def taken_port(output: str, ports: Sequence[int]) -> int | None:
+    """Which of ``ports`` a server's ``output`` says another process held (None: none).
+
+    A server with one port counts any "address in use" (Mosquitto does not name the port);
+    of several, the one named on that line or the three before it (a traceback's)."""
+    lines = output.lower().splitlines()
+    for i, line in enumerate(lines):
+        if not any(s in line for s in IN_USE):
+            continue
+        if len(ports) == 1:
+            return ports[0]
+        near = "\n".join(lines[max(0, i - 3) : i + 1])
+        for port in ports:
+            if re.search(rf"(?<!\d){port}(?!\d)", near):
+                return port
+    return None
 
 
 def listens(pid: int, port: int) -> bool:
     """Whether process ``pid`` (or a process it started) has a listening TCP socket on ``port``."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return False
-    for p in procs:
+
+    def holds(p: psutil.Process) -> bool:
         with contextlib.suppress(psutil.Error):
             for c in p.net_connections(kind="tcp"):
                 if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port:
                     return True
-    return False
+        return False
+
+    try:
+        root = psutil.Process(pid)
+        return holds(root) or any(holds(c) for c in root.children(recursive=True))
+    except psutil.Error:
+        return False
+
+
+def wait_for_own_ports(host: str, ports: Sequence[int], proc: ManagedProcess, timeout: float = 15.0) -> None:
+    """Until ``proc`` itself listens on every one of ``ports``: its pid holds the listening
+    socket (another process answering there does not count). ``PortTaken`` (with the port)
+    if it exited saying that one was in use: another process bound it after it was chosen."""
+    deadline = time.monotonic() + timeout
+    waiting = list(ports)
+    while True:
+        # something answering is not enough (another process may hold the port): its pid must
+        waiting = [p for p in waiting if not (port_open(host, p) and listens(proc.pid, p))]
+        if not waiting:
+            return
+        if not proc.alive():
+            output = proc.output()
+            taken = taken_port(output, list(ports))
+            if taken is not None:
+                raise PortTaken(proc.name, taken)
+            raise RuntimeError(
+                f"{proc.name} exited with {proc.returncode} before listening on {host}:{waiting[0]}; "
+                f"log: {output[-4000:]}"
+            )
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{proc.name} does not listen on {host}:{waiting[0]} after {timeout}s")
+        time.sleep(0.05)
 
 
 def wait_for_own_port(host: str, port: int, proc: ManagedProcess, timeout: float = 15.0) -> None:
-    """Until ``proc`` itself listens on ``port`` (something else answering there does not
-    count). ``PortTaken`` if it exited because another process had bound the port meanwhile."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if port_open(host, port) and listens(proc.pid, port):
-            return
-        if not proc.alive():
-            tail = proc.log_tail()
-            if any(s in tail.lower() for s in IN_USE):
-                raise PortTaken(f"{proc.name}: port {port} was taken before it could bind it")
-            raise RuntimeError(
-                f"{proc.name} exited with {proc.returncode} before listening on {port}; log: {tail}"
-            )
-        time.sleep(0.02)
-    raise TimeoutError(f"{proc.name} does not listen on {host}:{port} after {timeout}s")
+    """``wait_for_own_ports`` for one port."""
+    wait_for_own_ports(host, (port,), proc, timeout=timeout)
 
 
 def start_on_free_port(
     host: str, start: Callable[[int], ManagedProcess], timeout: float = 15.0
 ) -> tuple[int, ManagedProcess]:
     """Start a server on a free port, without the race between choosing a port and binding
-    it: a server that finds its port taken (another process bound it in between) is started
-    again on another; one that listens is checked to be the one holding the port."""
+    it: ``start(port)`` writes the server's configuration for that port and starts it; one
+    that exits because the port was taken in between (another process bound it) is started
+    again on a fresh port, up to ``START_ATTEMPTS`` times; it is up when its own process
+    holds the listening socket."""
     for attempt in range(START_ATTEMPTS):
         port = free_port(host)
         proc = start(port)
@@ -93,6 +135,9 @@ def start_on_free_port(
             proc.stop(timeout=3)
             if attempt == START_ATTEMPTS - 1:
                 raise
+        except BaseException:
+            proc.stop(timeout=3)
+            raise
     raise AssertionError("unreachable")
 
 
@@ -131,6 +176,7 @@ class ManagedProcess:
         self.log_path = log_dir / f"{name}.log"
         log_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log_start = self._log.tell()  # the log is appended to: where this run's output begins
         full_env = dict(os.environ)
         if env:
             full_env.update(env)
@@ -191,6 +237,15 @@ class ManagedProcess:
         with contextlib.suppress(Exception):
             self._log.close()
         return self.popen.poll()
+
+    def output(self, n: int = 64_000) -> str:
+        """The last ``n`` bytes this process wrote (not the earlier runs' in its log)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(max(self._log_start, f.seek(0, os.SEEK_END) - n))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def log_tail(self, n: int = 4000) -> str:
         try:

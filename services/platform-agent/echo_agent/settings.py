@@ -62,6 +62,12 @@ class AgentSettings(CommonSettings, MqttSettings, LivenessSettings):
         description="seconds a program's CPU use is averaged over: above its task's resources.cpu "
         "(with 50 % tolerance) for that long, it is killed and the task fails saying so",
     )
+    process_cgroups: bool = Field(
+        default=True,
+        description="give each program of a process task a cgroup v2 of its own (cpu.max, memory.max "
+        "from the task's resources) where the agent can manage them; false, or where it cannot: "
+        "rlimits and the CPU watch",
+    )
     python_workers: bool = Field(
         default=True,
         description="run user operators (python:pkg.mod:Class) in a worker process each, so one that "

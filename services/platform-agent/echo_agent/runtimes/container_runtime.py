@@ -10,15 +10,22 @@ Each run (or, in lines mode, the task's one long-running container) is:
    env (only ``ECHO_DATAFLOW``, ``ECHO_TASK``, ``ECHO_DEVICE`` and the config's ``env``:
    nothing of the agent's environment, no broker URL, no credential), stdin open
    and attached once (``OpenStdin``, ``StdinOnce``, no TTY), ``AutoRemove``, network
-   ``none`` unless configured, optional memory/CPU limits, ``echo.*`` labels, and in file
+   ``none`` unless configured, memory and CPU limits (the config's ``memory_mb``/``cpus``,
+   else the task's ``resources``: ``Memory`` = ``memory_mb`` MiB, at least 6, ``NanoCpus``
+   = ``cpu`` x 1e9; 0: none), ``echo.*`` labels, and in file
    mode two bind mounts: the input file read-only at ``/echo/in/<name>`` (what ``{input}``
    becomes) and the output's directory at ``/echo/out`` (``{output}`` is
    ``/echo/out/<name>``);
 2. attach (stdin, stdout, stderr on one hijacked connection), then
    ``/wait?condition=removed`` (its headers arrive once the wait is registered, so the exit
-   code cannot be lost to the auto-remove), then start;
+   code cannot be lost to the auto-remove), then ``/events`` for its ``oom`` and ``die``
+   (the engine's OOM kill, which an auto-removed container's ``State.OOMKilled`` could not
+   be asked for afterwards), then start;
 3. stdout and stderr are demultiplexed into bounded pipes; EOF on stdin is a half-close of
-   the attach connection; the exit code comes from the wait;
+   the attach connection; the exit code comes from the wait; a container the engine
+   OOM-killed fails its task with ``memory limit exceeded: 64 MiB (resources.memory_mb)``
+   (without the events, an exit 137 under a memory limit says the limit may have been
+   exceeded);
 4. a failed, timed-out or cancelled run is removed with ``DELETE ?force=1``.
 
 ``open()`` fails when no engine answers (``no Docker engine at unix:///var/run/docker.sock:
@@ -60,6 +67,7 @@ from .docker_api import (
     ping_sync,
     read_body,
 )
+from .limits_container import MemoryLimit, OomWatch, Stream, memory_limit
 from .stdio import LINE_LIMIT, Child, Run, substitute
 from .stdio_operator import StdioOperator
 
@@ -109,9 +117,17 @@ def file_mounts(run: Run) -> tuple[list[Mount], str | None, str | None]:
 
 
 def create_request(
-    cfg: ContainerConfig, *, dataflow: str, task: str, device: str, run: Run = Run()
+    cfg: ContainerConfig,
+    *,
+    dataflow: str,
+    task: str,
+    device: str,
+    run: Run = Run(),
+    memory_mb: int | None = None,
+    cpu: float | None = None,
 ) -> dict[str, Any]:
-    """The body of ``POST /containers/create`` for one run (a pure function)."""
+    """The body of ``POST /containers/create`` for one run (a pure function). ``memory_mb``
+    and ``cpu``: the task's resources, the limits when the config sets none."""
     mounts, inside_in, inside_out = file_mounts(run)
 
     def argv(items: list[str] | None) -> list[str] | None:
@@ -121,10 +137,12 @@ def create_request(
     host: dict[str, Any] = {"AutoRemove": True, "NetworkMode": cfg.network}
     if mounts:
         host["Binds"] = [m.bind for m in mounts]
-    if cfg.memory_mb is not None:
-        host["Memory"] = cfg.memory_mb * 1024 * 1024
-    if cfg.cpus is not None:
-        host["NanoCpus"] = int(cfg.cpus * 1e9)
+    memory = memory_limit(cfg, memory_mb)
+    if memory is not None:
+        host["Memory"] = memory.mb * 1024 * 1024
+    cpus = cfg.cpus if cfg.cpus is not None else cpu
+    if cpus:
+        host["NanoCpus"] = round(cpus * 1e9)
     body: dict[str, Any] = {
         "Image": cfg.image,
         "Env": [f"{k}={v}" for k, v in env.items()],
@@ -226,8 +244,11 @@ class ContainerChild(Child):
         what: str,
         attach: tuple[asyncio.StreamReader, asyncio.StreamWriter],
         wait: tuple[asyncio.StreamReader, asyncio.StreamWriter, Any],
+        events: Stream | None = None,
+        memory: MemoryLimit | None = None,
     ) -> None:
         self.engine, self.container, self.what = engine, container, what
+        self.oom = OomWatch(what, memory, events)  # the engine's OOM kill (``limits_container``)
         self.stdin = attach[1]
         self.out_pipe, self.err_pipe = Pipe(), Pipe()
         self.stdout, self.stderr = self.out_pipe, self.err_pipe
@@ -271,7 +292,12 @@ class ContainerChild(Child):
             self.stdin.write_eof()
 
     async def wait(self) -> int:
-        return await asyncio.shield(self._exit)
+        code = await asyncio.shield(self._exit)
+        await self.oom.settle(code)
+        return code
+
+    def limit_reason(self, code: int, stderr: str) -> str | None:
+        return self.oom.reason(code)
 
     async def kill(self) -> None:
         if not self._removed:
@@ -287,6 +313,7 @@ class ContainerChild(Child):
                 await t
         await close_quietly(self.stdin)
         await close_quietly(self._wait_writer)
+        await self.oom.close()
 
 
 # ---------------------------------------------------------------------------- the operator
@@ -300,6 +327,13 @@ class Container(StdioOperator):
     def __init__(self, config: ContainerConfig) -> None:
         super().__init__(config)
         self.engine: Engine | None = None
+        self.memory_mb: int | None = None  # the task's resources (``limit``)
+        self.cpu: float | None = None
+
+    def limit(self, memory_mb: int | None, cpu: float | None) -> None:
+        """The task's resources: the container's limits where its config sets none (None or
+        0: no limit)."""
+        self.memory_mb, self.cpu = memory_mb or None, cpu or None
 
     async def prepare(self, ctx: TaskContext) -> None:
         self.engine = Engine()
@@ -338,7 +372,15 @@ class Container(StdioOperator):
     async def spawn(self, run: Run) -> Child:
         engine, ctx, cfg = self.engine, self.ctx, self.config
         assert engine is not None, "spawn() before open()"
-        body = create_request(cfg, dataflow=ctx.dataflow, task=ctx.task, device=ctx.device, run=run)
+        body = create_request(
+            cfg,
+            dataflow=ctx.dataflow,
+            task=ctx.task,
+            device=ctx.device,
+            run=run,
+            memory_mb=self.memory_mb,
+            cpu=self.cpu,
+        )
         name = f"echo-{ctx.dataflow}-{ctx.task}-{uuid.uuid4().hex[:8]}"
         what = f"container {name} ({cfg.image})"
         created = await engine.request(
@@ -347,20 +389,26 @@ class Container(StdioOperator):
         cid = str(created.json()["Id"])
         attach: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         waiting: tuple[Any, asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        events: Stream | None = None
         try:
             attach = await engine.attach(cid)
             waiting = await engine.open_stream(
                 "POST", f"/containers/{cid}/wait", {"condition": "removed"}, what=f"wait for {what}"
             )
+            events = await OomWatch.subscribe(engine, cid, what, self.log)
             await engine.request("POST", f"/containers/{cid}/start", what=f"start {what}")
         except BaseException:
             with contextlib.suppress(Exception):
                 await engine.request("DELETE", f"/containers/{cid}", {"force": 1})
             await close_quietly(attach[1] if attach else None)
             await close_quietly(waiting[2] if waiting else None)
+            await close_quietly(events[2] if events else None)
             raise
         head, wait_reader, wait_writer = waiting
-        return ContainerChild(engine, cid, what, attach, (wait_reader, wait_writer, head))
+        memory = memory_limit(cfg, self.memory_mb)
+        return ContainerChild(
+            engine, cid, what, attach, (wait_reader, wait_writer, head), events=events, memory=memory
+        )
 
 
 class BatchContainer(Container):

@@ -8,8 +8,9 @@ speaks HTTP/1.1 over the engine's socket (``DOCKER_HOST``: ``unix://`` or ``tcp:
 
 - ``request`` — a plain call (JSON in, JSON out); a status >= 400 raises ``EngineError``
   with the engine's message;
-- ``open_stream`` — a call whose response body streams (``/wait``, ``/images/create``): it
-  returns once the status line and headers arrived, the body is read later;
+- ``open_stream`` — a call whose response body streams (``/wait``, ``/images/create``,
+  ``/events``): it returns once the status line and headers arrived, the body is read later
+  (``read_body``, or line by line as it comes: ``body_lines``);
 - ``attach`` — ``/containers/{id}/attach`` hijacks the connection: afterwards it carries
   the container's stdin one way and its multiplexed stdout/stderr frames (``Demux``) the
   other way; ``write_eof()`` on it closes the container's stdin (``StdinOnce``).
@@ -27,6 +28,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
@@ -203,6 +205,31 @@ async def read_body(reader: asyncio.StreamReader, head: Response) -> bytes:
     if head.status in (204, 304) or head.status < 200:
         return b""
     return await reader.read(MAX_BODY)
+
+
+async def body_lines(reader: asyncio.StreamReader, head: Response) -> AsyncIterator[bytes]:
+    """A streamed response body (``/events``) line by line as it arrives, until it ends."""
+    if head.headers.get("transfer-encoding", "").lower() != "chunked":
+        while line := await reader.readline():
+            yield line
+        return
+    buf = b""
+    while True:
+        size_line = await reader.readline()
+        if not size_line:
+            break
+        size = int(size_line.split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            break
+        buf += await reader.readexactly(size)
+        await reader.readexactly(2)
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            yield line + b"\n"
+        if len(buf) > MAX_BODY:
+            raise EngineError(head.status, "streamed line too long")
+    if buf:
+        yield buf
 
 
 class Engine:

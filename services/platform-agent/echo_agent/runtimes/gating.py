@@ -35,6 +35,7 @@ from echo_shared.operators import PYTHON_PREFIX, lookup
 
 from ..operators import Operator, build
 from . import workers
+from .container_runtime import Container
 from .process_runtime import Process
 from .sandbox import Sandbox
 
@@ -121,7 +122,8 @@ class RuntimePolicy:
 
     def build(self, cmd: DeployTask) -> Operator:
         """The task's operator, if this device offers its runtime (else ``RuntimeRefused``),
-        confined by the sandbox when it runs external programs."""
+        confined by the sandbox when it runs external programs, and held to the task's
+        ``resources`` when it runs programs or containers."""
         why = self.refusal(cmd.operator)
         if why is not None:
             raise RuntimeRefused(why)
@@ -130,6 +132,8 @@ class RuntimePolicy:
         op = build(cmd.operator, cmd.config)
         if isinstance(op, Process):
             op.confine(self.sandbox or Sandbox.default(), cmd.resources.memory_mb, cmd.resources.cpu)
+        elif isinstance(op, Container):
+            op.limit(cmd.resources.memory_mb, cmd.resources.cpu)
         return op
 
 
@@ -144,6 +148,7 @@ def policy_of(settings: AgentSettings) -> RuntimePolicy:
             lines_cpu_seconds=settings.process_lines_cpu_seconds,
             max_files=settings.process_max_files,
             cpu_window=settings.process_cpu_window,
+            cgroups=settings.process_cgroups,
         )
     policy = RuntimePolicy.decide(
         settings.device_id, settings.runtimes, sandbox=sandbox, python_workers=settings.python_workers

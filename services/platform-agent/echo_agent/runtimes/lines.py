@@ -150,9 +150,8 @@ class LinesSession:
                     stderr=await self.tail.settle(),
                 ) from None
             if code != 0:
-                raise RunFailed(
-                    self.child.what, f"exited with code {code}", code=code, stderr=await self.tail.settle()
-                )
+                stderr = await self.tail.settle()
+                raise RunFailed(self.child.what, self.child.failure(code, stderr), code=code, stderr=stderr)
             if self.failure is not None:
                 raise self.failure
             return self._take()

@@ -9,8 +9,11 @@ A device runs no program unless it enables this runtime (``echo-agent --runtime 
 ``echo_agent.runtimes.gating``), and then confines every program
 (``echo_agent.runtimes.sandbox``): it runs as an unprivileged user (``--run-as``, default
 ``nobody`` when the agent is root), in its own directory ``<task data dir>/work`` (its
-default ``cwd``, ``HOME`` and ``ECHO_DATA_DIR``), under resource limits (address space from
-the task's ``resources.memory_mb``, CPU seconds, open files, no core dumps), with ``umask``
+default ``cwd``, ``HOME`` and ``ECHO_DATA_DIR``), under resource limits (the task's
+``resources``: a cgroup per program with ``cpu.max`` and ``memory.max`` where the agent can
+manage cgroups v2, else address space from ``resources.memory_mb`` and a watch on
+``resources.cpu`` (``echo_agent.runtimes.limits``); CPU seconds, open files, no core dumps;
+a limit hit is the task's reason), with ``umask``
 077 and a minimal environment, never the agent's: ``PATH`` (``/usr/local/bin:/usr/bin:/bin``),
 ``HOME``, ``LANG``/``LC_ALL``, ``ECHO_DATAFLOW``, ``ECHO_TASK``, ``ECHO_DEVICE``,
 ``ECHO_DATA_DIR`` and the config's ``env``.
@@ -22,7 +25,8 @@ the descendants seen (when its input ended, and at the end) that left the group,
 run ends, fails, times out or the task stops; it dies with the agent (``PR_SET_PDEATHSIG``
 on Linux): no orphans. (A descendant that leaves the group after the program's input ended
 and whose parent ends first is not seen: only a cgroup could follow it. It still runs as
-the program's user, under its limits.)
+the program's user, under its limits. In a cgroup of its own, nothing escapes: whatever is
+left in it is killed.)
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from echo_shared.catalogue.runtimes import Mode, ProcessConfig
 
 from ..operators.base import Operator, TaskContext
 from .limits import DEFAULT_WINDOW, CpuWatch, limit_hit
+from .limits_cgroup import CgroupError, Entry, ProgramCgroup
 from .sandbox import MIN_ADDRESS_SPACE_MB, Limits, Sandbox
 from .stdio import LINE_LIMIT, Child, Run, substitute
 from .stdio_operator import StdioOperator
@@ -72,12 +77,16 @@ def _prctl() -> Callable[..., int] | None:
         return None
 
 
-def pre_exec(limits: Limits, prctl: Callable[..., int] | None) -> Callable[[], None]:
-    """What the child does between fork and exec, after it switched users: die with the
-    agent (the death signal is reset by a change of credentials, so it is set after) and
-    take its resource limits."""
+def pre_exec(
+    limits: Limits, prctl: Callable[..., int] | None, entry: Entry | None = None
+) -> Callable[[], None]:
+    """What the child does between fork and exec, after it switched users: enter its cgroup
+    (``entry``), die with the agent (the death signal is reset by a change of credentials,
+    so it is set after) and take its resource limits."""
 
     def hook() -> None:
+        if entry is not None:
+            entry.child_side()
         if prctl is not None:
             prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         limits.apply()
@@ -104,12 +113,16 @@ class LocalChild(Child):
         cpu_window: float = DEFAULT_WINDOW,
         memory_mb: int | None = None,
         cpu_seconds: int | None = None,
+        cgroup: ProgramCgroup | None = None,
     ) -> None:
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         self.proc, self.what = proc, what
-        self.memory_mb, self.cpu_seconds = memory_mb, cpu_seconds
-        # the task's resources.cpu: sustained use above it kills the program (``limits``)
-        self.watch = CpuWatch(proc.pid, cpu, self.kill, window=cpu_window) if cpu else None
+        self.memory_mb, self.cpu_seconds = memory_mb, cpu_seconds  # memory_mb: of address space
+        self.cgroup = cgroup  # its own, if any: removed when it is killed
+        # the task's resources.cpu: sustained use above it kills the program (``limits``),
+        # unless its cgroup's cpu.max throttles it
+        throttled = cgroup is not None and cgroup.cpu is not None
+        self.watch = CpuWatch(proc.pid, cpu, self.kill, window=cpu_window) if cpu and not throttled else None
         if self.watch is not None:
             self.watch.start()
         self.stdin, self.stdout, self.stderr = proc.stdin, proc.stdout, proc.stderr
@@ -129,12 +142,23 @@ class LocalChild(Child):
             self.stdin.close()
 
     async def wait(self) -> int:
-        return await self.proc.wait()
+        code = await self.proc.wait()
+        if self.cgroup is not None and not self._reaped:
+            await asyncio.to_thread(self.cgroup.look)  # OOM kills, before the cgroup goes
+        return code
 
     def limit_reason(self, code: int, stderr: str) -> str | None:
         if self.watch is not None and self.watch.exceeded:
             return self.watch.exceeded
-        return limit_hit(code, stderr, memory_mb=self.memory_mb, cpu_seconds_limit=self.cpu_seconds)
+        cg = self.cgroup
+        return limit_hit(
+            code,
+            stderr,
+            memory_mb=self.memory_mb,
+            cpu_seconds_limit=self.cpu_seconds,
+            cgroup_memory_mb=cg.memory_mb if cg is not None else None,
+            oom_kills=cg.oom_kills if cg is not None else 0,
+        )
 
     async def kill(self) -> None:
         if self.watch is not None and asyncio.current_task() is not self.watch.task:
@@ -153,6 +177,8 @@ class LocalChild(Child):
             self.proc.kill()
         await self.proc.wait()
         self._reaped = True
+        if self.cgroup is not None:  # what escaped the group too, then the cgroup itself
+            await asyncio.to_thread(self.cgroup.remove)
         if not self.stdin.is_closing():
             self.stdin.close()
 
@@ -288,8 +314,18 @@ class Process(StdioOperator):
             input_as=self._for_program(run.input),
             output_as=self._for_program(run.output),
         )
-        limits = sandbox.limits(memory_mb=self.memory_mb, lines=self.config.mode is Mode.lines)
+        cgroup = entry = None
+        if sandbox.cgroups is not None and (self.cpu or self.memory_mb):
+            name = f"{self.ctx.dataflow}-{self.ctx.task}"
+            make = sandbox.cgroups.make
+            cgroup = await asyncio.to_thread(make, name, cpu=self.cpu, memory_mb=self.memory_mb)
+            entry = Entry(cgroup)
+        in_cgroup = cgroup is not None and cgroup.memory_mb is not None
+        lines = self.config.mode is Mode.lines
+        limits = sandbox.limits(memory_mb=self.memory_mb, lines=lines, address_space=not in_cgroup)
         try:
+            if entry is not None:
+                entry.start()
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.PIPE,
@@ -299,25 +335,37 @@ class Process(StdioOperator):
                 env=self.env,
                 limit=LINE_LIMIT,
                 start_new_session=True,
-                preexec_fn=pre_exec(limits, self._prctl),
+                preexec_fn=pre_exec(limits, self._prctl, entry),
                 umask=0o077,
                 **sandbox.popen_args(),  # type: ignore[arg-type]
             )
-        except PermissionError as e:
-            why = await asyncio.to_thread(sandbox.why_not_executable, self.program)
-            raise NotPermitted(
-                f"user {sandbox.user} may not run {self.program} on device {self.ctx.device}"
-                + (f": {why}" if why else f" ({e.strerror})")
-            ) from e
-        lines = self.config.mode is Mode.lines
+        except BaseException as e:
+            if entry is not None:
+                entry.finish()
+            if cgroup is not None:
+                await asyncio.to_thread(cgroup.remove)
+            if entry is not None and entry.error is not None:
+                where = cgroup.path if cgroup is not None else "?"
+                raise CgroupError(f"cannot move the program into cgroup {where}: {entry.error}") from e
+            if isinstance(e, PermissionError):
+                why = await asyncio.to_thread(sandbox.why_not_executable, self.program)
+                raise NotPermitted(
+                    f"user {sandbox.user} may not run {self.program} on device {self.ctx.device}"
+                    + (f": {why}" if why else f" ({e.strerror})")
+                ) from e
+            raise
+        if entry is not None:
+            entry.finish()
         cpu_seconds = sandbox.lines_cpu_seconds if lines else sandbox.cpu_seconds
+        address_mb = max(self.memory_mb, MIN_ADDRESS_SPACE_MB) if self.memory_mb and not in_cgroup else None
         return LocalChild(
             proc,
             describe(self.config.command),
             cpu=self.cpu,
             cpu_window=sandbox.cpu_window,
-            memory_mb=max(self.memory_mb, MIN_ADDRESS_SPACE_MB) if self.memory_mb else None,
+            memory_mb=address_mb,
             cpu_seconds=cpu_seconds or None,
+            cgroup=cgroup,
         )
 
 

@@ -3,8 +3,13 @@
 The module must be importable on the device (installed, or on ``PYTHONPATH``). The class
 implements the operator API (``echo_agent.operators.base``: checked on the class before it
 is instantiated); if it has a ``Config`` pydantic model, the task's config is validated with
-it, otherwise the class gets the dict. The operator runs inside the agent, with its rights:
-what a device trusts is the code installed on it, which the deployer can only name.
+it, otherwise the class gets the dict. What a device trusts is the code installed on it,
+which the deployer can only name.
+
+Where it runs: by default in a worker process of its own per task (``workers``: this
+module's ``load`` runs there, and the agent keeps a proxy), as the agent's user but with a
+minimal environment, so one that spins, blocks or crashes fails its task and never stalls
+the agent. ``ECHO_PYTHON_WORKERS=0`` loads it here, inside the agent's event loop.
 """
 
 from __future__ import annotations

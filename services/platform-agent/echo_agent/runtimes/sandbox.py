@@ -16,11 +16,14 @@ A program a task runs is code of the deployer's choosing, so it gets as little a
 - **limits** (``setrlimit`` in the child): address space (``RLIMIT_AS``) from the task's
   ``resources.memory_mb``, at least ``MIN_ADDRESS_SPACE_MB`` (address space counts thread
   stacks, allocator arenas and shared libraries that a memory reservation does not; 0: no
-  limit); CPU seconds (``RLIMIT_CPU``: ``ECHO_PROCESS_CPU_SECONDS`` per batch or file run,
-  each a fresh process; ``ECHO_PROCESS_LINES_CPU_SECONDS`` for a lines-mode program, which
-  lives as long as its task, so by default it has none; 0: none; SIGXCPU at the limit,
-  SIGKILL ``CPU_GRACE`` seconds later); open files (``RLIMIT_NOFILE``,
-  ``ECHO_PROCESS_MAX_FILES``, 1024); no core dumps (``RLIMIT_CORE`` 0);
+  limit), unless the program runs in a cgroup of its own with ``memory.max`` (``cgroups``:
+  where the agent can manage cgroups v2, ``limits_cgroup``; ``ECHO_PROCESS_CGROUPS``);
+  ``resources.cpu`` by ``cpu.max`` there, else by a watch (``limits``); CPU seconds
+  (``RLIMIT_CPU``: ``ECHO_PROCESS_CPU_SECONDS`` per batch or file run, each a fresh
+  process; ``ECHO_PROCESS_LINES_CPU_SECONDS`` for a lines-mode program, which lives as long
+  as its task, so by default it has none; 0: none; SIGXCPU at the limit, SIGKILL
+  ``CPU_GRACE`` seconds later); open files (``RLIMIT_NOFILE``, ``ECHO_PROCESS_MAX_FILES``,
+  1024); no core dumps (``RLIMIT_CORE`` 0);
 - **a minimal environment**, never the agent's (no broker URLs, no credentials, no token
   files): ``PATH`` (``SAFE_PATH``), ``HOME``, ``LANG``/``LC_ALL`` (``C.UTF-8``),
   ``ECHO_DATAFLOW``, ``ECHO_TASK``, ``ECHO_DEVICE``, ``ECHO_DATA_DIR``, then the config's
@@ -39,6 +42,8 @@ import resource
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .limits_cgroup import CGROUP_ROOT, CgroupTree
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +116,7 @@ class Sandbox:
     lines_cpu_seconds: int = 0
     max_files: int = DEFAULT_MAX_FILES
     cpu_window: float = 10.0  # seconds resources.cpu is averaged over (``limits``)
+    cgroups: CgroupTree | None = None  # where programs get a cgroup each (None: rlimits)
     path: str = SAFE_PATH
     agent: Account = field(default_factory=Account.current)
 
@@ -123,11 +129,15 @@ class Sandbox:
         lines_cpu_seconds: int = 0,
         max_files: int = DEFAULT_MAX_FILES,
         cpu_window: float = 10.0,
+        cgroups: bool = False,
+        cgroup_root: Path = CGROUP_ROOT,
         euid: int | None = None,
         quiet: bool = False,
     ) -> Sandbox:
         """The sandbox of this agent: ``run_as`` (default ``nobody``) when it is root, else
-        its own user. Logs who programs run as, unless ``quiet``."""
+        its own user; with ``cgroups``, a cgroup per program where this device allows
+        (``CgroupTree.detect``, which may move the agent into a leaf cgroup). Logs who
+        programs run as and how their resources are enforced, unless ``quiet``."""
         agent = Account.current()
         euid = os.geteuid() if euid is None else euid
         account: Account | None
@@ -153,7 +163,19 @@ class Sandbox:
                     log.warning("external programs run as root (--run-as %s): they are not confined", run_as)
                 else:
                     log.info("external programs run as %s (uid %d)", account.name, account.uid)
-        return cls(account, cpu_seconds, lines_cpu_seconds, max_files, cpu_window, agent=agent)
+        tree = None
+        if cgroups:
+            tree, why = CgroupTree.detect(cgroup_root)
+            if not quiet:
+                if tree is not None:
+                    log.info("process tasks' resources are enforced by cgroups v2 under %s", tree.base)
+                else:
+                    log.info(
+                        "process tasks' resources are enforced by rlimits and a CPU watch (not cgroups "
+                        "v2: %s)",
+                        why,
+                    )
+        return cls(account, cpu_seconds, lines_cpu_seconds, max_files, cpu_window, tree, agent=agent)
 
     @classmethod
     def default(cls) -> Sandbox:
@@ -180,10 +202,11 @@ class Sandbox:
         """The program's whole environment: nothing of the agent's."""
         return {**minimal_environment(home, self.path), **echo, **extra}
 
-    def limits(self, *, memory_mb: int | None, lines: bool) -> Limits:
-        """The limits of one program (``lines``: the task's long-running program)."""
+    def limits(self, *, memory_mb: int | None, lines: bool, address_space: bool = True) -> Limits:
+        """The limits of one program (``lines``: the task's long-running program;
+        ``address_space``: limit it from ``memory_mb``, which a cgroup does otherwise)."""
         pairs: list[tuple[int, tuple[int, int]]] = []
-        if memory_mb:
+        if memory_mb and address_space:
             size = max(memory_mb, MIN_ADDRESS_SPACE_MB) * 1024 * 1024
             pairs.append((resource.RLIMIT_AS, (size, size)))
         cpu = self.lines_cpu_seconds if lines else self.cpu_seconds

@@ -38,7 +38,8 @@ run, so a repeated name never overwrites a file not sent yet); the file stays th
 file edge sends it from there and needs it until the consumer confirmed it.
 
 Errors surface in the task's state: a run (or the lines program) exiting non-zero raises
-``RunFailed`` with the exit code and the tail of its stderr; a run over ``timeout`` is
+``RunFailed`` with the exit code (or the signal that killed it, or the resource limit it
+hit: ``Child.limit_reason``) and the tail of its stderr; a run over ``timeout`` is
 killed and raises ``RunFailed`` too. A cancelled task kills its program (and, for local
 commands, its whole process group): nothing outlives the task.
 """
@@ -49,6 +50,7 @@ import abc
 import asyncio
 import contextlib
 import logging
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -66,6 +68,19 @@ STDERR_TAIL = 4096  # bytes of stderr kept for error messages
 LINES_EXIT_TIMEOUT = 10.0
 STDERR_SETTLE = 1.0  # seconds to let stderr reach EOF after an exit, for the message
 OUTPUT_DIR = "output"  # under the task's data directory: where relative output patterns go
+
+
+def signal_name(number: int) -> str:
+    """``SIGKILL`` for 9 (``signal 64`` for one without a name)."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def exit_text(code: int) -> str:
+    """``exited with code 3``; a negative code (killed by a signal) names the signal."""
+    return f"exited with signal {signal_name(-code)}" if code < 0 else f"exited with code {code}"
 
 
 class RunFailed(RuntimeError):
@@ -115,8 +130,8 @@ class Child(abc.ABC):
         return None
 
     def failure(self, code: int, stderr: str, what: str = "") -> str:
-        """How an exit with ``code`` is described: the limit hit, else the code."""
-        return self.limit_reason(code, stderr) or f"exited with code {code}{what}"
+        """How an exit with ``code`` is described: the limit hit, else the code or signal."""
+        return self.limit_reason(code, stderr) or f"{exit_text(code)}{what}"
 
 
 @dataclass(frozen=True)

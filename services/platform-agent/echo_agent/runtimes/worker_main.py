@@ -1,9 +1,11 @@
 """A worker process: runs one user operator for the agent (``workers`` is the agent's side).
 
-Reads requests from stdin, answers on stdout (length-prefixed orjson frames, see
-``workers``); what the operator prints goes to stderr (the agent's log), never into the
-protocol. Its event loop runs between requests, so an operator's timers fire and what they
-emit (``ctx.emit``) is sent at once. It dies with the agent (parent-death signal).
+Reads requests from stdin, answers on stdout (length-prefixed JSON frames, see
+``workers_wire``); what the operator prints goes to stderr (the agent's log), never into
+the protocol. Its event loop runs between requests, so an operator's timers fire and what
+they emit (``ctx.emit``) is sent at once. It ends at the end of its input (the agent closed
+it, or is gone) even while the operator spins, and dies with the agent (parent-death
+signal).
 """
 
 from __future__ import annotations
@@ -12,19 +14,26 @@ import asyncio
 import contextlib
 import ctypes
 import inspect
+import logging
 import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO, Any
 
+from pydantic import ValidationError
+
+from echo_shared.operators import PYTHON_PREFIX
+
 from ..operators.base import Operator, Record, TaskContext
 from . import python_runtime
-from .workers import read_frame, write_frame
+from .workers_wire import encode, read_frame
 
 PR_SET_PDEATHSIG = 1
+EXIT_GRACE = 3.0  # seconds to end normally once the input ended (the agent kills after 5)
 
 
 def die_with_parent() -> None:
@@ -44,63 +53,115 @@ def records(result: Any) -> list[Record]:
     return [] if result is None else list(result)
 
 
+def overrides(cls: type, method: str) -> bool:
+    """Whether the class has ``method`` of its own (not the operator API's default, if any)."""
+    mine = getattr(cls, method, None)
+    return callable(mine) and mine is not getattr(Operator, method, None)
+
+
 class Host:
+    """The operator and the requests it answers."""
+
     def __init__(self, out: IO[bytes]) -> None:
         self.out = out
-        self.op: Operator | None = None
+        self.op: Any = None  # the user's class need not subclass Operator (duck-typed)
         self.name = ""
+        self.flush = False  # the class has a flush() of its own: called after each call
+        self.batches = False  # the class has a process_batch() of its own
         self.source: AsyncIterator[Record] | None = None
-        self.pending: asyncio.Task[Record] | None = None
+        self.pending: asyncio.Future[Record] | None = None  # a source's next record, asked for
+        self.method = ""  # the user's method in hand (named when it raises)
+        self.lock = threading.Lock()  # an operator may emit from a thread of its own
 
     def emit(self, recs: Any) -> None:
-        write_frame(self.out, {"emit": records(recs)})
+        self.send(encode({"emit": records(recs)}))
+
+    def send(self, data: bytes) -> None:
+        with self.lock:
+            self.out.write(data)
+            self.out.flush()
+
+    def load(self, name: str, config: Any) -> dict[str, bool]:
+        self.name = name.removeprefix(PYTHON_PREFIX)
+        self.op = python_runtime.load(name, config)
+        cls = type(self.op)
+        self.flush, self.batches = overrides(cls, "flush"), overrides(cls, "process_batch")
+        return {
+            "stateful": bool(getattr(cls, "stateful", False)),
+            "close_emits": bool(getattr(cls, "close_emits", False)),
+            "wants_batches": bool(getattr(cls, "wants_batches", False)),
+            "is_source": callable(getattr(self.op, "generate", None)),
+            "has_snapshot": overrides(cls, "snapshot"),
+        }
 
     async def handle(self, req: dict[str, Any]) -> Any:
         op = req["op"]
+        self.method = "generate" if op == "next" else op
         if op == "load":
-            self.name = str(req["name"]).removeprefix("python:")
-            self.op = python_runtime.load(req["name"], req["config"])
-            cls = type(self.op)
-            return {
-                "stateful": bool(getattr(cls, "stateful", False)),
-                "close_emits": bool(getattr(cls, "close_emits", False)),
-                "wants_batches": bool(getattr(cls, "wants_batches", False)),
-                "is_source": callable(getattr(self.op, "generate", None)),
-            }
-        assert self.op is not None, "no operator loaded"
+            return self.load(str(req["name"]), req["config"])
+        if self.op is None:
+            raise RuntimeError("no operator loaded")
+        user = self.op
         if op == "open":
             c = req["ctx"]
             ctx = TaskContext(
-                c["dataflow"], c["task"], c["device"], c["generation"], Path(c["data_dir"]), emit=self.emit
+                c["dataflow"],
+                c["task"],
+                c["device"],
+                int(c["generation"]),
+                Path(c["data_dir"]),
+                logging.getLogger(f"echo.task.{c['task']}"),
+                emit=self.emit,
             )
-            await value(self.op.open(ctx))
+            await value(user.open(ctx))
             return None
         if op == "process":
-            return records(await value(self.op.process(req["record"])))
+            out = records(await value(user.process(req["record"])))
+            await self.flushed()
+            return out
         if op == "process_batch":
-            return records(await value(self.op.process_batch(req["records"])))
-        if op == "flush":
-            user: Any = self.op  # a user class may make flush()/restore() async
-            await value(user.flush())
-            return None
+            out = await self.batch(req["records"])
+            await self.flushed()
+            return out
         if op == "snapshot":
-            return await value(self.op.snapshot())
+            return await value(user.snapshot()) if callable(getattr(user, "snapshot", None)) else None
         if op == "restore":
-            user = self.op
-            await value(user.restore(req["state"]))
+            if callable(getattr(user, "restore", None)):
+                await value(user.restore(req["state"]))
             return None
-        if op in ("close", "suspend"):
-            return records(await value(getattr(self.op, op)()))
+        if op == "close":
+            return records(await value(user.close()))
+        if op == "suspend":
+            if callable(getattr(user, "suspend", None)):
+                return records(await value(user.suspend()))
+            if getattr(type(user), "close_emits", False):
+                return []
+            return records(await value(user.close()))
         if op == "next":
             return await self.next(int(req["max"]), float(req["linger"]))
         raise ValueError(f"unknown request {op!r}")
 
+    async def batch(self, recs: list[Record]) -> list[Record]:
+        if self.batches:
+            return records(await value(self.op.process_batch(recs)))
+        out: list[Record] = []
+        self.method = "process"
+        for r in recs:  # process() per record, as the agent would call it
+            out.extend(records(await value(self.op.process(r))))
+        return out
+
+    async def flushed(self) -> None:
+        """What was processed is durable before the agent hears of it (and acknowledges its input)."""
+        if self.flush:
+            self.method = "flush"
+            await value(self.op.flush())
+
     async def next(self, most: int, linger: float) -> dict[str, Any]:
         """Up to ``most`` records of the source, as soon as one is there (``linger`` more
         seconds to gather others)."""
-        assert self.op is not None
         if self.source is None:
-            self.source = self.op.generate()  # type: ignore[attr-defined]
+            self.source = self.op.generate()
+        assert self.source is not None
         out: list[Record] = []
         loop = asyncio.get_running_loop()
         deadline: float | None = None
@@ -120,48 +181,59 @@ class Host:
                 deadline = loop.time() + linger
         return {"records": out, "done": False}
 
+    def failed(self, req: dict[str, Any], e: BaseException) -> str:
+        op = str(req.get("op"))
+        detail = f"{type(e).__name__}: {e}"
+        if op == "load":  # the in-agent runtime's message (the class's own errors: with their type)
+            return str(e) if isinstance(e, python_runtime.OperatorLoadError | ValidationError) else detail
+        traceback.print_exception(e, file=sys.stderr)
+        return f"{self.name}.{self.method}() raised {detail}"
+
 
 async def serve(inp: IO[bytes], out: IO[bytes]) -> None:
     loop = asyncio.get_running_loop()
     requests: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
 
     def read() -> None:  # blocking reads in a thread: the loop stays free for timers
-        while True:
-            try:
-                frame = read_frame(inp)
-            except Exception:
-                frame = None
-            loop.call_soon_threadsafe(requests.put_nowait, frame)
-            if frame is None:
-                return
+        try:
+            while (frame := read_frame(inp)) is not None:
+                loop.call_soon_threadsafe(requests.put_nowait, frame)
+        except Exception as e:
+            logging.getLogger(__name__).error("a bad request: %s: %s", type(e).__name__, e)
+        # the end of the input: the agent closed it, or is gone. The worker ends (its
+        # files flushed) when the loop is free, else after EXIT_GRACE anyway: even if the
+        # operator spins (this thread still gets the interpreter between its bytecodes)
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(requests.put_nowait, None)
+        threading.Event().wait(EXIT_GRACE)
+        os._exit(0)
 
-    threading.Thread(target=read, daemon=True).start()
+    threading.Thread(target=read, name="requests", daemon=True).start()
     host = Host(out)
     while True:
         req = await requests.get()
-        if req is None or req.get("op") == "exit":
+        if req is None:
             return
         try:
-            result = await host.handle(req)
-            answer = {"id": req["id"], "ok": True, "result": result}
+            answer = {"id": req["id"], "ok": True, "result": await host.handle(req)}
         except Exception as e:
-            where = f"{host.name}.{req.get('op')}()" if host.name else str(req.get("op"))
-            detail = f"{type(e).__name__}: {e}"
-            error = detail if req.get("op") == "load" else f"{where} raised {detail}"
-            answer = {"id": req["id"], "ok": False, "error": error}
+            answer = {"id": req["id"], "ok": False, "error": host.failed(req, e)}
         try:
-            write_frame(out, answer)
+            data = encode(answer)
         except TypeError as e:  # what the operator returned is no JSON
-            write_frame(
-                out, {"id": req["id"], "ok": False, "error": f"{host.name}: cannot send its output: {e}"}
-            )
+            error = f"{host.name}.{host.method}(): cannot send its output: {e}"
+            data = encode({"id": req["id"], "ok": False, "error": error})
+        host.send(data)
 
 
 def main() -> None:
     die_with_parent()
-    out = os.fdopen(os.dup(1), "wb")  # the protocol's; fd 1 becomes stderr for prints
+    out = os.fdopen(os.dup(1), "wb")  # the protocol's (not inherited); fd 1 becomes stderr
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s %(levelname)s %(name)s [worker {os.getpid()}] %(message)s"
+    )
     asyncio.run(serve(sys.stdin.buffer, out))
 
 

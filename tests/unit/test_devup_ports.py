@@ -1,0 +1,70 @@
+"""``echoctl dev up`` reports the ports its servers hold, not the ones first chosen: an API
+port taken between the check and the master's bind is exchanged and said, and ``.echo/dev.env``
+names the final one. The brokers and the platform are stand-ins (the real ones: the
+integration tests ``test_dev_ports.py``, ``test_dev_port_races.py`` and ``tests/e2e/test_demo.py``)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from echo_cli import devup
+from echo_cli.devstack import Brokers, free_port
+from echo_cli.devstack.platform import Platform
+
+
+class MovedPlatform(Platform):
+    """A platform whose master found its API port taken (``_own_ports``) and got another."""
+
+    moved_to = 0
+
+    def start(self, fleet: Any = (), timeout: float = 60.0) -> None:
+        assert not self.api_port_fixed  # dev up lets a taken port move, as a busy one does
+        self.api_port = MovedPlatform.moved_to
+
+
+class SamePlatform(Platform):
+    def start(self, fleet: Any = (), timeout: float = 60.0) -> None:
+        pass
+
+
+def run_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, platform: type[Platform], requested: int
+) -> str:
+    def brokers(workdir: Path, **_: Any) -> Brokers:
+        return Brokers("nats://127.0.0.1:1", "mqtt://127.0.0.1:2", "redis://127.0.0.1:3/0", workdir)
+
+    monkeypatch.setattr(devup, "start_brokers", brokers)
+    monkeypatch.setattr(devup, "Platform", platform)
+    monkeypatch.setattr(devup, "prometheus_binary", lambda: None)
+    out = io.StringIO()
+    d = devup.DevUp(
+        root=tmp_path, api_port=requested, submit=[], console=Console(file=out, width=200, color_system=None)
+    )
+    d._start()
+    assert d.platform is not None
+    env = (tmp_path / ".echo" / "dev.env").read_text()
+    assert f"ECHO_API_URL=http://127.0.0.1:{d.platform.api_port}\n" in env
+    return out.getvalue()
+
+
+def test_an_api_port_taken_while_starting_moves_and_is_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    requested = free_port()
+    MovedPlatform.moved_to = free_port()
+    said = run_start(tmp_path, monkeypatch, MovedPlatform, requested)
+    moved = MovedPlatform.moved_to
+    assert f"port {requested} was taken while ECHO started; the API uses port {moved}" in said
+    assert f"127.0.0.1:{MovedPlatform.moved_to}" in said  # the banner
+
+
+def test_an_api_port_kept_is_not_remarked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    requested = free_port()
+    said = run_start(tmp_path, monkeypatch, SamePlatform, requested)
+    assert "taken" not in said and "busy" not in said
+    assert f"http://127.0.0.1:{requested}" in said
