@@ -212,6 +212,10 @@ class Names:
     def agent_client_id(self, device: str) -> str:
         return f"{self.namespace}-agent-{device}"
 
+    def data_client_id(self, device: str) -> str:
+        """The agent's data session: one MQTT connection carrying the channels of all its tasks."""
+        return f"{self.namespace}-data-{device}"
+
     def task_client_id(self, dataflow: str, task: str) -> str:
         """The MQTT session of a task: named after the task, so its queued input follows it."""
         return f"{self.namespace}-task-{dataflow}-{task}"

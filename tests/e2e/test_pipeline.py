@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import orjson
+import psutil
 import pytest
 
 from tests.conftest import PlatformFactory
@@ -75,3 +78,39 @@ def test_fields_and_count_by_key(platform_factory: PlatformFactory, tmp_path: Pa
     records = wait_until(lambda: len(read_jsonl(out)) == 300 and read_jsonl(out), what="300 counts")
     assert records[-1] == {"key": "nyc", "count": 300, "seq": 299}
     assert [r["count"] for r in records] == list(range(1, 301))
+
+
+def test_an_agent_runs_its_tasks_over_one_data_connection(
+    platform_factory: PlatformFactory, tmp_path: Path
+) -> None:
+    """Five tasks on edge-1: the agent holds two MQTT connections (control and data), not six,
+    and every record arrives once, in order."""
+    platform, api = platform_factory()
+    out = tmp_path / "out.jsonl"
+    chain = ["gen", "p1", "p2", "p3", "sink"]
+    spec = three_tiers("one-connection", out, count=20_000, rate=5_000)
+    spec["tasks"] = [
+        {"id": "gen", "operator": "io.generate", "config": {"count": 20_000, "rate": 5_000}},
+        *({"id": t, "operator": "core.passthrough"} for t in chain[1:-1]),
+        {"id": "sink", "operator": "io.file_sink", "config": {"path": str(out)}},
+    ]
+    for t in spec["tasks"]:
+        t["placement"] = {"device": "edge-1"}
+    spec["edges"] = [{"from": a, "to": b} for a, b in itertools.pairwise(chain)]
+    df_id = api.submit(spec)
+    api.wait_state(df_id, "running", timeout=30)
+    agent = psutil.Process(platform.agents["edge-1"].pid)
+    mqtt_port = urlsplit(platform.brokers.mqtt_url).port
+
+    def mqtt_connections() -> int:
+        return sum(
+            1
+            for c in agent.net_connections(kind="tcp")
+            if c.raddr and c.raddr.port == mqtt_port and c.status == psutil.CONN_ESTABLISHED
+        )
+
+    seen = mqtt_connections()
+    df = api.wait_state(df_id, "completed", timeout=60)
+    assert seen == 2, f"edge-1 holds {seen} MQTT connections for 5 tasks"
+    assert {t["device"] for t in df["tasks"]} == {"edge-1"}
+    assert [r["seq"] for r in read_jsonl(out)] == list(range(20_000))

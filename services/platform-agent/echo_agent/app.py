@@ -48,6 +48,7 @@ async def run(settings: AgentSettings, stop: asyncio.Event, creds: Credentials |
         names=names,
         data_dir=settings.data_dir,
         session_expiry=settings.task_session_expiry,
+        shared_data_session=settings.data_session == "agent",
         publish=publish,
         channel_window=settings.channel_window,
         nats_url=settings.nats_url,
@@ -169,9 +170,8 @@ class Rotation:
             login = identity.login_of(self.creds)
             if login is not None:
                 self.control.relogin(login)
+                self.manager.relogin(login)
                 for runner in list(self.manager.tasks.values()):
-                    if runner.mqtt is not None:
-                        runner.mqtt.relogin(login)
                     nats = getattr(runner.transport, "nats", None) if hasattr(runner, "transport") else None
                     if nats is not None and access.nats is not None:
                         nats.relogin(access.nats.username, access.nats.password)

@@ -107,6 +107,7 @@ class Consumer:
         generation: int = 0,
         gated: bool = False,
         records_tracer: RecordTracer | None = None,
+        shared_session: bool = False,
     ) -> None:
         self.task = task
         self.records_tracer = records_tracer  # sampled record tracing (None: off)
@@ -126,8 +127,10 @@ class Consumer:
             generation=generation,
             # checkpointing: report no further than the checkpoint a copy would restore
             gate=(dict(restore.hwm) if restore else {}) if gated else None,
-            # continuing a drained copy: the rest of our input is still in the channels
-            replay=restore is None or restore.kind != "drain",
+            # continuing a drained copy: the rest of our input is still in the channels when
+            # they are the task's own MQTT session (or NATS work queues); on the agent's shared
+            # data session it went to the agent the drained copy ran on, so ask for it again
+            replay=restore is None or restore.kind != "drain" or shared_session,
         )
         self.checkpoints: Checkpoints | None = None  # set by the runner when checkpointing is on
         self.receivers = {

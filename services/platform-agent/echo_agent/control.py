@@ -23,13 +23,14 @@ from pathlib import Path
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
-from echo_shared.credentials import Access
+from echo_shared.credentials import Access, Login
 from echo_shared.messages import COMMAND_ADAPTER, CommandAck, DeployTask, StopTask, TaskBrief, TaskStatus
 from echo_shared.models import TaskState
 from echo_shared.mqtt import MqttClient, MqttMessage
 from echo_shared.names import Names
 from echo_shared.telemetry import extract, tracer
 
+from .datasession import DataSession
 from .running import TaskRunner
 from .runtimes import RuntimePolicy
 
@@ -53,8 +54,12 @@ class TaskManager:
         trace_records: float = 0.0,
         access: Access | None = None,
         runtimes: RuntimePolicy | None = None,
+        shared_data_session: bool = True,
     ) -> None:
         self.trace_records = trace_records
+        # one MQTT connection for the channels of all tasks (False: one session per task)
+        self.shared_data_session = shared_data_session
+        self._data: DataSession | None = None
         self.device = device
         # what this device runs (default: the safe defaults, no external programs)
         self.runtimes = runtimes or RuntimePolicy.decide(device)
@@ -169,6 +174,7 @@ class TaskManager:
             publish_checkpoint=self.publish_checkpoint,
             access=self.access,
             build=self.runtimes.build,
+            session=self.data_session() if self.shared_data_session else None,
         )
         self.tasks[key] = runner
         try:
@@ -205,6 +211,28 @@ class TaskManager:
         ack.snapshot = snapshot
         return ack
 
+    # ---------------------------------------------------------------- the data session
+
+    def data_session(self) -> DataSession:
+        """The agent's data session, made on first use (it connects when a task starts)."""
+        if self._data is None:
+            self._data = DataSession(
+                self.mqtt_url,
+                self.names.data_client_id(self.device),
+                session_expiry=self.session_expiry,
+                login=self.access.mqtt if self.access else None,
+                tls=self.access.tls() if self.access else None,
+            )
+        return self._data
+
+    def relogin(self, login: Login) -> None:
+        """New credentials: every MQTT connection of the tasks uses them from its next connect."""
+        if self._data is not None:
+            self._data.relogin(login)
+        for runner in list(self.tasks.values()):
+            if runner.mqtt is not None:
+                runner.mqtt.relogin(login)
+
     # ---------------------------------------------------------------- views / shutdown
 
     def report_progress(self) -> None:
@@ -238,3 +266,5 @@ class TaskManager:
             *(r.stop(discard_session=False, reason="agent shutting down") for r in self.tasks.values()),
             return_exceptions=True,
         )
+        if self._data is not None:
+            await self._data.close()

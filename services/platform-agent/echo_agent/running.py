@@ -1,10 +1,10 @@
 """One task running in-process on the agent's event loop.
 
-A ``TaskRunner`` owns the task's operator, its MQTT session (client id named after the
-task, persistent when the task has inputs, so queued input waits for it wherever it
-runs next) and its channels. ``start()`` returns once the task is subscribed to its
-inputs and running; ``stop()`` ends it (idempotent). State changes are reported
-through the ``report`` callback.
+A ``TaskRunner`` owns the task's operator, its view of the agent's MQTT data session
+(``datasession``: one connection for all the agent's tasks; without one, a session of
+the task's own, client id named after the task) and its channels. ``start()`` returns
+once the task is subscribed to its inputs and running; ``stop()`` ends it (idempotent).
+State changes are reported through the ``report`` callback.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from echo_shared.names import Names
 from .channels import DEFAULT_WINDOW, Outputs
 from .checkpoints import Checkpoints, Publish, take_snapshot
 from .consuming import Consumer, call
+from .datasession import DataSession, TaskChannels
 from .natschannels import NatsChannels
 from .operators import Operator, TaskContext
 from .recordtrace import RecordTracer
@@ -61,8 +62,12 @@ class TaskRunner:
         publish_checkpoint: Publish | None = None,
         access: Access | None = None,
         build: Callable[[DeployTask], Operator] | None = None,
+        session: DataSession | None = None,
     ) -> None:
         self.cmd = cmd
+        # the agent's data session (one MQTT connection for all its tasks); None: a session
+        # of the task's own (tests, tools)
+        self.session = session
         # the device's gate (``RuntimePolicy.build``): refuses what the device does not run and
         # confines external programs (default: the safe defaults, no external programs)
         self._build = build or RuntimePolicy.decide(device).build
@@ -83,7 +88,7 @@ class TaskRunner:
         self.fenced = False
         self.state = TaskState.pending
         self.reason = ""
-        self.mqtt: MqttClient | None = None
+        self.mqtt: MqttClient | TaskChannels | None = None
         self.transport: Transports | None = None
         self.op: Operator | None = None
         self.outputs: Outputs | None = None
@@ -175,8 +180,13 @@ class TaskRunner:
             )
             return
         client_id = self.names.task_client_id(cmd.dataflow, cmd.task)
-        mqtt = (
-            MqttClient(
+        mqtt: MqttClient | TaskChannels | None
+        if not uses_mqtt:
+            mqtt = None
+        elif self.session is not None:
+            mqtt = self.session.channels(cmd.task, self._on_message)
+        else:
+            mqtt = MqttClient(
                 self.mqtt_url,
                 client_id,
                 on_message=self._on_message,
@@ -187,9 +197,6 @@ class TaskRunner:
                 login=self.access.mqtt if self.access else None,
                 tls=self.access.tls() if self.access else None,
             )
-            if uses_mqtt
-            else None
-        )
         nats = (
             NatsChannels(
                 self.nats_url,
@@ -236,6 +243,7 @@ class TaskRunner:
                 restore=restore,
                 generation=cmd.generation,
                 gated=self.checkpoint_interval > 0,
+                shared_session=self.session is not None,
                 records_tracer=self.records if self.records.on else None,
             )
         if self.checkpoint_interval > 0 and self._publish_checkpoint is not None:

@@ -115,5 +115,13 @@ class AgentSettings(CommonSettings, MqttSettings, LivenessSettings):
         "children against the device's declared cpu and memory_mb (emulated devices on one host)",
     )
     task_session_expiry: int = Field(
-        default=86400, gt=0, description="seconds the broker keeps a task's queued input while no copy runs"
+        default=86400,
+        gt=0,
+        description="seconds the broker keeps the data session (and with per-task sessions, a "
+        "task's queued input) while the agent is away",
+    )
+    data_session: Literal["agent", "task"] = Field(
+        default="agent",
+        description="MQTT connections for task channels: one per agent, shared by its tasks "
+        "(agent), or one per task (task: the earlier behaviour, for comparison)",
     )

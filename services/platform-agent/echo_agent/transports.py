@@ -13,7 +13,10 @@ from typing import Protocol
 from echo_shared.mqtt import MqttClient, MqttMessage
 from echo_shared.names import Names
 
+from .datasession import TaskChannels
 from .natschannels import NatsChannels
+
+MqttChannels = MqttClient | TaskChannels
 
 
 class Transport(Protocol):
@@ -40,17 +43,17 @@ class NoRoute(LookupError):
 
 
 class Transports:
-    def __init__(self, names: Names, mqtt: MqttClient | None, nats: NatsChannels | None) -> None:
+    def __init__(self, names: Names, mqtt: MqttChannels | None, nats: NatsChannels | None) -> None:
         self.names = names
         self.mqtt = mqtt
         self.nats = nats
         self.taken_over = mqtt.taken_over if mqtt is not None else asyncio.Event()
 
     @property
-    def clients(self) -> list[MqttClient | NatsChannels]:
+    def clients(self) -> list[MqttChannels | NatsChannels]:
         return [c for c in (self.mqtt, self.nats) if c is not None]
 
-    def client(self, topic: str) -> MqttClient | NatsChannels:
+    def client(self, topic: str) -> MqttChannels | NatsChannels:
         if self.names.is_subject(topic):
             if self.nats is None:
                 raise NoRoute(f"{topic} is a NATS channel, and this device has no NATS connection")
@@ -94,7 +97,7 @@ class Transports:
             await c.start()
 
     async def subscribe(self, topics: list[str], qos: int = 1) -> None:
-        by_client: dict[int, tuple[MqttClient | NatsChannels, list[str]]] = {}
+        by_client: dict[int, tuple[MqttChannels | NatsChannels, list[str]]] = {}
         for t in topics:
             c = self.client(t)
             by_client.setdefault(id(c), (c, []))[1].append(t)
