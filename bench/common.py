@@ -146,11 +146,13 @@ class Stack:
     def logs(self) -> Path:
         return self.platform.logs
 
+KEEP = False  # ``bench/run.py --keep``: every stack keeps its temp dir
+
 
 @contextlib.contextmanager
 def running_stack(
     *,
-    keep: bool = False,
+    keep: bool | None = None,
     extra_env: dict[str, str] | None = None,
     fleet: tuple[AgentSpec, ...] = FLEET,
     secure: bool = True,
@@ -191,7 +193,7 @@ def running_stack(
             if bad:
                 log(f"platform processes exited with non-zero codes: {bad}")
         brokers.stop()
-        if keep:
+        if keep or (keep is None and KEEP):
             log(f"kept workdir {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -40,6 +40,11 @@ Benchmarks:
 
 - ``console_render`` (``console_render.py``): the web console in Chromium with 1,000 devices and a
   200-task dataflow: time to first render of the dataflow's page (and the devices page); target <= 1 s.
+
+- ``fleet`` (``fleet.py``, emulators in ``fleet_agents.py``): 1,000 enrolled devices (the real agent
+  code, 250 per process) with 1 Hz heartbeats, idle and with a 1,000-task dataflow: registry CPU
+  (target <= 50 % of a core), heartbeat -> Redis p99 (<= 50 ms), POST -> all running (<= 5 s),
+  master RSS (<= 300 MB), bytes per idle device on the wire, extrapolated to 10,000 devices.
 The new ones also report CPU time and peak RSS of the platform's processes (``procs.py``)
 and what went wrong meanwhile (``incidents.py``: heartbeat gaps, liveness flaps, commands
 not acked, retransmissions); on this shared 2-core machine the per-CPU-second figures
@@ -66,10 +71,12 @@ from pathlib import Path
 from typing import Any
 
 import batch_edge
+import common
 import console_render
 import deploy_latency
 import etl_pipeline
 import file_edge
+import fleet
 import metrics_cost
 import migration
 import placement
@@ -93,6 +100,7 @@ STANDALONE: dict[str, Callable[[Stack | None, bool], dict[str, Any]]] = {
     "security_cost": security_cost.run,
     "metrics_cost": metrics_cost.run,
     "console_render": console_render.run,
+    "fleet": fleet.run,
 }
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -137,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     names = args.only or [*BENCHMARKS, *STANDALONE]
+    common.KEEP = args.keep  # the stacks benchmarks start of their own keep their dirs too
     doc: dict[str, Any] = {"quick": args.quick, "environment": environment(), "benchmarks": {}}
     t0 = time.monotonic()
     rc = 0

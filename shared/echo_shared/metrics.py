@@ -56,6 +56,8 @@ DEVICE_CPU = "echo_device_cpu_ratio"
 DEVICE_MEMORY = "echo_device_memory_ratio"
 DEVICE_RTT = "echo_device_rtt_seconds"
 DEVICE_TASKS = "echo_device_tasks"
+# heartbeat sent (device clock) -> stored by the registry
+HEARTBEAT_LAG = "echo_registry_heartbeat_lag_seconds"
 
 CHANNEL_LABELS = ("dataflow", "edge", "transport")
 CHANNEL_MESSAGES = "echo_channel_messages"
@@ -73,6 +75,9 @@ API_DURATION = "echo_api_request_duration_seconds"  # label route
 # deployments, moves and API calls: milliseconds to a minute
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
+# sub-second lags (heartbeats): a millisecond to a few seconds
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
 SCRAPE_TIMEOUT = 5.0  # seconds a scrape waits for the service's loop to read its figures
 
 
@@ -88,8 +93,14 @@ def new_registry() -> CollectorRegistry:
     return registry
 
 
-def histogram(registry: CollectorRegistry, name: str, doc: str, labels: Iterable[str] = ()) -> Histogram:
-    return Histogram(name, doc, labelnames=tuple(labels), buckets=SECONDS_BUCKETS, registry=registry)
+def histogram(
+    registry: CollectorRegistry,
+    name: str,
+    doc: str,
+    labels: Iterable[str] = (),
+    buckets: tuple[float, ...] = SECONDS_BUCKETS,
+) -> Histogram:
+    return Histogram(name, doc, labelnames=tuple(labels), buckets=buckets, registry=registry)
 
 
 def counter(registry: CollectorRegistry, name: str, doc: str, labels: Iterable[str] = ()) -> Counter:

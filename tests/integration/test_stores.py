@@ -5,7 +5,8 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 
 from echo_master.store import DataflowStore
-from echo_registry.store import DeviceStore
+from echo_registry.errors import UnknownDevice
+from echo_registry.store import Beat, DeviceStore
 from echo_shared.models import Capacity, DataflowSpec, DeviceInfo, DeviceStatus, Tier
 from echo_shared.names import Names
 
@@ -45,6 +46,33 @@ async def test_device_transitions_are_compare_and_set(redis: aioredis.Redis, nam
     assert await store.heartbeat("d1", 104.0, 1.0, 2.0, 3) is DeviceStatus.unreachable
     rec = await store.get("d1")
     assert (rec.status, rec.tasks, rec.cpu_percent) == (DeviceStatus.online, 3, 1.0)
+
+
+async def test_heartbeats_are_stored_together_each_with_its_own_outcome(
+    redis: aioredis.Redis, names: Names
+) -> None:
+    store = DeviceStore(redis, names)
+    for d in ("on", "away", "gone"):
+        await store.register(
+            DeviceInfo(id=d, tier=Tier.edge, capacity=Capacity(cpu=1, memory_mb=64)), "b", 1.0
+        )
+    await store.transition("away", DeviceStatus.unreachable, 2.0)
+    assert await store.revoke("gone", 2.0) is DeviceStatus.online
+    out = await store.heartbeats(
+        [
+            Beat("on", 3.0, 10.0, 20.0, 1, {"mqtt": 2.5}),
+            Beat("away", 3.0, 11.0, 21.0, 2),
+            Beat("gone", 3.0, 12.0, 22.0, 3),
+            Beat("never-registered", 3.0, 0.0, 0.0, 0),
+        ]
+    )
+    assert out[:3] == [None, DeviceStatus.unreachable, None]  # only "away" came back
+    assert isinstance(out[3], UnknownDevice)
+    on, away, gone = [await store.get(d) for d in ("on", "away", "gone")]
+    assert (on.status, on.tasks, on.cpu_percent, on.rtt_ms) == (DeviceStatus.online, 1, 10.0, {"mqtt": 2.5})
+    assert (away.status, away.status_since, away.tasks) == (DeviceStatus.online, 3.0, 2)
+    assert gone.status is DeviceStatus.revoked  # a revoked device stays revoked
+    assert await redis.exists(names.device_key("never-registered")) == 0
 
 
 async def test_task_patches_are_fenced_and_never_go_backwards(redis: aioredis.Redis, names: Names) -> None:

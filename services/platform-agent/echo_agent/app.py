@@ -75,6 +75,7 @@ async def run(settings: AgentSettings, stop: asyncio.Event, creds: Credentials |
     manager.control = control
     rotation.control = control
     await control.start(timeout=30)
+    data = asyncio.create_task(manager.open_data_session())
     try:
         with tracer("echo.agent").start_as_current_span("agent register"):
             await control.subscribe(names.command_topic(device), qos=1)
@@ -114,6 +115,7 @@ async def run(settings: AgentSettings, stop: asyncio.Event, creds: Credentials |
         finally:
             watcher.cancel()
             refusal.cancel()
+            data.cancel()
             log.info("agent %s stopping", device)
             await manager.shutdown()
             bye = Goodbye(device=device, boot_id=boot_id, reason="agent stopped")

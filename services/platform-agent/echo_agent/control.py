@@ -214,7 +214,7 @@ class TaskManager:
     # ---------------------------------------------------------------- the data session
 
     def data_session(self) -> DataSession:
-        """The agent's data session, made on first use (it connects when a task starts)."""
+        """The agent's data session, made on first use (``open_data_session`` connects it at start)."""
         if self._data is None:
             self._data = DataSession(
                 self.mqtt_url,
@@ -224,6 +224,16 @@ class TaskManager:
                 tls=self.access.tls() if self.access else None,
             )
         return self._data
+
+    async def open_data_session(self) -> None:
+        """Connect the data session ahead of the first task, so a deployment pays no
+        handshake (a failure here is retried by the first task that needs it)."""
+        if not self.shared_data_session:
+            return
+        try:
+            await self.data_session().start()
+        except Exception as e:
+            log.info("data session not connected yet (%s); the first task retries", e)
 
     def relogin(self, login: Login) -> None:
         """New credentials: every MQTT connection of the tasks uses them from its next connect."""

@@ -18,7 +18,7 @@ from . import liveness
 from .directory import Directory
 from .events import DeviceEvents
 from .heartbeats import Intake
-from .metrics import registry_metrics
+from .metrics import heartbeat_lag, registry_metrics
 from .settings import RegistrySettings
 from .store import DeviceStore
 
@@ -39,7 +39,8 @@ async def run(settings: RegistrySettings, stop: asyncio.Event) -> None:
             await bus.serve(names.registry_get, names.registry_queue, DeviceGetRequest, directory.get)
             queue = names.registry_queue
             await bus.serve(names.registry_revoke, queue, DeviceRevokeRequest, directory.revoke)
-            intake = Intake(store, events, names)
+            exported = registry_metrics(store, asyncio.get_running_loop())
+            intake = Intake(store, events, names, lag=heartbeat_lag(exported))
             mqtt = MqttClient(
                 settings.mqtt_url,
                 names.service_client_id("registry"),
@@ -52,9 +53,7 @@ async def run(settings: RegistrySettings, stop: asyncio.Event) -> None:
             )
             intake.mqtt = mqtt
             await mqtt.start(timeout=30)
-            exporter = metrics.serve(
-                registry_metrics(store, asyncio.get_running_loop()), settings, settings.service_name
-            )
+            exporter = metrics.serve(exported, settings, settings.service_name)
             try:
                 await mqtt.subscribe(intake.topics(), qos=1)
                 log.info("registry ready")

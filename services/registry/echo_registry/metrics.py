@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from echo_shared import metrics as m
@@ -50,6 +50,14 @@ def device_families(records: list[DeviceRecord]) -> list[Metric]:
             rtt.add_metric([d.id], ms / 1000.0)
         tasks.add_metric([d.id], float(d.tasks))
     return [up, status, cpu, memory, rtt, tasks]
+
+
+def heartbeat_lag(registry: CollectorRegistry) -> Histogram:
+    """Seconds from a heartbeat's send time (the device's clock) to its record in Redis: the
+    intake's queueing and write, plus the broker path and any clock skew."""
+    return m.histogram(
+        registry, m.HEARTBEAT_LAG, "heartbeat sent -> stored (device clock)", buckets=m.LAG_BUCKETS
+    )
 
 
 def registry_metrics(store: DeviceStore, loop: asyncio.AbstractEventLoop) -> CollectorRegistry:

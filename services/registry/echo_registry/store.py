@@ -9,12 +9,12 @@ Lua script, so a liveness sweep and a heartbeat that race cannot undo each other
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
 from echo_shared.models import DeviceInfo, DeviceRecord, DeviceStatus
 from echo_shared.names import Names
-from echo_shared.redis_store import fields
 
 from .errors import DeviceRevoked, UnknownDevice
 
@@ -31,12 +31,38 @@ redis.call('HSET', KEYS[1], 'status', ARGV[3], 'status_since', ARGV[4])
 return cur
 """
 
+# One heartbeat in one round trip. KEYS[1] device hash; ARGV: now, cpu, mem, tasks, rtt JSON
+# ('' = none). Returns '?' for an unknown device, the previous status when the heartbeat
+# brought the device back online, else false.
+_HEARTBEAT = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return '?' end
+redis.call('HSET', KEYS[1], 'last_heartbeat', ARGV[1], 'cpu', ARGV[2], 'mem', ARGV[3], 'tasks', ARGV[4])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'rtt', ARGV[5]) end
+if cur == 'revoked' or cur == 'online' then return false end
+redis.call('HSET', KEYS[1], 'status', 'online', 'status_since', ARGV[1])
+return cur
+"""
+
+
+@dataclass(frozen=True)
+class Beat:
+    """One heartbeat as the store keeps it."""
+
+    device: str
+    now: float
+    cpu: float
+    mem: float
+    tasks: int
+    rtt_ms: dict[str, float] | None = None
+
 
 class DeviceStore:
     def __init__(self, redis: aioredis.Redis, names: Names) -> None:
         self.r = redis
         self.names = names
         self._transition = redis.register_script(_TRANSITION)
+        self._heartbeat = redis.register_script(_HEARTBEAT)
 
     async def register(
         self, info: DeviceInfo, boot_id: str, now: float
@@ -73,15 +99,28 @@ class DeviceStore:
         rtt_ms: dict[str, float] | None = None,
     ) -> DeviceStatus | None:
         """Record a heartbeat; returns the previous status when this brought the device back online."""
-        key = self.names.device_key(device)
-        if not await self.r.exists(key):
-            raise UnknownDevice(device)
-        mapping = {"last_heartbeat": repr(now), "cpu": repr(cpu), "mem": repr(mem), "tasks": str(tasks)}
-        if rtt_ms:
-            mapping["rtt"] = json.dumps(rtt_ms)
-        await self.r.hset(key, mapping=fields(mapping))
-        prev = await self._transition(keys=[key], args=["", "", DeviceStatus.online.value, repr(now)])
-        return DeviceStatus(prev) if prev else None
+        (out,) = await self.heartbeats([Beat(device, now, cpu, mem, tasks, rtt_ms)])
+        if isinstance(out, UnknownDevice):
+            raise out
+        return out
+
+    async def heartbeats(self, beats: list[Beat]) -> list[DeviceStatus | UnknownDevice | None]:
+        """Record heartbeats in one round trip (a script per heartbeat, pipelined); per beat
+        the previous status when it brought the device back online, None, or
+        ``UnknownDevice`` for a device never registered (its heartbeat is not stored)."""
+        async with self.r.pipeline(transaction=False) as p:
+            for b in beats:
+                rtt = json.dumps(b.rtt_ms) if b.rtt_ms else ""
+                args = [repr(b.now), repr(b.cpu), repr(b.mem), str(b.tasks), rtt]
+                await self._heartbeat(keys=[self.names.device_key(b.device)], args=args, client=p)
+            replies = await p.execute()
+        out: list[DeviceStatus | UnknownDevice | None] = []
+        for b, r in zip(beats, replies, strict=True):
+            if r == "?":
+                out.append(UnknownDevice(b.device))
+            else:
+                out.append(DeviceStatus(r) if r else None)
+        return out
 
     async def transition(
         self,
