@@ -347,12 +347,20 @@ class PlaceReply(Message):
     problems: list[dict[str, str]] = Field(default_factory=list)
 
 
+DEVICE_PAGE = 500  # device records per reply: 500 x ~0.6 KB, far below NATS' 1 MB message limit
+
+
 class DeviceListRequest(Message):
+    """A page of the device list, in id order (``registry_client.list_devices`` reads them all)."""
+
     status: DeviceStatus | None = None
+    after: str = Field(default="", description="the page starts after this device id ('' = first)")
+    limit: int = Field(default=DEVICE_PAGE, ge=1, le=5 * DEVICE_PAGE)
 
 
 class DeviceListReply(Message):
     devices: list[DeviceRecord]
+    next_after: str = Field(default="", description="ask again with after=this for the next page ('': done)")
 
 
 class DeviceGetRequest(Message):

@@ -75,6 +75,23 @@ async def test_heartbeats_are_stored_together_each_with_its_own_outcome(
     assert await redis.exists(names.device_key("never-registered")) == 0
 
 
+async def test_the_device_list_is_read_page_by_page_in_id_order(redis: aioredis.Redis, names: Names) -> None:
+    store = DeviceStore(redis, names)
+    ids = [f"d{i:03d}" for i in range(7)]
+    for d in reversed(ids):
+        info = DeviceInfo(id=d, tier=Tier.edge, capacity=Capacity(cpu=1, memory_mb=64))
+        await store.register(info, "b", 1.0)
+    pages, after = [], ""
+    while True:
+        rows, after = await store.page(after, 3)
+        pages.append([rec.id for rec, _ in rows])
+        if not after:
+            break
+    assert pages == [ids[0:3], ids[3:6], ids[6:7]]
+    rows, after = await store.page("", 7)
+    assert (len(rows), after) == (7, "")  # exactly one page: nothing to continue after
+
+
 async def test_task_patches_are_fenced_and_never_go_backwards(redis: aioredis.Redis, names: Names) -> None:
     store = DataflowStore(redis, names)
     spec = DataflowSpec.model_validate({"name": "x", "tasks": [{"id": "g", "operator": "io.generate"}]})

@@ -22,9 +22,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from echo_shared import __version__
+from echo_shared import __version__, registry_client
 from echo_shared.errors import EchoError, NotFoundError, Problem, SpecError
-from echo_shared.messages import DeviceGetReply, DeviceGetRequest, DeviceListReply, DeviceListRequest
+from echo_shared.messages import DeviceGetReply, DeviceGetRequest
 from echo_shared.models import DataflowSpec, DataflowState, DeviceRecord, Placement
 from echo_shared.operators import join_loc
 from echo_shared.outage import Outage, dependency_of
@@ -242,8 +242,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
 
     @app.get("/api/v1/devices", response_model=list[DeviceRecord], summary="List devices")
     async def list_devices() -> list[DeviceRecord]:
-        reply = await ctx.bus.request(ctx.names.registry_list, DeviceListRequest(), DeviceListReply)
-        return reply.devices
+        return await registry_client.list_devices(ctx.bus, ctx.names)
 
     @app.get("/api/v1/devices/{device_id}", response_model=DeviceRecord, responses=ERRORS)
     async def get_device(device_id: str) -> DeviceRecord:

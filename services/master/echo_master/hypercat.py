@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Query
 
-from echo_shared.messages import DeviceListReply, DeviceListRequest
 from echo_shared.models import DeviceRecord
+from echo_shared.registry_client import list_devices
 
 if TYPE_CHECKING:
     from .context import ApiContext
@@ -144,8 +144,7 @@ def hypercat_router(ctx: ApiContext) -> APIRouter:
         wants_dataflows = may_match("/api/v1/dataflows/", href, prefix_href)
         devices: list[DeviceRecord] = []
         if wants_devices:
-            reply = await ctx.bus.request(ctx.names.registry_list, DeviceListRequest(), DeviceListReply)
-            devices = reply.devices
+            devices = await list_devices(ctx.bus, ctx.names)
         dataflows = await ctx.store.all() if wants_dataflows else []
         return build(devices, dataflows, href=href, prefix=prefix_href, rel=rel, val=val)
 

@@ -22,8 +22,6 @@ from typing import Any, Literal
 from echo_shared.errors import BusError, EchoError
 from echo_shared.events import EventKind, EventLog
 from echo_shared.messages import (
-    DeviceListReply,
-    DeviceListRequest,
     MigrateReply,
     MigrateRequest,
     Migration,
@@ -39,6 +37,7 @@ from echo_shared.models import DeviceRecord, DeviceStatus, TaskState
 from echo_shared.names import Names
 from echo_shared.nats_bus import NatsBus
 from echo_shared.outage import Backoff, Outage, dependency_of
+from echo_shared.registry_client import list_devices
 from echo_shared.telemetry import current_trace_id, tracer
 
 from .metrics import MigratorMetrics, downtime
@@ -88,15 +87,10 @@ class Migrations:
 
     async def devices(self) -> dict[str, DeviceRecord]:
         try:
-            reply = await self.bus.request(
-                self.names.registry_list,
-                DeviceListRequest(),
-                DeviceListReply,
-                timeout=self.settings.request_timeout,
-            )
+            devices = await list_devices(self.bus, self.names, timeout=self.settings.request_timeout)
         except BusError as e:
             raise StepUnanswered(f"the registry did not answer: {e}") from e
-        return {d.id: d for d in reply.devices}
+        return {d.id: d for d in devices}
 
     def busy(self, dataflow: str, task: str) -> str | None:
         """The id of the migration of this task still running in this process, if any."""

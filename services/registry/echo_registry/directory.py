@@ -35,10 +35,11 @@ class Directory:
             return DeviceRevokeReply(device=None)
 
     async def list(self, req: DeviceListRequest) -> DeviceListReply:
-        devices = [rec for rec, _ in await self.store.all()]
+        rows, next_after = await self.store.page(req.after, req.limit)
+        devices = [rec for rec, _ in rows]
         if req.status is not None:
             devices = [d for d in devices if d.status is req.status]
-        return DeviceListReply(devices=devices)
+        return DeviceListReply(devices=devices, next_after=next_after)
 
     async def get(self, req: DeviceGetRequest) -> DeviceGetReply:
         try:

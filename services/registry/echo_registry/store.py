@@ -161,7 +161,16 @@ class DeviceStore:
         return sorted(str(x) for x in await self.r.smembers(self.names.devices_key))
 
     async def all(self) -> list[tuple[DeviceRecord, dict[str, str]]]:
-        ids = await self.ids()
+        return await self._read(await self.ids())
+
+    async def page(self, after: str, limit: int) -> tuple[list[tuple[DeviceRecord, dict[str, str]]], str]:
+        """Up to ``limit`` records with ids after ``after`` (id order), and the id to continue
+        after ('' when this page is the last)."""
+        ids = [d for d in await self.ids() if d > after]
+        page = ids[:limit]
+        return await self._read(page), (page[-1] if len(ids) > limit else "")
+
+    async def _read(self, ids: list[str]) -> list[tuple[DeviceRecord, dict[str, str]]]:
         async with self.r.pipeline(transaction=False) as p:
             for d in ids:
                 p.hgetall(self.names.device_key(d))

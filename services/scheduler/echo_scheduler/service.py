@@ -9,8 +9,6 @@ from opentelemetry import trace
 
 from echo_shared.errors import BusError, PlacementError, Problem
 from echo_shared.messages import (
-    DeviceListReply,
-    DeviceListRequest,
     PlaceReply,
     PlaceRequest,
     ValidateReply,
@@ -19,6 +17,7 @@ from echo_shared.messages import (
 from echo_shared.models import DeviceRecord
 from echo_shared.names import Names
 from echo_shared.nats_bus import NatsBus
+from echo_shared.registry_client import list_devices
 
 from . import placing, validating
 from .errors import RegistryUnavailable
@@ -62,15 +61,9 @@ class SchedulerService:
 
     async def devices(self, timeout: float | None = None) -> list[DeviceRecord]:
         try:
-            reply = await self.bus.request(
-                self.names.registry_list,
-                DeviceListRequest(),
-                DeviceListReply,
-                timeout=timeout or self.registry_timeout,
-            )
+            return await list_devices(self.bus, self.names, timeout=timeout or self.registry_timeout)
         except BusError as e:
             raise RegistryUnavailable(f"device list unavailable: {e}", delay=1.0) from e
-        return reply.devices
 
     async def place(self, req: PlaceRequest) -> PlaceReply:
         validating.validate(req.spec)  # SpecError -> ErrorReply via the bus middleware

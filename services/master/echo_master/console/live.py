@@ -24,7 +24,8 @@ from fastapi.responses import StreamingResponse
 
 from echo_shared.errors import EchoError, NotFoundError, Problem, SpecError
 from echo_shared.events import EventLog
-from echo_shared.messages import DeviceListReply, DeviceListRequest, MigrationListReply, MigrationListRequest
+from echo_shared.messages import MigrationListReply, MigrationListRequest
+from echo_shared.registry_client import list_devices
 
 from ..context import ApiContext
 from ..migrations_api import ask_migrator
@@ -101,12 +102,9 @@ class Feed:
         ctx = self.ctx
         out: list[bytes] = []
         if "devices" in self.topics:
-            reply = await self._read(
-                "devices",
-                lambda: ctx.bus.request(ctx.names.registry_list, DeviceListRequest(), DeviceListReply),
-            )
-            if reply is not None:
-                data = orjson.dumps([d.model_dump(mode="json") for d in reply.devices])
+            devices = await self._read("devices", lambda: list_devices(ctx.bus, ctx.names))
+            if devices is not None:
+                data = orjson.dumps([d.model_dump(mode="json") for d in devices])
                 if self._changed("devices", data):
                     out.append(b"event: devices\ndata: " + data + b"\n\n")
         if "dataflows" in self.topics:
