@@ -86,6 +86,7 @@ class Reconciler:
         self.events: EventLog | None = None
         self._task_states: dict[tuple[str, str], tuple[int, TaskState]] = {}  # last seen, for events
         self._dirty_since: dict[str, float] = {}  # when a dataflow first needed attention
+        self._reported: dict[tuple[str, str], tuple[int, TaskState, str]] = {}  # last report's outcome
 
     # ------------------------------------------------------------------ loop
 
@@ -380,7 +381,14 @@ class Reconciler:
             if update.state is TaskState.failed and self.metrics is not None:
                 self.metrics.task_failed(update.dataflow, update.task, update.device)
             await self._task_event(update)
-            self.kick(update.dataflow)
+            # a periodic report that changes nothing the dataflow's state depends on needs
+            # no pass (1,000 tasks report every few seconds; a pass reads them all)
+            key, seen = (update.dataflow, update.task), (update.generation, rec.state, rec.reason)
+            if isinstance(update, CommandAck) or self._reported.get(key) != seen:
+                self._reported[key] = seen
+                self.kick(update.dataflow)
+            if rec.state in (TaskState.stopped, TaskState.finished):
+                self._reported.pop(key, None)
 
     async def event(self, kind: EventKind, df_id: str, message: str, **kw: Any) -> None:
         if self.events is not None:

@@ -43,19 +43,17 @@ async def sweep(
     earliest: heartbeats sent while this registry was not running were not missed by the
     devices and must not make them look unreachable."""
     now = time.time()
-    for record, raw in await store.all():
-        if record.last_heartbeat is None or record.status in (DeviceStatus.lost, DeviceStatus.revoked):
+    for device, status, last in await store.liveness():
+        if last is None or status in (DeviceStatus.lost, DeviceStatus.revoked):
             continue
-        silence = now - max(record.last_heartbeat, watching_since)
+        silence = now - max(float(last), watching_since)
         target = judge(silence, unreachable_after, lost_after)
         # only ever degrade here; heartbeats bring devices back
-        if target is DeviceStatus.online or target == record.status:
+        if target is DeviceStatus.online or target == status:
             continue
-        prev = await store.transition(
-            record.id, target, now, expect=record.status, expect_heartbeat=raw.get("last_heartbeat")
-        )
+        prev = await store.transition(device, target, now, expect=status, expect_heartbeat=last)
         if prev is not None:
-            await events.changed(record.id, target, prev, f"no heartbeat for {silence:.1f}s")
+            await events.changed(device, target, prev, f"no heartbeat for {silence:.1f}s")
 
 
 async def run(
@@ -80,7 +78,7 @@ async def run(
             started = time.time()  # silence counts from now: a full grace period for everyone
         try:
             if store_outage.down:  # heartbeats could not be recorded meanwhile: none was missed
-                await store.all()
+                await store.liveness()
                 store_outage.ok()
                 started = time.time()
                 continue

@@ -163,6 +163,20 @@ class DeviceStore:
     async def all(self) -> list[tuple[DeviceRecord, dict[str, str]]]:
         return await self._read(await self.ids())
 
+    async def liveness(self) -> list[tuple[str, DeviceStatus, str | None]]:
+        """(id, status, last_heartbeat as stored) of every device: what the liveness sweep
+        reads each period, without the registrations (no JSON to parse per device)."""
+        ids = await self.ids()
+        async with self.r.pipeline(transaction=False) as p:
+            for d in ids:
+                p.hmget(self.names.device_key(d), ["status", "last_heartbeat"])
+            rows = await p.execute()
+        return [
+            (d, DeviceStatus(status), last or None)
+            for d, (status, last) in zip(ids, rows, strict=True)
+            if status is not None
+        ]
+
     async def page(self, after: str, limit: int) -> tuple[list[tuple[DeviceRecord, dict[str, str]]], str]:
         """Up to ``limit`` records with ids after ``after`` (id order), and the id to continue
         after ('' when this page is the last)."""
