@@ -56,6 +56,9 @@ SETTLED = DONE | {TaskState.failed}  # a deploy that has an outcome
 STOP_ATTEMPTS = 3
 DRAIN_SECONDS = 12.0  # what an agent may take to drain a task that moves
 MAX_CONCURRENT_PASSES = 32
+# a running dataflow whose every task has settled is swept this rarely (its changes arrive
+# as kicks: reports, device events, moves); a pass reads every task record
+QUIET_SWEEP = 5.0
 
 
 PLACEMENTS_IN_EVENT = 50  # tasks a "scheduled" event names (each task's view has its own reason)
@@ -87,6 +90,7 @@ class Reconciler:
         self._task_states: dict[tuple[str, str], tuple[int, TaskState]] = {}  # last seen, for events
         self._dirty_since: dict[str, float] = {}  # when a dataflow first needed attention
         self._reported: dict[tuple[str, str], tuple[int, TaskState, str]] = {}  # last report's outcome
+        self._quiet_until: dict[str, float] = {}  # settled running dataflows: next periodic pass
 
     # ------------------------------------------------------------------ loop
 
@@ -109,7 +113,8 @@ class Reconciler:
                 if now - last_sweep >= self.settings.reconcile_period:
                     last_sweep = now
                     try:
-                        self._dirty.update(await self.store.active_ids())
+                        ids = await self.store.active_ids()
+                        self._dirty.update(i for i in ids if self._quiet_until.get(i, 0.0) <= now)
                         self.outage.ok()
                     except Exception as e:
                         if dependency_of(e) is None:
@@ -157,6 +162,11 @@ class Reconciler:
                         await self._converge(df)
             df = await self.store.get(df_id)
             await self.store.set_active(df_id, needs_work(df.desired, df.state))
+            settled = all(r.state in SETTLED for r in df.tasks.values())
+            if df.desired is DesiredState.running and df.state is DataflowState.running and settled:
+                self._quiet_until[df_id] = time.monotonic() + QUIET_SWEEP
+            else:
+                self._quiet_until.pop(df_id, None)
         except EchoError as e:
             if dependency_of(e) is None:
                 log.info("dataflow %s: will retry: %s", df_id, e)
