@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import ssl
 import subprocess
 import sys
 import time
@@ -161,20 +160,12 @@ def wait_online(stack: Stack, n: int, timeout: float) -> float:
 # ------------------------------------------------------------------ what is measured
 
 
-def scraper(stack: Stack) -> ssl.SSLContext:
-    b = stack.brokers.bundle
-    assert b is not None
-    ctx = ssl.create_default_context(cafile=str(b.ca_file))
-    ctx.load_cert_chain(str(b.scraper.cert), str(b.scraper.key))
-    return ctx
-
-
 LAG = re.compile(r'^echo_registry_heartbeat_lag_seconds_bucket\{le="([^"]+)"\} ([0-9.e+]+)$', re.M)
 
 
 def lag_buckets(stack: Stack) -> dict[float, float]:
     target = stack.platform.metrics_targets["registry"]
-    r = httpx.get(f"https://{target}/metrics", verify=scraper(stack), timeout=30)
+    r = httpx.get(f"https://{target}/metrics", verify=stack.platform.scraper_tls(), timeout=30)
     r.raise_for_status()
     return {float(le): float(v) for le, v in LAG.findall(r.text)}
 

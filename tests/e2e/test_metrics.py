@@ -70,11 +70,7 @@ def value(prom: Prometheus, expr: str) -> float | None:
 
 
 def scraper_context(p: Platform) -> ssl.SSLContext:
-    b = p.brokers.bundle
-    assert b is not None
-    ctx = ssl.create_default_context(cafile=str(b.ca_file))
-    ctx.load_cert_chain(str(b.scraper.cert), str(b.scraper.key))
-    return ctx
+    return p.scraper_tls()
 
 
 def test_metrics_endpoints_refuse_anyone_without_a_client_certificate(

@@ -163,6 +163,15 @@ class Platform:
             )
         return env
 
+    def scraper_tls(self) -> ssl.SSLContext:
+        """A client context holding the scraper's certificate: what the metrics endpoints accept."""
+        b = self.brokers.bundle
+        if b is None:
+            raise RuntimeError("metrics are served over mutual TLS: it needs a secured stack")
+        ctx = ssl.create_default_context(cafile=str(b.ca_file))
+        ctx.load_cert_chain(str(b.scraper.cert), str(b.scraper.key))
+        return ctx
+
     @property
     def metrics_targets(self) -> dict[str, str]:
         """service -> ``host:port`` of its metrics endpoint."""
