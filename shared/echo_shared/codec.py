@@ -34,6 +34,7 @@ class Decoded:
     records: list[list[Any]]
     eos: bool
     last_seq: int | None
+    skip_from: int | None = None
 
 
 def encode_records(producer: str, generation: int, records: list[tuple[int, Any]]) -> bytes:
@@ -45,6 +46,21 @@ def encode_records(producer: str, generation: int, records: list[tuple[int, Any]
 def encode_eos(producer: str, generation: int, last_seq: int) -> bytes:
     return orjson.dumps(
         {"producer": producer, "generation": generation, "records": [], "eos": True, "last_seq": last_seq}
+    )
+
+
+def encode_skip(producer: str, generation: int, first: int, last: int) -> bytes:
+    """Records ``first..last`` of ``producer`` were dropped by its spool: the consumer takes
+    the gap as filled instead of asking for them again."""
+    return orjson.dumps(
+        {
+            "producer": producer,
+            "generation": generation,
+            "records": [],
+            "eos": False,
+            "last_seq": last,
+            "skip_from": first,
+        }
     )
 
 
@@ -71,6 +87,7 @@ def decode(data: bytes) -> Decoded:
             records=obj["records"],
             eos=bool(obj.get("eos", False)),
             last_seq=obj.get("last_seq"),
+            skip_from=obj.get("skip_from"),
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise BadDataMessage(f"not a data message: {e}") from e

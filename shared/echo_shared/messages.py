@@ -24,6 +24,7 @@ from .models import (
     EdgeModel,
     Placement,
     Resources,
+    SpoolSpec,
     TaskState,
 )
 
@@ -86,6 +87,7 @@ class Binding(Message):
     topic: str
     model: EdgeModel = EdgeModel.stream
     batch: BatchSpec | None = None
+    spool: SpoolSpec | None = None
     generation: int | None = Field(
         default=None,
         description="inputs: the producer's generation the master assigned; a consumer accepts no "
@@ -242,6 +244,11 @@ class DataMessage(Message):
     records: list[tuple[int, Any]] = Field(default_factory=list)
     eos: bool = False
     last_seq: int | None = None
+    skip_from: int | None = Field(
+        default=None,
+        description="with no records: the producer's spool dropped records skip_from..last_seq "
+        "(full, or too old); the consumer takes the gap as filled",
+    )
 
 
 class ChannelProgress(Message):

@@ -88,6 +88,24 @@ class BatchSpec(Strict):
     seconds: float = Field(default=1.0, gt=0, le=3600, description="... or this long after its first record")
 
 
+class SpoolSpec(Strict):
+    """How the producer of an edge keeps what it cannot send while its broker is out of reach
+    (on the producing device's disk). Unset fields take the device's defaults
+    (``ECHO_SPOOL_MAX_BYTES``, ``ECHO_SPOOL_MAX_AGE``, ``ECHO_SPOOL_OVERFLOW``)."""
+
+    max_bytes: int | None = Field(
+        default=None, ge=4096, le=1 << 50, description="bytes on disk the edge's spool may hold"
+    )
+    max_age: float | None = Field(
+        default=None, gt=0, le=365 * 86400, description="seconds a spooled message is kept at most"
+    )
+    overflow: Literal["drop_oldest", "block"] | None = Field(
+        default=None,
+        description="when the spool is full: drop the oldest unsent messages (counted, and the "
+        "consumer is told what was skipped), or block the producing task until there is room",
+    )
+
+
 class EdgeSpec(Strict):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -95,6 +113,9 @@ class EdgeSpec(Strict):
     to: str = Field(min_length=1)
     model: EdgeModel = EdgeModel.stream
     batch: BatchSpec | None = Field(default=None, description="limits of a batch edge's micro-batches")
+    spool: SpoolSpec | None = Field(
+        default=None, description="the producer's on-disk spool for this edge while cut off"
+    )
 
     @model_validator(mode="after")
     def _batch_only_on_batch_edges(self) -> EdgeSpec:
@@ -319,6 +340,11 @@ class ChannelCounts(Strict):
     messages: int = Field(default=0, ge=0, description="messages published (first sends)")
     bytes: int = Field(default=0, ge=0, description="payload bytes of those messages")
     retransmits: int = Field(default=0, ge=0, description="messages published again (lost or unconfirmed)")
+    spooled: int = Field(
+        default=0, ge=0, description="messages written to the on-disk spool (broker out of reach)"
+    )
+    spool_bytes: int = Field(default=0, ge=0, description="bytes the spool holds on disk now")
+    dropped: int = Field(default=0, ge=0, description="records the spool dropped (full or too old)")
 
 
 class TaskRecord(Strict):

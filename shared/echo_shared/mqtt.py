@@ -149,7 +149,10 @@ class MqttClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def start(self, timeout: float = 10.0) -> None:
+    async def start(self, timeout: float = 10.0, *, offline_ok: bool = False) -> None:
+        """Connect (dialling until ``timeout``). ``offline_ok``: a broker out of reach is not an
+        error: the client returns and keeps dialling in the background (a refused login
+        still is); what it publishes meanwhile is kept and subscriptions are made on connect."""
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         c = _Client(
@@ -196,6 +199,9 @@ class MqttClient:
                 break
             except OSError as e:
                 if self._loop.time() + delay > deadline:
+                    if offline_ok:
+                        self._go_offline(e)
+                        return
                     await self.close()
                     raise MqttUnavailable(f"MQTT broker {self._host}:{self._port} unreachable: {e}") from e
                 await asyncio.sleep(delay)
@@ -208,8 +214,25 @@ class MqttClient:
             await self.close()
             raise MqttRefused(f"MQTT broker {self._host}:{self._port} refused {self.client_id}: {e}") from e
         except (TimeoutError, MqttUnavailable) as e:
+            if offline_ok:
+                self._go_offline(e)
+                return
             await self.close()
             raise MqttUnavailable(f"MQTT broker {self._host}:{self._port} did not accept us: {e}") from e
+
+    def _go_offline(self, why: BaseException) -> None:
+        log.warning(
+            "mqtt %s: broker %s:%s out of reach (%s); working offline, dialling in the background",
+            self.client_id,
+            self._host,
+            self._port,
+            why,
+        )
+        assert self._loop is not None
+        if self._first_connect is not None and not self._first_connect.done():
+            self._first_connect.cancel()
+        if self._reconnect_task is None or self._reconnect_task.done():
+            self._reconnect_task = self._loop.create_task(self._reconnect_loop())
 
     async def _dial(self) -> None:
         assert self._client is not None and self._loop is not None

@@ -40,6 +40,7 @@ def deploy_command(
             topic=topic[(src, dst)],
             model=e.model,
             batch=e.batch_limits if e.model is EdgeModel.batch else None,
+            spool=e.spool,
             generation=gens.get(src) if peer == src else None,
         )
 

@@ -20,6 +20,8 @@ from . import heartbeats, identity, runtimes
 from .control import TaskManager
 from .errors import CredentialsRefused, DuplicateDevice
 from .identity import EnrolmentFailed
+from .localtasks import LocalTasks
+from .outbox import SpoolSettings
 from .settings import AgentSettings
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,20 @@ async def run(settings: AgentSettings, stop: asyncio.Event, creds: Credentials |
         trace_records=settings.trace_records,
         access=access,
         runtimes=runtimes.policy_of(settings),
+        spools=(
+            SpoolSettings(
+                settings.data_dir / ".spool",
+                max_bytes=settings.spool_max_bytes,
+                max_age=settings.spool_max_age,
+                overflow=settings.spool_overflow,
+                fsync=settings.spool_fsync,
+            )
+            if settings.spool
+            else None
+        ),
+        local=LocalTasks(settings.data_dir / ".tasks" if settings.keep_tasks else None),
     )
+    kept = manager.local.load()  # tasks to resume: they run whether or not the broker answers
     will = Will(
         names.bye_topic(device), Goodbye(device=device, boot_id=boot_id, reason="connection lost").to_bytes()
     )
@@ -74,7 +89,11 @@ async def run(settings: AgentSettings, stop: asyncio.Event, creds: Credentials |
     )
     manager.control = control
     rotation.control = control
-    await control.start(timeout=30)
+    await control.start(timeout=30, offline_ok=bool(kept))
+    if kept:
+        if not control.connected:
+            manager.data_session().connect_timeout = 2.0  # cut off: start the tasks offline now
+        await manager.resume_local(kept)
     data = asyncio.create_task(manager.open_data_session())
     try:
         with tracer("echo.agent").start_as_current_span("agent register"):

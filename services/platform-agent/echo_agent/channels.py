@@ -44,8 +44,10 @@ from echo_shared.mqtt import MqttMessage
 from echo_shared.names import Names
 
 from .files import FileSender
+from .outbox import LINK_POLL, Outbox, SpoolSettings
 from .recordtrace import carried
 from .retransmit import RETRANSMIT_AFTER, Unconfirmed
+from .spool import Spool
 from .transports import Transport
 
 DEFAULT_WINDOW = 10_000
@@ -56,16 +58,16 @@ log = logging.getLogger(__name__)
 class StreamOut:
     """One record per message."""
 
-    def __init__(self, outputs: Outputs, binding: Binding) -> None:
+    def __init__(self, outputs: Outputs, binding: Binding, spool: Spool | None = None) -> None:
         self.o = outputs
         self.topic = binding.topic
         self.unconfirmed = Unconfirmed()
+        self.box = Outbox(outputs, binding.topic, self.unconfirmed, spool)
 
     def add(self, seq: int, record: Any) -> None:
         payload = encode_records(self.o.producer, self.o.generation, [(seq, record)])
-        self.unconfirmed.add(seq, payload)
         self.o.count(self.topic, len(payload))
-        self.o.track(self.o.mqtt.publish(self.topic, payload, qos=1, user_properties=carried()))
+        self.o.track(self.box.send(seq, seq, 1, payload, carried()))
 
     def barrier(self) -> asyncio.Future[None] | None:
         return None
@@ -77,7 +79,7 @@ class StreamOut:
 class BatchOut:
     """One message per micro-batch, closed by count or by time, whichever comes first."""
 
-    def __init__(self, outputs: Outputs, binding: Binding) -> None:
+    def __init__(self, outputs: Outputs, binding: Binding, spool: Spool | None = None) -> None:
         self.o = outputs
         self.topic = binding.topic
         limits = binding.batch
@@ -85,6 +87,7 @@ class BatchOut:
         self.seconds = limits.seconds if limits else 1.0
         self.pending: list[tuple[int, Any]] = []
         self.unconfirmed = Unconfirmed()
+        self.box = Outbox(outputs, binding.topic, self.unconfirmed, spool)
         self.traced: dict[str, str] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._barrier: asyncio.Future[None] | None = None
@@ -116,10 +119,9 @@ class BatchOut:
         payload = encode_records(self.o.producer, self.o.generation, batch)
         # kept until the consumer confirms it, like a stream's records: a batch published
         # before the consumer subscribed (or lost) is sent again when it asks
-        self.unconfirmed.add(batch[-1][0], payload)
         self.o.count(self.topic, len(payload))
         traced, self.traced = self.traced, None
-        fut = self.o.mqtt.publish(self.topic, payload, qos=1, user_properties=traced)
+        fut = self.box.send(batch[0][0], batch[-1][0], len(batch), payload, traced)
         if barrier is not None:
             _chain(fut, barrier)
         self.o.track(fut)
@@ -150,6 +152,7 @@ class Outputs:
         start_seq: int = 0,
         window: int = DEFAULT_WINDOW,
         tail: dict[str, list[tuple[int, str]]] | None = None,
+        spools: SpoolSettings | None = None,
     ) -> None:
         self.mqtt = mqtt
         self.names = names
@@ -162,15 +165,22 @@ class Outputs:
         self._unsafe: set[asyncio.Future[None]] = set()  # publishes the broker has not acknowledged
         self.channels: list[StreamOut | BatchOut | FileSender] = []
         self.files: list[FileSender] = []
+        self.boxes: list[Outbox] = []
+        self.peers = {b.topic: b.peer for b in bindings}
         for b in bindings:
-            if b.model is EdgeModel.batch:
-                self.channels.append(BatchOut(self, b))
-            elif b.model is EdgeModel.file:
+            if b.model is EdgeModel.file:
                 sender = FileSender(mqtt, producer, generation, b.topic)
                 self.channels.append(sender)
                 self.files.append(sender)
-            else:
-                self.channels.append(StreamOut(self, b))
+                continue
+            spool = spools.spool_for(b) if spools is not None else None
+            if spool is not None:
+                # what a previous copy here spooled up to where this one starts; later
+                # records this copy emits again
+                spool.open(keep_through=start_seq)
+            out = BatchOut(self, b, spool) if b.model is EdgeModel.batch else StreamOut(self, b, spool)
+            self.channels.append(out)
+            self.boxes.append(out.box)
         self.resend_topics = {
             names.resend_topic(b.topic): c for b, c in zip(bindings, self.channels, strict=True)
         }
@@ -180,7 +190,6 @@ class Outputs:
         self.retransmitted = 0
         # channel topic -> [messages, bytes, retransmits] sent by this copy (metrics)
         self.counts: dict[str, list[int]] = {b.topic: [0, 0, 0] for b in bindings}
-        self.peers = {b.topic: b.peer for b in bindings}
         self._watchdog: asyncio.Task[None] | None = None
         self._resending: dict[str, asyncio.Task[None]] = {}
         # progress topic -> the consumer's high-water mark of our records
@@ -213,13 +222,19 @@ class Outputs:
         out: dict[str, ChannelCounts] = {}
         for ch in self.channels:
             messages, size, again = self.counts[ch.topic]
+            spooled = on_disk = dropped = 0
             if isinstance(ch, FileSender):
                 messages, size = ch.chunks_sent, ch.bytes_sent
+            else:
+                spooled, on_disk, dropped = ch.box.counts()
             out[self.peers[ch.topic]] = ChannelCounts(
                 transport="nats" if self.names.is_subject(ch.topic) else "mqtt",
                 messages=messages,
                 bytes=size,
                 retransmits=again,
+                spooled=spooled,
+                spool_bytes=on_disk,
+                dropped=dropped,
             )
         return out
 
@@ -291,11 +306,11 @@ class Outputs:
         for sender in self.files:
             await sender.drain(timeout)
         await asyncio.wait_for(asyncio.gather(*self.flush()), timeout)
-        if not self.files:
+        if not self.files and not any(b.engaged for b in self.boxes):
             return
 
         async def confirmed() -> None:
-            while self.ahead > 0:
+            while self.ahead > 0 or any(b.engaged for b in self.boxes):
                 self._credit.clear()
                 await self._credit.wait()
 
@@ -317,6 +332,8 @@ class Outputs:
     async def start(self) -> None:
         for sender in self.files:
             sender.start()
+        for box in self.boxes:
+            box.kick()  # what a previous copy here left in the spool
         self._watchdog = asyncio.create_task(self._retransmit_stale(), name=f"retransmit-{self.producer}")
 
     async def stop(self) -> None:
@@ -330,6 +347,25 @@ class Outputs:
                 ch._timer.cancel()
         for sender in self.files:
             await sender.stop()
+
+    async def close_spools(self, *, remove: bool) -> None:
+        """Close the channels' spools; ``remove``: the task is gone for good here."""
+        for box in self.boxes:
+            await box.close(remove=remove)
+
+    @property
+    def spooling(self) -> bool:
+        """Some channel keeps its messages in its spool (its broker is, or was, out of reach)."""
+        return any(b.engaged for b in self.boxes)
+
+    def close_batches(self) -> None:
+        for ch in self.channels:
+            if isinstance(ch, BatchOut):
+                ch.close()
+
+    def sync_spools(self) -> None:
+        for box in self.boxes:
+            box.sync()
 
     def resend(self, ch: StreamOut | BatchOut | FileSender, seq: int, why: str) -> None:
         if isinstance(ch, FileSender):
@@ -447,6 +483,8 @@ class Outputs:
                 ch.hwm = min(ch.hwm, report.hwm)
             ch.on_progress(report)
         ch.unconfirmed.confirm(report.hwm, report.eos)
+        if not isinstance(ch, FileSender):
+            ch.box.release(report.hwm)
         self.eos_seen[ch.topic] = report.eos
         if report.hwm > self.acked[msg.topic] or newer:
             self._moved_at[ch.topic] = asyncio.get_running_loop().time()
@@ -476,8 +514,39 @@ class Outputs:
         return self.seq - min(self.acked.values(), default=self.seq)
 
     async def wait_window(self) -> None:
-        """Block while too many publishes are unacknowledged or consumers lag a window behind."""
-        await self.mqtt.wait_for_window()
-        while self.ahead >= self.window:
+        """Block while too many publishes are unacknowledged or consumers lag a window behind;
+        with spools, while a channel's broker is out of reach, only while a ``block`` spool
+        is full."""
+        if not self.boxes or self.boxes[0].spool is None:
+            await self.mqtt.wait_for_window()
+            while self.ahead >= self.window:
+                self._credit.clear()
+                await self._credit.wait()
+            return
+        while True:
+            if any(b.engaged or not b.link_up() for b in self.boxes):
+                while any(b.blocked for b in self.boxes):  # room comes with the consumers' progress
+                    self._credit.clear()
+                    with contextlib.suppress(TimeoutError):  # ... or with age
+                        async with asyncio.timeout(1.0):
+                            await self._credit.wait()
+                return
+            if not self.mqtt.window_full and self.ahead < self.window:
+                return
+            try:  # wait for the broker and the consumers, but look at the link now and then
+                async with asyncio.timeout(LINK_POLL):
+                    await self.mqtt.wait_for_window()
+                    while self.ahead >= self.window:
+                        self._credit.clear()
+                        await self._credit.wait()
+                return
+            except TimeoutError:
+                continue
+
+    async def wait_credit(self, topic: str, last: int) -> None:
+        """A spool's drainer: wait until the consumer of ``topic`` is less than a window behind
+        ``last``."""
+        progress = self.names.progress_topic(topic)
+        while last - self.acked.get(progress, last) >= self.window:
             self._credit.clear()
             await self._credit.wait()

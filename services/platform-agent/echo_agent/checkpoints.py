@@ -11,6 +11,13 @@ Once the broker has the checkpoint, ``on_published`` runs: a consumer then repor
 progress up to the checkpoint's hwm (``Progress.gate``), never beyond, so its producers
 keep everything after it for a copy restored from it.
 
+Each committed checkpoint is also kept on the device (``save_local``: the agent's
+``LocalTasks``), so an agent restarted while cut off resumes its tasks from it. While a
+channel's broker is out of reach (its outputs go to the spool, ``Outputs.spooling``) a
+checkpoint is local only: open batches are closed into the spool, the spools are synced,
+and the checkpoint is saved at once (every output up to it is safe on disk); the master
+gets the next one taken after the link is back.
+
 At most one checkpoint is in flight per task; one is skipped when nothing moved since
 the previous one.
 """
@@ -65,7 +72,10 @@ class Checkpoints:
         every: int | None = None,
         restored: TaskSnapshot | None = None,
         on_published: Callable[[TaskSnapshot], None] | None = None,
+        save_local: Callable[[bytes], None] | None = None,
     ) -> None:
+        self._save_local = save_local
+        self.saved_local = 0
         self.interval = interval
         self._publish = publish
         self.device, self.dataflow, self.task, self.generation = device, dataflow, task, generation
@@ -116,6 +126,9 @@ class Checkpoints:
 
     def take(self) -> None:
         """Snapshot now (between two records) and commit it in the background."""
+        local_only = self.outputs.spooling
+        if local_only:
+            self.outputs.close_batches()  # into the spool: every output up to out_seq is there
         snap = take_snapshot(self.outputs, self.inputs, self._snapshot())
         ckpt = TaskCheckpoint(
             device=self.device,
@@ -130,6 +143,10 @@ class Checkpoints:
         self.taken += 1
         self._last_mark = self._mark()
         self._next_at = time.monotonic() + self.interval
+        if local_only:
+            self.outputs.sync_spools()
+            self._keep_local(payload)
+            return
         self._inflight = asyncio.create_task(
             self._commit(payload, snap, self.outputs.unsafe()), name=f"checkpoint-{self.task}"
         )
@@ -140,6 +157,7 @@ class Checkpoints:
                 done, pending = await asyncio.wait(unsafe, timeout=COMMIT_TIMEOUT)
                 if pending or any(f.cancelled() or f.exception() is not None for f in done):
                     raise OSError("outputs not acknowledged by the broker")
+            self._keep_local(payload)
             fut = self._publish(payload)
             if inspect.isawaitable(fut):
                 ack = asyncio.ensure_future(fut)
@@ -163,6 +181,15 @@ class Checkpoints:
         )
         if self.on_published is not None:
             self.on_published(snap)
+
+    def _keep_local(self, payload: bytes) -> None:
+        if self._save_local is None or self._closed:
+            return
+        try:
+            self._save_local(payload)
+            self.saved_local += 1
+        except OSError as e:
+            log.warning("task %s/%s: local checkpoint not saved: %s", self.dataflow, self.task, e)
 
     async def close(self) -> None:
         """Stop checkpointing (idempotent): what is in flight is abandoned."""

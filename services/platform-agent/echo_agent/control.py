@@ -15,6 +15,8 @@ reason (``runtime 'process' is not enabled on device edge-1 (start echo-agent wi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -31,6 +33,8 @@ from echo_shared.names import Names
 from echo_shared.telemetry import extract, tracer
 
 from .datasession import DataSession
+from .localtasks import LocalTasks
+from .outbox import SpoolSettings
 from .running import TaskRunner
 from .runtimes import RuntimePolicy
 
@@ -55,7 +59,12 @@ class TaskManager:
         access: Access | None = None,
         runtimes: RuntimePolicy | None = None,
         shared_data_session: bool = True,
+        spools: SpoolSettings | None = None,
+        local: LocalTasks | None = None,
     ) -> None:
+        # output spools (their directory: one per task below it), and the tasks kept on disk
+        self.spools = spools
+        self.local = local or LocalTasks(None)
         self.trace_records = trace_records
         # one MQTT connection for the channels of all tasks (False: one session per task)
         self.shared_data_session = shared_data_session
@@ -133,6 +142,8 @@ class TaskManager:
     def report(self, status: TaskStatus) -> None:
         if self._shutting_down:
             return  # the tasks resume when the device returns; they did not stop by intent
+        if status.state is TaskState.finished:
+            self.local.forget(status.dataflow, status.task)  # nothing to resume
         self._publish(self.names.status_topic(self.device), status.to_bytes())
 
     # ---------------------------------------------------------------- commands
@@ -175,6 +186,16 @@ class TaskManager:
             access=self.access,
             build=self.runtimes.build,
             session=self.data_session() if self.shared_data_session else None,
+            spools=(
+                dataclasses.replace(self.spools, directory=self.spools.directory / cmd.dataflow / cmd.task)
+                if self.spools is not None
+                else None
+            ),
+            save_local=(
+                functools.partial(self.local.checkpoint, cmd.dataflow, cmd.task)
+                if self.local.directory is not None
+                else None
+            ),
         )
         self.tasks[key] = runner
         try:
@@ -182,7 +203,27 @@ class TaskManager:
         except Exception as e:  # start() handles what it expects; anything else fails the task
             log.exception("task %s/%s could not start", *key)
             runner.state, runner.reason = TaskState.failed, f"could not start: {type(e).__name__}: {e}"
+        if runner.state is TaskState.running:
+            self.local.save(cmd)  # resumed from here if the agent restarts
         return self._ack(cmd, runner.state is not TaskState.failed, runner.state, runner.reason)
+
+    async def resume_local(self, cmds: list[DeployTask]) -> None:
+        """At start: run again the tasks kept on disk (``LocalTasks.load``), each from its
+        latest local checkpoint, without waiting for the master (which may be out of reach)."""
+        for cmd in cmds:
+            lock = self._locks.setdefault((cmd.dataflow, cmd.task), asyncio.Lock())
+            async with lock:
+                ack = await self.deploy(cmd)
+            where = f"its checkpoint at seq {cmd.restore.out_seq}" if cmd.restore else "its start"
+            log.info(
+                "task %s/%s gen %d resumed from %s: %s %s",
+                cmd.dataflow,
+                cmd.task,
+                cmd.generation,
+                where,
+                ack.state.value,
+                ack.reason,
+            )
 
     async def stop(self, cmd: StopTask) -> CommandAck:
         key = (cmd.dataflow, cmd.task)
@@ -190,6 +231,7 @@ class TaskManager:
         if current is not None and current.generation > cmd.generation:
             return self._ack(cmd, False, current.state, f"stale: generation {current.generation} runs here")
         self.tombstones[key] = max(self.tombstones.get(key, -1), cmd.generation)
+        self.local.forget(cmd.dataflow, cmd.task)  # stopped, moved or fenced: never resumed here
         if current is None:
             return self._ack(cmd, True, TaskState.stopped)
         if cmd.fence:

@@ -79,11 +79,17 @@ class DataSession:
         self._started: asyncio.Task[None] | None = None
         self._dropping: dict[str, asyncio.Future[None]] = {}  # topics being unsubscribed
         self.unrouted = 0
+        # a broker out of reach is no error: tasks work offline (their outputs spool) while
+        # the session dials in the background; ``connect_timeout`` is how long a start tries
+        # first (short when the agent already knows it is cut off)
+        self.connect_timeout = 30.0
 
     async def start(self) -> None:
         """Connect once (views wait for the same attempt); a failed attempt is retried by the next."""
         if self._started is None or (self._started.done() and self._started.exception() is not None):
-            self._started = asyncio.ensure_future(self.client.start(timeout=30))
+            self._started = asyncio.ensure_future(
+                self.client.start(timeout=self.connect_timeout, offline_ok=True)
+            )
         await asyncio.shield(self._started)
 
     def channels(self, task: str, on_message: Handler) -> TaskChannels:
@@ -178,6 +184,9 @@ class TaskChannels:
     @property
     def client_id(self) -> str:
         return self.session.client.client_id
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        await self.session.client.wait_connected(timeout)
 
     async def start(self, timeout: float = 30.0) -> None:
         await asyncio.wait_for(self.session.start(), timeout)

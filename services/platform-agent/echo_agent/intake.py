@@ -40,6 +40,7 @@ class Inputs:
         self.hwm: dict[str, int] = dict(hwm or {})
         self.eos: dict[str, int] = {}
         self.duplicates = 0
+        self.skipped = 0  # records the producers' spools dropped (told by skip messages)
 
     def fresh(self, decoded: Decoded) -> list[Any]:
         """The payloads of ``decoded`` not seen before, in order.
@@ -50,6 +51,14 @@ class Inputs:
         last = self.hwm.get(decoded.producer, 0)
         if decoded.records and decoded.records[0][0] > last + 1:
             raise Gap(decoded.producer, last + 1, decoded.records[0][0])
+        if decoded.skip_from is not None and decoded.last_seq is not None and not decoded.records:
+            # the producer's spool dropped these records: nothing will fill the gap
+            if decoded.skip_from > last + 1:
+                raise Gap(decoded.producer, last + 1, decoded.skip_from)
+            if decoded.last_seq > last:
+                self.skipped += decoded.last_seq - last
+                self.hwm[decoded.producer] = decoded.last_seq
+            return []
         if decoded.eos and decoded.last_seq is not None:
             self.eos[decoded.producer] = decoded.last_seq  # done once every record up to it is in
         out: list[Any] = []

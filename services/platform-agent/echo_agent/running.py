@@ -31,6 +31,7 @@ from .consuming import Consumer, call
 from .datasession import DataSession, TaskChannels
 from .natschannels import NatsChannels
 from .operators import Operator, TaskContext
+from .outbox import SpoolSettings
 from .recordtrace import RecordTracer
 from .runtimes import RuntimePolicy, RuntimeRefused
 from .transports import Transports
@@ -63,8 +64,14 @@ class TaskRunner:
         access: Access | None = None,
         build: Callable[[DeployTask], Operator] | None = None,
         session: DataSession | None = None,
+        spools: SpoolSettings | None = None,
+        save_local: Callable[[bytes], None] | None = None,
     ) -> None:
         self.cmd = cmd
+        # the task's output spools (None: a cut-off producer waits) and where its checkpoints
+        # are kept on the device (None: only the master has them)
+        self.spools = spools
+        self._save_local = save_local
         # the agent's data session (one MQTT connection for all its tasks); None: a session
         # of the task's own (tests, tools)
         self.session = session
@@ -229,6 +236,7 @@ class TaskRunner:
             window=self.window,
             start_seq=restore.out_seq if restore else 0,
             tail=restore.tail if restore else None,
+            spools=self.spools,
         )
         if has_inputs:
             self.consumer = Consumer(
@@ -263,6 +271,7 @@ class TaskRunner:
                 every=max(1, self.window // 4) if consumer is not None else None,
                 restored=restore,
                 on_published=consumer.on_checkpointed if consumer is not None else None,
+                save_local=self._save_local,
             )
             if consumer is not None:
                 consumer.checkpoints = self.checkpoints
@@ -383,10 +392,13 @@ class TaskRunner:
         discards: what it shares with the task belongs to the newer copy now."""
         if self.checkpoints is not None:
             await self.checkpoints.close()
+        # a fenced copy's spool goes too: the newer copy emits everything after its checkpoint
+        remove_spools = discard or self.fenced
         if self.fenced or (self.transport is not None and self.transport.taken_over.is_set()):
             discard, clear_progress = False, False
         if self.outputs is not None:
             await self.outputs.stop()
+            await self.outputs.close_spools(remove=remove_spools)
         if self.consumer is not None:
             self.consumer.close()
         if self.transport is None:

@@ -120,6 +120,36 @@ class AgentSettings(CommonSettings, MqttSettings, LivenessSettings):
         description="seconds the broker keeps the data session (and with per-task sessions, a "
         "task's queued input) while the agent is away",
     )
+    spool: bool = Field(
+        default=True,
+        description="output channels spool to disk (under the data dir) while their broker is out "
+        "of reach; false: a cut-off producer waits once its windows are full, as before",
+    )
+    spool_max_bytes: int = Field(
+        default=1 << 30,
+        ge=4096,
+        description="bytes one output channel's spool may hold (an edge's spool.max_bytes overrides)",
+    )
+    spool_max_age: float = Field(
+        default=86400.0,
+        gt=0,
+        description="seconds a spooled message is kept at most (an edge's spool.max_age overrides)",
+    )
+    spool_overflow: Literal["drop_oldest", "block"] = Field(
+        default="block",
+        description="a full spool drops its oldest unsent messages (counted; the consumer is told) or "
+        "blocks the producing task (an edge's spool.overflow overrides)",
+    )
+    spool_fsync: Literal["always", "checkpoint", "never"] = Field(
+        default="checkpoint",
+        description="when spools are synced to disk: after every message, before every local "
+        "checkpoint, or never (the kernel decides); see docs/reliability.md",
+    )
+    keep_tasks: bool = Field(
+        default=True,
+        description="keep the desired tasks and their latest checkpoints on disk, and resume them "
+        "at start without waiting for the master",
+    )
     data_session: Literal["agent", "task"] = Field(
         default="agent",
         description="MQTT connections for task channels: one per agent, shared by its tasks "
