@@ -54,6 +54,11 @@ class EdgeView(BaseModel):
     topic: str | None = None
     rate: float = Field(default=0.0, description="records/s its producer emits, as last reported")
     messages: int = Field(default=0, description="messages its producer's current copy sent on it")
+    spooled: int = Field(
+        default=0, description="messages its producer's copy wrote to its on-disk spool (broker out of reach)"
+    )
+    spool_bytes: int = Field(default=0, description="bytes its producer's spool holds now")
+    dropped: int = Field(default=0, description="records its producer's spool dropped (full or too old)")
 
 
 class DataflowView(BaseModel):
@@ -110,6 +115,9 @@ def dataflow_view(df: Dataflow) -> DataflowView:
                 topic=ch.topic if ch else None,
                 rate=producer.rate_out if producer is not None else 0.0,
                 messages=sent.messages if sent is not None else 0,
+                spooled=sent.spooled if sent is not None else 0,
+                spool_bytes=sent.spool_bytes if sent is not None else 0,
+                dropped=sent.dropped if sent is not None else 0,
             )
         )
     return DataflowView(

@@ -38,6 +38,7 @@ import os
 import struct
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -92,6 +93,7 @@ class Spool:
     overflow: Overflow = "block"
     fsync: Fsync = "checkpoint"
     segment_bytes: int = 0  # 0: a sixteenth of max_bytes, within 64 KiB .. 8 MiB
+    clock: Callable[[], float] = time.time  # when a message is written (the age limit)
     segments: collections.deque[Segment] = field(default_factory=collections.deque)
     size: int = 0
     dropped: int = 0  # records dropped (full, or too old)
@@ -156,12 +158,13 @@ class Spool:
     def full(self, size: int) -> bool:
         """Would an append of ``size`` payload bytes pass ``max_bytes`` (after dropping what
         is too old)?"""
-        self._expire(time.time())
-        return self.size + HEADER.size + size > self.max_bytes and not self._droppable()
+        self._expire(self.clock())
+        over = self.size + HEADER.size + size > self.max_bytes
+        return over and (self.overflow == "block" or not self._droppable())
 
     def append(self, first: int, last: int, records: int, payload: bytes, *, sent: bool = False) -> None:
         """Add a message at the end (``drop_oldest``: dropping the oldest unread messages for room)."""
-        now = time.time()
+        now = self.clock()
         need = HEADER.size + len(payload)
         self._expire(now)
         # what may have been delivered (sent) is kept whatever the limit; under ``block`` the
