@@ -70,6 +70,7 @@ async def run(settings: AgentSettings, stop: asyncio.Event, creds: Credentials |
             else None
         ),
         local=LocalTasks(settings.data_dir / ".tasks" if settings.keep_tasks else None),
+        keepalive=max(2, int(settings.unreachable_after)),
     )
     kept = manager.local.load()  # tasks to resume: they run whether or not the broker answers
     will = Will(

@@ -61,10 +61,14 @@ class TaskManager:
         shared_data_session: bool = True,
         spools: SpoolSettings | None = None,
         local: LocalTasks | None = None,
+        keepalive: int = 10,
     ) -> None:
         # output spools (their directory: one per task below it), and the tasks kept on disk
         self.spools = spools
         self.local = local or LocalTasks(None)
+        # the data session's keep-alive: a link lost unnoticed is found within 1.5 of it
+        # (then the outputs spool), as the control session's is for liveness
+        self.keepalive = keepalive
         self.trace_records = trace_records
         # one MQTT connection for the channels of all tasks (False: one session per task)
         self.shared_data_session = shared_data_session
@@ -264,6 +268,7 @@ class TaskManager:
                 session_expiry=self.session_expiry,
                 login=self.access.mqtt if self.access else None,
                 tls=self.access.tls() if self.access else None,
+                keepalive=self.keepalive,
             )
         return self._data
 

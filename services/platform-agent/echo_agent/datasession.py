@@ -61,10 +61,12 @@ class DataSession:
         session_expiry: int,
         login: Login | None = None,
         tls: ssl.SSLContext | None = None,
+        keepalive: int = 10,
     ) -> None:
         self.client = MqttClient(
             url,
             client_id,
+            keepalive=keepalive,
             on_message=self._dispatch,
             persistent=True,
             session_expiry=session_expiry,
