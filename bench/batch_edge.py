@@ -52,10 +52,18 @@ def spec(model: str, count: int, pad: str, path: Path) -> dict[str, Any]:
     return {
         "name": f"{model}-edge",
         "tasks": [
-            {"id": "gen", "operator": "io.generate",
-             "config": {"count": count, "rate": 0, "fields": {"pad": pad}}, "placement": {"device": SOURCE}},
-            {"id": "sink", "operator": "io.file_sink", "config": {"path": str(path)},
-             "placement": {"device": SINK}},
+            {
+                "id": "gen",
+                "operator": "io.generate",
+                "config": {"count": count, "rate": 0, "fields": {"pad": pad}},
+                "placement": {"device": SOURCE},
+            },
+            {
+                "id": "sink",
+                "operator": "io.file_sink",
+                "config": {"path": str(path)},
+                "placement": {"device": SINK},
+            },
         ],
         "edges": [edge],
     }
@@ -87,8 +95,10 @@ def one_run(stack: Stack, model: str, count: int, timeout: float = 240.0) -> dic
                 df = stack.api.dataflow(df_id)
                 stack.api.delete(df_id)
                 tasks = {t["id"]: (t["device"], t["state"], t["reason"]) for t in df["tasks"]}
-                raise RuntimeError(f"{model}: no record at the sink {NO_DATA_S:g} s after POST; dataflow "
-                                   f"{df_id} {df['state']} ({df.get('reason')!r}), tasks {tasks}")
+                raise RuntimeError(
+                    f"{model}: no record at the sink {NO_DATA_S:g} s after POST; dataflow "
+                    f"{df_id} {df['state']} ({df.get('reason')!r}), tasks {tasks}"
+                )
             time.sleep(POLL_S)
         try:
             left = timeout - (time.perf_counter() - t0)
@@ -122,8 +132,10 @@ def one_run(stack: Stack, model: str, count: int, timeout: float = 240.0) -> dic
         "sink_file_check": check,
         "dataflow_state": df["state"],
         "processes": procs.figures(),
-        "incidents": {"heartbeats": {k: v for k, v in hb.figures().items() if k in (SOURCE, SINK)},
-                      "logs": incidents.scan(stack.logs, t0_wall, time.time())},
+        "incidents": {
+            "heartbeats": {k: v for k, v in hb.figures().items() if k in (SOURCE, SINK)},
+            "logs": incidents.scan(stack.logs, t0_wall, time.time()),
+        },
     }
     agent_cpu = sum(v["cpu_s"] for k, v in result["processes"].items() if k.startswith("agent-"))
     # load-independent: records per CPU second the two agents spent (the machine is shared)
@@ -133,8 +145,10 @@ def one_run(stack: Stack, model: str, count: int, timeout: float = 240.0) -> dic
         result["approx_mqtt_msgs_per_s"] = round(rate / BATCH["count"], 1)
     else:
         result["approx_mqtt_msgs_per_s"] = round(rate, 1)
-    log(f"{model} edge: {result['records_per_s']:.0f} records/s over {result['measured_span_s']} s "
-        f"(POST -> completed {result['post_to_completed_s']} s); file check {check}")
+    log(
+        f"{model} edge: {result['records_per_s']:.0f} records/s over {result['measured_span_s']} s "
+        f"(POST -> completed {result['post_to_completed_s']} s); file check {check}"
+    )
     return result
 
 
@@ -143,6 +157,7 @@ def measured(stack: Stack, model: str, quick: bool) -> dict[str, Any]:
     quick_n, full_n, ceiling = COUNTS[model]
     res = one_run(stack, model, quick_n if quick else full_n)
     attempts: list[dict[str, Any]] = []
+
     def short(r: dict[str, Any]) -> bool:
         return r["measured_span_s"] < MIN_SPAN_S and r["records"] < ceiling
 
@@ -160,7 +175,8 @@ def run(stack: Stack, quick: bool) -> dict[str, Any]:
     batch = measured(stack, "batch", quick)
     ratio = batch["records_per_s"] / stream["records_per_s"] if stream["records_per_s"] else float("nan")
     clean = all(
-        r["sink_file_check"]["duplicates"] == 0 and r["sink_file_check"]["missing"] == 0
+        r["sink_file_check"]["duplicates"] == 0
+        and r["sink_file_check"]["missing"] == 0
         and r["sink_file_check"]["out_of_range"] == 0
         for r in (stream, batch)
     )
@@ -171,11 +187,14 @@ def run(stack: Stack, quick: bool) -> dict[str, Any]:
         "batch_records_per_s": batch["records_per_s"],
         "ratio_batch_vs_stream": round(ratio, 2),
         "target_ratio": TARGET_RATIO,
-        "records_per_agent_cpu_s": {"stream": stream["records_per_agent_cpu_s"],
-                                    "batch": batch["records_per_agent_cpu_s"]},
+        "records_per_agent_cpu_s": {
+            "stream": stream["records_per_agent_cpu_s"],
+            "batch": batch["records_per_agent_cpu_s"],
+        },
         "ratio_by_agent_cpu": (
             round(batch["records_per_agent_cpu_s"] / stream["records_per_agent_cpu_s"], 2)
-            if batch["records_per_agent_cpu_s"] and stream["records_per_agent_cpu_s"] else None
+            if batch["records_per_agent_cpu_s"] and stream["records_per_agent_cpu_s"]
+            else None
         ),
         "met": bool(ratio >= TARGET_RATIO) and clean,
         "exactly_once_at_sink": clean,

@@ -146,6 +146,7 @@ class Stack:
     def logs(self) -> Path:
         return self.platform.logs
 
+
 KEEP = False  # ``bench/run.py --keep``: every stack keeps its temp dir
 
 

@@ -319,8 +319,11 @@ def latency(r: dict[str, Any], rate: float) -> dict[str, Any]:
         out: dict[str, Any] = {"n": len(lat)}
         for q in (50, 90, 99):
             out[f"p{q}_ms"] = round(percentile(lat, q), 1)
-        return out | {"max_ms": round(max(lat), 1), "min_ms": round(min(lat), 1),
-                      "mean_ms": round(sum(lat) / len(lat), 1)}
+        return out | {
+            "max_ms": round(max(lat), 1),
+            "min_ms": round(min(lat), 1),
+            "mean_ms": round(sum(lat) / len(lat), 1),
+        }
 
     return {"anchor": anchor, "sink": stats(sink), "publish": stats(r["_published"])}
 
@@ -362,7 +365,8 @@ def run(stack: Stack, quick: bool) -> dict[str, Any]:
         clean
         and not errors
         and (tput.get("input_records_per_s") or 0) >= TARGET_INPUT_RATE
-        and p99 is not None and p99 <= TARGET_P99_S * 1000
+        and p99 is not None
+        and p99 <= TARGET_P99_S * 1000
     )
     return {
         "input_records_per_s": tput.get("input_records_per_s"),
@@ -374,8 +378,10 @@ def run(stack: Stack, quick: bool) -> dict[str, Any]:
         "exactly_once_at_sink": clean,
         "errors": errors,
         "incidents_summary": {"throughput_run": summary(fast), "latency_run": summary(slow)},
-        "target": {"input_records_per_s_min": TARGET_INPUT_RATE,
-                   "sink_latency_p99_ms_max": TARGET_P99_S * 1000},
+        "target": {
+            "input_records_per_s_min": TARGET_INPUT_RATE,
+            "sink_latency_p99_ms_max": TARGET_P99_S * 1000,
+        },
         "met": bool(met),
         "method": (
             "throughput: the sample repeated into one input file, source rate 0; the sink file is tailed "

@@ -111,10 +111,18 @@ def spec(src_dir: Path, dst_dir: Path) -> dict[str, Any]:
     return {
         "name": "file-edge",
         "tasks": [
-            {"id": "src", "operator": "io.dir_source", "config": {"path": str(src_dir), "pattern": "*.bin"},
-             "placement": {"device": SOURCE}},
-            {"id": "sink", "operator": "io.dir_sink", "config": {"path": str(dst_dir)},
-             "placement": {"device": SINK}},
+            {
+                "id": "src",
+                "operator": "io.dir_source",
+                "config": {"path": str(src_dir), "pattern": "*.bin"},
+                "placement": {"device": SOURCE},
+            },
+            {
+                "id": "sink",
+                "operator": "io.dir_sink",
+                "config": {"path": str(dst_dir)},
+                "placement": {"device": SINK},
+            },
         ],
         "edges": [{"from": "src", "to": "sink", "model": "file"}],
     }
@@ -161,9 +169,11 @@ def transfer(stack: Stack, src_dir: Path, dst_dir: Path, size: int, timeout: flo
                 df = stack.api.dataflow(df_id)
                 stack.api.delete(df_id)
                 tasks = {t["id"]: (t["device"], t["state"], t["reason"]) for t in df["tasks"]}
-                raise RuntimeError(f"{NAME} not in {dst_dir} {now - t0:.0f} s after POST ({got} bytes "
-                                   f"received); dataflow {df_id} {df['state']} ({df.get('reason')!r}), "
-                                   f"tasks {tasks}")
+                raise RuntimeError(
+                    f"{NAME} not in {dst_dir} {now - t0:.0f} s after POST ({got} bytes "
+                    f"received); dataflow {df_id} {df['state']} ({df.get('reason')!r}), "
+                    f"tasks {tasks}"
+                )
             time.sleep(POLL_S)
         df = stack.api.wait_state(df_id, {"completed"}, timeout=60)
         t_done = time.perf_counter()
@@ -180,7 +190,8 @@ def transfer(stack: Stack, src_dir: Path, dst_dir: Path, size: int, timeout: flo
         "from_first_byte_mb_per_s": round(mb / (t_present - t_first), 1) if t_first is not None else None,
         "receive_mb_per_s": (
             round(mb / (t_full - t_first), 1)
-            if t_first is not None and t_full is not None and t_full > t_first else None
+            if t_first is not None and t_full is not None and t_full > t_first
+            else None
         ),
         "full_part_to_present_s": round(t_present - t_full, 3) if t_full is not None else None,
         "received_mb_by_0_5s": mb_timeline(progress),
@@ -188,10 +199,13 @@ def transfer(stack: Stack, src_dir: Path, dst_dir: Path, size: int, timeout: flo
         "received_sha256": received_sha,
         "processes": procs.figures(),
         "rss_samples": procs.samples,
-        "incidents": {"heartbeats": {k: v for k, v in hb.figures().items() if k in (SOURCE, SINK)},
-                      "logs": incidents.scan(stack.logs, t0_wall, time.time())},
-        "tasks": {t["id"]: {k: t[k] for k in ("device", "state", "records_in", "records_out")}
-                  for t in df["tasks"]},
+        "incidents": {
+            "heartbeats": {k: v for k, v in hb.figures().items() if k in (SOURCE, SINK)},
+            "logs": incidents.scan(stack.logs, t0_wall, time.time()),
+        },
+        "tasks": {
+            t["id"]: {k: t[k] for k in ("device", "state", "records_in", "records_out")} for t in df["tasks"]
+        },
         "edge": {k: df["edges"][0].get(k) for k in ("model", "transport", "topic")},
         "dataflow_state": df["state"],
     }
@@ -228,16 +242,20 @@ def run(stack: Stack, quick: bool) -> dict[str, Any]:
         log(f"file edge: local copy {copy['mb_per_s']} MiB/s ({copy['with_fsync_mb_per_s']} with fsync)")
         log(f"file edge: {SOURCE} -> {SINK} over a file edge")
         echo = transfer(stack, src_dir, dst_dir, size, timeout=300.0)
-        log(f"file edge: {echo['end_to_end_mb_per_s']} MiB/s end to end, "
-            f"{echo['from_first_byte_mb_per_s']} from the first byte; processes {echo['processes']}")
+        log(
+            f"file edge: {echo['end_to_end_mb_per_s']} MiB/s end to end, "
+            f"{echo['from_first_byte_mb_per_s']} from the first byte; processes {echo['processes']}"
+        )
         raw_count = min(size, RAW_BYTES) // CHUNK
         raws: list[dict[str, Any]] = []
         for i in range(RAW_RUNS):
             url = stack.brokers.mqtt_url
             auth = raw_brokers.Auth.of(stack.brokers, "mqtt")
             raws.append(raw_brokers.mqtt_pub_sub(url, raw_count, CHUNK, inflight=RAW_INFLIGHT, auth=auth))
-            log(f"raw mqtt {i + 1}/{RAW_RUNS}: {raw_count} x {CHUNK // 1024} KiB, QoS 1, "
-                f"{RAW_INFLIGHT} in flight: {raws[-1]['msgs_per_s'] * CHUNK / MIB:.1f} MiB/s")
+            log(
+                f"raw mqtt {i + 1}/{RAW_RUNS}: {raw_count} x {CHUNK // 1024} KiB, QoS 1, "
+                f"{RAW_INFLIGHT} in flight: {raws[-1]['msgs_per_s'] * CHUNK / MIB:.1f} MiB/s"
+            )
         raw = sorted(raws, key=lambda r: r["msgs_per_s"])[len(raws) // 2]  # the median run
         raw_mb = raw["msgs_per_s"] * CHUNK / MIB
     finally:
@@ -262,8 +280,11 @@ def run(stack: Stack, quick: bool) -> dict[str, Any]:
         "source_sha256": source_sha,
         "agent_rss_growth_mb": growth,
         "streamed": streamed,
-        "target": {"ratio_vs_raw_mqtt": TARGET_RATIO, "sha256_match": True,
-                   "agent_rss_growth_mb_max": RSS_LIMIT_MB},
+        "target": {
+            "ratio_vs_raw_mqtt": TARGET_RATIO,
+            "sha256_match": True,
+            "agent_rss_growth_mb_max": RSS_LIMIT_MB,
+        },
         "met": bool(ratio >= TARGET_RATIO) and intact and streamed,
         "units": "MB here is MiB (2^20 bytes)",
         "method": (

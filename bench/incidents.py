@@ -126,7 +126,7 @@ class ChannelWatch:
 
     def figures(self, dataflow: str) -> dict[str, Any]:
         prefix = f"{dataflow}:"
-        return {k[len(prefix):]: v for k, v in sorted(self.channels.items()) if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in sorted(self.channels.items()) if k.startswith(prefix)}
 
 
 def _ts(s: str) -> float:

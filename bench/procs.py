@@ -18,8 +18,13 @@ from common import Stack
 MIB = 1 << 20
 
 
-def platform_pids(stack: Stack, *, agents: tuple[str, ...] | None = None, broker: bool = True,
-                  services: tuple[str, ...] = ()) -> dict[str, int]:
+def platform_pids(
+    stack: Stack,
+    *,
+    agents: tuple[str, ...] | None = None,
+    broker: bool = True,
+    services: tuple[str, ...] = (),
+) -> dict[str, int]:
     """Pids by name: ``agent-<device>`` (all agents, or ``agents``), ``mosquitto``, services."""
     out = {f"agent-{d}": p.pid for d, p in stack.platform.agents.items() if agents is None or d in agents}
     if broker and "mosquitto" in stack.brokers.processes:

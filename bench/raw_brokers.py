@@ -69,8 +69,11 @@ def _nats_options(url: str, auth: Auth | None) -> dict[str, Any]:
 
 
 def _mqtt_client(client_id: str) -> paho.Client:
-    return paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
-                       protocol=MQTTProtocolVersion.MQTTv5)
+    return paho.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=MQTTProtocolVersion.MQTTv5,
+    )
 
 
 def _connect(c: paho.Client, url: str, props: Properties | None = None, auth: Auth | None = None) -> None:
@@ -91,7 +94,14 @@ def _connect(c: paho.Client, url: str, props: Properties | None = None, auth: Au
 
 
 def _mqtt_publisher(
-    url: str, topic: str, count: int, size: int, inflight: int, ready: Any, go: Any, out: Any,
+    url: str,
+    topic: str,
+    count: int,
+    size: int,
+    inflight: int,
+    ready: Any,
+    go: Any,
+    out: Any,
     auth: Auth | None = None,
 ) -> None:
     c = _mqtt_client(f"bench-pub-{uuid.uuid4().hex[:8]}")
@@ -148,8 +158,9 @@ def mqtt_pub_sub(
     sub.on_subscribe = lambda *_a: subscribed.set()
     props = Properties(PacketTypes.CONNECT)
     props.ReceiveMaximum = RECEIVE_MAXIMUM
-    proc = ctx.Process(target=_mqtt_publisher,
-                       args=(url, topic, count, size, inflight, ready, go, out, auth), daemon=True)
+    proc = ctx.Process(
+        target=_mqtt_publisher, args=(url, topic, count, size, inflight, ready, go, out, auth), daemon=True
+    )
     proc.start()
     try:
         _connect(sub, url, props, auth)
@@ -167,7 +178,9 @@ def mqtt_pub_sub(
             proc.kill()
             proc.join(5)
     return _figures(count, size, got, first, last, pub) | {
-        "qos": 1, "protocol": "MQTT 5 (paho-mqtt, loop_start)", "max_inflight": inflight,
+        "qos": 1,
+        "protocol": "MQTT 5 (paho-mqtt, loop_start)",
+        "max_inflight": inflight,
         "subscriber_receive_maximum": RECEIVE_MAXIMUM,
         "publisher_all_acked_after_s": round(pub["t_acked"] - pub["t_start"], 3),
     }
@@ -216,11 +229,16 @@ async def _nats_sub(url: str, count: int, size: int, auth: Auth | None) -> dict[
 
     loop = asyncio.get_running_loop()
     nc = await nats.connect(url, **_nats_options(url, auth))
-    proc = ctx.Process(target=_nats_publisher, args=(url, subject, count, size, ready, go, out, auth),
-                       daemon=True)
+    proc = ctx.Process(
+        target=_nats_publisher, args=(url, subject, count, size, ready, go, out, auth), daemon=True
+    )
     try:
-        await nc.subscribe(subject, cb=on_msg, pending_msgs_limit=count + 1024,
-                           pending_bytes_limit=(count + 1024) * (size + 128))
+        await nc.subscribe(
+            subject,
+            cb=on_msg,
+            pending_msgs_limit=count + 1024,
+            pending_bytes_limit=(count + 1024) * (size + 128),
+        )
         await nc.flush()
         proc.start()
         if not await loop.run_in_executor(None, ready.wait, 30):

@@ -81,6 +81,7 @@ import metrics_cost
 import migration
 import placement
 import security_cost
+import spool
 import stream_edge
 import testbed_etl
 from common import Stack, log, running_stack, scan_logs
@@ -101,16 +102,27 @@ STANDALONE: dict[str, Callable[[Stack | None, bool], dict[str, Any]]] = {
     "metrics_cost": metrics_cost.run,
     "console_render": console_render.run,
     "fleet": fleet.run,
+    "spool": spool.run,
 }
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=5, check=False)
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"],
-                               capture_output=True, text=True, timeout=5, check=False)
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     commit = out.stdout.strip() or None
@@ -134,8 +146,12 @@ def _on_sigterm(*_: object) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="ECHO benchmarks; one JSON document on stdout")
-    p.add_argument("--only", choices=sorted([*BENCHMARKS, *STANDALONE]), action="append",
-                   help="run only this benchmark (repeatable)")
+    p.add_argument(
+        "--only",
+        choices=sorted([*BENCHMARKS, *STANDALONE]),
+        action="append",
+        help="run only this benchmark (repeatable)",
+    )
     p.add_argument("--quick", action="store_true", help="fewer runs and records")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs) after the run")
     return p.parse_args(argv)

@@ -57,10 +57,18 @@ def spec(count: int, pad: str, path: Path) -> dict[str, Any]:
     return {
         "name": "stream-edge",
         "tasks": [
-            {"id": "gen", "operator": "io.generate",
-             "config": {"count": count, "rate": 0, "fields": {"pad": pad}}, "placement": {"device": SOURCE}},
-            {"id": "sink", "operator": "io.file_sink", "config": {"path": str(path)},
-             "placement": {"device": SINK}},
+            {
+                "id": "gen",
+                "operator": "io.generate",
+                "config": {"count": count, "rate": 0, "fields": {"pad": pad}},
+                "placement": {"device": SOURCE},
+            },
+            {
+                "id": "sink",
+                "operator": "io.file_sink",
+                "config": {"path": str(path)},
+                "placement": {"device": SINK},
+            },
         ],
         "edges": [{"from": "gen", "to": "sink"}],
     }
@@ -90,8 +98,13 @@ def check_file(path: Path, count: int) -> dict[str, Any]:
             seen[seq] = 1
             in_order = in_order and seq > last
             last = seq
-    return {"lines": lines, "duplicates": duplicates, "missing": count - sum(seen),
-            "out_of_range": out_of_range, "in_order": in_order}
+    return {
+        "lines": lines,
+        "duplicates": duplicates,
+        "missing": count - sum(seen),
+        "out_of_range": out_of_range,
+        "in_order": in_order,
+    }
 
 
 def echo_stream(stack: Stack, count: int, timeout: float) -> dict[str, Any]:
@@ -142,8 +155,12 @@ def echo_stream(stack: Stack, count: int, timeout: float) -> dict[str, Any]:
         "records_per_s_by_0_5s": buckets,
         "finished_after_created_s": finished,
         "approx_data_msgs_per_s": round(rate / MAX_BATCH, 1),
-        "edge": {"from": f"gen@{SOURCE}", "to": f"sink@{SINK}", "transport": edge.get("transport"),
-                 "topic": edge.get("topic")},
+        "edge": {
+            "from": f"gen@{SOURCE}",
+            "to": f"sink@{SINK}",
+            "transport": edge.get("transport"),
+            "topic": edge.get("topic"),
+        },
         "tasks": tasks,
         "sink_file_check": check,
         "dataflow_state": df["state"],
@@ -171,8 +188,10 @@ def rate_timeline(samples: list[tuple[float, int]], line_bytes: float, step: flo
 def measured_stream(stack: Stack, count: int) -> dict[str, Any]:
     log(f"stream edge: {count} records of ~{RECORD_BYTES} B, {SOURCE} -> {SINK}")
     echo = echo_stream(stack, count, timeout=180.0)
-    log(f"stream edge: {echo['records_per_s']:.0f} records/s over {echo['measured_span_s']} s; "
-        f"file check {echo['sink_file_check']}")
+    log(
+        f"stream edge: {echo['records_per_s']:.0f} records/s over {echo['measured_span_s']} s; "
+        f"file check {echo['sink_file_check']}"
+    )
     return echo
 
 
@@ -194,8 +213,9 @@ def run(stack: Stack, quick: bool) -> dict[str, Any]:
     log(f"raw mqtt: {mqtt['msgs_per_s']:.0f} msgs/s (max_inflight {raw_brokers.INFLIGHT})")
     sweep = {raw_brokers.INFLIGHT: mqtt["msgs_per_s"]}
     for inflight in SWEEP_INFLIGHT:
-        sweep[inflight] = raw_brokers.mqtt_pub_sub(stack.brokers.mqtt_url, mqtt_count, RECORD_BYTES,
-                                                   inflight=inflight, auth=mqtt_auth)["msgs_per_s"]
+        sweep[inflight] = raw_brokers.mqtt_pub_sub(
+            stack.brokers.mqtt_url, mqtt_count, RECORD_BYTES, inflight=inflight, auth=mqtt_auth
+        )["msgs_per_s"]
         log(f"raw mqtt: {sweep[inflight]:.0f} msgs/s (max_inflight {inflight})")
     best_inflight = max(sweep, key=lambda k: sweep[k])
     log(f"raw nats: {nats_count} x {RECORD_BYTES} B")

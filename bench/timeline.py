@@ -59,6 +59,7 @@ def phases(
     events: list[tuple[float, str, str]], created_at: float, levels: list[list[str]]
 ) -> dict[str, float]:
     """Durations (seconds) of the phases of one deployment; empty if the logs lack a step."""
+
     def first(subject: str, state: str) -> float | None:
         return next((t for t, s, st in events if s == subject and st == state), None)
 

@@ -432,9 +432,11 @@ class Reconciler:
     async def on_device_event(self, event: DeviceEvent) -> None:
         """A device came back online.
 
-        Its agent restarted: deploy again what should run on it (what ran there is gone).
-        Only cut off (the same agent process): its tasks kept running (edge autonomy), except
-        those that failed over meanwhile: their stale copies are stopped (fenced)."""
+        Its agent restarted: deploy again what should run on it (the agent resumes the tasks
+        it kept on disk by itself; a deploy of the generation it runs finds it running). Cut
+        off or restarted, its tasks kept running (edge autonomy), except those that failed
+        over meanwhile: their stale copies are stopped (fenced), also after a restart, since
+        an agent resumes what it kept on disk."""
         if event.status is not DeviceStatus.online:
             return
         for df in await self.store.all(await self.store.active_ids()):
@@ -443,10 +445,7 @@ class Reconciler:
             touched = False
             for rec in df.tasks.values():
                 if event.device in rec.fenced:
-                    if event.restarted:  # the stale copy died with the old agent
-                        await self.store.unfence(df.id, rec.id, event.device, rec.fenced[event.device])
-                    else:
-                        await self.fence(df.id, rec, event.device, rec.fenced[event.device])
+                    await self.fence(df.id, rec, event.device, rec.fenced[event.device])
                 if (
                     event.restarted
                     and rec.device == event.device

@@ -90,7 +90,8 @@ async def run(settings: AgentSettings, stop: asyncio.Event, creds: Credentials |
     )
     manager.control = control
     rotation.control = control
-    await control.start(timeout=30, offline_ok=bool(kept))
+    # with tasks to resume, a broker out of reach is no reason to wait: they run offline
+    await control.start(timeout=5 if kept else 30, offline_ok=bool(kept))
     if kept:
         if not control.connected:
             manager.data_session().connect_timeout = 2.0  # cut off: start the tasks offline now
