@@ -26,10 +26,14 @@ def new_secret(nbytes: int = 32) -> str:
     return secrets.token_urlsafe(nbytes)
 
 
-def write_secret(path: Path, data: str | bytes, *, owner: tuple[int, int] | None = None) -> None:
+def write_secret(
+    path: Path, data: str | bytes, *, owner: tuple[int, int] | None = None, fsync: bool = True
+) -> None:
     """Write ``data`` to ``path`` atomically, mode 0600 from the first byte (never world-readable).
 
     ``owner`` (uid, gid) hands the file to another account (a broker that drops root).
+    ``fsync=False``: atomic, but left to the kernel to write out (a file rewritten often,
+    whose previous version is as good after a power cut).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
@@ -39,7 +43,8 @@ def write_secret(path: Path, data: str | bytes, *, owner: tuple[int, int] | None
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.chmod(tmp, 0o600)  # whatever the umask
         if owner is not None:
             os.chown(tmp, *owner)

@@ -64,6 +64,12 @@ def converged(s: Stack, df_id: str, out: Path, count: int, before: dict[str, dic
         assert p.alive(), f"broker {name} exited"
 
 
+def spooled(s: Stack, df_id: str, producer: str) -> None:
+    """The edge out of ``producer`` spooled while its broker was away, and drained it all."""
+    edge = next(e for e in s.api.dataflow(df_id)["edges"] if e["from"] == producer)
+    assert edge["spooled"] > 0 and edge["spool_bytes"] == 0 and edge["dropped"] == 0, edge
+
+
 def tracebacks(s: Stack) -> int:
     return sum(log.read_text(errors="replace").count("Traceback") for log in s.platform.logs.glob("*.log"))
 
@@ -117,6 +123,7 @@ def test_mosquitto_killed_and_back(stack: Stack, tmp_path: Path) -> None:
     outage(8.0)  # well past the lost threshold (3 s here): liveness must pause, not judge
     s.brokers.restart("mosquitto")
     converged(s, df_id, out, total, before)
+    spooled(s, df_id, "gen")  # the MQTT edge's source went on into its spool meanwhile
 
 
 def test_nats_killed_and_back(stack: Stack, tmp_path: Path) -> None:
@@ -130,3 +137,4 @@ def test_nats_killed_and_back(stack: Stack, tmp_path: Path) -> None:
     outage(5.0)
     s.brokers.restart("nats")
     converged(s, df_id, out, total, before)
+    spooled(s, df_id, "count")  # the NATS edge's producer went on into its spool meanwhile

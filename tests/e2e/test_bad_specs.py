@@ -107,6 +107,16 @@ CASES = {
         "tasks[0].placement.tier",
         "",
     ),
+    "spool too small": (
+        {**spec([gen(), task("a")], []), "edges": [{"from": "gen", "to": "a", "spool": {"max_bytes": 1}}]},
+        "edges[0].spool.max_bytes",
+        "greater than or equal to 4096",
+    ),
+    "unknown spool overflow": (
+        {**spec([gen(), task("a")], []), "edges": [{"from": "gen", "to": "a", "spool": {"overflow": "x"}}]},
+        "edges[0].spool.overflow",
+        "'drop_oldest' or 'block'",
+    ),
 }
 
 

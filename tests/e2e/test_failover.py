@@ -63,8 +63,21 @@ def test_agent_killed_the_task_restores_its_checkpoint_elsewhere(
     assert [s["name"] for s in m["steps"]] == ["place", "restore", "resume"], m
     assert "checkpoint" in m["steps"][1]["detail"], m
     assert task(api, df_id, "count")["device"] == m["target"]
+    # the victim comes back: its agent resumes the copy of count it kept on disk, which is
+    # stale now; the master fences it, and it writes nothing
+    platform.start_agent(next(s for s in FLEET if s.device_id == victim))
+    log = platform.logs / f"agent-{victim}.log"
+    wait_until(
+        lambda: "resumed from its checkpoint" in log.read_text(), timeout=30, what="the stale copy resumed"
+    )
+    wait_until(lambda: api.devices()[victim]["status"] == "online", timeout=30, what=f"{victim} back")
     api.wait_state(df_id, "completed", timeout=60)
     check_exactly_once(out, total)
+    wait_until(
+        lambda: api.devices()[victim]["tasks"] == 0, timeout=15, what=f"the stale copy on {victim} fenced"
+    )
+    kept = platform.workdir / "agents" / victim / ".tasks"
+    assert not any(kept.glob("*/*/desired.json")), "the fenced copy is no longer kept on the device"
 
 
 def test_a_device_cut_off_past_the_grace_period_is_fenced_when_it_returns(

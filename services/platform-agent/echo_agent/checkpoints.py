@@ -72,7 +72,7 @@ class Checkpoints:
         every: int | None = None,
         restored: TaskSnapshot | None = None,
         on_published: Callable[[TaskSnapshot], None] | None = None,
-        save_local: Callable[[bytes], None] | None = None,
+        save_local: Callable[[bytes, bool], None] | None = None,
     ) -> None:
         self._save_local = save_local
         self.saved_local = 0
@@ -145,7 +145,7 @@ class Checkpoints:
         self._next_at = time.monotonic() + self.interval
         if local_only:
             self.outputs.sync_spools()
-            self._keep_local(payload)
+            self._keep_local(payload, sync=True)
             return
         self._inflight = asyncio.create_task(
             self._commit(payload, snap, self.outputs.unsafe()), name=f"checkpoint-{self.task}"
@@ -157,7 +157,8 @@ class Checkpoints:
                 done, pending = await asyncio.wait(unsafe, timeout=COMMIT_TIMEOUT)
                 if pending or any(f.cancelled() or f.exception() is not None for f in done):
                     raise OSError("outputs not acknowledged by the broker")
-            self._keep_local(payload)
+            if self._save_local is not None and not self._closed:  # off the loop: file I/O
+                await asyncio.to_thread(self._keep_local, payload, sync=False)
             fut = self._publish(payload)
             if inspect.isawaitable(fut):
                 ack = asyncio.ensure_future(fut)
@@ -182,11 +183,11 @@ class Checkpoints:
         if self.on_published is not None:
             self.on_published(snap)
 
-    def _keep_local(self, payload: bytes) -> None:
+    def _keep_local(self, payload: bytes, *, sync: bool) -> None:
         if self._save_local is None or self._closed:
             return
         try:
-            self._save_local(payload)
+            self._save_local(payload, sync)
             self.saved_local += 1
         except OSError as e:
             log.warning("task %s/%s: local checkpoint not saved: %s", self.dataflow, self.task, e)

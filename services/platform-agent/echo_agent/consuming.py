@@ -270,7 +270,8 @@ class Consumer:
         try:
             records = self.inputs.fresh(decoded)
         except Gap as gap:
-            self._hold(decoded.producer, decoded.records[0][0], msg, gap)
+            first = decoded.records[0][0] if decoded.records else (decoded.skip_from or 0)
+            self._hold(decoded.producer, first, msg, gap)
             return []
         if decoded.eos and self.inputs.eos.get(decoded.producer, 0) > self.inputs.hwm.get(
             decoded.producer, 0
@@ -278,7 +279,10 @@ class Consumer:
             # the end of stream came before the last records: wait for them, then ask
             self._held_since.setdefault(decoded.producer, asyncio.get_running_loop().time())
         if not records:
-            self._force_report = bool(decoded.records)  # a resend of what we have: say so again
+            # a resend of what we have, or a skip over what the producer's spool dropped: say so
+            self._force_report = bool(decoded.records) or decoded.skip_from is not None
+            if decoded.skip_from is not None:
+                await self._release_held(decoded.producer)  # what waited behind the gap
             return []
         batch_edge = binding is not None and binding.model is EdgeModel.batch
         traced = msg.user_properties.get(TRACEPARENT) if self.records_tracer is not None else None

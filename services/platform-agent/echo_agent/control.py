@@ -252,6 +252,7 @@ class TaskManager:
             snapshot = None
         else:
             snapshot = await current.stop(discard_session=False, reason="moving", drain=True)
+        self.local.forget(cmd.dataflow, cmd.task)  # again: a checkpoint written meanwhile
         del self.tasks[key]
         ack = self._ack(cmd, True, TaskState.stopped)
         ack.snapshot = snapshot

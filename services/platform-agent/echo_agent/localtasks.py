@@ -48,10 +48,13 @@ class LocalTasks:
         except OSError as e:
             log.warning("task %s/%s: not kept on disk: %s", cmd.dataflow, cmd.task, e)
 
-    def checkpoint(self, dataflow: str, task: str, payload: bytes) -> None:
-        """Keep a task's ``TaskCheckpoint`` (raises ``OSError``)."""
+    def checkpoint(self, dataflow: str, task: str, payload: bytes, sync: bool = True) -> None:
+        """Keep a task's ``TaskCheckpoint`` (raises ``OSError``). ``sync``: on disk before
+        returning (a local-only checkpoint, taken while cut off); else atomic but written out
+        by the kernel (the broker and the master have this one; after a power cut the one
+        before it is as consistent)."""
         if self.directory is not None:
-            write_secret(self._dir(dataflow, task) / "checkpoint.json", payload)
+            write_secret(self._dir(dataflow, task) / "checkpoint.json", payload, fsync=sync)
 
     def forget(self, dataflow: str, task: str) -> None:
         if self.directory is None:

@@ -69,6 +69,7 @@ class Outbox:
         self.engaged = spool is not None and spool.unread
         self.spooled = 0  # messages this copy wrote to the spool
         self._drainer: asyncio.Task[None] | None = None
+        self._link: object | None = None
         self._since = time.monotonic()
         self._gen_mark = f',"generation":{outputs.generation},'.encode()
         self._dropped_logged = spool.dropped if spool is not None else 0
@@ -76,8 +77,10 @@ class Outbox:
     # ---------------------------------------------------------------- sending
 
     def _client(self) -> object:
-        t = self.o.mqtt
-        return t.client(self.topic) if hasattr(t, "client") else t
+        if self._link is None:  # the client of this channel's transport, for the task's life
+            t = self.o.mqtt
+            self._link = t.client(self.topic) if hasattr(t, "client") else t
+        return self._link
 
     def link_up(self) -> bool:
         return bool(getattr(self._client(), "connected", True))

@@ -65,7 +65,7 @@ class TaskRunner:
         build: Callable[[DeployTask], Operator] | None = None,
         session: DataSession | None = None,
         spools: SpoolSettings | None = None,
-        save_local: Callable[[bytes], None] | None = None,
+        save_local: Callable[[bytes, bool], None] | None = None,
     ) -> None:
         self.cmd = cmd
         # the task's output spools (None: a cut-off producer waits) and where its checkpoints
