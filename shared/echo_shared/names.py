@@ -341,6 +341,11 @@ class Names:
         return f"{self.namespace}:migrations"
 
     @property
+    def migrator_lease_key(self) -> str:
+        """The migrator replicas' leader lease (``leases``; its fencing counter beside it)."""
+        return f"{self.namespace}:migrations:leader"
+
+    @property
     def active_migrations_key(self) -> str:
         """Migrations not finished yet: a restarted migrator resumes them."""
         return f"{self.namespace}:migrations:active"

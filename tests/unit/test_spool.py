@@ -63,9 +63,7 @@ def test_drop_oldest_counts_exactly_and_reports_the_gap(tmp_path: Path) -> None:
     skipped = [i for i in items if isinstance(i, Skipped)]
     entries = [i for i in items if isinstance(i, Entry)]
     assert sum(s.records for s in skipped) == spool.dropped
-    covered = sorted(
-        [seq for s in skipped for seq in range(s.first, s.last + 1)] + [e.last for e in entries]
-    )
+    covered = sorted([seq for s in skipped for seq in range(s.first, s.last + 1)] + [e.last for e in entries])
     assert covered == list(range(1, 5001)), "every seq is either sent or reported skipped, once"
     assert entries[-1].last == 5000, "the newest are kept"
 

@@ -204,6 +204,24 @@ class Platform:
         self.services[name] = proc
         return proc
 
+    def start_replica(self, name: str, replica: int) -> ManagedProcess:
+        """Another replica of service ``name`` (process ``{name}-{replica}``): the same identity
+        and brokers; no metrics endpoint of its own (the first replica's port is taken).
+        Replicas elect a leader among themselves (``echo_shared.leases``)."""
+        env = self.service_env(name)
+        for k in (
+            "ECHO_METRICS_PORT",
+            "ECHO_METRICS_HOST",
+            "ECHO_METRICS_CERT_FILE",
+            "ECHO_METRICS_KEY_FILE",
+        ):
+            env.pop(k, None)
+        proc = ManagedProcess(
+            f"{name}-{replica}", [sys.executable, "-m", f"echo_{name}"], log_dir=self.logs, env=env
+        )
+        self.services[f"{name}-{replica}"] = proc
+        return proc
+
     def state_dir(self, device: str) -> Path:
         return self.workdir / "agents" / device / "state"
 

@@ -4,11 +4,13 @@ the NATS API, failover on lost devices, the adaptive rebalancer; a clean stop.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from echo_shared import metrics
 from echo_shared.credentials import Access
 from echo_shared.events import EventLog
+from echo_shared.leases import Leadership, Lease
 from echo_shared.names import Names
 from echo_shared.nats_bus import NatsBus
 from echo_shared.redis_store import connect_redis
@@ -29,18 +31,34 @@ async def run(settings: MigratorSettings, stop: asyncio.Event) -> None:
     redis = await connect_redis(settings.redis_url, access=access)
     try:
         async with NatsBus(settings.nats_url, settings.service_name, access=access) as bus:
-            store = SagaStore(redis, names)
+            lease = Lease(redis, names.migrator_lease_key, ttl=settings.leader_ttl)
+            store = SagaStore(redis, names, lease)
             migrations = Migrations(bus, names, store, settings)
             migrations.events = EventLog(redis, names)
-            await MigratorService(bus, names, store, migrations).serve()
-            resumed = await migrations.resume_all()
-            log.info("migrator ready (%d migration(s) resumed)", resumed)
+            service = MigratorService(bus, names, store, migrations)
+            await service.serve()
+            log.info("migrator ready (replica %s)", lease.owner)
+
+            async def lead() -> None:
+                """The leader's part: start migrations, run the sagas (resuming what the
+                previous leader left), fail over lost devices' tasks, rebalance."""
+                subs = await service.lead()
+                try:
+                    resumed = await migrations.resume_all()
+                    log.info("migrator leads (%d migration(s) resumed)", resumed)
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(FailoverWatcher(bus, names, migrations).follow(stop))
+                        if settings.rebalance_enabled:
+                            tg.create_task(Rebalancer(migrations, store, settings).run(stop))
+                finally:
+                    for sub in subs:
+                        with contextlib.suppress(Exception):
+                            await sub.unsubscribe()
+                    await migrations.close()
+
             exporter = metrics.serve(migrations.metrics.registry, settings, settings.service_name)
             try:
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(FailoverWatcher(bus, names, migrations).follow(stop))
-                    if settings.rebalance_enabled:
-                        tg.create_task(Rebalancer(migrations, store, settings).run(stop))
+                await Leadership(lease, "migrator").run(stop, lead)
             finally:
                 exporter.close()
                 await migrations.close()

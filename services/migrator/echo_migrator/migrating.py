@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from echo_shared.errors import BusError, EchoError
 from echo_shared.events import EventKind, EventLog
+from echo_shared.leases import Fenced
 from echo_shared.messages import (
     MigrateReply,
     MigrateRequest,
@@ -145,7 +146,10 @@ class Migrations:
         )
         for name in ("place", "restore" if failover else "drain", "resume"):
             step(m, name)
-        await self.store.create(m)
+        try:
+            await self.store.create(m)
+        except Fenced as e:
+            return MigrateReply(ok=False, status=503, reason=f"this migrator replica stepped down: {e}")
         self.spawn(m)
         log.info("migration %s: %s/%s from %s (%s)", m.id, m.dataflow, m.task, m.source, m.reason or m.origin)
         return MigrateReply(ok=True, migration=m.id)
@@ -181,10 +185,14 @@ class Migrations:
                 span.set_attribute("echo.migration", m.id)
                 if m.trace_id is None:
                     m.trace_id = current_trace_id()
-                await self._until_settled(m)
-                if m.state in ("completed", "failed", "rolled_back"):
-                    self.metrics.ended(m)
-                    await self._persist(m, self._record)
+                try:
+                    await self._until_settled(m)
+                    if m.state in ("completed", "failed", "rolled_back"):
+                        self.metrics.ended(m)
+                        await self._persist(m, self._record)
+                except Fenced:
+                    # another replica leads now and resumes this saga from what was recorded
+                    log.warning("migration %s: left to the new leader (this replica was fenced)", m.id)
 
     async def _until_settled(self, m: Migration) -> None:
         """Run the saga until it ends: a step that got no answer is asked again (with
@@ -207,8 +215,8 @@ class Migrations:
                     outage.failed(e)
             except StepFailed as e:
                 failure = str(e)
-            except asyncio.CancelledError:
-                raise  # a clean stop: the saga stays active and resumes at the next start
+            except (asyncio.CancelledError, Fenced):
+                raise  # a clean stop or a new leader: the saga stays active, resumed there
             except Exception as e:
                 if dependency_of(e) is None:
                     log.exception("migration %s crashed", m.id)

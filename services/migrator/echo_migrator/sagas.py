@@ -6,7 +6,9 @@ migrator completes or rolls back what it finds half done.
 - ``{ns}:migrations:active``: ids not finished yet (resumed at start);
 - ``{ns}:rebalance:decisions``: the rebalancer's decisions, newest first (capped).
 
-One writer per migration (the migrator task running it), so a plain SET suffices.
+One writer per migration: the migrator replica that leads (``leases``). With a lease, every
+saga write checks it holds the lease in the same script, so a paused ex-leader's writes are
+refused (``Fenced``) instead of overwriting what the new leader recorded.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import uuid
 
 import redis.asyncio as aioredis
 
+from echo_shared.leases import FENCE_CHECK, Fenced, Lease
 from echo_shared.messages import Migration, MigrationStep, RebalanceDecision
 from echo_shared.names import Names
 
@@ -27,13 +30,47 @@ def new_id() -> str:
     return "mig-" + uuid.uuid4().hex[:12]
 
 
+_CREATE = (
+    FENCE_CHECK
+    + """
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+redis.call('SADD', KEYS[4], ARGV[4])
+return 'OK'
+"""
+)
+_SAVE = (
+    FENCE_CHECK
+    + """
+redis.call('SET', KEYS[2], ARGV[2])
+if ARGV[3] == '1' then redis.call('SREM', KEYS[3], ARGV[4]) end
+return 'OK'
+"""
+)
+
+
 class SagaStore:
-    def __init__(self, redis: aioredis.Redis, names: Names) -> None:
+    def __init__(self, redis: aioredis.Redis, names: Names, lease: Lease | None = None) -> None:
         self.r = redis
         self.names = names
+        self.lease = lease  # set: writes are fenced by it
+        self._create = redis.register_script(_CREATE)
+        self._save = redis.register_script(_SAVE)
+
+    def _fence(self) -> str:
+        assert self.lease is not None
+        if self.lease.value is None:
+            raise Fenced(f"not the holder of {self.lease.key}: another replica leads")
+        return self.lease.value
 
     async def create(self, m: Migration) -> None:
         m.created_at = m.updated_at = time.time()
+        if self.lease is not None:
+            n = self.names
+            keys = [self.lease.key, n.migration_key(m.id), n.migrations_key, n.active_migrations_key]
+            args = [self._fence(), m.model_dump_json(), str(m.created_at), m.id]
+            self.lease.check(await self._create(keys=keys, args=args))
+            return
         async with self.r.pipeline(transaction=True) as p:
             p.set(self.names.migration_key(m.id), m.model_dump_json())
             p.zadd(self.names.migrations_key, {m.id: m.created_at})
@@ -42,6 +79,11 @@ class SagaStore:
 
     async def save(self, m: Migration) -> None:
         m.updated_at = time.time()
+        if self.lease is not None:
+            keys = [self.lease.key, self.names.migration_key(m.id), self.names.active_migrations_key]
+            args = [self._fence(), m.model_dump_json(), "1" if m.state in FINISHED else "0", m.id]
+            self.lease.check(await self._save(keys=keys, args=args))
+            return
         async with self.r.pipeline(transaction=True) as p:
             p.set(self.names.migration_key(m.id), m.model_dump_json())
             if m.state in FINISHED:

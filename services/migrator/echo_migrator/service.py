@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from nats.aio.subscription import Subscription
+
 from echo_shared.errors import EchoError
 from echo_shared.messages import (
     DecisionListReply,
@@ -37,12 +39,19 @@ class MigratorService:
         self.migrations = migrations
 
     async def serve(self) -> None:
+        """What every replica answers: reading migrations and decisions."""
         q = self.names.migrator_queue
-        await self.bus.serve(self.names.migrator_migrate, q, MigrateRequest, self.migrate)
-        await self.bus.serve(self.names.migrator_rebalance, q, RebalanceRequest, self.rebalance)
         await self.bus.serve(self.names.migrator_get, q, MigrationGetRequest, self.get)
         await self.bus.serve(self.names.migrator_list, q, MigrationListRequest, self.list)
         await self.bus.serve(self.names.migrator_decisions, q, DecisionListRequest, self.decisions)
+
+    async def lead(self) -> list[Subscription]:
+        """What only the leader answers (it runs the sagas): starting migrations, rebalancing."""
+        q = self.names.migrator_queue
+        return [
+            await self.bus.serve(self.names.migrator_migrate, q, MigrateRequest, self.migrate),
+            await self.bus.serve(self.names.migrator_rebalance, q, RebalanceRequest, self.rebalance),
+        ]
 
     async def migrate(self, req: MigrateRequest) -> MigrateReply:
         return await self.migrations.start(req)

@@ -1,0 +1,65 @@
+"""Two migrator replicas: one leads (runs the sagas), the other stands by. The leader is
+killed (-9) in the middle of a migration: the standby takes over within the lease's TTL plus
+one second, resumes the saga from what was recorded, the migration completes, and the sink
+holds every record exactly once."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PlatformFactory
+from tests.e2e.test_migration import FLEET, FOGS, check_exactly_once, counting, migrate, task, wait_migration
+from tests.harness.waiting import wait_until
+
+pytestmark = pytest.mark.e2e
+
+TTL = 2.0
+
+
+def leader_since(log: Path) -> float | None:
+    """When this replica last became the leader (wall clock, from its log), if it did."""
+    at = None
+    for line in log.read_text(errors="replace").splitlines():
+        if "leader now" in line:
+            at = datetime.fromisoformat(json.loads(line)["ts"].replace("Z", "+00:00")).timestamp()
+    return at
+
+
+def test_a_standby_migrator_takes_over_a_migration_when_the_leader_dies(
+    platform_factory: PlatformFactory, tmp_path: Path
+) -> None:
+    platform, api = platform_factory(FLEET, env={"ECHO_LEADER_TTL": str(TTL)})
+    logs = {name: platform.logs / f"{name}.log" for name in ("migrator", "migrator-2")}
+    wait_until(lambda: leader_since(logs["migrator"]), timeout=30, what="the first migrator leading")
+    platform.start_replica("migrator", 2)
+    wait_until(
+        lambda: logs["migrator-2"].exists() and "standing by" in logs["migrator-2"].read_text(),
+        timeout=30,
+        what="the second replica standing by",
+    )
+    out, total = tmp_path / "counts.jsonl", 20_000
+    df_id = api.submit(counting(out, total, rate=1000))
+    api.wait_state(df_id, "running", timeout=30)
+    wait_until(lambda: task(api, df_id, "count")["records_in"] >= 2_000, timeout=30, what="counting")
+    source = task(api, df_id, "count")["device"]
+    target = next(f for f in FOGS if f != source)
+    mid = migrate(api, df_id, "count", target)
+    platform.services["migrator"].kill()  # mid-migration: the saga is under way or just recorded
+    killed_at = time.time()
+    took = wait_until(
+        lambda: (t := leader_since(logs["migrator-2"])) and t - killed_at,
+        timeout=TTL + 10,
+        what="the standby leading",
+    )
+    assert took <= TTL + 1.0, f"the standby took over after {took:.2f} s (TTL {TTL:g} s)"
+    m = wait_migration(api, mid, timeout=60)
+    assert m["state"] == "completed", m
+    assert task(api, df_id, "count")["device"] == target
+    api.wait_state(df_id, "completed", timeout=90)
+    check_exactly_once(out, total)
+    assert platform.services["migrator-2"].alive()

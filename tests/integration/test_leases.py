@@ -1,0 +1,94 @@
+"""Leader leases with fencing on a real Redis: one holder at a time, tokens that only grow, a
+paused ex-leader's writes refused, a standby taking over within the TTL plus 0.5 s."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import redis.asyncio as aioredis
+
+from echo_migrator.sagas import SagaStore
+from echo_shared.leases import Fenced, Leadership, Lease
+from echo_shared.messages import Migration
+from echo_shared.names import Names
+
+
+async def test_one_holder_at_a_time_and_tokens_only_grow(redis: aioredis.Redis, names: Names) -> None:
+    key = f"{names.namespace}:lease:a"
+    a, b = Lease(redis, key, ttl=0.5), Lease(redis, key, ttl=0.5)
+    assert await a.acquire()
+    assert not await b.acquire(), "held: nobody else gets it"
+    assert await a.renew()
+    first = a.token
+    deadline = time.monotonic() + 5
+    while not await b.acquire():  # a stops renewing (paused): the lease runs out
+        assert time.monotonic() < deadline, "the lease never expired"
+        await asyncio.sleep(0.05)
+    assert b.token > first
+    assert not await a.renew(), "the ex-holder cannot renew what another holds"
+    assert not a.held
+    await b.release()
+    assert await a.acquire() and a.token > b.token
+
+
+async def test_a_paused_ex_leaders_saga_writes_are_refused(redis: aioredis.Redis, names: Names) -> None:
+    key = names.migrator_lease_key
+    old, new = Lease(redis, key, ttl=0.3), Lease(redis, key, ttl=5)
+    assert await old.acquire()
+    m = Migration(id="mig-1", dataflow="df", task="t", origin="api")
+    old_store = SagaStore(redis, names, old)
+    await old_store.create(m)
+    deadline = time.monotonic() + 5
+    while not await new.acquire():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    m2 = await SagaStore(redis, names, new).get("mig-1")
+    assert m2 is not None
+    m2.state = "running"
+    await SagaStore(redis, names, new).save(m2)
+    # the old leader wakes up believing it still leads (it never heard otherwise)
+    m.state = "failed"
+    with pytest.raises(Fenced):
+        await old_store.save(m)
+    got = await SagaStore(redis, names).get("mig-1")
+    assert got is not None and got.state == "running", "the new leader's record stands"
+
+
+async def test_a_standby_takes_over_within_the_ttl_and_half_a_second(
+    redis: aioredis.Redis, names: Names
+) -> None:
+    key = f"{names.namespace}:lease:b"
+    ttl = 1.5
+    leading: list[str] = []
+    stop_a, stop_b = asyncio.Event(), asyncio.Event()
+
+    def body(name: str) -> object:
+        async def run() -> None:
+            leading.append(name)
+            await asyncio.Event().wait()  # the singleton loops, until cancelled
+
+        return run
+
+    la, lb = Leadership(Lease(redis, key, ttl=ttl), "a"), Leadership(Lease(redis, key, ttl=ttl), "b")
+    ta = asyncio.create_task(la.run(stop_a, body("a")))  # type: ignore[arg-type]
+    await asyncio.wait_for(la.elected.wait(), 5)
+    tb = asyncio.create_task(lb.run(stop_b, body("b")))  # type: ignore[arg-type]
+    deadline = time.monotonic() + 5
+    while lb.attempts < 3:  # b has tried, and found the lease held
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    assert leading == ["a"] and not lb.elected.is_set(), "one leader at a time"
+    # a dies without a word (kill -9): its loop ends, the lease is left to run out
+    ta.cancel()
+    await asyncio.gather(ta, return_exceptions=True)
+    await redis.pexpire(key, int(ttl * 1000))  # as if its last renewal had just been made
+    t0 = time.monotonic()
+    await asyncio.wait_for(lb.elected.wait(), ttl + 2)
+    took = time.monotonic() - t0
+    assert leading[-1] == "b"
+    assert took <= ttl + 0.5 + 0.2, f"takeover took {took:.2f} s"
+    stop_b.set()
+    await asyncio.wait_for(tb, 5)
+    assert await redis.get(key) is None, "a leader that stops releases the lease"
