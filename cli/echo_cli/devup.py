@@ -31,7 +31,7 @@ from echo_shared.secretfiles import write_secret
 from .client import CliError, EchoClient
 from .devstack import Brokers, BrokerSetupError, ManagedProcess, free_port, start_brokers
 from .devstack.monitoring import Prometheus, prometheus_binary
-from .devstack.platform import DEFAULT_FLEET, Platform
+from .devstack.platform import DEFAULT_FLEET, REPLICATED, Platform
 from .render import print_error, stdout
 from .watching import SUCCESS, file_sinks, print_outcome, submit_file, watch_dataflow
 
@@ -136,9 +136,16 @@ def dev_lock(devdir: Path) -> Iterator[None]:
 
 class DevUp:
     def __init__(
-        self, *, root: Path, api_port: int, submit: list[str], console: Console | None = None
+        self,
+        *,
+        root: Path,
+        api_port: int,
+        submit: list[str],
+        console: Console | None = None,
+        replicas: int = 1,
     ) -> None:
         self.root = root
+        self.replicas = replicas
         self.echo_dir = root / ".echo"
         self.devdir = self.echo_dir / "dev"
         self.env_file = self.echo_dir / "dev.env"
@@ -191,6 +198,10 @@ class DevUp:
             host=HOST,
         )
         self.platform.start(DEFAULT_FLEET)
+        for name in REPLICATED if self.replicas > 1 else ():
+            for i in range(2, self.replicas + 1):
+                self.platform.start_replica(name, i)
+            self.con.print(f"{name}: {self.replicas} replicas (one leads, the others stand by)")
         if self.platform.api_port != port:  # bound by another process between the check and the master
             self.con.print(
                 f"[yellow]port {port} was taken while ECHO started; the API uses port "
@@ -326,7 +337,11 @@ class DevUp:
         if name in self.brokers.processes:
             self.brokers.restart(name)
         elif name in self.platform.services:
-            self.platform.start_service(name)
+            base, _, n = name.rpartition("-")
+            if base in REPLICATED and n.isdigit():
+                self.platform.start_replica(base, int(n))
+            else:
+                self.platform.start_service(name)
         elif name.startswith("agent-"):
             spec = next(a for a in DEFAULT_FLEET if a.device_id == name.removeprefix("agent-"))
             self.platform.start_agent(spec)
@@ -349,5 +364,5 @@ class DevUp:
             return str(p)
 
 
-def dev_up(*, api_port: int, submit: list[str]) -> int:
-    return DevUp(root=Path(os.getcwd()), api_port=api_port, submit=submit).run()
+def dev_up(*, api_port: int, submit: list[str], replicas: int = 1) -> int:
+    return DevUp(root=Path(os.getcwd()), api_port=api_port, submit=submit, replicas=replicas).run()

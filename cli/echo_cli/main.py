@@ -536,11 +536,18 @@ def dev_up(
     submit_files: list[str] = typer.Option(
         [], "--submit", help="Spec file to submit once the platform is up (repeatable); '-' is stdin."
     ),
+    replicas: int = typer.Option(
+        1,
+        "--replicas",
+        min=1,
+        max=5,
+        help="Replicas of each service that elects a leader among its replicas (so far: the migrator).",
+    ),
 ) -> None:
     """Start brokers, services and a fleet of agents here; stop them all with Ctrl-C."""
     from .devup import dev_up as run  # keeps the devstack out of the other commands' start-up
 
-    code = run(api_port=api_port, submit=submit_files)
+    code = run(api_port=api_port, submit=submit_files, replicas=replicas)
     if code:
         raise typer.Exit(code)
 

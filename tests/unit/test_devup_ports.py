@@ -68,3 +68,34 @@ def test_an_api_port_kept_is_not_remarked(tmp_path: Path, monkeypatch: pytest.Mo
     said = run_start(tmp_path, monkeypatch, SamePlatform, requested)
     assert "taken" not in said and "busy" not in said
     assert f"http://127.0.0.1:{requested}" in said
+
+
+class ReplicaPlatform(SamePlatform):
+    started: list[tuple[str, int]] = []
+
+    def start_replica(self, name: str, replica: int) -> Any:
+        ReplicaPlatform.started.append((name, replica))
+        return None
+
+
+def test_replicas_are_started_and_restarted_as_replicas(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        devup,
+        "start_brokers",
+        lambda workdir, **_: Brokers("nats://x:1", "mqtt://x:2", "redis://x:3/0", workdir),
+    )
+    monkeypatch.setattr(devup, "Platform", ReplicaPlatform)
+    monkeypatch.setattr(devup, "prometheus_binary", lambda: None)
+    out = io.StringIO()
+    d = devup.DevUp(
+        root=tmp_path, api_port=free_port(), submit=[], replicas=3, console=Console(file=out, width=200)
+    )
+    d._start()
+    assert ReplicaPlatform.started == [("migrator", 2), ("migrator", 3)]
+    assert "migrator: 3 replicas" in out.getvalue()
+    assert d.platform is not None
+    d.platform.services["migrator-3"] = None  # type: ignore[assignment]
+    d.restart("migrator-3")  # a replica that died comes back as that replica
+    assert ReplicaPlatform.started[-1] == ("migrator", 3)

@@ -20,6 +20,8 @@ from .monitoring import SCRAPE_INTERVAL, Prometheus, start_prometheus
 from .processes import START_ATTEMPTS, ManagedProcess, PortTaken, free_port, wait_for_own_ports, wait_for_port
 
 SERVICES = ("registry", "scheduler", "migrator", "master")
+# services whose replicas elect a leader among themselves (echo_shared.leases)
+REPLICATED = ("migrator",)
 
 
 @dataclass(frozen=True)
@@ -204,7 +206,7 @@ class Platform:
         self.services[name] = proc
         return proc
 
-    def start_replica(self, name: str, replica: int) -> ManagedProcess:
+    def start_replica(self, name: str, replica: int) -> ManagedProcess:  # name: one of REPLICATED
         """Another replica of service ``name`` (process ``{name}-{replica}``): the same identity
         and brokers; no metrics endpoint of its own (the first replica's port is taken).
         Replicas elect a leader among themselves (``echo_shared.leases``)."""
