@@ -541,7 +541,7 @@ def dev_up(
         "--replicas",
         min=1,
         max=5,
-        help="Replicas of each service that elects a leader among its replicas (so far: the migrator).",
+        help="Replicas of each service that runs replicated (so far: the migrator and the scheduler).",
     ),
 ) -> None:
     """Start brokers, services and a fleet of agents here; stop them all with Ctrl-C."""

@@ -20,8 +20,9 @@ from .monitoring import SCRAPE_INTERVAL, Prometheus, start_prometheus
 from .processes import START_ATTEMPTS, ManagedProcess, PortTaken, free_port, wait_for_own_ports, wait_for_port
 
 SERVICES = ("registry", "scheduler", "migrator", "master")
-# services whose replicas elect a leader among themselves (echo_shared.leases)
-REPLICATED = ("migrator",)
+# services that run replicated: the migrator's replicas elect a leader (echo_shared.leases);
+# the scheduler is stateless and its replicas share requests in a NATS queue group
+REPLICATED = ("migrator", "scheduler")
 
 
 @dataclass(frozen=True)
@@ -208,8 +209,7 @@ class Platform:
 
     def start_replica(self, name: str, replica: int) -> ManagedProcess:  # name: one of REPLICATED
         """Another replica of service ``name`` (process ``{name}-{replica}``): the same identity
-        and brokers; no metrics endpoint of its own (the first replica's port is taken).
-        Replicas elect a leader among themselves (``echo_shared.leases``)."""
+        and brokers; no metrics endpoint of its own (the first replica's port is taken)."""
         env = self.service_env(name)
         for k in (
             "ECHO_METRICS_PORT",

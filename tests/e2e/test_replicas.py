@@ -1,7 +1,10 @@
-"""Two migrator replicas: one leads (runs the sagas), the other stands by. The leader is
-killed (-9) in the middle of a migration: the standby takes over within the lease's TTL plus
-one second, resumes the saga from what was recorded, the migration completes, and the sink
-holds every record exactly once."""
+"""Replicated services.
+
+Two migrator replicas: one leads (runs the sagas), the other stands by. The leader is killed
+(-9) in the middle of a migration: the standby takes over within the lease's TTL plus one
+second, resumes the saga from what was recorded, the migration completes, and the sink holds
+every record exactly once. Two scheduler replicas (stateless, a NATS queue group): one killed
+as a dataflow is submitted, the other places it."""
 
 from __future__ import annotations
 
@@ -63,3 +66,29 @@ def test_a_standby_migrator_takes_over_a_migration_when_the_leader_dies(
     api.wait_state(df_id, "completed", timeout=90)
     check_exactly_once(out, total)
     assert platform.services["migrator-2"].alive()
+
+
+def test_a_deployment_goes_on_when_one_of_two_schedulers_dies(
+    platform_factory: PlatformFactory, tmp_path: Path
+) -> None:
+    """Schedulers are stateless replicas in a queue group: one killed (-9) right as a dataflow is
+    submitted, the other places it (a request lost with the dead one is asked again)."""
+    platform, api = platform_factory(FLEET)
+    second = platform.start_replica("scheduler", 2)
+    wait_until(
+        lambda: "scheduler ready" in (platform.logs / "scheduler-2.log").read_text(errors="replace"),
+        timeout=30,
+        what="the second scheduler ready",
+    )
+    out, total = tmp_path / "counts.jsonl", 3_000
+    df_id = api.submit(counting(out, total, rate=2000))
+    platform.services["scheduler"].kill()
+    api.wait_state(df_id, "running", "completed", timeout=60)
+    api.wait_state(df_id, "completed", timeout=60)
+    check_exactly_once(out, total)
+    assert second.alive()
+    # and the next one too, with only the second replica left
+    out2 = tmp_path / "counts2.jsonl"
+    df2 = api.submit(counting(out2, total, rate=2000))
+    api.wait_state(df2, "completed", timeout=60)
+    check_exactly_once(out2, total)
