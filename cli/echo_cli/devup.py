@@ -201,7 +201,7 @@ class DevUp:
         for name in REPLICATED if self.replicas > 1 else ():
             for i in range(2, self.replicas + 1):
                 self.platform.start_replica(name, i)
-            how = "one leads, the others stand by" if name == "migrator" else "sharing requests"
+            how = "sharing requests" if name == "scheduler" else "one leads, the others stand by"
             self.con.print(f"{name}: {self.replicas} replicas ({how})")
         if self.platform.api_port != port:  # bound by another process between the check and the master
             self.con.print(

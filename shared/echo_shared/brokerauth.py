@@ -124,7 +124,7 @@ SERVICE_RIGHTS: dict[str, Rights] = {
         nats=NatsPermissions.union(
             responder_permissions(("*.registry.>",)), js_publish_permissions(("*.events.>",)), _JS_STREAMS
         ),
-        redis=RedisRights(keys=("*:device:*", "*:devices", *_EVENTS)),
+        redis=RedisRights(keys=("*:device:*", "*:devices", "*:lease:registry*", *_EVENTS)),
     ),
     "scheduler": Rights(
         nats=responder_permissions(("*.scheduler.>",)) | request_permissions(("*.registry.>",))
@@ -137,7 +137,14 @@ SERVICE_RIGHTS: dict[str, Rights] = {
             _JS_CONSUMERS,
         ),
         redis=RedisRights(
-            keys=("*:migration:*", "*:migrations", "*:migrations:*", "*:rebalance:*", *_EVENTS)
+            keys=(
+                "*:migration:*",
+                "*:migrations",
+                "*:migrations:*",
+                "*:rebalance:*",
+                "*:lease:migrator*",
+                *_EVENTS,
+            )
         ),
     ),
 }

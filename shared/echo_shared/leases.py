@@ -1,7 +1,8 @@
 """Leader leases in Redis, with fencing: of a service's replicas, one runs its singleton loops.
 
 A lease is one Redis key, ``<key>`` = ``"<token>:<owner>"`` with a TTL. ``acquire`` takes it
-when it is free and draws a new fencing token (``INCR <key>:fence``), so every holder in a
+when it is free (or held under this replica's own name: the same replica restarted) and
+draws a new fencing token (``INCR <key>:fence``), so every holder in a
 lease's history has a larger token than the ones before; ``renew`` extends it only while it
 still holds that exact value (a script compares and extends in one step). A replica that
 paused past the TTL (a stop signal, a long GC, a partition) finds its value gone: its
@@ -38,7 +39,11 @@ FENCED = "FENCED"
 STANDBY_POLL = 0.5  # seconds between a standby's attempts to take a free lease
 
 _ACQUIRE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local sep = string.find(cur, ':', 1, true)
+  if not sep or string.sub(cur, sep + 1) ~= ARGV[1] then return false end
+end
 local token = redis.call('INCR', KEYS[2])
 local value = token .. ':' .. ARGV[1]
 redis.call('SET', KEYS[1], value, 'PX', ARGV[2])

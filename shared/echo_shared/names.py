@@ -340,10 +340,9 @@ class Names:
         """Every migration id, scored by creation time."""
         return f"{self.namespace}:migrations"
 
-    @property
-    def migrator_lease_key(self) -> str:
-        """The migrator replicas' leader lease (``leases``; its fencing counter beside it)."""
-        return f"{self.namespace}:migrations:leader"
+    def lease_key(self, service: str) -> str:
+        """The leader lease of a service's replicas (``leases``; its fencing counter beside it)."""
+        return f"{self.namespace}:lease:{service}"
 
     @property
     def active_migrations_key(self) -> str:

@@ -8,6 +8,7 @@ No host, port or secret has a default here: a missing broker URL is a clear star
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from pydantic import Field
@@ -59,6 +60,32 @@ class RedisSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ECHO_", extra="ignore")
 
     redis_url: str = Field(description="Redis URL, e.g. redis://host:6379/0")
+
+
+class ReplicaSettings(BaseSettings):
+    """A service that runs as several replicas, one of which leads (``echo_shared.leases``)."""
+
+    model_config = SettingsConfigDict(env_prefix="ECHO_", extra="ignore")
+
+    replica: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="which replica of its service this process is: its MQTT client id ends with it "
+        "(auto: the host name, for compose replicas); unset: the only one",
+    )
+    leader_ttl: float = Field(
+        default=5.0,
+        gt=0,
+        description="seconds the leader's lease lasts unrenewed: a standby replica takes over within "
+        "this plus 0.5 s of the leader's end",
+    )
+
+    def replica_suffix(self) -> str:
+        """What tells this replica's broker sessions apart from the others' ("" if unset)."""
+        if self.replica is None:
+            return ""
+        name = socket.gethostname() if self.replica == "auto" else self.replica
+        return "-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:64]
 
 
 class LivenessSettings(BaseSettings):

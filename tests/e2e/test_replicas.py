@@ -92,3 +92,43 @@ def test_a_deployment_goes_on_when_one_of_two_schedulers_dies(
     df2 = api.submit(counting(out2, total, rate=2000))
     api.wait_state(df2, "completed", timeout=60)
     check_exactly_once(out2, total)
+
+
+def test_a_standby_registry_takes_over_liveness_and_heartbeats(
+    platform_factory: PlatformFactory, tmp_path: Path
+) -> None:
+    """Two registries: the leader (which records heartbeats and judges liveness) is killed (-9)
+    under a running dataflow; the standby leads within the TTL plus one second, heartbeats are
+    recorded again, no device changes status, and the dataflow completes exactly once."""
+    platform, api = platform_factory(FLEET, env={"ECHO_LEADER_TTL": str(TTL)})
+    logs = {name: platform.logs / f"{name}.log" for name in ("registry", "registry-2")}
+    wait_until(lambda: leader_since(logs["registry"]), timeout=30, what="the first registry leading")
+    platform.start_replica("registry", 2)
+    wait_until(
+        lambda: logs["registry-2"].exists() and "standing by" in logs["registry-2"].read_text(),
+        timeout=30,
+        what="the second registry standing by",
+    )
+    out, total = tmp_path / "counts.jsonl", 15_000
+    df_id = api.submit(counting(out, total, rate=1000))
+    api.wait_state(df_id, "running", timeout=30)
+    before = api.devices()
+    platform.services["registry"].kill()
+    killed_at = time.time()
+    took = wait_until(
+        lambda: (t := leader_since(logs["registry-2"])) and t - killed_at,
+        timeout=TTL + 10,
+        what="the standby registry leading",
+    )
+    assert took <= TTL + 1.0, f"the standby took over after {took:.2f} s (TTL {TTL:g} s)"
+    # heartbeats are recorded again: every device's last heartbeat moves past the takeover
+    wait_until(
+        lambda: all(d["last_heartbeat"] > killed_at + took for d in api.devices().values()),
+        timeout=10,
+        what="heartbeats recorded by the new leader",
+    )
+    api.wait_state(df_id, "completed", timeout=60)
+    check_exactly_once(out, total)
+    after = api.devices()
+    for name, d in after.items():
+        assert d["status"] == "online" and d["status_since"] == before[name]["status_since"], (name, d)

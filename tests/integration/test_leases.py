@@ -33,8 +33,21 @@ async def test_one_holder_at_a_time_and_tokens_only_grow(redis: aioredis.Redis, 
     assert await a.acquire() and a.token > b.token
 
 
+async def test_a_restarted_replica_takes_its_own_lease_back_at_once(
+    redis: aioredis.Redis, names: Names
+) -> None:
+    key = f"{names.namespace}:lease:c"
+    before = Lease(redis, key, ttl=30, owner="registry-2")
+    assert await before.acquire()
+    after = Lease(redis, key, ttl=30, owner="registry-2")  # the same replica, started again
+    other = Lease(redis, key, ttl=30, owner="registry-3")
+    assert not await other.acquire()
+    assert await after.acquire() and after.token > before.token
+    assert not await before.renew(), "the dead process's value is gone: it is fenced"
+
+
 async def test_a_paused_ex_leaders_saga_writes_are_refused(redis: aioredis.Redis, names: Names) -> None:
-    key = names.migrator_lease_key
+    key = names.lease_key("migrator")
     old, new = Lease(redis, key, ttl=0.3), Lease(redis, key, ttl=5)
     assert await old.acquire()
     m = Migration(id="mig-1", dataflow="df", task="t", origin="api")

@@ -93,7 +93,14 @@ def test_replicas_are_started_and_restarted_as_replicas(
         root=tmp_path, api_port=free_port(), submit=[], replicas=3, console=Console(file=out, width=200)
     )
     d._start()
-    assert ReplicaPlatform.started == [("migrator", 2), ("migrator", 3), ("scheduler", 2), ("scheduler", 3)]
+    assert ReplicaPlatform.started == [
+        ("migrator", 2),
+        ("migrator", 3),
+        ("scheduler", 2),
+        ("scheduler", 3),
+        ("registry", 2),
+        ("registry", 3),
+    ]
     assert "migrator: 3 replicas" in out.getvalue()
     assert d.platform is not None
     d.platform.services["migrator-3"] = None  # type: ignore[assignment]

@@ -20,9 +20,9 @@ from .monitoring import SCRAPE_INTERVAL, Prometheus, start_prometheus
 from .processes import START_ATTEMPTS, ManagedProcess, PortTaken, free_port, wait_for_own_ports, wait_for_port
 
 SERVICES = ("registry", "scheduler", "migrator", "master")
-# services that run replicated: the migrator's replicas elect a leader (echo_shared.leases);
-# the scheduler is stateless and its replicas share requests in a NATS queue group
-REPLICATED = ("migrator", "scheduler")
+# services that run replicated: the migrator's and the registry's replicas elect a leader
+# (echo_shared.leases); the scheduler is stateless, its replicas share requests (NATS queue)
+REPLICATED = ("migrator", "scheduler", "registry")
 
 
 @dataclass(frozen=True)
@@ -218,6 +218,7 @@ class Platform:
             "ECHO_METRICS_KEY_FILE",
         ):
             env.pop(k, None)
+        env["ECHO_REPLICA"] = str(replica)  # its own broker sessions and lease name
         proc = ManagedProcess(
             f"{name}-{replica}", [sys.executable, "-m", f"echo_{name}"], log_dir=self.logs, env=env
         )

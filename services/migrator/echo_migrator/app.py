@@ -31,7 +31,8 @@ async def run(settings: MigratorSettings, stop: asyncio.Event) -> None:
     redis = await connect_redis(settings.redis_url, access=access)
     try:
         async with NatsBus(settings.nats_url, settings.service_name, access=access) as bus:
-            lease = Lease(redis, names.migrator_lease_key, ttl=settings.leader_ttl)
+            owner = "migrator" + settings.replica_suffix()  # a restarted replica takes its lease back
+            lease = Lease(redis, names.lease_key("migrator"), ttl=settings.leader_ttl, owner=owner)
             store = SagaStore(redis, names, lease)
             migrations = Migrations(bus, names, store, settings)
             migrations.events = EventLog(redis, names)

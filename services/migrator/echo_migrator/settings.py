@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from echo_shared.settings import CommonSettings, NatsSettings, RedisSettings
+from echo_shared.settings import CommonSettings, NatsSettings, RedisSettings, ReplicaSettings
 
 
-class MigratorSettings(CommonSettings, NatsSettings, RedisSettings):
+class MigratorSettings(CommonSettings, NatsSettings, RedisSettings, ReplicaSettings):
     service_name: str = "echo-migrator"
     request_timeout: float = Field(default=5.0, gt=0, description="seconds for a scheduler/registry request")
     move_timeout: float = Field(
@@ -27,12 +27,7 @@ class MigratorSettings(CommonSettings, NatsSettings, RedisSettings):
         default=30.0, gt=0, description="seconds the new copy may take to run before the move is rolled back"
     )
     poll_interval: float = Field(default=0.05, gt=0, description="seconds between looks at a moving task")
-    leader_ttl: float = Field(
-        default=5.0,
-        gt=0,
-        description="seconds the leader's lease lasts unrenewed: with several replicas, one leads (runs "
-        "the sagas, failover and the rebalancer) and a standby takes over within this plus a third of it",
-    )
+
     # adaptive rebalancing
     rebalance_enabled: bool = Field(default=True, description="move tasks off overloaded devices")
     rebalance_period: float = Field(default=1.0, gt=0, description="seconds between looks at the fleet")

@@ -8,6 +8,7 @@ import logging
 from echo_shared import metrics
 from echo_shared.credentials import Access
 from echo_shared.events import EventLog
+from echo_shared.leases import Leadership, Lease
 from echo_shared.messages import DeviceGetRequest, DeviceListRequest, DeviceRevokeRequest
 from echo_shared.mqtt import MqttClient
 from echo_shared.names import Names
@@ -41,9 +42,13 @@ async def run(settings: RegistrySettings, stop: asyncio.Event) -> None:
             await bus.serve(names.registry_revoke, queue, DeviceRevokeRequest, directory.revoke)
             exported = registry_metrics(store, asyncio.get_running_loop())
             intake = Intake(store, events, names, lag=heartbeat_lag(exported))
+            owner = "registry" + settings.replica_suffix()  # a restarted replica takes its lease back
+            lease = Lease(redis, names.lease_key("registry"), ttl=settings.leader_ttl, owner=owner)
+            leadership = Leadership(lease, "registry")
+            intake.leading = leadership.elected.is_set
             mqtt = MqttClient(
                 settings.mqtt_url,
-                names.service_client_id("registry"),
+                names.service_client_id("registry") + settings.replica_suffix(),
                 on_message=intake.on_message,
                 persistent=True,
                 manual_ack=True,
@@ -57,19 +62,23 @@ async def run(settings: RegistrySettings, stop: asyncio.Event) -> None:
             try:
                 await mqtt.subscribe(intake.topics(), qos=1)
                 log.info("registry ready")
+
+                async def lead() -> None:
+                    """The leader's part: judge liveness (silence counts from now on: every
+                    device gets its whole grace period after a takeover)."""
+                    await liveness.run(
+                        store,
+                        events,
+                        stop,
+                        period=settings.liveness_period,
+                        unreachable_after=settings.unreachable_after,
+                        lost_after=settings.lost_after,
+                        link_up=lambda: mqtt.connected,
+                    )
+
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(intake.run(stop))
-                    tg.create_task(
-                        liveness.run(
-                            store,
-                            events,
-                            stop,
-                            period=settings.liveness_period,
-                            unreachable_after=settings.unreachable_after,
-                            lost_after=settings.lost_after,
-                            link_up=lambda: mqtt.connected,
-                        )
-                    )
+                    tg.create_task(leadership.run(stop, lead))
                 log.info("registry stopping")
             finally:
                 exporter.close()

@@ -13,6 +13,7 @@ import asyncio
 import collections
 import logging
 import time
+from collections.abc import Callable
 
 from prometheus_client import Histogram
 from pydantic import ValidationError
@@ -48,11 +49,18 @@ class Intake:
         self.dropped_heartbeats = 0
         self.outage = Outage("registry intake: a dependency", log)
         self._tracer = tracer("echo.registry")
+        # with replicas, only the leader takes what devices say; a standby acknowledges it
+        # unread (the leader has it too: every replica subscribes with a session of its own)
+        self.leading: Callable[[], bool] = lambda: True
 
     def topics(self) -> list[str]:
         return [self.names.any_device_topic(leaf) for leaf in ("hello", "hb", "bye")]
 
     def on_message(self, msg: MqttMessage) -> None:
+        if not self.leading():
+            if self.mqtt is not None:
+                self.mqtt.ack(msg)
+            return
         if len(self._queue) >= MAX_QUEUED:
             for i, queued in enumerate(self._queue):
                 if queued.topic.endswith("/hb"):
