@@ -77,7 +77,11 @@ def test_agent_killed_the_task_restores_its_checkpoint_elsewhere(
         lambda: api.devices()[victim]["tasks"] == 0, timeout=15, what=f"the stale copy on {victim} fenced"
     )
     kept = platform.workdir / "agents" / victim / ".tasks"
-    assert not any(kept.glob("*/*/desired.json")), "the fenced copy is no longer kept on the device"
+    wait_until(
+        lambda: not any(kept.glob("*/*/desired.json")),
+        timeout=15,
+        what="the fenced copy no longer kept on the device",
+    )
 
 
 def test_a_device_cut_off_past_the_grace_period_is_fenced_when_it_returns(

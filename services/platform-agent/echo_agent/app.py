@@ -92,10 +92,13 @@ async def run(settings: AgentSettings, stop: asyncio.Event, creds: Credentials |
     rotation.control = control
     # with tasks to resume, a broker out of reach is no reason to wait: they run offline
     await control.start(timeout=5 if kept else 30, offline_ok=bool(kept))
+    resuming: asyncio.Task[None] | None = None
     if kept:
         if not control.connected:
             manager.data_session().connect_timeout = 2.0  # cut off: start the tasks offline now
-        await manager.resume_local(kept)
+        # beside the registration, not before it: a task slow to start must not keep the
+        # device silent; a command for one of them waits for its resumption (per-task lock)
+        resuming = asyncio.create_task(manager.resume_local(kept))
     data = asyncio.create_task(manager.open_data_session())
     try:
         with tracer("echo.agent").start_as_current_span("agent register"):
@@ -137,6 +140,8 @@ async def run(settings: AgentSettings, stop: asyncio.Event, creds: Credentials |
             watcher.cancel()
             refusal.cancel()
             data.cancel()
+            if resuming is not None:
+                resuming.cancel()
             log.info("agent %s stopping", device)
             await manager.shutdown()
             bye = Goodbye(device=device, boot_id=boot_id, reason="agent stopped")
