@@ -143,9 +143,11 @@ class DevUp:
         submit: list[str],
         console: Console | None = None,
         replicas: int = 1,
+        ha: bool = False,
     ) -> None:
         self.root = root
         self.replicas = replicas
+        self.ha = ha  # NATS as a 3-node cluster, JetStream replicated 3 times
         self.echo_dir = root / ".echo"
         self.devdir = self.echo_dir / "dev"
         self.env_file = self.echo_dir / "dev.env"
@@ -188,7 +190,9 @@ class DevUp:
         if moved:
             self.con.print(f"[yellow]port {self.api_port} is busy; the API uses port {port} instead[/]")
         self.con.print(f"starting brokers (state in {self._rel(self.devdir)}/)…")
-        self.brokers = start_brokers(self.devdir, host=HOST, persistent=True)
+        self.brokers = start_brokers(self.devdir, host=HOST, persistent=True, nats_nodes=3 if self.ha else 1)
+        if self.ha:
+            self.con.print("NATS: a cluster of 3 nodes; JetStream streams and buckets replicated 3 times")
         self.con.print(f"starting services and {len(DEFAULT_FLEET)} agents…")
         self.platform = Platform(
             self.brokers,
@@ -196,6 +200,7 @@ class DevUp:
             namespace=NAMESPACE,
             api_port=port,
             host=HOST,
+            extra_env={"ECHO_JETSTREAM_REPLICAS": "3"} if self.ha else {},
         )
         self.platform.start(DEFAULT_FLEET)
         for name in REPLICATED if self.replicas > 1 else ():
@@ -365,5 +370,5 @@ class DevUp:
             return str(p)
 
 
-def dev_up(*, api_port: int, submit: list[str], replicas: int = 1) -> int:
-    return DevUp(root=Path(os.getcwd()), api_port=api_port, submit=submit, replicas=replicas).run()
+def dev_up(*, api_port: int, submit: list[str], replicas: int = 1, ha: bool = False) -> int:
+    return DevUp(root=Path(os.getcwd()), api_port=api_port, submit=submit, replicas=replicas, ha=ha).run()

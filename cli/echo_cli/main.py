@@ -536,6 +536,9 @@ def dev_up(
     submit_files: list[str] = typer.Option(
         [], "--submit", help="Spec file to submit once the platform is up (repeatable); '-' is stdin."
     ),
+    ha: bool = typer.Option(
+        False, "--ha", help="NATS as a 3-node cluster, JetStream streams and buckets replicated 3 times."
+    ),
     replicas: int = typer.Option(
         1,
         "--replicas",
@@ -547,7 +550,7 @@ def dev_up(
     """Start brokers, services and a fleet of agents here; stop them all with Ctrl-C."""
     from .devup import dev_up as run  # keeps the devstack out of the other commands' start-up
 
-    code = run(api_port=api_port, submit=submit_files, replicas=replicas)
+    code = run(api_port=api_port, submit=submit_files, replicas=replicas, ha=ha)
     if code:
         raise typer.Exit(code)
 

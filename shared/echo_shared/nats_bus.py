@@ -30,7 +30,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, BucketNotFoundError
+from nats.js.errors import APIError, BadRequestError, BucketNotFoundError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import ValidationError
@@ -52,6 +52,7 @@ from .telemetry import extract, inject
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
 R = TypeVar("R", bound=Message)
+T = TypeVar("T")
 
 
 def connection_callbacks(
@@ -92,35 +93,85 @@ class RemoteError(EchoError):
 DATA_MAX_AGE = 7 * 24 * 3600.0
 
 
-async def ensure_data_plane(js: JetStreamContext, names: Names) -> None:
-    """Create (or keep) the work-queue stream of NATS channels and their progress bucket."""
+JETSTREAM_READY_WITHIN = 60.0  # seconds a cluster may take to place a new stream at start
+
+
+async def jetstream_ready(what: str, op: Callable[[], Awaitable[T]]) -> T:
+    """Run a JetStream administration ``op``, again while the cluster cannot place it yet (its
+    nodes still meeting: "no suitable peers", no meta leader, no responders) for up to
+    ``JETSTREAM_READY_WITHIN`` seconds. Other errors and a cluster never ready are raised."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + JETSTREAM_READY_WITHIN
+    backoff = 0.2
+    while True:
+        try:
+            return await op()
+        except (APIError, NoRespondersError, NatsTimeout) as e:
+            code = getattr(e, "err_code", None)
+            status = getattr(e, "code", None)
+            not_ready = code in (10005, 10008, 10023) or status == 503 or not isinstance(e, APIError)
+            if not not_ready or loop.time() >= deadline:
+                raise
+            log.info("%s: JetStream not ready yet (%s); trying again", what, e)
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, 2.0)
+
+
+def nats_servers(url: str) -> list[str]:
+    """A NATS URL, or several separated by commas (the nodes of a cluster): what to dial."""
+    return [u.strip() for u in url.split(",") if u.strip()]
+
+
+async def ensure_data_plane(js: JetStreamContext, names: Names, replicas: int = 1) -> None:
+    """Create (or keep) the work-queue stream of NATS channels and their progress bucket
+    (``replicas``: copies on a cluster's nodes, so one node's loss loses nothing)."""
     cfg = StreamConfig(
         name=names.data_stream,
         subjects=[names.data_subjects],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         max_age=DATA_MAX_AGE,
+        num_replicas=replicas,
     )
-    try:
-        await js.add_stream(cfg)
-    except BadRequestError:
-        pass  # it exists
-    try:
-        await js.key_value(names.progress_bucket)
-    except BucketNotFoundError:
-        with contextlib.suppress(BadRequestError):  # created meanwhile by another
-            # direct gets: a device's read permission can then name one key
-            await js.create_key_value(KeyValueConfig(bucket=names.progress_bucket, history=1, direct=True))
+
+    async def stream() -> None:
+        try:
+            await js.add_stream(cfg)
+        except BadRequestError as e:
+            if getattr(e, "err_code", None) == 10005:  # no peers yet: not "it exists"
+                raise
+
+    async def bucket() -> None:
+        try:
+            await js.key_value(names.progress_bucket)
+        except BucketNotFoundError:
+            try:  # direct gets: a device's read permission can then name one key
+                await js.create_key_value(
+                    KeyValueConfig(bucket=names.progress_bucket, history=1, direct=True, replicas=replicas)
+                )
+            except BadRequestError as e:
+                if getattr(e, "err_code", None) == 10005:
+                    raise  # no peers yet; else it was created meanwhile by another
+
+    await jetstream_ready(names.data_stream, stream)
+    await jetstream_ready(names.progress_bucket, bucket)
 
 
 class NatsBus:
     """A NATS connection owned by one service. Async context manager."""
 
     def __init__(
-        self, url: str, name: str, *, connect_timeout: float = 30.0, access: Access | None = None
+        self,
+        url: str,
+        name: str,
+        *,
+        connect_timeout: float = 30.0,
+        access: Access | None = None,
+        replicas: int = 1,
     ) -> None:
         self.url = url
         self.name = name
+        self.replicas = replicas  # JetStream streams and buckets this service creates
         self._options = access.nats_options() if access is not None else {}
         self._connect_timeout = connect_timeout
         self._nc: NatsClient | None = None
@@ -162,7 +213,7 @@ class NatsBus:
         while True:
             try:
                 self._nc = await nats.connect(
-                    self.url,
+                    nats_servers(self.url),
                     name=self.name,
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.5,
@@ -301,7 +352,7 @@ class NatsBus:
     async def ensure_data_plane(self, names: Names) -> None:
         """The NATS channels' stream and progress bucket (the master prepares them; devices
         may only look them up)."""
-        await ensure_data_plane(self.js, names)
+        await ensure_data_plane(self.js, names, self.replicas)
 
     # ---------------------------------------------------------------- events (JetStream)
 
@@ -312,11 +363,18 @@ class NatsBus:
             retention=RetentionPolicy.LIMITS,
             max_age=max_age,
             max_msgs=1_000_000,
+            num_replicas=self.replicas,
         )
-        try:
-            await self.js.add_stream(cfg)
-        except BadRequestError:
-            await self.js.update_stream(cfg)
+
+        async def create() -> None:
+            try:
+                await self.js.add_stream(cfg)
+            except BadRequestError as e:
+                if getattr(e, "err_code", None) == 10005:  # no peers yet: not "it exists"
+                    raise
+                await self.js.update_stream(cfg)
+
+        await jetstream_ready(name, create)
 
     async def publish_event(self, subject: str, msg: Message) -> None:
         with self._tracer.start_as_current_span(f"{subject} publish", kind=SpanKind.PRODUCER):

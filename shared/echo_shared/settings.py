@@ -47,7 +47,16 @@ class CommonSettings(BaseSettings):
 class NatsSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ECHO_", extra="ignore")
 
-    nats_url: str = Field(description="NATS server URL, e.g. nats://host:4222")
+    nats_url: str = Field(
+        description="NATS server URL, e.g. nats://host:4222; a cluster's nodes separated by commas"
+    )
+    jetstream_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="copies of each JetStream stream and bucket a service creates (3 on a 3-node "
+        "cluster: one node's loss loses nothing)",
+    )
 
 
 class MqttSettings(BaseSettings):

@@ -106,3 +106,25 @@ def test_replicas_are_started_and_restarted_as_replicas(
     d.platform.services["migrator-3"] = None  # type: ignore[assignment]
     d.restart("migrator-3")  # a replica that died comes back as that replica
     assert ReplicaPlatform.started[-1] == ("migrator", 3)
+
+
+def test_ha_starts_a_nats_cluster_and_replicated_jetstream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: dict[str, Any] = {}
+
+    def brokers(workdir: Path, **kw: Any) -> Brokers:
+        asked.update(kw)
+        return Brokers("nats://x:1,nats://x:2,nats://x:3", "mqtt://x:2", "redis://x:3/0", workdir)
+
+    monkeypatch.setattr(devup, "start_brokers", brokers)
+    monkeypatch.setattr(devup, "Platform", SamePlatform)
+    monkeypatch.setattr(devup, "prometheus_binary", lambda: None)
+    out = io.StringIO()
+    d = devup.DevUp(
+        root=tmp_path, api_port=free_port(), submit=[], ha=True, console=Console(file=out, width=200)
+    )
+    d._start()
+    assert asked["nats_nodes"] == 3
+    assert d.platform is not None and d.platform.extra_env["ECHO_JETSTREAM_REPLICAS"] == "3"
+    assert "a cluster of 3 nodes" in out.getvalue()

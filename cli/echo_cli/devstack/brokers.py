@@ -30,9 +30,9 @@ from typing import Any
 from echo_shared.bundle import Bundle, allow_traversal, create_bundle, mosquitto_owner
 from echo_shared.credentials import Access
 from echo_shared.mqtt import MqttClient
-from echo_shared.secretfiles import write_secret
+from echo_shared.secretfiles import new_secret, write_secret
 
-from .processes import ManagedProcess, start_on_free_port, wait_for_own_port, wait_for_port
+from .processes import ManagedProcess, free_port, start_on_free_port, wait_for_own_port, wait_for_port
 
 MOSQUITTO_CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 REDIS_CANDIDATES = ("redis-server", "/usr/bin/redis-server", "/usr/local/bin/redis-server")
@@ -136,6 +136,8 @@ class Brokers:
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     containers: list[Any] = field(default_factory=list)
     bundle: Bundle | None = None  # None: the benchmark's insecure brokers
+    # a NATS cluster: each node's process name (``nats``, ``nats-2``, ...) -> its client URL
+    nats_nodes: dict[str, str] = field(default_factory=dict)
 
     @property
     def secure(self) -> bool:
@@ -174,7 +176,14 @@ class Brokers:
         old = self.processes[name]
         old.stop(timeout=5)
         p = self.processes[name] = old.respawn()
-        url = {"nats": self.nats_url, "mosquitto": self.mqtt_url, "redis": self.redis_url}[name]
+        url = (
+            self.nats_nodes.get(name)
+            or {
+                "nats": self.nats_url,
+                "mosquitto": self.mqtt_url,
+                "redis": self.redis_url,
+            }[name]
+        )
         host, port = urllib.parse.urlsplit(url).hostname, urllib.parse.urlsplit(url).port
         assert host is not None and port is not None
         wait_for_own_port(host, port, p, timeout=timeout)
@@ -202,12 +211,15 @@ def start_brokers(
     secure: bool = True,
     hosts: tuple[str, ...] = (),
     tester: bool = False,
+    nats_nodes: int = 1,
 ) -> Brokers:
     """Start NATS (JetStream), Mosquitto and Redis on free ports under ``workdir``.
 
     ``hosts``: extra names/addresses the server certificate must be valid for (clients
     that dial the brokers by another address, e.g. the testbed's namespaces). ``tester``
     adds a superuser identity for tests and benchmarks that talk to the brokers directly.
+    ``nats_nodes`` > 1: NATS as a cluster of that many nodes (JetStream clustered; routes
+    authenticated and TLS); the NATS URL then lists every node, comma-separated.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     logs = workdir / "logs"
@@ -217,8 +229,13 @@ def start_brokers(
         bundle = create_bundle(workdir / "pki", tuple(names), tester=tester)
     procs: dict[str, ManagedProcess] = {}
     containers: list[Any] = []
+    nodes: dict[str, str] = {}
     try:
-        nats_url = _start_nats(workdir, logs, host, procs, bundle)
+        if nats_nodes > 1:
+            nodes = _start_nats_cluster(workdir, logs, host, procs, bundle, nats_nodes)
+            nats_url = ",".join(nodes.values())
+        else:
+            nats_url = _start_nats(workdir, logs, host, procs, bundle)
         mqtt_url = _start_mosquitto(workdir, logs, host, persistent, procs, containers, bundle)
         redis_url = _start_redis(workdir, logs, host, persistent, procs, containers, bundle)
     except BaseException:
@@ -228,7 +245,7 @@ def start_brokers(
             with contextlib.suppress(Exception):
                 c.stop()
         raise
-    return Brokers(nats_url, mqtt_url, redis_url, workdir, procs, containers, bundle)
+    return Brokers(nats_url, mqtt_url, redis_url, workdir, procs, containers, bundle, nodes)
 
 
 def _start_nats(
@@ -256,6 +273,57 @@ def _start_nats(
 
     port, _ = start_on_free_port(host, start)
     return f"{scheme}://{host}:{port}"
+
+
+def _start_nats_cluster(
+    workdir: Path,
+    logs: Path,
+    host: str,
+    procs: dict[str, ManagedProcess],
+    bundle: Bundle | None,
+    count: int,
+) -> dict[str, str]:
+    """``count`` NATS nodes in one cluster on this host (each its own JetStream store), with
+    authenticated TLS routes. Returns each node's process name -> client URL."""
+    if bundle is None:
+        raise BrokerSetupError("a NATS cluster is started secured only")
+    client = [free_port(host) for _ in range(count)]
+    routes = [free_port(host) for _ in range(count)]
+    route_pw = new_secret()
+    out: dict[str, str] = {}
+    tls = (
+        f"cert_file: {_nats_str(str(bundle.server.cert))}, key_file: {_nats_str(str(bundle.server.key))}, "
+        f"ca_file: {_nats_str(str(bundle.ca_file))}, timeout: 5"
+    )
+    started = []
+    for i in range(count):
+        name = "nats" if i == 0 else f"nats-{i + 1}"
+        store = workdir / "nats" / f"n{i + 1}"
+        store.mkdir(parents=True, exist_ok=True)
+        peers = ", ".join(
+            _nats_str(f"nats-route://route:{route_pw}@{host}:{routes[j]}") for j in range(count) if j != i
+        )
+        text = (
+            f"server_name: n{i + 1}\n"
+            f"listen: {_nats_str(f'{host}:{client[i]}')}\n"
+            f"jetstream {{ store_dir: {_nats_str(str(store))} }}\n"
+            f"tls {{ {tls} }}\n"
+            f"cluster {{ name: echo, listen: {_nats_str(f'{host}:{routes[i]}')}, "
+            f"authorization {{ user: route, password: {_nats_str(route_pw)} }}, "
+            f"routes: [{peers}], tls {{ {tls} }} }}\n" + bundle.nats_auth_file.read_text()
+        )
+        conf = workdir / f"nats-n{i + 1}.conf"
+        write_secret(conf, text)
+        procs[name] = ManagedProcess(
+            "nats-server" if i == 0 else f"nats-server-{i + 1}",
+            [nats_server_binary(), "-c", str(conf)],
+            log_dir=logs,
+        )
+        out[name] = f"tls://{host}:{client[i]}"
+        started.append((name, client[i]))
+    for name, port in started:
+        wait_for_own_port(host, port, procs[name])
+    return out
 
 
 def _nats_str(s: str) -> str:

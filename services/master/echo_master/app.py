@@ -23,7 +23,7 @@ from echo_shared.credentials import Access, Credentials, is_tls_url
 from echo_shared.events import EventLog
 from echo_shared.messages import DeviceEvent, MoveTaskRequest, TaskCheckpoint, TaskListRequest
 from echo_shared.names import Names
-from echo_shared.nats_bus import NatsBus, connection_callbacks
+from echo_shared.nats_bus import NatsBus, connection_callbacks, nats_servers
 from echo_shared.redis_store import connect_redis
 from echo_shared.secretfiles import SecretFileError, check_private, read_secret
 
@@ -82,7 +82,7 @@ async def nats_kicker(
     if creds is None or not creds.nats_system_username or creds.nats_system_password is None:
         return None
     nc = await nats.connect(
-        settings.nats_url,
+        nats_servers(settings.nats_url),
         name=f"{settings.service_name}-system",
         user=creds.nats_system_username,
         password=creds.nats_system_password.get_secret_value(),
@@ -103,7 +103,9 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
     access = Access.from_settings(settings)
     redis = await connect_redis(settings.redis_url, access=access)
     try:
-        async with NatsBus(settings.nats_url, settings.service_name, access=access) as bus:
+        async with NatsBus(
+            settings.nats_url, settings.service_name, access=access, replicas=settings.jetstream_replicas
+        ) as bus:
             store = DataflowStore(redis, names)
             # the audit trail: the API records mutating calls; other parts may record events
             audit = AuditLog(redis, names, max_entries=settings.audit_max_entries)

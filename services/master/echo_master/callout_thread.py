@@ -20,7 +20,7 @@ import nats
 from echo_shared.credentials import Access
 from echo_shared.errors import BrokerUnavailable
 from echo_shared.names import Names
-from echo_shared.nats_bus import connection_callbacks
+from echo_shared.nats_bus import connection_callbacks, nats_servers
 from echo_shared.natsauth import APP_ACCOUNT, AuthCallout
 from echo_shared.redis_store import connect_redis
 
@@ -70,7 +70,7 @@ class CalloutThread:
         redis = await connect_redis(self.access.redis_url, access=self.access, max_connections=8)
         try:
             nc = await nats.connect(
-                self.access.nats_url,
+                nats_servers(self.access.nats_url),
                 name=self._name,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,

@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 import orjson
+from nats.js.api import ObjectStoreConfig
 from nats.js.object_store import ObjectStore
 
 from echo_shared.names import Names
@@ -33,7 +34,9 @@ class SnapshotStore:
 
     async def _bucket(self) -> ObjectStore:
         if self._store is None:
-            self._store = await self.bus.js.create_object_store(self.names.state_bucket)
+            self._store = await self.bus.js.create_object_store(
+                config=ObjectStoreConfig(bucket=self.names.state_bucket, replicas=self.bus.replicas)
+            )
         return self._store
 
     async def offload(self, snapshot: dict[str, Any], name: str) -> dict[str, Any]:

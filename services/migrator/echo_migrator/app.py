@@ -30,7 +30,9 @@ async def run(settings: MigratorSettings, stop: asyncio.Event) -> None:
     access = Access.from_settings(settings)
     redis = await connect_redis(settings.redis_url, access=access)
     try:
-        async with NatsBus(settings.nats_url, settings.service_name, access=access) as bus:
+        async with NatsBus(
+            settings.nats_url, settings.service_name, access=access, replicas=settings.jetstream_replicas
+        ) as bus:
             owner = "migrator" + settings.replica_suffix()  # a restarted replica takes its lease back
             lease = Lease(redis, names.lease_key("migrator"), ttl=settings.leader_ttl, owner=owner)
             store = SagaStore(redis, names, lease)

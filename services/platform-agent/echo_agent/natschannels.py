@@ -43,7 +43,7 @@ from nats.js.kv import KeyValue
 
 from echo_shared.mqtt import MqttMessage
 from echo_shared.names import Names
-from echo_shared.nats_bus import connection_callbacks, ensure_data_plane
+from echo_shared.nats_bus import connection_callbacks, ensure_data_plane, nats_servers
 from echo_shared.outage import Backoff, Outage
 
 from .recordtrace import TRACEPARENT
@@ -105,7 +105,7 @@ class NatsChannels:
     async def start(self, timeout: float = 10.0) -> None:
         try:
             self._nc = await nats.connect(
-                self.url,
+                nats_servers(self.url),
                 name=self.client_name,
                 connect_timeout=timeout,
                 max_reconnect_attempts=-1,

@@ -31,7 +31,9 @@ async def run(settings: RegistrySettings, stop: asyncio.Event) -> None:
     access = Access.from_settings(settings)
     redis = await connect_redis(settings.redis_url, access=access)
     try:
-        async with NatsBus(settings.nats_url, settings.service_name, access=access) as bus:
+        async with NatsBus(
+            settings.nats_url, settings.service_name, access=access, replicas=settings.jetstream_replicas
+        ) as bus:
             store = DeviceStore(redis, names)
             events = DeviceEvents(bus, names, EventLog(redis, names))
             await events.setup()
