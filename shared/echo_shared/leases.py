@@ -139,7 +139,9 @@ class Leadership:
                 try:
                     if task is None:
                         self.attempts += 1
-                        if await lease.acquire():
+                        async with asyncio.timeout(period):
+                            got = await lease.acquire()
+                        if got:
                             held_until = now + lease.ttl
                             log.warning(
                                 "%s: leader now (lease %s, fencing token %d)",
@@ -153,12 +155,15 @@ class Leadership:
                         elif not waiting_logged:
                             log.info("%s: standing by (another replica holds %s)", self.what, lease.key)
                             waiting_logged = True
-                    elif await lease.renew():
-                        held_until = now + lease.ttl
                     else:
-                        await self._step_down(task, "the lease was taken over")
-                        task = None
-                except (RedisError, OSError) as e:
+                        async with asyncio.timeout(max(0.05, held_until - time.monotonic())):
+                            renewed = await lease.renew()
+                        if renewed:
+                            held_until = now + lease.ttl
+                        else:
+                            await self._step_down(task, "the lease was taken over")
+                            task = None
+                except (RedisError, OSError, TimeoutError) as e:
                     if task is not None and time.monotonic() + period >= held_until:
                         lease.value = None  # it expires before we could renew it: act no more
                         await self._step_down(task, f"cannot renew the lease ({type(e).__name__})")

@@ -142,3 +142,43 @@ def test_every_fsync_policy_keeps_what_was_written(tmp_path: Path, fsync: str) -
     again = Spool(tmp_path / "s")
     again.open()
     assert [i.last for i in drain(again)] == list(range(1, 51))
+
+
+def test_dropped_ranges_are_told_again_after_a_restart_until_confirmed(tmp_path: Path) -> None:
+    d = tmp_path / "s"
+    spool = Spool(d, max_bytes=64 << 10, overflow="drop_oldest")
+    spool.open()
+    fill(spool, 1, 3000)
+    dropped = spool.dropped
+    assert dropped > 0
+    spool.sync()
+    spool.close()  # the agent dies before anything was sent
+    again = Spool(d, max_bytes=64 << 10, overflow="drop_oldest")
+    again.open(keep_through=3000)
+    items = drain(again)
+    skipped = [i for i in items if isinstance(i, Skipped)]
+    assert sum(s.records for s in skipped) == dropped, "the consumer still learns what was dropped"
+    covered = sorted(
+        [q for s in skipped for q in range(s.first, s.last + 1)]
+        + [i.last for i in items if isinstance(i, Entry)]
+    )
+    assert covered == list(range(1, 3001))
+    again.release(3000)
+    assert not list(d.iterdir()), "tombstones go once the consumer confirmed past them"
+
+
+def test_a_range_spooled_twice_keeps_both_copies_apart(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s")
+    spool.open()
+    spool.append(4, 4, 0, b"unconfirmed at the first cut", sent=True)
+    spool.append(5, 5, 1, b"spooled while cut off")
+    spool.append(4, 4, 0, b"unconfirmed again at the second cut", sent=True)  # same first seq
+    assert len(list((tmp_path / "s").glob("*.seg"))) == 3, "each copy in a file of its own"
+    items = drain(spool)
+    assert [(i.last, i.payload[:5]) for i in items if isinstance(i, Entry)] == [
+        (4, b"uncon"),
+        (5, b"spool"),
+        (4, b"uncon"),
+    ]
+    spool.release(5)
+    assert spool.empty and not list((tmp_path / "s").glob("*.seg"))

@@ -23,6 +23,7 @@ SERVICES = ("registry", "scheduler", "migrator", "master")
 # services that run replicated: the migrator's and the registry's replicas elect a leader
 # (echo_shared.leases); the scheduler is stateless, its replicas share requests (NATS queue)
 REPLICATED = ("migrator", "scheduler", "registry")
+LEASED = ("migrator", "registry")  # those whose replicas elect a leader
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,8 @@ class Platform:
         env = self.env()
         if name == "master":
             env["ECHO_BOOT_ID"] = self.boot_id
+        if name in LEASED:
+            env["ECHO_REPLICA"] = "1"  # the first replica; restarted, it takes its lease back at once
         creds = self.brokers.credentials_file(name)
         if creds is not None:  # the path of a 0600 file, never the secret itself
             env["ECHO_CREDENTIALS_FILE"] = str(creds)

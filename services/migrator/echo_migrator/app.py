@@ -33,7 +33,8 @@ async def run(settings: MigratorSettings, stop: asyncio.Event) -> None:
         async with NatsBus(
             settings.nats_url, settings.service_name, access=access, replicas=settings.jetstream_replicas
         ) as bus:
-            owner = "migrator" + settings.replica_suffix()  # a restarted replica takes its lease back
+            # a named replica restarted takes its lease back at once; unnamed ones never share
+            owner = "migrator" + settings.replica_suffix() if settings.replica else None
             lease = Lease(redis, names.lease_key("migrator"), ttl=settings.leader_ttl, owner=owner)
             store = SagaStore(redis, names, lease)
             migrations = Migrations(bus, names, store, settings)

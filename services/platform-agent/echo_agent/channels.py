@@ -355,8 +355,10 @@ class Outputs:
 
     @property
     def spooling(self) -> bool:
-        """Some channel keeps its messages in its spool (its broker is, or was, out of reach)."""
-        return any(b.engaged for b in self.boxes)
+        """Every channel keeps its messages in its spool (its broker is, or was, out of reach):
+        whatever this task emitted is confirmed, acknowledged by the broker, or in a spool. With
+        some channels publishing directly, a checkpoint must wait for the broker as usual."""
+        return bool(self.boxes) and all(b.engaged for b in self.boxes)
 
     def close_batches(self) -> None:
         for ch in self.channels:
@@ -525,6 +527,15 @@ class Outputs:
             return
         while True:
             if any(b.engaged or not b.link_up() for b in self.boxes):
+                if all(b.link_up() for b in self.boxes) and self.ahead >= self.window:
+                    # the spool drains with the link up: a producer faster than its consumer
+                    # waits for credit as usual instead of spooling on (the link may drop
+                    # again meanwhile: look at it now and then)
+                    self._credit.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(LINK_POLL):
+                            await self._credit.wait()
+                    continue
                 while any(b.blocked for b in self.boxes):  # room comes with the consumers' progress
                     self._credit.clear()
                     with contextlib.suppress(TimeoutError):  # ... or with age

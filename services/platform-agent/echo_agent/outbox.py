@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from echo_shared.codec import encode_skip, restamp
 from echo_shared.messages import Binding
+from echo_shared.outage import Backoff, Outage
 
 from .retransmit import Unconfirmed
 from .spool import Entry, Fsync, Overflow, Spool
@@ -142,6 +143,22 @@ class Outbox:
             self._drainer = asyncio.create_task(self._drain(), name=f"spool-{self.o.producer}-{self.topic}")
 
     async def _drain(self) -> None:
+        """Send the spool until it is all read; an error (a file, a publish) is logged once
+        per streak and the drain goes on after a back-off: it never dies silently."""
+        outage = Outage(f"spool of edge {self.o.producer} -> {self.o.peers.get(self.topic, self.topic)}", log)
+        backoff = Backoff(0.2, 5.0)
+        while True:
+            try:
+                await self._drain_once()
+                outage.ok()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                outage.failed(e)
+            await asyncio.sleep(backoff.next())
+
+    async def _drain_once(self) -> None:
         spool = self.spool
         assert spool is not None
         sent = 0

@@ -85,6 +85,20 @@ class Segment:
         return self.read_at is None
 
 
+def _order(path: Path) -> tuple[int, int]:
+    """A segment's or tombstone's place: its first seq, then when it was made."""
+    first, _, rest = path.name.partition("-")
+    return int(first), int(rest.split(".", 1)[0])
+
+
+def _tombstone(path: Path) -> Segment:
+    """A dropped range left by a previous run (``<first>-<n>.<last>.<records>.drop``): the
+    consumer is told again (a skip is harmless twice)."""
+    first, _ = _order(path)
+    _, last, records, _ = path.name.split(".")
+    return Segment(path=path, sent=False, first=first, last=int(last), records=int(records), dropped=True)
+
+
 @dataclass
 class Spool:
     directory: Path
@@ -100,6 +114,8 @@ class Spool:
     appended: int = 0  # messages appended
     _writer: BinaryIO | None = None
     _reader: BinaryIO | None = None
+    _reading: Segment | None = None  # the segment ``_reader`` reads
+    _rolls: int = 0  # segments made so far (part of their names, which never repeat)
 
     def __post_init__(self) -> None:
         if not self.segment_bytes:
@@ -112,14 +128,15 @@ class Spool:
         every entry that starts after that seq: the restored task emits those again). What
         is recovered is sent again and never dropped: it may have been delivered."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        found = sorted(self.directory.glob("*.seg"), key=lambda p: int(p.name.split(".", 1)[0]))
+        found = sorted([*self.directory.glob("*.seg"), *self.directory.glob("*.drop")], key=_order)
+        self._rolls = max((_order(p)[1] for p in found), default=0)
         for path in found:
-            seg = self._recover(path, keep_through)
-            if seg is None:
+            seg = self._recover(path, keep_through) if path.suffix == ".seg" else _tombstone(path)
+            if seg is None or (keep_through is not None and seg.dropped and seg.first > keep_through):
                 path.unlink(missing_ok=True)
                 continue
             self.segments.append(seg)
-            self.size += seg.size
+            self.size += seg.size if not seg.dropped else 0
         if self.segments:
             log.info(
                 "spool %s: %d segment(s) left by the previous run, %d bytes, seq %d..%d",
@@ -130,7 +147,7 @@ class Spool:
                 self.segments[-1].last,
             )
 
-    def _recover(self, path: Path, keep_through: int | None) -> Segment | None:
+    def _recover(self, path: Path, keep_through: int | None) -> Segment | None:  # a .seg file
         seg = Segment(path=path, sent=True, first=0)
         good = 0
         with open(path, "r+b") as f:
@@ -194,8 +211,9 @@ class Spool:
 
     def _roll(self, first: int, sent: bool) -> Segment:
         self._close_writer(sync=self.fsync != "never")
-        path = self.directory / f"{first:020d}.{'sent' if sent else 'new'}.seg"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._rolls += 1  # names never repeat: a seq range may be spooled twice
+        path = self.directory / f"{first:020d}-{self._rolls:08d}.{'sent' if sent else 'new'}.seg"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         self._writer = os.fdopen(fd, "ab", buffering=256 << 10)
         seg = Segment(path=path, sent=sent, first=first)
         self.segments.append(seg)
@@ -236,7 +254,13 @@ class Spool:
     def _drop(self, seg: Segment, why: str) -> None:
         if self._writer is not None and seg is self.segments[-1]:
             self._close_writer(sync=False)
+        # a tombstone keeps the range until the consumer confirmed past it, so a restart
+        # still tells the consumer what was dropped
+        stone = seg.path.with_name(seg.path.name.split(".", 1)[0] + f".{seg.last}.{seg.records}.drop")
+        fd = os.open(stone, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.close(fd)
         seg.path.unlink(missing_ok=True)
+        seg.path = stone
         seg.dropped = True
         self.size -= seg.size
         self.dropped += seg.records
@@ -263,10 +287,11 @@ class Spool:
         if seg is self.segments[-1] and self._writer is not None:
             self._writer.flush()
         offset = seg.read_at or 0
-        if self._reader is None or self._reader.name != str(seg.path):
+        if self._reader is None or self._reading is not seg:
             if self._reader is not None:
                 self._reader.close()
             self._reader = open(seg.path, "rb")  # noqa: SIM115 - kept open across calls
+            self._reading = seg
         self._reader.seek(offset)
         head = self._reader.read(HEADER.size)
         if len(head) < HEADER.size:
@@ -290,17 +315,17 @@ class Spool:
         confirmed (or dropped and reported)."""
         while self.segments:
             seg = self.segments[0]
-            done = seg.read_at is not None and (seg.dropped or (seg.read_at >= seg.size and seg.last <= hwm))
-            if not done:
+            read = seg.read_at is not None and (seg.dropped or seg.read_at >= seg.size)
+            if not read or seg.last > hwm:
                 return
             if not seg.dropped:
                 if self._writer is not None and seg is self.segments[-1]:
                     self._close_writer(sync=False)
-                if self._reader is not None and self._reader.name == str(seg.path):
+                if self._reader is not None and self._reading is seg:
                     self._reader.close()
-                    self._reader = None
-                seg.path.unlink(missing_ok=True)
+                    self._reader, self._reading = None, None
                 self.size -= seg.size
+            seg.path.unlink(missing_ok=True)  # the segment, or a dropped range's tombstone
             self.segments.popleft()
 
     @property
@@ -312,13 +337,13 @@ class Spool:
         self._close_writer(sync=not remove and self.fsync != "never")
         if self._reader is not None:
             self._reader.close()
-            self._reader = None
+            self._reader, self._reading = None, None
         if remove:
             for seg in self.segments:
                 seg.path.unlink(missing_ok=True)
             self.segments.clear()
             self.size = 0
             with contextlib.suppress(OSError):
-                for p in self.directory.glob("*.seg"):
+                for p in [*self.directory.glob("*.seg"), *self.directory.glob("*.drop")]:
                     p.unlink()
                 self.directory.rmdir()

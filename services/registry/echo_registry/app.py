@@ -44,7 +44,8 @@ async def run(settings: RegistrySettings, stop: asyncio.Event) -> None:
             await bus.serve(names.registry_revoke, queue, DeviceRevokeRequest, directory.revoke)
             exported = registry_metrics(store, asyncio.get_running_loop())
             intake = Intake(store, events, names, lag=heartbeat_lag(exported))
-            owner = "registry" + settings.replica_suffix()  # a restarted replica takes its lease back
+            # a named replica restarted takes its lease back at once; unnamed ones never share
+            owner = "registry" + settings.replica_suffix() if settings.replica else None
             lease = Lease(redis, names.lease_key("registry"), ttl=settings.leader_ttl, owner=owner)
             leadership = Leadership(lease, "registry")
             intake.leading = leadership.elected.is_set
@@ -66,8 +67,9 @@ async def run(settings: RegistrySettings, stop: asyncio.Event) -> None:
                 log.info("registry ready")
 
                 async def lead() -> None:
-                    """The leader's part: judge liveness (silence counts from now on: every
-                    device gets its whole grace period after a takeover)."""
+                    """The leader's part: take what devices say, judge liveness (silence
+                    counts from now on: every device gets its whole grace period)."""
+                    intake.elected()
                     await liveness.run(
                         store,
                         events,

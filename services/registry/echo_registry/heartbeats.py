@@ -49,16 +49,21 @@ class Intake:
         self.dropped_heartbeats = 0
         self.outage = Outage("registry intake: a dependency", log)
         self._tracer = tracer("echo.registry")
-        # with replicas, only the leader takes what devices say; a standby acknowledges it
-        # unread (the leader has it too: every replica subscribes with a session of its own)
+        # with replicas, only the leader takes what devices say. A standby acknowledges
+        # heartbeats unread (the leader has them too: every replica has a session of its
+        # own) and keeps hellos and goodbyes, unacknowledged, for when it is elected (a
+        # retained hello arrives at subscription, before the first election)
         self.leading: Callable[[], bool] = lambda: True
+        self._held: collections.deque[MqttMessage] = collections.deque(maxlen=MAX_QUEUED)
 
     def topics(self) -> list[str]:
         return [self.names.any_device_topic(leaf) for leaf in ("hello", "hb", "bye")]
 
     def on_message(self, msg: MqttMessage) -> None:
         if not self.leading():
-            if self.mqtt is not None:
+            if not msg.topic.endswith("/hb"):
+                self._held.append(msg)
+            elif self.mqtt is not None:
                 self.mqtt.ack(msg)
             return
         if len(self._queue) >= MAX_QUEUED:
@@ -68,6 +73,12 @@ class Intake:
                     self.dropped_heartbeats += 1
                     break
         self._queue.append(msg)
+        self._wake.set()
+
+    def elected(self) -> None:
+        """This replica leads now: take the hellos and goodbyes it kept."""
+        while self._held:
+            self._queue.append(self._held.popleft())
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
