@@ -34,8 +34,9 @@ class SnapshotStore:
 
     async def _bucket(self) -> ObjectStore:
         if self._store is None:
+            # (nats-py takes the bucket's name from its own argument, whatever a config says)
             self._store = await self.bus.js.create_object_store(
-                config=ObjectStoreConfig(bucket=self.names.state_bucket, replicas=self.bus.replicas)
+                self.names.state_bucket, config=ObjectStoreConfig(replicas=self.bus.replicas)
             )
         return self._store
 
