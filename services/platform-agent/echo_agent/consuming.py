@@ -212,6 +212,10 @@ class Consumer:
             if msg is None or self.stopping:
                 return  # a move: what is queued here stays unacknowledged, for the next copy
             futs = await self._take(msg)
+            if self._held_since:
+                # under steady traffic the queue never times out: look at held gaps here too,
+                # or a lost message is asked for only once MAX_HELD messages wait behind it
+                self._check_held()
             if futs is None:
                 continue  # waits, unacknowledged, for its producer's generation to be assigned
             self.op.flush()
