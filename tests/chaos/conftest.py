@@ -37,9 +37,20 @@ class Stack:
 
 @pytest.fixture
 def stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stack]:
-    brokers = start_brokers(tmp_path / "brokers", tester=True, persistent=True)
+    yield from running_stack(tmp_path, request)
+
+
+def running_stack(
+    tmp_path: Path, request: pytest.FixtureRequest, *, nats_nodes: int = 1, env: dict[str, str] | None = None
+) -> Iterator[Stack]:
+    """Brokers (persistent; NATS with ``nats_nodes`` nodes), services and the fleet; stopped
+    (and on failure, their logs printed) at the end."""
+    brokers = start_brokers(tmp_path / "brokers", tester=True, persistent=True, nats_nodes=nats_nodes)
     platform = Platform(
-        brokers, tmp_path / "platform", namespace=unique_namespace(), extra_env=dict(FAST_LIVENESS)
+        brokers,
+        tmp_path / "platform",
+        namespace=unique_namespace(),
+        extra_env={**FAST_LIVENESS, **(env or {})},
     )
     api: Api | None = None
     try:

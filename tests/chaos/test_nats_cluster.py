@@ -20,15 +20,11 @@ from pathlib import Path
 import nats
 import pytest
 
-from echo_cli.devstack.brokers import start_brokers
-from echo_cli.devstack.platform import Platform
 from echo_shared.names import Names
 from echo_shared.nats_bus import nats_servers
-from tests.chaos.conftest import FLEET, Stack
+from tests.chaos.conftest import Stack, running_stack
 from tests.chaos.test_broker_outages import converged, steady
-from tests.conftest import FAST_LIVENESS, unique_namespace
 from tests.e2e.test_migration import read_jsonl
-from tests.harness.api import Api
 
 # the target is 2 s; measured here: 0 s when the node served no client of the flow,
 # 8.2 s when the sink's connection was on it before held gaps were asked for under steady
@@ -40,27 +36,7 @@ LEADER_STALL = 15.0
 
 @pytest.fixture
 def cluster_stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stack]:
-    brokers = start_brokers(tmp_path / "brokers", tester=True, persistent=True, nats_nodes=3)
-    platform = Platform(
-        brokers,
-        tmp_path / "platform",
-        namespace=unique_namespace(),
-        extra_env={**FAST_LIVENESS, "ECHO_JETSTREAM_REPLICAS": "3"},
-    )
-    api: Api | None = None
-    try:
-        platform.start(FLEET)
-        api = Api.of(platform)
-        yield Stack(brokers, platform, api)
-    finally:
-        if api is not None:
-            api.close()
-        platform.stop()
-        brokers.stop()
-        failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
-        if failed:
-            for log in sorted([*platform.logs.glob("*.log"), *(tmp_path / "brokers" / "logs").glob("*.log")]):
-                print(f"----- {log.name} -----\n{log.read_text(errors='replace')[-4000:]}")
+    yield from running_stack(tmp_path, request, nats_nodes=3, env={"ECHO_JETSTREAM_REPLICAS": "3"})
 
 
 def longest_stall(out: Path, seconds: float) -> float:

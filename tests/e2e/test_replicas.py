@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from echo_cli.devstack.platform import Platform
 from tests.conftest import PlatformFactory
 from tests.e2e.test_migration import FLEET, FOGS, check_exactly_once, counting, migrate, task, wait_migration
 from tests.harness.waiting import wait_until
@@ -33,18 +34,25 @@ def leader_since(log: Path) -> float | None:
     return at
 
 
+def leader_and_standby(platform: Platform, name: str) -> dict[str, Path]:
+    """Wait for ``name``'s first replica to lead, start a second one and wait for it to stand
+    by; the two replicas' logs."""
+    logs = {n: platform.logs / f"{n}.log" for n in (name, f"{name}-2")}
+    wait_until(lambda: leader_since(logs[name]), timeout=30, what=f"the first {name} leading")
+    platform.start_replica(name, 2)
+    wait_until(
+        lambda: logs[f"{name}-2"].exists() and "standing by" in logs[f"{name}-2"].read_text(),
+        timeout=30,
+        what=f"the second {name} standing by",
+    )
+    return logs
+
+
 def test_a_standby_migrator_takes_over_a_migration_when_the_leader_dies(
     platform_factory: PlatformFactory, tmp_path: Path
 ) -> None:
     platform, api = platform_factory(FLEET, env={"ECHO_LEADER_TTL": str(TTL)})
-    logs = {name: platform.logs / f"{name}.log" for name in ("migrator", "migrator-2")}
-    wait_until(lambda: leader_since(logs["migrator"]), timeout=30, what="the first migrator leading")
-    platform.start_replica("migrator", 2)
-    wait_until(
-        lambda: logs["migrator-2"].exists() and "standing by" in logs["migrator-2"].read_text(),
-        timeout=30,
-        what="the second replica standing by",
-    )
+    logs = leader_and_standby(platform, "migrator")
     out, total = tmp_path / "counts.jsonl", 20_000
     df_id = api.submit(counting(out, total, rate=1000))
     api.wait_state(df_id, "running", timeout=30)
@@ -101,14 +109,7 @@ def test_a_standby_registry_takes_over_liveness_and_heartbeats(
     under a running dataflow; the standby leads within the TTL plus one second, heartbeats are
     recorded again, no device changes status, and the dataflow completes exactly once."""
     platform, api = platform_factory(FLEET, env={"ECHO_LEADER_TTL": str(TTL)})
-    logs = {name: platform.logs / f"{name}.log" for name in ("registry", "registry-2")}
-    wait_until(lambda: leader_since(logs["registry"]), timeout=30, what="the first registry leading")
-    platform.start_replica("registry", 2)
-    wait_until(
-        lambda: logs["registry-2"].exists() and "standing by" in logs["registry-2"].read_text(),
-        timeout=30,
-        what="the second registry standing by",
-    )
+    logs = leader_and_standby(platform, "registry")
     out, total = tmp_path / "counts.jsonl", 15_000
     df_id = api.submit(counting(out, total, rate=1000))
     api.wait_state(df_id, "running", timeout=30)
