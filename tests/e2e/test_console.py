@@ -14,13 +14,12 @@ from typing import Any
 
 import httpx
 import pytest
-from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
 from echo_cli.devstack.platform import AgentSpec, Platform
 from tests.conftest import PlatformFactory
 from tests.harness.api import Api
-from tests.harness.browser import chromium, css, rendered, screenshot, wait_for
+from tests.harness.browser import chromium, click, css, rendered, screenshot, snapshot, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -92,39 +91,49 @@ def test_console(platform_factory: PlatformFactory, tmp_path: Path) -> None:
         assert b.execute_script("return document.cookie") == ""  # not readable by scripts
 
         # each task in its device's lane, coloured by state; edges labelled
+        drawn = {g["data-task"]: g["data-device"] for g in snapshot(b, "g.task", "data-task", "data-device")}
+        lanes = snapshot(b, "g.lane", "data-device", "data-tier")
         for t in df["tasks"]:
-            g = css(b, f"g.task[data-task='{t['id']}']")
-            assert g, f"task {t['id']} is not drawn"
-            assert g[0].get_attribute("data-device") == t["device"]
-            lane = css(b, f"g.lane[data-device='{t['device']}']")
-            assert lane, f"no lane for {t['device']}"
-        tiers = [g.get_attribute("data-tier") for g in css(b, "g.lane")]
+            assert drawn.get(t["id"]) == t["device"], (t["id"], drawn)
+            assert t["device"] in {lane["data-device"] for lane in lanes}, f"no lane for {t['device']}"
+        tiers = [lane["data-tier"] for lane in lanes]
         assert tiers == sorted(tiers, key=["edge", "fog", "cloud"].index), tiers
-        labels = {e.get_attribute("data-edge"): e.text for e in css(b, "text.edge-label")}
+        labels = {e["data-edge"]: e["text"] for e in snapshot(b, "text.edge-label", "data-edge")}
         assert set(labels) == {"gen->pass", "pass->sink"}, labels
         for edge in df["edges"]:
             text = labels[f"{edge['from']}->{edge['to']}"]
             assert text.startswith(f"stream · {edge['transport'].upper()}"), text
         wait_for(  # live records/s on the edges (the generator emits 50/s)
             b,
-            lambda b: all(not e.text.endswith(" 0/s") for e in css(b, "text.edge-label")),
+            lambda b: all(not e["text"].endswith(" 0/s") for e in snapshot(b, "text.edge-label")),
             20,
             "the edge labels never showed a rate",
         )
-        assert df["trace_id"] and css(b, "#df-trace")[0].text == df["trace_id"]
+        assert df["trace_id"] and snapshot(b, "#df-trace")[0]["text"] == df["trace_id"]
 
         # the placement explanation on click
-        css(b, "g.task[data-task='pass']")[0].click()
+        click(b, "g.task[data-task='pass']")
         wait_for(b, lambda b: css(b, "#placement-reason"), 5, "no placement panel")
-        assert css(b, "#placement-reason")[0].text.strip() not in ("", "no placement explanation")
+        assert snapshot(b, "#placement-reason")[0]["text"] not in ("", "no placement explanation")
         screenshot(b, "dataflow")
 
         # 2. migrate a task from the page, see it move without reloading
-        before = css(b, "g.task[data-task='pass']")[0].get_attribute("data-device")
+        before = snapshot(b, "g.task[data-task='pass']", "data-device")[0]["data-device"]
         target = "fog-2" if before == "fog-1" else "fog-1"
         b.execute_script("window.__sameDocument = true")
-        Select(css(b, "#target")[0]).select_by_value(target)
-        css(b, "#migrate")[0].click()
+        # the side panel re-renders with every live update: the picked target must survive it
+        wait_for(b, lambda b: Select(css(b, "#target")[0]).select_by_value(target) or True, 10, "no #target")
+        b.execute_script("document.getElementById('target').dataset.old = '1'")
+        wait_for(  # a live update re-drew the panel (a new <select>) and kept the pick
+            b,
+            lambda b: b.execute_script(
+                "const t = document.getElementById('target'); return t && !t.dataset.old && t.value"
+            )
+            == target,
+            20,
+            "the picked target did not survive a live re-render",
+        )
+        click(b, "#migrate")
         wait_for(
             b,
             lambda b: css(b, f"g.task[data-task='pass'][data-device='{target}'][data-state='running']"),
@@ -137,8 +146,8 @@ def test_console(platform_factory: PlatformFactory, tmp_path: Path) -> None:
             30,
             "the migration did not show as completed",
         )
-        row = css(b, "#migrations tr[data-task='pass'][data-state='completed']")[0]
-        assert row.find_element(By.CSS_SELECTOR, ".downtime").text.endswith(" ms")
+        downtime = snapshot(b, "#migrations tr[data-task='pass'][data-state='completed'] .downtime")
+        assert downtime and downtime[0]["text"].endswith(" ms"), downtime
         assert b.execute_script("return window.__sameDocument === true"), "the page reloaded"
         wait_for(b, lambda b: css(b, "#events tr[data-kind='migrated']"), 15, "no migrated event")
         screenshot(b, "dataflow-migrated")
@@ -148,8 +157,8 @@ def test_console(platform_factory: PlatformFactory, tmp_path: Path) -> None:
         b.get(f"{p.api_url}/ui/devices")
         rendered(b)
         for a in FLEET:
-            row = css(b, f"section[data-tier='{a.tier}'] tr[data-device='{a.device_id}']")
-            assert row and row[0].get_attribute("data-status") == "online", a.device_id
+            row = snapshot(b, f"section[data-tier='{a.tier}'] tr[data-device='{a.device_id}']", "data-status")
+            assert row and row[0]["data-status"] == "online", a.device_id
         screenshot(b, "devices")
 
         # 4. the spec editor shows problems at their line
@@ -190,7 +199,7 @@ def test_console(platform_factory: PlatformFactory, tmp_path: Path) -> None:
         rendered(b)
         assert b.current_url == f"{p.api_url}/ui/dataflows/{df_id}"
         assert css(b, "#role")[0].get_attribute("data-role") == "viewer"
-        css(b, "g.task[data-task='gen']")[0].click()
+        click(b, "g.task[data-task='gen']")
         wait_for(b, lambda b: css(b, "#placement-reason"), 5, "no placement panel")
         assert not css(b, "main button:not(#logout)"), [e.text for e in css(b, "main button")]
         assert not css(b, "#migrate, #stop, #rebalance, a[href='/ui/submit']")

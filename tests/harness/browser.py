@@ -20,6 +20,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
@@ -92,8 +93,44 @@ def screenshot(browser: webdriver.Chrome, name: str) -> Path:
 def wait_for(
     browser: webdriver.Chrome, check: Callable[[Any], Any], timeout: float = 15.0, what: str = ""
 ) -> Any:
-    """Poll the page until ``check(browser)`` is truthy (WebDriverWait: a deadline, no sleep)."""
-    return WebDriverWait(browser, timeout, poll_frequency=0.1).until(check, message=what)
+    """Poll the page until ``check(browser)`` is truthy (WebDriverWait: a deadline, no sleep).
+
+    Live pages re-render while the check reads them: an element replaced mid-check is a
+    retry, not a failure."""
+    wait = WebDriverWait(
+        browser, timeout, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+    )
+    return wait.until(check, message=what)
+
+
+_SNAPSHOT = """
+const [selector, attrs] = arguments;
+return Array.from(document.querySelectorAll(selector), (e) => {
+  const out = {text: (e.textContent || '').trim()};
+  for (const a of attrs) out[a] = e.getAttribute(a);
+  return out;
+});
+"""
+
+
+def snapshot(browser: webdriver.Chrome, selector: str, *attrs: str) -> list[dict[str, Any]]:
+    """The text and ``attrs`` of every element matching ``selector``, read in one script, so
+    a re-render of a live page cannot replace an element halfway through the read."""
+    return list(browser.execute_script(_SNAPSHOT, selector, list(attrs)))
+
+
+def click(browser: webdriver.Chrome, selector: str, timeout: float = 10.0) -> None:
+    """Click the first element matching ``selector``, finding it again if a re-render
+    replaced it between the find and the click."""
+
+    def clicked(b: webdriver.Chrome) -> bool:
+        found = css(b, selector)
+        if not found:
+            return False
+        found[0].click()
+        return True
+
+    wait_for(browser, clicked, timeout, f"nothing to click at {selector}")
 
 
 def rendered(browser: webdriver.Chrome, timeout: float = 15.0) -> None:

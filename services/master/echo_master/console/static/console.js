@@ -217,7 +217,7 @@ async function dataflowPage(id) {
   ]);
   let placement = await api(`/api/v1/dataflows/${enc}/placement`).catch(() => null);
   const devices = new Map(deviceList.map((d) => [d.id, d]));
-  let current = df, selected = null;
+  let current = df, selected = null, target = "";  // target: the device picked to migrate to, kept across live re-renders
   frame("dataflows", `<div class="row"><div class="grow">
     <h1><span id="df-name">${esc(df.name)}</span> <span id="df-state"></span></h1>
     <dl class="kv" id="df-info"></dl>
@@ -258,11 +258,13 @@ async function dataflowPage(id) {
       ${p ? `<dl class="kv"><dt>Constraints met</dt><dd>${p.satisfied.map(esc).join(", ") || "—"}</dd>
       <dt>Cost terms</dt><dd>${costs || "—"}</dd><dt>Runner-up</dt><dd>${[p.runner_up, p.runner_up_reason].filter(Boolean).map(esc).join(" — ") || "—"}</dd></dl>` : ""}
       ${canOperate() ? `<h2>Migrate</h2><div class="actions"><select id="target"><option value="">the scheduler's choice</option>
-      ${choices.map((d) => `<option value="${esc(d.id)}">${esc(d.id)} (${esc(d.tier)})</option>`).join("")}</select>
+      ${choices.map((d) => `<option value="${esc(d.id)}"${d.id === target ? " selected" : ""}>${esc(d.id)} (${esc(d.tier)})</option>`).join("")}</select>
       <button id="migrate" class="primary">Migrate</button></div>` : ""}`;
+    document.getElementById("target")?.addEventListener("change", (ev) => { target = ev.target.value; });
     document.getElementById("migrate")?.addEventListener("click", async (ev) => {
       ev.target.disabled = true;
       const device = document.getElementById("target").value;
+      target = "";
       try {
         const r = await api(`/api/v1/dataflows/${enc}/tasks/${encodeURIComponent(t.id)}/migrate`, {
           method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(device ? { device } : {}),
@@ -274,6 +276,7 @@ async function dataflowPage(id) {
   document.getElementById("dag").addEventListener("click", (ev) => {
     const g = ev.target.closest("g.task");
     if (!g) return;
+    if (selected !== g.dataset.task) target = "";
     selected = g.dataset.task;
     draw(); side();
   });
