@@ -129,7 +129,12 @@ def tls_context(ca_file: str) -> ssl.SSLContext:
 
 class EchoClient:
     """``EchoClient(url, token=..., ca_file=...)``; pass ``transport`` (e.g.
-    ``httpx.MockTransport``) in tests."""
+    ``httpx.MockTransport``) in tests.
+
+    ``url`` may list several master replicas, comma-separated (any of them serves the API):
+    a request that cannot connect to one goes to the next (it never reached a server, so
+    even a POST is safe to send again); the one that answered is tried first from then on.
+    """
 
     def __init__(
         self,
@@ -140,14 +145,17 @@ class EchoClient:
         timeout: float = 15.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.urls = [u.strip().rstrip("/") for u in base_url.split(",") if u.strip()] or [DEFAULT_API_URL]
         self.token = token or None
         self.ca_file = ca_file or None
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         verify: ssl.SSLContext | bool = tls_context(self.ca_file) if self.ca_file else True
-        self._http = httpx.Client(
-            base_url=self.base_url, timeout=timeout, transport=transport, headers=headers, verify=verify
-        )
+        self._http = httpx.Client(timeout=timeout, transport=transport, headers=headers, verify=verify)
+
+    @property
+    def base_url(self) -> str:
+        """The API replica requests go to first."""
+        return self.urls[0]
 
     def close(self) -> None:
         self._http.close()
@@ -169,19 +177,31 @@ class EchoClient:
         ok: tuple[int, ...] = (200,),
         **kwargs: Any,
     ) -> httpx.Response:
-        try:
-            resp = self._http.request(method, path, **kwargs)
-        except httpx.ConnectError as e:
-            if "CERTIFICATE_VERIFY_FAILED" in str(e) or "SSL" in str(e):
-                raise TlsFailure(self.base_url, str(e)) from e
-            raise ApiUnreachable(
-                self.base_url,
-                "connection refused" if "refused" in str(e).lower() else str(e) or type(e).__name__,
-            ) from e
-        except httpx.TimeoutException as e:
-            raise ApiUnreachable(self.base_url, f"no answer: {type(e).__name__}") from e
-        except httpx.HTTPError as e:
-            raise ApiUnreachable(self.base_url, str(e) or type(e).__name__) from e
+        for i, url in enumerate(list(self.urls)):
+            try:
+                resp = self._http.request(method, url + path, **kwargs)
+            except httpx.ConnectError as e:
+                if "CERTIFICATE_VERIFY_FAILED" in str(e) or "SSL" in str(e):
+                    raise TlsFailure(url, str(e)) from e
+                if i + 1 < len(self.urls):
+                    continue  # the next replica
+                raise ApiUnreachable(
+                    ", ".join(self.urls),
+                    "connection refused" if "refused" in str(e).lower() else str(e) or type(e).__name__,
+                ) from e
+            except httpx.TimeoutException as e:
+                raise ApiUnreachable(url, f"no answer: {type(e).__name__}") from e
+            except httpx.HTTPError as e:
+                raise ApiUnreachable(url, str(e) or type(e).__name__) from e
+            if i:
+                self.urls.insert(0, self.urls.pop(i))
+            return self._checked(resp, not_found, ok)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    @staticmethod
+    def _checked(
+        resp: httpx.Response, not_found: tuple[str, str] | None, ok: tuple[int, ...]
+    ) -> httpx.Response:
         if resp.status_code == 404 and not_found is not None:
             raise NotFound(*not_found)
         if resp.status_code not in ok:

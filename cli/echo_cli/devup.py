@@ -239,6 +239,7 @@ class DevUp:
         self.con.print(f"[bold green]ECHO is up[/] in {took:.1f}s")
         rows = [
             ("API", f"{p.api_url}  (docs: {p.api_url}/docs)"),
+            *(("", f"{url}  (another master replica)") for url in p.api_urls[1:]),
             ("console", f"{p.api_url}/ui/  (a login link: source the env file, then `echoctl console`)"),
             ("NATS", b.nats_url),
             ("MQTT", b.mqtt_url),

@@ -544,7 +544,8 @@ def dev_up(
         "--replicas",
         min=1,
         max=5,
-        help="Replicas of each service that runs replicated (so far: the migrator and the scheduler).",
+        help="Replicas of each service (master, registry, migrator, scheduler): every master replica "
+        "serves the API on a port of its own; one replica of each leads.",
     ),
 ) -> None:
     """Start brokers, services and a fleet of agents here; stop them all with Ctrl-C."""

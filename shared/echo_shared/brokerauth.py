@@ -93,7 +93,8 @@ SERVICE_RIGHTS: dict[str, Rights] = {
             subscribe=(_dev("ack"), _dev("status"), _dev("ckpt")),
         ),
         nats=NatsPermissions.union(
-            request_permissions(("*.scheduler.>", "*.registry.>", "*.migrator.>")),
+            # *.master.kick: an API replica wakes the leading one's reconciler
+            request_permissions(("*.scheduler.>", "*.registry.>", "*.migrator.>", "*.master.kick")),
             responder_permissions(("*.master.>",)),
             _JS_STREAMS,
             _JS_CONSUMERS,
@@ -113,6 +114,7 @@ SERVICE_RIGHTS: dict[str, Rights] = {
                 "*:enrol:*",
                 "*:identity:*",
                 "*:identities",
+                "*:lease:master*",
                 *_EVENTS,
             )
         ),

@@ -270,6 +270,12 @@ class Names:
         return f"{self.namespace}.master.tasks.move"
 
     @property
+    def master_kick(self) -> str:
+        """A dataflow id: the leading master's reconciler looks at it now (any replica's API
+        writes a change; the leader acts on it)."""
+        return f"{self.namespace}.master.kick"
+
+    @property
     def master_tasks(self) -> str:
         """Where the tasks of the active dataflows run (the migrator's view)."""
         return f"{self.namespace}.master.tasks.list"

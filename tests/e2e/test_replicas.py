@@ -18,6 +18,7 @@ import pytest
 from echo_cli.devstack.platform import Platform
 from tests.conftest import PlatformFactory
 from tests.e2e.test_migration import FLEET, FOGS, check_exactly_once, counting, migrate, task, wait_migration
+from tests.harness.api import Api
 from tests.harness.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -133,3 +134,95 @@ def test_a_standby_registry_takes_over_liveness_and_heartbeats(
     after = api.devices()
     for name, d in after.items():
         assert d["status"] == "online" and d["status_since"] == before[name]["status_since"], (name, d)
+
+
+def test_a_standby_master_serves_the_api_and_takes_over_a_deployment_when_the_leader_dies(
+    platform_factory: PlatformFactory, tmp_path: Path
+) -> None:
+    """Two masters: both serve the API, one leads (reconciles, applies the agents' reports).
+    A dataflow is submitted to the standby's API and the leader is killed (-9) at once, in the
+    middle of its deployment: the standby leads within the TTL plus one second and finishes
+    the deployment without a second command for any task (every task runs its first
+    generation, started once), and the sink gets every record exactly once."""
+    platform, api = platform_factory(FLEET, env={"ECHO_LEADER_TTL": str(TTL)})
+    logs = leader_and_standby(platform, "master")
+    standby = Api(platform.replica_api_url(2), platform.admin_token, platform.api_verify)
+    try:
+        health = wait_until(lambda: standby.http.get("/healthz").json(), timeout=30, what="the standby's API")
+        assert health["leader"] is False and api.http.get("/healthz").json()["leader"] is True
+
+        out, total = tmp_path / "counts.jsonl", 5_000
+        spec = counting(out, total, rate=1000)
+        # eight relays between the source and the counter: a deployment of eleven levels, each
+        # acked before the next, long enough to kill the leader in the middle of it
+        relays = [f"relay-{i}" for i in range(1, 9)]
+        spec["tasks"] += [
+            {"id": r, "operator": "core.passthrough", "placement": {"tier": "fog"}} for r in relays
+        ]
+        chain = ["gen", *relays, "count", "sink"]
+        spec["edges"] = [{"from": a, "to": b} for a, b in zip(chain, chain[1:], strict=False)]
+        df_id = standby.submit(spec)  # any replica takes a dataflow
+        wait_until(  # the leader placed it and began deploying (tasks are deployed sinks first)
+            lambda: any(t["state"] != "pending" for t in standby.dataflow(df_id)["tasks"]),
+            timeout=30,
+            interval=0.01,
+            what="the deployment under way",
+        )
+        platform.services["master"].kill()  # the leader, in the middle of the deployment
+        killed_at = time.time()
+        at_kill = {t["id"]: t["state"] for t in standby.dataflow(df_id)["tasks"]}
+        assert any(s != "running" for s in at_kill.values()), f"deployed before the kill: {at_kill}"
+        took = wait_until(
+            lambda: (t := leader_since(logs["master-2"])) and t - killed_at,
+            timeout=TTL + 10,
+            what="the standby master leading",
+        )
+        assert took <= TTL + 1.0, f"the standby took over after {took:.2f} s (TTL {TTL:g} s)"
+        assert standby.http.get("/healthz").json()["leader"] is True
+        standby.wait_state(df_id, "completed", timeout=90)
+        check_exactly_once(out, total)
+
+        df = standby.dataflow(df_id)
+        assert all(t["generation"] == 1 for t in df["tasks"]), [
+            (t["id"], t["generation"]) for t in df["tasks"]
+        ]
+        events = standby.http.get(f"/api/v1/dataflows/{df_id}/events", params={"limit": 1000}).json()
+        started = [e.get("task") for e in events if e["kind"] in ("task_started", "task_restarted")]
+        assert sorted(started) == sorted(t["id"] for t in df["tasks"]), started  # each once
+        assert platform.services["master-2"].alive()
+    finally:
+        standby.close()
+
+
+def test_a_migration_completes_when_the_leading_master_dies_in_the_middle(
+    platform_factory: PlatformFactory, tmp_path: Path
+) -> None:
+    """Two masters; the leader (which moves tasks for the migrator's saga) is killed (-9) right
+    after a migration starts: the saga's step goes to the new leader, the migration completes
+    and the counter's state and output are exactly once."""
+    platform, api = platform_factory(FLEET, env={"ECHO_LEADER_TTL": str(TTL)})
+    logs = leader_and_standby(platform, "master")
+    standby = Api(platform.replica_api_url(2), platform.admin_token, platform.api_verify)
+    try:
+        out, total = tmp_path / "counts.jsonl", 20_000
+        df_id = api.submit(counting(out, total, rate=1000))
+        api.wait_state(df_id, "running", timeout=30)
+        wait_until(lambda: task(api, df_id, "count")["records_in"] >= 2_000, timeout=30, what="counting")
+        source = task(api, df_id, "count")["device"]
+        target = next(f for f in FOGS if f != source)
+        mid = migrate(standby, df_id, "count", target)
+        platform.services["master"].kill()
+        killed_at = time.time()
+        took = wait_until(
+            lambda: (t := leader_since(logs["master-2"])) and t - killed_at,
+            timeout=TTL + 10,
+            what="the standby master leading",
+        )
+        assert took <= TTL + 1.0, f"the standby took over after {took:.2f} s (TTL {TTL:g} s)"
+        m = wait_migration(standby, mid, timeout=60)
+        assert m["state"] == "completed", m
+        assert task(standby, df_id, "count")["device"] == target
+        standby.wait_state(df_id, "completed", timeout=90)
+        check_exactly_once(out, total)
+    finally:
+        standby.close()

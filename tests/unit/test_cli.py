@@ -18,7 +18,7 @@ import yaml
 from typer.testing import CliRunner
 
 from echo_cli import main, watching
-from echo_cli.client import EchoClient, content_type_for
+from echo_cli.client import ApiUnreachable, EchoClient, content_type_for
 from echo_cli.devstack import Brokers
 from echo_cli.devup import env_lines, pick_api_port, port_is_free
 from echo_shared.models import DataflowSpec
@@ -292,6 +292,37 @@ def test_connection_refused_names_the_url_and_the_fix(monkeypatch: pytest.Monkey
         assert f"http://127.0.0.1:{port}" in lines[0]
         assert "echoctl dev up" in lines[0] and "source .echo/dev.env" in lines[0]
         assert "Traceback" not in result.output
+
+
+def test_several_api_urls_fail_over_to_a_replica_that_answers() -> None:
+    """ECHO_API_URL may list every master replica: a request that cannot connect to one goes
+    to the next, which is then tried first."""
+    seen: list[str] = []
+
+    def replicas(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.host)
+        if request.url.host == "down.example":
+            raise httpx.ConnectError("connection refused", request=request)
+        return httpx.Response(201 if request.method == "POST" else 200, json={"id": "df-1"})
+
+    client = EchoClient(
+        "https://down.example:8443, https://up.example:8443/", transport=httpx.MockTransport(replicas)
+    )
+    assert client.submit(b"{}", "application/json").json()["id"] == "df-1"
+    assert seen == ["down.example", "up.example"]
+    assert client.base_url == "https://up.example:8443"
+    client.list_dataflows()
+    assert seen[-1] == "up.example" and len(seen) == 3  # no detour through the dead one
+
+    dead = EchoClient(
+        "http://a.example, http://b.example",
+        transport=httpx.MockTransport(
+            lambda r: (_ for _ in ()).throw(httpx.ConnectError("connection refused", request=r))
+        ),
+    )
+    with pytest.raises(ApiUnreachable) as err:
+        dead.list_dataflows()
+    assert "http://a.example, http://b.example" in str(err.value)
 
 
 # ------------------------------------------------------------------------------ tokens and audit

@@ -20,10 +20,11 @@ from .monitoring import SCRAPE_INTERVAL, Prometheus, start_prometheus
 from .processes import START_ATTEMPTS, ManagedProcess, PortTaken, free_port, wait_for_own_ports, wait_for_port
 
 SERVICES = ("registry", "scheduler", "migrator", "master")
-# services that run replicated: the migrator's and the registry's replicas elect a leader
-# (echo_shared.leases); the scheduler is stateless, its replicas share requests (NATS queue)
-REPLICATED = ("migrator", "scheduler", "registry")
-LEASED = ("migrator", "registry")  # those whose replicas elect a leader
+# services that run replicated: the master's, the migrator's and the registry's replicas elect
+# a leader (echo_shared.leases); the scheduler is stateless, its replicas share requests (NATS
+# queue). Every master replica serves the API, each on a port of its own.
+REPLICATED = ("master", "migrator", "scheduler", "registry")
+LEASED = ("master", "migrator", "registry")  # those whose replicas elect a leader
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class Platform:
         # each service's metrics endpoint: a port of its own, kept across restarts of a service
         self.metrics_ports = {name: free_port(self.host) for name in SERVICES} if self.metrics else {}
         self.prometheus: Prometheus | None = None
+        self.replica_api_ports: dict[int, int] = {}  # master replica -> its API port
         if not self.api_port:
             self.api_port = free_port(self.host)
             self.api_port_fixed = False
@@ -115,6 +117,16 @@ class Platform:
     @property
     def api_url(self) -> str:
         return f"{'https' if self.api_tls else 'http'}://{self.host}:{self.api_port}"
+
+    def replica_api_url(self, replica: int) -> str:
+        """The API of master replica ``replica`` (1: the first, ``api_url``)."""
+        port = self.api_port if replica == 1 else self.replica_api_ports[replica]
+        return f"{'https' if self.api_tls else 'http'}://{self.host}:{port}"
+
+    @property
+    def api_urls(self) -> list[str]:
+        """Every master replica's API (any of them serves it)."""
+        return [self.replica_api_url(r) for r in (1, *sorted(self.replica_api_ports))]
 
     @property
     def api_verify(self) -> ssl.SSLContext | bool:
@@ -222,6 +234,9 @@ class Platform:
         ):
             env.pop(k, None)
         env["ECHO_REPLICA"] = str(replica)  # its own broker sessions and lease name
+        if name == "master":  # its own API port, kept across its restarts
+            port = self.replica_api_ports.setdefault(replica, free_port(self.host))
+            env["ECHO_API_PORT"] = str(port)
         proc = ManagedProcess(
             f"{name}-{replica}", [sys.executable, "-m", f"echo_{name}"], log_dir=self.logs, env=env
         )

@@ -6,6 +6,11 @@ MQTT 5 user properties. Acks, task status and periodic checkpoints come back on 
 ``status`` and ``ckpt`` topics into the master's own persistent session; they are applied to Redis
 in arrival order by one worker and only then acknowledged to the broker, so a master
 killed at any moment loses none of them.
+
+With replicas, each has its own session and subscriptions; the leading one applies the
+reports, a standby keeps the latest of each task's reports for a while and applies them
+when it is elected (``elected``), so a report sent as the leader died is not lost with it.
+Any replica can send credentials (the API's rotations) and gets their acks.
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ CheckpointHandler = Callable[[TaskCheckpoint], Awaitable[None]]
 
 
 ENDED = (TaskState.finished, TaskState.failed, TaskState.stopped)
+# how long a standby master keeps a task's latest report: long enough to cover the leader's
+# death, the lease's expiry and the election (reports older than this the leader applied)
+HOLD_SECONDS = 60.0
 
 
 class SendHooks(Protocol):
@@ -69,6 +77,7 @@ class AgentLink:
         *,
         access: Access | None = None,
         dynsec: bool = False,
+        replica: str = "",
     ) -> None:
         self.names = names
         self._on_update = on_update
@@ -77,10 +86,15 @@ class AgentLink:
         self._waiters: dict[str, asyncio.Future[Any]] = {}
         self.outage = Outage("agent reports: a dependency", log)
         self._queue: collections.deque[MqttMessage] = collections.deque()
+        # replicas: whether this one leads (applies reports); a standby holds the latest of
+        # each task's reports (``_hold``), applied when it is elected (``_replay``)
+        self.leading: Callable[[], bool] = lambda: True
+        self._held: dict[tuple[str, str, str], tuple[float, TaskStatus | CommandAck | TaskCheckpoint]] = {}
+        self._replay: collections.deque[TaskStatus | CommandAck | TaskCheckpoint] = collections.deque()
         self._wake = asyncio.Event()
         self.mqtt = MqttClient(
             url,
-            names.service_client_id("master"),
+            names.service_client_id("master") + replica,
             on_message=self._on_message,
             persistent=True,
             manual_ack=True,
@@ -175,9 +189,43 @@ class AgentLink:
         self._queue.append(msg)
         self._wake.set()
 
+    def elected(self) -> None:
+        """This replica now leads: what it held as a standby is applied first, in arrival
+        order (reports the previous leader had applied change nothing: they never move a
+        task backwards)."""
+        held = sorted(self._held.values(), key=lambda h: h[0])
+        self._held.clear()
+        self._replay.extend(report for _, report in held)
+        if held:
+            log.info("applying %d report(s) held while standing by", len(held))
+        self._wake.set()
+
+    def _hold(self, report: TaskStatus | CommandAck | TaskCheckpoint) -> None:
+        """A standby keeps the latest report of each kind per task, for HOLD_SECONDS."""
+        now = time.monotonic()
+        key = (type(report).__name__, report.dataflow, report.task)
+        self._held.pop(key, None)
+        self._held[key] = (now, report)
+        while self._held:
+            first = next(iter(self._held))
+            if now - self._held[first][0] <= HOLD_SECONDS:
+                break
+            del self._held[first]
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Apply acks and status reports in arrival order until ``stop``."""
+        """Apply acks and status reports in arrival order until ``stop`` (a standby holds
+        them instead, ``_hold``)."""
         while not stop.is_set():
+            if self._replay and self.leading():
+                held = self._replay.popleft()
+                try:
+                    await self._apply(held)
+                except Exception as e:
+                    if dependency_of(e) is None:
+                        log.exception("failed to apply a held report of %s", held.task)
+                    else:
+                        self.outage.failed(e)
+                continue
             if not self._queue:
                 self._wake.clear()
                 waiter = asyncio.ensure_future(self._wake.wait())
@@ -188,38 +236,12 @@ class AgentLink:
                 continue
             msg = self._queue.popleft()
             try:
-                update: TaskStatus | CommandAck
-                sender = self.names.device_from_topic(msg.topic)
-                if msg.topic.endswith("/ckpt"):
-                    ckpt = TaskCheckpoint.from_bytes(msg.payload)
-                    if self._on_checkpoint is not None and self._from_sender(ckpt.device, sender, msg):
-                        await self._on_checkpoint(ckpt)
-                    self.mqtt.ack(msg)
-                    continue
-                if msg.topic.endswith("/ack"):
-                    if b'"kind":"credentials"' in msg.payload:
-                        cred = CredentialsAck.from_bytes(msg.payload)
-                        fut = self._waiters.get(cred.cmd_id)
-                        if fut is not None and not fut.done() and self._from_sender(cred.device, sender, msg):
-                            fut.set_result(cred)
-                        self.mqtt.ack(msg)
-                        continue
-                    update = CommandAck.from_bytes(msg.payload)
-                    if not self._from_sender(update.device, sender, msg):
-                        self.mqtt.ack(msg)
-                        continue
-                    fut = self._waiters.get(update.cmd_id)
-                    if fut is not None and not fut.done():
-                        fut.set_result(update)
-                else:
-                    update = TaskStatus.from_bytes(msg.payload)
-                    if not self._from_sender(update.device, sender, msg):
-                        self.mqtt.ack(msg)
-                        continue
-                await self._on_update(update)
-                if update.state in ENDED and self.hooks is not None:
-                    # a task that ended keeps no grant (a newer generation's is left alone)
-                    await self.hooks.withdraw(sender, update.dataflow, update.task, update.generation)
+                report = self._parse(msg)
+                if report is not None:
+                    if self.leading():
+                        await self._apply(report)
+                    else:
+                        self._hold(report)
             except ValidationError as e:
                 log.warning("dropping malformed message on %s: %s", msg.topic, e.errors()[:3])
             except Exception as e:
@@ -230,6 +252,41 @@ class AgentLink:
                 continue
             self.outage.ok()
             self.mqtt.ack(msg)
+
+    def _parse(self, msg: MqttMessage) -> TaskStatus | CommandAck | TaskCheckpoint | None:
+        """The report a message carries (None: nothing to apply, e.g. another device's claim,
+        or a credentials ack, which is handed to its waiter here)."""
+        sender = self.names.device_from_topic(msg.topic)
+        if msg.topic.endswith("/ckpt"):
+            ckpt = TaskCheckpoint.from_bytes(msg.payload)
+            ok = self._on_checkpoint is not None and self._from_sender(ckpt.device, sender, msg)
+            return ckpt if ok else None
+        if msg.topic.endswith("/ack"):
+            if b'"kind":"credentials"' in msg.payload:
+                cred = CredentialsAck.from_bytes(msg.payload)
+                fut = self._waiters.get(cred.cmd_id)
+                if fut is not None and not fut.done() and self._from_sender(cred.device, sender, msg):
+                    fut.set_result(cred)
+                return None
+            ack = CommandAck.from_bytes(msg.payload)
+            if not self._from_sender(ack.device, sender, msg):
+                return None
+            fut = self._waiters.get(ack.cmd_id)
+            if fut is not None and not fut.done():
+                fut.set_result(ack)
+            return ack
+        status = TaskStatus.from_bytes(msg.payload)
+        return status if self._from_sender(status.device, sender, msg) else None
+
+    async def _apply(self, report: TaskStatus | CommandAck | TaskCheckpoint) -> None:
+        if isinstance(report, TaskCheckpoint):
+            assert self._on_checkpoint is not None
+            await self._on_checkpoint(report)
+            return
+        await self._on_update(report)
+        if report.state in ENDED and self.hooks is not None:
+            # a task that ended keeps no grant (a newer generation's is left alone)
+            await self.hooks.withdraw(report.device, report.dataflow, report.task, report.generation)
 
     @staticmethod
     def _from_sender(claimed: str, sender: str, msg: MqttMessage) -> bool:

@@ -260,7 +260,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
     @app.get(
         "/healthz",
         summary="Liveness (no token): ok (200) or degraded (503), which dependency is down, this "
-        "process's boot id",
+        "process's boot id, and whether this replica leads (runs the reconciler)",
         openapi_extra={"security": []},
     )
     async def healthz() -> JSONResponse:
@@ -277,6 +277,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
                 "status": "ok" if ok else "degraded",
                 "dependencies": {k: "ok" if v else "down" for k, v in deps.items()},
                 "boot_id": boot_id,
+                "leader": ctx.reconciler.leading(),
             },
         )
 

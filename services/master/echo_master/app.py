@@ -1,6 +1,11 @@
 """Master wiring: Redis, NATS, the MQTT control link, the reconciler and the REST server
 (HTTPS when ``ECHO_API_TLS``; the first admin token from ``ECHO_ADMIN_TOKEN_FILE``).
 
+Replicas: every one serves the API, the auth callout, task listings and credentials; the one
+that holds the master's lease (``echo_shared.leases``) leads: it runs the reconciler, follows
+device events, moves tasks for the migrator, retires old logins and applies the agents'
+reports (a standby holds them, ``agents_link``). Its writes are fenced by the lease.
+
 Shutdown order: stop serving HTTP, stop the reconciler, then close the links.
 """
 
@@ -21,6 +26,7 @@ from pydantic import ValidationError
 from echo_shared import metrics as prometheus
 from echo_shared.credentials import Access, Credentials, is_tls_url
 from echo_shared.events import EventLog
+from echo_shared.leases import Leadership, Lease
 from echo_shared.messages import DeviceEvent, MoveTaskRequest, TaskCheckpoint, TaskListRequest
 from echo_shared.names import Names
 from echo_shared.nats_bus import NatsBus, connection_callbacks, nats_servers
@@ -106,7 +112,11 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
         async with NatsBus(
             settings.nats_url, settings.service_name, access=access, replicas=settings.jetstream_replicas
         ) as bus:
-            store = DataflowStore(redis, names)
+            # a named replica restarted takes its lease back at once; unnamed ones never share
+            owner = "master" + settings.replica_suffix() if settings.replica else None
+            lease = Lease(redis, names.lease_key("master"), ttl=settings.leader_ttl, owner=owner)
+            leadership = Leadership(lease, "master")
+            store = DataflowStore(redis, names, lease=lease)
             # the audit trail: the API records mutating calls; other parts may record events
             audit = AuditLog(redis, names, max_entries=settings.audit_max_entries)
             tokens = TokenStore(redis, names, cache_seconds=settings.token_cache_seconds)
@@ -131,8 +141,15 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
             secured = access.mqtt is not None  # a secured broker: the master administers its dynsec
             kicker = await nats_kicker(settings, access, IdentityStore(redis, names), names)
             link = AgentLink(
-                settings.mqtt_url, names, on_update, on_checkpoint, access=access, dynsec=secured
+                settings.mqtt_url,
+                names,
+                on_update,
+                on_checkpoint,
+                access=access,
+                dynsec=secured,
+                replica=settings.replica_suffix(),
             )
+            link.leading = leadership.elected.is_set
             device_access = DeviceAccess(
                 IdentityStore(redis, names),
                 names,
@@ -148,6 +165,7 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
             )
             link.hooks = device_access
             reconciler = Reconciler(store, link, bus, names, settings)
+            reconciler.leading = leadership.elected.is_set
             figures = MasterMetrics(store, asyncio.get_running_loop())
             reconciler.metrics = figures
             reconciler.events = EventLog(redis, names)
@@ -203,21 +221,42 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
                     await stop.wait()
                     server.should_exit = True
 
-                await bus.serve(names.master_move, names.master_queue, MoveTaskRequest, mover.move)
                 await bus.serve(names.master_tasks, names.master_queue, TaskListRequest, mover.tasks)
+
+                async def on_kick(msg: Msg) -> None:
+                    reconciler.kick(msg.data.decode(errors="replace"))
+
+                async def lead() -> None:
+                    """The leader's part: reconcile (what was recorded counts as seen), apply
+                    the agents' reports (those held as a standby first), follow device events,
+                    move tasks, retire old logins."""
+                    await reconciler.elected()
+                    link.elected()
+                    subs = [
+                        await bus.serve(names.master_move, names.master_queue, MoveTaskRequest, mover.move),
+                        await bus.nc.subscribe(names.master_kick, cb=on_kick),
+                    ]
+                    try:
+                        async with asyncio.TaskGroup() as leader:
+                            leader.create_task(reconciler.run(stop))
+                            leader.create_task(device_access.run_retirement(stop))
+                            leader.create_task(
+                                bus.follow(
+                                    names.events_stream,
+                                    names.device_events_all,
+                                    f"{names.namespace}-master",
+                                    on_device_event,
+                                    stop,
+                                )
+                            )
+                    finally:
+                        for sub in subs:
+                            with contextlib.suppress(Exception):
+                                await sub.unsubscribe()
+
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(link.run(stop))
-                    tg.create_task(reconciler.run(stop))
-                    tg.create_task(device_access.run_retirement(stop))
-                    tg.create_task(
-                        bus.follow(
-                            names.events_stream,
-                            names.device_events_all,
-                            f"{names.namespace}-master",
-                            on_device_event,
-                            stop,
-                        )
-                    )
+                    tg.create_task(leadership.run(stop, lead))
                     tg.create_task(stop_server())
                     await server.serve()
                     if not server.started:

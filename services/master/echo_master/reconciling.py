@@ -13,6 +13,11 @@ Each pass reads the dataflow from Redis and takes the next idempotent step:
 A pass holds no state of its own beyond Redis, so a master killed at any point and
 started again continues where the last one stopped. One worker per dataflow runs at a
 time; ``kick()`` schedules a pass at once (after a POST, an ack or a device event).
+
+With replicas, only the leading one runs this loop (``app``); its writes are fenced by its
+lease (``store``). Another replica's API asks the leader for a pass (``wake``: a NATS
+message on ``master.kick``); the periodic sweep would find the change within
+``reconcile_period`` anyway.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry import trace
@@ -91,6 +97,7 @@ class Reconciler:
         self._dirty_since: dict[str, float] = {}  # when a dataflow first needed attention
         self._reported: dict[tuple[str, str], tuple[int, TaskState, str]] = {}  # last report's outcome
         self._quiet_until: dict[str, float] = {}  # settled running dataflows: next periodic pass
+        self.leading: Callable[[], bool] = lambda: True  # replicas: whether this one runs the loop
 
     # ------------------------------------------------------------------ loop
 
@@ -98,6 +105,27 @@ class Reconciler:
         self._dirty.add(df_id)
         self._dirty_since.setdefault(df_id, time.monotonic())
         self._wake.set()
+
+    async def wake(self, df_id: str) -> None:
+        """A pass over ``df_id`` soon, by whichever replica leads (the API's changes)."""
+        if self.leading():
+            self.kick(df_id)
+            return
+        try:
+            await self.bus.nc.publish(self.names.master_kick, df_id.encode())
+        except Exception as e:  # NATS out of reach: the leader's sweep finds it
+            log.debug("cannot ask the leader for a pass over %s: %s", df_id, e)
+
+    async def elected(self) -> None:
+        """This replica now leads: what was recorded counts as seen (a task's state that the
+        previous leader announced is not announced again when its report is replayed)."""
+        self._task_states.clear()
+        self._reported.clear()
+        self._quiet_until.clear()
+        for df in await self.store.all(await self.store.active_ids()):
+            for rec in df.tasks.values():
+                self._task_states[(df.id, rec.id)] = (rec.generation, rec.state)
+            self.kick(df.id)
 
     async def run(self, stop: asyncio.Event) -> None:
         last_sweep = 0.0

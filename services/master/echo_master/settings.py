@@ -7,10 +7,10 @@ from pathlib import Path
 
 from pydantic import Field
 
-from echo_shared.settings import CommonSettings, MqttSettings, NatsSettings, RedisSettings
+from echo_shared.settings import CommonSettings, MqttSettings, NatsSettings, RedisSettings, ReplicaSettings
 
 
-class MasterSettings(CommonSettings, NatsSettings, MqttSettings, RedisSettings):
+class MasterSettings(CommonSettings, NatsSettings, MqttSettings, RedisSettings, ReplicaSettings):
     service_name: str = "echo-master"
     api_host: str = Field(default="0.0.0.0", description="address the REST API binds")
     api_port: int = Field(default=8099, ge=0, le=65535)

@@ -9,6 +9,12 @@
 Task records are changed only through a Lua script that merges a patch and can require
 the record's generation, so a late status from an old copy of a task never overwrites
 the record of its replacement, and concurrent writers never lose each other's fields.
+
+With replicas, what the leading master's loops write (observed state, placements, task
+records, checkpoints) is fenced by its lease (``echo_shared.leases``): each write script
+first checks that the lease still holds this replica's value, so a paused ex-leader's
+writes are refused (``Fenced``) instead of overwriting the new leader's. What the API
+writes (a new dataflow, a desired state) is not: any replica serves the API.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from echo_shared.errors import NotFoundError
+from echo_shared.leases import FENCED, Lease
 from echo_shared.messages import TaskCheckpoint
 from echo_shared.models import (
     DataflowSpec,
@@ -34,11 +41,31 @@ from echo_shared.names import Names
 from echo_shared.placement_graph import RELAY_OPERATOR, effective_spec
 from echo_shared.redis_store import fields
 
+# The prologue of every fenced script: KEYS[#KEYS] is the lease, ARGV[#ARGV] the value this
+# replica holds ('' = no lease: a master without replicas' fencing)
+_FENCE = f"""
+local holder = ARGV[#ARGV]
+if holder ~= '' and redis.call('GET', KEYS[#KEYS]) ~= holder then return '{FENCED}' end
+"""
+# Fenced writes: KEYS[i] (but the last) gets ARGV[i], a JSON array [command, args...]:
+# ["HSET", field, value, field, value, ...] or ["SADD" | "SREM", member, ...]
+_WRITE = _FENCE + """
+for i = 1, #KEYS - 1 do
+  local op = cjson.decode(ARGV[i])
+  local cmd = op[1]
+  if cmd == 'HSET' then
+    for j = 2, #op, 2 do redis.call('HSET', KEYS[i], op[j], op[j + 1]) end
+  else
+    for j = 2, #op do redis.call(cmd, KEYS[i], op[j]) end
+  end
+end
+return 1
+"""
 # KEYS[1] tasks hash; ARGV[1] task id; ARGV[2] patch (JSON object); ARGV[3] generation the
 # record must have ('' = any); ARGV[4] '1' when the patch may only move the state forward
 # (reports from agents can arrive after a later state was recorded). Returns the merged
 # record, or false.
-_PATCH = """
+_PATCH = _FENCE + """
 local rank = {pending=0, deploying=1, running=2, finished=3, failed=3, stopping=4, stopped=5}
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return false end
@@ -59,7 +86,7 @@ return out
 # KEYS[1] tasks hash, KEYS[2] checkpoint key; ARGV[1] task id, ARGV[2] generation, ARGV[3]
 # the checkpoint (JSON). Kept only when it comes from the task's current generation and is
 # newer than the one stored. Returns 1 when stored.
-_CHECKPOINT = """
+_CHECKPOINT = _FENCE + """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return 0 end
 local rec = cjson.decode(cur)
@@ -79,7 +106,7 @@ return 1
 
 # KEYS[1] tasks hash; ARGV[1] task id, ARGV[2] device, ARGV[3] generation: forget a fenced
 # stale copy (it was stopped, or died with its agent).
-_UNFENCE = """
+_UNFENCE = _FENCE + """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return 0 end
 local rec = cjson.decode(cur)
@@ -132,12 +159,36 @@ READ_BATCH = 200  # dataflows per round trip when reading many
 
 
 class DataflowStore:
-    def __init__(self, redis: aioredis.Redis, names: Names) -> None:
+    def __init__(self, redis: aioredis.Redis, names: Names, lease: Lease | None = None) -> None:
         self.r = redis
         self.names = names
+        self.lease = lease  # set: the reconciler's and the mover's writes are fenced by it
         self._patch = redis.register_script(_PATCH)
         self._checkpoint = redis.register_script(_CHECKPOINT)
         self._unfence = redis.register_script(_UNFENCE)
+        self._write = redis.register_script(_WRITE)
+
+    def _fence(self) -> tuple[str, str]:
+        """(lease key, the value this replica holds) for a fenced script; ``Fenced`` at once
+        when this replica does not hold the lease."""
+        key = self.names.lease_key("master")
+        if self.lease is None:
+            return key, ""
+        if self.lease.value is None:
+            self.lease.check(FENCED)
+        return key, str(self.lease.value)
+
+    def _checked(self, result: Any) -> Any:
+        if self.lease is not None:
+            self.lease.check(result)
+        return result
+
+    async def _fenced(self, *ops: tuple[str, str, list[Any]]) -> None:
+        """Apply ``(command, key, args)`` writes atomically, fenced by the lease."""
+        lease_key, holder = self._fence()
+        keys = [key for _, key, _ in ops] + [lease_key]
+        args = [json.dumps([cmd, *a]) for cmd, _, a in ops] + [holder]
+        self._checked(await self._write(keys=keys, args=args))
 
     @staticmethod
     def new_id() -> str:
@@ -194,10 +245,7 @@ class DataflowStore:
         return sorted(str(x) for x in await self.r.smembers(self.names.active_dataflows_key))
 
     async def set_active(self, df_id: str, active: bool) -> None:
-        if active:
-            await self.r.sadd(self.names.active_dataflows_key, df_id)
-        else:
-            await self.r.srem(self.names.active_dataflows_key, df_id)
+        await self._fenced(("SADD" if active else "SREM", self.names.active_dataflows_key, [df_id]))
 
     async def all(self, ids: list[str] | None = None) -> list[Dataflow]:
         """The dataflows (all, or those of ``ids`` that exist), read ``READ_BATCH`` at a
@@ -228,12 +276,8 @@ class DataflowStore:
             await p.execute()
 
     async def set_state(self, df_id: str, state: DataflowState, reason: str = "", **extra: str) -> None:
-        await self.r.hset(
-            self.names.dataflow_key(df_id),
-            mapping=fields(
-                {"state": state.value, "reason": reason, "updated_at": repr(time.time()), **extra}
-            ),
-        )
+        values = fields({"state": state.value, "reason": reason, "updated_at": repr(time.time()), **extra})
+        await self._fenced(("HSET", self.names.dataflow_key(df_id), _flat(dict(values))))
 
     async def set_placement(self, df_id: str, placement: Placement, generations: dict[str, int]) -> None:
         """Record a placement and assign each task its device and generation, atomically."""
@@ -260,32 +304,32 @@ class DataflowStore:
             rec.attempts = 0
             rec.last_command_at = 0.0
             updated[task_id] = rec.model_dump_json()
-        async with self.r.pipeline(transaction=True) as p:
-            p.hset(key, mapping=fields(updated))
-            p.hset(
+        await self._fenced(
+            ("HSET", key, _flat(updated)),
+            (
+                "HSET",
                 self.names.dataflow_key(df_id),
-                mapping={
-                    "placement": placement.model_dump_json(),
-                    "updated_at": repr(now),
-                },
-            )
-            await p.execute()
+                ["placement", placement.model_dump_json(), "updated_at", repr(now)],
+            ),
+        )
 
     async def patch_tasks(self, df_id: str, patches: list[tuple[str, dict[str, Any], int | None]]) -> None:
         """Several ``patch_task`` calls in one round trip (each still fenced by generation)."""
         if not patches:
             return
         key = self.names.dataflow_tasks_key(df_id)
+        lease_key, holder = self._fence()
         async with self.r.pipeline(transaction=False) as p:
             for task, patch, generation in patches:
                 body = {k: (v.value if hasattr(v, "value") else v) for k, v in patch.items()}
                 body.setdefault("updated_at", time.time())
                 await self._patch(
-                    keys=[key],
-                    args=[task, json.dumps(body), "" if generation is None else str(generation), "0"],
+                    keys=[key, lease_key],
+                    args=[task, json.dumps(body), "" if generation is None else str(generation), "0", holder],
                     client=p,
                 )
-            await p.execute()
+            for result in await p.execute():
+                self._checked(result)
 
     async def patch_task(
         self,
@@ -302,36 +346,45 @@ class DataflowStore:
         """
         patch = {k: (v.value if hasattr(v, "value") else v) for k, v in patch.items()}
         patch.setdefault("updated_at", time.time())
+        lease_key, holder = self._fence()
         out = await self._patch(
-            keys=[self.names.dataflow_tasks_key(df_id)],
+            keys=[self.names.dataflow_tasks_key(df_id), lease_key],
             args=[
                 task,
                 json.dumps(patch),
                 "" if generation is None else str(generation),
                 "1" if forward_only else "0",
+                holder,
             ],
         )
-        return TaskRecord.model_validate_json(out) if out else None
+        return TaskRecord.model_validate_json(self._checked(out)) if out else None
 
     # ------------------------------------------------------------------ moves
 
     async def save_checkpoint(self, ckpt: TaskCheckpoint) -> bool:
         """Keep a task's periodic checkpoint if it comes from its current generation."""
+        lease_key, holder = self._fence()
         out = await self._checkpoint(
             keys=[
                 self.names.dataflow_tasks_key(ckpt.dataflow),
                 self.names.checkpoint_key(ckpt.dataflow, ckpt.task),
+                lease_key,
             ],
-            args=[ckpt.task, str(ckpt.generation), ckpt.model_dump_json()],
+            args=[ckpt.task, str(ckpt.generation), ckpt.model_dump_json(), holder],
         )
-        return bool(out)
+        return bool(self._checked(out))
 
     async def checkpoint(self, df_id: str, task: str) -> TaskCheckpoint | None:
         raw = await self.r.get(self.names.checkpoint_key(df_id, task))
         return TaskCheckpoint.model_validate_json(raw) if raw else None
 
     async def unfence(self, df_id: str, task: str, device: str, generation: int) -> None:
-        await self._unfence(keys=[self.names.dataflow_tasks_key(df_id)], args=[task, device, str(generation)])
+        lease_key, holder = self._fence()
+        out = await self._unfence(
+            keys=[self.names.dataflow_tasks_key(df_id), lease_key],
+            args=[task, device, str(generation), holder],
+        )
+        self._checked(out)
 
     async def move_in_placement(self, df_id: str, task: str, device: str, reason: str) -> None:
         """Show a moved task on its new device in the dataflow's recorded placement."""
@@ -342,4 +395,10 @@ class DataflowStore:
         for tp in placement.tasks:
             if tp.task == task:
                 tp.device, tp.reason, tp.runner_up, tp.runner_up_reason = device, reason, None, ""
-        await self.r.hset(self.names.dataflow_key(df_id), "placement", placement.model_dump_json())
+        placed = ["placement", placement.model_dump_json()]
+        await self._fenced(("HSET", self.names.dataflow_key(df_id), placed))
+
+
+def _flat(mapping: dict[str, str]) -> list[str]:
+    """``{field: value}`` as ``[field, value, ...]`` (the fenced write script's HSET)."""
+    return [x for kv in mapping.items() for x in kv]

@@ -42,12 +42,12 @@ async def submit(ctx: ApiContext, spec: DataflowSpec, extra: dict[str, str] | No
         await validate(ctx, spec)
         df_id = await ctx.store.create(spec, traceparent=inject().get("traceparent", ""), extra=extra)
         span.set_attribute("echo.dataflow", df_id)
-    ctx.reconciler.kick(df_id)
+    await ctx.reconciler.wake(df_id)
     return df_id
 
 
 async def stop(ctx: ApiContext, df_id: str) -> Dataflow:
     """Desired state ``stopped``, kick, and wait (``stop_wait``) for the tasks to stop."""
     await ctx.store.set_desired(df_id, DesiredState.stopped)
-    ctx.reconciler.kick(df_id)
+    await ctx.reconciler.wake(df_id)
     return await ctx.reconciler.wait_for(df_id, {DataflowState.stopped}, ctx.settings.stop_wait)
