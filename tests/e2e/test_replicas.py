@@ -8,6 +8,7 @@ as a dataflow is submitted, the other places it."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from datetime import datetime
@@ -160,7 +161,7 @@ def test_a_standby_master_serves_the_api_and_takes_over_a_deployment_when_the_le
             {"id": r, "operator": "core.passthrough", "placement": {"tier": "fog"}} for r in relays
         ]
         chain = ["gen", *relays, "count", "sink"]
-        spec["edges"] = [{"from": a, "to": b} for a, b in zip(chain, chain[1:], strict=False)]
+        spec["edges"] = [{"from": a, "to": b} for a, b in itertools.pairwise(chain)]
         df_id = standby.submit(spec)  # any replica takes a dataflow
         wait_until(  # the leader placed it and began deploying (tasks are deployed sinks first)
             lambda: any(t["state"] != "pending" for t in standby.dataflow(df_id)["tasks"]),

@@ -15,6 +15,8 @@ import jsonschema
 import pytest
 import yaml
 
+from echo_cli.devstack.platform import LEASED, REPLICATED
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 COMPOSE_FILE = DEPLOY / "compose.yaml"
@@ -123,6 +125,23 @@ def test_master_health_endpoint_and_published_port(services: dict[str, dict[str,
     master = services["master"]
     assert "/healthz" in " ".join(master["healthcheck"]["test"])
     assert any(str(p).endswith(":8099") for p in master["ports"])
+
+
+def test_every_service_runs_replicated_and_the_leased_ones_are_named(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """Two replicas of each service; those that elect a leader tell their replicas apart
+    (``ECHO_REPLICA: auto``: the container's host name), and each master replica gets a host
+    port of its own from a range (a fixed port would clash)."""
+    for name in REPLICATED:
+        svc = services[name]
+        assert svc.get("deploy", {}).get("replicas", 1) >= 2, f"{name} runs one replica"
+        if name in LEASED:
+            assert svc["environment"].get("ECHO_REPLICA") == "auto", name
+    (published,) = services["master"]["ports"]
+    host, _, container = str(published).rpartition(":")
+    _, _, last = host.partition("-")
+    assert container == "8099" and last, f"one host port for two replicas: {published}"
 
 
 def test_dependencies_exist_and_wait_for_healthy_brokers(services: dict[str, dict[str, Any]]) -> None:

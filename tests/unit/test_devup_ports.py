@@ -94,6 +94,8 @@ def test_replicas_are_started_and_restarted_as_replicas(
     )
     d._start()
     assert ReplicaPlatform.started == [
+        ("master", 2),
+        ("master", 3),
         ("migrator", 2),
         ("migrator", 3),
         ("scheduler", 2),
