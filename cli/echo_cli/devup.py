@@ -190,9 +190,12 @@ class DevUp:
         if moved:
             self.con.print(f"[yellow]port {self.api_port} is busy; the API uses port {port} instead[/]")
         self.con.print(f"starting brokers (state in {self._rel(self.devdir)}/)…")
-        self.brokers = start_brokers(self.devdir, host=HOST, persistent=True, nats_nodes=3 if self.ha else 1)
+        self.brokers = start_brokers(
+            self.devdir, host=HOST, persistent=True, nats_nodes=3 if self.ha else 1, redis_ha=self.ha
+        )
         if self.ha:
             self.con.print("NATS: a cluster of 3 nodes; JetStream streams and buckets replicated 3 times")
+            self.con.print("Redis: a primary, a replica and 3 sentinels (a failover promotes the replica)")
         self.con.print(f"starting services and {len(DEFAULT_FLEET)} agents…")
         self.platform = Platform(
             self.brokers,

@@ -537,7 +537,10 @@ def dev_up(
         [], "--submit", help="Spec file to submit once the platform is up (repeatable); '-' is stdin."
     ),
     ha: bool = typer.Option(
-        False, "--ha", help="NATS as a 3-node cluster, JetStream streams and buckets replicated 3 times."
+        False,
+        "--ha",
+        help="NATS as a 3-node cluster (JetStream replicated 3 times); Redis as a primary, a replica "
+        "and 3 sentinels.",
     ),
     replicas: int = typer.Option(
         1,

@@ -21,6 +21,7 @@ import base64
 import hashlib
 import json
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -274,14 +275,62 @@ KICK_RIGHTS = NatsPermissions(pub_allow=("$SYS.REQ.SERVER.*.KICK",), sub_allow=(
 REDIS_DEFAULT_USER = "user default off resetpass ~* &* +@all"
 
 
-def render_redis_acl(identities: list[Identity]) -> str:
-    """A Redis ACL file: ``default`` off, one user per identity with its key patterns."""
+# Redis with Sentinel (high availability): a replica logs in to its primary as
+# REDIS_REPLICATION_USER, Sentinel to every Redis (and to the other sentinels) as
+# REDIS_SENTINEL_USER, each with only the commands the Redis documentation lists for it.
+REDIS_REPLICATION_USER = "echo-replication"
+REDIS_SENTINEL_USER = "echo-sentinel"
+_REPLICATION_COMMANDS = "-@all +psync +replconf +ping"
+_SENTINEL_COMMANDS = (
+    "-@all +multi +slaveof +ping +exec +subscribe +config|rewrite +role +publish +info "
+    "+client|setname +client|kill +script|kill"
+)
+# what a service may ask a sentinel: where the primary is (redis-py's Sentinel client)
+_SENTINEL_CLIENT_COMMANDS = (
+    "-@all +auth +hello +ping +client|setname "
+    "+sentinel|get-master-addr-by-name +sentinel|masters +sentinel|master +sentinel|sentinels "
+    "+sentinel|replicas +sentinel|slaves"
+)
+
+
+def _digest(password: str) -> str:
+    return hashlib.sha256(password.encode()).hexdigest()
+
+
+def render_redis_acl(identities: list[Identity], internal: Mapping[str, str] | None = None) -> str:
+    """A Redis ACL file: ``default`` off, one user per identity with its key patterns, and
+    (``internal``: role -> password) the replication and Sentinel logins."""
     lines = [REDIS_DEFAULT_USER]
     for i in identities:
         r = i.rights.redis
         if r is None:
             continue
-        digest = hashlib.sha256(i.redis_password.encode()).hexdigest()
         keys = " ".join(f"~{k}" for k in r.keys)
-        lines.append(f"user {i.name} on #{digest} resetkeys {keys} resetchannels {r.commands}")
+        lines.append(
+            f"user {i.name} on #{_digest(i.redis_password)} resetkeys {keys} resetchannels {r.commands}"
+        )
+    if internal:
+        lines.append(
+            f"user {REDIS_REPLICATION_USER} on #{_digest(internal['replication'])} resetkeys resetchannels "
+            f"{_REPLICATION_COMMANDS}"
+        )
+        lines.append(
+            f"user {REDIS_SENTINEL_USER} on #{_digest(internal['sentinel'])} resetkeys "
+            f"resetchannels &__sentinel__:hello {_SENTINEL_COMMANDS}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def render_sentinel_users(identities: list[Identity], internal: Mapping[str, str]) -> str:
+    """The ``user`` lines of a sentinel's configuration: ``default`` off, the other sentinels
+    (every command), and each identity that uses Redis, allowed only to look the primary up."""
+    lines = [
+        "user default off resetpass",
+        f"user {REDIS_SENTINEL_USER} on #{_digest(internal['sentinel'])} allchannels +@all",
+    ]
+    for i in identities:
+        if i.rights.redis is not None:
+            lines.append(
+                f"user {i.name} on #{_digest(i.redis_password)} resetchannels {_SENTINEL_CLIENT_COMMANDS}"
+            )
     return "\n".join(lines) + "\n"

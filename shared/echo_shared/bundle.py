@@ -11,6 +11,7 @@
                                        the master adds devices at run time)
     D/nats/auth.conf                   NATS users and permissions (include it)
     D/redis/users.acl                  Redis ACL users (``aclfile``)
+    D/redis/ha.json                    the passwords of Redis replication and Sentinel (0600)
     D/prometheus/client.pem, .key      Prometheus' client certificate: the services' metrics
                                        endpoints accept only certificates of the CA
     D/prometheus/web.yml, password     Prometheus' HTTPS and the login that may query it
@@ -98,6 +99,31 @@ class Bundle:
     @property
     def redis_acl_file(self) -> Path:
         return self.root / "redis" / "users.acl"
+
+    @property
+    def redis_ha_file(self) -> Path:
+        return self.root / "redis" / "ha.json"
+
+    def redis_internal(self) -> dict[str, str]:
+        """The passwords of Redis' replication and Sentinel logins (made once, kept 0600)."""
+        if self.redis_ha_file.exists():
+            data: dict[str, str] = json.loads(read_secret(self.redis_ha_file))
+            return data
+        data = {"replication": new_secret(), "sentinel": new_secret()}
+        write_secret(self.redis_ha_file, json.dumps(data))
+        return data
+
+    def sentinel_users(self) -> str:
+        """The ``user`` lines of a sentinel's configuration (``brokerauth.render_sentinel_users``)."""
+        idents = []
+        for n in (*brokerauth.SERVICES, TESTER):
+            if not self.credentials_file(n).exists():
+                continue
+            c = self.credentials(n)
+            if c.redis_password is not None:
+                rights = TESTER_RIGHTS if n == TESTER else SERVICE_RIGHTS[n]
+                idents.append(Identity(n, rights, redis_password=c.redis_password.get_secret_value()))
+        return brokerauth.render_sentinel_users(idents, self.redis_internal())
 
     @property
     def prometheus_dir(self) -> Path:
@@ -235,7 +261,7 @@ def _write_identities(b: Bundle, names: list[str]) -> None:
         creds.save(b.credentials_file(i.name))
     write_secret(b.dynsec_file, brokerauth.render_dynsec(idents))
     write_secret(b.nats_auth_file, brokerauth.render_nats_users(idents, issuer.public_key))
-    write_secret(b.redis_acl_file, brokerauth.render_redis_acl(idents))
+    write_secret(b.redis_acl_file, brokerauth.render_redis_acl(idents, b.redis_internal()))
 
 
 def _render_nats_server(b: Bundle) -> None:
@@ -285,7 +311,7 @@ def _render_static(b: Bundle, names: list[str]) -> None:
     seed = b.credentials("master").nats_issuer_seed
     issuer = NkeyPair.from_seed(seed.get_secret_value()).public_key if seed else None
     write_secret(b.nats_auth_file, brokerauth.render_nats_users(idents, issuer))
-    write_secret(b.redis_acl_file, brokerauth.render_redis_acl(idents))
+    write_secret(b.redis_acl_file, brokerauth.render_redis_acl(idents, b.redis_internal()))
 
 
 def _give_mosquitto_its_files(b: Bundle, owner: tuple[int, int] | None) -> None:

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from .secretfiles import SecretFileError, read_secret, write_secret
 
-TLS_SCHEMES = {"mqtts", "tls", "rediss", "https", "wss"}
+TLS_SCHEMES = {"mqtts", "tls", "rediss", "rediss+sentinel", "https", "wss"}
 
 
 class Credentials(BaseModel):

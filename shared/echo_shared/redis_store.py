@@ -1,4 +1,12 @@
-"""Redis connection helper: one client per service, retried at start, closed on shutdown."""
+"""Redis connection helper: one client per service, retried at start, closed on shutdown.
+
+``ECHO_REDIS_URL`` is one Redis (``redis://`` or, TLS, ``rediss://host:port/db``) or, for high
+availability, its sentinels: ``redis+sentinel://h1:p1,h2:p2,h3:p3/<primary name>/<db>``
+(``rediss+sentinel://`` for TLS). With sentinels, the client asks them where the primary
+is, and asks again when a connection fails or the server it reaches turned replica (a
+failover): the service carries on against the promoted replica. The same login works for
+the sentinels (they let it look the primary up, nothing more) and for Redis.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +14,11 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -19,25 +29,64 @@ from .errors import BrokerUnavailable
 log = logging.getLogger(__name__)
 
 
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+
+
+def is_sentinel_url(url: str) -> bool:
+    return urlsplit(url).scheme in SENTINEL_SCHEMES
+
+
+def sentinel_address(url: str) -> tuple[list[tuple[str, int]], str, int]:
+    """``(sentinels, primary name, db)`` of a ``redis+sentinel://`` URL (``ValueError`` if bad)."""
+    parts = urlsplit(url)
+    hosts = []
+    for item in parts.netloc.rpartition("@")[2].split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"{url}: a sentinel is host:port, not {item!r}")
+        hosts.append((host.strip("[]"), int(port)))
+    path = [p for p in parts.path.split("/") if p]
+    if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError(f"{url}: the path is /<primary name>[/<db>]")
+    return hosts, path[0], int(path[1]) if len(path) == 2 else 0
+
+
+def _client(url: str, max_connections: int, access: Access | None) -> aioredis.Redis:
+    # After a Redis restart every pooled connection is dead: a command that meets one is
+    # sent again on a fresh connection (a broken connection is found when writing to it, so
+    # the command had not run), rather than failing once per stale connection in the pool.
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "health_check_interval": 10,
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        "retry_on_error": [RedisConnectionError],
+        **(access.redis_options() if access is not None else {}),
+    }
+    if is_sentinel_url(url):
+        hosts, primary, db = sentinel_address(url)
+        tls = urlsplit(url).scheme == "rediss+sentinel"
+        login = {
+            k: options[k] for k in ("username", "password", "ssl_ca_certs", "ssl_cert_reqs") if k in options
+        }
+        sentinels = Sentinel(  # type: ignore[no-untyped-call]
+            hosts, sentinel_kwargs={**login, "ssl": tls, "socket_timeout": 2.0}, socket_timeout=5.0
+        )
+        client: aioredis.Redis = sentinels.master_for(
+            primary, db=db, ssl=tls, max_connections=max_connections, **options
+        )
+        return client
+    # a blocking pool: a burst of concurrent work waits for a connection instead of failing
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=10, **options
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
 async def connect_redis(
     url: str, *, timeout: float = 30.0, max_connections: int = 64, access: Access | None = None
 ) -> aioredis.Redis:
     """Connect and ping, retrying until ``timeout`` (Redis may start after the service)."""
-    # a blocking pool: a burst of concurrent work waits for a connection instead of failing.
-    # After a Redis restart every pooled connection is dead: a command that meets one is
-    # sent again on a fresh connection (a broken connection is found when writing to it, so
-    # the command had not run), rather than failing once per stale connection in the pool.
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        decode_responses=True,
-        health_check_interval=10,
-        max_connections=max_connections,
-        timeout=10,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
-        retry_on_error=[RedisConnectionError],
-        **(access.redis_options() if access is not None else {}),
-    )
-    client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+    client = _client(url, max_connections, access)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     delay = 0.1

@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -68,7 +68,19 @@ class MqttSettings(BaseSettings):
 class RedisSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ECHO_", extra="ignore")
 
-    redis_url: str = Field(description="Redis URL, e.g. redis://host:6379/0")
+    redis_url: str = Field(
+        description="Redis URL, e.g. rediss://host:6379/0, or its sentinels: "
+        "rediss+sentinel://h1:26379,h2:26379,h3:26379/<primary name>/0"
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _sentinels(cls, url: str) -> str:
+        from .redis_store import is_sentinel_url, sentinel_address  # redis-py: only when used
+
+        if is_sentinel_url(url):
+            sentinel_address(url)  # a ValueError names what is wrong
+        return url
 
 
 class ReplicaSettings(BaseSettings):

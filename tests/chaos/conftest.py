@@ -41,11 +41,19 @@ def stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stack]:
 
 
 def running_stack(
-    tmp_path: Path, request: pytest.FixtureRequest, *, nats_nodes: int = 1, env: dict[str, str] | None = None
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    *,
+    nats_nodes: int = 1,
+    redis_ha: bool = False,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
-    """Brokers (persistent; NATS with ``nats_nodes`` nodes), services and the fleet; stopped
-    (and on failure, their logs printed) at the end."""
-    brokers = start_brokers(tmp_path / "brokers", tester=True, persistent=True, nats_nodes=nats_nodes)
+    """Brokers (persistent; NATS with ``nats_nodes`` nodes; Redis with Sentinel when
+    ``redis_ha``), services and the fleet; stopped (and on failure, their logs printed) at
+    the end."""
+    brokers = start_brokers(
+        tmp_path / "brokers", tester=True, persistent=True, nats_nodes=nats_nodes, redis_ha=redis_ha
+    )
     platform = Platform(
         brokers,
         tmp_path / "platform",

@@ -127,6 +127,6 @@ def test_ha_starts_a_nats_cluster_and_replicated_jetstream(
         root=tmp_path, api_port=free_port(), submit=[], ha=True, console=Console(file=out, width=200)
     )
     d._start()
-    assert asked["nats_nodes"] == 3
+    assert asked["nats_nodes"] == 3 and asked["redis_ha"] is True
     assert d.platform is not None and d.platform.extra_env["ECHO_JETSTREAM_REPLICAS"] == "3"
-    assert "a cluster of 3 nodes" in out.getvalue()
+    assert "a cluster of 3 nodes" in out.getvalue() and "3 sentinels" in out.getvalue()

@@ -33,6 +33,7 @@ from echo_shared.mqtt import MqttClient
 from echo_shared.secretfiles import new_secret, write_secret
 
 from .processes import ManagedProcess, free_port, start_on_free_port, wait_for_own_port, wait_for_port
+from .redis_ha import redis_security, start_redis_ha
 
 MOSQUITTO_CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 REDIS_CANDIDATES = ("redis-server", "/usr/bin/redis-server", "/usr/local/bin/redis-server")
@@ -138,6 +139,8 @@ class Brokers:
     bundle: Bundle | None = None  # None: the benchmark's insecure brokers
     # a NATS cluster: each node's process name (``nats``, ``nats-2``, ...) -> its client URL
     nats_nodes: dict[str, str] = field(default_factory=dict)
+    # Redis with Sentinel: each process (``redis``, ``redis-2``, ``sentinel-1``...) -> its URL
+    redis_nodes: dict[str, str] = field(default_factory=dict)
 
     @property
     def secure(self) -> bool:
@@ -178,6 +181,7 @@ class Brokers:
         p = self.processes[name] = old.respawn()
         url = (
             self.nats_nodes.get(name)
+            or self.redis_nodes.get(name)
             or {
                 "nats": self.nats_url,
                 "mosquitto": self.mqtt_url,
@@ -212,6 +216,7 @@ def start_brokers(
     hosts: tuple[str, ...] = (),
     tester: bool = False,
     nats_nodes: int = 1,
+    redis_ha: bool = False,
 ) -> Brokers:
     """Start NATS (JetStream), Mosquitto and Redis on free ports under ``workdir``.
 
@@ -220,6 +225,8 @@ def start_brokers(
     adds a superuser identity for tests and benchmarks that talk to the brokers directly.
     ``nats_nodes`` > 1: NATS as a cluster of that many nodes (JetStream clustered; routes
     authenticated and TLS); the NATS URL then lists every node, comma-separated.
+    ``redis_ha``: Redis as a primary, a replica and three sentinels (``redis_ha``); the Redis
+    URL then names the sentinels (``rediss+sentinel://``).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     logs = workdir / "logs"
@@ -230,6 +237,7 @@ def start_brokers(
     procs: dict[str, ManagedProcess] = {}
     containers: list[Any] = []
     nodes: dict[str, str] = {}
+    redis_nodes: dict[str, str] = {}
     try:
         if nats_nodes > 1:
             nodes = _start_nats_cluster(workdir, logs, host, procs, bundle, nats_nodes)
@@ -237,7 +245,15 @@ def start_brokers(
         else:
             nats_url = _start_nats(workdir, logs, host, procs, bundle)
         mqtt_url = _start_mosquitto(workdir, logs, host, persistent, procs, containers, bundle)
-        redis_url = _start_redis(workdir, logs, host, persistent, procs, containers, bundle)
+        if redis_ha:
+            binary = _find(REDIS_CANDIDATES)
+            if binary is None:
+                raise BrokerSetupError(
+                    "Redis with Sentinel needs redis-server: apt-get install -y redis-server"
+                )
+            redis_url, redis_nodes = start_redis_ha(workdir, logs, host, persistent, procs, bundle, binary)
+        else:
+            redis_url = _start_redis(workdir, logs, host, persistent, procs, containers, bundle)
     except BaseException:
         for p in procs.values():
             p.stop(timeout=3)
@@ -245,7 +261,7 @@ def start_brokers(
             with contextlib.suppress(Exception):
                 c.stop()
         raise
-    return Brokers(nats_url, mqtt_url, redis_url, workdir, procs, containers, bundle, nodes)
+    return Brokers(nats_url, mqtt_url, redis_url, workdir, procs, containers, bundle, nodes, redis_nodes)
 
 
 def _start_nats(
@@ -404,20 +420,6 @@ def _start_mosquitto(
     )
 
 
-def _redis_security(port: int, bundle: Bundle | None) -> list[str]:
-    if bundle is None:
-        return ["--port", str(port), "--protected-mode", "no"]
-    return [
-        "--port", "0",
-        "--tls-port", str(port),
-        "--tls-cert-file", str(bundle.server.cert),
-        "--tls-key-file", str(bundle.server.key),
-        "--tls-ca-cert-file", str(bundle.ca_file),
-        "--tls-auth-clients", "no",
-        "--aclfile", str(bundle.redis_acl_file),
-    ]  # fmt: skip
-
-
 def _start_redis(
     workdir: Path,
     logs: Path,
@@ -434,7 +436,7 @@ def _start_redis(
         data.mkdir(exist_ok=True)
 
         def start(port: int) -> ManagedProcess:
-            argv = [binary, *_redis_security(port, bundle), "--bind", host, "--dir", str(data), "--save", ""]
+            argv = [binary, *redis_security(port, bundle), "--bind", host, "--dir", str(data), "--save", ""]
             argv += ["--appendonly", "yes" if persistent else "no"]
             p = procs["redis"] = ManagedProcess("redis-server", argv, log_dir=logs)
             return p
@@ -447,7 +449,7 @@ def _start_redis(
         c = DockerContainer("redis:7.2.5").with_exposed_ports(6379)
         if bundle is not None:
             c = c.with_volume_mapping(str(bundle.root), str(bundle.root), "ro")
-            c = c.with_command(["redis-server", *_redis_security(6379, bundle)])
+            c = c.with_command(["redis-server", *redis_security(6379, bundle)])
         c.start()
         containers.append(c)
         h, port = c.get_container_host_ip(), int(c.get_exposed_port(6379))

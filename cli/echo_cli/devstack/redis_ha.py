@@ -1,0 +1,168 @@
+"""Redis with Sentinel on this machine: a primary, a replica and three sentinels.
+
+What ``echoctl dev up --ha`` (and the chaos tests) run for a Redis that survives the loss of
+its primary: the sentinels agree (2 of 3) that the primary is down after
+``DOWN_AFTER_MS``, promote the replica, and the services' clients (``redis+sentinel://``
+URLs, ``echo_shared.redis_store``) follow them to it. A primary that comes back is made a
+replica of the new one by the sentinels.
+
+Secured like the single Redis: TLS only, ``default`` off, the bundle's ACL users; the
+replica logs in to its primary as ``echo-replication``, the sentinels to every Redis and
+to each other as ``echo-sentinel``; a service's login may ask a sentinel where the primary
+is, nothing more. Passwords are in 0600 configuration files, never on a command line.
+Replication is asynchronous (Redis' own): a write acknowledged by the primary in the last
+moment before it dies can be missing on the promoted replica (docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from echo_shared.brokerauth import REDIS_REPLICATION_USER, REDIS_SENTINEL_USER
+from echo_shared.bundle import Bundle
+from echo_shared.secretfiles import write_secret
+
+from .processes import ManagedProcess, start_on_free_port
+
+PRIMARY_NAME = "echo"  # what the sentinels call the primary they watch
+DOWN_AFTER_MS = 1500  # silence after which a sentinel thinks the primary is down
+FAILOVER_TIMEOUT_MS = 10_000
+SENTINELS = 3
+
+
+def redis_security(port: int, bundle: Bundle | None) -> list[str]:
+    """redis-server arguments: TLS only on ``port``, clients verified by their login."""
+    if bundle is None:
+        return ["--port", str(port), "--protected-mode", "no"]
+    return [
+        "--port", "0",
+        "--tls-port", str(port),
+        "--tls-cert-file", str(bundle.server.cert),
+        "--tls-key-file", str(bundle.server.key),
+        "--tls-ca-cert-file", str(bundle.ca_file),
+        "--tls-auth-clients", "no",
+        "--aclfile", str(bundle.redis_acl_file),
+    ]  # fmt: skip
+
+
+def _tls_lines(bundle: Bundle) -> str:
+    return (
+        f"tls-cert-file {bundle.server.cert}\ntls-key-file {bundle.server.key}\n"
+        f"tls-ca-cert-file {bundle.ca_file}\ntls-auth-clients no\ntls-replication yes\n"
+    )
+
+
+def start_redis_ha(
+    workdir: Path,
+    logs: Path,
+    host: str,
+    persistent: bool,
+    procs: dict[str, ManagedProcess],
+    bundle: Bundle | None,
+    binary: str,
+) -> tuple[str, dict[str, str]]:
+    """Start the primary (``redis``), its replica (``redis-2``) and the sentinels
+    (``sentinel-1``..``3``); returns the ``rediss+sentinel://`` URL and each process's own
+    ``rediss://host:port`` (restarts reuse the port)."""
+    if bundle is None:
+        raise ValueError("Redis with Sentinel runs secured only (a bundle)")
+    internal = bundle.redis_internal()
+    # both Redis processes may be a replica one day (a failover turns the old primary into
+    # one): each knows how to log in to a primary
+    auth = workdir / "redis-ha" / "replication.conf"
+    write_secret(
+        auth,
+        f"masteruser {REDIS_REPLICATION_USER}\nmasterauth {internal['replication']}\n" + _tls_lines(bundle),
+    )
+    nodes: dict[str, str] = {}
+
+    def redis_node(name: str, replica_of: int | None) -> int:
+        data = workdir / name
+        data.mkdir(exist_ok=True)
+
+        def start(port: int) -> ManagedProcess:
+            argv = [binary, str(auth), *redis_security(port, bundle), "--bind", host, "--dir", str(data)]
+            argv += ["--save", "", "--appendonly", "yes" if persistent else "no"]
+            if replica_of is not None:
+                argv += ["--replicaof", host, str(replica_of)]
+            p = procs[name] = ManagedProcess(f"redis-server ({name})", argv, log_dir=logs)
+            return p
+
+        port, _ = start_on_free_port(host, start)
+        nodes[name] = f"rediss://{host}:{port}"
+        return port
+
+    primary = redis_node("redis", None)
+    redis_node("redis-2", primary)
+    users = bundle.sentinel_users()
+    sentinels = []
+    for i in range(1, SENTINELS + 1):
+        name = f"sentinel-{i}"
+        home = workdir / name
+        home.mkdir(exist_ok=True)
+        home.chmod(0o700)
+
+        def start(port: int, name: str = name, home: Path = home) -> ManagedProcess:
+            conf = home / "sentinel.conf"  # the sentinel rewrites it (what it learns): its own
+            write_secret(
+                conf,
+                f"port 0\ntls-port {port}\nbind {host}\ndir {home}\n"
+                + _tls_lines(bundle)
+                + f"sentinel monitor {PRIMARY_NAME} {host} {primary} 2\n"
+                f"sentinel down-after-milliseconds {PRIMARY_NAME} {DOWN_AFTER_MS}\n"
+                f"sentinel failover-timeout {PRIMARY_NAME} {FAILOVER_TIMEOUT_MS}\n"
+                f"sentinel auth-user {PRIMARY_NAME} {REDIS_SENTINEL_USER}\n"
+                f"sentinel auth-pass {PRIMARY_NAME} {internal['sentinel']}\n"
+                f"sentinel sentinel-user {REDIS_SENTINEL_USER}\n"
+                f"sentinel sentinel-pass {internal['sentinel']}\n" + users,
+            )
+            p = procs[name] = ManagedProcess(name, [binary, str(conf), "--sentinel"], log_dir=logs)
+            return p
+
+        port, _ = start_on_free_port(host, start)
+        nodes[name] = f"rediss://{host}:{port}"
+        sentinels.append(port)
+    url = "rediss+sentinel://" + ",".join(f"{host}:{p}" for p in sentinels) + f"/{PRIMARY_NAME}/0"
+    _wait_until_watched(host, sentinels, bundle, internal["sentinel"])
+    return url, nodes
+
+
+def _wait_until_watched(
+    host: str, ports: list[int], bundle: Bundle, password: str, timeout: float = 30
+) -> None:
+    """Until every sentinel knows the replica and the other sentinels (a failover needs them)."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        ready = 0
+        for port in ports:
+            s = redis.Redis(
+                host=host,
+                port=port,
+                username=REDIS_SENTINEL_USER,
+                password=password,
+                ssl=True,
+                ssl_ca_certs=str(bundle.ca_file),
+                socket_timeout=2,
+                decode_responses=True,
+            )
+            try:
+                replicas: list[dict[str, Any]] = s.sentinel_slaves(PRIMARY_NAME)
+                others: list[dict[str, Any]] = s.sentinel_sentinels(PRIMARY_NAME)  # type: ignore[assignment]
+                online = [r for r in replicas if "s_down" not in r.get("flags", "")]
+                if online and len(others) >= SENTINELS - 1:
+                    ready += 1
+                else:
+                    last = f"sentinel :{port} knows {len(online)} replica(s), {len(others)} other sentinel(s)"
+            except redis.RedisError as e:
+                last = f"sentinel :{port}: {e}"
+            finally:
+                s.close()
+        if ready == len(ports):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"Redis Sentinel did not form within {timeout:g} s: {last}")
