@@ -94,11 +94,14 @@ class Platform:
         if self.metrics is None or self.brokers.bundle is None:
             self.metrics = self.brokers.bundle is not None
         # each service's metrics endpoint: a port of its own, kept across restarts of a service
-        self.metrics_ports = {name: free_port(self.host) for name in SERVICES} if self.metrics else {}
-        self.prometheus: Prometheus | None = None
+        self.metrics_ports: dict[str, int] = {}
         self.replica_api_ports: dict[int, int] = {}  # master replica -> its API port
+        if self.metrics:
+            for name in SERVICES:
+                self.metrics_ports[name] = self.new_port()
+        self.prometheus: Prometheus | None = None
         if not self.api_port:
-            self.api_port = free_port(self.host)
+            self.api_port = self.new_port()
             self.api_port_fixed = False
         # this stack's master says so in /healthz: the API we report is ours, not whatever
         # else listens on the port
@@ -110,6 +113,11 @@ class Platform:
         if not self.admin_token_file.exists():
             write_secret(self.admin_token_file, "echo_" + new_secret())
         self.admin_token = self.admin_token_file.read_text().strip()
+
+    def new_port(self) -> int:
+        """A free port none of this stack's servers was given (they bind theirs later)."""
+        given = {self.api_port, *self.metrics_ports.values(), *self.replica_api_ports.values()}
+        return free_port(self.host, exclude=given)
 
     def http_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.admin_token}"}
@@ -235,7 +243,8 @@ class Platform:
             env.pop(k, None)
         env["ECHO_REPLICA"] = str(replica)  # its own broker sessions and lease name
         if name == "master":  # its own API port, kept across its restarts
-            port = self.replica_api_ports.setdefault(replica, free_port(self.host))
+            port = self.replica_api_ports.get(replica) or self.new_port()
+            self.replica_api_ports[replica] = port
             env["ECHO_API_PORT"] = str(port)
         proc = ManagedProcess(
             f"{name}-{replica}", [sys.executable, "-m", f"echo_{name}"], log_dir=self.logs, env=env
@@ -320,9 +329,9 @@ class Platform:
                     raise
                 self.services[name].stop(timeout=3)
                 if is_api:
-                    self.api_port = free_port(self.host)
+                    self.api_port = self.new_port()
                 else:
-                    self.metrics_ports[name] = free_port(self.host)
+                    self.metrics_ports[name] = self.new_port()
                 self.start_service(name)
 
     def wait_api(self, timeout: float = 60.0, verify: ssl.SSLContext | bool | None = None) -> None:
