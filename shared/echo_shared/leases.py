@@ -133,8 +133,13 @@ class Leadership:
         task: asyncio.Task[None] | None = None
         held_until = 0.0
         waiting_logged = False
+        me = asyncio.current_task()
         try:
             while not stop.is_set():
+                if me is not None and me.cancelling():
+                    # a cancel that an awaited library swallowed (seen with a Redis call cut
+                    # short): honour it here, or this replica would go on leading
+                    raise asyncio.CancelledError
                 now = time.monotonic()
                 try:
                     if task is None:
@@ -173,8 +178,12 @@ class Leadership:
                     await lease.release()  # let a standby take over at once
                     await self._step_down(task, f"its loops ended ({exc!r})" if exc else "its loops ended")
                     task = None
+                # asyncio.timeout, not wait_for: in 3.11 a wait_for cancelled as it set up its
+                # timeout kept the task waiting on a future nobody completes (seen: a master
+                # whose API port was taken never exited)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), period if task is not None else standby)
+                    async with asyncio.timeout(period if task is not None else standby):
+                        await stop.wait()
         finally:
             if task is not None:
                 await self._step_down(task, "stopping")

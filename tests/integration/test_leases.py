@@ -105,3 +105,36 @@ async def test_a_standby_takes_over_within_the_ttl_and_half_a_second(
     stop_b.set()
     await asyncio.wait_for(tb, 5)
     assert await redis.get(key) is None, "a leader that stops releases the lease"
+
+
+class SwallowingLease(Lease):
+    """A lease whose renewal swallows a cancel, as a library cut short may: it finishes the
+    call and returns as if nothing happened."""
+
+    renewing = asyncio.Event()
+
+    async def renew(self) -> bool:
+        self.renewing.set()
+        try:
+            await asyncio.sleep(0.3)
+        except asyncio.CancelledError:
+            pass
+        return await super().renew()
+
+
+async def test_a_cancel_swallowed_by_an_awaited_call_still_ends_the_leadership(
+    redis: aioredis.Redis, names: Names
+) -> None:
+    """Seen: a master whose API port was taken never exited, its leadership cancelled in the
+    middle of a Redis call that swallowed the cancel. The replica honours the cancel on its
+    next turn: its loops stop and the lease is released."""
+    lease = SwallowingLease(redis, f"{names.namespace}:lease:swallow", ttl=1.5)
+    runner = asyncio.create_task(Leadership(lease, "swallow").run(asyncio.Event(), asyncio.Event().wait))
+    async with asyncio.timeout(5):
+        await lease.renewing.wait()  # leading, in the middle of a renewal
+    runner.cancel()
+    async with asyncio.timeout(3):
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+    assert not lease.held
+    assert await redis.get(lease.key) is None, "the lease was not released"

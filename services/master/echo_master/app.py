@@ -40,7 +40,7 @@ from .audit import AuditLog
 from .callout_thread import CalloutThread
 from .context import ApiContext
 from .devices_api import devices_router
-from .errors import ApiTlsError
+from .errors import ApiListenError, ApiTlsError
 from .identities import IdentityStore
 from .metrics import MasterMetrics
 from .moving import TaskMover
@@ -258,10 +258,12 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
                     tg.create_task(link.run(stop))
                     tg.create_task(leadership.run(stop, lead))
                     tg.create_task(stop_server())
-                    await server.serve()
+                    with contextlib.suppress(SystemExit):  # uvicorn exits when it cannot bind
+                        await server.serve()
+                    stop.set()  # every loop ends by itself (not only by a cancel, which a
+                    # library may swallow: then a master that cannot serve would linger)
                     if not server.started:
-                        raise RuntimeError(f"the REST API could not listen on port {settings.api_port}")
-                    stop.set()
+                        raise ApiListenError(f"the REST API could not listen on port {settings.api_port}")
                 log.info("master stopped")
             finally:
                 if exporter is not None:

@@ -91,6 +91,10 @@ class ApiTlsError(PermanentError):
     """HTTPS was asked for (``ECHO_API_TLS``) but its certificate or key is missing or unreadable."""
 
 
+class ApiListenError(PermanentError):
+    """The REST API cannot listen on its port (another process holds it)."""
+
+
 def http_status(err: EchoError) -> int:
     """HTTP status for a typed error (the gateway's single mapping)."""
     if isinstance(err, SpecError):
