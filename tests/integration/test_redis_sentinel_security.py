@@ -5,19 +5,22 @@ a command line or in a file others can read."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 import redis
-from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
+from redis.exceptions import AuthenticationError, NoPermissionError, ReadOnlyError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from echo_cli.devstack import Brokers
 from echo_cli.devstack.brokers import start_brokers
 from echo_cli.devstack.redis_ha import PRIMARY_NAME
 from echo_shared.brokerauth import REDIS_REPLICATION_USER, REDIS_SENTINEL_USER
 from echo_shared.redis_store import connect_redis, sentinel_address
+from tests.harness.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +124,51 @@ def test_no_secret_on_a_command_line_or_readable_by_others(ha: Brokers) -> None:
     assert len(files) >= 2 and len(homes) == 3, (files, homes)
     for home in homes:
         assert home.stat().st_mode & 0o077 == 0, f"{home} is open to others"
+
+
+async def test_a_restarted_stack_keeps_what_was_written_after_a_failover(tmp_path: Path) -> None:
+    """The primary dies, the replica is promoted and takes writes; the stack is stopped and
+    started again (the dev stack's life): the promoted one leads again, nothing is lost."""
+
+    async def write(b: Brokers, value: str) -> None:
+        r = await connect_redis(b.redis_url, access=b.access("master"), timeout=20)
+        try:
+            async with asyncio.timeout(30):
+                while True:  # through the failover: the first writes may meet the dead primary
+                    try:
+                        await r.set("echo:df:restart", value)
+                        return
+                    except (RedisConnectionError, ReadOnlyError):
+                        await asyncio.sleep(0.1)
+        finally:
+            await r.aclose()
+
+    b = start_brokers(tmp_path, tester=True, redis_ha=True, persistent=True)
+    try:
+        await write(b, "before")
+        b.kill("redis")
+        await write(b, "after the failover")
+        b.restart("redis")
+        wait_until(lambda: role(b, "redis") == "slave", timeout=30, what="the old primary a replica")
+    finally:
+        b.stop()
+    again = start_brokers(tmp_path, tester=True, redis_ha=True, persistent=True)
+    try:
+        assert role(again, "redis-2") == "master" and role(again, "redis") == "slave"
+        r = await connect_redis(again.redis_url, access=again.access("master"), timeout=20)
+        try:
+            assert await r.get("echo:df:restart") == "after the failover"
+        finally:
+            await r.aclose()
+    finally:
+        again.stop()
+
+
+def role(b: Brokers, name: str) -> str:
+    assert b.bundle is not None
+    login = {"username": REDIS_SENTINEL_USER, "password": b.bundle.redis_internal()["sentinel"]}
+    try:
+        with client(b, name, **login) as c:
+            return str(c.role()[0])
+    except redis.RedisError:
+        return "down"

@@ -33,7 +33,7 @@ from echo_shared.mqtt import MqttClient
 from echo_shared.secretfiles import new_secret, write_secret
 
 from .processes import ManagedProcess, free_port, start_on_free_port, wait_for_own_port, wait_for_port
-from .redis_ha import redis_security, start_redis_ha
+from .redis_ha import redis_security, remember_primary, start_redis_ha
 
 MOSQUITTO_CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 REDIS_CANDIDATES = ("redis-server", "/usr/bin/redis-server", "/usr/local/bin/redis-server")
@@ -193,6 +193,9 @@ class Brokers:
         wait_for_own_port(host, port, p, timeout=timeout)
 
     def stop(self) -> None:
+        if self.redis_nodes and self.bundle is not None and any(p.alive() for p in self.processes.values()):
+            with contextlib.suppress(Exception):  # best effort: the next start's primary
+                remember_primary(self.workdir, self.redis_nodes, self.bundle)
         for p in self.processes.values():
             p.stop(timeout=5)
         for c in self.containers:

@@ -96,8 +96,12 @@ def start_redis_ha(
         nodes[name] = f"rediss://{host}:{port}"
         return port
 
-    primary = redis_node("redis", None)
-    redis_node("redis-2", primary)
+    # the one that was the primary when the stack last stopped leads again (a failover may
+    # have promoted the second: starting the first as primary would sync the newer data away)
+    lead = primary_file(workdir).read_text().strip() if primary_file(workdir).exists() else "redis"
+    follow = "redis-2" if lead == "redis" else "redis"
+    primary = redis_node(lead, None)
+    redis_node(follow, primary)
     users = bundle.sentinel_users()
     sentinels = []
     for i in range(1, SENTINELS + 1):
@@ -129,6 +133,40 @@ def start_redis_ha(
     url = "rediss+sentinel://" + ",".join(f"{host}:{p}" for p in sentinels) + f"/{PRIMARY_NAME}/0"
     _wait_until_watched(host, sentinels, bundle, internal["sentinel"])
     return url, nodes
+
+
+def primary_file(workdir: Path) -> Path:
+    return workdir / "redis-ha" / "primary"
+
+
+def remember_primary(workdir: Path, nodes: dict[str, str], bundle: Bundle) -> None:
+    """Note which Redis the sentinels call the primary now (``start_redis_ha`` starts it as
+    the primary next time); nothing if no sentinel answers."""
+    internal = bundle.redis_internal()
+    ports = {int(url.rsplit(":", 1)[1]): name for name, url in nodes.items() if name.startswith("redis")}
+    for name, url in nodes.items():
+        if not name.startswith("sentinel-"):
+            continue
+        host, port = url.removeprefix("rediss://").rsplit(":", 1)
+        s = redis.Redis(
+            host=host,
+            port=int(port),
+            username=REDIS_SENTINEL_USER,
+            password=internal["sentinel"],
+            ssl=True,
+            ssl_ca_certs=str(bundle.ca_file),
+            socket_timeout=2,
+            decode_responses=True,
+        )
+        try:
+            addr: Any = s.sentinel_get_master_addr_by_name(PRIMARY_NAME)
+        except redis.RedisError:
+            continue
+        finally:
+            s.close()
+        if addr and int(addr[1]) in ports:
+            primary_file(workdir).write_text(ports[int(addr[1])] + "\n")
+            return
 
 
 def _wait_until_watched(
