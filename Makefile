@@ -21,7 +21,7 @@ MYPY_PACKAGES := echo_shared echo_scheduler echo_master echo_registry echo_agent
 APT_PACKAGES := mosquitto redis-server prometheus chromium chromium-driver
 
 .DEFAULT_GOAL := help
-.PHONY: help venv deps test chaos lint bench demo testbed up down schemas lock clean distclean ci
+.PHONY: help venv deps test chaos lint bench demo testbed up up-ha down schemas lock clean distclean ci
 
 help:  ## list the targets
 	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | \
@@ -122,6 +122,9 @@ testbed: $(STAMP) deps  ## emulated fleet: edge agents behind +40 ms / 10 Mbit/s
 
 up:  ## the whole platform in Docker (deploy/compose.yaml)
 	$(COMPOSE) up --build
+
+up-ha:  ## the same with a 3-node NATS cluster and Redis with Sentinel (the ha profile, deploy/ha.env)
+	$(COMPOSE) --env-file deploy/ha.env up --build
 
 down:  ## stop the Docker deployment (keeps its volumes)
 	$(COMPOSE) down

@@ -42,14 +42,14 @@ def parse_owners(specs: list[str]) -> dict[str, tuple[int, int]]:
 
 
 def pki_init(
-    directory: Path, hosts: list[str], owners: dict[str, tuple[int, int]] | None = None
+    directory: Path, hosts: list[str], owners: dict[str, tuple[int, int]] | None = None, ha: bool = False
 ) -> list[tuple[str, Path]]:
     # imported here: the cryptography stack is heavy, and every other echoctl command skips it
     from echo_shared.bundle import create_bundle
     from echo_shared.pki import DEFAULT_HOSTS, PkiError
 
     try:
-        b = create_bundle(directory, tuple(dict.fromkeys([*DEFAULT_HOSTS, *hosts])), owners=owners)
+        b = create_bundle(directory, tuple(dict.fromkeys([*DEFAULT_HOSTS, *hosts])), owners=owners, ha=ha)
     except (PkiError, OSError) as e:
         raise CliError(f"cannot create the security bundle in {directory}: {e}") from e
     return [
@@ -62,6 +62,8 @@ def pki_init(
         ("NATS users", b.nats_auth_file),
         ("Redis ACL users", b.redis_acl_file),
         ("Prometheus: scrape certificate, HTTPS and its login", b.prometheus_dir),
+        *([("NATS cluster nodes (compose's ha profile)", b.root / "nats")] if ha else []),
+        *([("Redis replication and Sentinel (ha profile)", b.root / "redis")] if ha else []),
     ]
 
 
@@ -89,10 +91,16 @@ def register(
             help="NAME=UID[:GID]: the account a broker (mosquitto, redis) or service (master, "
             "registry, scheduler, migrator) runs as, if not this one: it gets its own files (repeatable).",
         ),
+        ha: bool = typer.Option(
+            False,
+            "--ha",
+            help="Also configure compose's ha profile: a 3-node NATS cluster (nats, nats-2, nats-3) and "
+            "Redis with Sentinel (redis, redis-replica, sentinel-1..3).",
+        ),
     ) -> None:
         """Create the CA, server certificate and credentials (keeps what exists)."""
         out = stdout()
-        for what, path in pki_init(directory, host, parse_owners(owner)):
+        for what, path in pki_init(directory, host, parse_owners(owner), ha=ha):
             out.print(f"  {what:<38} {escape(str(path))}")
         out.print("private files are mode 0600; see docs/security.md to bring your own CA")
 

@@ -12,6 +12,13 @@
     D/nats/auth.conf                   NATS users and permissions (include it)
     D/redis/users.acl                  Redis ACL users (``aclfile``)
     D/redis/ha.json                    the passwords of Redis replication and Sentinel (0600)
+
+and with ``ha`` (compose's ``ha`` profile: NATS nodes ``nats``, ``nats-2``, ``nats-3``; Redis
+``redis`` and ``redis-replica``; sentinels ``sentinel-1``..``3``)::
+
+    D/nats/cluster-<n>.conf            NATS node n of the cluster (its route login inside)
+    D/redis/replication.conf           a Redis' login to its primary (either may be a replica)
+    D/redis/sentinel.conf              a sentinel's configuration (each copies it: it rewrites it)
     D/prometheus/client.pem, .key      Prometheus' client certificate: the services' metrics
                                        endpoints accept only certificates of the CA
     D/prometheus/web.yml, password     Prometheus' HTTPS and the login that may query it
@@ -34,7 +41,7 @@ from pathlib import Path
 import bcrypt
 from pydantic import SecretStr
 
-from . import brokerauth, pki
+from . import brokerauth, ha_configs, pki
 from .brokerauth import SERVICE_RIGHTS, TESTER, TESTER_RIGHTS, Identity
 from .credentials import Credentials
 from .natsjwt import NkeyPair
@@ -180,6 +187,7 @@ def create_bundle(
     *,
     tester: bool = False,
     owners: Mapping[str, tuple[int, int]] | None = None,
+    ha: bool = False,
 ) -> Bundle:
     """Create (or complete) the bundle in ``root``; returns it. Idempotent.
 
@@ -217,6 +225,8 @@ def create_bundle(
         os.chown(b.root / "redis", *owners["redis"])
         (b.root / "redis").chmod(0o700)
         b.root.chmod(0o711)
+    if ha:
+        _render_compose_ha(b, owners.get("redis"))
     services = {n: o for n, o in owners.items() if n in brokerauth.SERVICES}
     if services:
         b.root.chmod(0o711)
@@ -275,6 +285,56 @@ def _render_nats_server(b: Bundle) -> None:
     )
     write_secret(b.root / "nats" / "server.conf", text)
     (b.root / "nats").chmod(0o700)
+
+
+COMPOSE_NATS_NODES = ("nats", "nats-2", "nats-3")
+COMPOSE_SENTINELS = ("sentinel-1", "sentinel-2", "sentinel-3")
+
+
+def _render_compose_ha(b: Bundle, redis_owner: tuple[int, int] | None) -> None:
+    """The ``ha`` profile's broker configurations (``ha_configs``), by the containers' names
+    and their paths under ``b.root`` (the volume is mounted where ``pki init`` ran)."""
+    cluster = b.root / "nats" / "cluster.json"
+    if cluster.exists():
+        route_password = json.loads(read_secret(cluster))["route_password"]
+    else:
+        route_password = new_secret()
+        write_secret(cluster, json.dumps({"route_password": route_password}))
+    tls = ha_configs.TlsFiles(b.server.cert, b.server.key, b.ca_file)
+    for i, node in enumerate(COMPOSE_NATS_NODES, 1):
+        text = ha_configs.nats_cluster_conf(
+            server_name=f"n{i}",
+            listen="0.0.0.0:4222",
+            route_listen="0.0.0.0:6222",
+            routes=[f"{other}:6222" for other in COMPOSE_NATS_NODES if other != node],
+            route_password=route_password,
+            tls=tls,
+            store_dir="/data",
+            auth="include ./auth.conf\n",
+            monitor="127.0.0.1:8222",
+        )
+        write_secret(b.root / "nats" / f"cluster-{i}.conf", text)
+    redis_key = b.root / "redis" / "server.key"
+    redis_tls = ha_configs.TlsFiles(
+        b.server.cert, redis_key if redis_key.exists() else b.server.key, b.ca_file
+    )
+    internal = b.redis_internal()
+    files = {
+        "replication.conf": ha_configs.redis_replication_conf(internal["replication"], redis_tls),
+        "sentinel.conf": ha_configs.sentinel_conf(
+            port=26379,
+            bind=None,
+            home="/data",
+            tls=redis_tls,
+            primary_host="redis",
+            primary_port=6379,
+            sentinel_password=internal["sentinel"],
+            users=b.sentinel_users(),
+            hostnames=True,
+        ),
+    }
+    for name, text in files.items():
+        write_secret(b.root / "redis" / name, text, owner=redis_owner)
 
 
 def _render_static(b: Bundle, names: list[str]) -> None:

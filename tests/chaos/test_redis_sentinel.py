@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from echo_cli.devstack.redis_ha import PRIMARY_NAME
 from echo_shared.brokerauth import REDIS_SENTINEL_USER
+from echo_shared.ha_configs import PRIMARY_NAME
 from tests.chaos.conftest import Stack, running_stack
 from tests.chaos.test_broker_outages import converged, steady, tracebacks
 from tests.e2e.test_migration import read_jsonl

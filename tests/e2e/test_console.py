@@ -126,10 +126,12 @@ def test_console(platform_factory: PlatformFactory, tmp_path: Path) -> None:
         b.execute_script("document.getElementById('target').dataset.old = '1'")
         wait_for(  # a live update re-drew the panel (a new <select>) and kept the pick
             b,
-            lambda b: b.execute_script(
-                "const t = document.getElementById('target'); return t && !t.dataset.old && t.value"
-            )
-            == target,
+            lambda b: (
+                b.execute_script(
+                    "const t = document.getElementById('target'); return t && !t.dataset.old && t.value"
+                )
+                == target
+            ),
             20,
             "the picked target did not survive a live re-render",
         )

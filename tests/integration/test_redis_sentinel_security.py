@@ -17,8 +17,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from echo_cli.devstack import Brokers
 from echo_cli.devstack.brokers import start_brokers
-from echo_cli.devstack.redis_ha import PRIMARY_NAME
 from echo_shared.brokerauth import REDIS_REPLICATION_USER, REDIS_SENTINEL_USER
+from echo_shared.ha_configs import PRIMARY_NAME
 from echo_shared.redis_store import connect_redis, sentinel_address
 from tests.harness.waiting import wait_until
 

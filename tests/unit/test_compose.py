@@ -8,6 +8,7 @@ and the ECHO-specific expectations are checked on the parsed YAML. No network ac
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ import pytest
 import yaml
 
 from echo_cli.devstack.platform import LEASED, REPLICATED
+from echo_shared.ha_configs import PRIMARY_NAME
+from echo_shared.redis_store import sentinel_address
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -34,12 +37,43 @@ OBSERVABILITY = ("prometheus", "tempo", "loki", "grafana")
 GRAFANA = DEPLOY / "grafana"
 
 
-@pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
+HA_ENV = DEPLOY / "ha.env"
+_VARIABLE = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def interpolated(value: Any, env: dict[str, str]) -> Any:
+    """``${NAME:-default}`` resolved as Compose does (``$$`` is a literal ``$``)."""
+    if isinstance(value, str):
+        out = _VARIABLE.sub(lambda m: env.get(m.group(1)) or (m.group(2) or ""), value.replace("$$", "\0"))
+        return out.replace("\0", "$")
+    if isinstance(value, list):
+        return [interpolated(v, env) for v in value]
+    if isinstance(value, dict):
+        return {k: interpolated(v, env) for k, v in value.items()}
+    return value
+
+
+def env_file(path: Path) -> dict[str, str]:
+    lines = [ln.strip() for ln in path.read_text().splitlines()]
+    return dict(ln.split("=", 1) for ln in lines if ln and not ln.startswith("#"))
+
+
+def load_compose(env: dict[str, str]) -> dict[str, Any]:
     # safe_load resolves the YAML anchors and merge keys (<<) the file uses.
     data = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
     assert isinstance(data, dict)
-    return data
+    return dict(interpolated(data, env))
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load_compose({})  # as `docker compose up` sees it, no variable set
+
+
+@pytest.fixture(scope="module")
+def ha() -> dict[str, dict[str, Any]]:
+    """The services as `docker compose --env-file deploy/ha.env up` sees them (the ha profile)."""
+    return dict(load_compose(env_file(HA_ENV))["services"])
 
 
 @pytest.fixture(scope="module")
@@ -320,3 +354,38 @@ def test_every_image_is_pinned(services: dict[str, dict[str, Any]]) -> None:
             continue  # built here
         repo, _, tag = image.rpartition(":")
         assert repo and tag and tag != "latest", f"{name}: pin {image} to a version"
+
+
+HA_SERVICES = ("nats-2", "nats-3", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3")
+
+
+def test_the_ha_profile_adds_a_nats_cluster_and_redis_sentinel(
+    services: dict[str, dict[str, Any]], ha: dict[str, dict[str, Any]]
+) -> None:
+    """`--env-file deploy/ha.env` turns the profile on and points every service at the NATS
+    cluster and Redis' sentinels; without it, nothing of the profile runs."""
+    for name, svc in services.items():
+        assert (svc.get("profiles") == ["ha"]) == (name in HA_SERVICES), name
+    assert env_file(HA_ENV)["COMPOSE_PROFILES"] == "ha"
+    pki = _command(ha["pki"])
+    assert "--ha" in pki
+    hosts = {pki[i + 1] for i, a in enumerate(pki) if a == "--host"}
+    assert set(HA_SERVICES) <= hosts, "the server certificate must name every node"
+    assert _flag(_command(ha["nats"]), "-c") == "/pki/nats/cluster-1.conf"
+    assert _flag(_command(ha["nats-2"]), "-c") == "/pki/nats/cluster-2.conf"
+    assert _flag(_command(ha["nats-3"]), "-c") == "/pki/nats/cluster-3.conf"
+    assert _flag(_command(services["nats"]), "-c") == "/pki/nats/server.conf"  # one node otherwise
+    for name in CLOUD_SERVICES:
+        env = ha[name]["environment"]
+        assert env["ECHO_NATS_URL"].split(",") == [f"tls://{n}:4222" for n in ("nats", "nats-2", "nats-3")]
+        assert env["ECHO_JETSTREAM_REPLICAS"] == "3"
+        sentinels, primary, _ = sentinel_address(env["ECHO_REDIS_URL"])
+        assert env["ECHO_REDIS_URL"].startswith("rediss+sentinel://") and primary == PRIMARY_NAME
+        assert [h for h, _ in sentinels] == ["sentinel-1", "sentinel-2", "sentinel-3"]
+        assert services[name]["environment"]["ECHO_REDIS_URL"] == "rediss://redis:6379/0"
+    for name in ("redis", "redis-replica"):  # either may be a replica after a failover
+        assert _command(ha[name])[1] == "/pki/redis/replication.conf"
+        assert _flag(_command(ha[name]), "--replica-announce-ip") == name
+    assert _flag(_command(ha["redis-replica"]), "--replicaof") == "redis"
+    for name in ("sentinel-1", "sentinel-2", "sentinel-3"):
+        assert ha[name]["user"] == "999:999", "a sentinel does not run as root"

@@ -149,3 +149,31 @@ def test_echoctl_pki_init(tmp_path: Path) -> None:
     assert "broker.example" in pki.server_hosts(tmp_path / "pki" / "server.pem")
     bad = CliRunner().invoke(app, ["pki", "init", "--dir", str(tmp_path / "pki"), "--owner", "nobody=1"])
     assert bad.exit_code == 1 and "--owner expects NAME=UID" in bad.output
+
+
+def test_the_ha_profile_gets_a_nats_cluster_and_sentinels_by_container_name(tmp_path: Path) -> None:
+    b = create_bundle(tmp_path / "pki", ("nats", "nats-2", "nats-3", "redis", "redis-replica"), ha=True)
+    nodes = [(tmp_path / "pki" / "nats" / f"cluster-{i}.conf").read_text() for i in (1, 2, 3)]
+    names = ("nats", "nats-2", "nats-3")
+    password = json.loads(read_secret(tmp_path / "pki" / "nats" / "cluster.json"))["route_password"]
+    for i, text in enumerate(nodes):
+        assert f"server_name: n{i + 1}\n" in text and "include ./auth.conf" in text
+        assert f"password: {json.dumps(password)}" in text  # routes log in
+        routes = [f"@{n}:6222" for n in names if n != names[i]]
+        assert all(r in text for r in routes) and f"@{names[i]}:6222" not in text, text
+        assert "ca_file" in text  # routes verify each other against the CA
+    sentinel = (tmp_path / "pki" / "redis" / "sentinel.conf").read_text()
+    assert "sentinel resolve-hostnames yes" in sentinel and "sentinel monitor echo redis 6379 2" in sentinel
+    assert "user default off" in sentinel
+    for service in ("master", "registry", "migrator"):
+        assert f"user {service} on #" in sentinel  # hashed, and only to look the primary up
+    assert "masteruser echo-replication" in (tmp_path / "pki" / "redis" / "replication.conf").read_text()
+    for f in (*(tmp_path / "pki" / "nats").glob("cluster*"), *(tmp_path / "pki" / "redis").glob("*.conf")):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    assert b.redis_internal()["sentinel"] not in (tmp_path / "pki" / "redis" / "users.acl").read_text()
+    # made again: the route password stays (running nodes keep talking)
+    create_bundle(tmp_path / "pki", ha=True)
+    assert json.loads(read_secret(tmp_path / "pki" / "nats" / "cluster.json"))["route_password"] == password
+    # nothing of it without ha
+    create_bundle(tmp_path / "plain")
+    assert not list((tmp_path / "plain" / "nats").glob("cluster*"))

@@ -29,6 +29,7 @@ from typing import Any
 
 from echo_shared.bundle import Bundle, allow_traversal, create_bundle, mosquitto_owner
 from echo_shared.credentials import Access
+from echo_shared.ha_configs import TlsFiles, nats_cluster_conf
 from echo_shared.mqtt import MqttClient
 from echo_shared.secretfiles import new_secret, write_secret
 
@@ -310,26 +311,21 @@ def _start_nats_cluster(
     routes = [free_port(host) for _ in range(count)]
     route_pw = new_secret()
     out: dict[str, str] = {}
-    tls = (
-        f"cert_file: {_nats_str(str(bundle.server.cert))}, key_file: {_nats_str(str(bundle.server.key))}, "
-        f"ca_file: {_nats_str(str(bundle.ca_file))}, timeout: 5"
-    )
+    tls = TlsFiles(bundle.server.cert, bundle.server.key, bundle.ca_file)
     started = []
     for i in range(count):
         name = "nats" if i == 0 else f"nats-{i + 1}"
         store = workdir / "nats" / f"n{i + 1}"
         store.mkdir(parents=True, exist_ok=True)
-        peers = ", ".join(
-            _nats_str(f"nats-route://route:{route_pw}@{host}:{routes[j]}") for j in range(count) if j != i
-        )
-        text = (
-            f"server_name: n{i + 1}\n"
-            f"listen: {_nats_str(f'{host}:{client[i]}')}\n"
-            f"jetstream {{ store_dir: {_nats_str(str(store))} }}\n"
-            f"tls {{ {tls} }}\n"
-            f"cluster {{ name: echo, listen: {_nats_str(f'{host}:{routes[i]}')}, "
-            f"authorization {{ user: route, password: {_nats_str(route_pw)} }}, "
-            f"routes: [{peers}], tls {{ {tls} }} }}\n" + bundle.nats_auth_file.read_text()
+        text = nats_cluster_conf(
+            server_name=f"n{i + 1}",
+            listen=f"{host}:{client[i]}",
+            route_listen=f"{host}:{routes[i]}",
+            routes=[f"{host}:{routes[j]}" for j in range(count) if j != i],
+            route_password=route_pw,
+            tls=tls,
+            store_dir=str(store),
+            auth=bundle.nats_auth_file.read_text(),
         )
         conf = workdir / f"nats-n{i + 1}.conf"
         write_secret(conf, text)

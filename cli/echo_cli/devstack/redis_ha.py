@@ -22,15 +22,13 @@ from typing import Any
 
 import redis
 
-from echo_shared.brokerauth import REDIS_REPLICATION_USER, REDIS_SENTINEL_USER
+from echo_shared.brokerauth import REDIS_SENTINEL_USER
 from echo_shared.bundle import Bundle
+from echo_shared.ha_configs import PRIMARY_NAME, TlsFiles, redis_replication_conf, sentinel_conf
 from echo_shared.secretfiles import write_secret
 
 from .processes import ManagedProcess, start_on_free_port
 
-PRIMARY_NAME = "echo"  # what the sentinels call the primary they watch
-DOWN_AFTER_MS = 1500  # silence after which a sentinel thinks the primary is down
-FAILOVER_TIMEOUT_MS = 10_000
 SENTINELS = 3
 
 
@@ -49,13 +47,6 @@ def redis_security(port: int, bundle: Bundle | None) -> list[str]:
     ]  # fmt: skip
 
 
-def _tls_lines(bundle: Bundle) -> str:
-    return (
-        f"tls-cert-file {bundle.server.cert}\ntls-key-file {bundle.server.key}\n"
-        f"tls-ca-cert-file {bundle.ca_file}\ntls-auth-clients no\ntls-replication yes\n"
-    )
-
-
 def start_redis_ha(
     workdir: Path,
     logs: Path,
@@ -71,13 +62,11 @@ def start_redis_ha(
     if bundle is None:
         raise ValueError("Redis with Sentinel runs secured only (a bundle)")
     internal = bundle.redis_internal()
+    tls = TlsFiles(bundle.server.cert, bundle.server.key, bundle.ca_file)
     # both Redis processes may be a replica one day (a failover turns the old primary into
     # one): each knows how to log in to a primary
     auth = workdir / "redis-ha" / "replication.conf"
-    write_secret(
-        auth,
-        f"masteruser {REDIS_REPLICATION_USER}\nmasterauth {internal['replication']}\n" + _tls_lines(bundle),
-    )
+    write_secret(auth, redis_replication_conf(internal["replication"], tls))
     nodes: dict[str, str] = {}
 
     def redis_node(name: str, replica_of: int | None) -> int:
@@ -114,15 +103,16 @@ def start_redis_ha(
             conf = home / "sentinel.conf"  # the sentinel rewrites it (what it learns): its own
             write_secret(
                 conf,
-                f"port 0\ntls-port {port}\nbind {host}\ndir {home}\n"
-                + _tls_lines(bundle)
-                + f"sentinel monitor {PRIMARY_NAME} {host} {primary} 2\n"
-                f"sentinel down-after-milliseconds {PRIMARY_NAME} {DOWN_AFTER_MS}\n"
-                f"sentinel failover-timeout {PRIMARY_NAME} {FAILOVER_TIMEOUT_MS}\n"
-                f"sentinel auth-user {PRIMARY_NAME} {REDIS_SENTINEL_USER}\n"
-                f"sentinel auth-pass {PRIMARY_NAME} {internal['sentinel']}\n"
-                f"sentinel sentinel-user {REDIS_SENTINEL_USER}\n"
-                f"sentinel sentinel-pass {internal['sentinel']}\n" + users,
+                sentinel_conf(
+                    port=port,
+                    bind=host,
+                    home=str(home),
+                    tls=tls,
+                    primary_host=host,
+                    primary_port=primary,
+                    sentinel_password=internal["sentinel"],
+                    users=users,
+                ),
             )
             p = procs[name] = ManagedProcess(name, [binary, str(conf), "--sentinel"], log_dir=logs)
             return p

@@ -1,0 +1,110 @@
+"""Configuration of the brokers' highly available forms, one renderer for every deployment.
+
+The dev stack (``echoctl dev up --ha``, the chaos tests) and the compose bundle (``echoctl pki
+init``, the ``ha`` profile) write these same texts; only addresses differ.
+
+- ``nats_cluster_conf``: one node of a NATS cluster: its own JetStream store, TLS for clients
+  and routes, routes authenticated by a route login, the users of ``auth.conf``.
+- ``redis_replication_conf``: what a Redis needs to be a replica (a failover can make any of
+  them one): the replication login, replication over TLS.
+- ``sentinel_conf``: a sentinel watching the primary ``PRIMARY_NAME`` (quorum 2), TLS only,
+  logging in to Redis and to the other sentinels as ``echo-sentinel``, with ``users`` (the
+  services' logins, allowed to look the primary up).
+
+Each text holds passwords: the caller writes it 0600.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .brokerauth import REDIS_REPLICATION_USER, REDIS_SENTINEL_USER
+
+PRIMARY_NAME = "echo"  # what the sentinels call the primary they watch
+QUORUM = 2
+DOWN_AFTER_MS = 1500  # silence after which a sentinel thinks the primary is down
+FAILOVER_TIMEOUT_MS = 10_000
+ROUTE_USER = "route"
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+    ca: Path
+
+
+def _q(s: str) -> str:
+    """A NATS configuration string (JSON quoting is valid there)."""
+    return json.dumps(s)
+
+
+def nats_cluster_conf(
+    *,
+    server_name: str,
+    listen: str,
+    route_listen: str,
+    routes: list[str],
+    route_password: str,
+    tls: TlsFiles,
+    store_dir: str,
+    auth: str,
+    monitor: str | None = None,
+) -> str:
+    """One cluster node; ``routes``: the other nodes' ``host:port``; ``auth``: the text of
+    ``auth.conf`` (or an ``include`` of it)."""
+    t = f"cert_file: {_q(str(tls.cert))}, key_file: {_q(str(tls.key))}, ca_file: {_q(str(tls.ca))}"
+    t += ", timeout: 5"
+    peers = ", ".join(_q(f"nats-route://{ROUTE_USER}:{route_password}@{r}") for r in routes)
+    return (
+        f"server_name: {server_name}\n"
+        f"listen: {_q(listen)}\n"
+        + (f"http: {_q(monitor)}\n" if monitor else "")
+        + f"jetstream {{ store_dir: {_q(store_dir)} }}\n"
+        f"tls {{ {t} }}\n"
+        f"cluster {{ name: echo, listen: {_q(route_listen)}, "
+        f"authorization {{ user: {ROUTE_USER}, password: {_q(route_password)} }}, "
+        f"routes: [{peers}], tls {{ {t} }} }}\n" + auth
+    )
+
+
+def _tls_lines(tls: TlsFiles) -> str:
+    return (
+        f"tls-cert-file {tls.cert}\ntls-key-file {tls.key}\ntls-ca-cert-file {tls.ca}\n"
+        "tls-auth-clients no\ntls-replication yes\n"
+    )
+
+
+def redis_replication_conf(replication_password: str, tls: TlsFiles) -> str:
+    return f"masteruser {REDIS_REPLICATION_USER}\nmasterauth {replication_password}\n" + _tls_lines(tls)
+
+
+def sentinel_conf(
+    *,
+    port: int,
+    bind: str | None,
+    home: str,
+    tls: TlsFiles,
+    primary_host: str,
+    primary_port: int,
+    sentinel_password: str,
+    users: str,
+    hostnames: bool = False,
+) -> str:
+    """``hostnames``: Redis and sentinels are known by name (containers), not address."""
+    return (
+        f"port 0\ntls-port {port}\n"
+        + (f"bind {bind}\n" if bind else "")
+        + f"dir {home}\n"
+        + _tls_lines(tls)
+        + ("sentinel resolve-hostnames yes\nsentinel announce-hostnames yes\n" if hostnames else "")
+        + f"sentinel monitor {PRIMARY_NAME} {primary_host} {primary_port} {QUORUM}\n"
+        f"sentinel down-after-milliseconds {PRIMARY_NAME} {DOWN_AFTER_MS}\n"
+        f"sentinel failover-timeout {PRIMARY_NAME} {FAILOVER_TIMEOUT_MS}\n"
+        f"sentinel auth-user {PRIMARY_NAME} {REDIS_SENTINEL_USER}\n"
+        f"sentinel auth-pass {PRIMARY_NAME} {sentinel_password}\n"
+        f"sentinel sentinel-user {REDIS_SENTINEL_USER}\n"
+        f"sentinel sentinel-pass {sentinel_password}\n" + users
+    )
