@@ -5,6 +5,8 @@ benchmarks, print ONE JSON document on stdout (progress on stderr).
 
 Benchmarks:
 
+- ``agent_footprint`` (``agent_footprint.py``): every agent's RSS idle, and fog-1's running a
+  10-task stream dataflow; targets idle <= 60 MB, <= 100 MB with 10 stream tasks.
 - ``deploy_latency`` (``deploy_latency.py``): POST of a 10-task dataflow over 4 agents ->
   every task running; p50/p95/max over 20 runs (5 with ``--quick``); target p50 <= 100 ms.
 - ``stream_edge`` (``stream_edge.py``, ``raw_brokers.py``): records/s over one cross-agent
@@ -70,6 +72,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import agent_footprint
 import batch_edge
 import common
 import console_render
@@ -87,6 +90,7 @@ import testbed_etl
 from common import Stack, log, running_stack, scan_logs
 
 BENCHMARKS: dict[str, Callable[[Stack, bool], dict[str, Any]]] = {
+    "agent_footprint": agent_footprint.run,  # first: the agents idle, nothing run on them yet
     "deploy_latency": deploy_latency.run,
     "stream_edge": stream_edge.run,
     "batch_edge": batch_edge.run,

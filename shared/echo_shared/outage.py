@@ -10,11 +10,11 @@ spaces the retries (doubling up to a cap, reset on success).
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable
 
 from nats import errors as nats_errors
-from redis import exceptions as redis_errors
 
 from .errors import BusError, DependencyUnavailable
 
@@ -82,7 +82,8 @@ def dependency_of(e: BaseException) -> str | None:
     service did not answer), or None for any other error (a bug, bad input...)."""
     if isinstance(e, DependencyUnavailable):
         return e.dependency
-    if isinstance(
+    redis_errors = sys.modules.get("redis.exceptions")  # not imported: no Redis error can exist
+    if redis_errors is not None and isinstance(
         e, redis_errors.ConnectionError | redis_errors.TimeoutError | redis_errors.BusyLoadingError
     ):
         return "redis"

@@ -18,7 +18,6 @@ import logging
 import ssl
 from pathlib import Path
 
-import httpx
 from pydantic import SecretStr
 
 from echo_shared.credentials import Access, Credentials, Login, client_tls
@@ -92,6 +91,8 @@ def enrol(settings: AgentSettings, token: str) -> Credentials:
     url = settings.api_url.rstrip("/") + "/api/v1/enrol"
     body = {"device": settings.device_id, "tier": settings.tier.value, "nats": wants_nats(settings)}
     verify: ssl.SSLContext | bool = client_tls(settings.ca_file) if settings.ca_file else True
+    import httpx  # only a device's first start enrols: an enrolled agent never loads it
+
     try:
         r = httpx.post(
             url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=ENROL_TIMEOUT, verify=verify

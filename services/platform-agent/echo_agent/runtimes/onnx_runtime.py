@@ -27,35 +27,50 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib.util
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = None  # imported with the first model (``_load_numpy``), not when the agent starts
 
 from echo_shared.catalogue.runtimes import OnnxConfig
 
 from ..operators.base import Operator, Record, TaskContext
 from .process_runtime import MissingOnDevice
 
+# ONNX tensor types -> numpy dtype names (numpy is imported when a model is loaded, not
+# when the agent starts: an agent that runs no model does not carry it)
 DTYPES = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(double)": np.float64,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(int16)": np.int16,
-    "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8,
-    "tensor(bool)": np.bool_,
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int16)": "int16",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
 }
+
+
+def _load_numpy() -> None:
+    global np
+    if np is None:
+        import numpy
+
+        np = numpy
 
 
 @functools.cache
 def available() -> str | None:
-    try:
-        import onnxruntime  # noqa: F401
-    except Exception as e:  # not installed, or a broken install
-        return f"onnxruntime cannot be imported: {type(e).__name__}: {e}"
+    """Whether ONNX Runtime is installed (found, not imported: it and numpy weigh ~40 MB; a
+    broken install fails the first deploy of a model, with the reason)."""
+    for module in ("onnxruntime", "numpy"):
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed"
     return None
 
 
@@ -74,6 +89,7 @@ class Onnx(Operator):
         return super().__new__(cls)
 
     def __init__(self, config: OnnxConfig) -> None:
+        _load_numpy()
         super().__init__(config)
         self.batch_count = config.batch_count
         self.batch_seconds = config.batch_seconds
@@ -330,7 +346,7 @@ def _dtype(meta: Any, where: str) -> Any:
     dtype = DTYPES.get(meta.type)
     if dtype is None:
         raise ModelError(f"input {meta.name!r} of {where} has type {meta.type}, which ml.onnx cannot feed")
-    return dtype
+    return np.dtype(dtype)
 
 
 OPERATORS: dict[str, type[Operator]] = {"ml.onnx": Onnx}
