@@ -65,6 +65,12 @@ return 0
 
 # the prologue of a fenced write script: KEYS[1] is the lease, ARGV[1] the holder's value
 FENCE_CHECK = f"if redis.call('GET', KEYS[1]) ~= ARGV[1] then return '{FENCED}' end\n"
+# the same with the lease as the script's last key and the holder's value as its last
+# argument, '' meaning "not fenced" (a service run without a lease): ``Lease.fence_args``
+FENCE_LAST = f"""
+local holder = ARGV[#ARGV]
+if holder ~= '' and redis.call('GET', KEYS[#KEYS]) ~= holder then return '{FENCED}' end
+"""
 
 
 class Fenced(EchoError):
@@ -110,6 +116,13 @@ class Lease:
         if value is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self._release(keys=[self.key], args=[value])
+
+    def fence_args(self) -> tuple[str, str]:
+        """(lease key, this replica's value) to append to a ``FENCE_LAST`` script's keys and
+        arguments; ``Fenced`` at once when this replica does not hold the lease."""
+        if self.value is None:
+            raise Fenced(f"not the holder of {self.key}: another replica leads")
+        return self.key, self.value
 
     def check(self, result: object) -> None:
         """Raise ``Fenced`` when a fenced script refused its writes."""

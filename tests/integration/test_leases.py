@@ -9,9 +9,13 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
+from echo_master.identities import IdentityStore, TaskGrant
+from echo_master.store import DataflowStore
 from echo_migrator.sagas import SagaStore
+from echo_shared.dynsec import ChannelGrant
 from echo_shared.leases import Fenced, Leadership, Lease
 from echo_shared.messages import Migration
+from echo_shared.models import DataflowState
 from echo_shared.names import Names
 
 
@@ -138,3 +142,39 @@ async def test_a_cancel_swallowed_by_an_awaited_call_still_ends_the_leadership(
             await runner
     assert not lease.held
     assert await redis.get(lease.key) is None, "the lease was not released"
+
+
+async def test_a_paused_ex_master_leaders_writes_are_refused(redis: aioredis.Redis, names: Names) -> None:
+    """The master's leader writes observed state, task records and device grants through
+    scripts that check its lease first: once another replica leads, a paused ex-leader's
+    writes are refused (``Fenced``) and change nothing; the new leader's go through."""
+    key = names.lease_key("master")
+    old, new = Lease(redis, key, ttl=0.3), Lease(redis, key, ttl=5)
+    assert await old.acquire()
+    grant = TaskGrant(1, (ChannelGrant("echo/ch/df/a-b", produce=True),))
+    old_df, old_ids = DataflowStore(redis, names, old), IdentityStore(redis, names, old)
+    await old_df.set_state("df-1", DataflowState.deploying)
+    await old_ids.set_grant("fog-1", "df-1/a", grant)
+    deadline = time.monotonic() + 5
+    while not await new.acquire():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    old.value = f"{old.token}:{old.owner}"  # paused: it still believes it holds the lease
+    with pytest.raises(Fenced):
+        await old_df.set_state("df-1", DataflowState.failed, "a stale leader's verdict")
+    old.value = f"{old.token}:{old.owner}"
+    with pytest.raises(Fenced):
+        await old_ids.set_grant("fog-2", "df-1/a", grant)
+    old.value = f"{old.token}:{old.owner}"
+    with pytest.raises(Fenced):
+        await old_ids.drop_grant("fog-1", "df-1/a", 1)
+    assert await redis.hget(names.dataflow_key("df-1"), "state") == "deploying"
+    assert await IdentityStore(redis, names).grants("fog-2") == {}
+    assert "df-1/a" in await IdentityStore(redis, names).grants("fog-1")
+    # the new leader acts; a newer generation's grant is not withdrawn by an older stop
+    new_ids = IdentityStore(redis, names, new)
+    await DataflowStore(redis, names, new).set_state("df-1", DataflowState.running)
+    await new_ids.set_grant("fog-1", "df-1/a", TaskGrant(2, grant.channels))
+    assert not await new_ids.drop_grant("fog-1", "df-1/a", 1)
+    assert await new_ids.drop_grant("fog-1", "df-1/a", 2)
+    assert await redis.hget(names.dataflow_key("df-1"), "state") == "running"

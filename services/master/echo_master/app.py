@@ -151,7 +151,7 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
             )
             link.leading = leadership.elected.is_set
             device_access = DeviceAccess(
-                IdentityStore(redis, names),
+                IdentityStore(redis, names, lease=lease),  # grants: the leader's, fenced
                 names,
                 bus,
                 dynsec=link.dynsec,

@@ -28,6 +28,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from echo_shared.dynsec import ChannelGrant
+from echo_shared.leases import FENCE_LAST, Lease
 from echo_shared.names import Names
 
 ENROLLED = "enrolled"
@@ -36,6 +37,30 @@ REVOKED = "revoked"
 
 def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+# Grant writes of the leading master (its deploys and stops), fenced by its lease
+# (FENCE_LAST: the lease is the last key, the holder's value the last argument).
+# _SET_GRANTS: KEYS[i] (but the last) gets field ARGV[2i-1] = ARGV[2i].
+_SET_GRANTS = (
+    FENCE_LAST
+    + """
+for i = 1, #KEYS - 1 do redis.call('HSET', KEYS[i], ARGV[2 * i - 1], ARGV[2 * i]) end
+return 1
+"""
+)
+# _DROP_GRANT: KEYS[1] the device's grants; ARGV[1] the task key, ARGV[2] the generation
+# stopped: withdrawn unless a newer generation of the task runs there
+_DROP_GRANT = (
+    FENCE_LAST
+    + """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+if tonumber(cjson.decode(raw)['generation']) > tonumber(ARGV[2]) then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+return 1
+"""
+)
 
 
 @dataclass
@@ -66,9 +91,20 @@ class TaskGrant:
 
 
 class IdentityStore:
-    def __init__(self, redis: aioredis.Redis, names: Names) -> None:
+    def __init__(self, redis: aioredis.Redis, names: Names, lease: Lease | None = None) -> None:
         self.r = redis
         self.names = names
+        self.lease = lease  # set: grant writes (the leader's deploys) are fenced by it
+        self._set_grants = redis.register_script(_SET_GRANTS)
+        self._drop_grant = redis.register_script(_DROP_GRANT)
+
+    def _fence(self) -> tuple[str, str]:
+        return self.lease.fence_args() if self.lease is not None else (self.names.lease_key("master"), "")
+
+    def _checked(self, result: Any) -> Any:
+        if self.lease is not None:
+            self.lease.check(result)
+        return result
 
     # ------------------------------------------------------------ enrolment tokens
 
@@ -153,7 +189,7 @@ class IdentityStore:
     # ------------------------------------------------------------ grants
 
     async def set_grant(self, device: str, task_key: str, grant: TaskGrant) -> None:
-        await self.r.hset(self.names.device_grants_key(device), task_key, self._grant_json(grant))
+        await self.set_grants([(device, task_key, grant)])
 
     @staticmethod
     def _grant_json(grant: TaskGrant) -> str:
@@ -165,14 +201,9 @@ class IdentityStore:
 
     async def drop_grant(self, device: str, task_key: str, generation: int) -> bool:
         """Withdraw a task's grant unless a newer generation of it runs there (fencing)."""
-        key = self.names.device_grants_key(device)
-        raw = await self.r.hget(key, task_key)
-        if raw is None:
-            return False
-        if int(json.loads(raw)["generation"]) > generation:
-            return False
-        await self.r.hdel(key, task_key)
-        return True
+        lease_key, holder = self._fence()
+        keys = [self.names.device_grants_key(device), lease_key]
+        return bool(self._checked(await self._drop_grant(keys=keys, args=[task_key, generation, holder])))
 
     async def status_and_grants(
         self, device: str, remember: tuple[str, str, int] | None = None
@@ -199,11 +230,13 @@ class IdentityStore:
         return {d: (str(s) if s is not None else None) for d, s in zip(devices, res, strict=True)}
 
     async def set_grants(self, grants: list[tuple[str, str, TaskGrant]]) -> None:
-        """Several (device, task key, grant) at once (one round trip)."""
-        async with self.r.pipeline(transaction=False) as p:
-            for device, task_key, grant in grants:
-                p.hset(self.names.device_grants_key(device), task_key, self._grant_json(grant))
-            await p.execute()
+        """Several (device, task key, grant) at once (one round trip, fenced)."""
+        if not grants:
+            return
+        lease_key, holder = self._fence()
+        keys = [self.names.device_grants_key(device) for device, _, _ in grants] + [lease_key]
+        args = [x for _, task_key, grant in grants for x in (task_key, self._grant_json(grant))] + [holder]
+        self._checked(await self._set_grants(keys=keys, args=args))
 
     async def grants_of_many(self, devices: list[str]) -> dict[str, dict[str, TaskGrant]]:
         async with self.r.pipeline(transaction=False) as p:

@@ -27,7 +27,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from echo_shared.errors import NotFoundError
-from echo_shared.leases import FENCED, Lease
+from echo_shared.leases import FENCE_LAST, Lease
 from echo_shared.messages import TaskCheckpoint
 from echo_shared.models import (
     DataflowSpec,
@@ -41,15 +41,12 @@ from echo_shared.names import Names
 from echo_shared.placement_graph import RELAY_OPERATOR, effective_spec
 from echo_shared.redis_store import fields
 
-# The prologue of every fenced script: KEYS[#KEYS] is the lease, ARGV[#ARGV] the value this
-# replica holds ('' = no lease: a master without replicas' fencing)
-_FENCE = f"""
-local holder = ARGV[#ARGV]
-if holder ~= '' and redis.call('GET', KEYS[#KEYS]) ~= holder then return '{FENCED}' end
-"""
+# Every fenced script begins with FENCE_LAST: KEYS[#KEYS] is the lease, ARGV[#ARGV] the value
+# this replica holds ('' = no lease: a master without replicas' fencing)
+
 # Fenced writes: KEYS[i] (but the last) gets ARGV[i], a JSON array [command, args...]:
 # ["HSET", field, value, field, value, ...] or ["SADD" | "SREM", member, ...]
-_WRITE = _FENCE + """
+_WRITE = FENCE_LAST + """
 for i = 1, #KEYS - 1 do
   local op = cjson.decode(ARGV[i])
   local cmd = op[1]
@@ -65,7 +62,7 @@ return 1
 # record must have ('' = any); ARGV[4] '1' when the patch may only move the state forward
 # (reports from agents can arrive after a later state was recorded). Returns the merged
 # record, or false.
-_PATCH = _FENCE + """
+_PATCH = FENCE_LAST + """
 local rank = {pending=0, deploying=1, running=2, finished=3, failed=3, stopping=4, stopped=5}
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return false end
@@ -86,7 +83,7 @@ return out
 # KEYS[1] tasks hash, KEYS[2] checkpoint key; ARGV[1] task id, ARGV[2] generation, ARGV[3]
 # the checkpoint (JSON). Kept only when it comes from the task's current generation and is
 # newer than the one stored. Returns 1 when stored.
-_CHECKPOINT = _FENCE + """
+_CHECKPOINT = FENCE_LAST + """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return 0 end
 local rec = cjson.decode(cur)
@@ -106,7 +103,7 @@ return 1
 
 # KEYS[1] tasks hash; ARGV[1] task id, ARGV[2] device, ARGV[3] generation: forget a fenced
 # stale copy (it was stopped, or died with its agent).
-_UNFENCE = _FENCE + """
+_UNFENCE = FENCE_LAST + """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return 0 end
 local rec = cjson.decode(cur)
@@ -171,12 +168,9 @@ class DataflowStore:
     def _fence(self) -> tuple[str, str]:
         """(lease key, the value this replica holds) for a fenced script; ``Fenced`` at once
         when this replica does not hold the lease."""
-        key = self.names.lease_key("master")
         if self.lease is None:
-            return key, ""
-        if self.lease.value is None:
-            self.lease.check(FENCED)
-        return key, str(self.lease.value)
+            return self.names.lease_key("master"), ""
+        return self.lease.fence_args()
 
     def _checked(self, result: Any) -> Any:
         if self.lease is not None:
