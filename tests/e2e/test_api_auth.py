@@ -139,13 +139,14 @@ def test_unknown_paths_need_a_token_too(live: Live, tokens: dict[str, str]) -> N
 
 
 def test_healthz_without_a_token_shows_only_the_status(live: Live) -> None:
-    """The status, each dependency's state and the process's random boot id: no version,
-    address or name of anything."""
+    """The status, each dependency's state, the process's random boot id and whether this
+    replica leads: no version, address or name of anything."""
     with live.client() as anon:
         r = anon.get("/healthz")
     assert r.status_code == 200
     body = r.json()
-    assert set(body) == {"status", "dependencies", "boot_id"}
+    assert set(body) == {"status", "dependencies", "boot_id", "leader"}
+    assert body["leader"] is True  # the only master replica leads
     assert body["status"] == "ok"
     assert body["dependencies"] == {"nats": "ok", "mqtt": "ok", "redis": "ok"}
     assert re.fullmatch(r"[0-9a-f]{32}", body["boot_id"])
