@@ -204,6 +204,11 @@ def create_bundle(
         pki.create_ca(root)
     if not b.server.cert.exists() or not b.server.key.exists():
         pki.issue_server(b.ca, b.server, list(hosts))
+    else:
+        had = pki.server_hosts(b.server.cert)
+        missing = [h for h in hosts if h not in had]
+        if missing:  # a host asked for since (e.g. the ha profile's nodes): the same key, more names
+            pki.issue_server(b.ca, b.server, [*had, *missing], keep_key=True)
     names = [*brokerauth.SERVICES, *([TESTER] if tester else [])]
     if not all(b.credentials_file(n).exists() for n in names) or not b.dynsec_file.exists():
         _write_identities(b, names)

@@ -140,12 +140,21 @@ def issue_server(
     *,
     days: int = SERVER_DAYS,
     key_owner: tuple[int, int] | None = None,
+    keep_key: bool = False,
 ) -> KeyPair:
-    """A server certificate for ``hosts`` (DNS names and IP addresses) signed by the CA."""
+    """A server certificate for ``hosts`` (DNS names and IP addresses) signed by the CA.
+    ``keep_key``: for the key ``out`` already has (its copies, handed to brokers that drop
+    root, stay valid), e.g. to add a host name."""
     if not hosts:
         raise PkiError("a server certificate needs at least one host name or address")
     ca_cert, ca_key = load_ca(ca)
-    key = ec.generate_private_key(ec.SECP256R1())
+    if keep_key:
+        loaded = serialization.load_pem_private_key(out.key.read_bytes(), password=None)
+        if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+            raise PkiError(f"{out.key} is not the EC key ECHO makes")
+        key = loaded
+    else:
+        key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
     cert = (
         x509.CertificateBuilder()
@@ -163,7 +172,8 @@ def issue_server(
         )
         .sign(ca_key, hashes.SHA256())
     )
-    _write_key(out.key, key, owner=key_owner)
+    if not keep_key:
+        _write_key(out.key, key, owner=key_owner)
     _write_cert(out.cert, cert)
     return out
 

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -30,6 +30,12 @@ log = logging.getLogger(__name__)
 
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+POOL_WAIT = 10.0  # seconds a command waits for a free pooled connection
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """The primary's connections, found through the sentinels, in a pool that waits for a
+    free connection (as with one Redis) instead of failing at once when all are busy."""
 
 
 def is_sentinel_url(url: str) -> bool:
@@ -72,12 +78,18 @@ def _client(url: str, max_connections: int, access: Access | None) -> aioredis.R
             hosts, sentinel_kwargs={**login, "ssl": tls, "socket_timeout": 2.0}, socket_timeout=5.0
         )
         client: aioredis.Redis = sentinels.master_for(
-            primary, db=db, ssl=tls, max_connections=max_connections, **options
+            primary,
+            connection_pool_class=_BlockingSentinelPool,
+            db=db,
+            ssl=tls,
+            max_connections=max_connections,
+            timeout=POOL_WAIT,
+            **options,
         )
         return client
     # a blocking pool: a burst of concurrent work waits for a connection instead of failing
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=10, **options
+        url, max_connections=max_connections, timeout=POOL_WAIT, **options
     )
     return aioredis.Redis(connection_pool=pool)
 

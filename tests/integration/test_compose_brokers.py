@@ -72,14 +72,7 @@ async def test_composes_mosquitto_config_is_tls_only_and_authenticating(tmp_path
 async def test_composes_redis_command_is_tls_only_with_acl_users(tmp_path: Path) -> None:
     bundle = create_bundle(tmp_path / "pki", owners={"redis": (0, 0)}, ha=True)
     port = free_port()
-    argv = [str(a) for a in compose()["services"]["redis"]["command"]]
-    argv = [a.replace("/pki/", f"{bundle.root}/") for a in argv]
-    argv[argv.index("--tls-port") + 1] = str(port)
-    binary = _find(REDIS_CANDIDATES)
-    assert binary, "redis-server is installed by make deps"
-    proc = ManagedProcess(
-        "redis-compose", [binary, *argv[1:], "--bind", "127.0.0.1", "--dir", str(tmp_path)], log_dir=tmp_path
-    )
+    proc = _compose_redis("redis", bundle.root, port, None, tmp_path)
     try:
         wait_for_port("127.0.0.1", port, proc=proc)
         url = f"rediss://127.0.0.1:{port}/0"
@@ -102,21 +95,23 @@ async def test_composes_redis_command_is_tls_only_with_acl_users(tmp_path: Path)
 
 
 def _compose_redis(name: str, bundle_root: Path, port: int, primary: int | None, tmp: Path) -> ManagedProcess:
-    """Compose's command for ``name`` (``redis``, ``redis-replica``), here: the bundle's paths,
-    a free port, this host's address instead of the containers' names."""
-    argv = [str(a).replace("/pki/", f"{bundle_root}/") for a in compose()["services"][name]["command"]]
-    argv[argv.index("--tls-port") + 1] = str(port)
-    argv[argv.index("--replica-announce-ip") + 1] = "127.0.0.1"
-    if primary is not None:
-        at = argv.index("--replicaof")
-        argv[at + 1 : at + 3] = ["127.0.0.1", str(primary)]
-    data = tmp / name
-    data.mkdir()
+    """Compose's own script for ``name`` (``redis``, ``redis-replica``), run by sh as in the
+    container, here: the bundle's paths, a data dir, a free port and this host's address
+    instead of the containers' names."""
+    service = compose()["services"][name]
+    assert service["entrypoint"] == ["sh", "-c"]
+    (script,) = service["command"]
     binary = _find(REDIS_CANDIDATES)
     assert binary, "redis-server is installed by make deps"
-    return ManagedProcess(
-        f"{name}-compose", [binary, *argv[1:], "--bind", "127.0.0.1", "--dir", str(data)], log_dir=tmp
-    )
+    data = tmp / name
+    data.mkdir()
+    script = script.replace("/pki/", f"{bundle_root}/").replace("/data/", f"{data}/")
+    script = script.replace("--tls-port 6379", f"--tls-port {port} --bind 127.0.0.1 --dir {data}")
+    script = script.replace(f"--replica-announce-ip {name}", "--replica-announce-ip 127.0.0.1")
+    script = script.replace("exec redis-server", f"exec {binary}")
+    if primary is not None:
+        script = script.replace("replicaof redis 6379", f"replicaof 127.0.0.1 {primary}")
+    return ManagedProcess(f"{name}-compose", ["sh", "-c", script], log_dir=tmp)
 
 
 async def test_composes_ha_profile_redis_replica_and_sentinel_work(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
-from echo_master.identities import IdentityStore, TaskGrant
+from echo_master.identities import Identity, IdentityStore, Login, TaskGrant
 from echo_master.store import DataflowStore
 from echo_migrator.sagas import SagaStore
 from echo_shared.dynsec import ChannelGrant
@@ -178,3 +178,28 @@ async def test_a_paused_ex_master_leaders_writes_are_refused(redis: aioredis.Red
     assert not await new_ids.drop_grant("fog-1", "df-1/a", 1)
     assert await new_ids.drop_grant("fog-1", "df-1/a", 2)
     assert await redis.hget(names.dataflow_key("df-1"), "state") == "running"
+
+
+async def test_retiring_logins_keeps_a_revocation_made_meanwhile(redis: aioredis.Redis, names: Names) -> None:
+    """The leader's retirement sweep takes old logins off an identity without writing the rest
+    of it back: a revocation another replica's API made after the sweep read the identity
+    stays (a whole-record write had set the device back to enrolled)."""
+    lease = Lease(redis, names.lease_key("master"), ttl=5)
+    assert await lease.acquire()
+    store = IdentityStore(redis, names, lease)
+    old, new = Login("dev-fog-1-a", retire_at=1.0), Login("dev-fog-1-b")
+    assert await store.create(Identity("fog-1", "fog", "enrolled", 1.0, False, [old, new]))
+    read_by_sweep = await store.get("fog-1")
+    assert read_by_sweep is not None
+    api = IdentityStore(redis, names)  # the other replica's API revokes the device meanwhile
+    revoked = await api.get("fog-1")
+    assert revoked is not None
+    revoked.status = "revoked"
+    await api.save(revoked)
+    await store.remove_logins("fog-1", [old.username])
+    after = await api.get("fog-1")
+    assert after is not None and after.status == "revoked"
+    assert [lg.username for lg in after.logins] == [new.username]
+    await store.remove_logins("fog-1", [new.username])
+    after = await api.get("fog-1")
+    assert after is not None and after.logins == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +85,12 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _command(service: dict[str, Any]) -> list[str]:
+    """The command's words (a ``sh -c`` script's too, split as the shell would)."""
     cmd = service.get("command", [])
-    return cmd.split() if isinstance(cmd, str) else list(cmd)
+    words = cmd.split() if isinstance(cmd, str) else list(cmd)
+    if service.get("entrypoint") == ["sh", "-c"]:
+        return shlex.split(" ".join(words))
+    return words
 
 
 def _flag(cmd: list[str], name: str) -> str | None:
@@ -384,8 +389,13 @@ def test_the_ha_profile_adds_a_nats_cluster_and_redis_sentinel(
         assert [h for h, _ in sentinels] == ["sentinel-1", "sentinel-2", "sentinel-3"]
         assert services[name]["environment"]["ECHO_REDIS_URL"] == "rediss://redis:6379/0"
     for name in ("redis", "redis-replica"):  # either may be a replica after a failover
-        assert _command(ha[name])[1] == "/pki/redis/replication.conf"
+        script = " ".join(_command(ha[name]))
+        # its configuration: the primary's login, in its volume (the sentinels rewrite it)
+        assert "cp /pki/redis/replication.conf /data/redis.conf" in script
+        assert _flag(_command(ha[name]), "redis-server") == "/data/redis.conf"
         assert _flag(_command(ha[name]), "--replica-announce-ip") == name
-    assert _flag(_command(ha["redis-replica"]), "--replicaof") == "redis"
+        assert ha[name]["user"] == "999:999"
+    assert "replicaof redis 6379" in " ".join(_command(ha["redis-replica"]))
+    assert "replicaof" not in " ".join(_command(ha["redis"]))
     for name in ("sentinel-1", "sentinel-2", "sentinel-3"):
         assert ha[name]["user"] == "999:999", "a sentinel does not run as root"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from typer.testing import CliRunner
 
 from echo_cli.main import app
@@ -177,3 +178,17 @@ def test_the_ha_profile_gets_a_nats_cluster_and_sentinels_by_container_name(tmp_
     # nothing of it without ha
     create_bundle(tmp_path / "plain")
     assert not list((tmp_path / "plain" / "nats").glob("cluster*"))
+
+
+def test_a_host_asked_for_later_is_added_to_the_same_key(tmp_path: Path) -> None:
+    """An existing bundle made again with more hosts (an upgrade to the ha profile): the server
+    certificate gains the names, keeps its key (the brokers' copies of it stay valid)."""
+    create_bundle(tmp_path / "pki", ("broker",))
+    server = tmp_path / "pki" / "server.pem"
+    key = (tmp_path / "pki" / "server.key").read_bytes()
+    create_bundle(tmp_path / "pki", ("broker", "nats-2", "10.0.0.9"))
+    assert {"broker", "nats-2", "10.0.0.9"} <= set(pki.server_hosts(server))
+    assert (tmp_path / "pki" / "server.key").read_bytes() == key
+    cert = x509.load_pem_x509_certificate(server.read_bytes())
+    own = serialization.load_pem_private_key(key, password=None)
+    assert cert.public_key().public_numbers() == own.public_key().public_numbers()  # type: ignore[union-attr]

@@ -323,8 +323,7 @@ class DeviceAccess:
                     [DynsecAdmin.delete_client(lg.username) for lg in due],
                     tolerate=frozenset({"Client not found"}),
                 )
-            ident.logins = [lg for lg in ident.logins if lg not in due]
-            await self.store.save(ident)
+            await self.store.remove_logins(device, [lg.username for lg in due])
             if self.kicker is not None:
                 await self.kicker.kick(device, {lg.username for lg in due})
             await self._audit("device.login.retired", "ok", device)

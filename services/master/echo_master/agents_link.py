@@ -27,6 +27,8 @@ from pydantic import ValidationError
 from echo_shared.credentials import Access
 from echo_shared.dynsec import DynsecAdmin
 from echo_shared.errors import PermanentError, RequestTimeout
+from echo_shared.leases import Fenced
+from echo_shared.lifecycle import wait_or_stop
 from echo_shared.messages import (
     CommandAck,
     CredentialsAck,
@@ -40,7 +42,7 @@ from echo_shared.messages import (
 from echo_shared.models import TaskState
 from echo_shared.mqtt import MqttClient, MqttMessage
 from echo_shared.names import Names
-from echo_shared.outage import Outage, dependency_of
+from echo_shared.outage import Backoff, Outage, dependency_of
 from echo_shared.telemetry import inject
 
 log = logging.getLogger(__name__)
@@ -193,12 +195,17 @@ class AgentLink:
         """This replica now leads: what it held as a standby is applied first, in arrival
         order (reports the previous leader had applied change nothing: they never move a
         task backwards)."""
-        held = sorted(self._held.values(), key=lambda h: h[0])
+        now = time.monotonic()
+        held = sorted((h for h in self._held.values() if now - h[0] <= HOLD_SECONDS), key=lambda h: h[0])
         self._held.clear()
         self._replay.extend(report for _, report in held)
         if held:
             log.info("applying %d report(s) held while standing by", len(held))
         self._wake.set()
+
+    def stepped_down(self) -> None:
+        """No longer the leader: what was still to replay is the next leader's business."""
+        self._replay.clear()
 
     def _hold(self, report: TaskStatus | CommandAck | TaskCheckpoint) -> None:
         """A standby keeps the latest report of each kind per task, for HOLD_SECONDS."""
@@ -215,16 +222,22 @@ class AgentLink:
     async def run(self, stop: asyncio.Event) -> None:
         """Apply acks and status reports in arrival order until ``stop`` (a standby holds
         them instead, ``_hold``)."""
+        backoff = Backoff(0.05, 2.0)
         while not stop.is_set():
             if self._replay and self.leading():
                 held = self._replay.popleft()
                 try:
                     await self._apply(held)
+                    backoff.reset()
+                except Fenced:
+                    self._hold(held)  # no longer the leader: kept for a later election
                 except Exception as e:
                     if dependency_of(e) is None:
                         log.exception("failed to apply a held report of %s", held.task)
-                    else:
+                    else:  # Redis out of reach: tried again, in order, after a pause
                         self.outage.failed(e)
+                        self._replay.appendleft(held)
+                        await wait_or_stop(stop, backoff.next())
                 continue
             if not self._queue:
                 self._wake.clear()
@@ -235,6 +248,7 @@ class AgentLink:
                 stopper.cancel()
                 continue
             msg = self._queue.popleft()
+            report = None
             try:
                 report = self._parse(msg)
                 if report is not None:
@@ -244,13 +258,20 @@ class AgentLink:
                         self._hold(report)
             except ValidationError as e:
                 log.warning("dropping malformed message on %s: %s", msg.topic, e.errors()[:3])
+            except Fenced:
+                if report is not None:
+                    self._hold(report)  # the lease was lost under us: kept for a later election
             except Exception as e:
                 if dependency_of(e) is None:
-                    log.exception("failed to apply %s; it will be redelivered", msg.topic)
-                else:  # Redis out of reach: once per outage (agents report again)
+                    log.exception("failed to apply %s; dropped (its agent reports again)", msg.topic)
+                else:  # Redis out of reach: the same message again, in order, after a pause
                     self.outage.failed(e)
-                continue
-            self.outage.ok()
+                    self._queue.appendleft(msg)
+                    await wait_or_stop(stop, backoff.next())
+                    continue
+            else:
+                self.outage.ok()
+                backoff.reset()
             self.mqtt.ack(msg)
 
     def _parse(self, msg: MqttMessage) -> TaskStatus | CommandAck | TaskCheckpoint | None:

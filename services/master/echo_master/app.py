@@ -116,6 +116,9 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
             owner = "master" + settings.replica_suffix() if settings.replica else None
             lease = Lease(redis, names.lease_key("master"), ttl=settings.leader_ttl, owner=owner)
             leadership = Leadership(lease, "master")
+            # set once the leader has seeded what it knows and taken over the held reports
+            # (lead()); before that, reports are still held, so none is applied out of order
+            acting = asyncio.Event()
             store = DataflowStore(redis, names, lease=lease)
             # the audit trail: the API records mutating calls; other parts may record events
             audit = AuditLog(redis, names, max_entries=settings.audit_max_entries)
@@ -149,7 +152,7 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
                 dynsec=secured,
                 replica=settings.replica_suffix(),
             )
-            link.leading = leadership.elected.is_set
+            link.leading = acting.is_set
             device_access = DeviceAccess(
                 IdentityStore(redis, names, lease=lease),  # grants: the leader's, fenced
                 names,
@@ -165,7 +168,7 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
             )
             link.hooks = device_access
             reconciler = Reconciler(store, link, bus, names, settings)
-            reconciler.leading = leadership.elected.is_set
+            reconciler.leading = acting.is_set
             figures = MasterMetrics(store, asyncio.get_running_loop())
             reconciler.metrics = figures
             reconciler.events = EventLog(redis, names)
@@ -231,12 +234,16 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
                     the agents' reports (those held as a standby first), follow device events,
                     move tasks, retire old logins."""
                     await reconciler.elected()
-                    link.elected()
-                    subs = [
-                        await bus.serve(names.master_move, names.master_queue, MoveTaskRequest, mover.move),
-                        await bus.nc.subscribe(names.master_kick, cb=on_kick),
-                    ]
+                    link.elected()  # the held reports first, then what arrives: no await between
+                    acting.set()
+                    subs = []
                     try:
+                        subs.append(
+                            await bus.serve(
+                                names.master_move, names.master_queue, MoveTaskRequest, mover.move
+                            )
+                        )
+                        subs.append(await bus.nc.subscribe(names.master_kick, cb=on_kick))
                         async with asyncio.TaskGroup() as leader:
                             leader.create_task(reconciler.run(stop))
                             leader.create_task(device_access.run_retirement(stop))
@@ -250,6 +257,8 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
                                 )
                             )
                     finally:
+                        acting.clear()
+                        link.stepped_down()
                         for sub in subs:
                             with contextlib.suppress(Exception):
                                 await sub.unsubscribe()

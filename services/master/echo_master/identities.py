@@ -62,6 +62,24 @@ return 1
 """
 )
 
+# _REMOVE_LOGINS: KEYS[1] a device's identity; ARGV[1..n-1] the usernames to take off its
+# login list (nothing else of the identity is written)
+_REMOVE_LOGINS = (
+    FENCE_LAST
+    + """
+local raw = redis.call('HGET', KEYS[1], 'logins')
+if not raw then return 0 end
+local gone = {}
+for i = 1, #ARGV - 1 do gone[ARGV[i]] = true end
+local kept = {}
+for _, login in ipairs(cjson.decode(raw)) do
+  if not gone[login['username']] then table.insert(kept, login) end
+end
+redis.call('HSET', KEYS[1], 'logins', #kept == 0 and '[]' or cjson.encode(kept))
+return 1
+"""
+)
+
 
 @dataclass
 class Login:
@@ -97,6 +115,7 @@ class IdentityStore:
         self.lease = lease  # set: grant writes (the leader's deploys) are fenced by it
         self._set_grants = redis.register_script(_SET_GRANTS)
         self._drop_grant = redis.register_script(_DROP_GRANT)
+        self._remove_logins = redis.register_script(_REMOVE_LOGINS)
 
     def _fence(self) -> tuple[str, str]:
         return self.lease.fence_args() if self.lease is not None else (self.names.lease_key("master"), "")
@@ -134,6 +153,14 @@ class IdentityStore:
         await self.r.hset(key, mapping=self._fields(ident))
         await self.r.sadd(self.names.device_identities_key, ident.device)
         return True
+
+    async def remove_logins(self, device: str, usernames: list[str]) -> None:
+        """Take retired logins off a device's identity (the leader's retirement sweep, fenced):
+        only its login list changes, so a revocation or rotation made meanwhile by another
+        replica's API is kept."""
+        lease_key, holder = self._fence()
+        keys = [self.names.device_identity_key(device), lease_key]
+        self._checked(await self._remove_logins(keys=keys, args=[*usernames, holder]))
 
     async def save(self, ident: Identity) -> None:
         await self.r.hset(self.names.device_identity_key(ident.device), mapping=self._fields(ident))

@@ -80,6 +80,8 @@ class TaskMover:
         return await asyncio.shield(fut)  # a dropped request does not cancel a move half done
 
     async def _answer(self, req: MoveTaskRequest) -> MoveTaskReply:
+        if not self.reconciler.leading():  # stepped down since it was asked: the saga asks again
+            return MoveTaskReply(ok=False, status=503, reason="this master replica no longer leads")
         try:
             return await self._move(req)
         except NotFoundError as e:
@@ -190,6 +192,8 @@ class TaskMover:
             # between two copies (a master restarted mid-move redeploys it): ask again shortly
             raise RetryableError(f"task {rec.id} is {rec.state.value}: it can drain once it runs")
         t0 = time.monotonic()
+        if not self.reconciler.leading():  # nothing is stopped by a replica that stepped down
+            raise RetryableError("this master replica no longer leads")
         ack = await self.reconciler.link.send(
             rec.device,
             stop_command(df.id, rec, final=False),

@@ -46,7 +46,9 @@ from echo_shared.redis_store import fields
 
 # Fenced writes: KEYS[i] (but the last) gets ARGV[i], a JSON array [command, args...]:
 # ["HSET", field, value, field, value, ...] or ["SADD" | "SREM", member, ...]
-_WRITE = FENCE_LAST + """
+_WRITE = (
+    FENCE_LAST
+    + """
 for i = 1, #KEYS - 1 do
   local op = cjson.decode(ARGV[i])
   local cmd = op[1]
@@ -58,11 +60,14 @@ for i = 1, #KEYS - 1 do
 end
 return 1
 """
+)
 # KEYS[1] tasks hash; ARGV[1] task id; ARGV[2] patch (JSON object); ARGV[3] generation the
 # record must have ('' = any); ARGV[4] '1' when the patch may only move the state forward
 # (reports from agents can arrive after a later state was recorded). Returns the merged
 # record, or false.
-_PATCH = FENCE_LAST + """
+_PATCH = (
+    FENCE_LAST
+    + """
 local rank = {pending=0, deploying=1, running=2, finished=3, failed=3, stopping=4, stopped=5}
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return false end
@@ -78,12 +83,15 @@ local out = cjson.encode(rec)
 redis.call('HSET', KEYS[1], ARGV[1], out)
 return out
 """
+)
 
 
 # KEYS[1] tasks hash, KEYS[2] checkpoint key; ARGV[1] task id, ARGV[2] generation, ARGV[3]
 # the checkpoint (JSON). Kept only when it comes from the task's current generation and is
 # newer than the one stored. Returns 1 when stored.
-_CHECKPOINT = FENCE_LAST + """
+_CHECKPOINT = (
+    FENCE_LAST
+    + """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return 0 end
 local rec = cjson.decode(cur)
@@ -100,10 +108,13 @@ end
 redis.call('SET', KEYS[2], ARGV[3])
 return 1
 """
+)
 
 # KEYS[1] tasks hash; ARGV[1] task id, ARGV[2] device, ARGV[3] generation: forget a fenced
 # stale copy (it was stopped, or died with its agent).
-_UNFENCE = FENCE_LAST + """
+_UNFENCE = (
+    FENCE_LAST
+    + """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return 0 end
 local rec = cjson.decode(cur)
@@ -114,6 +125,7 @@ if next(f) == nil then rec['fenced'] = cjson.decode('{}') end
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(rec))
 return 1
 """
+)
 
 
 def needs_work(desired: DesiredState, state: DataflowState) -> bool:
