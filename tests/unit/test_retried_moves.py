@@ -5,6 +5,7 @@ the successor's own."""
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -51,7 +52,8 @@ def req(migration: str = "mig-1", target: str = "fog-2") -> MoveTaskRequest:
 
 
 async def test_a_move_asked_again_joins_the_one_under_way(monkeypatch: pytest.MonkeyPatch) -> None:
-    mover = TaskMover(store=None, reconciler=None)  # type: ignore[arg-type]
+    leader = SimpleNamespace(leading=lambda: True)  # only whether this replica leads is asked
+    mover = TaskMover(store=None, reconciler=leader)  # type: ignore[arg-type]
     release = asyncio.Event()
     calls: list[MoveTaskRequest] = []
 
