@@ -398,11 +398,11 @@ class Outputs:
         self._resend_from[ch.topic] = seq
         self._resending[ch.topic] = asyncio.create_task(self._send_again(ch.topic, again))
 
-    async def _send_again(self, topic: str, payloads: list[bytes]) -> None:
+    async def _send_again(self, topic: str, messages: list[tuple[bytes, dict[str, str] | None]]) -> None:
         """Publish again at the pace the broker takes it (never beyond the publish window)."""
-        for payload in payloads:
+        for payload, props in messages:
             await self.mqtt.wait_for_window()
-            self.mqtt.publish(topic, payload, qos=1)
+            self.mqtt.publish(topic, payload, qos=1, user_properties=props)
 
     async def _retransmit_stale(self) -> None:
         """Send unconfirmed messages again when a consumer has been silent for a while."""

@@ -119,7 +119,7 @@ class Outbox:
             fut.set_result(None)
             return fut
         fut = self.o.mqtt.publish(self.topic, payload, qos=1, user_properties=props)
-        self.unconfirmed.add(last, payload)
+        self.unconfirmed.add(last, payload, props)
         return fut
 
     def _engage(self) -> None:
@@ -130,6 +130,7 @@ class Outbox:
         for last, payload in self.unconfirmed.msgs:
             self.spool.append(last, last, 0, payload, sent=True)
         self.unconfirmed.msgs.clear()  # the spool sends them again once the link is back
+        self.unconfirmed.traced.clear()  # (without their traces: the spool keeps payloads)
         log.warning(
             "edge %s -> %s: broker out of reach; spooling to disk (%d unconfirmed message(s) kept)",
             self.o.producer,

@@ -13,20 +13,29 @@ class Unconfirmed:
     def __init__(self) -> None:
         self.msgs: collections.deque[tuple[int, bytes]] = collections.deque()  # (last seq, payload)
         self.eos: bytes | None = None
+        # last seq -> the trace properties of a message that carried a sampled record: a
+        # message sent again carries its trace on (only sampled ones, so nothing per record)
+        self.traced: dict[int, dict[str, str]] = {}
 
-    def add(self, last_seq: int, payload: bytes) -> None:
+    def add(self, last_seq: int, payload: bytes, props: dict[str, str] | None = None) -> None:
         self.msgs.append((last_seq, payload))
+        if props:
+            self.traced[last_seq] = props
 
     def confirm(self, hwm: int, eos_seen: bool) -> None:
         while self.msgs and self.msgs[0][0] <= hwm:
-            self.msgs.popleft()
+            last, _ = self.msgs.popleft()
+            if self.traced:
+                self.traced.pop(last, None)
         if eos_seen:
             self.eos = None
 
-    def since(self, seq: int) -> list[bytes]:
-        out = [p for last, p in self.msgs if last >= seq]
+    def since(self, seq: int) -> list[tuple[bytes, dict[str, str] | None]]:
+        """What goes again from ``seq`` on: each message with the trace it carried."""
+        traced = self.traced
+        out = [(p, traced.get(last) if traced else None) for last, p in self.msgs if last >= seq]
         if self.eos is not None:
-            out.append(self.eos)
+            out.append((self.eos, None))
         return out
 
     def __bool__(self) -> bool:
