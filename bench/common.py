@@ -156,16 +156,17 @@ def running_stack(
     keep: bool | None = None,
     extra_env: dict[str, str] | None = None,
     fleet: tuple[AgentSpec, ...] = FLEET,
-    secure: bool = True,
+    tls: bool = True,
     metrics: bool = True,
 ) -> Iterator[Stack]:
     """Brokers + the five services + the fleet, in a fresh temp dir; all stopped on exit.
 
-    ``secure=False`` (the security_cost benchmark only): brokers without TLS or logins.
+    ``tls=False`` (the security_cost benchmark only): brokers without TLS (the same logins and
+    ACLs: no stack accepts an anonymous client).
     ``metrics=False`` (metrics_cost): the services serve no /metrics."""
     workdir = Path(tempfile.mkdtemp(prefix="echo-bench-"))
     log(f"workdir {workdir}")
-    brokers = start_brokers(workdir / "brokers", tester=True, secure=secure)
+    brokers = start_brokers(workdir / "brokers", tester=True, tls=tls)
     platform: Platform | None = None
     api: Api | None = None
     try:

@@ -50,7 +50,8 @@ class Auth:
 
     @classmethod
     def of(cls, brokers: Any, kind: str) -> Auth | None:
-        """The test identity's login at ``kind`` ("mqtt" or "nats"); None: insecure brokers."""
+        """The test identity's login at ``kind`` ("mqtt" or "nats"); None: no login known
+        (brokers made without a bundle)."""
         if not brokers.secure:
             return None
         a = brokers.access("tester")

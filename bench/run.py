@@ -29,8 +29,8 @@ Benchmarks:
   ``round-robin`` then ``greedy``: placement chosen and per-record latency p50/p99 at a fixed
   rate; target greedy's sink p50 >= 2 x lower. Needs root (network namespaces), else ``skipped``.
 - ``security_cost`` (``security_cost.py``): deploy p50 and one stream edge's records/s on the
-  secured stack next to a stack with the previous insecure settings (plaintext, anonymous);
-  target: TLS and authentication cost <= 15 %.
+  secured stack next to the same stack with plaintext brokers (the same logins and ACLs: no
+  stack accepts anonymous clients); target: TLS costs <= 15 %.
 - ``metrics_cost`` (``metrics_cost.py``): one stream edge's records/s with the services' /metrics
   scraped by Prometheus every second vs without metrics (target: cost <= 5 %), and the time a
   scrape of the master's and the registry's /metrics takes with 1,000 devices and 5,000 tasks.

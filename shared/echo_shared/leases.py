@@ -29,6 +29,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from .errors import EchoError
@@ -63,11 +65,9 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# the prologue of a fenced write script: KEYS[1] is the lease, ARGV[1] the holder's value
-FENCE_CHECK = f"if redis.call('GET', KEYS[1]) ~= ARGV[1] then return '{FENCED}' end\n"
-# the same with the lease as the script's last key and the holder's value as its last
-# argument, '' meaning "not fenced" (a service run without a lease): ``Lease.fence_args``
-FENCE_LAST = f"""
+# the prologue of every fenced write script (``Fencing``): the lease is the script's last key,
+# the holder's value its last argument ('' = not fenced: a service run without a lease)
+_FENCE = f"""
 local holder = ARGV[#ARGV]
 if holder ~= '' and redis.call('GET', KEYS[#KEYS]) ~= holder then return '{FENCED}' end
 """
@@ -117,18 +117,51 @@ class Lease:
             with contextlib.suppress(RedisError, OSError):
                 await self._release(keys=[self.key], args=[value])
 
-    def fence_args(self) -> tuple[str, str]:
-        """(lease key, this replica's value) to append to a ``FENCE_LAST`` script's keys and
-        arguments; ``Fenced`` at once when this replica does not hold the lease."""
+    def holding(self) -> str:
+        """This replica's value of the lease; ``Fenced`` at once when it does not hold it."""
         if self.value is None:
             raise Fenced(f"not the holder of {self.key}: another replica leads")
-        return self.key, self.value
+        return self.value
 
     def check(self, result: object) -> None:
         """Raise ``Fenced`` when a fenced script refused its writes."""
         if result in (FENCED, FENCED.encode()):
             self.value = None
             raise Fenced(f"no longer the holder of {self.key}: another replica leads now")
+
+
+class Fencing:
+    """A store's write scripts, fenced by its service's lease.
+
+    ``script(body)`` registers a Lua script behind the fencing prologue; ``run`` (or ``queue``,
+    in a pipeline) calls it with the lease key appended to its keys and this replica's value
+    to its arguments: the script writes nothing and the call raises ``Fenced`` when another
+    replica holds the lease. ``lease`` None (a service run without a lease): the same scripts
+    run unfenced."""
+
+    def __init__(self, redis: aioredis.Redis, key: str, lease: Lease | None) -> None:
+        self.r = redis
+        self.key = lease.key if lease is not None else key
+        self.lease = lease
+
+    def script(self, body: str) -> AsyncScript:
+        return self.r.register_script(_FENCE + body)
+
+    def _holder(self) -> str:
+        return self.lease.holding() if self.lease is not None else ""
+
+    async def run(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        """The script's result; ``Fenced`` when this replica no longer leads."""
+        return self.check(await script(keys=[*keys, self.key], args=[*args, self._holder()]))
+
+    async def queue(self, pipe: Pipeline, script: AsyncScript, keys: list[str], args: list[Any]) -> None:
+        """Queue the script in ``pipe``; ``check`` each of the pipeline's results."""
+        await script(keys=[*keys, self.key], args=[*args, self._holder()], client=pipe)
+
+    def check(self, result: Any) -> Any:
+        if self.lease is not None:
+            self.lease.check(result)
+        return result
 
 
 class Leadership:

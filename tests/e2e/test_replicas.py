@@ -50,6 +50,19 @@ def leader_and_standby(platform: Platform, name: str) -> dict[str, Path]:
     return logs
 
 
+def took_over(logs: dict[str, Path], name: str, killed_at: float) -> float:
+    """Seconds from the leader's kill until ``name``'s second replica led; at most the TTL
+    plus one second."""
+    took: float = wait_until(
+        lambda: (t := leader_since(logs[f"{name}-2"])) and t - killed_at,
+        timeout=TTL + 10,
+        what=f"the standby {name} leading",
+    )
+    print(f"the standby {name} led {took:.2f} s after the kill (TTL {TTL:g} s)")
+    assert took <= TTL + 1.0, f"the standby {name} took over after {took:.2f} s (TTL {TTL:g} s)"
+    return took
+
+
 def test_a_standby_migrator_takes_over_a_migration_when_the_leader_dies(
     platform_factory: PlatformFactory, tmp_path: Path
 ) -> None:
@@ -64,13 +77,7 @@ def test_a_standby_migrator_takes_over_a_migration_when_the_leader_dies(
     mid = migrate(api, df_id, "count", target)
     platform.services["migrator"].kill()  # mid-migration: the saga is under way or just recorded
     killed_at = time.time()
-    took = wait_until(
-        lambda: (t := leader_since(logs["migrator-2"])) and t - killed_at,
-        timeout=TTL + 10,
-        what="the standby leading",
-    )
-    print(f"the standby led {took:.2f} s after the kill (TTL {TTL:g} s)")
-    assert took <= TTL + 1.0, f"the standby took over after {took:.2f} s (TTL {TTL:g} s)"
+    took_over(logs, "migrator", killed_at)
     m = wait_migration(api, mid, timeout=60)
     assert m["state"] == "completed", m
     assert task(api, df_id, "count")["device"] == target
@@ -119,13 +126,7 @@ def test_a_standby_registry_takes_over_liveness_and_heartbeats(
     before = api.devices()
     platform.services["registry"].kill()
     killed_at = time.time()
-    took = wait_until(
-        lambda: (t := leader_since(logs["registry-2"])) and t - killed_at,
-        timeout=TTL + 10,
-        what="the standby registry leading",
-    )
-    print(f"the standby led {took:.2f} s after the kill (TTL {TTL:g} s)")
-    assert took <= TTL + 1.0, f"the standby took over after {took:.2f} s (TTL {TTL:g} s)"
+    took = took_over(logs, "registry", killed_at)
     # heartbeats are recorded again: every device's last heartbeat moves past the takeover
     wait_until(
         lambda: all(d["last_heartbeat"] > killed_at + took for d in api.devices().values()),
@@ -175,13 +176,7 @@ def test_a_standby_master_serves_the_api_and_takes_over_a_deployment_when_the_le
         killed_at = time.time()
         at_kill = {t["id"]: t["state"] for t in standby.dataflow(df_id)["tasks"]}
         assert any(s != "running" for s in at_kill.values()), f"deployed before the kill: {at_kill}"
-        took = wait_until(
-            lambda: (t := leader_since(logs["master-2"])) and t - killed_at,
-            timeout=TTL + 10,
-            what="the standby master leading",
-        )
-        print(f"the standby led {took:.2f} s after the kill (TTL {TTL:g} s)")
-        assert took <= TTL + 1.0, f"the standby took over after {took:.2f} s (TTL {TTL:g} s)"
+        took_over(logs, "master", killed_at)
         assert standby.http.get("/healthz").json()["leader"] is True
         standby.wait_state(df_id, "completed", timeout=90)
         check_exactly_once(out, total)
@@ -221,13 +216,7 @@ def test_a_migration_completes_when_the_leading_master_dies_in_the_middle(
         mid = migrate(standby, df_id, "count", target)
         platform.services["master"].kill()
         killed_at = time.time()
-        took = wait_until(
-            lambda: (t := leader_since(logs["master-2"])) and t - killed_at,
-            timeout=TTL + 10,
-            what="the standby master leading",
-        )
-        print(f"the standby led {took:.2f} s after the kill (TTL {TTL:g} s)")
-        assert took <= TTL + 1.0, f"the standby took over after {took:.2f} s (TTL {TTL:g} s)"
+        took_over(logs, "master", killed_at)
         m = wait_migration(standby, mid, timeout=60)
         assert m["state"] == "completed", m
         assert task(standby, df_id, "count")["device"] == target

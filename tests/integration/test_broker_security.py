@@ -17,7 +17,7 @@ from redis.exceptions import AuthenticationError, NoPermissionError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from echo_cli.devstack import Brokers, ManagedProcess, free_port, wait_for_port
-from echo_cli.devstack.brokers import nats_server_binary
+from echo_cli.devstack.brokers import nats_server_binary, start_brokers
 from echo_shared.bundle import create_bundle
 from echo_shared.credentials import Access, Login
 from echo_shared.mqtt import MqttClient, MqttRefused, MqttUnavailable
@@ -157,3 +157,35 @@ async def test_the_bundles_nats_server_conf_runs_as_compose_runs_it(tmp_path: Pa
             )
     finally:
         proc.stop(5)
+
+
+async def test_the_benchmarks_plaintext_brokers_still_refuse_anonymous_clients(tmp_path: Path) -> None:
+    """``tls=False`` (only ``bench/security_cost.py`` asks for it) turns TLS off and nothing
+    else: anonymous clients and wrong passwords are refused on all three brokers, and a
+    service's own login still works."""
+    with start_brokers(tmp_path / "plain", tester=True, tls=False) as plain:
+        assert plain.mqtt_url.startswith("mqtt://") and plain.nats_url.startswith("nats://")
+        assert plain.redis_url.startswith("redis://")
+        for login in (None, Login("master", "wrong")):
+            with pytest.raises(MqttRefused):
+                await MqttClient(plain.mqtt_url, "anon-" + uuid.uuid4().hex[:6], login=login).start(timeout=5)
+        async with plain.mqtt_client("mst-" + uuid.uuid4().hex[:6], identity="master") as mst:
+            await asyncio.wait_for(mst.publish("ns1/dev/edge-1/cmd", b"{}"), 5)
+        for opts in ({}, {"user": "master", "password": "wrong"}):
+            with pytest.raises((NatsError, NoServersError, OSError)):
+                await nats.connect(
+                    plain.nats_url, allow_reconnect=False, connect_timeout=2, max_reconnect_attempts=0, **opts
+                )
+        nc = await nats.connect(plain.nats_url, **plain.access("scheduler").nats_options())
+        await nc.close()
+        anon = aioredis.from_url(plain.redis_url)
+        try:
+            with pytest.raises((AuthenticationError, RedisConnectionError, NoPermissionError)):
+                await anon.set("ns1:device:x", "1")
+        finally:
+            await anon.aclose()
+        registry = aioredis.from_url(plain.redis_url, **plain.access("registry").redis_options())
+        try:
+            await registry.set("ns1:device:x", "1")
+        finally:
+            await registry.aclose()

@@ -11,8 +11,9 @@ Secure by default: a security bundle (``echo_shared.bundle``: private CA, server
 certificate, service identities) is created in ``workdir/pki`` (kept across runs) and
 every broker listens with TLS only and authenticates every client: Mosquitto through
 its dynamic-security plugin (anonymous refused), NATS with a user per service, Redis
-with ACL users (``default`` off). ``secure=False`` exists for one purpose: the
-benchmark that measures what security costs.
+with ACL users (``default`` off). ``tls=False`` exists for one purpose: the benchmark that
+measures what TLS costs (the same logins and ACLs, plaintext listeners); no stack accepts
+an anonymous client.
 """
 
 from __future__ import annotations
@@ -94,21 +95,21 @@ def docker_engine_running() -> bool:
         return False
 
 
-MOSQUITTO_SECURE = """\
+MOSQUITTO_LISTENER = """\
 listener {port} {host}
 protocol mqtt
+"""
+
+MOSQUITTO_TLS = """\
 certfile {certfile}
 keyfile {keyfile}
 tls_version tlsv1.2
+"""
+
+MOSQUITTO_AUTH = """\
 allow_anonymous false
 plugin {plugin}
 plugin_opt_config_file {dynsec}
-"""
-
-MOSQUITTO_INSECURE = """\
-listener {port} {host}
-protocol mqtt
-allow_anonymous true
 """
 
 MOSQUITTO_CONF = """\
@@ -137,7 +138,7 @@ class Brokers:
     workdir: Path
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     containers: list[Any] = field(default_factory=list)
-    bundle: Bundle | None = None  # None: the benchmark's insecure brokers
+    bundle: Bundle | None = None  # start_brokers always makes one (None: unit tests' stand-ins)
     # a NATS cluster: each node's process name (``nats``, ``nats-2``, ...) -> its client URL
     nats_nodes: dict[str, str] = field(default_factory=dict)
     # Redis with Sentinel: each process (``redis``, ``redis-2``, ``sentinel-1``...) -> its URL
@@ -216,7 +217,7 @@ def start_brokers(
     *,
     host: str = "127.0.0.1",
     persistent: bool = False,
-    secure: bool = True,
+    tls: bool = True,
     hosts: tuple[str, ...] = (),
     tester: bool = False,
     nats_nodes: int = 1,
@@ -230,14 +231,15 @@ def start_brokers(
     ``nats_nodes`` > 1: NATS as a cluster of that many nodes (JetStream clustered; routes
     authenticated and TLS); the NATS URL then lists every node, comma-separated.
     ``redis_ha``: Redis as a primary, a replica and three sentinels (``redis_ha``); the Redis
-    URL then names the sentinels (``rediss+sentinel://``).
+    URL then names the sentinels (``rediss+sentinel://``). ``tls=False`` (the benchmark of
+    what TLS costs): plaintext listeners, the same logins and ACLs.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     logs = workdir / "logs"
-    bundle = None
-    if secure:
-        names = dict.fromkeys(("localhost", "127.0.0.1", "::1", host, *hosts))
-        bundle = create_bundle(workdir / "pki", tuple(names), tester=tester)
+    if not tls and (nats_nodes > 1 or redis_ha):
+        raise BrokerSetupError("a NATS cluster and Redis with Sentinel are started with TLS only")
+    names = dict.fromkeys(("localhost", "127.0.0.1", "::1", host, *hosts))
+    bundle = create_bundle(workdir / "pki", tuple(names), tester=tester)
     procs: dict[str, ManagedProcess] = {}
     containers: list[Any] = []
     nodes: dict[str, str] = {}
@@ -247,8 +249,8 @@ def start_brokers(
             nodes = _start_nats_cluster(workdir, logs, host, procs, bundle, nats_nodes)
             nats_url = ",".join(nodes.values())
         else:
-            nats_url = _start_nats(workdir, logs, host, procs, bundle)
-        mqtt_url = _start_mosquitto(workdir, logs, host, persistent, procs, containers, bundle)
+            nats_url = _start_nats(workdir, logs, host, procs, bundle, tls)
+        mqtt_url = _start_mosquitto(workdir, logs, host, persistent, procs, containers, bundle, tls)
         if redis_ha:
             binary = _find(REDIS_CANDIDATES)
             if binary is None:
@@ -257,7 +259,7 @@ def start_brokers(
                 )
             redis_url, redis_nodes = start_redis_ha(workdir, logs, host, persistent, procs, bundle, binary)
         else:
-            redis_url = _start_redis(workdir, logs, host, persistent, procs, containers, bundle)
+            redis_url = _start_redis(workdir, logs, host, persistent, procs, containers, bundle, tls)
     except BaseException:
         for p in procs.values():
             p.stop(timeout=3)
@@ -269,25 +271,27 @@ def start_brokers(
 
 
 def _start_nats(
-    workdir: Path, logs: Path, host: str, procs: dict[str, ManagedProcess], bundle: Bundle | None
+    workdir: Path, logs: Path, host: str, procs: dict[str, ManagedProcess], bundle: Bundle, tls: bool
 ) -> str:
     store = workdir / "nats"
     store.mkdir(exist_ok=True)
-    scheme = "nats" if bundle is None else "tls"
+    scheme = "tls" if tls else "nats"
+    conf = workdir / "nats.conf"
 
     def start(port: int) -> ManagedProcess:
-        argv = [nats_server_binary(), "-a", host, "-p", str(port), "-js", "-sd", str(store)]
-        if bundle is not None:
-            conf = workdir / "nats.conf"
-            text = (
-                f"listen: {_nats_str(f'{host}:{port}')}\n"
-                f"jetstream {{ store_dir: {_nats_str(str(store))} }}\n"
+        text = (
+            f"listen: {_nats_str(f'{host}:{port}')}\n"
+            f"jetstream {{ store_dir: {_nats_str(str(store))} }}\n"
+            + (
                 f"tls {{ cert_file: {_nats_str(str(bundle.server.cert))}, "
                 f"key_file: {_nats_str(str(bundle.server.key))}, timeout: 5 }}\n"
-                + bundle.nats_auth_file.read_text()
+                if tls
+                else ""
             )
-            write_secret(conf, text)
-            argv = [nats_server_binary(), "-c", str(conf)]
+            + bundle.nats_auth_file.read_text()
+        )
+        write_secret(conf, text)
+        argv = [nats_server_binary(), "-c", str(conf)]
         p = procs["nats"] = ManagedProcess("nats-server", argv, log_dir=logs)
         return p
 
@@ -300,13 +304,11 @@ def _start_nats_cluster(
     logs: Path,
     host: str,
     procs: dict[str, ManagedProcess],
-    bundle: Bundle | None,
+    bundle: Bundle,
     count: int,
 ) -> dict[str, str]:
     """``count`` NATS nodes in one cluster on this host (each its own JetStream store), with
     authenticated TLS routes. Returns each node's process name -> client URL."""
-    if bundle is None:
-        raise BrokerSetupError("a NATS cluster is started secured only")
     client = [free_port(host) for _ in range(count)]
     routes = [free_port(host) for _ in range(count)]
     route_pw = new_secret()
@@ -346,19 +348,12 @@ def _nats_str(s: str) -> str:
 
 
 def _mosquitto_conf(
-    port: int, host: str, persistent: bool, data: Path, bundle: Bundle | None, plugin: str
+    port: int, host: str, persistent: bool, data: Path, bundle: Bundle, plugin: str, tls: bool = True
 ) -> str:
-    if bundle is None:
-        listener = MOSQUITTO_INSECURE.format(port=port, host=host)
-    else:
-        listener = MOSQUITTO_SECURE.format(
-            port=port,
-            host=host,
-            certfile=bundle.server.cert,
-            keyfile=bundle.mosquitto_key,
-            plugin=plugin,
-            dynsec=bundle.dynsec_file,
-        )
+    listener = MOSQUITTO_LISTENER.format(port=port, host=host)
+    if tls:
+        listener += MOSQUITTO_TLS.format(certfile=bundle.server.cert, keyfile=bundle.mosquitto_key)
+    listener += MOSQUITTO_AUTH.format(plugin=plugin, dynsec=bundle.dynsec_file)
     return listener + MOSQUITTO_CONF.format(persistence=str(persistent).lower(), data=data)
 
 
@@ -369,10 +364,11 @@ def _start_mosquitto(
     persistent: bool,
     procs: dict[str, ManagedProcess],
     containers: list[Any],
-    bundle: Bundle | None,
+    bundle: Bundle,
+    tls: bool,
 ) -> str:
     binary = _find(MOSQUITTO_CANDIDATES)
-    scheme = "mqtt" if bundle is None else "mqtts"
+    scheme = "mqtts" if tls else "mqtt"
     if binary:
         data = workdir / "mosquitto"
         data.mkdir(exist_ok=True)
@@ -381,10 +377,10 @@ def _start_mosquitto(
             os.chown(data, *owner)
             allow_traversal(workdir)
         conf = workdir / "mosquitto.conf"
-        plugin = dynsec_plugin() if bundle is not None else ""
+        plugin = dynsec_plugin()
 
         def start(port: int) -> ManagedProcess:
-            conf.write_text(_mosquitto_conf(port, host, persistent, data, bundle, plugin))
+            conf.write_text(_mosquitto_conf(port, host, persistent, data, bundle, plugin, tls))
             # as its own account from the start (when we are root): a Mosquitto that drops root
             # itself loses the death signal and would outlive a killed parent
             p = procs["mosquitto"] = ManagedProcess(
@@ -399,15 +395,15 @@ def _start_mosquitto(
 
         conf = workdir / "mosquitto.conf"
         conf.write_text(
-            _mosquitto_conf(1883, "0.0.0.0", False, Path("/mosquitto/data"), bundle, CONTAINER_DYNSEC)
+            _mosquitto_conf(1883, "0.0.0.0", False, Path("/mosquitto/data"), bundle, CONTAINER_DYNSEC, tls)
         )
         c = (
             DockerContainer("eclipse-mosquitto:2.0.18")
             .with_exposed_ports(1883)
             .with_volume_mapping(str(conf), "/mosquitto/config/mosquitto.conf", "ro")
+            # the same paths inside: the config names them
+            .with_volume_mapping(str(bundle.root), str(bundle.root), "rw")
         )
-        if bundle is not None:  # the same paths inside: the config names them
-            c = c.with_volume_mapping(str(bundle.root), str(bundle.root), "rw")
         c.start()
         containers.append(c)
         h, port = c.get_container_host_ip(), int(c.get_exposed_port(1883))
@@ -426,16 +422,26 @@ def _start_redis(
     persistent: bool,
     procs: dict[str, ManagedProcess],
     containers: list[Any],
-    bundle: Bundle | None,
+    bundle: Bundle,
+    tls: bool,
 ) -> str:
     binary = _find(REDIS_CANDIDATES)
-    scheme = "redis" if bundle is None else "rediss"
+    scheme = "rediss" if tls else "redis"
     if binary:
         data = workdir / "redis"
         data.mkdir(exist_ok=True)
 
         def start(port: int) -> ManagedProcess:
-            argv = [binary, *redis_security(port, bundle), "--bind", host, "--dir", str(data), "--save", ""]
+            argv = [
+                binary,
+                *redis_security(port, bundle, tls=tls),
+                "--bind",
+                host,
+                "--dir",
+                str(data),
+                "--save",
+                "",
+            ]
             argv += ["--appendonly", "yes" if persistent else "no"]
             p = procs["redis"] = ManagedProcess("redis-server", argv, log_dir=logs)
             return p
@@ -445,10 +451,12 @@ def _start_redis(
     if docker_engine_running():
         from testcontainers.core.container import DockerContainer
 
-        c = DockerContainer("redis:7.2.5").with_exposed_ports(6379)
-        if bundle is not None:
-            c = c.with_volume_mapping(str(bundle.root), str(bundle.root), "ro")
-            c = c.with_command(["redis-server", *redis_security(6379, bundle)])
+        c = (
+            DockerContainer("redis:7.2.5")
+            .with_exposed_ports(6379)
+            .with_volume_mapping(str(bundle.root), str(bundle.root), "ro")
+            .with_command(["redis-server", *redis_security(6379, bundle, tls=tls)])
+        )
         c.start()
         containers.append(c)
         h, port = c.get_container_host_ip(), int(c.get_exposed_port(6379))

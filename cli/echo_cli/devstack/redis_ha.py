@@ -32,10 +32,11 @@ from .processes import ManagedProcess, start_on_free_port
 SENTINELS = 3
 
 
-def redis_security(port: int, bundle: Bundle | None) -> list[str]:
-    """redis-server arguments: TLS only on ``port``, clients verified by their login."""
-    if bundle is None:
-        return ["--port", str(port), "--protected-mode", "no"]
+def redis_security(port: int, bundle: Bundle, *, tls: bool = True) -> list[str]:
+    """redis-server arguments: TLS only on ``port``, clients verified by their login
+    (``tls=False``: the benchmark of what TLS costs: plaintext, the same logins)."""
+    if not tls:
+        return ["--port", str(port), "--aclfile", str(bundle.redis_acl_file)]
     return [
         "--port", "0",
         "--tls-port", str(port),
@@ -53,14 +54,12 @@ def start_redis_ha(
     host: str,
     persistent: bool,
     procs: dict[str, ManagedProcess],
-    bundle: Bundle | None,
+    bundle: Bundle,
     binary: str,
 ) -> tuple[str, dict[str, str]]:
     """Start the primary (``redis``), its replica (``redis-2``) and the sentinels
     (``sentinel-1``..``3``); returns the ``rediss+sentinel://`` URL and each process's own
     ``rediss://host:port`` (restarts reuse the port)."""
-    if bundle is None:
-        raise ValueError("Redis with Sentinel runs secured only (a bundle)")
     internal = bundle.redis_internal()
     tls = TlsFiles(bundle.server.cert, bundle.server.key, bundle.ca_file)
     # both Redis processes may be a replica one day (a failover turns the old primary into

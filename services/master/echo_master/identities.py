@@ -28,7 +28,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from echo_shared.dynsec import ChannelGrant
-from echo_shared.leases import FENCE_LAST, Lease
+from echo_shared.leases import Fencing, Lease
 from echo_shared.names import Names
 
 ENROLLED = "enrolled"
@@ -40,33 +40,25 @@ def digest(secret: str) -> str:
 
 
 # Grant writes of the leading master (its deploys and stops), fenced by its lease
-# (FENCE_LAST: the lease is the last key, the holder's value the last argument).
+# (``Fencing``: the lease is the last key, the holder's value the last argument).
 # _SET_GRANTS: KEYS[i] (but the last) gets field ARGV[2i-1] = ARGV[2i].
-_SET_GRANTS = (
-    FENCE_LAST
-    + """
+_SET_GRANTS = """
 for i = 1, #KEYS - 1 do redis.call('HSET', KEYS[i], ARGV[2 * i - 1], ARGV[2 * i]) end
 return 1
 """
-)
 # _DROP_GRANT: KEYS[1] the device's grants; ARGV[1] the task key, ARGV[2] the generation
 # stopped: withdrawn unless a newer generation of the task runs there
-_DROP_GRANT = (
-    FENCE_LAST
-    + """
+_DROP_GRANT = """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if not raw then return 0 end
 if tonumber(cjson.decode(raw)['generation']) > tonumber(ARGV[2]) then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 return 1
 """
-)
 
 # _REMOVE_LOGINS: KEYS[1] a device's identity; ARGV[1..n-1] the usernames to take off its
 # login list (nothing else of the identity is written)
-_REMOVE_LOGINS = (
-    FENCE_LAST
-    + """
+_REMOVE_LOGINS = """
 local raw = redis.call('HGET', KEYS[1], 'logins')
 if not raw then return 0 end
 local gone = {}
@@ -78,7 +70,6 @@ end
 redis.call('HSET', KEYS[1], 'logins', #kept == 0 and '[]' or cjson.encode(kept))
 return 1
 """
-)
 
 
 @dataclass
@@ -112,18 +103,11 @@ class IdentityStore:
     def __init__(self, redis: aioredis.Redis, names: Names, lease: Lease | None = None) -> None:
         self.r = redis
         self.names = names
-        self.lease = lease  # set: grant writes (the leader's deploys) are fenced by it
-        self._set_grants = redis.register_script(_SET_GRANTS)
-        self._drop_grant = redis.register_script(_DROP_GRANT)
-        self._remove_logins = redis.register_script(_REMOVE_LOGINS)
-
-    def _fence(self) -> tuple[str, str]:
-        return self.lease.fence_args() if self.lease is not None else (self.names.lease_key("master"), "")
-
-    def _checked(self, result: Any) -> Any:
-        if self.lease is not None:
-            self.lease.check(result)
-        return result
+        # lease set: grant writes (the leader's deploys) and login retirement are fenced by it
+        self.fencing = Fencing(redis, names.lease_key("master"), lease)
+        self._set_grants = self.fencing.script(_SET_GRANTS)
+        self._drop_grant = self.fencing.script(_DROP_GRANT)
+        self._remove_logins = self.fencing.script(_REMOVE_LOGINS)
 
     # ------------------------------------------------------------ enrolment tokens
 
@@ -158,9 +142,7 @@ class IdentityStore:
         """Take retired logins off a device's identity (the leader's retirement sweep, fenced):
         only its login list changes, so a revocation or rotation made meanwhile by another
         replica's API is kept."""
-        lease_key, holder = self._fence()
-        keys = [self.names.device_identity_key(device), lease_key]
-        self._checked(await self._remove_logins(keys=keys, args=[*usernames, holder]))
+        await self.fencing.run(self._remove_logins, [self.names.device_identity_key(device)], [*usernames])
 
     async def save(self, ident: Identity) -> None:
         await self.r.hset(self.names.device_identity_key(ident.device), mapping=self._fields(ident))
@@ -228,9 +210,8 @@ class IdentityStore:
 
     async def drop_grant(self, device: str, task_key: str, generation: int) -> bool:
         """Withdraw a task's grant unless a newer generation of it runs there (fencing)."""
-        lease_key, holder = self._fence()
-        keys = [self.names.device_grants_key(device), lease_key]
-        return bool(self._checked(await self._drop_grant(keys=keys, args=[task_key, generation, holder])))
+        keys = [self.names.device_grants_key(device)]
+        return bool(await self.fencing.run(self._drop_grant, keys, [task_key, generation]))
 
     async def status_and_grants(
         self, device: str, remember: tuple[str, str, int] | None = None
@@ -260,10 +241,9 @@ class IdentityStore:
         """Several (device, task key, grant) at once (one round trip, fenced)."""
         if not grants:
             return
-        lease_key, holder = self._fence()
-        keys = [self.names.device_grants_key(device) for device, _, _ in grants] + [lease_key]
-        args = [x for _, task_key, grant in grants for x in (task_key, self._grant_json(grant))] + [holder]
-        self._checked(await self._set_grants(keys=keys, args=args))
+        keys = [self.names.device_grants_key(device) for device, _, _ in grants]
+        args = [x for _, task_key, grant in grants for x in (task_key, self._grant_json(grant))]
+        await self.fencing.run(self._set_grants, keys, args)
 
     async def grants_of_many(self, devices: list[str]) -> dict[str, dict[str, TaskGrant]]:
         async with self.r.pipeline(transaction=False) as p:

@@ -27,7 +27,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from echo_shared.errors import NotFoundError
-from echo_shared.leases import FENCE_LAST, Lease
+from echo_shared.leases import Fencing, Lease
 from echo_shared.messages import TaskCheckpoint
 from echo_shared.models import (
     DataflowSpec,
@@ -41,14 +41,12 @@ from echo_shared.names import Names
 from echo_shared.placement_graph import RELAY_OPERATOR, effective_spec
 from echo_shared.redis_store import fields
 
-# Every fenced script begins with FENCE_LAST: KEYS[#KEYS] is the lease, ARGV[#ARGV] the value
+# Every script here runs fenced (``Fencing``): KEYS[#KEYS] is the lease, ARGV[#ARGV] the value
 # this replica holds ('' = no lease: a master without replicas' fencing)
 
 # Fenced writes: KEYS[i] (but the last) gets ARGV[i], a JSON array [command, args...]:
 # ["HSET", field, value, field, value, ...] or ["SADD" | "SREM", member, ...]
-_WRITE = (
-    FENCE_LAST
-    + """
+_WRITE = """
 for i = 1, #KEYS - 1 do
   local op = cjson.decode(ARGV[i])
   local cmd = op[1]
@@ -60,14 +58,11 @@ for i = 1, #KEYS - 1 do
 end
 return 1
 """
-)
 # KEYS[1] tasks hash; ARGV[1] task id; ARGV[2] patch (JSON object); ARGV[3] generation the
 # record must have ('' = any); ARGV[4] '1' when the patch may only move the state forward
 # (reports from agents can arrive after a later state was recorded). Returns the merged
 # record, or false.
-_PATCH = (
-    FENCE_LAST
-    + """
+_PATCH = """
 local rank = {pending=0, deploying=1, running=2, finished=3, failed=3, stopping=4, stopped=5}
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return false end
@@ -83,15 +78,12 @@ local out = cjson.encode(rec)
 redis.call('HSET', KEYS[1], ARGV[1], out)
 return out
 """
-)
 
 
 # KEYS[1] tasks hash, KEYS[2] checkpoint key; ARGV[1] task id, ARGV[2] generation, ARGV[3]
 # the checkpoint (JSON). Kept only when it comes from the task's current generation and is
 # newer than the one stored. Returns 1 when stored.
-_CHECKPOINT = (
-    FENCE_LAST
-    + """
+_CHECKPOINT = """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return 0 end
 local rec = cjson.decode(cur)
@@ -108,13 +100,10 @@ end
 redis.call('SET', KEYS[2], ARGV[3])
 return 1
 """
-)
 
 # KEYS[1] tasks hash; ARGV[1] task id, ARGV[2] device, ARGV[3] generation: forget a fenced
 # stale copy (it was stopped, or died with its agent).
-_UNFENCE = (
-    FENCE_LAST
-    + """
+_UNFENCE = """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return 0 end
 local rec = cjson.decode(cur)
@@ -125,7 +114,6 @@ if next(f) == nil then rec['fenced'] = cjson.decode('{}') end
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(rec))
 return 1
 """
-)
 
 
 def needs_work(desired: DesiredState, state: DataflowState) -> bool:
@@ -171,30 +159,17 @@ class DataflowStore:
     def __init__(self, redis: aioredis.Redis, names: Names, lease: Lease | None = None) -> None:
         self.r = redis
         self.names = names
-        self.lease = lease  # set: the reconciler's and the mover's writes are fenced by it
-        self._patch = redis.register_script(_PATCH)
-        self._checkpoint = redis.register_script(_CHECKPOINT)
-        self._unfence = redis.register_script(_UNFENCE)
-        self._write = redis.register_script(_WRITE)
-
-    def _fence(self) -> tuple[str, str]:
-        """(lease key, the value this replica holds) for a fenced script; ``Fenced`` at once
-        when this replica does not hold the lease."""
-        if self.lease is None:
-            return self.names.lease_key("master"), ""
-        return self.lease.fence_args()
-
-    def _checked(self, result: Any) -> Any:
-        if self.lease is not None:
-            self.lease.check(result)
-        return result
+        # lease set: the reconciler's and the mover's writes are fenced by it
+        self.fencing = Fencing(redis, names.lease_key("master"), lease)
+        self._patch = self.fencing.script(_PATCH)
+        self._checkpoint = self.fencing.script(_CHECKPOINT)
+        self._unfence = self.fencing.script(_UNFENCE)
+        self._write = self.fencing.script(_WRITE)
 
     async def _fenced(self, *ops: tuple[str, str, list[Any]]) -> None:
         """Apply ``(command, key, args)`` writes atomically, fenced by the lease."""
-        lease_key, holder = self._fence()
-        keys = [key for _, key, _ in ops] + [lease_key]
-        args = [json.dumps([cmd, *a]) for cmd, _, a in ops] + [holder]
-        self._checked(await self._write(keys=keys, args=args))
+        keys = [key for _, key, _ in ops]
+        await self.fencing.run(self._write, keys, [json.dumps([cmd, *a]) for cmd, _, a in ops])
 
     @staticmethod
     def new_id() -> str:
@@ -324,18 +299,14 @@ class DataflowStore:
         if not patches:
             return
         key = self.names.dataflow_tasks_key(df_id)
-        lease_key, holder = self._fence()
         async with self.r.pipeline(transaction=False) as p:
             for task, patch, generation in patches:
                 body = {k: (v.value if hasattr(v, "value") else v) for k, v in patch.items()}
                 body.setdefault("updated_at", time.time())
-                await self._patch(
-                    keys=[key, lease_key],
-                    args=[task, json.dumps(body), "" if generation is None else str(generation), "0", holder],
-                    client=p,
-                )
+                gen = "" if generation is None else str(generation)
+                await self.fencing.queue(p, self._patch, [key], [task, json.dumps(body), gen, "0"])
             for result in await p.execute():
-                self._checked(result)
+                self.fencing.check(result)
 
     async def patch_task(
         self,
@@ -352,45 +323,38 @@ class DataflowStore:
         """
         patch = {k: (v.value if hasattr(v, "value") else v) for k, v in patch.items()}
         patch.setdefault("updated_at", time.time())
-        lease_key, holder = self._fence()
-        out = await self._patch(
-            keys=[self.names.dataflow_tasks_key(df_id), lease_key],
-            args=[
+        out = await self.fencing.run(
+            self._patch,
+            [self.names.dataflow_tasks_key(df_id)],
+            [
                 task,
                 json.dumps(patch),
                 "" if generation is None else str(generation),
                 "1" if forward_only else "0",
-                holder,
             ],
         )
-        return TaskRecord.model_validate_json(self._checked(out)) if out else None
+        return TaskRecord.model_validate_json(out) if out else None
 
     # ------------------------------------------------------------------ moves
 
     async def save_checkpoint(self, ckpt: TaskCheckpoint) -> bool:
         """Keep a task's periodic checkpoint if it comes from its current generation."""
-        lease_key, holder = self._fence()
-        out = await self._checkpoint(
-            keys=[
-                self.names.dataflow_tasks_key(ckpt.dataflow),
-                self.names.checkpoint_key(ckpt.dataflow, ckpt.task),
-                lease_key,
-            ],
-            args=[ckpt.task, str(ckpt.generation), ckpt.model_dump_json(), holder],
+        keys = [
+            self.names.dataflow_tasks_key(ckpt.dataflow),
+            self.names.checkpoint_key(ckpt.dataflow, ckpt.task),
+        ]
+        out = await self.fencing.run(
+            self._checkpoint, keys, [ckpt.task, str(ckpt.generation), ckpt.model_dump_json()]
         )
-        return bool(self._checked(out))
+        return bool(out)
 
     async def checkpoint(self, df_id: str, task: str) -> TaskCheckpoint | None:
         raw = await self.r.get(self.names.checkpoint_key(df_id, task))
         return TaskCheckpoint.model_validate_json(raw) if raw else None
 
     async def unfence(self, df_id: str, task: str, device: str, generation: int) -> None:
-        lease_key, holder = self._fence()
-        out = await self._unfence(
-            keys=[self.names.dataflow_tasks_key(df_id), lease_key],
-            args=[task, device, str(generation), holder],
-        )
-        self._checked(out)
+        keys = [self.names.dataflow_tasks_key(df_id)]
+        await self.fencing.run(self._unfence, keys, [task, device, str(generation)])
 
     async def move_in_placement(self, df_id: str, task: str, device: str, reason: str) -> None:
         """Show a moved task on its new device in the dataflow's recorded placement."""

@@ -18,7 +18,7 @@ import uuid
 
 import redis.asyncio as aioredis
 
-from echo_shared.leases import FENCE_CHECK, Fenced, Lease
+from echo_shared.leases import Fencing, Lease
 from echo_shared.messages import Migration, MigrationStep, RebalanceDecision
 from echo_shared.names import Names
 
@@ -30,65 +30,44 @@ def new_id() -> str:
     return "mig-" + uuid.uuid4().hex[:12]
 
 
-_CREATE = (
-    FENCE_CHECK
-    + """
-redis.call('SET', KEYS[2], ARGV[2])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
-redis.call('SADD', KEYS[4], ARGV[4])
+# run fenced (``Fencing``: the lease is the last key, the holder's value the last argument)
+# KEYS[1] the migration, KEYS[2] all migrations (by time), KEYS[3] the active ones;
+# ARGV[1] the migration (JSON), ARGV[2] its creation time, ARGV[3] its id
+_CREATE = """
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[3])
 return 'OK'
 """
-)
-_SAVE = (
-    FENCE_CHECK
-    + """
-redis.call('SET', KEYS[2], ARGV[2])
-if ARGV[3] == '1' then redis.call('SREM', KEYS[3], ARGV[4]) end
+# KEYS[1] the migration, KEYS[2] the active ones; ARGV[1] the migration (JSON), ARGV[2] '1'
+# when it finished, ARGV[3] its id
+_SAVE = """
+redis.call('SET', KEYS[1], ARGV[1])
+if ARGV[2] == '1' then redis.call('SREM', KEYS[2], ARGV[3]) end
 return 'OK'
 """
-)
 
 
 class SagaStore:
     def __init__(self, redis: aioredis.Redis, names: Names, lease: Lease | None = None) -> None:
         self.r = redis
         self.names = names
-        self.lease = lease  # set: writes are fenced by it
-        self._create = redis.register_script(_CREATE)
-        self._save = redis.register_script(_SAVE)
-
-    def _fence(self) -> str:
-        assert self.lease is not None
-        if self.lease.value is None:
-            raise Fenced(f"not the holder of {self.lease.key}: another replica leads")
-        return self.lease.value
+        self.fencing = Fencing(redis, names.lease_key("migrator"), lease)  # lease set: writes fenced
+        self._create = self.fencing.script(_CREATE)
+        self._save = self.fencing.script(_SAVE)
 
     async def create(self, m: Migration) -> None:
         m.created_at = m.updated_at = time.time()
-        if self.lease is not None:
-            n = self.names
-            keys = [self.lease.key, n.migration_key(m.id), n.migrations_key, n.active_migrations_key]
-            args = [self._fence(), m.model_dump_json(), str(m.created_at), m.id]
-            self.lease.check(await self._create(keys=keys, args=args))
-            return
-        async with self.r.pipeline(transaction=True) as p:
-            p.set(self.names.migration_key(m.id), m.model_dump_json())
-            p.zadd(self.names.migrations_key, {m.id: m.created_at})
-            p.sadd(self.names.active_migrations_key, m.id)
-            await p.execute()
+        n = self.names
+        keys = [n.migration_key(m.id), n.migrations_key, n.active_migrations_key]
+        await self.fencing.run(self._create, keys, [m.model_dump_json(), str(m.created_at), m.id])
 
     async def save(self, m: Migration) -> None:
         m.updated_at = time.time()
-        if self.lease is not None:
-            keys = [self.lease.key, self.names.migration_key(m.id), self.names.active_migrations_key]
-            args = [self._fence(), m.model_dump_json(), "1" if m.state in FINISHED else "0", m.id]
-            self.lease.check(await self._save(keys=keys, args=args))
-            return
-        async with self.r.pipeline(transaction=True) as p:
-            p.set(self.names.migration_key(m.id), m.model_dump_json())
-            if m.state in FINISHED:
-                p.srem(self.names.active_migrations_key, m.id)
-            await p.execute()
+        keys = [self.names.migration_key(m.id), self.names.active_migrations_key]
+        await self.fencing.run(
+            self._save, keys, [m.model_dump_json(), "1" if m.state in FINISHED else "0", m.id]
+        )
 
     async def get(self, mid: str) -> Migration | None:
         raw = await self.r.get(self.names.migration_key(mid))
