@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
-import shutil
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +22,7 @@ from echo_shared.messages import CommandAck, DeployTask
 from echo_shared.mqtt import MqttMessage
 from echo_shared.names import Names
 from tests.conftest import THREE_TIERS, PlatformFactory
+from tests.harness.programs import safe_python3
 from tests.harness.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -120,8 +120,7 @@ def test_an_agent_refuses_a_deploy_of_a_runtime_it_does_not_offer(
 def test_a_program_runs_as_nobody_with_its_limits_and_nothing_of_the_agents_environment(
     platform_factory: PlatformFactory, tmp_path: Path
 ) -> None:
-    if shutil.which("python3", path=SAFE_PATH) is None:
-        pytest.skip(f"no python3 on {SAFE_PATH}")
+    safe_python3()  # the program below runs on it
     fleet = tuple(replace(s, runtimes=("process",)) if s.device_id == "fog-1" else s for s in THREE_TIERS)
     _platform, api = platform_factory(fleet)
     offered = {d: "process" in r["runtimes"] for d, r in api.devices().items()}

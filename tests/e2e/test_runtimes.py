@@ -8,7 +8,6 @@ how it confines programs: ``test_runtime_sandbox.py``."""
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,16 +16,14 @@ import orjson
 import pytest
 
 from echo_agent.runtimes import container_runtime, onnx_runtime
-from echo_agent.runtimes.sandbox import SAFE_PATH
 from tests.conftest import THREE_TIERS, PlatformFactory
 from tests.harness.api import Api
+from tests.harness.programs import safe_python3
 from tests.harness.waiting import wait_until
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(shutil.which("python3", path=SAFE_PATH) is None, reason=f"no python3 on {SAFE_PATH}"),
-]
+pytestmark = pytest.mark.e2e
 
+safe_python3()  # the programs below run on it
 PY = "python3"  # found on the program's PATH, as a deployer would write it
 ONNX = {"onnx"} if onnx_runtime.available() is None else set()
 # the three tiers, every agent with the process runtime enabled

@@ -125,8 +125,7 @@ def test_a_services_metrics_port_taken_in_between_moves_and_the_api_stays(
 def test_prometheus_whose_port_is_taken_in_between_moves_and_answers(
     brokers: Brokers, squatters: list[socket.socket], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if prometheus_binary() is None:
-        pytest.skip("Prometheus is not installed (apt-get install prometheus)")
+    assert prometheus_binary() is not None, "Prometheus is not installed: make deps installs it"
     assert brokers.bundle is not None
     squatters.append(squat())
     taken = squatters[0].getsockname()[1]

@@ -6,25 +6,22 @@ sandbox here is built without them, so the rlimits and the CPU watch are what is
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from echo_agent.running import TaskRunner
 from echo_agent.runtimes.gating import RuntimePolicy
-from echo_agent.runtimes.sandbox import SAFE_PATH, Sandbox
+from echo_agent.runtimes.sandbox import Sandbox
 from echo_cli.devstack import Brokers
 from echo_shared.messages import Binding, DeployTask, TaskStatus
 from echo_shared.models import Resources, TaskState
 from echo_shared.names import Names
+from tests.harness.programs import safe_python3
 from tests.harness.waiting import eventually
 
-PY = shutil.which("python3", path=SAFE_PATH)
-pytestmark = pytest.mark.skipif(PY is None, reason=f"no python3 on {SAFE_PATH}")
+PY = safe_python3()
 
 SPIN = "import sys\nfor line in sys.stdin:\n    pass\nwhile True:\n    pass\n"
 HOG = "import sys\nsys.stdin.read()\nx = bytearray(1024 * 1024 * 1024)\nprint('{}')\n"

@@ -4,7 +4,6 @@ fails it naming the memory limit; a program within its limits runs as before."""
 
 from __future__ import annotations
 
-import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -13,13 +12,11 @@ import pytest
 
 from echo_agent.operators import TaskContext, build
 from echo_agent.runtimes.limits import CpuWatch, limit_hit
-from echo_agent.runtimes.sandbox import SAFE_PATH, Sandbox
+from echo_agent.runtimes.sandbox import Sandbox
 from echo_agent.runtimes.stdio import RunFailed, exit_text
+from tests.harness.programs import safe_python3
 
-PY = shutil.which("python3", path=SAFE_PATH) or "python3"
-needs_python3 = pytest.mark.skipif(
-    shutil.which("python3", path=SAFE_PATH) is None, reason=f"no python3 on {SAFE_PATH}"
-)
+PY = safe_python3()
 
 SPIN = "import sys\nsys.stdin.read()\nwhile True:\n    pass\n"
 HOG = "import sys\nsys.stdin.read()\nx = bytearray(1024 * 1024 * 1024)\nprint('{}')\n"
@@ -75,7 +72,6 @@ async def opened(op: Any, tmp_path: Path) -> Any:
     return op
 
 
-@needs_python3
 async def test_a_program_above_its_cpu_share_fails_the_task_saying_so(tmp_path: Path) -> None:
     op = await opened(process(tmp_path, [PY, "-c", SPIN], cpu=0.2, memory_mb=None), tmp_path)
     try:
@@ -87,7 +83,6 @@ async def test_a_program_above_its_cpu_share_fails_the_task_saying_so(tmp_path: 
         await op.close()
 
 
-@needs_python3
 async def test_a_program_beyond_its_memory_fails_the_task_saying_so(tmp_path: Path) -> None:
     op = await opened(process(tmp_path, [PY, "-c", HOG], cpu=None, memory_mb=64), tmp_path)
     try:
@@ -97,7 +92,6 @@ async def test_a_program_beyond_its_memory_fails_the_task_saying_so(tmp_path: Pa
         await op.close()
 
 
-@needs_python3
 async def test_a_program_within_its_limits_runs(tmp_path: Path) -> None:
     op = await opened(process(tmp_path, [PY, "-c", ECHO], cpu=0.2, memory_mb=64), tmp_path)
     try:
@@ -110,7 +104,6 @@ def suicide(sig: signal.Signals) -> str:
     return f"import os, signal, sys\nsys.stdin.read()\nos.kill(os.getpid(), signal.{sig.name})\n"
 
 
-@needs_python3
 async def test_a_program_killed_by_a_signal_names_it(tmp_path: Path) -> None:
     op = await opened(
         process(tmp_path, [PY, "-c", suicide(signal.SIGTERM)], cpu=None, memory_mb=64), tmp_path
@@ -135,7 +128,6 @@ async def test_a_program_killed_by_a_signal_names_it(tmp_path: Path) -> None:
         await op.close()
 
 
-@needs_python3
 async def test_a_lines_program_that_ends_killed_names_the_signal(tmp_path: Path) -> None:
     op = build("process", {"command": [PY, "-c", suicide(signal.SIGABRT)], "mode": "lines"})
     op.confine(Sandbox.for_agent(quiet=True), None, None)

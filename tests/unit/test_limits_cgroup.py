@@ -19,13 +19,11 @@ from echo_agent.operators import TaskContext, build
 from echo_agent.runtimes import limits_cgroup
 from echo_agent.runtimes.limits import limit_hit
 from echo_agent.runtimes.limits_cgroup import CgroupError, CgroupTree, ProgramCgroup, cpu_max, own_cgroup
-from echo_agent.runtimes.sandbox import SAFE_PATH, Sandbox
+from echo_agent.runtimes.sandbox import Sandbox
 from echo_agent.runtimes.stdio import RunFailed
+from tests.harness.programs import safe_python3
 
-PY = shutil.which("python3", path=SAFE_PATH) or "python3"
-needs_python3 = pytest.mark.skipif(
-    shutil.which("python3", path=SAFE_PATH) is None, reason=f"no python3 on {SAFE_PATH}"
-)
+PY = safe_python3()
 
 
 @pytest.fixture(autouse=True)
@@ -214,7 +212,6 @@ WHO = (
 GREEDY = "import sys\nsys.stdin.read()\nx = bytearray(400 << 20)\nprint('{}')\n"
 
 
-@needs_python3
 async def test_a_program_enters_its_cgroup_before_it_runs(tmp_path: Path, tree: FakeKernel) -> None:
     entered: list[str] = []
     moved_at: list[float] = []
@@ -245,7 +242,6 @@ async def test_a_program_enters_its_cgroup_before_it_runs(tmp_path: Path, tree: 
     assert (tree.made[0].path.parent / "cgroup.procs").read_text() == ""
 
 
-@needs_python3
 async def test_memory_in_a_cgroup_is_its_memory_max_not_an_address_space(
     tmp_path: Path, tree: FakeKernel
 ) -> None:
@@ -256,7 +252,6 @@ async def test_memory_in_a_cgroup_is_its_memory_max_not_an_address_space(
         await op.close()
 
 
-@needs_python3
 async def test_a_program_the_kernel_oom_killed_fails_its_task_naming_the_limit(
     tmp_path: Path, tree: FakeKernel
 ) -> None:
@@ -271,7 +266,6 @@ async def test_a_program_the_kernel_oom_killed_fails_its_task_naming_the_limit(
         await op.close()
 
 
-@needs_python3
 async def test_a_program_that_cannot_enter_its_cgroup_does_not_run(tmp_path: Path, tree: FakeKernel) -> None:
     made = FakeKernel.make
 

@@ -22,10 +22,11 @@ from pydantic import ValidationError
 from echo_agent.operators import TaskContext, build, implementations
 from echo_agent.runtimes import detect, process_runtime
 from echo_agent.runtimes.process_runtime import MissingOnDevice, NotPermitted
-from echo_agent.runtimes.sandbox import SAFE_PATH, Sandbox
+from echo_agent.runtimes.sandbox import Sandbox
 from echo_agent.runtimes.stdio import RunFailed
 from echo_shared.catalogue import Kind
 from echo_shared.operators import lookup
+from tests.harness.programs import safe_python3
 from tests.harness.waiting import eventually
 
 
@@ -44,10 +45,7 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
     assert not leaked, f"leaked asyncio tasks: {leaked}"
 
 
-PY = shutil.which("python3", path=SAFE_PATH) or "python3"
-pytestmark = pytest.mark.skipif(
-    shutil.which("python3", path=SAFE_PATH) is None, reason=f"no python3 on {SAFE_PATH}"
-)
+PY = safe_python3()
 
 # one output per record, with the doubled seq
 DOUBLE = (

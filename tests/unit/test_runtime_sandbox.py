@@ -9,7 +9,6 @@ import asyncio
 import logging
 import os
 import pwd
-import shutil
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -34,10 +33,10 @@ from echo_shared.messages import CommandAck, DeployTask
 from echo_shared.models import Resources, TaskState
 from echo_shared.mqtt import MqttMessage
 from echo_shared.names import Names
+from tests.harness.programs import safe_python3
 from tests.harness.waiting import eventually
 
-PY = shutil.which("python3", path=SAFE_PATH)
-needs_python = pytest.mark.skipif(PY is None, reason=f"no python3 on {SAFE_PATH}")
+PY = safe_python3()
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs an agent running as root")
 ONNX = {"onnx"} if onnx_runtime.available() is None else set()
 DOCUMENTED = {"ECHO_DATAFLOW", "ECHO_TASK", "ECHO_DEVICE", "ECHO_DATA_DIR"}
@@ -114,7 +113,6 @@ def limit(limits: str, name: str) -> tuple[str, str]:
 
 
 @as_root
-@needs_python
 async def test_programs_run_as_nobody_without_the_agents_groups(tmp_path: Path) -> None:
     nobody = pwd.getpwnam("nobody")
     r = await report(tmp_path)
@@ -127,14 +125,12 @@ async def test_programs_run_as_nobody_without_the_agents_groups(tmp_path: Path) 
 
 
 @as_root
-@needs_python
 async def test_run_as_another_user(tmp_path: Path) -> None:
     daemon = pwd.getpwnam("daemon")
     r = await report(tmp_path, sandbox=Sandbox.for_agent("daemon"))
     assert (r["uid"], r["gid"]) == (daemon.pw_uid, daemon.pw_gid)
 
 
-@needs_python
 async def test_the_environment_is_minimal_and_nothing_of_the_agents(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -172,7 +168,6 @@ async def test_the_environment_is_minimal_and_nothing_of_the_agents(
 # ------------------------------------------------------------------------- limits
 
 
-@needs_python
 async def test_limits_of_a_batch_run(tmp_path: Path) -> None:
     limits = (await report(tmp_path, memory_mb=512))["limits"]
     assert limit(limits, "Max address space") == (str(512 << 20),) * 2
@@ -186,7 +181,6 @@ async def test_limits_of_a_batch_run(tmp_path: Path) -> None:
     assert limit(limits, "Max address space") == ("unlimited", "unlimited")
 
 
-@needs_python
 async def test_a_lines_program_lives_as_long_as_its_task_so_no_cpu_limit_by_default(tmp_path: Path) -> None:
     limits = (await report(tmp_path, mode="lines"))["limits"]
     assert limit(limits, "Max cpu time") == ("unlimited", "unlimited")
@@ -209,7 +203,6 @@ async def test_a_run_over_its_cpu_seconds_is_killed(tmp_path: Path) -> None:
         await op.process_batch([{"v": 1}])
 
 
-@needs_python
 async def test_a_run_over_its_memory_fails(tmp_path: Path) -> None:
     assert PY is not None
     grab = "import sys\nx = bytearray(400 << 20)\nprint('{}')\n"
@@ -230,7 +223,6 @@ def alive(pid: int) -> bool:
         return False
 
 
-@needs_python
 async def test_a_program_has_its_own_session_and_group(tmp_path: Path) -> None:
     r = await report(tmp_path)
     assert r["pgid"] == r["pid"] == r["sid"]
@@ -265,7 +257,6 @@ async def test_grandchildren_die_with_the_program_even_those_that_left_its_group
 
 
 @as_root
-@needs_python
 async def test_file_runs_read_their_input_and_write_their_output_only_for_the_run(tmp_path: Path) -> None:
     assert PY is not None
     src = tmp_path / "task" / "incoming" / "p-0-a.txt"
@@ -288,7 +279,6 @@ async def test_file_runs_read_their_input_and_write_their_output_only_for_the_ru
     assert (await asyncio.to_thread(output.parent.stat)).st_uid == 0
 
 
-@needs_python
 async def test_an_output_that_is_a_link_is_refused(tmp_path: Path) -> None:
     assert PY is not None
     src = tmp_path / "task" / "incoming" / "p-0-a.txt"
