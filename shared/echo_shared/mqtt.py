@@ -6,22 +6,17 @@ paho callback runs on the loop thread and may touch asyncio objects. Only the bl
 TCP connect runs in an executor; the socket callbacks it triggers are handed back to
 the loop with ``call_soon_threadsafe``.
 
-What the adapter adds to paho:
+What the adapter adds to paho (the parts that need no paho are in ``mqtt_connection``, its
+base class, and ``mqtt_types``):
 
 - ``await client.start()`` waits for the CONNACK (``MqttUnavailable`` on failure);
-- ``publish()`` returns a future resolved on PUBACK (QoS 1), with a bounded window of
-  unacknowledged publishes (``await wait_for_window()``) so producers feel back-pressure;
-- automatic reconnect with capped exponential back-off, re-subscribing every time;
+- ``publish()`` returns a future resolved on PUBACK (QoS 1), within the publish window;
+- re-subscribing on every reconnect;
 - manual acknowledgement of QoS 1 deliveries (``ack(msg)``), ignored for deliveries of an
   earlier connection (their packet ids are meaningless on the new one: the broker
   redelivers them instead);
 - persistent sessions (``clean_start=False`` plus a session expiry) named by client id,
-  and ``taken_over`` when another process holds the same id: either the broker says so
-  (MQTT 5 reason 0x8E) or, since some brokers (Mosquitto 2.0) just close the socket, the
-  connection is dropped right after each of ``TAKEOVER_DROPS`` consecutive connects. The
-  client then stops reconnecting instead of fighting the other holder for the session
-  (agents and their tasks), or, with ``yield_session=False`` (services, which must never go
-  deaf), keeps reconnecting every ``reconnect_max_delay`` seconds, logging it once;
+  given up or retried slowly when another process holds the same id (``taken_over``);
 - an idempotent, time-limited ``close()``.
 """
 
@@ -44,6 +39,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from .credentials import Login, client_tls
+from .mqtt_connection import QUICK_DROP as QUICK_DROP
+from .mqtt_connection import SESSION_TAKEN_OVER as SESSION_TAKEN_OVER
+from .mqtt_connection import TAKEOVER_DROPS as TAKEOVER_DROPS
+from .mqtt_connection import MqttConnection
 from .mqtt_types import (
     REFUSED_LOGIN,
     MessageHandler,
@@ -56,10 +55,6 @@ from .mqtt_types import (
 )
 
 log = logging.getLogger(__name__)
-
-SESSION_TAKEN_OVER = 142  # MQTT 5 reason code 0x8E
-TAKEOVER_DROPS = 3  # consecutive drops within QUICK_DROP seconds of connecting
-QUICK_DROP = 3.0
 
 
 class _Client(paho.Client):
@@ -78,7 +73,7 @@ def _properties(packet_type: int) -> Properties:
     return Properties(packet_type)  # type: ignore[no-untyped-call]
 
 
-class MqttClient:
+class MqttClient(MqttConnection):
     """An asyncio MQTT 5 client. Use as ``async with MqttClient(...) as c`` or start/close."""
 
     def __init__(
@@ -99,46 +94,28 @@ class MqttClient:
         tls: ssl.SSLContext | None = None,
         yield_session: bool = True,
     ) -> None:
-        self.url = url
-        # False (services): a contested session is never given up, only retried slowly
-        self._yield_session = yield_session
-        self.client_id = client_id
-        self._host, self._port, self._tls = parse_url(url)
+        super().__init__(
+            url,
+            client_id,
+            persistent=persistent,
+            publish_window=publish_window,
+            reconnect_max_delay=reconnect_max_delay,
+            yield_session=yield_session,
+        )
         self._login = login
         self._tls_context = tls
         self._on_message = on_message
-        self._persistent = persistent
         self._session_expiry = session_expiry if persistent else 0
         self._receive_maximum = receive_maximum
         self._manual_ack = manual_ack
         self._keepalive = keepalive
         self._will = will
-        self._reconnect_max_delay = reconnect_max_delay
-        self._publish_window = publish_window
-        self._window_free = asyncio.Event()
 
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._client: paho.Client | None = None
-        self._sock: Any = None
-        self._subs: dict[str, int] = {}
-        self._pending_pub: dict[int, asyncio.Future[None]] = {}
         self._pending_sub: dict[int, asyncio.Future[list[ReasonCode]]] = {}
-        self._connected = asyncio.Event()
-        self._first_connect: asyncio.Future[bool] | None = None
         self._misc_task: asyncio.Task[None] | None = None
-        self._reconnect_task: asyncio.Task[None] | None = None
-        self._closing = False
         self._closed = asyncio.Event()
-        self.epoch = 0
-        self.session_present = False
-        self.taken_over = asyncio.Event()
-        self.disconnects = 0
-        self._connected_at = 0.0
-        self._quick_drops = 0
-        self._socket_closed = asyncio.Event()
-        self.refused = asyncio.Event()  # the broker refuses our login (set until a connect succeeds)
-        self._refusal_logged = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -190,49 +167,7 @@ class MqttClient:
             properties=props,
         )
         self._client = c
-        self._first_connect = self._loop.create_future()
-        deadline = self._loop.time() + timeout
-        delay = 0.05
-        while True:  # the broker may start after us: dial until the deadline
-            try:
-                await self._dial()
-                break
-            except OSError as e:
-                if self._loop.time() + delay > deadline:
-                    if offline_ok:
-                        self._go_offline(e)
-                        return
-                    await self.close()
-                    raise MqttUnavailable(f"MQTT broker {self._host}:{self._port} unreachable: {e}") from e
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-        try:
-            await asyncio.wait_for(
-                asyncio.shield(self._first_connect), max(deadline - self._loop.time(), 1.0)
-            )
-        except MqttRefused as e:
-            await self.close()
-            raise MqttRefused(f"MQTT broker {self._host}:{self._port} refused {self.client_id}: {e}") from e
-        except (TimeoutError, MqttUnavailable) as e:
-            if offline_ok:
-                self._go_offline(e)
-                return
-            await self.close()
-            raise MqttUnavailable(f"MQTT broker {self._host}:{self._port} did not accept us: {e}") from e
-
-    def _go_offline(self, why: BaseException) -> None:
-        log.warning(
-            "mqtt %s: broker %s:%s out of reach (%s); working offline, dialling in the background",
-            self.client_id,
-            self._host,
-            self._port,
-            why,
-        )
-        assert self._loop is not None
-        if self._first_connect is not None and not self._first_connect.done():
-            self._first_connect.cancel()
-        if self._reconnect_task is None or self._reconnect_task.done():
-            self._reconnect_task = self._loop.create_task(self._reconnect_loop())
+        await self._first_connection(timeout, offline_ok)
 
     async def _dial(self) -> None:
         assert self._client is not None and self._loop is not None
@@ -292,51 +227,13 @@ class MqttClient:
                 self._first_connect.exception()
             self._closed.set()
 
-    async def _wait_socket_closed(self) -> None:
-        if self._sock is not None:
-            self._socket_closed.clear()
-            await self._socket_closed.wait()
-
-    @property
-    def connected(self) -> bool:
-        return self._connected.is_set()
-
     def relogin(self, login: Login) -> None:
         """Use ``login`` from the next (re)connect on (credential rotation)."""
         self._login = login
         if self._client is not None:
             self._client.username_pw_set(login.username, login.password)
 
-    async def wait_connected(self, timeout: float | None = None) -> None:
-        await asyncio.wait_for(self._connected.wait(), timeout)
-
     # ------------------------------------------------------------------ operations
-
-    async def subscribe(self, topics: list[str] | str, qos: int = 1, timeout: float = 10.0) -> None:
-        """Subscribe (and remember, so every reconnect re-subscribes). Waits for the SUBACK."""
-        if isinstance(topics, str):
-            topics = [topics]
-        for t in topics:
-            self._subs[t] = qos
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            fut = self._send_subscribe([(t, qos) for t in topics])
-            if fut is None:
-                return  # not connected: the reconnect subscribes to everything remembered
-            # a SUBACK lost with a dropped connection never comes: ask again on the new one
-            attempt = min(max(deadline - loop.time(), 0.0), max(timeout / 4, 1.0))
-            try:
-                codes = await asyncio.wait_for(fut, attempt)
-                break
-            except TimeoutError:
-                if loop.time() >= deadline:
-                    raise
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._connected.wait(), max(deadline - loop.time(), 0.0))
-        bad = [str(rc) for rc in codes if rc.is_failure]
-        if bad:
-            raise MqttUnavailable(f"subscription to {topics} refused: {bad}")
 
     async def unsubscribe(self, topics: list[str]) -> None:
         for t in topics:
@@ -379,20 +276,6 @@ class MqttClient:
             return fut
         self._pending_pub[info.mid] = fut
         return fut
-
-    async def wait_for_window(self) -> None:
-        """Block while the number of unacknowledged publishes is at the window size."""
-        while len(self._pending_pub) >= self._publish_window and not self._closing:
-            self._window_free.clear()
-            await self._window_free.wait()
-
-    @property
-    def unacked(self) -> int:
-        return len(self._pending_pub)
-
-    @property
-    def window_full(self) -> bool:
-        return len(self._pending_pub) >= self._publish_window
 
     def ack(self, msg: MqttMessage) -> None:
         """Acknowledge a QoS 1 delivery (manual-ack clients); stale epochs are ignored."""
@@ -507,60 +390,7 @@ class MqttClient:
         log.debug("mqtt %s connected (session_present=%s)", self.client_id, self.session_present)
 
     def _on_disconnect(self, client: paho.Client, _ud: Any, _flags: Any, rc: ReasonCode, _props: Any) -> None:
-        self._connected.clear()
-        self.disconnects += 1
-        self.epoch += 1
-        if self._closing:
-            return
-        if self.refused.is_set():  # refused logins are not a contested session; retry (backoff)
-            if self._loop is not None and (self._reconnect_task is None or self._reconnect_task.done()):
-                self._reconnect_task = self._loop.create_task(self._reconnect_loop())
-            return
-        lived = time.monotonic() - self._connected_at
-        self._quick_drops = self._quick_drops + 1 if lived < QUICK_DROP else 0
-        if self._quick_drops == 0 and not self._yield_session and self.taken_over.is_set():
-            log.warning("mqtt %s: the session is ours again", self.client_id)
-            self.taken_over.clear()
-        if rc.value == SESSION_TAKEN_OVER or (self._persistent and self._quick_drops >= TAKEOVER_DROPS):
-            if self._yield_session:
-                log.warning("mqtt %s: another client holds this session; giving it up", self.client_id)
-                self.taken_over.set()
-                return
-            if not self.taken_over.is_set():  # once per streak; reconnecting never stops
-                log.warning(
-                    "mqtt %s: the session is contested (another client with this id?); reconnecting "
-                    "every %.0f s",
-                    self.client_id,
-                    self._reconnect_max_delay,
-                )
-                self.taken_over.set()
-            if self._loop is not None and (self._reconnect_task is None or self._reconnect_task.done()):
-                self._reconnect_task = self._loop.create_task(self._reconnect_loop(self._reconnect_max_delay))
-            return
-        log.info("mqtt %s disconnected (%s); reconnecting", self.client_id, rc)
-        if self._loop is not None and (self._reconnect_task is None or self._reconnect_task.done()):
-            self._reconnect_task = self._loop.create_task(self._reconnect_loop())
-
-    async def _reconnect_loop(self, first_delay: float = 0.0) -> None:
-        delay = 0.05
-        if first_delay:
-            await asyncio.sleep(first_delay)
-        while not self._closing and not self.connected:
-            if self._yield_session and self.taken_over.is_set():
-                return  # given up: dialling again would kick the session's holder once more
-            self._drop_socket()
-            try:
-                await self._dial()
-                for _ in range(200):  # wait for the CONNACK before dialling again
-                    if self.connected or self._sock is None or self._closing:
-                        break
-                    await asyncio.sleep(0.025)
-                if self.connected:
-                    return
-            except OSError as e:
-                log.debug("mqtt %s: reconnect failed: %s", self.client_id, e)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self._reconnect_max_delay)
+        self._disconnected(rc.value, rc)
 
     def _on_paho_message(self, client: paho.Client, _ud: Any, m: paho.MQTTMessage) -> None:
         if self._on_message is None:
@@ -585,15 +415,7 @@ class MqttClient:
             log.exception("mqtt %s: message handler failed on %s", self.client_id, m.topic)
 
     def _on_publish(self, client: paho.Client, _ud: Any, mid: int, rc: ReasonCode, _props: Any) -> None:
-        fut = self._pending_pub.pop(mid, None)
-        if len(self._pending_pub) < self._publish_window:
-            self._window_free.set()
-        if fut is None or fut.done():
-            return
-        if rc is not None and rc.is_failure:
-            fut.set_exception(MqttUnavailable(f"publish refused: {rc}"))
-        else:
-            fut.set_result(None)
+        self._published(mid, rc)
 
     def _send_subscribe(self, subs: list[tuple[str, int]]) -> asyncio.Future[list[ReasonCode]] | None:
         if self._client is None or self._loop is None or not self.connected:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,6 +69,15 @@ PINNED = {
         "logattribute-7": "edge-1",
     }
 }
+# the master's ECHO_LEGACY_CLASS_MAP: a site's own processor classes
+CLASS_MAP = """
+com.acme.nifi.TaxiFilter:
+  operator: core.filter
+  config: {where: "fare_amount > ${Minimum Fare}"}
+com.acme.nifi.Dump:
+  operator: io.file_sink
+  config: {path: "${Directory}/dump.jsonl", bogus: 1}
+"""
 # directories TFDAG.json's PutFileBatch processors create (Create Missing Directories: true)
 CREATED = [Path("/home/ubuntu/usbmem/tmp"), Path("/home/aakash/nifi/bak")]
 
@@ -79,7 +89,14 @@ def platform(
     failed_before = request.session.testsfailed
     absent = [first_missing(p) for p in CREATED]
     workdir = tmp_path_factory.mktemp("legacy")
-    p = Platform(brokers, workdir, namespace=unique_namespace(), extra_env=FAST_LIVENESS)
+    (workdir / "home").mkdir()
+    (workdir / "classes.yaml").write_text(CLASS_MAP)
+    env = {
+        **FAST_LIVENESS,
+        "HOME": str(workdir / "home"),  # where '~' is on the devices (InsertAzure's table file)
+        "ECHO_LEGACY_CLASS_MAP": str(workdir / "classes.yaml"),
+    }
+    p = Platform(brokers, workdir, namespace=unique_namespace(), extra_env=env)
     p.start(FLEET)
     client = Api.of(p)
     try:
@@ -280,6 +297,95 @@ def test_etl_with_local_data_runs_through_to_its_sinks(
     assert orjson.loads(last.payload) == orjson.loads(records[-1]["senml"])
     by_task = {t["id"]: t for t in df["tasks"]}
     assert by_task["publishmqtt-6"]["records_in"] == len(expected)
+
+
+def riotbench_spelling(body: bytes) -> bytes:
+    """The ETL DAG as RIoTBench's NiFi DAGs spell it: ETLGetFile as the source, the other
+    package spelling of the processors, and InsertAzure after the annotation."""
+    dag = orjson.loads(body)
+    for p in dag["processors"]:
+        simple = p["class"].rsplit(".", 1)[-1]
+        if simple == "GetFile":
+            p["class"] = "in.dream_lab.nifi.etl.processors.ETLGetFile"
+        elif p["class"].startswith("in.dream_lab."):
+            p["class"] = "in.dreamlab.processors." + simple
+    dag["processors"].append(
+        {
+            "name": "InsertAzure",
+            "class": "in.dreamlab.processors.InsertAzure",
+            "uuid": "8",
+            "relationships": [{"name": "success", "autoTerminate": True}],
+            "properties": [
+                {"Azure storage Connection String": "DefaultEndpointsProtocol=https"},
+                {"Azure Table Name": "taxi"},
+            ],
+        }
+    )
+    dag["wiring"].append(
+        {"sourceProcessor": "4", "destinationProcessor": "8", "selectedRelationships": ["success"]}
+    )
+    return orjson.dumps(dag)
+
+
+def test_the_etl_in_riotbench_spellings_stores_its_rows_in_the_cloud_table(
+    platform: tuple[Platform, Api], tmp_path: Path, brokers: Brokers
+) -> None:
+    """ETLGetFile reads the taxi file, InsertAzure's rows land in the cloud device's local
+    table, one per taxi and licence (insert or replace), every class mapped."""
+    p, api = platform
+    data = tmp_path / "ETL"
+    shutil.copytree(taxi_data(), data, ignore=shutil.ignore_patterns("*.md"))
+    topic = f"{p.namespace}/legacy/ETL-rb"
+    body, expected = etl_variant(data, tmp_path, brokers.mqtt_url, topic)
+    r = post_dag(api, riotbench_spelling(body), name="etl-riotbench")
+    assert r.status_code == 200, r.text
+    df = api.wait_state(r.json()["uuid"], "completed", timeout=60)
+    by_task = {t["id"]: t for t in df["tasks"]}
+    assert by_task["insertazure-8"]["device"] == "cloud-1"
+
+    lines = (data / "TAXI_sample_data_senml.csv").read_text().splitlines()
+    keys = set()
+    for seq, line in enumerate(lines):
+        if seq in expected:
+            fields = {e["n"]: e.get("sv", e.get("v")) for e in orjson.loads(line.split(",", 1)[1])["e"]}
+            keys.add((fields["taxi_identifier"], fields["hack_license"]))
+    db = p.workdir / "home" / ".local" / "share" / "echo" / "azure-tables.sqlite"
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        rows = c.execute("SELECT taxi_identifier, hack_license, taxi_company FROM taxi").fetchall()
+    assert {(a, b) for a, b, _ in rows} == keys and len(rows) == len(keys)
+    assert all(company for *_, company in rows), "annotated rows"
+    asyncio.run(retained(brokers, topic))  # clear what PublishMQTT retained
+
+
+def test_classes_of_the_class_map_are_mapped_and_their_configs_checked(api: Api, tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "fares.txt").write_text("1\n")
+    source = {
+        "name": "GetFile",
+        "class": "org.apache.nifi.processors.standard.GetFile",
+        "uuid": "0",
+        "relationships": [{"name": "success", "autoTerminate": False}],
+        "properties": [{"Input Directory": str(tmp_path / "in")}, {"File Filter": "fares.txt"}],
+    }
+    step = {
+        "name": "TaxiFilter",
+        "class": "com.acme.nifi.TaxiFilter",
+        "uuid": "1",
+        "relationships": [{"name": "success", "autoTerminate": True}],
+        "properties": [{"Minimum Fare": "10"}],
+    }
+    wiring = [{"sourceProcessor": "0", "destinationProcessor": "1", "selectedRelationships": ["success"]}]
+    r = post_dag(api, orjson.dumps({"processors": [source, step], "wiring": wiring}))
+    assert r.status_code == 200, r.text
+    df = api.dataflow(r.json()["uuid"])
+    assert {t["id"]: t["operator"] for t in df["tasks"]}["taxifilter-1"] == "core.filter"
+    api.http.post("/DAG/stop", params={"uuid": df["id"]})
+
+    dump = {**step, "name": "Dump", "class": "org.acme.Dump", "properties": [{"Directory": "/tmp"}]}
+    r = post_dag(api, orjson.dumps({"processors": [source, dump], "wiring": wiring}))
+    assert r.status_code == 422, r.text
+    errors = {e["loc"]: e["msg"] for e in r.json()["errors"]}
+    assert "bogus" in errors["processors[1]"], errors
 
 
 # ------------------------------------------------------------------------------ the contract

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from echo_cli.devstack import Brokers
 from echo_shared.names import Names
+from echo_shared.natsauth import AuthCallout
 from tests.conftest import unique_namespace
+from tests.integration.nats_auth_server import Devices, Server, start_server, stop_server
 
 
 @pytest.fixture(autouse=True)
@@ -41,3 +44,27 @@ async def redis(brokers: Brokers) -> AsyncIterator[aioredis.Redis]:
         yield r
     finally:
         await r.aclose()
+
+
+# ------------------------------------------------------------------ the NATS auth callout tests
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    s = await start_server(tmp_path / "nats")
+    try:
+        yield s
+    finally:
+        await stop_server(s)
+
+
+@pytest.fixture
+def devices() -> Devices:
+    return Devices()
+
+
+@pytest.fixture
+async def callout(server: Server, devices: Devices) -> AsyncIterator[AuthCallout]:
+    nc = await server.login("callout")
+    async with AuthCallout(nc, server.issuer.seed, "ECHO", devices.authorize) as co:
+        yield co

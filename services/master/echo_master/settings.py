@@ -19,6 +19,10 @@ class MasterSettings(CommonSettings, NatsSettings, MqttSettings, RedisSettings, 
     scheduler_timeout: float = Field(default=5.0, gt=0)
     stop_wait: float = Field(default=5.0, ge=0, description="seconds DELETE waits for the stop to finish")
     max_body_bytes: int = Field(default=1 << 20, gt=0)
+    legacy_class_map: Path | None = Field(
+        default=None,
+        description="a JSON or YAML file mapping more NiFi processor classes of POST /DAG to operators",
+    )
     state_inline_max_bytes: int = Field(
         default=256 * 1024,
         gt=0,

@@ -121,6 +121,22 @@ class DirSinkConfig(OperatorConfig):
     )
 
 
+TABLE_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+
+
+class TableSinkConfig(OperatorConfig):
+    path: DevicePath = Field(description="SQLite database file on the device (created if missing)")
+    table: str = Field(
+        default="records", pattern=TABLE_NAME, description="table of the rows (letters, digits, '_')"
+    )
+    key: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(
+        default=None,
+        min_length=1,
+        description="fields that identify a row: a record with the same values replaces it (as Azure "
+        "Table's insert-or-replace); none: every record is a new row",
+    )
+
+
 class SplitLinesConfig(OperatorConfig):
     skip: int = Field(default=0, ge=0, description="header lines of each file to skip")
     encoding: Encoding = "utf-8"
@@ -286,6 +302,12 @@ CATALOGUE = entries(
         consumes=Kind.files,
     ),
     OperatorInfo("io.log_sink", Role.sink, LogSinkConfig, summary="log records at info level"),
+    OperatorInfo(
+        "io.table_sink",
+        Role.sink,
+        TableSinkConfig,
+        summary="store records as rows of a table in a local SQLite database (a column per field)",
+    ),
     OperatorInfo(
         "io.mqtt_source", Role.source, MqttSourceConfig, summary="records from an MQTT topic (endless)"
     ),

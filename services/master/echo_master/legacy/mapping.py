@@ -30,6 +30,7 @@ from __future__ import annotations
 import graphlib
 import itertools
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +43,7 @@ from echo_shared.operators import Kind, join_loc
 from .drafts import Built, Draft, Env
 from .nifi import NIFI_DEFAULTS
 from .parsing import DagDocument, ProcessorDoc
-from .processors import BUILDERS, OUTPUTS
+from .processors import BUILDERS, OUTPUTS, Builder
 
 R, F = Kind.records, Kind.files
 IGNORED_PROPERTIES = {"Experiment Log File"}  # the original's instrumentation
@@ -105,8 +106,9 @@ class _Piece:
 class _Graph:
     """Builds the spec; collects problems and notes."""
 
-    def __init__(self, dag: DagDocument) -> None:
+    def __init__(self, dag: DagDocument, builders: Mapping[str, Builder]) -> None:
         self.dag = dag
+        self.builders = builders
         self.problems: list[Problem] = []
         self.notes: list[str] = []
         self.by_uuid: dict[str, int] = {}
@@ -132,13 +134,14 @@ class _Graph:
                 )
             else:
                 self.by_uuid[p.uuid] = i
-            if p.simple_class not in BUILDERS:
+            if p.simple_class not in self.builders:
                 unknown.append(f"{p.class_!r} ({p.label})")
                 self.problems.append(
                     Problem(
                         f"processors[{i}].class",
                         f"unknown processor class {p.class_!r} of {p.label}; known classes: "
-                        + ", ".join(sorted(BUILDERS)),
+                        + ", ".join(sorted(self.builders))
+                        + " (map more in an ECHO_LEGACY_CLASS_MAP file)",
                         "unknown_class",
                     )
                 )
@@ -235,7 +238,7 @@ class _Graph:
                 successors=[self.dag.processors[s].simple_class for s, _ in self.succ.get(i, [])],
                 predecessors=[self.dag.processors[s].simple_class for s, _ in self.pred.get(i, [])],
             )
-            built = BUILDERS[p.simple_class](env)
+            built = self.builders[p.simple_class](env)
             self.problems += env.problems
             self.notes += env.notes
             ignored = [
@@ -395,9 +398,15 @@ class _Graph:
         self.edges.append(edge)
 
 
-def map_dag(dag: DagDocument, name: str | None = None, notes: list[str] | None = None) -> Mapped:
-    """Map a parsed DAG; raises ``SpecError`` with every problem found."""
-    g = _Graph(dag)
+def map_dag(
+    dag: DagDocument,
+    name: str | None = None,
+    notes: list[str] | None = None,
+    classes: Mapping[str, Builder] | None = None,
+) -> Mapped:
+    """Map a parsed DAG; raises ``SpecError`` with every problem found. ``classes``: the
+    builders of an ``ECHO_LEGACY_CLASS_MAP`` file, before ECHO's own."""
+    g = _Graph(dag, {**BUILDERS, **(classes or {})})
     g.notes += notes or []
     g.index_processors()
     g.wire()

@@ -24,8 +24,11 @@ arrives from upstream (records or files) and which classes are downstream.
   ``etl.interpolate``, ``etl.join``, ``etl.annotate``, ``etl.csv_to_senml``;
 - EdgentFilter_RBI: ``etl.range_filter`` -> ``etl.bloom_filter`` -> ``etl.interpolate``
   (RIoTBench's taxi ranges; ``Bloom Filter File Path`` is read as a file of ids);
-- InsertAzure: ``io.nats_sink`` on subject ``azure.<Azure Table Name>`` from a cloud device
-  (there is no Azure here; a cloud service subscribing to the subject stores the records);
+- ETLGetFile (RIoTBench's source): as GetFile, or ``io.file_source`` of the one file a
+  ``File Path`` / ``Input File`` property names;
+- InsertAzure: ``io.table_sink`` on a cloud device: the rows go to a table named after
+  ``Azure Table Name`` in a local SQLite file, keyed by taxi id + hack licence (insert or
+  replace, as the original's TaxiTrip entity was);
 - FilterImagesEdgent: ``core.filter`` keeping detections whose class is ``Object Class``;
 - JoinFiles, JoinTF: ``core.passthrough`` after records; no task at all after files (the
   files they gathered from a shared directory already travel on ECHO's file edges);
@@ -82,6 +85,28 @@ Builder = Callable[[Env], Built]
 
 
 MAX_POLL = 3600.0  # io.dir_source polls at most this far apart
+
+
+# the properties a RIoTBench source (ETLGetFile) may name its one input file by
+SINGLE_FILE = ("File Path", "Input File", "Input File Path", "File Name")
+
+
+def etl_get_file(env: Env) -> Built:
+    """RIoTBench's ETLGetFile: GetFile that also stamps the experiment's message ids. Read as
+    GetFile (``Input Directory`` + ``File Filter``), or one file named by a property."""
+    for name in SINGLE_FILE:
+        path = env.prop(name)
+        if path is not None:
+            return Built([Draft("io.file_source", {"path": path}, None, R)])
+    if env.prop("Input Directory") is None:
+        env.problem(
+            env.loc("Input Directory"),
+            f"{env.cls} needs the property 'Input Directory' (with 'File Filter'), or one of "
+            + ", ".join(repr(n) for n in SINGLE_FILE),
+            "missing",
+        )
+        return Built([Draft("io.file_source", {"path": "?"}, None, R)])
+    return get_file(env)
 
 
 def get_file(env: Env) -> Built:
@@ -180,12 +205,24 @@ def publish_mqtt(env: Env) -> Built:
     return Built([Draft("io.mqtt_sink", config, R, None)])
 
 
+# where InsertAzure's rows go on the cloud device (its Azure Table, kept locally)
+AZURE_TABLES = "~/.local/share/echo/azure-tables.sqlite"
+# InsertAzure's TaxiTrip entity: RowKey the taxi, PartitionKey the hack licence
+AZURE_KEY = ["taxi_identifier", "hack_license"]
+
+
 def insert_azure(env: Env) -> Built:
-    table = env.prop("Azure Table Name") or "echo"
-    subject = "azure." + (re.sub(r"[^A-Za-z0-9_-]", "_", table) or "table")
+    name = env.prop("Azure Table Name") or "echo"
+    table = re.sub(r"[^A-Za-z0-9_]", "_", name)[:63]
+    if not re.match(r"[A-Za-z_]", table):
+        table = "t_" + table[:61]
     env.prop("Azure storage Connection String")
-    env.note(f"no Azure here: records are published on NATS subject {subject!r} from a cloud device")
-    return Built([Draft("io.nats_sink", {"subject": subject}, R, None, tier=Tier.cloud)])
+    env.note(
+        f"no Azure here: rows go to table {table!r} of {AZURE_TABLES} on a cloud device, keyed "
+        f"by {' + '.join(AZURE_KEY)} (insert or replace, as InsertAzure did)"
+    )
+    config = {"path": AZURE_TABLES, "table": table, "key": AZURE_KEY}
+    return Built([Draft("io.table_sink", config, R, None, tier=Tier.cloud)])
 
 
 def log_attribute(env: Env) -> Built:
@@ -366,6 +403,7 @@ def join_files(env: Env) -> Built:
 
 BUILDERS: dict[str, Builder] = {
     "GetFile": get_file,
+    "ETLGetFile": etl_get_file,
     "GetFileBatch": get_file,
     "PutFile": put_file,
     "PutFileBatch": put_file,

@@ -35,6 +35,7 @@ from ..body_limit import read_body
 from ..context import ApiContext
 from ..migrations_api import start_rebalance, wait_migrations
 from ..views import ERRORS, DataflowView, dataflow_view
+from .classmap import load_class_map
 from .mapping import Mapped, map_dag
 from .parsing import read_dag
 
@@ -116,6 +117,8 @@ UUID = Query(description="the dataflow id returned by POST /DAG", min_length=1, 
 
 def legacy_router(ctx: ApiContext) -> APIRouter:
     router = APIRouter(prefix="/DAG", tags=["original ECHO API"])
+    path = ctx.settings.legacy_class_map
+    classes = load_class_map(path) if path is not None else {}
 
     @router.post(
         "",
@@ -132,7 +135,7 @@ def legacy_router(ctx: ApiContext) -> APIRouter:
     ) -> DagCreated:
         body = await read_body(request, ctx.settings.max_body_bytes)
         dag, notes = read_dag(body)
-        mapped = map_dag(dag, name, notes)
+        mapped = map_dag(dag, name, notes, classes)
         extra = {LEGACY_FIELD: orjson.dumps(mapped.legacy_record()).decode()}
         try:
             df_id = await submitting.submit(ctx, mapped.spec, extra)

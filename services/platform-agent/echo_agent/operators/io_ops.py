@@ -1,6 +1,7 @@
 """Implementations of the io operators (catalogue: ``echo_shared.catalogue.io``).
 
-Files and directories live in ``io_files``, brokers in ``io_brokers``; the log sink is here.
+Files and directories live in ``io_files``, brokers in ``io_brokers``, the SQLite table sink in
+``io_table``; the log sink is here.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import orjson
 
 from echo_shared.catalogue.io import LogSinkConfig
 
-from . import io_brokers, io_files
+from . import io_brokers, io_files, io_table
 from .base import Operator, Record, TaskContext
 
 
@@ -43,5 +44,6 @@ class LogSink(Operator):
 OPERATORS: dict[str, type[Operator]] = {
     **io_files.OPERATORS,
     **io_brokers.OPERATORS,
+    **io_table.OPERATORS,
     "io.log_sink": LogSink,
 }
