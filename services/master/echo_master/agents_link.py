@@ -129,7 +129,11 @@ class AgentLink:
         """Send a command and wait for its ack (``RequestTimeout`` if none comes in time).
 
         A deploy's channels are granted to the device before it leaves; a stop's are
-        withdrawn once it was answered or timed out (``hooks``)."""
+        withdrawn once it was answered or timed out (``hooks``). Only the leading replica
+        commands devices: ``Fenced`` on a replica that does not lead (its Redis writes are
+        fenced by the lease; a command is not a write, so it is refused here)."""
+        if not self.leading():
+            raise Fenced(f"this master replica does not lead: no {cmd.kind} of {cmd.task} to {device}")
         if self.hooks is not None:
             try:
                 await self.hooks.before_send(device, cmd)
@@ -196,7 +200,7 @@ class AgentLink:
         order (reports the previous leader had applied change nothing: they never move a
         task backwards)."""
         now = time.monotonic()
-        held = sorted((h for h in self._held.values() if now - h[0] <= HOLD_SECONDS), key=lambda h: h[0])
+        held = [h for h in self._held.values() if now - h[0] <= HOLD_SECONDS]  # in hold order already
         self._held.clear()
         self._replay.extend(report for _, report in held)
         if held:
@@ -226,18 +230,8 @@ class AgentLink:
         while not stop.is_set():
             if self._replay and self.leading():
                 held = self._replay.popleft()
-                try:
-                    await self._apply(held)
-                    backoff.reset()
-                except Fenced:
-                    self._hold(held)  # no longer the leader: kept for a later election
-                except Exception as e:
-                    if dependency_of(e) is None:
-                        log.exception("failed to apply a held report of %s", held.task)
-                    else:  # Redis out of reach: tried again, in order, after a pause
-                        self.outage.failed(e)
-                        self._replay.appendleft(held)
-                        await wait_or_stop(stop, backoff.next())
+                if not await self._settle(held, stop, backoff):
+                    self._replay.appendleft(held)  # tried again, in order
                 continue
             if not self._queue:
                 self._wake.clear()
@@ -248,31 +242,43 @@ class AgentLink:
                 stopper.cancel()
                 continue
             msg = self._queue.popleft()
-            report = None
             try:
                 report = self._parse(msg)
-                if report is not None:
-                    if self.leading():
-                        await self._apply(report)
-                    else:
-                        self._hold(report)
             except ValidationError as e:
                 log.warning("dropping malformed message on %s: %s", msg.topic, e.errors()[:3])
-            except Fenced:
-                if report is not None:
-                    self._hold(report)  # the lease was lost under us: kept for a later election
-            except Exception as e:
-                if dependency_of(e) is None:
-                    log.exception("failed to apply %s; dropped (its agent reports again)", msg.topic)
-                else:  # Redis out of reach: the same message again, in order, after a pause
-                    self.outage.failed(e)
-                    self._queue.appendleft(msg)
-                    await wait_or_stop(stop, backoff.next())
-                    continue
-            else:
-                self.outage.ok()
-                backoff.reset()
+                report = None
+            if report is not None and not await self._settle(report, stop, backoff):
+                self._queue.appendleft(msg)  # the same message again, in order (still unacked)
+                continue
             self.mqtt.ack(msg)
+
+    async def _settle(
+        self, report: TaskStatus | CommandAck | TaskCheckpoint, stop: asyncio.Event, backoff: Backoff
+    ) -> bool:
+        """Apply a report (the leader) or hold it (a standby). False: Redis is out of reach,
+        to be tried again after the pause; another dependency out of reach (NATS for a large
+        checkpoint's state, the broker for a grant) drops it, as a bug does: its agent
+        reports again, and the reports behind it are not held up."""
+        try:
+            if self.leading():
+                await self._apply(report)
+            else:
+                self._hold(report)
+        except Fenced:
+            self._hold(report)  # the lease was lost under us: kept for a later election
+        except Exception as e:
+            dependency = dependency_of(e)
+            if dependency is None:
+                log.exception("failed to apply a report of %s/%s; dropped", report.dataflow, report.task)
+                return True
+            self.outage.failed(e)
+            if dependency == "redis":
+                await wait_or_stop(stop, backoff.next())
+                return False
+            return True
+        self.outage.ok()
+        backoff.reset()
+        return True
 
     def _parse(self, msg: MqttMessage) -> TaskStatus | CommandAck | TaskCheckpoint | None:
         """The report a message carries (None: nothing to apply, e.g. another device's claim,

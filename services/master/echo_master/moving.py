@@ -192,8 +192,6 @@ class TaskMover:
             # between two copies (a master restarted mid-move redeploys it): ask again shortly
             raise RetryableError(f"task {rec.id} is {rec.state.value}: it can drain once it runs")
         t0 = time.monotonic()
-        if not self.reconciler.leading():  # nothing is stopped by a replica that stepped down
-            raise RetryableError("this master replica no longer leads")
         ack = await self.reconciler.link.send(
             rec.device,
             stop_command(df.id, rec, final=False),

@@ -113,8 +113,9 @@ class Reconciler:
             return
         try:
             await self.bus.nc.publish(self.names.master_kick, df_id.encode())
-        except Exception as e:  # NATS out of reach: the leader's sweep finds it
-            log.debug("cannot ask the leader for a pass over %s: %s", df_id, e)
+        except Exception as e:  # the leader's sweep finds it anyway
+            level = logging.DEBUG if dependency_of(e) is not None else logging.WARNING
+            log.log(level, "cannot ask the leader for a pass over %s: %s", df_id, e)
 
     async def elected(self) -> None:
         """This replica now leads: what was recorded counts as seen (a task's state that the

@@ -319,7 +319,7 @@ class Outputs:
     def tail(self) -> dict[str, list[tuple[int, str]]]:
         """What the consumers did not confirm yet, per channel (for the next copy)."""
         return {
-            ch.topic: [(last, base64.b64encode(p).decode()) for last, p in ch.unconfirmed.msgs]
+            ch.topic: [(last, base64.b64encode(p).decode()) for last, p, _ in ch.unconfirmed.msgs]
             for ch in self.channels
             if not isinstance(ch, FileSender) and ch.unconfirmed.msgs
         }

@@ -7,6 +7,11 @@ writes ``DIR/credentials.json`` (0600) and ``DIR/ca.pem``. Started again with th
 reused, expired or unknown token, an id enrolled already, or an unreachable API is one
 line on stderr and exit code 2 (``EnrolmentFailed``).
 
+``ECHO_API_URL`` may list several master replicas, comma-separated: one that cannot be
+connected to (refused, or no connection within the timeout: the request never reached it)
+is skipped for the next; an answer, even an error, is final, and so is a failure once
+connected (the token may have been spent).
+
 Rotation: the master sends ``RotateCredentials`` on the device's command topic; the agent
 saves the new login, uses it for every (re)connect from now on (its open sessions keep
 working until the old login retires) and acknowledges.
@@ -17,6 +22,7 @@ from __future__ import annotations
 import logging
 import ssl
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
@@ -25,8 +31,12 @@ from echo_shared.errors import EchoError
 from echo_shared.messages import RotateCredentials
 from echo_shared.names import Names
 from echo_shared.secretfiles import SecretFileError, read_secret
+from echo_shared.urls import split_urls
 
 from .settings import AgentSettings
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -84,21 +94,34 @@ def _load(path: Path, device: str) -> Credentials:
     return creds
 
 
-def enrol(settings: AgentSettings, token: str) -> Credentials:
+def enrol(
+    settings: AgentSettings, token: str, *, transport: httpx.BaseTransport | None = None
+) -> Credentials:
+    """Exchange ``token`` for the device's credentials at the first API of ``ECHO_API_URL``
+    that can be connected to (``transport``: a stand-in for tests)."""
     assert settings.state_dir is not None
-    if not settings.api_url:
+    urls = [u.rstrip("/") for u in split_urls(settings.api_url or "")]
+    if not urls:
         raise EnrolmentFailed("enrolment needs the master's API: set ECHO_API_URL")
-    url = settings.api_url.rstrip("/") + "/api/v1/enrol"
     body = {"device": settings.device_id, "tier": settings.tier.value, "nats": wants_nats(settings)}
     verify: ssl.SSLContext | bool = client_tls(settings.ca_file) if settings.ca_file else True
     import httpx  # only a device's first start enrols: an enrolled agent never loads it
 
-    try:
-        r = httpx.post(
-            url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=ENROL_TIMEOUT, verify=verify
-        )
-    except httpx.HTTPError as e:
-        raise EnrolmentFailed(f"cannot reach the ECHO API at {settings.api_url} to enrol: {e}") from e
+    failed: list[str] = []
+    with httpx.Client(timeout=ENROL_TIMEOUT, verify=verify, transport=transport) as http:
+        for url in urls:
+            try:
+                r = http.post(url + "/api/v1/enrol", json=body, headers={"Authorization": f"Bearer {token}"})
+            except (httpx.ConnectError, httpx.ConnectTimeout) as e:  # never reached it: try the next
+                failed.append(f"{url} ({str(e) or type(e).__name__})")
+                continue
+            except httpx.HTTPError as e:  # it may have been served: the token may be spent
+                raise EnrolmentFailed(
+                    f"cannot reach the ECHO API at {url} to enrol: {str(e) or type(e).__name__}"
+                ) from e
+            break
+        else:
+            raise EnrolmentFailed(f"cannot reach the ECHO API to enrol: {', '.join(failed)}")
     if r.status_code != 201:
         try:
             detail = str(r.json().get("detail") or r.text)

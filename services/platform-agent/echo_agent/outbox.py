@@ -127,10 +127,9 @@ class Outbox:
         self.engaged = True
         self._since = time.monotonic()
         kept = len(self.unconfirmed.msgs)
-        for last, payload in self.unconfirmed.msgs:
+        for last, payload, _ in self.unconfirmed.msgs:  # (the spool keeps payloads, not traces)
             self.spool.append(last, last, 0, payload, sent=True)
         self.unconfirmed.msgs.clear()  # the spool sends them again once the link is back
-        self.unconfirmed.traced.clear()  # (without their traces: the spool keeps payloads)
         log.warning(
             "edge %s -> %s: broker out of reach; spooling to disk (%d unconfirmed message(s) kept)",
             self.o.producer,

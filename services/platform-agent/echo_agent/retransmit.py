@@ -11,29 +11,23 @@ class Unconfirmed:
     """Messages published on a channel and not yet confirmed by its consumer."""
 
     def __init__(self) -> None:
-        self.msgs: collections.deque[tuple[int, bytes]] = collections.deque()  # (last seq, payload)
+        # (last seq, payload, the trace properties it carried: a message sent again carries
+        # the trace of the sampled record in it on)
+        self.msgs: collections.deque[tuple[int, bytes, dict[str, str] | None]] = collections.deque()
         self.eos: bytes | None = None
-        # last seq -> the trace properties of a message that carried a sampled record: a
-        # message sent again carries its trace on (only sampled ones, so nothing per record)
-        self.traced: dict[int, dict[str, str]] = {}
 
     def add(self, last_seq: int, payload: bytes, props: dict[str, str] | None = None) -> None:
-        self.msgs.append((last_seq, payload))
-        if props:
-            self.traced[last_seq] = props
+        self.msgs.append((last_seq, payload, props))
 
     def confirm(self, hwm: int, eos_seen: bool) -> None:
         while self.msgs and self.msgs[0][0] <= hwm:
-            last, _ = self.msgs.popleft()
-            if self.traced:
-                self.traced.pop(last, None)
+            self.msgs.popleft()
         if eos_seen:
             self.eos = None
 
     def since(self, seq: int) -> list[tuple[bytes, dict[str, str] | None]]:
         """What goes again from ``seq`` on: each message with the trace it carried."""
-        traced = self.traced
-        out = [(p, traced.get(last) if traced else None) for last, p in self.msgs if last >= seq]
+        out = [(p, props) for last, p, props in self.msgs if last >= seq]
         if self.eos is not None:
             out.append((self.eos, None))
         return out
