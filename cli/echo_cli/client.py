@@ -18,6 +18,8 @@ from urllib.parse import quote
 
 import httpx
 
+from echo_shared.urls import split_urls
+
 DEFAULT_API_URL = "http://127.0.0.1:8099"
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -115,6 +117,13 @@ def _error_from(resp: httpx.Response) -> ApiError:
     return ApiError(resp.status_code, detail, errors)
 
 
+def _connect_cause(e: httpx.TransportError) -> str:
+    """Why a connection was not made, for ``ApiUnreachable``."""
+    if isinstance(e, httpx.ConnectTimeout):
+        return f"no connection within the timeout: {type(e).__name__}"
+    return "connection refused" if "refused" in str(e).lower() else str(e) or type(e).__name__
+
+
 def _path(collection: str, ident: str) -> str:
     return f"/api/v1/{collection}/{quote(ident, safe='')}"
 
@@ -132,8 +141,10 @@ class EchoClient:
     ``httpx.MockTransport``) in tests.
 
     ``url`` may list several master replicas, comma-separated (any of them serves the API):
-    a request that cannot connect to one goes to the next (it never reached a server, so
-    even a POST is safe to send again); the one that answered is tried first from then on.
+    a request that cannot connect to one (refused, or no connection within the timeout: a
+    host down or cut off) goes to the next (it never reached a server, so even a POST is safe
+    to send again); the one that answered is tried first from then on. A timeout once
+    connected (the request may have been served) is not retried.
     """
 
     def __init__(
@@ -145,7 +156,7 @@ class EchoClient:
         timeout: float = 15.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.urls = [u.strip().rstrip("/") for u in base_url.split(",") if u.strip()] or [DEFAULT_API_URL]
+        self.urls = [u.rstrip("/") for u in split_urls(base_url)] or [DEFAULT_API_URL]
         self.token = token or None
         self.ca_file = ca_file or None
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
@@ -180,15 +191,13 @@ class EchoClient:
         for i, url in enumerate(list(self.urls)):
             try:
                 resp = self._http.request(method, url + path, **kwargs)
-            except httpx.ConnectError as e:
-                if "CERTIFICATE_VERIFY_FAILED" in str(e) or "SSL" in str(e):
+            except (httpx.ConnectError, httpx.ConnectTimeout) as e:  # it never reached a server
+                tls = "CERTIFICATE_VERIFY_FAILED" in str(e) or "SSL" in str(e)
+                if tls and isinstance(e, httpx.ConnectError):
                     raise TlsFailure(url, str(e)) from e
                 if i + 1 < len(self.urls):
                     continue  # the next replica
-                raise ApiUnreachable(
-                    ", ".join(self.urls),
-                    "connection refused" if "refused" in str(e).lower() else str(e) or type(e).__name__,
-                ) from e
+                raise ApiUnreachable(", ".join(self.urls), _connect_cause(e)) from e
             except httpx.TimeoutException as e:
                 raise ApiUnreachable(url, f"no answer: {type(e).__name__}") from e
             except httpx.HTTPError as e:

@@ -228,7 +228,7 @@ class DevUp:
         write_secret(
             self.env_file,
             env_lines(
-                self.platform.api_url,
+                ",".join(self.platform.api_urls),  # every master replica: echoctl and agents fail over
                 self.brokers,
                 self.platform.admin_token,
                 prometheus=self.platform.prometheus,

@@ -48,6 +48,7 @@ from .messages import ErrorReply, Message
 from .names import Names
 from .outage import Backoff, Outage, dependency_of
 from .telemetry import extract, inject
+from .urls import split_urls
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
@@ -119,7 +120,7 @@ async def jetstream_ready(what: str, op: Callable[[], Awaitable[T]]) -> T:
 
 def nats_servers(url: str) -> list[str]:
     """A NATS URL, or several separated by commas (the nodes of a cluster): what to dial."""
-    return [u.strip() for u in url.split(",") if u.strip()]
+    return split_urls(url)
 
 
 async def ensure_data_plane(js: JetStreamContext, names: Names, replicas: int = 1) -> None:

@@ -325,6 +325,42 @@ def test_several_api_urls_fail_over_to_a_replica_that_answers() -> None:
     assert "http://a.example, http://b.example" in str(err.value)
 
 
+def test_a_replica_that_times_out_on_connect_fails_over_too() -> None:
+    """A replica whose host is down or cut off (packets dropped) never answers the connect: a
+    ConnectTimeout (not a ConnectError) means the request never reached it, so even a POST goes
+    to the next replica. A timeout once connected is not sent again."""
+    seen: list[str] = []
+
+    def replicas(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.host)
+        if request.url.host == "partitioned.example":
+            raise httpx.ConnectTimeout("timed out", request=request)
+        if request.url.host == "slow.example":
+            raise httpx.ReadTimeout("timed out", request=request)
+        return httpx.Response(201 if request.method == "POST" else 200, json={"id": "df-1"})
+
+    client = EchoClient(
+        "https://partitioned.example:8443,https://up.example:8443", transport=httpx.MockTransport(replicas)
+    )
+    assert client.submit(b"{}", "application/json").json()["id"] == "df-1"
+    assert seen == ["partitioned.example", "up.example"]
+    assert client.base_url == "https://up.example:8443"
+
+    seen.clear()
+    slow = EchoClient("https://slow.example,https://up.example", transport=httpx.MockTransport(replicas))
+    with pytest.raises(ApiUnreachable) as err:
+        slow.submit(b"{}", "application/json")
+    assert seen == ["slow.example"]  # it may have been served: not sent again
+    assert "https://slow.example" in str(err.value) and "ReadTimeout" in str(err.value)
+
+    seen.clear()
+    cut_off = EchoClient("https://partitioned.example", transport=httpx.MockTransport(replicas))
+    with pytest.raises(ApiUnreachable) as err:
+        cut_off.list_dataflows()
+    assert seen == ["partitioned.example"]
+    assert "https://partitioned.example" in str(err.value) and "ConnectTimeout" in str(err.value)
+
+
 # ------------------------------------------------------------------------------ tokens and audit
 
 TOKEN = {"id": "tok-1a2b", "token": "echo_s3cret", "role": "viewer", "expires": "2030-01-01T00:00:00Z"}

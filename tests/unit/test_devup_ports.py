@@ -110,6 +110,41 @@ def test_replicas_are_started_and_restarted_as_replicas(
     assert ReplicaPlatform.started[-1] == ("migrator", 3)
 
 
+class MasterReplicaPlatform(SamePlatform):
+    """Master replicas that hold an API port each (as ``Platform._spawn_replica`` gives them)."""
+
+    def start_replica(self, name: str, replica: int) -> Any:
+        if name == "master":
+            self.replica_api_ports[replica] = self.new_port()
+        return None
+
+
+def test_dev_env_lists_every_master_replica(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ECHO_API_URL`` in ``.echo/dev.env`` names every master replica, the first first: echoctl
+    and agents that source it fail over to the next when one does not connect."""
+    monkeypatch.setattr(
+        devup,
+        "start_brokers",
+        lambda workdir, **_: Brokers("nats://x:1", "mqtt://x:2", "redis://x:3/0", workdir),
+    )
+    monkeypatch.setattr(devup, "Platform", MasterReplicaPlatform)
+    monkeypatch.setattr(devup, "prometheus_binary", lambda: None)
+    d = devup.DevUp(
+        root=tmp_path,
+        api_port=free_port(),
+        submit=[],
+        replicas=3,
+        console=Console(file=io.StringIO(), width=200),
+    )
+    d._start()
+    assert d.platform is not None
+    ports = [d.platform.api_port, d.platform.replica_api_ports[2], d.platform.replica_api_ports[3]]
+    assert len(set(ports)) == 3
+    env = (tmp_path / ".echo" / "dev.env").read_text()
+    urls = ",".join(f"http://127.0.0.1:{p}" for p in ports)
+    assert f"ECHO_API_URL={urls}\n" in env
+
+
 def test_ha_starts_a_nats_cluster_and_replicated_jetstream(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
