@@ -6,7 +6,8 @@ init``, the ``ha`` profile) write these same texts; only addresses differ.
 - ``nats_cluster_conf``: one node of a NATS cluster: its own JetStream store, TLS for clients
   and routes, routes authenticated by a route login, the users of ``auth.conf``.
 - ``redis_replication_conf``: what a Redis needs to be a replica (a failover can make any of
-  them one): the replication login, replication over TLS.
+  them one): the replication login, replication over TLS (its TLS files, listener and
+  certificate, are on its command line).
 - ``sentinel_conf``: a sentinel watching the primary ``PRIMARY_NAME`` (quorum 2), TLS only,
   logging in to Redis and to the other sentinels as ``echo-sentinel``, with ``users`` (the
   services' logins, allowed to look the primary up).
@@ -71,14 +72,18 @@ def nats_cluster_conf(
 
 
 def _tls_lines(tls: TlsFiles) -> str:
+    """A sentinel's TLS: its listener, and TLS to the Redis it watches (``tls-replication``)."""
     return (
         f"tls-cert-file {tls.cert}\ntls-key-file {tls.key}\ntls-ca-cert-file {tls.ca}\n"
         "tls-auth-clients no\ntls-replication yes\n"
     )
 
 
-def redis_replication_conf(replication_password: str, tls: TlsFiles) -> str:
-    return f"masteruser {REDIS_REPLICATION_USER}\nmasterauth {replication_password}\n" + _tls_lines(tls)
+def redis_replication_conf(replication_password: str, tls: TlsFiles | None = None) -> str:
+    """The replication login and replication over TLS, nothing else: a Redis takes its own
+    TLS files on its command line (compose's ``command``, ``echo_cli.devstack.redis_ha``).
+    ``tls`` is ignored (the bundle's caller still passes the files it once wrote here)."""
+    return f"masteruser {REDIS_REPLICATION_USER}\nmasterauth {replication_password}\ntls-replication yes\n"
 
 
 def sentinel_conf(

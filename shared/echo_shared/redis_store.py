@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -23,8 +23,9 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from .credentials import Access
+from .credentials import Access, is_tls_url
 from .errors import BrokerUnavailable
+from .urls import redacted
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +44,33 @@ def is_sentinel_url(url: str) -> bool:
 
 
 def sentinel_address(url: str) -> tuple[list[tuple[str, int]], str, int]:
-    """``(sentinels, primary name, db)`` of a ``redis+sentinel://`` URL (``ValueError`` if bad)."""
-    parts = urlsplit(url)
+    """``(sentinels, primary name, db)`` of a ``redis+sentinel://`` URL (``ValueError`` if bad:
+    its message names the bad part, never the whole URL, which could hold a password)."""
+    return _sentinel_address(urlsplit(url))
+
+
+def _sentinel_address(parts: SplitResult) -> tuple[list[tuple[str, int]], str, int]:
+    # any "@" (a user:password@, whole or cut by a "/", "?" or "#" in the password): refused
+    # rather than dropped, and the parts below (which may hold a piece of it) never shown
+    if "@" in parts.geturl():
+        raise ValueError(
+            "a sentinel URL holds no user or password: the login comes from the credentials "
+            "file (ECHO_CREDENTIALS_FILE)"
+        )
     hosts = []
-    for item in parts.netloc.rpartition("@")[2].split(","):
+    for item in parts.netloc.split(","):
         host, _, port = item.strip().rpartition(":")
         if not host or not port.isdigit():
-            raise ValueError(f"{url}: a sentinel is host:port, not {item!r}")
+            raise ValueError(f"a sentinel is host:port, not {item!r}")
         hosts.append((host.strip("[]"), int(port)))
     path = [p for p in parts.path.split("/") if p]
     if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
-        raise ValueError(f"{url}: the path is /<primary name>[/<db>]")
+        raise ValueError(f"a sentinel URL's path is /<primary name>[/<db>], not {parts.path!r}")
     return hosts, path[0], int(path[1]) if len(path) == 2 else 0
 
 
 def _client(url: str, max_connections: int, access: Access | None) -> aioredis.Redis:
+    login = access.redis_options() if access is not None else {}  # Redis' and the sentinels'
     # After a Redis restart every pooled connection is dead: a command that meets one is
     # sent again on a fresh connection (a broken connection is found when writing to it, so
     # the command had not run), rather than failing once per stale connection in the pool.
@@ -66,14 +79,12 @@ def _client(url: str, max_connections: int, access: Access | None) -> aioredis.R
         "health_check_interval": 10,
         "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
         "retry_on_error": [RedisConnectionError],
-        **(access.redis_options() if access is not None else {}),
+        **login,
     }
-    if is_sentinel_url(url):
-        hosts, primary, db = sentinel_address(url)
-        tls = urlsplit(url).scheme == "rediss+sentinel"
-        login = {
-            k: options[k] for k in ("username", "password", "ssl_ca_certs", "ssl_cert_reqs") if k in options
-        }
+    parts = urlsplit(url)
+    if parts.scheme in SENTINEL_SCHEMES:
+        hosts, primary, db = _sentinel_address(parts)
+        tls = is_tls_url(url)
         sentinels = Sentinel(  # type: ignore[no-untyped-call]
             hosts, sentinel_kwargs={**login, "ssl": tls, "socket_timeout": 2.0}, socket_timeout=5.0
         )
@@ -99,6 +110,7 @@ async def connect_redis(
 ) -> aioredis.Redis:
     """Connect and ping, retrying until ``timeout`` (Redis may start after the service)."""
     client = _client(url, max_connections, access)
+    shown = redacted(url)  # a login in the URL never reaches a log
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     delay = 0.1
@@ -108,17 +120,17 @@ async def connect_redis(
             return client
         except (AuthenticationError, AuthorizationError) as e:
             await client.aclose()
-            raise BrokerUnavailable(f"Redis at {url} refused our login: {e}") from e
+            raise BrokerUnavailable(f"Redis at {shown} refused our login: {e}") from e
         except ResponseError as e:
             if "NOAUTH" not in str(e) and "WRONGPASS" not in str(e):
                 raise
             await client.aclose()
-            raise BrokerUnavailable(f"Redis at {url} refused our login: {e}") from e
+            raise BrokerUnavailable(f"Redis at {shown} refused our login: {e}") from e
         except (RedisConnectionError, OSError) as e:
             if loop.time() > deadline:
                 await client.aclose()
-                raise BrokerUnavailable(f"Redis at {url} unreachable: {e}") from e
-            log.info("waiting for Redis at %s: %s", url, e)
+                raise BrokerUnavailable(f"Redis at {shown} unreachable: {e}") from e
+            log.info("waiting for Redis at %s: %s", shown, e)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 

@@ -66,7 +66,11 @@ class MqttSettings(BaseSettings):
 
 
 class RedisSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ECHO_", extra="ignore")
+    # a bad value is not echoed in the ValidationError (``input_value=``): a Redis URL may
+    # hold a password, and the error lands in the start-up log. Merged into every settings
+    # class composed with this one (pydantic's configuration is the model's, not a field's),
+    # which is as it should be: no setting's secret belongs in a log.
+    model_config = SettingsConfigDict(env_prefix="ECHO_", extra="ignore", hide_input_in_errors=True)
 
     redis_url: str = Field(
         description="Redis URL, e.g. rediss://host:6379/0, or its sentinels: "
@@ -79,7 +83,7 @@ class RedisSettings(BaseSettings):
         from .redis_store import is_sentinel_url, sentinel_address  # redis-py: only when used
 
         if is_sentinel_url(url):
-            sentinel_address(url)  # a ValueError names what is wrong
+            sentinel_address(url)  # a ValueError names what is wrong, not the URL (a password?)
         return url
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from echo_shared.brokerauth import REDIS_SENTINEL_USER
+from echo_cli.devstack.redis_ha import node_address, sentinel_client
 from echo_shared.ha_configs import PRIMARY_NAME
 from tests.chaos.conftest import Stack, running_stack
 from tests.chaos.test_broker_outages import converged, steady, tracebacks
@@ -39,21 +39,8 @@ def primary_port(s: Stack) -> int:
     """Where the sentinels say the primary is (asked as the sentinels' own login)."""
     b = s.brokers.bundle
     assert b is not None
-    url = s.brokers.redis_nodes["sentinel-1"]
-    host, port = url.removeprefix("rediss://").rsplit(":", 1)
-    c = redis.Redis(
-        host=host,
-        port=int(port),
-        username=REDIS_SENTINEL_USER,
-        password=b.redis_internal()["sentinel"],
-        ssl=True,
-        ssl_ca_certs=str(b.ca_file),
-        socket_timeout=2,
-    )
-    try:
+    with sentinel_client(*node_address(s.brokers.redis_nodes["sentinel-1"]), b) as c:
         addr = c.sentinel_get_master_addr_by_name(PRIMARY_NAME)
-    finally:
-        c.close()
     assert addr, "the sentinels name no primary"
     return int(addr[1])
 
@@ -108,19 +95,8 @@ def test_the_redis_primary_killed_under_flow(sentinel_stack: Stack, tmp_path: Pa
 def redis_role(s: Stack, name: str) -> str:
     b = s.brokers.bundle
     assert b is not None
-    c = redis.Redis(
-        host="127.0.0.1",
-        port=node_port(s, name),
-        username=REDIS_SENTINEL_USER,
-        password=b.redis_internal()["sentinel"],
-        ssl=True,
-        ssl_ca_certs=str(b.ca_file),
-        socket_timeout=2,
-        decode_responses=True,
-    )
-    try:
-        return str(c.role()[0])
-    except redis.RedisError:
-        return "down"
-    finally:
-        c.close()
+    with sentinel_client("127.0.0.1", node_port(s, name), b) as c:
+        try:
+            return str(c.role()[0])
+        except redis.RedisError:
+            return "down"

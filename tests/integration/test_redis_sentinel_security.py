@@ -17,6 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from echo_cli.devstack import Brokers
 from echo_cli.devstack.brokers import start_brokers
+from echo_cli.devstack.redis_ha import node_address, sentinel_client
 from echo_shared.brokerauth import REDIS_REPLICATION_USER, REDIS_SENTINEL_USER
 from echo_shared.ha_configs import PRIMARY_NAME
 from echo_shared.redis_store import connect_redis, sentinel_address
@@ -166,9 +167,8 @@ async def test_a_restarted_stack_keeps_what_was_written_after_a_failover(tmp_pat
 
 def role(b: Brokers, name: str) -> str:
     assert b.bundle is not None
-    login = {"username": REDIS_SENTINEL_USER, "password": b.bundle.redis_internal()["sentinel"]}
-    try:
-        with client(b, name, **login) as c:
+    with sentinel_client(*node_address(b.redis_nodes[name]), b.bundle) as c:
+        try:
             return str(c.role()[0])
-    except redis.RedisError:
-        return "down"
+        except redis.RedisError:
+            return "down"

@@ -35,7 +35,7 @@ from echo_shared.mqtt import MqttClient
 from echo_shared.secretfiles import new_secret, write_secret
 
 from .processes import ManagedProcess, free_port, start_on_free_port, wait_for_own_port, wait_for_port
-from .redis_ha import redis_security, remember_primary, start_redis_ha
+from .redis_ha import redis_security, redis_server_argv, remember_primary, start_redis_ha
 
 MOSQUITTO_CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 REDIS_CANDIDATES = ("redis-server", "/usr/bin/redis-server", "/usr/local/bin/redis-server")
@@ -432,17 +432,9 @@ def _start_redis(
         data.mkdir(exist_ok=True)
 
         def start(port: int) -> ManagedProcess:
-            argv = [
-                binary,
-                *redis_security(port, bundle, tls=tls),
-                "--bind",
-                host,
-                "--dir",
-                str(data),
-                "--save",
-                "",
-            ]
-            argv += ["--appendonly", "yes" if persistent else "no"]
+            argv = redis_server_argv(
+                binary, port, bundle, host=host, data=data, persistent=persistent, tls=tls
+            )
             p = procs["redis"] = ManagedProcess("redis-server", argv, log_dir=logs)
             return p
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 
@@ -48,6 +49,52 @@ def redis_security(port: int, bundle: Bundle, *, tls: bool = True) -> list[str]:
     ]  # fmt: skip
 
 
+def redis_server_argv(
+    binary: str,
+    port: int,
+    bundle: Bundle,
+    *,
+    host: str,
+    data: Path,
+    persistent: bool,
+    tls: bool = True,
+    config: Path | None = None,
+    replica_of: tuple[str, int] | None = None,
+) -> list[str]:
+    """The command line of a redis-server on this machine (the single Redis and each node of
+    ``start_redis_ha``): ``redis_security``, listening on ``host``, its files in ``data``, no
+    snapshots, the append-only file when ``persistent``. ``config``: a configuration file
+    read first (the command line's options win); ``replica_of``: its primary's address."""
+    argv = [binary, *([str(config)] if config is not None else []), *redis_security(port, bundle, tls=tls)]
+    argv += ["--bind", host, "--dir", str(data), "--save", "", "--appendonly", "yes" if persistent else "no"]
+    if replica_of is not None:
+        argv += ["--replicaof", replica_of[0], str(replica_of[1])]
+    return argv
+
+
+def sentinel_client(host: str, port: int, bundle: Bundle) -> redis.Redis:
+    """A client logged in as the sentinels' own login (``echo-sentinel``), to a sentinel
+    (every command) or to a Redis (the few Sentinel needs there, ``ROLE`` among them; no
+    data). Replies decoded; use it in a ``with`` block (closed at its end)."""
+    return redis.Redis(
+        host=host,
+        port=port,
+        username=REDIS_SENTINEL_USER,
+        password=bundle.redis_internal()["sentinel"],
+        ssl=True,
+        ssl_ca_certs=str(bundle.ca_file),
+        socket_timeout=2,
+        decode_responses=True,
+    )
+
+
+def node_address(url: str) -> tuple[str, int]:
+    """``(host, port)`` of a node's ``rediss://host:port`` (``start_redis_ha``'s nodes)."""
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None, url
+    return parts.hostname, parts.port
+
+
 def start_redis_ha(
     workdir: Path,
     logs: Path,
@@ -63,9 +110,9 @@ def start_redis_ha(
     internal = bundle.redis_internal()
     tls = TlsFiles(bundle.server.cert, bundle.server.key, bundle.ca_file)
     # both Redis processes may be a replica one day (a failover turns the old primary into
-    # one): each knows how to log in to a primary
+    # one): each knows how to log in to a primary (its TLS files: on its command line)
     auth = workdir / "redis-ha" / "replication.conf"
-    write_secret(auth, redis_replication_conf(internal["replication"], tls))
+    write_secret(auth, redis_replication_conf(internal["replication"]))
     nodes: dict[str, str] = {}
 
     def redis_node(name: str, replica_of: int | None) -> int:
@@ -73,10 +120,16 @@ def start_redis_ha(
         data.mkdir(exist_ok=True)
 
         def start(port: int) -> ManagedProcess:
-            argv = [binary, str(auth), *redis_security(port, bundle), "--bind", host, "--dir", str(data)]
-            argv += ["--save", "", "--appendonly", "yes" if persistent else "no"]
-            if replica_of is not None:
-                argv += ["--replicaof", host, str(replica_of)]
+            argv = redis_server_argv(
+                binary,
+                port,
+                bundle,
+                host=host,
+                data=data,
+                persistent=persistent,
+                config=auth,
+                replica_of=(host, replica_of) if replica_of is not None else None,
+            )
             p = procs[name] = ManagedProcess(f"redis-server ({name})", argv, log_dir=logs)
             return p
 
@@ -120,7 +173,7 @@ def start_redis_ha(
         nodes[name] = f"rediss://{host}:{port}"
         sentinels.append(port)
     url = "rediss+sentinel://" + ",".join(f"{host}:{p}" for p in sentinels) + f"/{PRIMARY_NAME}/0"
-    _wait_until_watched(host, sentinels, bundle, internal["sentinel"])
+    _wait_until_watched(host, sentinels, bundle)
     return url, nodes
 
 
@@ -131,65 +184,45 @@ def primary_file(workdir: Path) -> Path:
 def remember_primary(workdir: Path, nodes: dict[str, str], bundle: Bundle) -> None:
     """Note which Redis the sentinels call the primary now (``start_redis_ha`` starts it as
     the primary next time); nothing if no sentinel answers."""
-    internal = bundle.redis_internal()
-    ports = {int(url.rsplit(":", 1)[1]): name for name, url in nodes.items() if name.startswith("redis")}
-    for name, url in nodes.items():
+    addresses = {name: node_address(url) for name, url in nodes.items()}
+    by_port = {port: name for name, (_, port) in addresses.items() if name.startswith("redis")}
+    for name, (host, port) in addresses.items():
         if not name.startswith("sentinel-"):
             continue
-        host, port = url.removeprefix("rediss://").rsplit(":", 1)
-        s = redis.Redis(
-            host=host,
-            port=int(port),
-            username=REDIS_SENTINEL_USER,
-            password=internal["sentinel"],
-            ssl=True,
-            ssl_ca_certs=str(bundle.ca_file),
-            socket_timeout=2,
-            decode_responses=True,
-        )
-        try:
-            addr: Any = s.sentinel_get_master_addr_by_name(PRIMARY_NAME)
-        except redis.RedisError:
-            continue
-        finally:
-            s.close()
-        if addr and int(addr[1]) in ports:
-            primary_file(workdir).write_text(ports[int(addr[1])] + "\n")
+        with sentinel_client(host, port, bundle) as s:
+            try:
+                addr: Any = s.sentinel_get_master_addr_by_name(PRIMARY_NAME)
+            except redis.RedisError:
+                continue
+        if addr and int(addr[1]) in by_port:
+            primary_file(workdir).write_text(by_port[int(addr[1])] + "\n")
             return
 
 
-def _wait_until_watched(
-    host: str, ports: list[int], bundle: Bundle, password: str, timeout: float = 30
-) -> None:
+def _wait_until_watched(host: str, ports: list[int], bundle: Bundle, timeout: float = 30) -> None:
     """Until every sentinel knows the replica and the other sentinels (a failover needs them)."""
     deadline = time.monotonic() + timeout
     last = ""
-    while time.monotonic() < deadline:
-        ready = 0
-        for port in ports:
-            s = redis.Redis(
-                host=host,
-                port=port,
-                username=REDIS_SENTINEL_USER,
-                password=password,
-                ssl=True,
-                ssl_ca_certs=str(bundle.ca_file),
-                socket_timeout=2,
-                decode_responses=True,
-            )
-            try:
-                replicas: list[dict[str, Any]] = s.sentinel_slaves(PRIMARY_NAME)
-                others: list[dict[str, Any]] = s.sentinel_sentinels(PRIMARY_NAME)  # type: ignore[assignment]
-                online = [r for r in replicas if "s_down" not in r.get("flags", "")]
-                if online and len(others) >= SENTINELS - 1:
-                    ready += 1
-                else:
-                    last = f"sentinel :{port} knows {len(online)} replica(s), {len(others)} other sentinel(s)"
-            except redis.RedisError as e:
-                last = f"sentinel :{port}: {e}"
-            finally:
-                s.close()
-        if ready == len(ports):
-            return
-        time.sleep(0.2)
+    clients = {port: sentinel_client(host, port, bundle) for port in ports}
+    try:
+        while time.monotonic() < deadline:
+            ready = 0
+            for port, s in clients.items():
+                try:
+                    replicas: list[dict[str, Any]] = s.sentinel_slaves(PRIMARY_NAME)
+                    others: list[dict[str, Any]] = s.sentinel_sentinels(PRIMARY_NAME)  # type: ignore[assignment]
+                    online = [r for r in replicas if "s_down" not in r.get("flags", "")]
+                    if online and len(others) >= SENTINELS - 1:
+                        ready += 1
+                    else:
+                        known = f"{len(online)} replica(s), {len(others)} other sentinel(s)"
+                        last = f"sentinel :{port} knows {known}"
+                except redis.RedisError as e:
+                    last = f"sentinel :{port}: {e}"
+            if ready == len(ports):
+                return
+            time.sleep(0.2)
+    finally:
+        for s in clients.values():
+            s.close()
     raise TimeoutError(f"Redis Sentinel did not form within {timeout:g} s: {last}")
