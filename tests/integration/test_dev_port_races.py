@@ -20,14 +20,16 @@ from echo_cli.devstack.brokers import start_brokers
 from echo_cli.devstack.monitoring import prometheus_binary, start_prometheus
 from echo_cli.devstack.platform import Platform
 from tests.conftest import unique_namespace
+from tests.harness.waiting import wait_until
 
 BROKERS = ("nats", "mosquitto", "redis")  # the order start_brokers starts them (and asks for ports)
 
 
-def squat() -> socket.socket:
+def squat(port: int = 0) -> socket.socket:
     """A listener of someone else's on a port that looked free a moment before."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port just freed (``port``) too
+    s.bind(("127.0.0.1", port))
     s.listen()
     return s
 
@@ -146,3 +148,62 @@ def test_prometheus_whose_port_is_taken_in_between_moves_and_answers(
         assert prometheus.query("up") == []  # our login is accepted: it is ours
     finally:
         prometheus.stop()
+
+
+@pytest.mark.parametrize("when", ["chosen", "restarted"])
+def test_a_master_replicas_api_port_taken_in_between_moves_and_is_reported(
+    when: str,
+    brokers: Brokers,
+    squatters: list[socket.socket],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Master replica 2's API port is bound by another process after it was chosen for it
+    (``chosen``), or while the replica was down and ``echoctl dev up`` restarts it on the port
+    it keeps (``restarted``): it ends up serving the API on another port, the one
+    ``replica_api_url(2)`` and ``api_urls`` report (not restarted on the taken one forever)."""
+    platform = Platform(brokers, tmp_path / "platform", namespace=unique_namespace())
+    try:
+        platform.start(())
+        if when == "chosen":
+            squatters.append(squat())
+            taken = squatters[0].getsockname()[1]
+            real = platform.new_port
+            given: list[int] = []
+
+            def new_port() -> int:  # the replica's first port: free when chosen, then taken
+                given.append(taken if not given else real())
+                return given[-1]
+
+            monkeypatch.setattr(platform, "new_port", new_port)
+        else:
+            first = platform.start_replica("master", 2)
+            taken = platform.replica_api_ports[2]
+            wait_until(lambda: processes.listens(first.pid, taken), timeout=30, what="replica 2 on its port")
+            first.kill()  # it died; another process binds its port before it is restarted
+            squatters.append(squat(taken))
+        replica = platform.start_replica("master", 2)
+        url = platform.replica_api_url(2)
+        port = port_of(url)
+        assert port != taken and platform.api_urls == [platform.api_url, url]
+        if when == "chosen":
+            assert given[0] == taken and len(given) == 2, given
+        assert replica is platform.services["master-2"] and replica.alive()
+        assert processes.listens(replica.pid, port)
+        assert not processes.listens(replica.pid, taken)
+        assert "address already in use" in replica.log_tail(64_000).lower()  # the run on the taken port
+
+        def health() -> dict[str, object] | None:
+            try:
+                r = httpx.get(f"{url}/healthz", verify=platform.api_verify, timeout=5)
+            except httpx.HTTPError:
+                return None
+            return r.json() if r.status_code == 200 else None
+
+        body = wait_until(health, timeout=30, what="the replica's /healthz")
+        assert body["boot_id"] == platform.boot_id  # this stack's master replica, not the squatter
+        assert body["leader"] is False  # the first master leads
+    finally:
+        if "master-2" in platform.services:  # stop() stops the services' first replicas
+            platform.services["master-2"].stop()
+        platform.stop()

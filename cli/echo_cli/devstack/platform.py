@@ -25,6 +25,13 @@ SERVICES = ("registry", "scheduler", "migrator", "master")
 # queue). Every master replica serves the API, each on a port of its own.
 REPLICATED = ("master", "migrator", "scheduler", "registry")
 LEASED = ("master", "migrator", "registry")  # those whose replicas elect a leader
+REPLICA_START_TIMEOUT = 60.0  # until a master replica started holds its API port
+
+
+def replica_of(name: str) -> tuple[str, int] | None:
+    """(service, replica) of a replica's process name (``master-2``); None for a service's."""
+    base, _, n = name.rpartition("-")
+    return (base, int(n)) if base in REPLICATED and n.isdigit() else None
 
 
 @dataclass(frozen=True)
@@ -232,7 +239,16 @@ class Platform:
 
     def start_replica(self, name: str, replica: int) -> ManagedProcess:  # name: one of REPLICATED
         """Another replica of service ``name`` (process ``{name}-{replica}``): the same identity
-        and brokers; no metrics endpoint of its own (the first replica's port is taken)."""
+        and brokers; no metrics endpoint of its own (the first replica's port is taken). A
+        master replica serves the API on a port of its own, kept across its restarts; returns
+        once it holds that port itself (one another process bound in between is exchanged for
+        another, as the first master's are: ``replica_api_url`` names the one it holds)."""
+        self._spawn_replica(name, replica)
+        proc_name = f"{name}-{replica}"
+        self._own_ports(proc_name, REPLICA_START_TIMEOUT)
+        return self.services[proc_name]
+
+    def _spawn_replica(self, name: str, replica: int) -> ManagedProcess:
         env = self.service_env(name)
         for k in (
             "ECHO_METRICS_PORT",
@@ -309,16 +325,22 @@ class Platform:
         self.wait_devices({s.device_id for s in fleet}, timeout=timeout)
 
     def ports(self, name: str) -> list[int]:
-        """The ports service ``name`` listens on: the master's API, each one's metrics."""
+        """The ports process ``name`` listens on: the master's API, each service's metrics; a
+        master replica's (``master-2``, ...) API (the other replicas listen on none)."""
+        replica = replica_of(name)
+        if replica is not None:
+            base, n = replica
+            return [self.replica_api_ports[n]] if base == "master" else []
         out = [self.api_port] if name == "master" else []
         if name in self.metrics_ports:
             out.append(self.metrics_ports[name])
         return out
 
     def _own_ports(self, name: str, timeout: float) -> None:
-        """Until service ``name`` holds its ports itself. A port it finds taken (another
-        process bound it after it was chosen) is exchanged for another and the service
-        started again, up to ``START_ATTEMPTS`` times; an API port that was asked for is not."""
+        """Until process ``name`` (a service or a replica) holds its ports itself. A port it
+        finds taken (another process bound it after it was chosen, or while a replica was down)
+        is exchanged for another and the process started again, up to ``START_ATTEMPTS``
+        times; an API port that was asked for is not."""
         for attempt in range(START_ATTEMPTS):
             try:
                 wait_for_own_ports(self.host, self.ports(name), self.services[name], timeout=timeout)
@@ -328,6 +350,12 @@ class Platform:
                 if (is_api and self.api_port_fixed) or attempt == START_ATTEMPTS - 1:
                     raise
                 self.services[name].stop(timeout=3)
+                replica = replica_of(name)
+                if replica is not None:  # a master replica: its one port is its API's
+                    base, n = replica
+                    self.replica_api_ports[n] = self.new_port()
+                    self._spawn_replica(base, n)
+                    continue
                 if is_api:
                     self.api_port = self.new_port()
                 else:
