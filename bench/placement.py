@@ -3,6 +3,10 @@
 - time: ``placing.place`` (validation included) with the ``greedy`` strategy for
   1,000 tasks x 1,000 devices and 10,000 x 10,000 (targets <= 1 s and <= 15 s), and a few
   sizes in between to show how it grows (``--quick``: up to 2,000 x 2,000, no 10k target).
+- end to end: ``echoctl plan`` over JSON files (reading, validating, placing, printing) for
+  1,000 x 1,000 and 10,000 x 10,000 (targets <= 1 s and <= 5 s); the greedy pass alone in
+  placements/s (target >= 5,000/s at 10,000 x 10,000); re-placing one task of a 10,000-task
+  dataflow with the others pinned, as a migration asks (target <= 50 ms).
 - quality: on random small instances (8-15 tasks x 6-10 devices whose uplinks and links
   have varied latency and bandwidth, some reaching only MQTT or only NATS), the objective
   of ``greedy`` and ``round-robin`` against the ILP (``optimal``): mean and max gap in %.
@@ -18,15 +22,23 @@ import argparse
 import json
 import random
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
+from echo_scheduler import greedy
 from echo_scheduler.placing import place
-from echo_shared.models import DataflowSpec, DeviceRecord, PlacementStrategy
+from echo_scheduler.problem import build
+from echo_shared.models import DataflowSpec, DeviceInfo, DeviceRecord, PlacementStrategy
 
 TIERS = ("edge", "fog", "cloud")
 TIME_TARGETS = {(1000, 1000): 1.0, (10_000, 10_000): 15.0}
+PLAN_TARGETS = {(1000, 1000): 1.0, (10_000, 10_000): 5.0}  # echoctl plan, end to end
+GREEDY_TARGET = 5000.0  # placements/s of the greedy pass, 10,000 x 10,000
+REPLACE_TARGET_S = 0.05  # one task of a 10,000-task dataflow placed again
 
 
 def log(msg: str) -> None:
@@ -184,6 +196,94 @@ def timing(sizes: list[tuple[int, int]], seed: int = 1) -> list[dict[str, Any]]:
     return rows
 
 
+def instance(n: int, seed: int = 1) -> tuple[DataflowSpec, list[DeviceRecord]]:
+    rng = random.Random(seed)
+    devices = fleet(n, rng)
+    return dataflow(n, devices, rng), devices
+
+
+def plan_cli(n: int) -> dict[str, Any]:
+    """``echoctl plan SPEC.json -d DEVICES.json -o json``, timed from the shell's view."""
+    spec, devices = instance(n)
+    with tempfile.TemporaryDirectory(prefix="echo-plan-") as tmp:
+        spec_file, dev_file = Path(tmp) / "spec.json", Path(tmp) / "devices.json"
+        spec_file.write_text(spec.model_dump_json(by_alias=True, exclude_none=True))
+        fields = DeviceInfo.model_fields
+        infos = [{k: v for k, v in d.model_dump(mode="json").items() if k in fields} for d in devices]
+        dev_file.write_text(json.dumps(infos))
+        cmd = [
+            sys.executable,
+            "-m",
+            "echo_cli.main",
+            "plan",
+            str(spec_file),
+            "-d",
+            str(dev_file),
+            "-o",
+            "json",
+        ]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        took = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"echoctl plan failed: {proc.stderr.strip()[-500:]}")
+    placed = len(json.loads(proc.stdout)["tasks"])
+    target = PLAN_TARGETS[(n, n)]
+    log(f"echoctl plan {n} x {n}: {took:.2f} s")
+    return {
+        "tasks": n,
+        "devices": n,
+        "placed": placed,
+        "seconds": round(took, 2),
+        "target_s": target,
+        "met": took <= target,
+    }
+
+
+def greedy_rate(n: int) -> dict[str, Any]:
+    """The greedy pass alone (the problem built beforehand), in placements per second."""
+    spec, devices = instance(n)
+    problem = build("df-bench", spec, devices)
+    t0 = time.perf_counter()
+    greedy.solve(problem)
+    rate = n / (time.perf_counter() - t0)
+    log(f"greedy pass, {n} x {n}: {rate:.0f} placements/s")
+    return {
+        "tasks": n,
+        "devices": n,
+        "placements_per_s": round(rate),
+        "target": GREEDY_TARGET,
+        "met": rate >= GREEDY_TARGET,
+    }
+
+
+def replace_one(n: int) -> dict[str, Any]:
+    """One task placed again off its device, the others pinned where they are (what a
+    migration asks the scheduler)."""
+    spec, devices = instance(n)
+    first = place("df-bench", spec, devices, strategy=PlacementStrategy.greedy)
+    where = {t.task: t.device for t in first.tasks}
+    task = spec.tasks[len(spec.tasks) // 2].id
+    pinned = {k: v for k, v in where.items() if k != task}
+    t0 = time.perf_counter()
+    place(
+        "df-bench",
+        spec,
+        devices,
+        strategy=PlacementStrategy.greedy,
+        pinned=pinned,
+        avoid={task: [where[task]]},
+    )
+    took = time.perf_counter() - t0
+    log(f"one task of {n} placed again: {took:.3f} s")
+    return {
+        "tasks": n,
+        "seconds": round(took, 3),
+        "target_s": REPLACE_TARGET_S,
+        "met": took <= REPLACE_TARGET_S,
+    }
+
+
 def quality(instances: int, seed: int = 7) -> dict[str, Any]:
     rng = random.Random(seed)
     gaps: list[float] = []
@@ -230,13 +330,20 @@ def run(_stack: object = None, quick: bool = False) -> dict[str, Any]:
     else:
         sizes = [(100, 100), (1000, 1000), (2000, 2000), (5000, 5000), (10_000, 10_000)]
     rows = timing(sizes)
+    big = 2000 if quick else 10_000
+    plans = [plan_cli(1000)] + ([] if quick else [plan_cli(10_000)])
+    rate = greedy_rate(big)
+    again = replace_one(big)
     q = quality(10 if quick else 30)
     log(f"greedy gap vs ILP: {q['greedy_gap_pct']}")
     timed = [r for r in rows if "met" in r]
     return {
         "time": rows,
+        "plan_cli": plans,
+        "greedy": rate,
+        "replace_one": again,
         "quality": q,
-        "met": all(r["met"] for r in timed),
+        "met": all(r["met"] for r in [*timed, *plans]) and (quick or rate["met"]) and (quick or again["met"]),
     }
 
 

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
+
+from echo_shared.documents import DocumentError, load_document
 
 from .client import CliError, EchoClient, content_type_for
 from .render import state, stdout, watch_view
@@ -91,8 +92,8 @@ class SinkOutput:
 def file_sinks(spec_body: bytes, df: dict[str, Any], base: Path) -> list[SinkOutput]:
     """Where the ``io.file_sink`` tasks of a spec write (relative paths resolved against ``base``)."""
     try:
-        spec = yaml.safe_load(spec_body)
-    except yaml.YAMLError:
+        spec = load_document(spec_body)
+    except DocumentError:
         return []
     if not isinstance(spec, dict):
         return []

@@ -35,8 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from echo_shared.documents import DocumentError, load_document
 
 from ..devstack.platform import AgentSpec
 
@@ -176,7 +177,7 @@ def load_fleet(path: Path) -> tuple[TestbedDevice, ...]:
     except OSError as e:
         raise FleetError(f"cannot read fleet file {path}: {e.strerror or e}") from e
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
+        data = load_document(text)
+    except DocumentError as e:
         raise FleetError(f"{path}: not valid YAML: {e}") from e
     return parse_fleet(data, str(path))

@@ -8,10 +8,10 @@ import dataclasses
 import re
 from typing import Any
 
-import orjson
 import yaml
 from pydantic import ValidationError
 
+from echo_shared.documents import DocumentError, load_json, load_yaml
 from echo_shared.errors import Problem, SpecError
 from echo_shared.models import DataflowSpec
 from echo_shared.operators import join_loc
@@ -28,29 +28,10 @@ def parse_body(body: bytes, content_type: str | None) -> Any:
         raise UnsupportedMediaType(ctype)
     if not body.strip():
         raise SpecError([Problem("body", "the body is empty: expected a dataflow spec", "empty")])
-    if ctype in YAML_TYPES:
-        try:
-            return yaml.safe_load(body)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(e, "problem", None) or str(e)
-            line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
-            raise SpecError([Problem("body", f"invalid YAML{where}: {problem}", "yaml", line, column)]) from e
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise SpecError(
-            [
-                Problem(
-                    "body",
-                    f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}",
-                    "json",
-                    e.lineno,
-                    e.colno,
-                )
-            ]
-        ) from e
+        return load_yaml(body) if ctype in YAML_TYPES else load_json(body)
+    except DocumentError as e:
+        raise SpecError([Problem("body", str(e), e.kind.lower(), e.line, e.column)]) from e
 
 
 def problems_from(e: ValidationError, prefix: str = "") -> list[Problem]:
@@ -105,7 +86,7 @@ def locate(body: bytes, problems: list[Problem]) -> list[Problem]:
     if all(p.line is not None for p in problems):
         return problems
     try:
-        root = yaml.compose(body, Loader=yaml.SafeLoader)
+        root = yaml.compose(body, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError:
         return problems
     if root is None:

@@ -21,8 +21,8 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event) -> None:
     names = Names(settings.namespace)
     access = Access.from_settings(settings)
     async with NatsBus(
-            settings.nats_url, settings.service_name, access=access, replicas=settings.jetstream_replicas
-        ) as bus:
+        settings.nats_url, settings.service_name, access=access, replicas=settings.jetstream_replicas
+    ) as bus:
         service = SchedulerService(bus, names, settings.registry_timeout)
         await bus.serve(names.scheduler_validate, names.scheduler_queue, ValidateRequest, service.validate)
         await bus.serve(names.scheduler_place, names.scheduler_queue, PlaceRequest, service.place)

@@ -14,6 +14,7 @@ device, so their mask is computed once per distinct requirement and cached by th
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -65,8 +66,12 @@ class Requirement:
         """Pinned by an explicit device or an input stream (round-robin keeps these)."""
         return self.device is not None or self.stream is not None
 
-    def static_checks(self) -> list[tuple[str, str, str]]:
+    def static_checks(self) -> tuple[tuple[str, str, str], ...]:
         """(label for messages, fleet mask kind, value), in checking order."""
+        return self._checks
+
+    @functools.cached_property
+    def _checks(self) -> tuple[tuple[str, str, str], ...]:  # asked for per unit, per pass
         out = [("online", "online", "")]
         if self.device:
             out.append((f"device {self.device}", "device", self.device))
@@ -78,7 +83,7 @@ class Requirement:
         out.append((f"runtime {self.runtime}", "runtime", self.runtime))
         if self.avoid:
             out.append((f"not on {', '.join(self.avoid)}", "avoid", ",".join(self.avoid)))
-        return out
+        return tuple(out)
 
 
 def check_mask(fleet: Fleet, kind: str, value: str) -> BoolArray:

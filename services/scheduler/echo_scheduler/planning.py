@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
+from echo_shared.documents import DocumentError, load_document, load_json
 from echo_shared.errors import PlacementError, SpecError
 from echo_shared.models import DataflowSpec, DeviceInfo, DeviceRecord, PlacementStrategy
 from echo_shared.names import Names
@@ -42,12 +42,10 @@ def _load(path: str, what: str) -> Any:
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"cannot read {what} file {path}: {e}") from None
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        problem = getattr(e, "problem", None) or type(e).__name__
-        raise InputError(f"{what} file {path} is not valid YAML or JSON{where}: {problem}") from None
+        return load_json(text) if p.suffix.lower() == ".json" else load_document(text)
+    except DocumentError as e:
+        where = f" (line {e.line})" if e.line is not None else ""
+        raise InputError(f"{what} file {path} is not valid YAML or JSON{where}: {e.problem}") from None
 
 
 def _errors(e: ValidationError, prefix: str = "") -> str:

@@ -217,9 +217,9 @@ def choose(s: Scores) -> tuple[int, int | None]:
     ties = np.flatnonzero(total <= low + TIE * (1.0 + abs(low)))
     best = int(ties[np.argmin(s.idx[ties])])
     if s.upstream and len(ties) > 1:
-        ups = [int(t) for t in ties if int(s.idx[t]) in s.upstream]
-        if ups:
-            best = min(ups, key=lambda t: int(s.idx[t]))
+        ups = ties[np.isin(s.idx[ties], np.fromiter(s.upstream, dtype=np.int64, count=len(s.upstream)))]
+        if len(ups):
+            best = int(ups[np.argmin(s.idx[ups])])
     rest = total.copy()
     rest[best] = np.inf
     second = int(np.argmin(rest))

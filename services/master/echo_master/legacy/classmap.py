@@ -16,14 +16,13 @@ precedence over a class ECHO maps itself.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from echo_shared.documents import DocumentError, load_document
 from echo_shared.errors import EchoError
 from echo_shared.models import Tier
 from echo_shared.operators import Role, lookup
@@ -53,8 +52,8 @@ def load_class_map(path: Path) -> dict[str, Builder]:
     except OSError as e:
         raise ClassMapError(f"ECHO_LEGACY_CLASS_MAP {path}: cannot be read ({e.strerror or e})") from e
     try:
-        raw = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_LOADER)
-    except (ValueError, yaml.YAMLError) as e:
+        raw = load_document(text)
+    except DocumentError as e:
         raise ClassMapError(f"ECHO_LEGACY_CLASS_MAP {path}: not valid JSON or YAML ({e})") from e
     if not isinstance(raw, dict):
         raise ClassMapError(f"ECHO_LEGACY_CLASS_MAP {path}: expected a mapping of class names to entries")
@@ -112,7 +111,5 @@ def _filled(value: Any, env: Env) -> Any:
         return [_filled(v, env) for v in value]
     return value
 
-
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 __all__ = ["Builder", "ClassMapError", "load_class_map"]
