@@ -435,6 +435,16 @@ class Names:
         """A device's MQTT/NATS username: one per credential generation (rotation makes a new one)."""
         return f"{self.namespace}.{_check(device, 'device id')}.{_check(serial, 'serial')}"
 
+    def owns_username(self, username: str) -> bool:
+        """Whether a broker login is one of this namespace's devices' (``device_username``)."""
+        return username.startswith(f"{self.namespace}.")
+
+    @property
+    def callout_queue(self) -> str:
+        """The queue group of this namespace's NATS auth callouts (the master replicas): each
+        namespace sharing a NATS server gets every request, and only the owner answers."""
+        return f"echo-auth-{self.namespace}"
+
     def device_role(self, device: str) -> str:
         """The device's Mosquitto dynamic-security role: its own topics plus its tasks' grants."""
         return f"{self.namespace}.dev.{_check(device, 'device id')}"

@@ -378,7 +378,12 @@ class AuthCallout:
     refusal is logged once (never the password). ``user_ttl``: accepted logins expire after
     so many seconds (whole seconds, rounded up): the server then ends the connection with
     "user authentication expired", which nats-py 2.16 treats as final (closed, no
-    reconnection): its owner must connect again, and gets the grant of that moment."""
+    reconnection): its owner must connect again, and gets the grant of that moment.
+
+    ``owns``: the logins this callout decides (None: all). Several ECHO namespaces may share a
+    NATS server: each answers in its own queue group and stays silent on another's logins
+    (an answer from the wrong namespace would refuse a valid device: the server takes the
+    first answer)."""
 
     def __init__(
         self,
@@ -391,8 +396,10 @@ class AuthCallout:
         concurrency: int = 32,
         decision_timeout: float = 1.5,
         user_ttl: float | None = None,
+        owns: Callable[[str], bool] | None = None,
     ) -> None:
         self._nc = nc
+        self._owns = owns
         self._issuer = NkeyPair.from_seed(issuer_seed)
         if not is_public_key(self._issuer.public_key, _PREFIX_ACCOUNT):
             raise ValueError("the auth callout issuer seed must be an account seed (SA...)")
@@ -468,6 +475,8 @@ class AuthCallout:
             if msg.reply:
                 await self._respond(msg, b"")  # the server reads an empty answer as a refusal
             return
+        if self._owns is not None and not self._owns(req.username):
+            return  # another namespace's login: its own callout answers
         info = ClientInfo.of(req)
         perms: NatsPermissions | None = None
         reason = "unknown user or wrong password"

@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 
 from echo_cli.devstack.brokers import nats_server_binary
 from echo_cli.devstack.processes import ManagedProcess, free_port
+from echo_shared.names import Names
 from echo_shared.natsauth import AuthCallout, NatsPermissions, request_permissions
 from echo_shared.natsjwt import PREFIX_SERVER, PREFIX_USER, NkeyPair, decode_jwt, encode_jwt
 from tests.harness.waiting import eventually
@@ -269,3 +270,40 @@ async def test_tls_listener_with_the_callout(tmp_path: Path, devices: Devices) -
                 )
     finally:
         await stop_server(server)
+
+
+async def test_two_namespaces_share_a_server_and_each_answers_only_for_its_own(server: Server) -> None:
+    """Two ECHO namespaces on one NATS server (the test harness's shared brokers, or two
+    installations): each namespace's callout answers in its own queue group and stays silent
+    on the other's logins, so no valid device is refused by the wrong namespace (before, one
+    queue group for all: about half the logins went to the other namespace and were refused)."""
+    spaces = {ns: Devices() for ns in ("nsa", "nsb")}
+    callouts = []
+    for ns, devices in spaces.items():
+        names = Names(ns)
+        password = secrets.token_urlsafe(16)
+        devices.entries[names.device_username("dev-1", "s1")] = (password, request_permissions(["x.>"]))
+        nc = await server.login("callout")
+        co = AuthCallout(
+            nc,
+            server.issuer.seed,
+            "ECHO",
+            devices.authorize,
+            queue=names.callout_queue,
+            owns=names.owns_username,
+        )
+        await co.start()
+        callouts.append((co, nc, names, password))
+    try:
+        for _ in range(10):
+            for _co, _nc, names, password in callouts:
+                await (await server.connect(names.device_username("dev-1", "s1"), password)).close()
+        for co, _nc, _names, _password in callouts:
+            assert co.accepted == 10 and co.refused == 0
+        assert all(u.startswith(f"{ns}.") for ns, d in spaces.items() for u, _ in d.calls), (
+            "only its own asked"
+        )
+    finally:
+        for co, nc, _names, _password in callouts:
+            await co.close()
+            await nc.close()

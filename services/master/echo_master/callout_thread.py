@@ -79,7 +79,15 @@ class CalloutThread:
             )
             try:
                 logins = DeviceNatsLogins(IdentityStore(redis, self.names), self.names)
-                async with AuthCallout(nc, self._seed, APP_ACCOUNT, logins.authorize):
+                callout = AuthCallout(
+                    nc,
+                    self._seed,
+                    APP_ACCOUNT,
+                    logins.authorize,
+                    queue=self.names.callout_queue,
+                    owns=self.names.owns_username,
+                )
+                async with callout:
                     self._ready.set()
                     await self._stop.wait()
             finally:
