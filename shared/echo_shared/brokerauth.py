@@ -297,9 +297,9 @@ def _digest(password: str) -> str:
     return hashlib.sha256(password.encode()).hexdigest()
 
 
-def render_redis_acl(identities: list[Identity], internal: Mapping[str, str] | None = None) -> str:
+def render_redis_acl(identities: list[Identity], internal: Mapping[str, str]) -> str:
     """A Redis ACL file: ``default`` off, one user per identity with its key patterns, and
-    (``internal``: role -> password) the replication and Sentinel logins."""
+    the replication and Sentinel logins (``internal``: ``replication``/``sentinel`` -> password)."""
     lines = [REDIS_DEFAULT_USER]
     for i in identities:
         r = i.rights.redis
@@ -309,15 +309,14 @@ def render_redis_acl(identities: list[Identity], internal: Mapping[str, str] | N
         lines.append(
             f"user {i.name} on #{_digest(i.redis_password)} resetkeys {keys} resetchannels {r.commands}"
         )
-    if internal:
-        lines.append(
-            f"user {REDIS_REPLICATION_USER} on #{_digest(internal['replication'])} resetkeys resetchannels "
-            f"{_REPLICATION_COMMANDS}"
-        )
-        lines.append(
-            f"user {REDIS_SENTINEL_USER} on #{_digest(internal['sentinel'])} resetkeys "
-            f"resetchannels &__sentinel__:hello {_SENTINEL_COMMANDS}"
-        )
+    lines.append(
+        f"user {REDIS_REPLICATION_USER} on #{_digest(internal['replication'])} resetkeys resetchannels "
+        f"{_REPLICATION_COMMANDS}"
+    )
+    lines.append(
+        f"user {REDIS_SENTINEL_USER} on #{_digest(internal['sentinel'])} resetkeys "
+        f"resetchannels &__sentinel__:hello {_SENTINEL_COMMANDS}"
+    )
     return "\n".join(lines) + "\n"
 
 

@@ -113,23 +113,12 @@ class Bundle:
 
     def redis_internal(self) -> dict[str, str]:
         """The passwords of Redis' replication and Sentinel logins (made once, kept 0600)."""
-        if self.redis_ha_file.exists():
-            data: dict[str, str] = json.loads(read_secret(self.redis_ha_file))
-            return data
-        data = {"replication": new_secret(), "sentinel": new_secret()}
-        write_secret(self.redis_ha_file, json.dumps(data))
-        return data
+        return _kept_secrets(self.redis_ha_file, "replication", "sentinel")
 
     def sentinel_users(self) -> str:
         """The ``user`` lines of a sentinel's configuration (``brokerauth.render_sentinel_users``)."""
-        idents = []
-        for n in (*brokerauth.SERVICES, TESTER):
-            if not self.credentials_file(n).exists():
-                continue
-            c = self.credentials(n)
-            if c.redis_password is not None:
-                rights = TESTER_RIGHTS if n == TESTER else SERVICE_RIGHTS[n]
-                idents.append(Identity(n, rights, redis_password=c.redis_password.get_secret_value()))
+        names = [n for n in (*brokerauth.SERVICES, TESTER) if self.credentials_file(n).exists()]
+        idents = _identities_from_files(self, names, redis_only=True)
         return brokerauth.render_sentinel_users(idents, self.redis_internal())
 
     @property
@@ -282,29 +271,24 @@ def _write_identities(b: Bundle, names: list[str]) -> None:
 def _render_nats_server(b: Bundle) -> None:
     """``nats/server.conf``: TLS, the monitor on loopback only, the users (``auth.conf``).
     Run ``nats-server -c <it> -js -sd <store> -p 4222`` (compose does)."""
-    text = (
-        f"tls {{ cert_file: {json.dumps(str(b.server.cert))}, key_file: {json.dumps(str(b.server.key))}, "
-        "timeout: 5 }\n"
-        'http: "127.0.0.1:8222"\n'
-        "include ./auth.conf\n"
+    text = ha_configs.nats_conf(
+        listen=None,  # -p
+        store_dir=None,  # -js -sd
+        tls=ha_configs.TlsFiles(b.server.cert, b.server.key, b.ca_file),
+        auth="include ./auth.conf\n",
+        monitor="127.0.0.1:8222",
     )
     write_secret(b.root / "nats" / "server.conf", text)
     (b.root / "nats").chmod(0o700)
 
 
 COMPOSE_NATS_NODES = ("nats", "nats-2", "nats-3")
-COMPOSE_SENTINELS = ("sentinel-1", "sentinel-2", "sentinel-3")
 
 
 def _render_compose_ha(b: Bundle, redis_owner: tuple[int, int] | None) -> None:
     """The ``ha`` profile's broker configurations (``ha_configs``), by the containers' names
     and their paths under ``b.root`` (the volume is mounted where ``pki init`` ran)."""
-    cluster = b.root / "nats" / "cluster.json"
-    if cluster.exists():
-        route_password = json.loads(read_secret(cluster))["route_password"]
-    else:
-        route_password = new_secret()
-        write_secret(cluster, json.dumps({"route_password": route_password}))
+    route_password = _kept_secrets(b.root / "nats" / "cluster.json", "route_password")["route_password"]
     tls = ha_configs.TlsFiles(b.server.cert, b.server.key, b.ca_file)
     for i, node in enumerate(COMPOSE_NATS_NODES, 1):
         text = ha_configs.nats_cluster_conf(
@@ -325,7 +309,7 @@ def _render_compose_ha(b: Bundle, redis_owner: tuple[int, int] | None) -> None:
     )
     internal = b.redis_internal()
     files = {
-        "replication.conf": ha_configs.redis_replication_conf(internal["replication"], redis_tls),
+        "replication.conf": ha_configs.redis_replication_conf(internal["replication"]),
         "sentinel.conf": ha_configs.sentinel_conf(
             port=26379,
             bind=None,
@@ -342,27 +326,32 @@ def _render_compose_ha(b: Bundle, redis_owner: tuple[int, int] | None) -> None:
         write_secret(b.root / "redis" / name, text, owner=redis_owner)
 
 
-def _render_static(b: Bundle, names: list[str]) -> None:
-    """Re-render the NATS and Redis users from the credentials files (the passwords stay);
-    a login this version adds to an identity (e.g. the master's NATS system login) is made
-    now and saved, never left empty."""
+def _kept_secrets(path: Path, *names: str) -> dict[str, str]:
+    """Passwords made once and kept in a JSON file (0600): what ``path`` holds, or (no file
+    yet) a new password for each of ``names``, written there."""
+    if path.exists():
+        kept: dict[str, str] = json.loads(read_secret(path))
+        return kept
+    made = {n: new_secret() for n in names}
+    write_secret(path, json.dumps(made))
+    return made
+
+
+def _identities_from_files(b: Bundle, names: list[str], *, redis_only: bool = False) -> list[Identity]:
+    """The identities ``names`` with this version's rights and the passwords of their
+    credentials files; a password a file lacks is a new one (in no file: ``_render_static``
+    saves the logins it must). ``redis_only``: only those whose file holds a Redis password."""
+
+    def secret(value: SecretStr | None, default: str) -> str:
+        return value.get_secret_value() if value else default
+
     idents = []
     for n in names:
         c = b.credentials(n)
+        if redis_only and c.redis_password is None:
+            continue
         rights = TESTER_RIGHTS if n == TESTER else SERVICE_RIGHTS[n]
         fresh = Identity(n, rights)
-        if rights.nats_system and c.nats_system_password is None:
-            c = c.model_copy(
-                update={
-                    "nats_system_username": brokerauth.system_user(n),
-                    "nats_system_password": SecretStr(fresh.nats_system_password),
-                }
-            )
-            c.save(b.credentials_file(n))
-
-        def secret(value: SecretStr | None, default: str) -> str:
-            return value.get_secret_value() if value else default
-
         idents.append(
             Identity(
                 n,
@@ -373,6 +362,24 @@ def _render_static(b: Bundle, names: list[str]) -> None:
                 nats_system_password=secret(c.nats_system_password, fresh.nats_system_password),
             )
         )
+    return idents
+
+
+def _render_static(b: Bundle, names: list[str]) -> None:
+    """Re-render the NATS and Redis users from the credentials files (the passwords stay);
+    a login this version adds to an identity (e.g. the master's NATS system login) is made
+    now and saved, never left empty."""
+    idents = _identities_from_files(b, names)
+    for i in idents:
+        c = b.credentials(i.name)
+        if i.rights.nats_system and c.nats_system_password is None:  # the new password, saved
+            c = c.model_copy(
+                update={
+                    "nats_system_username": brokerauth.system_user(i.name),
+                    "nats_system_password": SecretStr(i.nats_system_password),
+                }
+            )
+            c.save(b.credentials_file(i.name))
     seed = b.credentials("master").nats_issuer_seed
     issuer = NkeyPair.from_seed(seed.get_secret_value()).public_key if seed else None
     write_secret(b.nats_auth_file, brokerauth.render_nats_users(idents, issuer))

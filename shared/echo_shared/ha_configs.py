@@ -1,10 +1,12 @@
-"""Configuration of the brokers' highly available forms, one renderer for every deployment.
+"""Configuration of the brokers, one renderer for every deployment.
 
-The dev stack (``echoctl dev up --ha``, the chaos tests) and the compose bundle (``echoctl pki
-init``, the ``ha`` profile) write these same texts; only addresses differ.
+The dev stack (``echoctl dev up [--ha]``, the chaos tests) and the compose bundle (``echoctl pki
+init``, its ``ha`` profile) write these same texts; only addresses differ.
 
-- ``nats_cluster_conf``: one node of a NATS cluster: its own JetStream store, TLS for clients
-  and routes, routes authenticated by a route login, the users of ``auth.conf``.
+- ``nats_conf``: a NATS server: its client listener (TLS, or plaintext for the benchmark of
+  what TLS costs), JetStream, the monitor, the users of ``auth.conf``.
+- ``nats_cluster_conf``: one node of a NATS cluster: ``nats_conf`` and routes (TLS, verified
+  against the CA, authenticated by a route login).
 - ``redis_replication_conf``: what a Redis needs to be a replica (a failover can make any of
   them one): the replication login, replication over TLS (its TLS files, listener and
   certificate, are on its command line).
@@ -17,7 +19,6 @@ Each text holds passwords: the caller writes it 0600.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,8 +39,44 @@ class TlsFiles:
 
 
 def _q(s: str) -> str:
-    """A NATS configuration string (JSON quoting is valid there)."""
-    return json.dumps(s)
+    """A NATS configuration string. Only ``\\`` and ``"`` need escaping; anything else goes in
+    as it is (NATS refuses JSON's ``\\u`` escapes: ``json.dumps`` breaks non-ASCII paths)."""
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _nats_tls(tls: TlsFiles, *, ca: bool) -> str:
+    """A ``tls`` block; ``ca``: with ``ca_file``, the CA that signs the peers (routes verify
+    each other; a client listener asks its clients for no certificate, it needs none)."""
+    files = f"cert_file: {_q(str(tls.cert))}, key_file: {_q(str(tls.key))}"
+    if ca:
+        files += f", ca_file: {_q(str(tls.ca))}"
+    return f"tls {{ {files}, timeout: 5 }}"
+
+
+def nats_conf(
+    *,
+    listen: str | None,
+    store_dir: str | None,
+    tls: TlsFiles | None,
+    auth: str,
+    monitor: str | None = None,
+    server_name: str | None = None,
+    cluster: str | None = None,
+) -> str:
+    """A NATS server. ``listen`` and ``store_dir`` None: given on the command line instead
+    (compose: ``-p``, ``-js -sd``); ``tls`` None: a plaintext listener (only the benchmark of
+    what TLS costs: the same users); ``monitor``: the HTTP monitor's ``host:port``; ``auth``:
+    the text of ``auth.conf`` (or an ``include`` of it); ``cluster``: a ``cluster`` block
+    (``nats_cluster_conf`` makes it)."""
+    return (
+        (f"server_name: {server_name}\n" if server_name else "")
+        + (f"listen: {_q(listen)}\n" if listen else "")
+        + (f"http: {_q(monitor)}\n" if monitor else "")
+        + (f"jetstream {{ store_dir: {_q(store_dir)} }}\n" if store_dir else "")
+        + (_nats_tls(tls, ca=False) + "\n" if tls else "")
+        + (cluster + "\n" if cluster else "")
+        + auth
+    )
 
 
 def nats_cluster_conf(
@@ -54,20 +91,21 @@ def nats_cluster_conf(
     auth: str,
     monitor: str | None = None,
 ) -> str:
-    """One cluster node; ``routes``: the other nodes' ``host:port``; ``auth``: the text of
-    ``auth.conf`` (or an ``include`` of it)."""
-    t = f"cert_file: {_q(str(tls.cert))}, key_file: {_q(str(tls.key))}, ca_file: {_q(str(tls.ca))}"
-    t += ", timeout: 5"
+    """One cluster node (``nats_conf`` with routes); ``routes``: the other nodes' ``host:port``."""
     peers = ", ".join(_q(f"nats-route://{ROUTE_USER}:{route_password}@{r}") for r in routes)
-    return (
-        f"server_name: {server_name}\n"
-        f"listen: {_q(listen)}\n"
-        + (f"http: {_q(monitor)}\n" if monitor else "")
-        + f"jetstream {{ store_dir: {_q(store_dir)} }}\n"
-        f"tls {{ {t} }}\n"
+    cluster = (
         f"cluster {{ name: echo, listen: {_q(route_listen)}, "
         f"authorization {{ user: {ROUTE_USER}, password: {_q(route_password)} }}, "
-        f"routes: [{peers}], tls {{ {t} }} }}\n" + auth
+        f"routes: [{peers}], {_nats_tls(tls, ca=True)} }}"
+    )
+    return nats_conf(
+        listen=listen,
+        store_dir=store_dir,
+        tls=tls,
+        auth=auth,
+        monitor=monitor,
+        server_name=server_name,
+        cluster=cluster,
     )
 
 
@@ -79,10 +117,9 @@ def _tls_lines(tls: TlsFiles) -> str:
     )
 
 
-def redis_replication_conf(replication_password: str, tls: TlsFiles | None = None) -> str:
+def redis_replication_conf(replication_password: str) -> str:
     """The replication login and replication over TLS, nothing else: a Redis takes its own
-    TLS files on its command line (compose's ``command``, ``echo_cli.devstack.redis_ha``).
-    ``tls`` is ignored (the bundle's caller still passes the files it once wrote here)."""
+    TLS files on its command line (compose's ``command``, ``echo_cli.devstack.redis_ha``)."""
     return f"masteruser {REDIS_REPLICATION_USER}\nmasterauth {replication_password}\ntls-replication yes\n"
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from echo_shared.bundle import Bundle, allow_traversal, create_bundle, mosquitto_owner
 from echo_shared.credentials import Access
-from echo_shared.ha_configs import TlsFiles, nats_cluster_conf
+from echo_shared.ha_configs import TlsFiles, nats_cluster_conf, nats_conf
 from echo_shared.mqtt import MqttClient
 from echo_shared.secretfiles import new_secret, write_secret
 
@@ -277,18 +277,15 @@ def _start_nats(
     store.mkdir(exist_ok=True)
     scheme = "tls" if tls else "nats"
     conf = workdir / "nats.conf"
+    # tls=False: a plaintext listener, the same users (the benchmark of what TLS costs)
+    server_tls = TlsFiles(bundle.server.cert, bundle.server.key, bundle.ca_file) if tls else None
 
     def start(port: int) -> ManagedProcess:
-        text = (
-            f"listen: {_nats_str(f'{host}:{port}')}\n"
-            f"jetstream {{ store_dir: {_nats_str(str(store))} }}\n"
-            + (
-                f"tls {{ cert_file: {_nats_str(str(bundle.server.cert))}, "
-                f"key_file: {_nats_str(str(bundle.server.key))}, timeout: 5 }}\n"
-                if tls
-                else ""
-            )
-            + bundle.nats_auth_file.read_text()
+        text = nats_conf(
+            listen=f"{host}:{port}",
+            store_dir=str(store),
+            tls=server_tls,
+            auth=bundle.nats_auth_file.read_text(),
         )
         write_secret(conf, text)
         argv = [nats_server_binary(), "-c", str(conf)]
@@ -341,10 +338,6 @@ def _start_nats_cluster(
     for name, port in started:
         wait_for_own_port(host, port, procs[name])
     return out
-
-
-def _nats_str(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _mosquitto_conf(
