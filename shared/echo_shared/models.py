@@ -86,6 +86,12 @@ class EdgeModel(StrEnum):
 class BatchSpec(Strict):
     count: int = Field(default=100, ge=1, le=100_000, description="close a batch at this many records")
     seconds: float = Field(default=1.0, gt=0, le=3600, description="... or this long after its first record")
+    adaptive: bool = Field(
+        default=False,
+        description="... or as soon as the edge has no batch in flight (the producer is done with "
+        "what it had in hand, and the broker acknowledged the batch before): batches grow with "
+        "the load, a record waits only while an earlier batch is on its way (seconds bounds it)",
+    )
 
 
 class SpoolSpec(Strict):

@@ -77,7 +77,9 @@ class StreamOut:
 
 
 class BatchOut:
-    """One message per micro-batch, closed by count or by time, whichever comes first."""
+    """One message per micro-batch, closed by count or by time, whichever comes first;
+    ``adaptive`` edges also close it as soon as no earlier batch is in flight (Nagle's rule:
+    at a low rate each record goes at once, under load batches fill while one travels)."""
 
     def __init__(self, outputs: Outputs, binding: Binding, spool: Spool | None = None) -> None:
         self.o = outputs
@@ -85,6 +87,8 @@ class BatchOut:
         limits = binding.batch
         self.count = limits.count if limits else 100
         self.seconds = limits.seconds if limits else 1.0
+        self.adaptive = limits.adaptive if limits else False
+        self._inflight: asyncio.Future[None] | None = None  # the last batch, until the broker has it
         self.pending: list[tuple[int, Any]] = []
         self.unconfirmed = Unconfirmed()
         self.box = Outbox(outputs, binding.topic, self.unconfirmed, spool)
@@ -99,6 +103,8 @@ class BatchOut:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self.seconds, self.close)
             self._barrier = loop.create_future()
+            if self.adaptive:  # after what the task is doing now: it may add more first
+                loop.call_soon(self._close_when_idle)
         self.pending.append((seq, record))
         if len(self.pending) >= self.count:
             self.close()
@@ -106,6 +112,17 @@ class BatchOut:
     def barrier(self) -> asyncio.Future[None] | None:
         """Resolved once the batch open now is published and acknowledged."""
         return self._barrier
+
+    def _close_when_idle(self) -> None:
+        """Adaptive: close the open batch now if nothing is in flight, else once the batch in
+        flight is acknowledged (the timer and the count still close it earlier)."""
+        if not self.pending:
+            return
+        inflight = self._inflight
+        if inflight is None or inflight.done():
+            self.close()
+        else:
+            inflight.add_done_callback(lambda _: self._close_when_idle())
 
     def close(self) -> None:
         """Publish the open batch (if any)."""
@@ -122,6 +139,7 @@ class BatchOut:
         self.o.count(self.topic, len(payload))
         traced, self.traced = self.traced, None
         fut = self.box.send(batch[0][0], batch[-1][0], len(batch), payload, traced)
+        self._inflight = fut
         if barrier is not None:
             _chain(fut, barrier)
         self.o.track(fut)
