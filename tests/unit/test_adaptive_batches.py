@@ -84,3 +84,42 @@ async def test_a_fixed_edge_waits_for_its_count() -> None:
     out.emit({"i": 2})
     out.emit({"i": 3})
     assert link.batches() == [[1, 2, 3]]
+
+
+def stream_outputs(link: SlowAcks) -> Outputs:
+    return Outputs(link, "p", 1, [Binding(peer="c", topic=TOPIC)], NAMES)  # type: ignore[arg-type]
+
+
+async def test_a_stream_edge_coalesces_only_while_a_message_travels() -> None:
+    """Transparent coalescing: one record per message while the edge is idle; the records
+    emitted while a message waits for its acknowledgement go together; a record never waits
+    longer than the linger bound for an acknowledgement that does not come."""
+    link = SlowAcks()
+    out = stream_outputs(link)
+    out.emit({"i": 1})
+    await turns()
+    assert link.batches() == [[1]]
+    for i in range(2, 7):
+        out.emit({"i": i})
+    await turns()
+    assert link.batches() == [[1]], "gathered while message 1 travels"
+    link.sent[0][1].set_result(None)
+    await turns()
+    assert link.batches() == [[1], [2, 3, 4, 5, 6]]
+    out.emit({"i": 7})  # message 2 is never acknowledged: the linger bound sends it anyway
+    deadline = asyncio.get_running_loop().time() + 2
+    while link.batches()[-1] != [7]:
+        assert asyncio.get_running_loop().time() < deadline, "held past the linger bound"
+        await asyncio.sleep(0.001)
+    await out.stop()
+
+
+async def test_a_batch_too_big_for_a_broker_goes_as_several_messages() -> None:
+    link = SlowAcks()
+    out = stream_outputs(link)
+    blob = "x" * (300 * 1024)
+    for i in range(3):
+        out.emit({"i": i, "blob": blob})
+    await turns()
+    assert link.batches() == [[1], [2], [3]], "900 KB of records: each message under the limit"
+    await out.stop()

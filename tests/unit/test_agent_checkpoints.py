@@ -136,6 +136,10 @@ async def test_a_checkpoint_whose_outputs_failed_is_not_published() -> None:
     )
     out.emit({"i": 1})
     ck.take()
+    for _ in range(100):  # a stream edge sends once the task is done with what it has in hand
+        if data.sent:
+            break
+        await asyncio.sleep(0)
     data.sent[0][2].set_exception(OSError("connection lost"))
     for _ in range(100):
         if not ck.busy:
@@ -164,9 +168,10 @@ async def test_producer_ignores_older_consumer_copies_and_replays_to_a_newer_one
         data = FakeTransport()
         out = Outputs(data, "p", 1, [Binding(peer="c", topic=topic)], names)
         progress_topic = names.progress_topic(topic)
-        for i in range(10):
+        for i in range(10):  # one message each: the broker acknowledges each before the next
             out.emit({"i": i})
-        data.ack_all()
+            await asyncio.sleep(0)
+            data.ack_all()
         out.on_control(report_msg(progress_topic, 8, generation=2))
         assert out.acked[progress_topic] == 8
         sent = len(data.sent)
@@ -213,8 +218,10 @@ async def test_a_stalled_edge_is_named_until_it_moves_again() -> None:
     data = FakeTransport()
     topic = names.data_topic("df", "p", "c")
     out = Outputs(data, "p", 1, [Binding(peer="c", topic=topic)], names)
-    out.emit({"x": 1})
-    out.emit({"x": 2})
+    for x in (1, 2):  # two messages: the broker acknowledged the first before the second
+        out.emit({"x": x})
+        await asyncio.sleep(0)
+        data.ack_all()
     now = asyncio.get_running_loop().time()
     out.check_channels(now)
     assert out.stalled == {}

@@ -58,12 +58,13 @@ async def test_a_resent_message_carries_the_trace_of_its_sampled_record() -> Non
     out = Outputs(link, "p", 1, [Binding(peer="c", topic=TOPIC)], NAMES)  # type: ignore[arg-type]
     tracer = RecordTracer(1.0, dataflow="df", task="p", device="d")
     tracer._tracer = TracerProvider().get_tracer("test")  # real spans, nothing exported
-    for i in range(1, 11):
+    for i in range(1, 11):  # a message each (the broker has each before the next is emitted)
         if i == 5:
             with tracer.source(i):
                 out.emit({"i": i})
         else:
             out.emit({"i": i})
+        await asyncio.sleep(0)
     assert link.traced_seqs() == [5]
     first = next(props for t, p, props in link.sent if props)
 

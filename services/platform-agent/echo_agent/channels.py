@@ -39,7 +39,7 @@ from pydantic import ValidationError
 
 from echo_shared.codec import encode_eos, encode_records, restamp
 from echo_shared.messages import Binding, ChannelProgress, ResendRequest
-from echo_shared.models import ChannelCounts, EdgeModel
+from echo_shared.models import BatchSpec, ChannelCounts, EdgeModel
 from echo_shared.mqtt import MqttMessage
 from echo_shared.names import Names
 
@@ -51,29 +51,12 @@ from .spool import Spool
 from .transports import Transport
 
 DEFAULT_WINDOW = 10_000
+COALESCE_RECORDS = 256  # records of a stream edge in one message at most
+COALESCE_LINGER = 0.005  # seconds a stream record waits for the message in flight, at most
+STREAM_LIMITS = BatchSpec(count=COALESCE_RECORDS, seconds=COALESCE_LINGER, adaptive=True)
+MAX_MESSAGE_BYTES = 512 * 1024  # a bigger batch is sent as several messages (NATS takes 1 MB)
 STALL_AFTER = 3 * RETRANSMIT_AFTER  # seconds without progress while messages wait: a stalled edge
 log = logging.getLogger(__name__)
-
-
-class StreamOut:
-    """One record per message."""
-
-    def __init__(self, outputs: Outputs, binding: Binding, spool: Spool | None = None) -> None:
-        self.o = outputs
-        self.topic = binding.topic
-        self.unconfirmed = Unconfirmed()
-        self.box = Outbox(outputs, binding.topic, self.unconfirmed, spool)
-
-    def add(self, seq: int, record: Any) -> None:
-        payload = encode_records(self.o.producer, self.o.generation, [(seq, record)])
-        self.o.count(self.topic, len(payload))
-        self.o.track(self.box.send(seq, seq, 1, payload, carried()))
-
-    def barrier(self) -> asyncio.Future[None] | None:
-        return None
-
-    def close(self) -> None:
-        return None
 
 
 class BatchOut:
@@ -81,10 +64,12 @@ class BatchOut:
     ``adaptive`` edges also close it as soon as no earlier batch is in flight (Nagle's rule:
     at a low rate each record goes at once, under load batches fill while one travels)."""
 
-    def __init__(self, outputs: Outputs, binding: Binding, spool: Spool | None = None) -> None:
+    def __init__(
+        self, outputs: Outputs, binding: Binding, spool: Spool | None = None, limits: BatchSpec | None = None
+    ) -> None:
         self.o = outputs
         self.topic = binding.topic
-        limits = binding.batch
+        limits = limits or binding.batch
         self.count = limits.count if limits else 100
         self.seconds = limits.seconds if limits else 1.0
         self.adaptive = limits.adaptive if limits else False
@@ -133,16 +118,38 @@ class BatchOut:
             return
         batch, self.pending = self.pending, []
         barrier, self._barrier = self._barrier, None
-        payload = encode_records(self.o.producer, self.o.generation, batch)
+        traced, self.traced = self.traced, None
         # kept until the consumer confirms it, like a stream's records: a batch published
         # before the consumer subscribed (or lost) is sent again when it asks
-        self.o.count(self.topic, len(payload))
-        traced, self.traced = self.traced, None
-        fut = self.box.send(batch[0][0], batch[-1][0], len(batch), payload, traced)
+        fut = self._send(batch, traced)
         self._inflight = fut
         if barrier is not None:
             _chain(fut, barrier)
+
+    def _send(self, batch: list[tuple[int, Any]], traced: dict[str, str] | None) -> asyncio.Future[None]:
+        """Publish ``batch`` as one message, or as several when that would be too big for a
+        broker (halves, until each fits or holds one record); the last one's future."""
+        payload = encode_records(self.o.producer, self.o.generation, batch)
+        if len(payload) > MAX_MESSAGE_BYTES and len(batch) > 1:
+            half = len(batch) // 2
+            self._send(batch[:half], traced)
+            return self._send(batch[half:], None)
+        self.o.count(self.topic, len(payload))
+        fut = self.box.send(batch[0][0], batch[-1][0], len(batch), payload, traced)
         self.o.track(fut)
+        return fut
+
+
+class StreamOut(BatchOut):
+    """A stream edge: each record goes as soon as the task is done with what it has in hand,
+    unless a message of the edge is still in flight; the records that come meanwhile travel
+    together in the next message (transparent coalescing, Nagle's rule: at a low rate one
+    record per message, under load the broker round trip, the acknowledgement, the
+    consumer's progress and dedupe are paid per message, not per record). At most
+    ``COALESCE_RECORDS`` records per message, none held longer than ``COALESCE_LINGER``."""
+
+    def __init__(self, outputs: Outputs, binding: Binding, spool: Spool | None = None) -> None:
+        super().__init__(outputs, binding, spool, STREAM_LIMITS)
 
 
 def _chain(src: asyncio.Future[None], dst: asyncio.Future[None]) -> None:
@@ -376,11 +383,14 @@ class Outputs:
         """Every channel keeps its messages in its spool (its broker is, or was, out of reach):
         whatever this task emitted is confirmed, acknowledged by the broker, or in a spool. With
         some channels publishing directly, a checkpoint must wait for the broker as usual."""
-        return bool(self.boxes) and all(b.engaged for b in self.boxes)
+        # (a channel whose link is down spools what it sends next: the open batches too)
+        return bool(self.boxes) and all(
+            b.engaged or (b.spool is not None and not b.link_up()) for b in self.boxes
+        )
 
     def close_batches(self) -> None:
         for ch in self.channels:
-            if isinstance(ch, BatchOut):
+            if isinstance(ch, BatchOut):  # stream edges too: what they gather
                 ch.close()
 
     def sync_spools(self) -> None:
