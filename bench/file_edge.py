@@ -47,8 +47,8 @@ from procs import ProcSampler, platform_pids
 MIB = 1 << 20
 SIZE_FULL, SIZE_QUICK = 256 * MIB, 32 * MIB
 RAW_BYTES = 64 * MIB  # the raw MQTT baseline sends this much (or the file size if smaller)
-CHUNK = 256 * 1024  # echo_agent.files.CHUNK
-BYTE_WINDOW = 8 * MIB  # echo_agent.files.BYTE_WINDOW
+CHUNK = 256 * 1024  # echo_agent.dataplane.files.CHUNK
+BYTE_WINDOW = 8 * MIB  # echo_agent.dataplane.files.BYTE_WINDOW
 RAW_INFLIGHT = BYTE_WINDOW // CHUNK
 RAW_RUNS = 3  # the raw figure is the median of these (one short run is at the mercy of the load)
 TARGET_RATIO = 0.5

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from echo_agent.spool import Entry, Spool
+from echo_agent.dataplane.spool import Entry, Spool
 from echo_shared.codec import encode_records
 
 RECORD = {"ride": 0, "city": "nyc", "fare": 12.5, "pad": "x" * 180}

@@ -33,7 +33,8 @@ SOURCE, SINK = "edge-1", "cloud-1"
 SWEEP_INFLIGHT = (20, 100)
 MAX_BATCH = 500
 MIN_SPAN_S = 3.0
-MAX_RECORDS = 2_000_000  # records per data-plane MQTT message (echo_agent.channels.Outputs.max_batch)
+# records per data-plane MQTT message (echo_agent.dataplane.channels.Outputs.max_batch)
+MAX_RECORDS = 2_000_000
 
 
 def padding(count: int, size: int = RECORD_BYTES) -> str:

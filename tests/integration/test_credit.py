@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from echo_agent.channels import Outputs
-from echo_agent.intake import Progress
+from echo_agent.dataplane.channels import Outputs
+from echo_agent.dataplane.intake import Progress
 from echo_cli.devstack import Brokers
 from echo_shared.messages import Binding
 from echo_shared.mqtt import MqttMessage

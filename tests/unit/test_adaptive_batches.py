@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from echo_agent.channels import Outputs
+from echo_agent.dataplane.channels import Outputs
 from echo_shared.codec import decode
 from echo_shared.messages import Binding
 from echo_shared.models import BatchSpec, EdgeModel

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from echo_agent.channels import Outputs
-from echo_agent.checkpoints import Checkpoints
-from echo_agent.intake import Inputs, Progress
+from echo_agent.dataplane.channels import Outputs
+from echo_agent.dataplane.checkpoints import Checkpoints
+from echo_agent.dataplane.intake import Inputs, Progress
 from echo_shared.messages import Binding, ChannelProgress, TaskCheckpoint
 from echo_shared.mqtt import MqttMessage
 from echo_shared.names import Names
@@ -212,7 +212,7 @@ async def test_a_batch_published_before_its_consumer_listened_is_sent_again_when
 async def test_a_stalled_edge_is_named_until_it_moves_again() -> None:
     """Nothing confirmed for STALL_AFTER while messages wait: ``Outputs.stalled`` names the
     edge (the task reports it as its reason); a progress report clears it."""
-    from echo_agent.channels import STALL_AFTER
+    from echo_agent.dataplane.channels import STALL_AFTER
 
     names = Names("t")
     data = FakeTransport()

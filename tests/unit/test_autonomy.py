@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from echo_agent.channels import Outputs
-from echo_agent.checkpoints import Checkpoints
-from echo_agent.intake import Gap, Inputs
+from echo_agent.dataplane.channels import Outputs
+from echo_agent.dataplane.checkpoints import Checkpoints
+from echo_agent.dataplane.intake import Gap, Inputs
+from echo_agent.dataplane.outbox import SpoolSettings
 from echo_agent.localtasks import LocalTasks
-from echo_agent.outbox import SpoolSettings
 from echo_shared.codec import decode, encode_skip
 from echo_shared.messages import Binding, ChannelProgress, DeployTask, SpoolSpec, TaskCheckpoint
 from echo_shared.mqtt import MqttMessage

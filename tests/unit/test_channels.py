@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from echo_agent.intake import Inputs
+from echo_agent.dataplane.intake import Inputs
 from echo_shared.codec import Decoded
 
 

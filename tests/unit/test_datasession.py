@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from echo_agent.datasession import DataSession
+from echo_agent.dataplane.datasession import DataSession
 from echo_shared.mqtt import MqttMessage, MqttUnavailable
 
 

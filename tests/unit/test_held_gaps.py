@@ -8,8 +8,8 @@ import asyncio
 import time
 from pathlib import Path
 
-from echo_agent.channels import Outputs
-from echo_agent.consuming import HOLD_SECONDS, Consumer
+from echo_agent.dataplane.channels import Outputs
+from echo_agent.dataplane.consuming import HOLD_SECONDS, Consumer
 from echo_agent.operators import build
 from echo_shared.codec import encode_records
 from echo_shared.messages import Binding, ResendRequest

@@ -9,8 +9,8 @@ import time
 
 from opentelemetry.sdk.trace import TracerProvider
 
-from echo_agent.channels import Outputs
-from echo_agent.recordtrace import TRACEPARENT, RecordTracer
+from echo_agent.dataplane.channels import Outputs
+from echo_agent.dataplane.recordtrace import TRACEPARENT, RecordTracer
 from echo_shared.codec import decode
 from echo_shared.messages import Binding
 from echo_shared.names import Names

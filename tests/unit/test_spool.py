@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from echo_agent.spool import HEADER, Entry, Skipped, Spool
+from echo_agent.dataplane.spool import HEADER, Entry, Skipped, Spool
 
 
 def drain(spool: Spool) -> list[Entry | Skipped]:

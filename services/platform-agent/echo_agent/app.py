@@ -18,10 +18,10 @@ from echo_shared.telemetry import inject, tracer
 
 from . import heartbeats, identity, runtimes
 from .control import TaskManager
+from .dataplane.outbox import SpoolSettings
 from .errors import CredentialsRefused, DuplicateDevice
 from .identity import EnrolmentFailed
 from .localtasks import LocalTasks
-from .outbox import SpoolSettings
 from .settings import AgentSettings
 
 log = logging.getLogger(__name__)

@@ -32,9 +32,9 @@ from echo_shared.mqtt import MqttClient, MqttMessage
 from echo_shared.names import Names
 from echo_shared.telemetry import extract, tracer
 
-from .datasession import DataSession
+from .dataplane.datasession import DataSession
+from .dataplane.outbox import SpoolSettings
 from .localtasks import LocalTasks
-from .outbox import SpoolSettings
 from .running import TaskRunner
 from .runtimes import RuntimePolicy
 

@@ -25,16 +25,16 @@ from echo_shared.models import TaskState
 from echo_shared.mqtt import MqttClient, MqttMessage
 from echo_shared.names import Names
 
-from .channels import DEFAULT_WINDOW, Outputs
-from .checkpoints import Checkpoints, Publish, take_snapshot
-from .consuming import Consumer, call
-from .datasession import DataSession, TaskChannels
-from .natschannels import NatsChannels
+from .dataplane.channels import DEFAULT_WINDOW, Outputs
+from .dataplane.checkpoints import Checkpoints, Publish, take_snapshot
+from .dataplane.consuming import Consumer, call
+from .dataplane.datasession import DataSession, TaskChannels
+from .dataplane.natschannels import NatsChannels
+from .dataplane.outbox import SpoolSettings
+from .dataplane.recordtrace import RecordTracer
+from .dataplane.transports import Transports
 from .operators import Operator, TaskContext
-from .outbox import SpoolSettings
-from .recordtrace import RecordTracer
 from .runtimes import RuntimePolicy, RuntimeRefused
-from .transports import Transports
 
 log = logging.getLogger(__name__)
 

@@ -34,11 +34,11 @@ from echo_shared.models import EdgeModel
 from echo_shared.mqtt import MqttMessage
 from echo_shared.names import Names
 
+from ..operators import Operator, Record
 from .channels import Outputs
 from .checkpoints import Checkpoints
 from .files import RESEND_INTERVAL, FileReceiver
 from .intake import AckQueue, Gap, Inputs, Progress, incoming_dir
-from .operators import Operator, Record
 from .recordtrace import TRACEPARENT, RecordTracer
 from .transports import Transport
 
