@@ -27,13 +27,14 @@ import timeline
 from common import Stack, log
 
 RECORD_BYTES = 256
-TARGET_RATIO = 0.5
+TARGET_RATIO = 0.5  # records/s over MQTT vs raw paho QoS 1 msgs/s (the first target)
+# issue 11: records/s vs raw nats-py pub -> sub msgs/s of the same run, per channel transport
+TARGET_VS_RAW_NATS = {"nats": 0.4, "mqtt": 0.25}
 POLL_S = 0.005
-SOURCE, SINK = "edge-1", "cloud-1"
+SOURCE, SINK = "edge-1", "cloud-1"  # edge-1 reaches only MQTT: an MQTT channel
+NATS_SOURCE = "fog-1"  # fog-1 and cloud-1 both reach NATS: a NATS channel
 SWEEP_INFLIGHT = (20, 100)
-MAX_BATCH = 500
 MIN_SPAN_S = 3.0
-# records per data-plane MQTT message (echo_agent.dataplane.channels.Outputs.max_batch)
 MAX_RECORDS = 2_000_000
 
 
@@ -54,7 +55,7 @@ def expected_bytes(count: int, pad: str) -> int:
     return total
 
 
-def spec(count: int, pad: str, path: Path) -> dict[str, Any]:
+def spec(count: int, pad: str, path: Path, source: str = SOURCE) -> dict[str, Any]:
     return {
         "name": "stream-edge",
         "tasks": [
@@ -62,7 +63,7 @@ def spec(count: int, pad: str, path: Path) -> dict[str, Any]:
                 "id": "gen",
                 "operator": "io.generate",
                 "config": {"count": count, "rate": 0, "fields": {"pad": pad}},
-                "placement": {"device": SOURCE},
+                "placement": {"device": source},
             },
             {
                 "id": "sink",
@@ -108,13 +109,13 @@ def check_file(path: Path, count: int) -> dict[str, Any]:
     }
 
 
-def echo_stream(stack: Stack, count: int, timeout: float) -> dict[str, Any]:
+def echo_stream(stack: Stack, count: int, timeout: float, source: str = SOURCE) -> dict[str, Any]:
     pad = padding(count)
     out = stack.workdir / f"stream-sink-{count}.jsonl"
     total = expected_bytes(count, pad)
     avg_record = total / count - 1  # without the newline
     t0 = time.perf_counter()
-    df_id = stack.api.submit(spec(count, pad, out))
+    df_id = stack.api.submit(spec(count, pad, out, source))
     first: tuple[float, int] | None = None
     last: tuple[float, int] = (t0, 0)
     samples: list[tuple[float, int]] = []
@@ -155,9 +156,8 @@ def echo_stream(stack: Stack, count: int, timeout: float) -> dict[str, Any]:
         "post_to_completed_s": round(t_done, 3),
         "records_per_s_by_0_5s": buckets,
         "finished_after_created_s": finished,
-        "approx_data_msgs_per_s": round(rate / MAX_BATCH, 1),
         "edge": {
-            "from": f"gen@{SOURCE}",
+            "from": f"gen@{source}",
             "to": f"sink@{SINK}",
             "transport": edge.get("transport"),
             "topic": edge.get("topic"),
@@ -186,9 +186,9 @@ def rate_timeline(samples: list[tuple[float, int]], line_bytes: float, step: flo
     return out
 
 
-def measured_stream(stack: Stack, count: int) -> dict[str, Any]:
-    log(f"stream edge: {count} records of ~{RECORD_BYTES} B, {SOURCE} -> {SINK}")
-    echo = echo_stream(stack, count, timeout=180.0)
+def measured_stream(stack: Stack, count: int, source: str = SOURCE) -> dict[str, Any]:
+    log(f"stream edge: {count} records of ~{RECORD_BYTES} B, {source} -> {SINK}")
+    echo = echo_stream(stack, count, timeout=180.0, source=source)
     log(
         f"stream edge: {echo['records_per_s']:.0f} records/s over {echo['measured_span_s']} s; "
         f"file check {echo['sink_file_check']}"
@@ -196,17 +196,23 @@ def measured_stream(stack: Stack, count: int) -> dict[str, Any]:
     return echo
 
 
-def run(stack: Stack, quick: bool) -> dict[str, Any]:
-    count = 50_000 if quick else 200_000
-    mqtt_count = 10_000 if quick else 20_000
-    nats_count = 50_000 if quick else 100_000
-    echo = measured_stream(stack, count)
+def steady(stack: Stack, count: int, quick: bool, source: str) -> dict[str, Any]:
+    echo = measured_stream(stack, count, source)
     if not quick and echo["measured_span_s"] < MIN_SPAN_S:
         # too short to be a steady-state figure: again with enough records for ~4.5 s
         bigger = min(MAX_RECORDS, -(-int(echo["records_per_s"] * 4.5) // 50_000) * 50_000)
         log(f"stream edge: {echo['measured_span_s']} s is under {MIN_SPAN_S} s; again with {bigger} records")
         first = {k: echo[k] for k in ("records", "records_per_s", "measured_span_s")}
-        echo = measured_stream(stack, bigger) | {"first_attempt": first}
+        echo = measured_stream(stack, bigger, source) | {"first_attempt": first}
+    return echo
+
+
+def run(stack: Stack, quick: bool) -> dict[str, Any]:
+    count = 50_000 if quick else 200_000
+    mqtt_count = 10_000 if quick else 20_000
+    nats_count = 50_000 if quick else 100_000
+    echo = steady(stack, count, quick, SOURCE)
+    over_nats = steady(stack, count, quick, NATS_SOURCE)
     mqtt_auth = raw_brokers.Auth.of(stack.brokers, "mqtt")
     nats_auth = raw_brokers.Auth.of(stack.brokers, "nats")
     log(f"raw mqtt: {mqtt_count} x {RECORD_BYTES} B, QoS 1")
@@ -224,28 +230,48 @@ def run(stack: Stack, quick: bool) -> dict[str, Any]:
     log(f"raw nats: {nats['msgs_per_s']:.0f} msgs/s")
     ratio = echo["records_per_s"] / mqtt["msgs_per_s"] if mqtt["msgs_per_s"] else float("nan")
     best_ratio = echo["records_per_s"] / sweep[best_inflight] if sweep[best_inflight] else float("nan")
-    clean = echo["sink_file_check"]["duplicates"] == 0 and echo["sink_file_check"]["missing"] == 0
+    runs = {"mqtt": echo, "nats": over_nats}
+    clean = all(
+        r["sink_file_check"]["duplicates"] == 0 and r["sink_file_check"]["missing"] == 0
+        for r in runs.values()
+    )
+    vs_nats = {
+        t: round(r["records_per_s"] / nats["msgs_per_s"], 3) if nats["msgs_per_s"] else float("nan")
+        for t, r in runs.items()
+    }
+    vs_nats_met = all(vs_nats[t] >= TARGET_VS_RAW_NATS[t] for t in runs)
+    transports = {t: r["edge"]["transport"] for t, r in runs.items()}
     return {
         "records_per_s": echo["records_per_s"],
+        "records_per_s_over_nats": over_nats["records_per_s"],
         "raw_mqtt_qos1_msgs_per_s": mqtt["msgs_per_s"],
         "raw_nats_msgs_per_s": nats["msgs_per_s"],
         "ratio_vs_raw_mqtt": round(ratio, 3),
         "target_ratio": TARGET_RATIO,
-        "met": bool(ratio >= TARGET_RATIO) and bool(best_ratio >= TARGET_RATIO),
+        "ratio_vs_raw_nats": vs_nats,
+        "target_vs_raw_nats": TARGET_VS_RAW_NATS,
+        "channel_transports": transports,
+        "met": bool(ratio >= TARGET_RATIO)
+        and bool(best_ratio >= TARGET_RATIO)
+        and vs_nats_met
+        and clean
+        and transports == {"mqtt": "mqtt", "nats": "nats"},
         "raw_mqtt_qos1_by_max_inflight": {str(k): v for k, v in sorted(sweep.items())},
         "raw_mqtt_qos1_best_msgs_per_s": sweep[best_inflight],
         "ratio_vs_best_raw_mqtt": round(best_ratio, 3),
         "exactly_once_at_sink": clean,
         "note": (
-            "records_per_s counts records; the raw figures count 256-byte MQTT/NATS messages. The ECHO "
-            f"data plane batches up to {MAX_BATCH} records into one QoS 1 MQTT message (a batch is "
-            "published when full or after a 2 ms linger), so it can exceed the per-message raw rate: that "
-            "is expected and is the point of batching. Raw publisher and subscriber run in separate "
-            "processes, like ECHO's source and sink agents. raw_mqtt_qos1_msgs_per_s uses max_inflight "
-            "1000 as specified; paho 2.2 scans all outstanding messages on every PUBACK, so a large "
-            "window slows paho itself (see raw_mqtt_qos1_by_max_inflight); met requires both ratios."
+            "records_per_s counts records; the raw figures count 256-byte MQTT/NATS messages. A stream "
+            "edge coalesces: a record goes at once while nothing of the edge is in flight, and the records "
+            "emitted while a message travels go together in the next (at most 256, held at most 5 ms), so "
+            "under load it can exceed the per-message raw rate: that is the point. Raw publisher and "
+            "subscriber run in separate processes, like ECHO's source and sink agents. "
+            "raw_mqtt_qos1_msgs_per_s uses max_inflight 1000 as specified; paho 2.2 scans all outstanding "
+            "messages on every PUBACK, so a large window slows paho itself (see "
+            "raw_mqtt_qos1_by_max_inflight); met requires every ratio, both transports, exactly once."
         ),
         "echo": echo,
+        "echo_over_nats": over_nats,
         "raw_mqtt": mqtt,
         "raw_nats": nats,
     }
