@@ -116,8 +116,9 @@ def expected_kept(lines: list[str]) -> set[int]:
 class SinkTail:
     """Tails the sink file on a thread: (arrival wall-clock time, seq) per complete line."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, every: float = TAIL_S) -> None:
         self.path = path
+        self.every = every
         self.arrivals: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sink-tail", daemon=True)
@@ -131,7 +132,7 @@ class SinkTail:
                     try:
                         f = self.path.open("rb")
                     except FileNotFoundError:
-                        time.sleep(TAIL_S)
+                        time.sleep(self.every)
                         continue
                 data = f.read()
                 now = time.time()
@@ -140,7 +141,7 @@ class SinkTail:
                     *complete, buf = buf.split(b"\n")
                     self.arrivals.extend((now, orjson.loads(line)["seq"]) for line in complete if line)
                 else:
-                    time.sleep(TAIL_S)
+                    time.sleep(self.every)
         finally:
             if f is not None:
                 f.close()

@@ -12,6 +12,8 @@ Benchmarks:
 - ``stream_edge`` (``stream_edge.py``, ``raw_brokers.py``): records/s over one cross-agent
   stream edge with ~256-byte records, next to raw paho-mqtt QoS 1 and NATS pub -> sub
   rates for 256-byte messages; target >= 0.5 x the raw MQTT rate.
+- ``stream_latency`` (``stream_latency.py``): per-record latency over a stream edge between
+  two agents at 1,000 records/s, MQTT and NATS channels; target p50 <= 5 ms.
 - ``batch_edge`` (``batch_edge.py``): the same cross-agent edge with ``model: stream`` and with
   ``model: batch`` (count 100, seconds 1.0), ~256-byte records; target batch >= 5 x stream.
 - ``file_edge`` (``file_edge.py``): one 256 MiB file (32 MiB with ``--quick``) from
@@ -86,6 +88,7 @@ import placement
 import security_cost
 import spool
 import stream_edge
+import stream_latency
 import testbed_etl
 from common import Stack, log, running_stack, scan_logs
 
@@ -93,6 +96,7 @@ BENCHMARKS: dict[str, Callable[[Stack, bool], dict[str, Any]]] = {
     "agent_footprint": agent_footprint.run,  # first: the agents idle, nothing run on them yet
     "deploy_latency": deploy_latency.run,
     "stream_edge": stream_edge.run,
+    "stream_latency": stream_latency.run,
     "batch_edge": batch_edge.run,
     "file_edge": file_edge.run,
     "etl_pipeline": etl_pipeline.run,
