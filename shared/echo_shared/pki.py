@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .errors import EchoError
-from .secretfiles import check_private, write_secret
+from .secretfiles import check_private, write_public, write_secret
 
 CA_DAYS = 3650
 SERVER_DAYS = 825
@@ -54,9 +54,7 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey, owner: tuple[int, in
 
 
 def _write_cert(path: Path, cert: x509.Certificate) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    path.chmod(0o644)
+    write_public(path, cert.public_bytes(serialization.Encoding.PEM))
 
 
 def create_ca(directory: Path, *, name: str = "ECHO CA", days: int = CA_DAYS) -> KeyPair:

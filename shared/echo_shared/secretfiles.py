@@ -35,6 +35,18 @@ def write_secret(
     ``fsync=False``: atomic, but left to the kernel to write out (a file rewritten often,
     whose previous version is as good after a power cut).
     """
+    _write_atomic(path, data, 0o600, owner=owner, fsync=fsync)
+
+
+def write_public(path: Path, data: str | bytes) -> None:
+    """Write a public file (a certificate) atomically, mode 0644: a server that reads it at
+    every handshake (Prometheus does) never sees it half written."""
+    _write_atomic(path, data, 0o644)
+
+
+def _write_atomic(
+    path: Path, data: str | bytes, mode: int, *, owner: tuple[int, int] | None = None, fsync: bool = True
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     raw = data.encode() if isinstance(data, str) else data
@@ -45,7 +57,7 @@ def write_secret(
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)  # whatever the umask
+        os.chmod(tmp, mode)  # whatever the umask
         if owner is not None:
             os.chown(tmp, *owner)
         os.replace(tmp, path)

@@ -113,7 +113,10 @@ def test_prometheus_scrapes_the_stack_and_answers_only_its_login(
 
     # every service scraped
     def all_up() -> bool:
-        res = prom.query("up")
+        try:
+            res = prom.query("up")
+        except httpx.HTTPError as e:  # a query may meet a transient error: polled again
+            raise AssertionError(f"query failed: {e}") from e
         return len(res) == 4 and all(r["value"][1] == "1" for r in res)
 
     wait_until(all_up, timeout=30, what="every service scraped")
