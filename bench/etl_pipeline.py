@@ -7,7 +7,7 @@ the sink on the cloud behind a batch edge of up to 100 records / 1 s).
 
 Two runs:
 
-1. **Throughput** (source ``rate: 0``): the 1,000-trip sample repeated 10 times
+1. **Throughput** (source ``rate: 0``): the 1,000-trip sample repeated 50 times
    (``--quick``: 2) into one input file, so the steady state lasts a few seconds; the
    sink file is tailed on a thread (every 5 ms) and each line's arrival time and ``seq``
    recorded. ``input_records_per_s`` = input lines the whole pipeline got through per
@@ -59,7 +59,7 @@ from raw_brokers import Auth, _connect, _mqtt_client
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "etl"
 SAMPLE = "TAXI_sample_data_senml.csv"
-REPEAT_FULL, REPEAT_QUICK = 10, 2
+REPEAT_FULL, REPEAT_QUICK = 50, 2  # full: ~3 s of steady flow at ~15 k lines/s
 RATE = 100.0  # lines/s of the latency run (the example's "live feed" rate)
 LAT_LINES_FULL, LAT_LINES_QUICK = 2_000, 600
 TARGET_INPUT_RATE = 5_000.0
