@@ -26,6 +26,7 @@ from echo_master.legacy.parsing import read_dag
 from echo_shared.mqtt import MqttMessage
 from tests.conftest import FAST_LIVENESS, unique_namespace
 from tests.harness.api import Api
+from tests.harness.specs import riotbench_spelling
 from tests.harness.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -299,34 +300,6 @@ def test_etl_with_local_data_runs_through_to_its_sinks(
     assert by_task["publishmqtt-6"]["records_in"] == len(expected)
 
 
-def riotbench_spelling(body: bytes) -> bytes:
-    """The ETL DAG as RIoTBench's NiFi DAGs spell it: ETLGetFile as the source, the other
-    package spelling of the processors, and InsertAzure after the annotation."""
-    dag = orjson.loads(body)
-    for p in dag["processors"]:
-        simple = p["class"].rsplit(".", 1)[-1]
-        if simple == "GetFile":
-            p["class"] = "in.dream_lab.nifi.etl.processors.ETLGetFile"
-        elif p["class"].startswith("in.dream_lab."):
-            p["class"] = "in.dreamlab.processors." + simple
-    dag["processors"].append(
-        {
-            "name": "InsertAzure",
-            "class": "in.dreamlab.processors.InsertAzure",
-            "uuid": "8",
-            "relationships": [{"name": "success", "autoTerminate": True}],
-            "properties": [
-                {"Azure storage Connection String": "DefaultEndpointsProtocol=https"},
-                {"Azure Table Name": "taxi"},
-            ],
-        }
-    )
-    dag["wiring"].append(
-        {"sourceProcessor": "4", "destinationProcessor": "8", "selectedRelationships": ["success"]}
-    )
-    return orjson.dumps(dag)
-
-
 def test_the_etl_in_riotbench_spellings_stores_its_rows_in_the_cloud_table(
     platform: tuple[Platform, Api], tmp_path: Path, brokers: Brokers
 ) -> None:
@@ -337,7 +310,7 @@ def test_the_etl_in_riotbench_spellings_stores_its_rows_in_the_cloud_table(
     shutil.copytree(taxi_data(), data, ignore=shutil.ignore_patterns("*.md"))
     topic = f"{p.namespace}/legacy/ETL-rb"
     body, expected = etl_variant(data, tmp_path, brokers.mqtt_url, topic)
-    r = post_dag(api, riotbench_spelling(body), name="etl-riotbench")
+    r = post_dag(api, riotbench_spelling(body, "8"), name="etl-riotbench")
     assert r.status_code == 200, r.text
     df = api.wait_state(r.json()["uuid"], "completed", timeout=60)
     by_task = {t["id"]: t for t in df["tasks"]}

@@ -13,6 +13,7 @@ from echo_master.legacy.mapping import map_dag
 from echo_master.legacy.parsing import read_dag
 from echo_shared.errors import SpecError
 from echo_shared.operators import config_problems, lookup
+from tests.harness.specs import riotbench_spelling
 from tests.unit.legacy_dags import DAGS, SOURCE, fails, proc, task, wire
 
 CLASS_MAP = """
@@ -128,26 +129,7 @@ def test_etl_get_file_without_a_file_names_what_it_needs() -> None:
 def test_the_published_etl_dag_in_riotbench_spellings_maps_every_class() -> None:
     """ETL.json as published, its source as RIoTBench's ETLGetFile and its classes in the
     other package spelling, with RIoTBench's InsertAzure sink after the annotation."""
-    dag = orjson.loads((DAGS / "ETL.json").read_bytes())
-    for p in dag["processors"]:
-        simple = p["class"].rsplit(".", 1)[-1]
-        if simple == "GetFile":
-            p["class"] = "in.dream_lab.nifi.etl.processors.ETLGetFile"
-        elif p["class"].startswith("in.dream_lab."):
-            p["class"] = "in.dreamlab.processors." + simple
-    dag["processors"].append(
-        {
-            "name": "InsertAzure",
-            "class": "in.dreamlab.processors.InsertAzure",
-            "uuid": "7",
-            "relationships": [{"name": "success", "autoTerminate": True}],
-            "properties": [{"Azure storage Connection String": "secret"}, {"Azure Table Name": "taxi"}],
-        }
-    )
-    dag["wiring"].append(
-        {"sourceProcessor": "4", "destinationProcessor": "7", "selectedRelationships": ["success"]}
-    )
-    parsed, notes = read_dag(orjson.dumps(dag))
+    parsed, notes = read_dag(riotbench_spelling((DAGS / "ETL.json").read_bytes(), "7"))
     m = map_dag(parsed, notes=notes)
     operators = {t.operator for t in m.spec.tasks}
     assert {"io.file_source", "etl.senml_parse", "io.table_sink", "io.mqtt_sink"} <= operators
