@@ -345,6 +345,15 @@ class PlaceRequest(Message):
     avoid: dict[str, list[str]] = Field(
         default_factory=dict, description="devices a task must not go to (the one it leaves)"
     )
+    neighbourhood: bool = Field(
+        default=False,
+        description=(
+            "place the tasks not pinned on their neighbourhood alone (their producers, consumers and"
+            " anti-affinity partners where they run; what every other task holds reserved): what a"
+            " migration asks, at the cost of the neighbours, not of the dataflow; the placement"
+            " answered holds those tasks only"
+        ),
+    )
 
 
 class PlaceReply(Message):

@@ -6,7 +6,8 @@ it finds active (``resume_all``) and completes or rolls them back.
 The master owns the task records and executes each move step (``names.master_move``,
 fenced by the generation the saga started from); the scheduler chooses the target
 when the request names none (the other tasks pinned where they run, the source and
-the devices that cannot reach the task's channels avoided). Migrations of one
+the devices that cannot reach the task's channels avoided; placed on the task's
+neighbourhood alone, so a move costs the same in a dataflow of 10 tasks or 10,000). Migrations of one
 dataflow run one at a time.
 """
 
@@ -311,7 +312,12 @@ class Migrations:
             reply = await self.bus.request(
                 self.names.scheduler_place,
                 PlaceRequest(
-                    dataflow=m.dataflow, spec=spec, pinned=pinned, avoid={m.task: avoid}, rates=rates
+                    dataflow=m.dataflow,
+                    spec=spec,
+                    pinned=pinned,
+                    avoid={m.task: avoid},
+                    rates=rates,
+                    neighbourhood=True,
                 ),
                 PlaceReply,
                 timeout=self.settings.request_timeout,

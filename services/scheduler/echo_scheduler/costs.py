@@ -97,28 +97,37 @@ class Traffic:
     ) -> Traffic:
         rates = rates or {}
         n = len(tasks)
-        files = [_produces_files(t) for t in tasks]
-        nbytes = [
-            t.hints.record_bytes or (DEFAULT_FILE_BYTES if files[i] else DEFAULT_RECORD_BYTES)
-            for i, t in enumerate(tasks)
-        ]
+        nbytes = [record_bytes(t) for t in tasks]
         out = [0.0] * n
         for i in order:
             t = tasks[i]
-            if t.id in rates:
-                out[i] = max(0.0, float(rates[t.id]))
-            elif not inputs[i]:
-                default = DEFAULT_FILE_RATE if files[i] else DEFAULT_RATE
-                out[i] = t.hints.rate if t.hints.rate is not None else default
-            else:
-                sel = t.hints.selectivity if t.hints.selectivity is not None else 1.0
-                out[i] = sel * sum(out[edges[e][0]] for e in inputs[i])
+            inflow = [out[edges[e][0]] for e in inputs[i]] if inputs[i] else None
+            out[i] = rate_out(t, rates, inflow)
         edge_mbps = [out[u] * nbytes[u] * 8 / 1e6 for u, _ in edges]
         task_mbps = [0.0] * n
         for e, (u, v) in enumerate(edges):
             task_mbps[u] += edge_mbps[e]
             task_mbps[v] += edge_mbps[e]
         return cls(out, nbytes, edge_mbps, task_mbps)
+
+
+def rate_out(task: TaskSpec, rates: Mapping[str, float], inflow: Sequence[float] | None) -> float:
+    """Records/s out of ``task``: observed (``rates``), else a source's hint or default, else
+    its selectivity times what its inputs send it (``inflow``, None for a source)."""
+    if task.id in rates:
+        return max(0.0, float(rates[task.id]))
+    if inflow is None:
+        default = DEFAULT_FILE_RATE if _produces_files(task) else DEFAULT_RATE
+        return task.hints.rate if task.hints.rate is not None else default
+    sel = task.hints.selectivity if task.hints.selectivity is not None else 1.0
+    return sel * sum(inflow)
+
+
+def record_bytes(task: TaskSpec) -> int:
+    """Bytes of one record ``task`` sends: its hint, else 1 MiB for files, 256 B for records."""
+    if task.hints.record_bytes:
+        return task.hints.record_bytes
+    return DEFAULT_FILE_BYTES if _produces_files(task) else DEFAULT_RECORD_BYTES
 
 
 def _produces_files(task: TaskSpec) -> bool:

@@ -16,7 +16,7 @@ given in any order give the same placement. Network properties of a device:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
@@ -77,6 +77,7 @@ class Fleet:
     serf: FloatArray  # ms per byte through the uplink: 8 / (bandwidth * 1000)
     cap_cpu: FloatArray
     cap_mem: FloatArray
+    acc_kinds: tuple[str, ...] = ()  # accelerator kinds some device has
     _masks: dict[tuple[str, str], BoolArray] = field(default_factory=dict)
     _index: dict[str, dict[str, list[int]]] = field(default_factory=dict)
 
@@ -84,26 +85,63 @@ class Fleet:
     def of(cls, devices: Sequence[DeviceRecord]) -> Fleet:
         devs = tuple(sorted(devices, key=lambda d: d.id))
         cloud_sites = frozenset(d.site for d in devs if d.tier is Tier.cloud and d.site)
-        code = np.array(
-            [sum({BROKER_BITS[b] for b in d.connectivity.brokers if b in BROKER_BITS}) for d in devs],
-            dtype=np.int64,
-        )
-        ow_m = np.array([one_way_ms(d, "mqtt", cloud_sites) for d in devs], dtype=np.float64)
-        ow_n = np.array([one_way_ms(d, "nats", cloud_sites) for d in devs], dtype=np.float64)
-        ow_m[(code & MQTT) == 0] = np.inf
-        ow_n[(code & NATS) == 0] = np.inf
-        bw = np.array([bandwidth_mbps(d, cloud_sites) for d in devs], dtype=np.float64)
+        # one pass into Python lists (numpy item writes cost more): at 10,000 devices every
+        # attribute read counts, and a move of one task builds this fleet
+        code: list[int] = []
+        ow_m: list[float] = []
+        ow_n: list[float] = []
+        bw: list[float] = []
+        online: list[bool] = []
+        cap_cpu: list[float] = []
+        cap_mem: list[float] = []
+        codes: dict[tuple[str, ...], int] = {}
+        tiers: dict[Tier, list[int]] = {}
+        runtimes: dict[str, list[int]] = {}
+        acc_kinds: set[str] = set()
+        up = DeviceStatus.online
+        for i, d in enumerate(devs):
+            brokers = tuple(d.connectivity.brokers)
+            c = codes.get(brokers)
+            if c is None:
+                c = codes[brokers] = sum({BROKER_BITS[b] for b in brokers if b in BROKER_BITS})
+            code.append(c)
+            tiers.setdefault(d.tier, []).append(i)
+            for r in d.runtimes:
+                got = runtimes.setdefault(r, [])
+                if not got or got[-1] != i:
+                    got.append(i)
+            if d.accelerators:
+                acc_kinds.update(d.accelerators)
+            link = d.uplink
+            if link is not None:  # the common case of one_way_ms / bandwidth_mbps, inline
+                ow_m.append(link.latency_ms)
+                ow_n.append(link.latency_ms)
+                bw.append(link.bandwidth_mbps)
+            else:
+                ow_m.append(one_way_ms(d, "mqtt", cloud_sites))
+                ow_n.append(one_way_ms(d, "nats", cloud_sites))
+                bw.append(bandwidth_mbps(d, cloud_sites))
+            online.append(d.status is up)
+            cap = d.capacity
+            cap_cpu.append(cap.cpu)
+            cap_mem.append(cap.memory_mb)
+        codes_a = np.array(code, dtype=np.int64)
+        ow_ma, ow_na, bw_a = np.array(ow_m, dtype=np.float64), np.array(ow_n, dtype=np.float64), np.array(bw)
+        ow_ma[(codes_a & MQTT) == 0] = np.inf
+        ow_na[(codes_a & NATS) == 0] = np.inf
         return cls(
             devices=devs,
             index={d.id: i for i, d in enumerate(devs)},
-            online=np.array([d.status is DeviceStatus.online for d in devs], dtype=np.bool_),
-            code=code,
-            ow_mqtt=ow_m,
-            ow_nats=ow_n,
-            bandwidth=bw,
-            serf=8.0 / (bw * 1000.0),
-            cap_cpu=np.array([d.capacity.cpu for d in devs], dtype=np.float64),
-            cap_mem=np.array([float(d.capacity.memory_mb) for d in devs], dtype=np.float64),
+            online=np.array(online, dtype=np.bool_),
+            code=codes_a,
+            ow_mqtt=ow_ma,
+            ow_nats=ow_na,
+            bandwidth=bw_a,
+            serf=8.0 / (bw_a * 1000.0),
+            cap_cpu=np.array(cap_cpu, dtype=np.float64),
+            cap_mem=np.array(cap_mem, dtype=np.float64),
+            acc_kinds=tuple(sorted(acc_kinds)),
+            _index={"tier": {t.value: v for t, v in tiers.items()}, "runtime": runtimes},
         )
 
     def __len__(self) -> int:
@@ -126,32 +164,45 @@ class Fleet:
         key = (kind, value)
         got = self._masks.get(key)
         if got is None:
-            if not self._index:
-                self._build_index()
             got = np.zeros(len(self.devices), dtype=np.bool_)
-            if kind not in self._index:
-                raise ValueError(f"unknown device property {kind!r}")
-            got[self._index[kind].get(value, [])] = True
+            if kind == "online":
+                got[:] = self.online
+            elif kind == "device":
+                if value in self.index:
+                    got[self.index[value]] = True
+            else:
+                got[self._indexed(kind).get(value, [])] = True
             got.setflags(write=False)
             self._masks[key] = got
         return got
 
-    def _build_index(self) -> None:
-        index: dict[str, dict[str, list[int]]] = {
-            k: {} for k in ("tier", "stream", "label", "runtime", "device", "online")
-        }
+    def _indexed(self, kind: str) -> dict[str, list[int]]:
+        """Device positions by value of one property (tier and runtime from ``of``, the others
+        built on first use: a move of one task asks few)."""
+        got = self._index.get(kind)
+        if got is not None:
+            return got
+        values: Callable[[DeviceRecord], Iterable[str]]
+        if kind == "stream":
+            values = _streams
+        elif kind == "label":
+            values = _labels
+        else:
+            raise ValueError(f"unknown device property {kind!r}")
+        got = {}
         for i, d in enumerate(self.devices):
-            index["tier"].setdefault(d.tier.value, []).append(i)
-            index["device"].setdefault(d.id, []).append(i)
-            if d.status is DeviceStatus.online:
-                index["online"].setdefault("", []).append(i)
-            for s in set(d.input_streams):
-                index["stream"].setdefault(s, []).append(i)
-            for k, v in d.labels.items():
-                index["label"].setdefault(f"{k}={v}", []).append(i)
-            for r in set(d.runtimes):
-                index["runtime"].setdefault(r, []).append(i)
-        self._index = index
+            for v in values(d):
+                got.setdefault(v, []).append(i)
+        self._index[kind] = got
+        return got
+
+
+def _streams(d: DeviceRecord) -> Iterable[str]:
+    return set(d.input_streams)
+
+
+def _labels(d: DeviceRecord) -> Iterable[str]:
+    return [f"{k}={v}" for k, v in d.labels.items()]
 
 
 @dataclass
@@ -170,9 +221,9 @@ class Ledger:
         n = len(fleet)
         used_cpu = np.zeros(n)
         used_mem = np.zeros(n)
-        kinds = sorted({k for d in fleet.devices for k in d.accelerators})
         free_acc = {
-            k: np.array([d.accelerators.get(k, 0) for d in fleet.devices], dtype=np.int64) for k in kinds
+            k: np.array([d.accelerators.get(k, 0) for d in fleet.devices], dtype=np.int64)
+            for k in fleet.acc_kinds
         }
         for dev_id, res in reserved.items():
             i = fleet.index.get(dev_id)

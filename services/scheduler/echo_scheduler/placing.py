@@ -16,7 +16,7 @@ from echo_shared.errors import PlacementError
 from echo_shared.models import DataflowSpec, DeviceRecord, Placement, PlacementStrategy
 from echo_shared.names import Names
 
-from . import explaining, greedy, optimal, roundrobin
+from . import explaining, greedy, neighbourhood, optimal, roundrobin
 from .errors import RouteError
 from .fleet import Reservation
 from .outcome import assess
@@ -57,6 +57,31 @@ def place(
     return explaining.placement(p, sol, out)
 
 
+def place_moving(
+    dataflow_id: str,
+    spec: DataflowSpec,
+    devices: Sequence[DeviceRecord],
+    pinned: Mapping[str, str],
+    reserved: Mapping[str, Reservation] | None = None,
+    names: Names | None = None,
+    rates: Mapping[str, float] | None = None,
+    *,
+    strategy: PlacementStrategy | None = None,
+    avoid: Mapping[str, Sequence[str]] | None = None,
+) -> Placement:
+    """Place the tasks ``pinned`` leaves free, every other task staying where ``pinned`` has
+    it, on their neighbourhood alone (``neighbourhood``): the placement holds the moving
+    tasks and their neighbours. What a migration of one task asks, at the cost of its
+    neighbours instead of the dataflow's. ``spec`` is the dataflow as it was accepted
+    (validated then): only the neighbourhood is looked at."""
+    hood = neighbourhood.cut(spec, pinned, rates, reserved)
+    p = build(dataflow_id, hood.spec, devices, hood.reserved, hood.rates, avoid)
+    p.check_static()
+    sol = STRATEGIES[strategy or spec.placement_strategy](p)
+    out = assess(p, sol, names or Names())
+    return explaining.placement(p, sol, out)
+
+
 def pin(spec: DataflowSpec, pinned: Mapping[str, str]) -> DataflowSpec:
     """The spec with the tasks of ``pinned`` pinned to their devices."""
     tasks = [
@@ -74,4 +99,4 @@ def route_problems(spec: DataflowSpec, devices: Sequence[DeviceRecord]) -> list[
     return build("df-check", spec, devices).route_errors()
 
 
-__all__ = ["STRATEGIES", "PlacementError", "RouteError", "pin", "place", "route_problems"]
+__all__ = ["STRATEGIES", "PlacementError", "RouteError", "pin", "place", "place_moving", "route_problems"]

@@ -66,7 +66,9 @@ class SchedulerService:
             raise RegistryUnavailable(f"device list unavailable: {e}", delay=1.0) from e
 
     async def place(self, req: PlaceRequest) -> PlaceReply:
-        validating.validate(req.spec)  # SpecError -> ErrorReply via the bus middleware
+        moving = req.neighbourhood and bool(req.pinned)
+        if not moving:  # a move is of a dataflow as accepted: validated then, read in part now
+            validating.validate(req.spec)  # SpecError -> ErrorReply via the bus middleware
         devices = await self.devices()
         reserved: dict[str, Reservation] = {
             k: (v.cpu, float(v.memory_mb), dict(getattr(v, "accelerators", None) or {}))
@@ -78,16 +80,28 @@ class SchedulerService:
         span.set_attribute("echo.strategy", req.spec.placement_strategy.value)
         started = time.perf_counter()
         try:
-            placement = placing.place(
-                req.dataflow,
-                req.spec,
-                devices,
-                reserved,
-                self.names,
-                req.rates,
-                pinned=req.pinned,
-                avoid=req.avoid,
-            )
+            if moving:
+                placement = placing.place_moving(
+                    req.dataflow,
+                    req.spec,
+                    devices,
+                    req.pinned,
+                    reserved,
+                    self.names,
+                    req.rates,
+                    avoid=req.avoid,
+                )
+            else:
+                placement = placing.place(
+                    req.dataflow,
+                    req.spec,
+                    devices,
+                    reserved,
+                    self.names,
+                    req.rates,
+                    pinned=req.pinned,
+                    avoid=req.avoid,
+                )
         except PlacementError as e:
             self.metrics.placements.labels("unplaceable").inc()
             log.info("dataflow %s cannot be placed: %s", req.dataflow, e)
