@@ -1,4 +1,5 @@
-"""1,000 devices: the control plane at fleet size (issue 10, item 4).
+"""1,000 devices: the control plane at fleet size (issue 10, item 4); and 1,000 tasks on
+100 devices (``run_dense``, issue 11: many tasks per device).
 
 A stack of its own (brokers with TLS and logins, the five services, no agents of the dev
 fleet), then ``DEVICES`` emulated devices in ``WORKERS`` processes (``fleet_agents.py``:
@@ -32,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -55,6 +57,13 @@ TARGETS = {
     "master_rss_mb": 300.0,
 }
 KUBEEDGE_BITS_PER_S = 250.0
+# the dense deployment (issue 11): 1,000 tasks on 100 agents, POST -> running
+DENSE_DEVICES = 100
+DENSE_TASKS = 1_000
+DENSE_CPU = 0.09  # of each device's 1 core: up to 11 tasks per device
+DENSE_WORKERS = 2
+DENSE_RUNS = 3
+DENSE_TARGET_S = 3.0
 HERE = Path(__file__).resolve().parent
 
 
@@ -249,9 +258,10 @@ def window(stack: Stack, workers: list[subprocess.Popen[str]], n: int, seconds: 
 # ------------------------------------------------------------------ the dataflow
 
 
-def spec(n: int) -> dict[str, Any]:
-    """``io.generate`` -> FANOUT passthroughs -> the rest of the n tasks under them."""
-    res = {"cpu": 0.6, "memory_mb": 64}
+def spec(n: int, cpu: float = 0.6) -> dict[str, Any]:
+    """``io.generate`` -> FANOUT passthroughs -> the rest of the n tasks under them; each task
+    asks ``cpu`` of a device's one core (0.6: one task per device)."""
+    res = {"cpu": cpu, "memory_mb": 32}
     tasks: list[dict[str, Any]] = [
         {"id": "gen", "operator": "io.generate", "config": {"count": 10**9, "rate": 1}, "resources": res}
     ]
@@ -277,8 +287,8 @@ def grants_seconds(stack: Stack) -> float | None:
     return float(found[-1]) if found else None
 
 
-def deploy(stack: Stack, n: int) -> tuple[str, dict[str, Any]]:
-    s = spec(n)
+def deploy(stack: Stack, n: int, cpu: float = 0.6) -> tuple[str, dict[str, Any]]:
+    s = spec(n, cpu)
     t0 = time.perf_counter()
     df_id = stack.api.submit(s)
     post = time.perf_counter() - t0
@@ -308,7 +318,43 @@ def deploy(stack: Stack, n: int) -> tuple[str, dict[str, Any]]:
     }
 
 
-# ------------------------------------------------------------------ the run
+# ------------------------------------------------------------------ the runs
+
+
+def run_dense(_stack: Stack | None, quick: bool) -> dict[str, Any]:
+    """``DENSE_TASKS`` tasks on ``DENSE_DEVICES`` devices (issue 11: POST -> running <= 3 s):
+    each task asks ``DENSE_CPU`` of a device's one core, so about ten share each device, and
+    the master sends each device one command with all of them. ``DENSE_RUNS`` deployments
+    (each DELETEd and stopped before the next); p50 and max of POST -> every task running."""
+    n, runs = DENSE_DEVICES, (1 if quick else DENSE_RUNS)
+    out: dict[str, Any] = {"devices": n, "tasks": DENSE_TASKS, "workers": DENSE_WORKERS}
+    with running_stack(fleet=()) as stack:
+        workers = start_workers(stack, tokens(stack, device_ids(n)), DENSE_WORKERS, HEARTBEAT_S)
+        try:
+            for p in workers:
+                read_line(p, "started", 600)
+            wait_online(stack, n, 300)
+            took: list[float] = []
+            deployments: list[dict[str, Any]] = []
+            for _ in range(runs):
+                df_id, d = deploy(stack, DENSE_TASKS, DENSE_CPU)
+                t0 = time.monotonic()
+                stack.api.stop(df_id, timeout=120)
+                d["delete_to_stopped_s"] = round(time.monotonic() - t0, 2)
+                deployments.append(d)
+                log(f"fleet dense: {d}")
+                if d["state"] != "running":
+                    break
+                took.append(d["post_to_running_s"])
+            out["deployments"] = deployments
+            out["still_online_after"] = online(stack)
+        finally:
+            stop_workers(workers)
+    ok = len(took) == runs
+    out["post_to_running_s"] = {"p50": round(statistics.median(took), 3), "max": max(took)} if took else None
+    out["target_s"] = DENSE_TARGET_S
+    out["met"] = ok and statistics.median(took) <= DENSE_TARGET_S
+    return out
 
 
 def run(_stack: Stack | None, quick: bool) -> dict[str, Any]:
