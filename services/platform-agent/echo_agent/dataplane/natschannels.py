@@ -313,17 +313,21 @@ class NatsChannels:
         assert self._nc is not None and self._js is not None and self._kv is not None
         if remember:
             self._topics.extend(t for t in topics if t not in self._topics)
-        for topic in topics:
-            if topic.endswith(".progress"):
-                await self._start_watch(topic)
-            elif self.names.is_channel_control(topic):
-                self._subs.append(await self._nc.subscribe(topic, cb=self._core_message))
-            else:
-                sub = await self._pull_subscribe(topic)
-                self._durables.append(self.names.consumer_for(topic))
-                pull = asyncio.create_task(self._pull(topic, sub))
-                self._pulls.append(pull)
-                self._tasks.append(pull)
+        # all at once: each is a JetStream API round trip, and a sink has an input per producer
+        await asyncio.gather(*(self._subscribe_one(t) for t in topics))
+
+    async def _subscribe_one(self, topic: str) -> None:
+        assert self._nc is not None
+        if topic.endswith(".progress"):
+            await self._start_watch(topic)
+        elif self.names.is_channel_control(topic):
+            self._subs.append(await self._nc.subscribe(topic, cb=self._core_message))
+        else:
+            sub = await self._pull_subscribe(topic)
+            self._durables.append(self.names.consumer_for(topic))
+            pull = asyncio.create_task(self._pull(topic, sub))
+            self._pulls.append(pull)
+            self._tasks.append(pull)
 
     async def _pull_subscribe(self, topic: str) -> Any:
         """The task's durable pull consumer on ``topic`` (made if it is not there)."""

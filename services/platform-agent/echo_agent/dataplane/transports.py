@@ -93,8 +93,9 @@ class Transports:
         return all(c.connected for c in self.clients)
 
     async def start(self) -> None:
-        for c in self.clients:
-            await c.start()
+        """Connect every client at once (a NATS connection's login is the longest step of a
+        deployment: the MQTT side need not wait for it)."""
+        await asyncio.gather(*(c.start() for c in self.clients))
 
     async def subscribe(self, topics: list[str], qos: int = 1) -> None:
         by_client: dict[int, tuple[MqttChannels | NatsChannels, list[str]]] = {}
