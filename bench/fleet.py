@@ -44,6 +44,7 @@ import httpx
 import psutil
 
 from common import Stack, log, running_stack
+from procs import ProcSampler, platform_pids
 
 DEVICES = 1_000
 WORKERS = 4
@@ -336,8 +337,15 @@ def run_dense(_stack: Stack | None, quick: bool) -> dict[str, Any]:
             wait_online(stack, n, 300)
             took: list[float] = []
             deployments: list[dict[str, Any]] = []
+            pids = {
+                **platform_pids(stack, services=("master", "scheduler", "registry")),
+                **{f"emulators-{k}": p.pid for k, p in enumerate(workers)},
+            }
             for _ in range(runs):
-                df_id, d = deploy(stack, DENSE_TASKS, DENSE_CPU)
+                with ProcSampler(pids, every=0.5) as procs:
+                    df_id, d = deploy(stack, DENSE_TASKS, DENSE_CPU)
+                # who was busy while it deployed (2 cores: the master, the emulators, the broker)
+                d["cpu_s"] = {name: f["cpu_s"] for name, f in procs.figures().items()}
                 t0 = time.monotonic()
                 stack.api.stop(df_id, timeout=120)
                 d["delete_to_stopped_s"] = round(time.monotonic() - t0, 2)

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import SplitResult, urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import RedisSSLContext
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedSSLConnection
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -37,6 +39,60 @@ POOL_WAIT = 10.0  # seconds a command waits for a free pooled connection
 class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
     """The primary's connections, found through the sentinels, in a pool that waits for a
     free connection (as with one Redis) instead of failing at once when all are busy."""
+
+
+class _OneTLSContext:
+    """For redis-py's TLS connections: every connection of the process with the same TLS
+    settings (and the same certificate files, by modification time: a rotated file makes
+    a new one) shares one TLS context. redis-py builds a context per connection, loading
+    the system's CA store each time (~20 ms of CPU), which a burst that grows the pool to
+    64 connections paid 64 times, in the middle of a deployment."""
+
+    _shared: ClassVar[dict[tuple[Any, ...], RedisSSLContext]] = {}
+    ssl_context: RedisSSLContext
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        c = self.ssl_context
+        key = (
+            c.keyfile,
+            c.certfile,
+            _mtime(c.certfile),
+            c.cert_reqs,
+            c.ca_certs,
+            _mtime(c.ca_certs),
+            c.ca_data,
+            c.ca_path,
+            c.check_hostname,
+            c.min_version,
+            c.ciphers,
+            c.password,
+            tuple(c.include_verify_flags or ()),
+            tuple(c.exclude_verify_flags or ()),
+        )
+        self.ssl_context = self._shared.setdefault(key, c)
+
+
+def _mtime(path: str | None) -> float | None:
+    try:
+        return os.stat(path).st_mtime if path else None
+    except OSError:
+        return None
+
+
+class _SSLConnection(_OneTLSContext, aioredis.SSLConnection):
+    pass
+
+
+class _SentinelSSLConnection(_OneTLSContext, SentinelManagedSSLConnection):
+    pass
+
+
+def _share_tls_context(pool: aioredis.ConnectionPool) -> None:
+    if pool.connection_class is SentinelManagedSSLConnection:
+        pool.connection_class = _SentinelSSLConnection
+    elif pool.connection_class is aioredis.SSLConnection:
+        pool.connection_class = _SSLConnection
 
 
 def is_sentinel_url(url: str) -> bool:
@@ -97,11 +153,13 @@ def _client(url: str, max_connections: int, access: Access | None) -> aioredis.R
             timeout=POOL_WAIT,
             **options,
         )
+        _share_tls_context(client.connection_pool)
         return client
     # a blocking pool: a burst of concurrent work waits for a connection instead of failing
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=POOL_WAIT, **options
     )
+    _share_tls_context(pool)
     return aioredis.Redis(connection_pool=pool)
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
-from echo_shared.credentials import is_tls_url
+from echo_shared import redis_store
+from echo_shared.credentials import Access, is_tls_url
 from echo_shared.redis_store import is_sentinel_url, sentinel_address
 from echo_shared.settings import CommonSettings, NatsSettings, RedisSettings, ReplicaSettings
 
@@ -81,3 +85,21 @@ def test_a_bad_redis_url_is_not_echoed_in_the_settings_error(url: str) -> None:
     text = str(v.value)
     assert "redis_url" in text and "input_value" not in text
     assert url not in text and "h1:26379" not in text
+
+
+@pytest.mark.parametrize(
+    "url", ["rediss://127.0.0.1:1/0", "rediss+sentinel://127.0.0.1:1,127.0.0.1:2/echo/0"]
+)
+def test_connections_of_a_tls_pool_share_one_tls_context(url: str, tmp_path: Path) -> None:
+    """redis-py builds a TLS context per connection (loading the system CA store each time);
+    ours share one per settings, and a rotated CA file gets a new one."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not read until a connection is made")
+    client = redis_store._client(url, 8, Access(redis_url=url, ca_file=ca))
+    pool = client.connection_pool
+    a, b = pool.make_connection(), pool.make_connection()
+    assert a.ssl_context is b.ssl_context  # type: ignore[attr-defined]
+    os.utime(ca, (1, 1))  # the file replaced
+    c = pool.make_connection()
+    assert c.ssl_context is not a.ssl_context  # type: ignore[attr-defined]
+    assert c.ssl_context.ca_certs == str(ca)  # type: ignore[attr-defined]

@@ -509,14 +509,18 @@ class Reconciler:
         await self.store.unfence(df_id, rec.id, device, generation)
 
     async def wait_for(self, df_id: str, states: set[DataflowState], timeout: float) -> Dataflow:
-        """Wait until a dataflow reaches one of ``states`` (or the timeout); returns it."""
+        """Wait until a dataflow reaches one of ``states`` (or the timeout); returns it. Each
+        change wakes it to read the state alone; the dataflow is read whole once, at the end."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            df = await self.store.get(df_id)
+            state = await self.store.state_of(df_id)
             left = deadline - loop.time()
-            if df.state in states or left <= 0:
-                return df
+            if state in states or left <= 0:
+                df = await self.store.get(df_id)
+                if df.state in states or left <= 0:  # else it changed in between: wait on
+                    return df
+                continue
             async with self.changed:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(min(left, 0.5)):

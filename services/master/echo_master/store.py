@@ -219,6 +219,14 @@ class DataflowStore:
         records = {k: TaskRecord.model_validate_json(v) for k, v in tasks.items()}
         return Dataflow(raw, records)
 
+    async def state_of(self, df_id: str) -> DataflowState:
+        """A dataflow's state alone (one field: a long poll looks at it on every change,
+        and a dataflow of 1,000 tasks takes milliseconds to read whole)."""
+        found, state = await self.r.hmget(self.names.dataflow_key(df_id), ["id", "state"])
+        if found is None:
+            raise NotFoundError("dataflow", df_id)
+        return DataflowState(str(state or "pending"))
+
     async def ids(self) -> list[str]:
         return [str(x) for x in await self.r.zrange(self.names.dataflows_key, 0, -1)]
 
