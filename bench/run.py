@@ -45,6 +45,10 @@ Benchmarks:
   publish -> receive, the saga's drain/resume timings, records lost/duplicated (0/0) and state
   carried; then kill -9 of its agent: failover time (target <= lost_after + 1 s), lost/duplicated.
 
+- ``migration_state`` (``migration_state.py``): migration of a ``stats.count_by_key`` holding 1 MB and
+  10 MB of state (100 MB without ``--quick``) while records flow: downtime, the saga's drain and resume,
+  records lost/duplicated and the counts carried; target downtime <= 1 s at 100 MB (issue 11).
+
 - ``console_render`` (``console_render.py``): the web console in Chromium with 1,000 devices and a
   200-task dataflow: time to first render of the dataflow's page (and the devices page); target <= 1 s.
 
@@ -90,6 +94,7 @@ import file_edge
 import fleet
 import metrics_cost
 import migration
+import migration_state
 import placement
 import security_cost
 import spool
@@ -109,6 +114,7 @@ BENCHMARKS: dict[str, Callable[[Stack, bool], dict[str, Any]]] = {
     "placement": placement.run,
     "testbed_etl": testbed_etl.run,
     "migration": migration.run,
+    "migration_state": migration_state.run,
 }
 # benchmarks that start stacks of their own, run after the shared one is gone
 STANDALONE: dict[str, Callable[[Stack | None, bool], dict[str, Any]]] = {
