@@ -148,6 +148,22 @@ class StopTask(Message):
     )
 
 
+class CheckpointStored(Message):
+    """The master kept a task's checkpoint (master -> agent, on the device's command topic).
+
+    Only then does the task report progress up to it: a failover restores the latest
+    checkpoint the master kept, so producers must keep everything after that one. (The
+    broker's acknowledgement is not enough: a checkpoint the master could not store, or
+    has not stored yet, would leave records that neither the restored copy nor any
+    producer holds.) No answer is sent."""
+
+    kind: Literal["checkpoint_stored"] = "checkpoint_stored"
+    dataflow: str
+    task: str
+    generation: int
+    taken_at: float = Field(description="the checkpoint's snapshot.taken_at, which names it")
+
+
 class RotateCredentials(Message):
     """New broker credentials for the device (master -> agent, on its private command topic).
 

@@ -82,16 +82,23 @@ def lines(path: Path) -> list[dict[str, Any]]:
 
 
 class Master:
-    """Plays the master's part: receives the checkpoints the agent publishes (real MQTT)."""
+    """Plays the master's part: receives the checkpoints the agent publishes (real MQTT) and
+    says it kept each one (``CheckpointStored``, which the agent's task manager hands to the
+    task: here, straight to the runners in ``runners``)."""
 
     def __init__(self, brokers: Brokers, names: Names) -> None:
         self.topic = names.checkpoint_topic("dev")
         self.received: list[TaskCheckpoint] = []
+        self.runners: list[TaskRunner] = []
         self.agent = brokers.mqtt_client("test-agent-" + uuid.uuid4().hex[:6])
         self.master = brokers.mqtt_client("test-master-" + uuid.uuid4().hex[:6], on_message=self._on)
 
     def _on(self, msg: MqttMessage) -> None:
-        self.received.append(TaskCheckpoint.from_bytes(msg.payload))
+        ckpt = TaskCheckpoint.from_bytes(msg.payload)
+        self.received.append(ckpt)
+        for r in self.runners:
+            if r.cmd.task == ckpt.task and r.generation == ckpt.generation and r.checkpoints is not None:
+                r.checkpoints.stored(ckpt.snapshot.taken_at)
 
     def publish(self, payload: bytes) -> asyncio.Future[None]:
         return self.agent.publish(self.topic, payload, qos=1)
@@ -166,6 +173,7 @@ async def test_periodic_checkpoints_are_consistent_and_progress_waits_for_them(
         )
         await watcher.start()
         await watcher.subscribe(progress_topic)
+        master.runners += [count, gen]
         await count.start()
         await gen.start()
         try:
@@ -262,6 +270,7 @@ async def test_a_copy_restored_from_a_checkpoint_gets_the_tail_replayed_exactly_
             [Binding(peer="count", topic=leg1)],
         )
         copies = [sink, count1, gen]
+        master.runners += copies
         for r in copies:
             await r.start()
         try:
@@ -292,6 +301,7 @@ async def test_a_copy_restored_from_a_checkpoint_gets_the_tail_replayed_exactly_
             retransmitted = gen.outputs.retransmitted if gen.outputs else 0
             count2 = count_copy(2, latest.snapshot)
             copies.append(count2)
+            master.runners.append(count2)
             await count2.start()
             assert count2.state is TaskState.running, count2.reason
             await eventually(lambda: sink.state is TaskState.finished, timeout=30, what="the sink finishing")

@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
+from echo_agent.dataplane import checkpoints
 from echo_agent.dataplane.channels import Outputs
 from echo_agent.dataplane.checkpoints import Checkpoints
 from echo_agent.dataplane.intake import Inputs, Progress
-from echo_shared.messages import Binding, ChannelProgress, TaskCheckpoint
+from echo_shared.messages import Binding, ChannelProgress, TaskCheckpoint, TaskSnapshot
 from echo_shared.mqtt import MqttMessage
 from echo_shared.names import Names
 
@@ -110,11 +113,53 @@ async def test_a_checkpoint_is_published_only_after_its_outputs_are_acknowledged
     assert (ckpt.snapshot.out_seq, ckpt.snapshot.hwm, ckpt.snapshot.state) == (3, {"up": 3}, {"n": 3})
     assert ckpt.generation == 1 and not committed  # not committed before its own PUBACK
     ckpt_acks[0].set_result(None)
+    await asyncio.sleep(0.05)
+    # the broker has it, the master not yet: progress must not pass it (a failover restores
+    # what the master kept)
+    assert not committed and ck.busy and ck.published is None
+    ck.stored(ckpt.snapshot.taken_at + 1.0)  # another checkpoint's notice: not this one
+    await asyncio.sleep(0.05)
+    assert not committed
+    ck.stored(ckpt.snapshot.taken_at)
     for _ in range(100):
         if committed:
             break
         await asyncio.sleep(0.01)
     assert committed == [3] and ck.published is not None and ck.published.out_seq == 3
+    await ck.close()
+
+
+async def test_a_checkpoint_the_master_never_keeps_is_not_committed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The broker acknowledged it but no ``CheckpointStored`` came (the master could not store
+    it): it counts as failed, progress stays where it was, and the next one is tried."""
+    monkeypatch.setattr(checkpoints, "STORE_TIMEOUT", 0.2)
+    names = Names("t")
+    out = Outputs(FakeTransport(), "p", 1, [Binding(peer="c", topic=names.data_topic("df", "p", "c"))], names)
+    committed: list[TaskSnapshot] = []
+
+    def publish(payload: bytes) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.set_result(None)  # the broker's PUBACK at once
+        return fut
+
+    ck = Checkpoints(
+        interval=0.0,
+        publish=publish,
+        device="d",
+        dataflow="df",
+        task="p",
+        generation=1,
+        outputs=out,
+        inputs=None,
+        snapshot=lambda: None,
+        on_published=committed.append,
+    )
+    ck.take()  # nothing emitted: no output to wait for
+    for _ in range(100):
+        if not ck.busy:
+            break
+        await asyncio.sleep(0.01)
+    assert not ck.busy and ck.failed == 1 and not committed and ck.published is None
     await ck.close()
 
 

@@ -30,6 +30,7 @@ from echo_shared.errors import PermanentError, RequestTimeout
 from echo_shared.leases import Fenced
 from echo_shared.lifecycle import wait_or_stop
 from echo_shared.messages import (
+    CheckpointStored,
     CommandAck,
     CredentialsAck,
     DeployTask,
@@ -158,6 +159,11 @@ class AgentLink:
         finally:
             if self.hooks is not None:
                 await self.hooks.after_send(device, cmd)
+
+    def notify(self, device: str, msg: CheckpointStored) -> None:
+        """A notice to a device (QoS 1, no answer awaited); only the leading replica sends."""
+        if self.leading():
+            self.mqtt.publish(self.names.command_topic(device), msg.to_bytes(), qos=1)
 
     async def prepare(self, wave: list[tuple[str, DeployTask]]) -> None:
         """Before a wave of deploys: what they need, granted at once (``hooks.prepare``)."""

@@ -27,6 +27,7 @@ from typing import Any
 
 from echo_shared.errors import ConflictError, EchoError, NotFoundError, RetryableError
 from echo_shared.messages import (
+    CheckpointStored,
     MoveTaskReply,
     MoveTaskRequest,
     TaskCheckpoint,
@@ -162,6 +163,18 @@ class TaskMover:
         stored = await self.store.save_checkpoint(ckpt)
         if not stored:
             log.debug("checkpoint of %s/%s gen %d is stale", ckpt.dataflow, ckpt.task, ckpt.generation)
+            return
+        # now, not at the broker's acknowledgement, may the task let its producers forget
+        # what came before it (a failover restores what is kept here)
+        self.reconciler.link.notify(
+            ckpt.device,
+            CheckpointStored(
+                dataflow=ckpt.dataflow,
+                task=ckpt.task,
+                generation=ckpt.generation,
+                taken_at=ckpt.snapshot.taken_at,
+            ),
+        )
 
     # ------------------------------------------------------------------ the steps
 

@@ -166,6 +166,9 @@ class Rotation:
         self._inflight: set[asyncio.Task[None]] = set()
 
     def route(self, msg: MqttMessage) -> None:
+        if b'"kind":"checkpoint_stored"' in msg.payload:
+            self.manager.on_checkpoint_stored(msg)
+            return
         if b'"kind":"credentials"' not in msg.payload:
             self.manager.on_command(msg)
             return

@@ -26,7 +26,15 @@ from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from echo_shared.credentials import Access, Login
-from echo_shared.messages import COMMAND_ADAPTER, CommandAck, DeployTask, StopTask, TaskBrief, TaskStatus
+from echo_shared.messages import (
+    COMMAND_ADAPTER,
+    CheckpointStored,
+    CommandAck,
+    DeployTask,
+    StopTask,
+    TaskBrief,
+    TaskStatus,
+)
 from echo_shared.models import TaskState
 from echo_shared.mqtt import MqttClient, MqttMessage
 from echo_shared.names import Names
@@ -100,6 +108,22 @@ class TaskManager:
         t = asyncio.create_task(self._handle(msg))
         self._inflight.add(t)
         t.add_done_callback(self._inflight.discard)
+
+    def on_checkpoint_stored(self, msg: MqttMessage) -> None:
+        """The master kept a checkpoint of one of our tasks: its progress may follow it."""
+        try:
+            notice = CheckpointStored.from_bytes(msg.payload)
+        except ValidationError as e:
+            log.warning("dropping a malformed checkpoint notice: %s", e.errors()[:3])
+        else:
+            runner = self.tasks.get((notice.dataflow, notice.task))
+            if (
+                runner is not None
+                and runner.generation == notice.generation
+                and runner.checkpoints is not None
+            ):
+                runner.checkpoints.stored(notice.taken_at)
+        self._ack_mqtt(msg)
 
     async def _handle(self, msg: MqttMessage) -> None:
         try:

@@ -7,9 +7,12 @@ record up to ``hwm`` and nothing after it, and ``out_seq`` the last record it em
 The checkpoint is serialised at once (the operator's state keeps changing), then a
 background task waits until every output emitted up to ``out_seq`` is acknowledged by the
 broker, so a copy restored from it loses nothing emitted before it, and publishes it.
-Once the broker has the checkpoint, ``on_published`` runs: a consumer then reports its
-progress up to the checkpoint's hwm (``Progress.gate``), never beyond, so its producers
-keep everything after it for a copy restored from it.
+Once the master has *kept* the checkpoint (its ``CheckpointStored`` notice, ``stored``; the
+broker's acknowledgement is not enough: a failover restores the latest checkpoint the
+master kept, and one it dropped or had not stored yet would leave records nobody holds),
+``on_published`` runs: a consumer then reports its progress up to the checkpoint's hwm
+(``Progress.gate``), never beyond, so its producers keep everything after it for a copy
+restored from it. The wait also paces checkpoints to what the master can store.
 
 Each committed checkpoint is also kept on the device (``save_local``: the agent's
 ``LocalTasks``), so an agent restarted while cut off resumes its tasks from it. While a
@@ -40,6 +43,7 @@ from .intake import Inputs
 log = logging.getLogger(__name__)
 
 COMMIT_TIMEOUT = 10.0  # seconds to wait for the outputs' and the checkpoint's acknowledgements
+STORE_TIMEOUT = 10.0  # seconds to wait for the master to say it kept the checkpoint
 
 
 def take_snapshot(out: Outputs, inputs: Inputs | None, state: Any) -> TaskSnapshot:
@@ -89,6 +93,7 @@ class Checkpoints:
         self.committed = 0
         self.failed = 0
         self._inflight: asyncio.Task[None] | None = None
+        self._awaiting: tuple[float, asyncio.Future[None]] | None = None  # (taken_at, kept)
         # where the task starts (fresh, or restored) needs no checkpoint
         self._last_mark: tuple[int, int, int] | None = self._mark()
         self._next_at = time.monotonic() + interval
@@ -159,6 +164,8 @@ class Checkpoints:
                     raise OSError("outputs not acknowledged by the broker")
             if self._save_local is not None and not self._closed:  # off the loop: file I/O
                 await asyncio.to_thread(self._keep_local, payload, sync=False)
+            kept: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._awaiting = (snap.taken_at, kept)  # before publishing: the notice may come first
             fut = self._publish(payload)
             if inspect.isawaitable(fut):
                 ack = asyncio.ensure_future(fut)
@@ -166,6 +173,9 @@ class Checkpoints:
                 if not done:
                     raise TimeoutError("checkpoint not acknowledged by the broker")
                 ack.result()
+            done, _ = await asyncio.wait({kept}, timeout=STORE_TIMEOUT)
+            if not done:
+                raise TimeoutError(f"the master did not say it kept the checkpoint within {STORE_TIMEOUT:g}s")
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -173,6 +183,8 @@ class Checkpoints:
             self._last_mark = None  # try again at the next opportunity
             log.info("task %s/%s: checkpoint not committed: %s", self.dataflow, self.task, e)
             return
+        finally:
+            self._awaiting = None
         self.committed += 1
         if self._closed:
             return
@@ -182,6 +194,12 @@ class Checkpoints:
         )
         if self.on_published is not None:
             self.on_published(snap)
+
+    def stored(self, taken_at: float) -> None:
+        """The master kept the checkpoint taken at ``taken_at`` (``CheckpointStored``)."""
+        waiting = self._awaiting
+        if waiting is not None and waiting[0] == taken_at and not waiting[1].done():
+            waiting[1].set_result(None)
 
     def _keep_local(self, payload: bytes, *, sync: bool) -> None:
         if self._save_local is None or self._closed:
