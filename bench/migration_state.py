@@ -152,11 +152,18 @@ def one_size(own: Stack, mb: float) -> dict[str, Any]:
         if m.get("state") not in FINISHED:
             row["error"] = f"migration not ended after {MIGRATION_TIMEOUT_S:g}s"
         tail.wait(3 * keys, FILL_TIMEOUT_S)
+        if len(tail.arrivals) < 3 * keys:  # slow, not lost: the sink check says which
+            row["error"] = (
+                f"the flow had not finished {FILL_TIMEOUT_S:g}s after the migration: "
+                f"{len(tail.arrivals)} of {3 * keys} records at the sink"
+            )
         times = [t for t, _ in tail.arrivals]
         gap = max_gap(times, t_post, t_seen)
         row["downtime_s"] = round(gap, 3) if gap is not None else None
         api.wait_state(df_id, {"finished", "running"}, timeout=60)
     row["sink"] = check_counts(out, keys)
+    if "error" in row and row["sink"]["lost"]:
+        row["sink"]["lost_means"] = "not arrived by the deadline (the flow was still running)"
     api.stop(df_id, timeout=120)
     log(f"migration_state: {mb:g} MB -> {row}")
     return row
