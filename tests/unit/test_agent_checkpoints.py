@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
@@ -63,6 +64,14 @@ def report_msg(topic: str, hwm: int, generation: int) -> MqttMessage:
     )
 
 
+def make_checkpoints(out: Outputs, publish: Any, **kw: Any) -> Checkpoints:
+    """Task ``p`` of dataflow ``df`` on device ``d``, generation 1 (``kw``: the rest)."""
+    kw.setdefault("inputs", None)
+    kw.setdefault("snapshot", lambda: None)
+    kw.setdefault("interval", 0.0)
+    return Checkpoints(publish=publish, device="d", dataflow="df", task="p", generation=1, outputs=out, **kw)
+
+
 async def test_a_checkpoint_is_published_only_after_its_outputs_are_acknowledged() -> None:
     names = Names("t")
     data = FakeTransport()
@@ -79,14 +88,10 @@ async def test_a_checkpoint_is_published_only_after_its_outputs_are_acknowledged
         ckpt_acks.append(fut)
         return fut
 
-    ck = Checkpoints(
+    ck = make_checkpoints(
+        out,
+        publish,
         interval=60.0,
-        publish=publish,
-        device="d",
-        dataflow="df",
-        task="p",
-        generation=1,
-        outputs=out,
         inputs=inputs,
         snapshot=lambda: dict(state),
         every=3,
@@ -142,18 +147,7 @@ async def test_a_checkpoint_the_master_never_keeps_is_not_committed(monkeypatch:
         fut.set_result(None)  # the broker's PUBACK at once
         return fut
 
-    ck = Checkpoints(
-        interval=0.0,
-        publish=publish,
-        device="d",
-        dataflow="df",
-        task="p",
-        generation=1,
-        outputs=out,
-        inputs=None,
-        snapshot=lambda: None,
-        on_published=committed.append,
-    )
+    ck = make_checkpoints(out, publish, on_published=committed.append)
     ck.take()  # nothing emitted: no output to wait for
     for _ in range(100):
         if not ck.busy:
@@ -168,17 +162,7 @@ async def test_a_checkpoint_whose_outputs_failed_is_not_published() -> None:
     data = FakeTransport()
     out = Outputs(data, "p", 1, [Binding(peer="c", topic=names.data_topic("df", "p", "c"))], names)
     published: list[bytes] = []
-    ck = Checkpoints(
-        interval=0.0,
-        publish=lambda b: published.append(b),
-        device="d",
-        dataflow="df",
-        task="p",
-        generation=1,
-        outputs=out,
-        inputs=None,
-        snapshot=lambda: None,
-    )
+    ck = make_checkpoints(out, lambda b: published.append(b))
     out.emit({"i": 1})
     ck.take()
     for _ in range(100):  # a stream edge sends once the task is done with what it has in hand
