@@ -58,6 +58,12 @@ class PlacementConstraints(Strict):
 class Resources(Strict):
     cpu: float = Field(default=0.1, ge=0, le=1024, description="CPU cores")
     memory_mb: int = Field(default=32, ge=0, le=16 * 1024 * 1024, description="memory in MiB")
+    worker: bool = Field(
+        default=False,
+        description="run the operator in a worker process of its own (a core of its own) instead of "
+        "the agent's event loop; user (python:) operators always do. Only operators that transform "
+        "records (no broker, file or program of the agent's) can",
+    )
 
 
 class Hints(Strict):
@@ -66,6 +72,13 @@ class Hints(Strict):
     rate: float | None = Field(default=None, ge=0, description="records/s a source emits")
     selectivity: float | None = Field(default=None, ge=0, description="records out per record in")
     record_bytes: int | None = Field(default=None, ge=1, description="bytes of an output record")
+    cost: float | None = Field(
+        default=None,
+        gt=0,
+        le=1_000_000,
+        description="CPU per input record (per output record for a source), relative to forwarding one "
+        "record (core.passthrough = 1); default: the operator's own estimate",
+    )
 
 
 class TaskSpec(Strict):
@@ -179,6 +192,13 @@ class DeviceStatus(StrEnum):
 class Capacity(Strict):
     cpu: float = Field(default=1.0, ge=0)
     memory_mb: int = Field(default=1024, ge=0)
+    records_per_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="records/s one core of this agent forwards through a stream task (the agent "
+        "measures it at start unless declared); placement keeps the agent's event loop, and its "
+        "cores, from saturating",
+    )
 
 
 class Link(Strict):

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from echo_agent.operators.base import Operator, Record, TaskContext
-from echo_agent.runtimes import RuntimePolicy, python_runtime, workers
+from echo_agent.runtimes import RuntimePolicy, RuntimeRefused, python_runtime, workers
 from echo_agent.runtimes.python_runtime import OperatorLoadError
 from echo_agent.runtimes.workers import WorkerDied, WorkerError, WorkerOperator
 from echo_agent.runtimes.workers_wire import (
@@ -378,3 +378,52 @@ def test_workers_die_with_the_agent(how: str) -> None:
     finally:
         agent.kill()
         agent.wait()
+
+
+# ------------------------------------------------------------ built-ins in a worker
+
+
+async def test_a_built_in_asks_for_a_worker_and_runs_there_with_its_state(tmp_path: Path) -> None:
+    cmd = DeployTask(
+        cmd_id="c",
+        dataflow="df",
+        task="t",
+        generation=1,
+        operator="stats.window_aggregate",
+        config={"op": "sum", "field": "v", "count": 2},
+        resources={"worker": True},
+    )
+    policy = RuntimePolicy.decide("e")
+    native = policy.build(
+        cmd.model_copy(update={"resources": cmd.resources.model_copy(update={"worker": False})})
+    )
+    assert not isinstance(native, WorkerOperator)
+    await native.open(ctx(tmp_path))
+    op = proxy(policy.build(cmd))
+    await op.open(ctx(tmp_path))
+    assert type(op).stateful is True
+    assert await op.process_batch([{"v": 1}]) == native.process_batch([{"v": 1}]) == []
+    state = op.snapshot()
+    assert state == native.snapshot()
+    await op.close()
+    resumed = proxy(policy.build(cmd))
+    resumed.restore(state)  # as the runner does after a migration
+    await resumed.open(ctx(tmp_path))
+    out = await resumed.process_batch([{"v": 5}])
+    assert out and out == native.process_batch([{"v": 5}]), out
+    assert resumed.worker.proc.pid != os.getpid()
+    await resumed.close()
+
+
+async def test_an_operator_of_the_agent_is_refused_a_worker() -> None:
+    cmd = DeployTask(
+        cmd_id="c",
+        dataflow="df",
+        task="t",
+        generation=1,
+        operator="io.file_sink",
+        config={"path": "x"},
+        resources={"worker": True},
+    )
+    with pytest.raises(RuntimeRefused, match="io.file_sink cannot run in a worker process"):
+        RuntimePolicy.decide("e").build(cmd)

@@ -20,7 +20,7 @@ from echo_shared.lifecycle import wait_or_stop
 from echo_shared.messages import DeviceHello, Heartbeat, TaskBrief
 from echo_shared.models import Capacity, Connectivity, DeviceInfo
 
-from . import runtimes
+from . import runtimes, throughput
 from .settings import AgentSettings
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ def device_info(s: AgentSettings) -> DeviceInfo:
     return DeviceInfo(
         id=s.device_id,
         tier=s.tier,
-        capacity=Capacity(cpu=cpu, memory_mb=mem),
+        capacity=Capacity(cpu=cpu, memory_mb=mem, records_per_s=s.records_per_s or throughput.measured()),
         labels=s.labels,
         input_streams=s.input_streams,
         # what the agent accepts, no more: placement must not send it what it refuses

@@ -93,6 +93,12 @@ class AgentSettings(CommonSettings, MqttSettings, LivenessSettings):
     links: dict[str, Link] = Field(default_factory=dict)
     accelerators: dict[str, int] = Field(default_factory=dict)
     cpu: float | None = Field(default=None, gt=0, description="CPU cores offered (default: all)")
+    records_per_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="records/s one core of this agent forwards through a stream task (default: "
+        "measured at start, echo_agent.throughput)",
+    )
     memory_mb: int | None = Field(default=None, gt=0, description="memory offered (default: all)")
     data_dir: Path = Field(default=Path(".echo/agent-data"), description="task working directories")
     channel_window: int = Field(

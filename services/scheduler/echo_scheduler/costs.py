@@ -23,13 +23,23 @@ constant. Finish times follow the DAG: ``F(t) = PROC_MS + max over inputs u of
                f_d = max(CPU, memory) fraction of d in use after placing (f0_d: before,
                what other dataflows hold), so filling a device past half, and past 80 %,
                costs more: tasks spread instead of piling up
+             + Σ_d W_OVERLOAD · (max(0, loop_d / speed_d - RHO_MAX)
+                                 + max(0, busy_d / (speed_d · cores_d) - RHO_MAX))
+               the agent's processing: loop_d = the records/s its event loop handles (every
+               task not in a worker process: one core), busy_d = with its worker processes'
+               (every core), each weighted by the operator's cost per record (``hints.cost``,
+               else the catalogue's; forwarding a record = 1); speed_d = the records/s one
+               core of d's agent forwards (``capacity.records_per_s``). Declared CPU shares
+               say nothing of the rate: nine ETL stages fit one agent's cores on paper and
+               saturate its single loop at a few thousand records/s
     total    = latency + transfer + load
 
 Rates: a source emits ``hints.rate`` records/s (default 100; 1 for a source of files),
 a task emits ``selectivity`` (default 1.0) x the records it receives, an edge carries
 its producer's output of ``record_bytes`` (default 256 B; 1 MiB for files); an observed
 rate (records/s out, ``PlaceRequest.rates``) replaces the estimate of its task and
-propagates downstream.
+propagates downstream. A task's processing is the records/s it takes in (a source: emits)
+times its cost per record.
 """
 
 from __future__ import annotations
@@ -41,7 +51,7 @@ from typing import TypeVar, cast
 import numpy as np
 
 from echo_shared.models import TaskSpec
-from echo_shared.operators import Kind, lookup
+from echo_shared.operators import PYTHON_PREFIX, Kind, lookup
 
 from .fleet import Fleet, FloatArray, Ledger
 
@@ -79,12 +89,15 @@ def overload(rho: N) -> N:
 
 @dataclass(frozen=True)
 class Traffic:
-    """Rates (records/s out), bytes per record and Mbit/s of every task and edge."""
+    """Rates (records/s out), bytes per record and Mbit/s of every task and edge, and the
+    processing every task puts on its agent (records/s, forwarding equivalents)."""
 
     rate_out: list[float]
     record_bytes: list[int]
     edge_mbps: list[float]  # by edge index
     task_mbps: list[float]  # through the task's device: its inputs (down) + outputs (up)
+    work: list[float]  # records/s in (a source: out) x its cost per record
+    in_worker: list[bool]  # runs in a worker process (not the agent's loop)
 
     @classmethod
     def of(
@@ -99,16 +112,31 @@ class Traffic:
         n = len(tasks)
         nbytes = [record_bytes(t) for t in tasks]
         out = [0.0] * n
+        work = [0.0] * n
         for i in order:
             t = tasks[i]
             inflow = [out[edges[e][0]] for e in inputs[i]] if inputs[i] else None
             out[i] = rate_out(t, rates, inflow)
+            work[i] = (out[i] if inflow is None else sum(inflow)) * cost_per_record(t)
         edge_mbps = [out[u] * nbytes[u] * 8 / 1e6 for u, _ in edges]
         task_mbps = [0.0] * n
         for e, (u, v) in enumerate(edges):
             task_mbps[u] += edge_mbps[e]
             task_mbps[v] += edge_mbps[e]
-        return cls(out, nbytes, edge_mbps, task_mbps)
+        return cls(out, nbytes, edge_mbps, task_mbps, work, [runs_in_worker(t) for t in tasks])
+
+
+def cost_per_record(task: TaskSpec) -> float:
+    """CPU per record in, relative to forwarding one: its hint, else its operator's estimate."""
+    if task.hints.cost is not None:
+        return task.hints.cost
+    info = lookup(task.operator)
+    return info.cost if info is not None else 1.0
+
+
+def runs_in_worker(task: TaskSpec) -> bool:
+    """A user operator, or a task that asked for a worker process (``resources.worker``)."""
+    return task.resources.worker or task.operator.startswith(PYTHON_PREFIX)
 
 
 def rate_out(task: TaskSpec, rates: Mapping[str, float], inflow: Sequence[float] | None) -> float:
@@ -166,7 +194,24 @@ def transfer_cost(fleet: Fleet, traffic: FloatArray) -> float:
 def load_cost(fleet: Fleet, before: Ledger, after: Ledger) -> float:
     f0 = load_fraction(before.used_cpu, before.used_mem, fleet.cap_cpu, fleet.cap_mem)
     f1 = load_fraction(after.used_cpu, after.used_mem, fleet.cap_cpu, fleet.cap_mem)
-    return float(W_LOAD * (g(f1) - g(f0)).sum())
+    return (
+        float(W_LOAD * (g(f1) - g(f0)).sum()) + processing_cost(fleet, after) - processing_cost(fleet, before)
+    )
+
+
+def processing_cost(fleet: Fleet, ledger: Ledger) -> float:
+    """W_OVERLOAD · (loop and whole-agent saturation past RHO_MAX), summed over devices."""
+    return float(W_OVERLOAD * (overload(loop_rho(fleet, ledger)) + overload(busy_rho(fleet, ledger))).sum())
+
+
+def loop_rho(fleet: Fleet, ledger: Ledger) -> FloatArray:
+    """The share of one core each agent's event loop spends on this placement's tasks."""
+    return ledger.loop / fleet.speed
+
+
+def busy_rho(fleet: Fleet, ledger: Ledger) -> FloatArray:
+    """The share of all its cores each agent spends on this placement's tasks."""
+    return ledger.busy / (fleet.speed * fleet.cores)
 
 
 def evaluate(

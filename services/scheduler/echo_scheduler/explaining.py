@@ -8,7 +8,7 @@ import numpy as np
 from echo_shared.models import Placement, TaskPlacement
 
 from .constraints import satisfied
-from .costs import load_fraction
+from .costs import busy_rho, load_fraction, loop_rho
 from .outcome import Outcome
 from .problem import Problem, Unit
 from .scoring import score_unit
@@ -27,7 +27,7 @@ def posthoc_decisions(p: Problem, sol: Solution, note: str) -> None:
     for unit in p.units:
         d = sol.dev_of[unit.members[0]]
         ledger = sol.ledger.copy()
-        ledger.give(d, unit.cpu, unit.mem, unit.acc, unit.mbps)
+        ledger.give(d, unit.cpu, unit.mem, unit.acc, unit.mbps, unit.loop, unit.work)
         dev_of = list(sol.dev_of)
         for m in unit.members:
             dev_of[m] = -1
@@ -101,6 +101,7 @@ def placement(p: Problem, sol: Solution, out: Outcome) -> Placement:
     fleet, spec = p.fleet, p.spec
     load = load_fraction(out.ledger.used_cpu, out.ledger.used_mem, fleet.cap_cpu, fleet.cap_mem)
     util = out.selection.traffic / fleet.bandwidth
+    loop_util, busy_util = loop_rho(fleet, out.ledger), busy_rho(fleet, out.ledger)
     anti_of: dict[str, list[str]] = {}
     for o in spec.tasks:
         for x in o.placement.anti_affinity:
@@ -131,6 +132,9 @@ def placement(p: Problem, sol: Solution, out: Outcome) -> Placement:
             "uplink_mbps": p.traffic.task_mbps[t],
             "uplink_util": float(util[d]),
             "device_load": float(load[d]),
+            "processing": p.traffic.work[t],
+            "agent_loop_util": float(loop_util[d]),
+            "agent_cores_util": float(busy_util[d]),
         }
         if dec is not None and unit.members[0] == t:
             costs.update({f"local_{k}": v for k, v in dec.terms.items()})

@@ -12,6 +12,10 @@ given in any order give the same placement. Network properties of a device:
   device (the brokers run in the cloud), else a tier default (edge 20, fog 5, cloud 1);
 * its uplink bandwidth (Mbit/s): ``uplink.bandwidth_mbps``, else that link's, else a
   tier default (edge 20, fog 100, cloud 1,000).
+
+Its processing speed: ``capacity.records_per_s``, the records/s one core of its agent
+forwards (measured by the agent at start), else a tier default (edge 20,000, fog 50,000,
+cloud 100,000); and its cores, ``capacity.cpu`` (at least one).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ BROKER_NAMES = {MQTT: "mqtt", NATS: "nats"}
 
 TIER_LATENCY_MS = {Tier.edge: 20.0, Tier.fog: 5.0, Tier.cloud: 1.0}
 TIER_BANDWIDTH_MBPS = {Tier.edge: 20.0, Tier.fog: 100.0, Tier.cloud: 1000.0}
+TIER_RECORDS_PER_S = {Tier.edge: 20_000.0, Tier.fog: 50_000.0, Tier.cloud: 100_000.0}
 
 # what other dataflows hold on a device: (cpu, memory MiB) or (cpu, memory MiB, {accelerator: n})
 Reservation: TypeAlias = tuple[float, float] | tuple[float, float, Mapping[str, int]]
@@ -77,6 +82,8 @@ class Fleet:
     serf: FloatArray  # ms per byte through the uplink: 8 / (bandwidth * 1000)
     cap_cpu: FloatArray
     cap_mem: FloatArray
+    speed: FloatArray  # records/s one core of the agent forwards
+    cores: FloatArray  # cores its tasks can use (at least one)
     acc_kinds: tuple[str, ...] = ()  # accelerator kinds some device has
     _masks: dict[tuple[str, str], BoolArray] = field(default_factory=dict)
     _index: dict[str, dict[str, list[int]]] = field(default_factory=dict)
@@ -94,6 +101,7 @@ class Fleet:
         online: list[bool] = []
         cap_cpu: list[float] = []
         cap_mem: list[float] = []
+        speed: list[float] = []
         codes: dict[tuple[str, ...], int] = {}
         tiers: dict[Tier, list[int]] = {}
         runtimes: dict[str, list[int]] = {}
@@ -125,6 +133,7 @@ class Fleet:
             cap = d.capacity
             cap_cpu.append(cap.cpu)
             cap_mem.append(cap.memory_mb)
+            speed.append(cap.records_per_s or TIER_RECORDS_PER_S[d.tier])
         codes_a = np.array(code, dtype=np.int64)
         ow_ma, ow_na, bw_a = np.array(ow_m, dtype=np.float64), np.array(ow_n, dtype=np.float64), np.array(bw)
         ow_ma[(codes_a & MQTT) == 0] = np.inf
@@ -140,6 +149,8 @@ class Fleet:
             serf=8.0 / (bw_a * 1000.0),
             cap_cpu=np.array(cap_cpu, dtype=np.float64),
             cap_mem=np.array(cap_mem, dtype=np.float64),
+            speed=np.array(speed, dtype=np.float64),
+            cores=np.maximum(np.array(cap_cpu, dtype=np.float64), 1.0),
             acc_kinds=tuple(sorted(acc_kinds)),
             _index={"tier": {t.value: v for t, v in tiers.items()}, "runtime": runtimes},
         )
@@ -215,6 +226,8 @@ class Ledger:
     used_mem: FloatArray
     free_acc: dict[str, IntArray]
     traffic: FloatArray  # Mbit/s of this dataflow through each device's uplink
+    loop: FloatArray  # records/s (forwarding equivalents) this dataflow puts on each agent's loop
+    busy: FloatArray  # ... on each agent as a whole (its loop and its worker processes)
 
     @classmethod
     def of(cls, fleet: Fleet, reserved: Mapping[str, Reservation]) -> Ledger:
@@ -242,6 +255,8 @@ class Ledger:
             used_mem=used_mem,
             free_acc=free_acc,
             traffic=np.zeros(n),
+            loop=np.zeros(n),
+            busy=np.zeros(n),
         )
 
     def copy(self) -> Ledger:
@@ -252,6 +267,8 @@ class Ledger:
             used_mem=self.used_mem.copy(),
             free_acc={k: v.copy() for k, v in self.free_acc.items()},
             traffic=self.traffic.copy(),
+            loop=self.loop.copy(),
+            busy=self.busy.copy(),
         )
 
     def acc_free(self, kind: str) -> IntArray:
@@ -262,8 +279,16 @@ class Ledger:
         return got
 
     def take(
-        self, i: int, cpu: float, mem: float, acc: Mapping[str, int] | None = None, traffic: float = 0.0
+        self,
+        i: int,
+        cpu: float,
+        mem: float,
+        acc: Mapping[str, int] | None = None,
+        traffic: float = 0.0,
+        loop: float = 0.0,
+        work: float = 0.0,
     ) -> None:
+        """``loop``/``work``: records/s of processing in the agent's loop / in worker processes."""
         self.free_cpu[i] -= cpu
         self.free_mem[i] -= mem
         self.used_cpu[i] += cpu
@@ -271,8 +296,17 @@ class Ledger:
         for kind, n in (acc or {}).items():
             self.acc_free(kind)[i] -= n
         self.traffic[i] += traffic
+        self.loop[i] += loop
+        self.busy[i] += loop + work
 
     def give(
-        self, i: int, cpu: float, mem: float, acc: Mapping[str, int] | None = None, traffic: float = 0.0
+        self,
+        i: int,
+        cpu: float,
+        mem: float,
+        acc: Mapping[str, int] | None = None,
+        traffic: float = 0.0,
+        loop: float = 0.0,
+        work: float = 0.0,
     ) -> None:
-        self.take(i, -cpu, -mem, {k: -n for k, n in (acc or {}).items()}, -traffic)
+        self.take(i, -cpu, -mem, {k: -n for k, n in (acc or {}).items()}, -traffic, -loop, -work)

@@ -17,6 +17,7 @@ Formulation (unit = co-location group; device codes = the brokers a device reach
     F_v >= F_u + PROC + Σ_{d∈c1} x[u,d] w1(d) + Σ_{d∈c2} x[v,d] w2(d) + R(c1,c2)
            - BIG (2 - X_c1(u) - X_c2(v))                 for every edge and routable (c1, c2)
     rho-overflow o_d >= traffic_d / bw_d - RHO_MAX,  load f_d >= used fractions, s_k,d >= f_d - knee_k
+    processing   q_d >= loop_d / speed_d - RHO_MAX,  r_d >= busy_d / (speed_d cores_d) - RHO_MAX
     minimise Z + transfer + load                          (exactly ``costs.evaluate``)
 
 where w1/w2 are the one-way latency to the edge's broker plus the bytes' time through
@@ -170,6 +171,7 @@ def _formulate(p: Problem, cands: Sequence[IntArray]) -> tuple[Milp, list[dict[i
             row[col] = -mbps
         m.row(row, lo=-RHO_MAX * bw + float(led.traffic[d]))
     for d in devices:
+        _processing(p, m, x, d)
         fd = m.col(W_LOAD, 0.0)
         for used, cap, res in (
             (led.used_cpu[d], f.cap_cpu[d], "cpu"),
@@ -189,6 +191,25 @@ def _formulate(p: Problem, cands: Sequence[IntArray]) -> tuple[Milp, list[dict[i
         f0 = float(load_fraction(led.used_cpu[d], led.used_mem[d], f.cap_cpu[d], f.cap_mem[d]))
         m.offset -= W_LOAD * float(g(f0))
     return m, x
+
+
+def _processing(p: Problem, m: Milp, x: Sequence[dict[int, int]], d: int) -> None:
+    """The agent's loop and cores past RHO_MAX, as overflow columns (``costs.processing_cost``)."""
+    f, led = p.fleet, p.start
+    speed = float(f.speed[d])
+    here = [(u, cols[d]) for u, cols in enumerate(x) if d in cols]
+    loop = {u: p.units[u].loop for u, _ in here}
+    whole = {u: p.units[u].loop + p.units[u].work for u, _ in here}
+    for cap, used, demand in (
+        (speed, float(led.loop[d]), loop),
+        (speed * float(f.cores[d]), float(led.busy[d]), whole),
+    ):
+        row = {c: -demand[u] for u, c in here if demand[u]}
+        if not row:
+            continue
+        q = m.col(W_OVERLOAD, 0.0)
+        m.row({q: cap} | row, lo=-RHO_MAX * cap + used)
+        m.offset -= W_OVERLOAD * max(0.0, used / cap - RHO_MAX)
 
 
 def _edge(

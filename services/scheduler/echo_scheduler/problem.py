@@ -33,6 +33,8 @@ class Unit:
     acc: dict[str, int]
     mbps: float  # what its tasks send and receive through the uplink
     anti: set[int] = field(default_factory=set)
+    loop: float = 0.0  # the processing its tasks put on the agent's loop (records/s)
+    work: float = 0.0  # ... in worker processes
 
     @property
     def pinned(self) -> bool:
@@ -174,6 +176,8 @@ def build(
             mem=sum(r.mem for r in ureqs),
             acc=sum_accelerators(ureqs),
             mbps=sum(traffic.task_mbps[m] for m in members),
+            loop=sum(traffic.work[m] for m in members if not traffic.in_worker[m]),
+            work=sum(traffic.work[m] for m in members if traffic.in_worker[m]),
         )
         for m in members:
             unit_of[m] = unit.id

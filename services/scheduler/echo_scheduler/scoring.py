@@ -9,7 +9,8 @@ loop over devices. The local score of device d, in the objective's units (``cost
     depart    if the unit feeds tasks not placed yet: min over brokers one_way(d) +
               bytes · serf(d), the half-hop its consumers will pay anyway (look-ahead)
     transfer  W_TRANSFER · Δrho_d + W_OVERLOAD · Δ overload(rho_d) for the unit's Mbit/s
-    load      W_LOAD · (g(f_d after) - g(f_d before))
+    load      W_LOAD · (g(f_d after) - g(f_d before)) + W_OVERLOAD · Δ overload of the agent's
+              loop and of its cores (``costs``: processing)
 
 Feasible: free capacity (CPU, memory, accelerators), anti-affinity with placed units, a
 route to every placed neighbour, and broker codes that can reach some device each
@@ -159,13 +160,22 @@ def _score(p: Problem, unit: Unit, ledger: Ledger, ctx: _Context, idx: IntArray)
     used_cpu, used_mem = ledger.used_cpu[idx], ledger.used_mem[idx]
     f0 = load_fraction(used_cpu, used_mem, cap_cpu, cap_mem)
     f1 = load_fraction(used_cpu + unit.cpu, used_mem + unit.mem, cap_cpu, cap_mem)
+    load = W_LOAD * (g(f1) - g(f0))
+    if unit.loop or unit.work:
+        speed = f.speed[idx]
+        l0 = ledger.loop[idx] / speed
+        l1 = l0 + unit.loop / speed
+        whole = speed * f.cores[idx]
+        b0 = ledger.busy[idx] / whole
+        b1 = b0 + (unit.loop + unit.work) / whole
+        load = load + W_OVERLOAD * (overload(l1) - overload(l0) + overload(b1) - overload(b0))
     return Scores(
         idx=idx,
         feasible=feasible,
         latency=latency,
         depart=depart,
         transfer=transfer,
-        load=W_LOAD * (g(f1) - g(f0)),
+        load=load,
         upstream=frozenset(a for a, _, _ in ctx.inputs),
     )
 

@@ -46,7 +46,7 @@ def assign(p: Problem, sol: Solution, unit_id: int, device: int, *, hold_relays:
     unit = p.units[unit_id]
     for m in unit.members:
         sol.dev_of[m] = device
-    sol.ledger.take(device, unit.cpu, unit.mem, unit.acc, unit.mbps)
+    sol.ledger.take(device, unit.cpu, unit.mem, unit.acc, unit.mbps, unit.loop, unit.work)
     if not hold_relays or not len(p.router.relays):
         return
     for m in unit.members:

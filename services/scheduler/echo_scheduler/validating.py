@@ -33,6 +33,15 @@ def problems(spec: DataflowSpec) -> list[Problem]:
             )
         else:
             found.extend(config_problems(info, task.config, f"tasks[{i}].config"))
+            if task.resources.worker and not info.can_run_in_worker:
+                found.append(
+                    Problem(
+                        f"tasks[{i}].resources.worker",
+                        f"{info.name} cannot run in a worker process: only operators that transform "
+                        "records (no broker, file or program of the agent's) can",
+                        "worker",
+                    )
+                )
 
     graph: nx.DiGraph[str] = nx.DiGraph()
     graph.add_nodes_from(index)

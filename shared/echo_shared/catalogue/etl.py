@@ -174,18 +174,21 @@ CATALOGUE = entries(
         "etl.senml_parse",
         Role.transform,
         SenmlParseConfig,
+        cost=2.6,
         summary="parse '<ts>,<SenML JSON>' lines into records (or one record per observation)",
     ),
     OperatorInfo(
         "etl.range_filter",
         Role.transform,
         RangeFilterConfig,
+        cost=1.2,
         summary="null (or drop) values outside their valid range",
     ),
     OperatorInfo(
         "etl.bloom_filter",
         Role.transform,
         BloomFilterConfig,
+        cost=1.4,
         summary="pass records whose field is in a trained set (Bloom filter)",
     ),
     OperatorInfo(
@@ -193,6 +196,7 @@ CATALOGUE = entries(
         Role.transform,
         InterpolateConfig,
         stateful=True,
+        cost=1.2,
         summary="fill null fields with the mean of the recent valid values",
     ),
     OperatorInfo(
@@ -200,18 +204,21 @@ CATALOGUE = entries(
         Role.transform,
         JoinConfig,
         stateful=True,
+        cost=1.2,
         summary="assemble the parts of each message into one record in schema order",
     ),
     OperatorInfo(
         "etl.annotate",
         Role.transform,
         AnnotateConfig,
+        cost=1.1,
         summary="add fields looked up in a metadata file",
     ),
     OperatorInfo(
         "etl.csv_to_senml",
         Role.transform,
         CsvToSenmlConfig,
+        cost=1.8,
         summary="render each record as a SenML JSON string",
     ),
 )

@@ -72,12 +72,14 @@ CATALOGUE = entries(
         "core.filter",
         Role.transform,
         FilterConfig,
+        cost=1.3,
         summary="pass the records for which the expression config.where is true",
     ),
     OperatorInfo(
         "core.map",
         Role.transform,
         MapConfig,
+        cost=1.3,
         summary="compute fields with expressions (config.set), drop or keep fields",
     ),
 )

@@ -73,6 +73,7 @@ CATALOGUE = entries(
         Role.transform,
         WindowAggregateConfig,
         stateful=True,
+        cost=1.3,
         summary="count/sum/avg/min/max of a field over count or time windows, per key",
     ),
 )

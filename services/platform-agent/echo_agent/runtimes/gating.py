@@ -129,6 +129,11 @@ class RuntimePolicy:
             raise RuntimeRefused(why)
         if self.python_workers and cmd.operator.startswith(PYTHON_PREFIX):
             return workers.load(cmd.operator, cmd.config)
+        if cmd.resources.worker:
+            info = lookup(cmd.operator)
+            if info is None or not info.can_run_in_worker:
+                raise RuntimeRefused(f"{cmd.operator} cannot run in a worker process (resources.worker)")
+            return workers.load(cmd.operator, cmd.config)
         op = build(cmd.operator, cmd.config)
         if isinstance(op, Process):
             op.confine(self.sandbox or Sandbox.default(), cmd.resources.memory_mb, cmd.resources.cpu)

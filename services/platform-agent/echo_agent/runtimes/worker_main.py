@@ -1,4 +1,5 @@
-"""A worker process: runs one user operator for the agent (``workers`` is the agent's side).
+"""A worker process: runs one operator for the agent (``workers`` is the agent's side): a user
+operator, or a built-in whose task asked for a worker (``resources.worker``).
 
 Reads requests from stdin, answers on stdout (length-prefixed JSON frames, see
 ``workers_wire``); what the operator prints goes to stderr (the agent's log), never into
@@ -26,7 +27,7 @@ from typing import IO, Any
 
 from pydantic import ValidationError
 
-from echo_shared.operators import PYTHON_PREFIX
+from echo_shared.operators import PYTHON_PREFIX, lookup
 
 from ..operators.base import Operator, Record, TaskContext
 from . import python_runtime
@@ -41,6 +42,16 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() == 1:  # the agent died before we asked
         os._exit(1)
+
+
+def builtin(name: str, config: Any) -> Operator:
+    """A built-in operator that can run in a worker (the catalogue says which)."""
+    from ..operators import UnknownOperator, build
+
+    info = lookup(name)
+    if info is None or not info.can_run_in_worker:
+        raise UnknownOperator(f"{name!r} cannot run in a worker process")
+    return build(name, config)
 
 
 async def value(result: Any) -> Any:
@@ -83,7 +94,9 @@ class Host:
 
     def load(self, name: str, config: Any) -> dict[str, bool]:
         self.name = name.removeprefix(PYTHON_PREFIX)
-        self.op = python_runtime.load(name, config)
+        self.op = (
+            python_runtime.load(name, config) if name.startswith(PYTHON_PREFIX) else builtin(name, config)
+        )
         cls = type(self.op)
         self.flush, self.batches = overrides(cls, "flush"), overrides(cls, "process_batch")
         return {
