@@ -3,6 +3,7 @@ use the others, and its speed is what one core forwards (``capacity.records_per_
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -33,7 +34,7 @@ def chain(rate: float, stages: int, **stage: Any) -> DataflowSpec:
     tasks.append({"id": "sink", "operator": "io.file_sink", "config": {"path": "x"}})
     ids = [t["id"] for t in tasks]
     return DataflowSpec.model_validate(
-        {"name": "chain", "tasks": tasks, "edges": [{"from": a, "to": b} for a, b in zip(ids, ids[1:])]}
+        {"name": "chain", "tasks": tasks, "edges": [{"from": a, "to": b} for a, b in itertools.pairwise(ids)]}
     )
 
 
@@ -100,7 +101,7 @@ def test_cost_and_worker_of_a_task() -> None:
             ],
         }
     )
-    a, b, c, d = s.tasks
+    a, b, c, _ = s.tasks
     assert cost_per_record(a) > 2 and cost_per_record(b) == 7.5 and cost_per_record(c) == 1.0
     assert [runs_in_worker(t) for t in s.tasks] == [False, False, True, True]
 

@@ -425,5 +425,5 @@ async def test_an_operator_of_the_agent_is_refused_a_worker() -> None:
         config={"path": "x"},
         resources={"worker": True},
     )
-    with pytest.raises(RuntimeRefused, match="io.file_sink cannot run in a worker process"):
+    with pytest.raises(RuntimeRefused, match=r"io\.file_sink cannot run in a worker process"):
         RuntimePolicy.decide("e").build(cmd)
