@@ -32,8 +32,10 @@ def runner(
     inputs: list[Binding],
     outputs: list[Binding],
     statuses: list[TaskStatus],
+    **fields: Any,
 ) -> TaskRunner:
     cmd = DeployTask(
+        **fields,
         cmd_id=uuid.uuid4().hex,
         dataflow="df-nats",
         task=task,

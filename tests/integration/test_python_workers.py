@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psutil
 import pytest
 
@@ -207,3 +208,65 @@ async def test_a_task_stopped_while_it_spins_leaves_no_process(flow: Flow) -> No
     assert lag < 0.1, f"the loop stalled {lag * 1000:.0f} ms"
     assert gone(worker.pid)
     assert not [p for p in psutil.Process().children(recursive=True) if p.pid == worker.pid]
+
+
+async def test_a_built_in_that_asked_for_a_worker_runs_there_on_real_brokers(
+    brokers: Brokers, names: Names, tmp_path: Path
+) -> None:
+    """``resources.worker``: core.map in a worker process between two tasks of the agent's
+    loop, every record once and in order, and the worker ends with its task."""
+    statuses: list[TaskStatus] = []
+    to_map, to_sink = (
+        names.data_subject("df-nats", "gen", "map"),
+        names.data_subject("df-nats", "map", "sink"),
+    )
+    out = tmp_path / "out.jsonl"
+    sink = nats_runner(
+        brokers,
+        names,
+        tmp_path,
+        "sink",
+        "io.file_sink",
+        {"path": str(out)},
+        [Binding(peer="map", topic=to_sink)],
+        [],
+        statuses,
+    )
+    mapper = nats_runner(
+        brokers,
+        names,
+        tmp_path,
+        "map",
+        "core.map",
+        {"set": {"double": "seq * 2"}},
+        [Binding(peer="gen", topic=to_map)],
+        [Binding(peer="sink", topic=to_sink)],
+        statuses,
+        resources={"worker": True},
+    )
+    gen = nats_runner(
+        brokers,
+        names,
+        tmp_path,
+        "gen",
+        "io.generate",
+        {"count": 3000},
+        [],
+        [Binding(peer="map", topic=to_map)],
+        statuses,
+    )
+    runners = (sink, mapper, gen)
+    try:
+        for r in runners:
+            await r.start()
+            assert r.state is TaskState.running, r.reason
+        worker = proxy(mapper.op).worker
+        assert psutil.Process(worker.pid).ppid() == os.getpid()
+        await eventually(lambda: sink.state is TaskState.finished, timeout=60, what="the sink finishing")
+        got = [orjson.loads(x) for x in out.read_bytes().splitlines()]
+        assert [r["seq"] for r in got] == list(range(3000))
+        assert all(r["double"] == 2 * r["seq"] for r in got)
+        await eventually(lambda: gone(worker.pid), timeout=10, what="the worker ending with its task")
+    finally:
+        for r in reversed(runners):
+            await r.stop(discard_session=True)
