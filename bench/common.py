@@ -24,6 +24,7 @@ import orjson
 
 from echo_cli.devstack import Brokers, start_brokers
 from echo_cli.devstack.platform import AgentSpec, Platform
+from echo_cli.testbed.network import TESTBED_HOST
 
 FLEET = (
     AgentSpec("edge-1", "edge", input_streams=("taxi-feed",), cpu=1.0, memory_mb=512),
@@ -166,7 +167,8 @@ def running_stack(
     ``metrics=False`` (metrics_cost): the services serve no /metrics."""
     workdir = Path(tempfile.mkdtemp(prefix="echo-bench-"))
     log(f"workdir {workdir}")
-    brokers = start_brokers(workdir / "brokers", tester=True, tls=tls)
+    # testbed_etl's namespaces dial the brokers and the API by TESTBED_HOST: the certificate names it
+    brokers = start_brokers(workdir / "brokers", tester=True, tls=tls, hosts=(TESTBED_HOST,))
     platform: Platform | None = None
     api: Api | None = None
     try:

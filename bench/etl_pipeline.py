@@ -44,6 +44,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -192,7 +193,15 @@ class Subscriber:
 # ------------------------------------------------------------------ runs
 
 
-def run_pipeline(stack: Stack, label: str, lines: int, rate: float, timeout: float) -> dict[str, Any]:
+def run_pipeline(
+    stack: Stack,
+    label: str,
+    lines: int,
+    rate: float,
+    timeout: float,
+    edit: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """One run of the example (``edit`` changes its spec first: ``agent_cores``)."""
     work = stack.workdir / "etl"
     work.mkdir(exist_ok=True)
     source, sink = work / f"{label}-input.csv", work / f"{label}-out.jsonl"
@@ -203,6 +212,8 @@ def run_pipeline(stack: Stack, label: str, lines: int, rate: float, timeout: flo
         keys.setdefault(trip_key(orjson.loads(ln.split(",", 1)[1])), deque()).append(i)
     topic = f"bench-etl-{uuid.uuid4().hex[:10]}/taxi"
     spec = example_spec(sink, topic, source, rate)
+    if edit is not None:
+        edit(spec)
     log(f"etl {label}: {lines} lines at rate {rate or 'max'}, {len(kept)} expected at the sink")
     sampler = ProcSampler(platform_pids(stack, services=("master",)), every=0.1)
     hb, channels = incidents.HeartbeatWatch(stack), incidents.ChannelWatch(stack)

@@ -24,6 +24,9 @@ Benchmarks:
 - ``etl_pipeline`` (``etl_pipeline.py``): the RIoTBench ETL example (examples/etl) end to end:
   records/s through the whole pipeline at rate 0, and per-record latency p50/p99 from a
   fixed-rate run (100 lines/s); targets >= 5,000 input records/s and sink p99 <= 250 ms.
+- ``agent_cores`` (``agent_cores.py``): the same example on one agent, its stages in the agent's
+  event loop and then in worker processes (``resources.worker``): input records/s of each, the
+  agent's CPU with its workers (cores used), exactly once.
 - ``placement`` (``placement.py``): the scheduler alone (no brokers): placement time for
   1,000 tasks x 1,000 devices and 10,000 x 10,000 (targets <= 1 s and <= 15 s) and sizes in
   between; ``echoctl plan`` end to end (<= 1 s, <= 5 s); greedy placements/s (>= 5,000); one task
@@ -84,6 +87,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import agent_cores
 import agent_footprint
 import batch_edge
 import common
@@ -111,6 +115,7 @@ BENCHMARKS: dict[str, Callable[[Stack, bool], dict[str, Any]]] = {
     "batch_edge": batch_edge.run,
     "file_edge": file_edge.run,
     "etl_pipeline": etl_pipeline.run,
+    "agent_cores": agent_cores.run,
     "placement": placement.run,
     "testbed_etl": testbed_etl.run,
     "migration": migration.run,

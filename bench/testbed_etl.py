@@ -41,6 +41,7 @@ from echo_cli.testbed.network import unavailable_reason
 from echo_cli.testbed.runner import Testbed
 from etl_pipeline import SinkTail, Subscriber, exactly_once, expected_kept, latency, trip_key, write_input
 from procs import ProcSampler, platform_pids
+from raw_brokers import Auth
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "etl"
@@ -127,7 +128,8 @@ def run_strategy(
     hb = incidents.HeartbeatWatch(stack)
     error: str | None = None
     df: dict[str, Any] = {}
-    with sampler, hb, Subscriber(stack.brokers.mqtt_url, topic) as sub, SinkTail(sink) as tail:
+    subscriber = Subscriber(stack.brokers.mqtt_url, topic, Auth.of(stack.brokers, "mqtt"))
+    with sampler, hb, subscriber as sub, SinkTail(sink) as tail:
         t0_wall = time.time()
         try:
             df_id = stack.api.submit(spec)

@@ -59,9 +59,10 @@ async def call(result: Any) -> Any:
 class Gather:
     """Records gathered for an operator that wants batches, with the messages they came in."""
 
-    def __init__(self, count: int, seconds: float) -> None:
+    def __init__(self, count: int, seconds: float, eager: bool = False) -> None:
         self.count = max(1, count)
         self.seconds = seconds
+        self.eager = eager  # run what is gathered as soon as no message waits (``batch_eager``)
         self.records: list[Record] = []
         self.files: list[str] = []
         self.deadline: float | None = None
@@ -146,7 +147,11 @@ class Consumer:
             if b.model is EdgeModel.file
         }
         self.gather = (
-            Gather(getattr(op, "batch_count", 100), getattr(op, "batch_seconds", 1.0))
+            Gather(
+                getattr(op, "batch_count", 100),
+                getattr(op, "batch_seconds", 1.0),
+                bool(getattr(op, "batch_eager", False)),
+            )
             if op.wants_batches
             else None
         )
@@ -220,6 +225,8 @@ class Consumer:
                 continue  # waits, unacknowledged, for its producer's generation to be assigned
             self.op.flush()
             self.acks.add(msg, [*futs, *self.outputs.flush()])
+            if gather is not None and gather.eager and gather.records and queue.empty():
+                await self._run_gathered()  # nothing more in hand: the batch goes now
             if self.inputs.done:
                 self.progress.gate = None  # the end: this task finishes, and never fails over
             self.progress.maybe_report(

@@ -15,7 +15,9 @@ Life cycle, driven by the agent's task runner:
   iterable, or ``None`` for none);
 - ``process_batch(records)`` for every micro-batch when the task reads a batch edge,
   or when the class sets ``wants_batches = True`` (records arriving on a stream edge are
-  then gathered into batches for it). The default calls ``process`` per record;
+  then gathered into batches for it, of ``batch_count`` records or ``batch_seconds``; with
+  ``batch_eager = True`` a batch goes as soon as no message waits). The default calls
+  ``process`` per record;
 - either may be ``async def`` (for I/O, like running a process); the runner awaits it;
 - ``flush()`` after each delivery from a channel, before it is acknowledged: make what
   was processed durable (a sink flushes its file here);

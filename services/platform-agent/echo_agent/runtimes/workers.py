@@ -283,6 +283,9 @@ class WorkerOperator(Operator):
     wants_batches: ClassVar[bool] = True  # one round trip per micro-batch
     batch_count: ClassVar[int] = BATCH_COUNT
     batch_seconds: ClassVar[float] = BATCH_SECONDS
+    # a batch goes as soon as nothing more is in hand (it grows while the worker is busy):
+    # waiting batch_seconds for more would cap each worker at batch_count per wait
+    batch_eager: ClassVar[bool] = True
 
     def __init__(self, worker: Worker, name: str, config: dict[str, Any]) -> None:
         super().__init__(config)
