@@ -36,3 +36,10 @@ def test_a_slower_loop_means_fewer_records(monkeypatch: pytest.MonkeyPatch) -> N
         assert throughput.measured() < fast / 2
     finally:
         throughput.measured.cache_clear()
+
+
+def test_the_flag_declares_it() -> None:
+    from echo_agent.__main__ import parse_args
+
+    s = AgentSettings(**parse_args(["--device-id", "e", "--tier", "fog", "--records-per-s", "25000"]))
+    assert device_info(s).capacity.records_per_s == 25000

@@ -35,6 +35,11 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--label", action="append", default=[], metavar="K=V", help="a label (repeatable)")
     p.add_argument("--cpu", type=float, help="CPU cores offered to tasks (default: all)")
     p.add_argument("--memory-mb", type=int, help="memory offered to tasks in MiB (default: all)")
+    p.add_argument(
+        "--records-per-s",
+        type=float,
+        help="records/s one core of this agent forwards (default: measured at start)",
+    )
     p.add_argument("--data-dir", help="working directory for tasks")
     p.add_argument(
         "--state-dir",
@@ -108,7 +113,7 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
         out["_enrol_token"] = a.enrol_token
     if a.enrol_token_file is not None:
         out["_enrol_token_file"] = a.enrol_token_file
-    for name in ("cpu", "memory_mb", "data_dir", "site", "state_dir"):
+    for name in ("cpu", "memory_mb", "records_per_s", "data_dir", "site", "state_dir"):
         if getattr(a, name) is not None:
             out[name] = getattr(a, name)
     if a.broker:
