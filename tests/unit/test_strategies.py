@@ -202,6 +202,57 @@ def test_the_ilp_finds_the_true_optimum_of_small_instances(seed: int) -> None:
     assert o.cost["total"] == pytest.approx(expected, rel=1e-6, abs=1e-6)
 
 
+def saturating(seed: int) -> tuple[DataflowSpec, list[DeviceRecord]]:
+    """A small instance whose agents are slow (300 to 3,000 records/s a core) and whose tasks
+    run in the loop or in a worker: the processing term decides."""
+    rng = random.Random(seed)
+    fleet = [
+        d.model_copy(
+            update={
+                "capacity": d.capacity.model_copy(
+                    update={"records_per_s": rng.choice([300.0, 1000.0, 3000.0])}
+                )
+            }
+        )
+        for d in (
+            dev("d0", "edge", capacity={"cpu": 1.0, "memory_mb": 2048}),
+            dev("d1", "fog", capacity={"cpu": 2.0, "memory_mb": 2048}),
+            dev("d2", "cloud", capacity={"cpu": 4.0, "memory_mb": 4096}),
+        )
+    ]
+    tasks: list[dict[str, Any]] = [
+        {
+            "id": "t0",
+            "operator": "io.generate",
+            "config": {"count": 1},
+            "placement": {"device": "d0"},
+            "hints": {"rate": 200},
+        }
+    ]
+    edges = []
+    for k in range(1, 5):
+        tasks.append(
+            {
+                "id": f"t{k}",
+                "operator": "core.passthrough",
+                "resources": {"worker": rng.random() < 0.5},
+                "hints": {"cost": rng.choice([1.0, 3.0])},
+            }
+        )
+        edges.append({"from": f"t{rng.randrange(k)}", "to": f"t{k}"})
+    return DataflowSpec.model_validate({"name": "busy", "tasks": tasks, "edges": edges}), fleet
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_ilp_finds_the_true_optimum_when_agents_saturate(seed: int) -> None:
+    s, fleet = saturating(200 + seed)
+    expected = brute_force(s, fleet)
+    o = place("df", s, fleet, strategy=S.optimal)
+    assert o.strategy == "optimal"
+    assert o.cost["total"] == pytest.approx(expected, rel=1e-6, abs=1e-6)
+    assert o.cost["total"] <= place("df", s, fleet, strategy=S.greedy).cost["total"] + 1e-6
+
+
 def test_optimal_falls_back_to_greedy_for_big_dataflows() -> None:
     p = place("df", chain(optimal.MAX_TASKS + 1), [dev("a"), dev("b")], strategy=S.optimal)
     assert p.strategy == f"greedy (ILP fallback: {optimal.MAX_TASKS + 1} tasks > {optimal.MAX_TASKS})"

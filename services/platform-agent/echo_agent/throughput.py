@@ -3,7 +3,7 @@
 Placement keeps an agent's event loop (one core: every task that is not in a worker process
 shares it) and its cores from saturating, so it needs the device's speed, not only its core
 count: a Raspberry Pi forwards a fraction of what a cloud VM does. The agent measures it once
-at start (``measured``, ~30 ms): the per-record work of forwarding a stream record — decode a
+at start (``measured``, a few ms): the per-record work of forwarding a stream record — decode a
 coalesced message, check the record's sequence, hand it to a trivial operator, encode it
 again — timed on the agent's own codec, best of a few rounds. That loop is a fixed share of
 what the whole agent does per record (the broker clients, acknowledgements, progress and the

@@ -25,11 +25,13 @@ constant. Finish times follow the DAG: ``F(t) = PROC_MS + max over inputs u of
                costs more: tasks spread instead of piling up
              + Σ_d W_OVERLOAD · (max(0, loop_d / speed_d - RHO_MAX)
                                  + max(0, busy_d / (speed_d · cores_d) - RHO_MAX))
-               the agent's processing: loop_d = the records/s its event loop handles (every
-               task not in a worker process: one core), busy_d = with its worker processes'
-               (every core), each weighted by the operator's cost per record (``hints.cost``,
-               else the catalogue's; forwarding a record = 1); speed_d = the records/s one
-               core of d's agent forwards (``capacity.records_per_s``). Declared CPU shares
+               the agent's processing: loop_d = the records/s its event loop handles (one
+               core: every task's channels, and the operators not in a worker process),
+               busy_d = with its worker processes' (every core), each weighted by a cost per
+               record (``hints.cost``, else the catalogue's; forwarding a record = 1: a task
+               in a worker puts 1 per record on the loop for its channels, its operator's
+               cost on a worker); speed_d = the records/s one core of d's agent forwards
+               (``capacity.records_per_s``). Declared CPU shares
                say nothing of the rate: nine ETL stages fit one agent's cores on paper and
                saturate its single loop at a few thousand records/s
     total    = latency + transfer + load
@@ -96,8 +98,8 @@ class Traffic:
     record_bytes: list[int]
     edge_mbps: list[float]  # by edge index
     task_mbps: list[float]  # through the task's device: its inputs (down) + outputs (up)
-    work: list[float]  # records/s in (a source: out) x its cost per record
-    in_worker: list[bool]  # runs in a worker process (not the agent's loop)
+    loop: list[float]  # what the task puts on its agent's loop (records/s, forwarding equivalents)
+    work: list[float]  # ... on a worker process of its agent
 
     @classmethod
     def of(
@@ -112,18 +114,26 @@ class Traffic:
         n = len(tasks)
         nbytes = [record_bytes(t) for t in tasks]
         out = [0.0] * n
+        loop = [0.0] * n
         work = [0.0] * n
         for i in order:
             t = tasks[i]
             inflow = [out[edges[e][0]] for e in inputs[i]] if inputs[i] else None
             out[i] = rate_out(t, rates, inflow)
-            work[i] = (out[i] if inflow is None else sum(inflow)) * cost_per_record(t)
+            loop[i], work[i] = processing(t, out[i] if inflow is None else sum(inflow))
         edge_mbps = [out[u] * nbytes[u] * 8 / 1e6 for u, _ in edges]
         task_mbps = [0.0] * n
         for e, (u, v) in enumerate(edges):
             task_mbps[u] += edge_mbps[e]
             task_mbps[v] += edge_mbps[e]
-        return cls(out, nbytes, edge_mbps, task_mbps, work, [runs_in_worker(t) for t in tasks])
+        return cls(out, nbytes, edge_mbps, task_mbps, loop, work)
+
+
+def processing(task: TaskSpec, records: float) -> tuple[float, float]:
+    """(on the agent's loop, on a worker) for ``records``/s through ``task`` (in; a source: out)."""
+    if runs_in_worker(task):
+        return records, records * cost_per_record(task)
+    return records * cost_per_record(task), 0.0
 
 
 def cost_per_record(task: TaskSpec) -> float:

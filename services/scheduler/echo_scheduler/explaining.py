@@ -132,7 +132,7 @@ def placement(p: Problem, sol: Solution, out: Outcome) -> Placement:
             "uplink_mbps": p.traffic.task_mbps[t],
             "uplink_util": float(util[d]),
             "device_load": float(load[d]),
-            "processing": p.traffic.work[t],
+            "processing": p.traffic.loop[t] + p.traffic.work[t],
             "agent_loop_util": float(loop_util[d]),
             "agent_cores_util": float(busy_util[d]),
         }

@@ -230,7 +230,14 @@ class Ledger:
     busy: FloatArray  # ... on each agent as a whole (its loop and its worker processes)
 
     @classmethod
-    def of(cls, fleet: Fleet, reserved: Mapping[str, Reservation]) -> Ledger:
+    def of(
+        cls,
+        fleet: Fleet,
+        reserved: Mapping[str, Reservation],
+        processing: Mapping[str, tuple[float, float]] | None = None,
+    ) -> Ledger:
+        """``processing``: (loop, worker) records/s that tasks outside the problem put on a
+        device's agent (the rest of a dataflow whose neighbourhood is placed)."""
         n = len(fleet)
         used_cpu = np.zeros(n)
         used_mem = np.zeros(n)
@@ -248,6 +255,12 @@ class Ledger:
                 for kind, count in res[2].items():
                     if kind in free_acc:
                         free_acc[kind][i] -= int(count)
+        loop, busy = np.zeros(n), np.zeros(n)
+        for dev_id, (on_loop, on_worker) in (processing or {}).items():
+            i = fleet.index.get(dev_id)
+            if i is not None:
+                loop[i] += on_loop
+                busy[i] += on_loop + on_worker
         return cls(
             free_cpu=fleet.cap_cpu - used_cpu,
             free_mem=fleet.cap_mem - used_mem,
@@ -255,8 +268,8 @@ class Ledger:
             used_mem=used_mem,
             free_acc=free_acc,
             traffic=np.zeros(n),
-            loop=np.zeros(n),
-            busy=np.zeros(n),
+            loop=loop,
+            busy=busy,
         )
 
     def copy(self) -> Ledger:

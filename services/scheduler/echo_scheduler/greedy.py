@@ -21,10 +21,19 @@ from .solution import Decision, Solution, assign, finish_of
 def solve(p: Problem) -> Solution:
     n = len(p.spec.tasks)
     sol = Solution(dev_of=[-1] * n, ledger=p.start.copy(), strategy="greedy")
+    # a unit pinned to one device holds it from the start: a unit placed before it in
+    # dependency order sees that device's load (and room) with it, not without
+    held = {u.id: int(u.idx[0]) for u in p.units if u.pinned and len(u.idx) == 1}
+    for uid, d in held.items():
+        u = p.units[uid]
+        sol.ledger.take(d, u.cpu, u.mem, u.acc, u.mbps, u.loop, u.work)
     finish = [0.0] * n
     for t in p.order:
         if sol.dev_of[t] < 0:
             unit = p.units[p.unit_of[t]]
+            d = held.pop(unit.id, -1)
+            if d >= 0:  # scored and assigned as any unit: its hold goes back first
+                sol.ledger.give(d, unit.cpu, unit.mem, unit.acc, unit.mbps, unit.loop, unit.work)
             s = best_scores(p, unit, sol.ledger, sol.dev_of, finish)
             best, second = choose(s)
             if best < 0:

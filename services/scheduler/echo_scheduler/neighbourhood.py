@@ -11,13 +11,17 @@ neighbourhood a dataflow of its own:
 - the edges among these, and for each of these tasks its records/s out: observed
   (``rates``), else estimated over its upstream cone as the whole placement would;
 - what every other task of the dataflow holds (CPU, memory, accelerators) on its device,
-  added to the other dataflows' reservations, so capacity is checked exactly.
+  added to the other dataflows' reservations, so capacity is checked exactly; and the
+  processing it puts on its agent (``costs.processing``) from the observed rates of its
+  producers (a task whose producers have no observed rate, as in a dataflow that never ran,
+  is not counted: estimating it would walk the whole dataflow).
 
-The placement of that dataflow chooses the same device as the whole one would, with two
-approximations, both in the soft terms: a moving task's producers count as finishing at
+The placement of that dataflow chooses the same device as the whole one would, with three
+approximations, all in the soft terms: a moving task's producers count as finishing at
 the same time (the critical path through them is not known without the rest), which
-changes nothing for a task with one input; and the uplink traffic of tasks outside the
-neighbourhood is not in the transfer term's overload part. ``bench/placement.py``
+changes nothing for a task with one input; the uplink traffic of tasks outside the
+neighbourhood is not in the transfer term's overload part; and the processing of tasks
+outside it counts only where observed rates say what it is. ``bench/placement.py``
 reports how often the device differs from the whole placement's.
 """
 
@@ -28,7 +32,7 @@ from dataclasses import dataclass
 
 from echo_shared.models import DataflowSpec, EdgeSpec, TaskSpec
 
-from .costs import rate_out
+from .costs import processing, rate_out
 from .fleet import Reservation
 
 
@@ -37,6 +41,7 @@ class Neighbourhood:
     spec: DataflowSpec  # the moving tasks, their neighbours pinned, the edges among them
     rates: dict[str, float]  # records/s out of every task of ``spec``
     reserved: dict[str, Reservation]  # the other dataflows' and this one's other tasks'
+    processing: dict[str, tuple[float, float]]  # (loop, worker) records/s of the other tasks, by device
 
 
 def cut(
@@ -84,6 +89,7 @@ def cut(
 
     out_rates = _rates(by_id, producers, members, rates)
     held = _held(spec.tasks, members, pinned, reserved or {})
+    busy = _processing(spec.tasks, members, pinned, producers, rates)
 
     tasks: list[TaskSpec] = []
     for t in spec.tasks:
@@ -93,6 +99,7 @@ def cut(
         spec=spec.model_copy(update={"tasks": tasks, "edges": kept}),
         rates=out_rates,
         reserved=held,
+        processing=busy,
     )
 
 
@@ -139,6 +146,37 @@ def _rates(
             known[tid] = rate_out(by_id[tid], rates, [known[u] for u in ins])
             stack.pop()
     return {tid: known[tid] for tid in wanted}
+
+
+def _processing(
+    tasks: Sequence[TaskSpec],
+    members: set[str],
+    pinned: Mapping[str, str],
+    producers: Mapping[str, Sequence[str]],
+    rates: Mapping[str, float],
+) -> dict[str, tuple[float, float]]:
+    """What every task outside ``members`` puts on its agent, from observed rates."""
+    out: dict[str, tuple[float, float]] = {}
+    if not rates:
+        return out
+    for t in tasks:
+        if t.id in members:
+            continue
+        ins = producers.get(t.id)
+        if ins:
+            got = [rates.get(u) for u in ins]
+            if any(r is None for r in got):
+                continue
+            records = float(sum(r for r in got if r is not None))
+        elif t.id in rates:
+            records = float(rates[t.id])
+        else:
+            continue
+        on_loop, on_worker = processing(t, records)
+        dev = pinned[t.id]
+        was = out.get(dev, (0.0, 0.0))
+        out[dev] = (was[0] + on_loop, was[1] + on_worker)
+    return out
 
 
 def _held(

@@ -75,7 +75,7 @@ def place_moving(
     neighbours instead of the dataflow's. ``spec`` is the dataflow as it was accepted
     (validated then): only the neighbourhood is looked at."""
     hood = neighbourhood.cut(spec, pinned, rates, reserved)
-    p = build(dataflow_id, hood.spec, devices, hood.reserved, hood.rates, avoid)
+    p = build(dataflow_id, hood.spec, devices, hood.reserved, hood.rates, avoid, hood.processing)
     p.check_static()
     sol = STRATEGIES[strategy or spec.placement_strategy](p)
     out = assess(p, sol, names or Names())

@@ -124,6 +124,7 @@ def build(
     reserved: Mapping[str, Reservation] | None = None,
     rates: Mapping[str, float] | None = None,
     avoid: Mapping[str, Sequence[str]] | None = None,
+    processing: Mapping[str, tuple[float, float]] | None = None,
 ) -> Problem:
     """The problem of a *valid* spec (``validating.validate`` first); ``avoid``: devices a
     task must not be placed on (task id -> device ids)."""
@@ -176,8 +177,8 @@ def build(
             mem=sum(r.mem for r in ureqs),
             acc=sum_accelerators(ureqs),
             mbps=sum(traffic.task_mbps[m] for m in members),
-            loop=sum(traffic.work[m] for m in members if not traffic.in_worker[m]),
-            work=sum(traffic.work[m] for m in members if traffic.in_worker[m]),
+            loop=sum(traffic.loop[m] for m in members),
+            work=sum(traffic.work[m] for m in members),
         )
         for m in members:
             unit_of[m] = unit.id
@@ -194,7 +195,7 @@ def build(
         spec=spec,
         fleet=fleet,
         router=Router(fleet, relay_ok),
-        start=Ledger.of(fleet, reserved or {}),
+        start=Ledger.of(fleet, reserved or {}, processing),
         order=order,
         edges=edges,
         inputs=inputs,
