@@ -20,6 +20,8 @@ def test_killed_agent_goes_unreachable_then_lost(platform_factory: PlatformFacto
     dev = api.devices()["edge-9"]
     assert dev["status"] == "online"
     assert dev["labels"] == {"site": "b"} and dev["tier"] == "edge"
+    # what one core of its agent forwards, measured at start (placement's processing term)
+    assert dev["capacity"]["records_per_s"] >= 1_000, dev["capacity"]
 
     # online from its hello; its usage comes with its heartbeats (the next one under load)
     def with_usage() -> dict[str, Any] | None:
