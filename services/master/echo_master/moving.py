@@ -158,7 +158,7 @@ class TaskMover:
         if self.snapshots is not None:
             snap = ckpt.snapshot
             name = object_name(ckpt.dataflow, ckpt.task, ckpt.generation, "ckpt", snap.taken_at)
-            kept = await self.snapshots.offload(snap.model_dump(mode="json"), name)
+            kept = await self.snapshots.offload(as_json(snap), name)
             ckpt = ckpt.model_copy(update={"snapshot": TaskSnapshot.model_validate(kept)})
         stored = await self.store.save_checkpoint(ckpt)
         if not stored:
@@ -218,10 +218,10 @@ class TaskMover:
             # snapshot died with it. The copy is stopped for good (its device keeps the
             # generation's tombstone): move it as a failover does, from its checkpoint
             return await self._failover(df, rec, req)
-        snapshot = ack.snapshot.model_dump(mode="json")
+        snapshot = as_json(ack.snapshot)
         if self.snapshots is not None:
             name = object_name(df.id, rec.id, rec.generation, "drain", ack.snapshot.taken_at)
-            snapshot = await self.snapshots.offload(snapshot, name)
+            snapshot = await self.snapshots.offload(snapshot, name, keep=True)
         reply = await self._relocate(df, rec, req, snapshot, "drain", "the drained copy's snapshot")
         reply.drain_ms = round(drain_ms, 3)
         return reply
@@ -295,6 +295,12 @@ class TaskMover:
         return MoveTaskReply(
             ok=True, source=rec.device, generation=rec.generation + 1, restored_from=restored_from
         )
+
+
+def as_json(snap: TaskSnapshot) -> dict[str, Any]:
+    """The snapshot as JSON data, its operator state as it came (parsed from JSON already):
+    a dump would walk every key of a state of millions (a quarter second per 100 MB)."""
+    return {**snap.model_dump(mode="json", exclude={"state"}), "state": snap.state}
 
 
 def input_lag(df: Dataflow, rec: TaskRecord) -> int:

@@ -6,11 +6,18 @@ plus the operator's ``state``. When that state's JSON is larger than
 unique to the task, generation and time, and the snapshot kept in Redis holds a
 reference ``{"$object": name, "bytes": n}`` in its place. A deploy that restores the
 snapshot reads the state back (``resolve``), so agents always receive it whole.
+
+A drained copy's state is needed again at once, by the deploy of the next copy: ``offload``
+with ``keep`` also holds it in memory for ``KEEP_SECONDS`` (at most ``KEEP_MAX`` of them),
+and ``resolve`` takes it from there instead of reading it back from the object store and
+parsing it again (100 MB: seconds of a migration's downtime). The object store keeps the
+durable copy either way: a retried deploy after that, or another master, reads it there.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import orjson
@@ -23,6 +30,8 @@ from echo_shared.nats_bus import NatsBus
 log = logging.getLogger(__name__)
 
 REF = "$object"
+KEEP_SECONDS = 60.0
+KEEP_MAX = 2
 
 
 class SnapshotStore:
@@ -31,6 +40,7 @@ class SnapshotStore:
         self.names = names
         self.inline_max = inline_max
         self._store: ObjectStore | None = None
+        self._kept: dict[str, tuple[float, Any]] = {}  # name -> (until, state): drained states
 
     async def _bucket(self) -> ObjectStore:
         if self._store is None:
@@ -40,8 +50,9 @@ class SnapshotStore:
             )
         return self._store
 
-    async def offload(self, snapshot: dict[str, Any], name: str) -> dict[str, Any]:
-        """The snapshot to keep in Redis: its state moved to the object store if large."""
+    async def offload(self, snapshot: dict[str, Any], name: str, *, keep: bool = False) -> dict[str, Any]:
+        """The snapshot to keep in Redis: its state moved to the object store if large
+        (``keep``: and held in memory a while, for the deploy that restores it next)."""
         state = snapshot.get("state")
         if state is None or is_ref(state):
             return snapshot
@@ -50,13 +61,25 @@ class SnapshotStore:
             return snapshot
         await (await self._bucket()).put(name, raw)
         log.info("state of %s (%d bytes) kept in the object store", name, len(raw))
+        if keep:
+            self._hold(name, state)
         return {**snapshot, "state": {REF: name, "bytes": len(raw)}}
+
+    def _hold(self, name: str, state: Any) -> None:
+        now = time.monotonic()
+        self._kept = {k: v for k, v in self._kept.items() if v[0] > now}
+        while len(self._kept) >= KEEP_MAX:
+            del self._kept[next(iter(self._kept))]
+        self._kept[name] = (now + KEEP_SECONDS, state)
 
     async def resolve(self, snapshot: dict[str, Any] | None) -> dict[str, Any] | None:
         """The snapshot with its state read back from the object store, if it was offloaded."""
         if snapshot is None or not is_ref(snapshot.get("state")):
             return snapshot
         name = snapshot["state"][REF]
+        held = self._kept.get(name)
+        if held is not None and held[0] > time.monotonic():
+            return {**snapshot, "state": held[1]}
         got = await (await self._bucket()).get(name)
         return {**snapshot, "state": orjson.loads(got.data or b"null")}
 
