@@ -26,6 +26,9 @@ class Bucket:
         self.gets += 1
         return SimpleNamespace(data=self.data[name])
 
+    async def delete(self, name: str) -> None:
+        del self.data[name]
+
 
 def store() -> tuple[SnapshotStore, Bucket]:
     s = SnapshotStore(bus=None, names=Names("t"), inline_max=16)  # type: ignore[arg-type]
@@ -86,3 +89,68 @@ def test_a_snapshot_as_json_keeps_its_state_as_it_came() -> None:
     got = as_json(snap)
     assert got == snap.model_dump(mode="json")
     assert got["state"] is snap.state
+
+
+class CheckpointStore:
+    """The master's store, as far as checkpoints go: the latest kept per task."""
+
+    def __init__(self, generation: int = 1, restore: dict[str, Any] | None = None) -> None:
+        self.generation = generation
+        self.kept: dict[tuple[str, str], Any] = {}
+        self.restore = restore
+
+    async def save_checkpoint(self, ckpt: Any) -> bool:
+        if ckpt.generation != self.generation:
+            return False
+        self.kept[(ckpt.dataflow, ckpt.task)] = ckpt
+        return True
+
+    async def checkpoint_object(self, df_id: str, task: str) -> str | None:
+        got = self.kept.get((df_id, task))
+        state = got.snapshot.state if got is not None else None
+        return state[REF] if isinstance(state, dict) and REF in state else None
+
+    async def task_record(self, df_id: str, task: str) -> Any:
+        return SimpleNamespace(restore=self.restore)
+
+
+def mover(store_: CheckpointStore) -> tuple[Any, Bucket, list[Any]]:
+    from echo_master.moving import TaskMover
+
+    snaps, bucket = store()
+    notices: list[Any] = []
+    link = SimpleNamespace(notify=lambda device, msg: notices.append(msg))
+    m = TaskMover(store=store_, reconciler=SimpleNamespace(link=link), snapshots=snaps)  # type: ignore[arg-type]
+    return m, bucket, notices
+
+
+def checkpoint(n: int, generation: int = 1) -> Any:
+    from echo_shared.messages import TaskCheckpoint, TaskSnapshot
+
+    snap = TaskSnapshot(out_seq=n, state={"counts": {"k": n, "pad": "x" * 40}}, taken_at=float(n))
+    return TaskCheckpoint(
+        device="fog-1", dataflow="df", task="count", generation=generation, snapshot=snap, ts=float(n)
+    )
+
+
+async def test_superseded_checkpoint_states_are_deleted_keeping_one_back() -> None:
+    m, bucket, notices = mover(CheckpointStore())
+    for n in range(1, 6):
+        await m.on_checkpoint(checkpoint(n))
+    assert len(notices) == 5
+    # the kept one and the one it replaced; the three before are gone
+    assert sorted(bucket.data) == ["df.count.1.ckpt.4000", "df.count.1.ckpt.5000"]
+
+
+async def test_a_stale_checkpoint_state_is_deleted_at_once() -> None:
+    m, bucket, notices = mover(CheckpointStore(generation=2))
+    await m.on_checkpoint(checkpoint(1, generation=1))
+    assert notices == [] and bucket.data == {}
+
+
+async def test_a_state_the_task_restores_from_is_kept() -> None:
+    ref = {REF: "df.count.1.ckpt.1000", "bytes": 10}
+    m, bucket, _ = mover(CheckpointStore(restore={"out_seq": 1, "state": ref}))
+    for n in range(1, 5):
+        await m.on_checkpoint(checkpoint(n))
+    assert sorted(bucket.data) == ["df.count.1.ckpt.1000", "df.count.1.ckpt.3000", "df.count.1.ckpt.4000"]

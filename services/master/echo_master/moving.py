@@ -42,7 +42,7 @@ from echo_shared.telemetry import inject
 
 from .commands import deploy_command, stop_command
 from .reconciling import DRAIN_SECONDS, Reconciler
-from .snapshots import SnapshotStore, object_name
+from .snapshots import REF, SnapshotStore, is_ref, object_name
 from .store import ACTIVE_STATES, Dataflow, DataflowStore
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,9 @@ class TaskMover:
         # moves under way, by task: a migrator that asks again (its answer was lost with a
         # connection) joins the one in flight instead of draining the task a second time
         self._moving: dict[tuple[str, str], tuple[MoveTaskRequest, asyncio.Future[MoveTaskReply]]] = {}
+        # by task: the object of the checkpoint its kept one replaced, deleted when the next
+        # replaces that (one stays as slack for a move that read it a moment ago)
+        self._superseded: dict[tuple[str, str], str] = {}
 
     # ------------------------------------------------------------------ NATS handlers
 
@@ -155,14 +158,21 @@ class TaskMover:
         )
 
     async def on_checkpoint(self, ckpt: TaskCheckpoint) -> None:
+        offloaded: str | None = None  # the object this checkpoint's state went to
+        replaced: str | None = None  # the object of the checkpoint it replaces
         if self.snapshots is not None:
             snap = ckpt.snapshot
             name = object_name(ckpt.dataflow, ckpt.task, ckpt.generation, "ckpt", snap.taken_at)
             kept = await self.snapshots.offload(as_json(snap), name)
+            if is_ref(kept.get("state")):
+                offloaded = name
+            replaced = await self.store.checkpoint_object(ckpt.dataflow, ckpt.task)
             ckpt = ckpt.model_copy(update={"snapshot": TaskSnapshot.model_validate(kept)})
         stored = await self.store.save_checkpoint(ckpt)
         if not stored:
             log.debug("checkpoint of %s/%s gen %d is stale", ckpt.dataflow, ckpt.task, ckpt.generation)
+            if offloaded is not None:
+                await self._forget(ckpt.dataflow, ckpt.task, offloaded)  # kept nowhere
             return
         # now, not at the broker's acknowledgement, may the task let its producers forget
         # what came before it (a failover restores what is kept here)
@@ -175,6 +185,27 @@ class TaskMover:
                 taken_at=ckpt.snapshot.taken_at,
             ),
         )
+        if replaced is not None and replaced != offloaded:
+            older = self._superseded.pop((ckpt.dataflow, ckpt.task), None)
+            self._superseded[(ckpt.dataflow, ckpt.task)] = replaced
+            if older is not None and older != replaced:
+                await self._forget(ckpt.dataflow, ckpt.task, older)
+
+    async def _forget(self, df_id: str, task: str, name: str) -> None:
+        """Delete a checkpoint's state from the object store, unless the task's record still
+        restores from it (a failover recorded it). Every checkpoint is an object of its own:
+        without this, a task with a large state fills JetStream's storage, and then every
+        checkpoint fails ("insufficient resources") and its flow stops."""
+        assert self.snapshots is not None
+        try:
+            rec = await self.store.task_record(df_id, task)
+            restore = rec.restore if rec is not None else None
+            state = restore.get("state") if restore else None
+            if is_ref(state) and isinstance(state, dict) and state.get(REF) == name:
+                return
+            await self.snapshots.delete(name)
+        except Exception as e:  # the object stays: a leak, not a failure of the checkpoint
+            log.warning("state %s of %s/%s not deleted: %s", name, df_id, task, e)
 
     # ------------------------------------------------------------------ the steps
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 from nats.js.api import ObjectStoreConfig
+from nats.js.errors import NotFoundError
 from nats.js.object_store import ObjectStore
 
 from echo_shared.names import Names
@@ -64,6 +65,14 @@ class SnapshotStore:
         if keep:
             self._hold(name, state)
         return {**snapshot, "state": {REF: name, "bytes": len(raw)}}
+
+    async def delete(self, name: str) -> None:
+        """Drop a state nothing refers to any more (gone already: fine)."""
+        self._kept.pop(name, None)
+        try:
+            await (await self._bucket()).delete(name)
+        except NotFoundError:
+            pass
 
     def _hold(self, name: str, state: Any) -> None:
         now = time.monotonic()
