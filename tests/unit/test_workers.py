@@ -427,3 +427,12 @@ async def test_an_operator_of_the_agent_is_refused_a_worker() -> None:
     )
     with pytest.raises(RuntimeRefused, match=r"io\.file_sink cannot run in a worker process"):
         RuntimePolicy.decide("e").build(cmd)
+
+
+async def test_a_worker_runs_below_the_agents_priority(tmp_path: Path) -> None:
+    from echo_agent.runtimes.worker_main import NICENESS
+
+    op = proxy(workers.load(f"{OPS}:Upper", {}))
+    await op.open(ctx(tmp_path))
+    assert psutil.Process(op.worker.pid).nice() == min(19, psutil.Process().nice() + NICENESS)
+    await op.close()
