@@ -105,11 +105,6 @@ class CheckpointStore:
         self.kept[(ckpt.dataflow, ckpt.task)] = ckpt
         return True
 
-    async def checkpoint_object(self, df_id: str, task: str) -> str | None:
-        got = self.kept.get((df_id, task))
-        state = got.snapshot.state if got is not None else None
-        return state[REF] if isinstance(state, dict) and REF in state else None
-
     async def task_record(self, df_id: str, task: str) -> Any:
         return SimpleNamespace(restore=self.restore)
 

@@ -62,8 +62,10 @@ class TaskMover:
         # moves under way, by task: a migrator that asks again (its answer was lost with a
         # connection) joins the one in flight instead of draining the task a second time
         self._moving: dict[tuple[str, str], tuple[MoveTaskRequest, asyncio.Future[MoveTaskReply]]] = {}
-        # by task: the object of the checkpoint its kept one replaced, deleted when the next
-        # replaces that (one stays as slack for a move that read it a moment ago)
+        # by task: the object of its kept checkpoint's state, and of the one that replaced,
+        # deleted when the next replaces that (one stays as slack for a move that read it a
+        # moment ago). In memory, not read back per checkpoint: a new leader leaks one per task
+        self._current: dict[tuple[str, str], str] = {}
         self._superseded: dict[tuple[str, str], str] = {}
 
     # ------------------------------------------------------------------ NATS handlers
@@ -159,14 +161,12 @@ class TaskMover:
 
     async def on_checkpoint(self, ckpt: TaskCheckpoint) -> None:
         offloaded: str | None = None  # the object this checkpoint's state went to
-        replaced: str | None = None  # the object of the checkpoint it replaces
         if self.snapshots is not None:
             snap = ckpt.snapshot
             name = object_name(ckpt.dataflow, ckpt.task, ckpt.generation, "ckpt", snap.taken_at)
             kept = await self.snapshots.offload(as_json(snap), name)
             if is_ref(kept.get("state")):
                 offloaded = name
-            replaced = await self.store.checkpoint_object(ckpt.dataflow, ckpt.task)
             ckpt = ckpt.model_copy(update={"snapshot": TaskSnapshot.model_validate(kept)})
         stored = await self.store.save_checkpoint(ckpt)
         if not stored:
@@ -185,10 +185,14 @@ class TaskMover:
                 taken_at=ckpt.snapshot.taken_at,
             ),
         )
-        if replaced is not None and replaced != offloaded:
-            older = self._superseded.pop((ckpt.dataflow, ckpt.task), None)
-            self._superseded[(ckpt.dataflow, ckpt.task)] = replaced
-            if older is not None and older != replaced:
+        key = (ckpt.dataflow, ckpt.task)
+        replaced = self._current.pop(key, None)
+        if offloaded is not None:
+            self._current[key] = offloaded
+        if replaced is not None:
+            older = self._superseded.pop(key, None)
+            self._superseded[key] = replaced
+            if older is not None:
                 await self._forget(ckpt.dataflow, ckpt.task, older)
 
     async def _forget(self, df_id: str, task: str, name: str) -> None:

@@ -356,14 +356,6 @@ class DataflowStore:
         )
         return bool(out)
 
-    async def checkpoint_object(self, df_id: str, task: str) -> str | None:
-        """The object-store name of the state of a task's kept checkpoint (None: inline, or none)."""
-        raw = await self.r.get(self.names.checkpoint_key(df_id, task))
-        if not raw or "$object" not in raw:  # most checkpoints are small: no parse
-            return None
-        state = TaskCheckpoint.model_validate_json(raw).snapshot.state
-        return str(state["$object"]) if isinstance(state, dict) and "$object" in state else None
-
     async def task_record(self, df_id: str, task: str) -> TaskRecord | None:
         raw = await self.r.hget(self.names.dataflow_tasks_key(df_id), task)
         return TaskRecord.model_validate_json(raw) if raw else None
