@@ -21,6 +21,7 @@ publish -> receive).
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from pathlib import Path
@@ -169,11 +170,19 @@ def one_size(own: Stack, mb: float) -> dict[str, Any]:
     return row
 
 
+def sizes(quick: bool) -> tuple[float, ...]:
+    """The state sizes to run: ``ECHO_BENCH_STATE_MB`` (e.g. ``100`` or ``1,100``) if set."""
+    chosen = os.environ.get("ECHO_BENCH_STATE_MB", "").strip()
+    if chosen:
+        return tuple(float(x) for x in chosen.split(",") if x.strip())
+    return SIZES_MB_QUICK if quick else SIZES_MB_FULL
+
+
 def run(stack: Stack, quick: bool) -> dict[str, Any]:
     own = own_stack(stack)
     rows: list[dict[str, Any]] = []
     try:
-        for mb in SIZES_MB_QUICK if quick else SIZES_MB_FULL:
+        for mb in sizes(quick):
             try:
                 rows.append(one_size(own, mb))
             except Exception as e:  # one size failing is a figure too; the next still runs

@@ -146,6 +146,27 @@ class StopTask(Message):
         description="a stale copy (a newer generation runs elsewhere): stop at once, no drain, and "
         "leave the channels' sessions, positions and progress reports alone (they are the newer copy's)",
     )
+    delta_from: float | None = Field(
+        default=None,
+        description="a move whose target holds this checkpoint's state staged (the taken_at that names "
+        "it): the drained snapshot's state may be only the changes since it (echo_shared.statedelta)",
+    )
+
+
+class StageState(Message):
+    """A moving task's latest checkpointed state, sent ahead to its target (master -> agent).
+
+    The target holds it (``name``, a while) for the task's next copy, whose restore then
+    carries only the changes since it: the state's bulk travels while the task still runs
+    (a move's pre-copy). Answered with a ``CommandAck`` (state ``pending``)."""
+
+    kind: Literal["stage"] = "stage"
+    cmd_id: str
+    dataflow: str
+    task: str
+    generation: int = Field(description="the generation of the copy that will restore it")
+    name: str = Field(description="the state's object in the object store, which names it")
+    state: Any = None
 
 
 class CheckpointStored(Message):
@@ -181,8 +202,8 @@ class RotateCredentials(Message):
 
 
 # task commands; ``RotateCredentials`` shares the command topic but not the task path
-Command = Annotated[DeployTask | StopTask, Field(discriminator="kind")]
-COMMAND_ADAPTER: TypeAdapter[DeployTask | StopTask] = TypeAdapter(Command)
+Command = Annotated[DeployTask | StopTask | StageState, Field(discriminator="kind")]
+COMMAND_ADAPTER: TypeAdapter[DeployTask | StopTask | StageState] = TypeAdapter(Command)
 
 
 class CredentialsAck(Message):

@@ -207,8 +207,12 @@ def test_large_state_goes_through_the_object_store(platform_factory: PlatformFac
     api.wait_state(df_id, "running", timeout=30)
     wait_until(lambda: task(api, df_id, "count")["records_in"] >= 1_500, timeout=30, what="1,500 counted")
     here = task(api, df_id, "count")["device"]
-    m = wait_migration(api, migrate(api, df_id, "count", next(d for d in FOGS if d != here)))
+    target = next(d for d in FOGS if d != here)
+    m = wait_migration(api, migrate(api, df_id, "count", target))
     assert m["state"] == "completed", m
+    # pre-copy: its latest checkpoint's state went ahead to the target, the drain sent the rest
+    drain = next(s for s in m["steps"] if s["name"] == "drain")
+    assert f"its checkpoint staged on {target}" in drain["detail"], drain
     bucket = Names(platform.namespace).state_bucket
     names = asyncio.run(state_objects(platform.brokers, bucket))
     assert any(".count.1.drain." in n for n in names), names

@@ -36,6 +36,7 @@ from echo_shared.messages import (
     DeployTask,
     Message,
     RotateCredentials,
+    StageState,
     StopTask,
     TaskCheckpoint,
     TaskStatus,
@@ -56,6 +57,7 @@ ENDED = (TaskState.finished, TaskState.failed, TaskState.stopped)
 # how long a standby master keeps a task's latest report: long enough to cover the leader's
 # death, the lease's expiry and the election (reports older than this the leader applied)
 HOLD_SECONDS = 60.0
+UNRECORDED_KEPT = 256  # staged-state acks remembered, so a late one is not applied as a report
 
 
 class SendHooks(Protocol):
@@ -87,6 +89,8 @@ class AgentLink:
         self._on_checkpoint = on_checkpoint
         self.hooks: SendHooks | None = None
         self._waiters: dict[str, asyncio.Future[Any]] = {}
+        # commands whose acks say nothing about a task's record (a staged state), lately sent
+        self._unrecorded: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.outage = Outage("agent reports: a dependency", log)
         self._queue: collections.deque[MqttMessage] = collections.deque()
         # replicas: whether this one leads (applies reports); a standby holds the latest of
@@ -159,6 +163,17 @@ class AgentLink:
         finally:
             if self.hooks is not None:
                 await self.hooks.after_send(device, cmd)
+
+    async def stage(self, device: str, cmd: StageState, timeout: float) -> CommandAck:
+        """Send a moving task's state ahead to its target and wait for its ack (no grants:
+        nothing runs yet; ``RequestTimeout`` if no answer comes in time)."""
+        if not self.leading():
+            raise Fenced(f"this master replica does not lead: no state of {cmd.task} to {device}")
+        self._unrecorded[cmd.cmd_id] = None
+        while len(self._unrecorded) > UNRECORDED_KEPT:
+            self._unrecorded.popitem(last=False)
+        ack: CommandAck = await self._request(device, cmd, cmd.cmd_id, f"state of {cmd.task}", timeout)
+        return ack
 
     def notify(self, device: str, msg: CheckpointStored) -> None:
         """A notice to a device (QoS 1, no answer awaited); only the leading replica sends."""
@@ -307,7 +322,7 @@ class AgentLink:
             fut = self._waiters.get(ack.cmd_id)
             if fut is not None and not fut.done():
                 fut.set_result(ack)
-            return ack
+            return None if ack.cmd_id in self._unrecorded else ack
         status = TaskStatus.from_bytes(msg.payload)
         return status if self._from_sender(status.device, sender, msg) else None
 

@@ -58,10 +58,18 @@ def deploy_command(
     )
 
 
-def stop_command(df_id: str, task: TaskRecord, *, final: bool = True) -> StopTask:
-    """``final``: the task is gone for good; otherwise it drains and snapshots to move."""
+def stop_command(
+    df_id: str, task: TaskRecord, *, final: bool = True, delta_from: float | None = None
+) -> StopTask:
+    """``final``: the task is gone for good; otherwise it drains and snapshots to move
+    (``delta_from``: only the changes since that checkpoint, which its target holds)."""
     return StopTask(
-        cmd_id=uuid.uuid4().hex, dataflow=df_id, task=task.id, generation=task.generation, final=final
+        cmd_id=uuid.uuid4().hex,
+        dataflow=df_id,
+        task=task.id,
+        generation=task.generation,
+        final=final,
+        delta_from=delta_from,
     )
 
 

@@ -7,7 +7,10 @@ idempotent, fenced by the generation the migrator last saw:
   (``StopTask(final=False)``); its snapshot and the target are recorded with the next
   generation, and the reconcile loop deploys the new copy, which restores the snapshot
   and resumes from the task's durable input position (its channel sessions belong to
-  the task, not the device).
+  the task, not the device). A large state of an operator that tracks its changes
+  (catalogue ``deltas``) is pre-copied: its latest kept checkpoint's state is staged on
+  the target first (``StageState``) while the task runs, and the drain sends only the
+  changes since it (``echo_shared.statedelta``).
 - ``failover``: the device is lost; the new copy restores the task's latest periodic
   checkpoint (or, when the current copy never took one, the snapshot it started from)
   and its producers replay what came after it. The copy left on the lost device is
@@ -23,13 +26,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
+from echo_shared import statedelta
 from echo_shared.errors import ConflictError, EchoError, NotFoundError, RetryableError
 from echo_shared.messages import (
     CheckpointStored,
     MoveTaskReply,
     MoveTaskRequest,
+    StageState,
     TaskCheckpoint,
     TaskListReply,
     TaskListRequest,
@@ -42,13 +49,24 @@ from echo_shared.telemetry import inject
 
 from .commands import deploy_command, stop_command
 from .reconciling import DRAIN_SECONDS, Reconciler
-from .snapshots import REF, SnapshotStore, is_ref, object_name
+from .snapshots import REF, SnapshotStore, is_ref, object_name, objects_of
 from .store import ACTIVE_STATES, Dataflow, DataflowStore
 
 log = logging.getLogger(__name__)
 
 MOVABLE = {TaskState.running, TaskState.deploying, TaskState.pending}
 DRAINABLE = {TaskState.running, TaskState.deploying, TaskState.failed}
+STAGE_TIMEOUT = 60.0  # seconds a target may take to take in a staged state (100 MB: a few)
+STAGE_HOLD = 100.0  # seconds the master counts on the target holding it (the agent: 120)
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A checkpoint's state staged on a move's target."""
+
+    taken_at: float  # the checkpoint's, which names it to the agent
+    name: str  # its object
+    size: int  # its JSON bytes
 
 
 class TaskMover:
@@ -67,6 +85,9 @@ class TaskMover:
         # moment ago). In memory, not read back per checkpoint: a new leader leaks one per task
         self._current: dict[tuple[str, str], str] = {}
         self._superseded: dict[tuple[str, str], str] = {}
+        # objects a move under way relies on (a staged base): not deleted until it is over
+        self._pinned: set[str] = set()
+        self._deferred: dict[str, tuple[str, str]] = {}  # pinned objects asked to go meanwhile
 
     # ------------------------------------------------------------------ NATS handlers
 
@@ -201,11 +222,12 @@ class TaskMover:
         without this, a task with a large state fills JetStream's storage, and then every
         checkpoint fails ("insufficient resources") and its flow stops."""
         assert self.snapshots is not None
+        if name in self._pinned:
+            self._deferred[name] = (df_id, task)
+            return
         try:
             rec = await self.store.task_record(df_id, task)
-            restore = rec.restore if rec is not None else None
-            state = restore.get("state") if restore else None
-            if is_ref(state) and isinstance(state, dict) and state.get(REF) == name:
+            if rec is not None and name in objects_of(rec.restore):
                 return
             await self.snapshots.delete(name)
         except Exception as e:  # the object stays: a leak, not a failure of the checkpoint
@@ -239,27 +261,100 @@ class TaskMover:
         if rec.device is None or rec.state not in DRAINABLE:
             # between two copies (a master restarted mid-move redeploys it): ask again shortly
             raise RetryableError(f"task {rec.id} is {rec.state.value}: it can drain once it runs")
+        staged = await self._stage(df, rec, req)
+        try:
+            t0 = time.monotonic()
+            ack = await self.reconciler.link.send(
+                rec.device,
+                stop_command(df.id, rec, final=False, delta_from=staged.taken_at if staged else None),
+                self.reconciler.settings.command_timeout + DRAIN_SECONDS,
+            )
+            drain_ms = (time.monotonic() - t0) * 1000
+            if not ack.ok:
+                raise ConflictError(
+                    f"task {rec.id} on {rec.device} could not drain: {ack.reason or ack.state}"
+                )
+            if ack.snapshot is None:
+                # the copy had stopped already: a drain that a master killed mid-move sent, whose
+                # snapshot died with it. The copy is stopped for good (its device keeps the
+                # generation's tombstone): move it as a failover does, from its checkpoint
+                return await self._failover(df, rec, req)
+            snapshot = as_json(ack.snapshot)
+            restored_from = "the drained copy's snapshot"
+            state = snapshot["state"]
+            if statedelta.is_drained_delta(state):
+                if staged is None or state[statedelta.SINCE] != staged.taken_at:
+                    # not from what the target holds (never asked so): of no use; the copy
+                    # stopped, so it moves as a failover does, from its checkpoint
+                    log.warning("%s/%s drained a delta from a state its target does not hold", df.id, rec.id)
+                    return await self._failover(df, rec, req)
+                snapshot["state"] = statedelta.staged(staged.name, staged.size, state[statedelta.DELTA])
+                restored_from = f"its checkpoint staged on {req.target} and the drained copy's changes since"
+            if self.snapshots is not None:
+                name = object_name(df.id, rec.id, rec.generation, "drain", ack.snapshot.taken_at)
+                snapshot = await self.snapshots.offload(snapshot, name, keep=True)
+            reply = await self._relocate(df, rec, req, snapshot, "drain", restored_from)
+            reply.drain_ms = round(drain_ms, 3)
+            return reply
+        finally:
+            if staged is not None:
+                await self._unpin(staged.name)
+
+    async def _unpin(self, name: str) -> None:
+        """The move no longer relies on the object: delete it if it was asked meanwhile."""
+        self._pinned.discard(name)
+        left = self._deferred.pop(name, None)
+        if left is not None:
+            await self._forget(*left, name)
+
+    async def _stage(self, df: Dataflow, rec: TaskRecord, req: MoveTaskRequest) -> Staged | None:
+        """Pre-copy: the task's latest kept checkpoint's state, sent to the target while the
+        task still runs (only for a large state whose operator says what changed since).
+        None when it does not apply or fails: the drain then sends the whole state."""
+        info = lookup(rec.operator)
+        if self.snapshots is None or info is None or not info.deltas:
+            return None
+        if df.effective.task(rec.id).resources.worker:
+            return None  # an operator in a worker process does not track its changes
+        ckpt = await self.store.checkpoint(df.id, rec.id)
+        if ckpt is None or ckpt.generation != rec.generation or not is_ref(ckpt.snapshot.state):
+            return None  # none of this copy's, or small: it goes whole
+        ref: dict[str, Any] = ckpt.snapshot.state
+        staged = Staged(taken_at=ckpt.snapshot.taken_at, name=str(ref[REF]), size=int(ref.get("bytes", 0)))
+        self._pinned.add(staged.name)
         t0 = time.monotonic()
-        ack = await self.reconciler.link.send(
-            rec.device,
-            stop_command(df.id, rec, final=False),
-            self.reconciler.settings.command_timeout + DRAIN_SECONDS,
+        try:
+            cmd = StageState(
+                cmd_id=uuid.uuid4().hex,
+                dataflow=df.id,
+                task=rec.id,
+                generation=rec.generation + 1,
+                name=staged.name,
+                state=await self.snapshots.load(staged.name),
+            )
+            ack = await self.reconciler.link.stage(req.target, cmd, STAGE_TIMEOUT)
+            if not ack.ok:
+                raise ConflictError(ack.reason or ack.state.value)
+        except asyncio.CancelledError:
+            await self._unpin(staged.name)
+            raise
+        except Exception as e:
+            await self._unpin(staged.name)
+            log.info(
+                "%s/%s: state not staged on %s (%s): the drain sends it whole", df.id, rec.id, req.target, e
+            )
+            return None
+        self.snapshots.staged_on(req.target, staged.name, STAGE_HOLD)
+        log.info(
+            "%s/%s: state %s (%d bytes) staged on %s in %.2fs",
+            df.id,
+            rec.id,
+            staged.name,
+            staged.size,
+            req.target,
+            time.monotonic() - t0,
         )
-        drain_ms = (time.monotonic() - t0) * 1000
-        if not ack.ok:
-            raise ConflictError(f"task {rec.id} on {rec.device} could not drain: {ack.reason or ack.state}")
-        if ack.snapshot is None:
-            # the copy had stopped already: a drain that a master killed mid-move sent, whose
-            # snapshot died with it. The copy is stopped for good (its device keeps the
-            # generation's tombstone): move it as a failover does, from its checkpoint
-            return await self._failover(df, rec, req)
-        snapshot = as_json(ack.snapshot)
-        if self.snapshots is not None:
-            name = object_name(df.id, rec.id, rec.generation, "drain", ack.snapshot.taken_at)
-            snapshot = await self.snapshots.offload(snapshot, name, keep=True)
-        reply = await self._relocate(df, rec, req, snapshot, "drain", "the drained copy's snapshot")
-        reply.drain_ms = round(drain_ms, 3)
-        return reply
+        return staged
 
     async def _failover(self, df: Dataflow, rec: TaskRecord, req: MoveTaskRequest) -> MoveTaskReply:
         ckpt = await self.store.checkpoint(df.id, rec.id)

@@ -341,7 +341,7 @@ class Reconciler:
     async def _command(self, df: Dataflow, rec: TaskRecord) -> DeployTask:
         assert df.placement is not None
         if rec.restore is not None and self.snapshots is not None:
-            rec = rec.model_copy(update={"restore": await self.snapshots.resolve(rec.restore)})
+            rec = rec.model_copy(update={"restore": await self.snapshots.resolve(rec.restore, rec.device)})
         generations = {t: r.generation for t, r in df.tasks.items()}
         return deploy_command(df.id, df.effective, df.placement, rec, generations)
 

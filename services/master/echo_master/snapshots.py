@@ -12,6 +12,11 @@ with ``keep`` also holds it in memory for ``KEEP_SECONDS`` (at most ``KEEP_MAX``
 and ``resolve`` takes it from there instead of reading it back from the object store and
 parsing it again (100 MB: seconds of a migration's downtime). The object store keeps the
 durable copy either way: a retried deploy after that, or another master, reads it there.
+
+A move's pre-copy (``echo_shared.statedelta``) records a restore whose state is a
+checkpoint's object plus the changes since it. ``resolve`` for the device that holds that
+object staged (``staged_on``) sends it so, once; for any other device it composes the
+whole state.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from nats.js.api import ObjectStoreConfig
 from nats.js.errors import NotFoundError
 from nats.js.object_store import ObjectStore
 
+from echo_shared import statedelta
 from echo_shared.names import Names
 from echo_shared.nats_bus import NatsBus
 
@@ -42,6 +48,7 @@ class SnapshotStore:
         self.inline_max = inline_max
         self._store: ObjectStore | None = None
         self._kept: dict[str, tuple[float, Any]] = {}  # name -> (until, state): drained states
+        self._staged: dict[tuple[str, str], float] = {}  # (device, object) -> until: pre-copied
 
     async def _bucket(self) -> ObjectStore:
         if self._store is None:
@@ -54,7 +61,11 @@ class SnapshotStore:
     async def offload(self, snapshot: dict[str, Any], name: str, *, keep: bool = False) -> dict[str, Any]:
         """The snapshot to keep in Redis: its state moved to the object store if large
         (``keep``: and held in memory a while, for the deploy that restores it next)."""
-        state = snapshot.get("state")
+        state: Any = snapshot.get("state")
+        if statedelta.is_staged(state):  # a staged base and a delta: the delta may be large
+            delta = state[statedelta.DELTA]
+            offloaded = await self.offload({"state": delta}, name, keep=keep)
+            return {**snapshot, "state": {**state, statedelta.DELTA: offloaded["state"]}}
         if state is None or is_ref(state):
             return snapshot
         raw = orjson.dumps(state)
@@ -81,20 +92,56 @@ class SnapshotStore:
             del self._kept[next(iter(self._kept))]
         self._kept[name] = (now + KEEP_SECONDS, state)
 
-    async def resolve(self, snapshot: dict[str, Any] | None) -> dict[str, Any] | None:
-        """The snapshot with its state read back from the object store, if it was offloaded."""
-        if snapshot is None or not is_ref(snapshot.get("state")):
-            return snapshot
-        name = snapshot["state"][REF]
+    async def load(self, name: str, *, fresh: bool = False) -> Any:
+        """An object's state: held in memory if it is (unless ``fresh``: a copy the caller
+        may change), else read from the object store."""
         held = self._kept.get(name)
-        if held is not None and held[0] > time.monotonic():
-            return {**snapshot, "state": held[1]}
+        if held is not None and held[0] > time.monotonic() and not fresh:
+            return held[1]
         got = await (await self._bucket()).get(name)
-        return {**snapshot, "state": orjson.loads(got.data or b"null")}
+        return orjson.loads(got.data or b"null")
+
+    def staged_on(self, device: str, name: str, hold_seconds: float) -> None:
+        """``device`` holds the state of object ``name`` staged (for ``hold_seconds``)."""
+        now = time.monotonic()
+        self._staged = {k: v for k, v in self._staged.items() if v > now}
+        self._staged[(device, name)] = now + hold_seconds
+
+    async def resolve(
+        self, snapshot: dict[str, Any] | None, device: str | None = None
+    ) -> dict[str, Any] | None:
+        """The snapshot with its state read back from the object store, if it was offloaded;
+        a staged base plus delta as it is for the ``device`` holding the base, whole for others."""
+        if snapshot is None:
+            return snapshot
+        state: Any = snapshot.get("state")
+        if is_ref(state):
+            return {**snapshot, "state": await self.load(state[REF])}
+        if not statedelta.is_staged(state):
+            return snapshot
+        base, delta = state[statedelta.BASE], state[statedelta.DELTA]
+        if is_ref(delta):
+            delta = await self.load(delta[REF])
+        until = self._staged.pop((device or "", base), None)  # once: the device uses it up
+        if until is not None and until > time.monotonic():
+            return {**snapshot, "state": statedelta.staged(base, state["bytes"], delta)}
+        whole = statedelta.apply(await self.load(base, fresh=True), delta)
+        return {**snapshot, "state": whole}
 
 
 def is_ref(state: object) -> bool:
     return isinstance(state, dict) and REF in state and len(state) == 2
+
+
+def objects_of(snapshot: dict[str, Any] | None) -> set[str]:
+    """The objects a recorded snapshot's state refers to (its own, or a staged base and delta)."""
+    state: Any = snapshot.get("state") if snapshot else None
+    if is_ref(state):
+        return {state[REF]}
+    if statedelta.is_staged(state):
+        delta = state[statedelta.DELTA]
+        return {state[statedelta.BASE]} | ({delta[REF]} if is_ref(delta) else set())
+    return set()
 
 
 def object_name(dataflow: str, task: str, generation: int, kind: str, taken_at: float) -> str:

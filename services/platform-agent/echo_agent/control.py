@@ -31,6 +31,7 @@ from echo_shared.messages import (
     CheckpointStored,
     CommandAck,
     DeployTask,
+    StageState,
     StopTask,
     TaskBrief,
     TaskStatus,
@@ -45,6 +46,7 @@ from .dataplane.outbox import SpoolSettings
 from .localtasks import LocalTasks
 from .running import TaskRunner
 from .runtimes import RuntimePolicy
+from .staging import StagedStateMissing, StagedStates
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
@@ -96,6 +98,7 @@ class TaskManager:
         self.control: MqttClient | None = None
         self.tasks: dict[Key, TaskRunner] = {}
         self.tombstones: dict[Key, int] = {}  # generation last stopped, per task
+        self.staged = StagedStates()  # moving tasks' states sent ahead (pre-copy)
         self._locks: dict[Key, asyncio.Lock] = {}
         self._inflight: set[asyncio.Task[None]] = set()
         self._shutting_down = False
@@ -142,7 +145,12 @@ class TaskManager:
             span.set_attribute("echo.generation", cmd.generation)
             lock = self._locks.setdefault((cmd.dataflow, cmd.task), asyncio.Lock())
             async with lock:
-                ack = await (self.deploy(cmd) if isinstance(cmd, DeployTask) else self.stop(cmd))
+                if isinstance(cmd, DeployTask):
+                    ack = await self.deploy(cmd)
+                elif isinstance(cmd, StopTask):
+                    ack = await self.stop(cmd)
+                else:
+                    ack = self.stage(cmd)
             span.set_attribute("echo.state", ack.state.value)
         self._publish(self.names.ack_topic(self.device), ack.to_bytes())
         self._ack_mqtt(msg)
@@ -151,7 +159,9 @@ class TaskManager:
         if self.control is not None:
             self.control.ack(msg)
 
-    def _ack(self, cmd: DeployTask | StopTask, ok: bool, state: TaskState, reason: str = "") -> CommandAck:
+    def _ack(
+        self, cmd: DeployTask | StopTask | StageState, ok: bool, state: TaskState, reason: str = ""
+    ) -> CommandAck:
         return CommandAck(
             cmd_id=cmd.cmd_id,
             device=self.device,
@@ -194,6 +204,12 @@ class TaskManager:
         if refusal is not None:
             log.warning("deploy of %s/%s gen %d refused: %s", *key, cmd.generation, refusal)
             return self._ack(cmd, False, TaskState.failed, refusal)
+        if cmd.restore is not None:
+            try:  # a staged state and the changes since it: the whole state, from here on
+                cmd.restore = self.staged.restore(cmd.restore)
+            except (StagedStateMissing, ValueError) as e:
+                log.warning("deploy of %s/%s gen %d: %s", *key, cmd.generation, e)
+                return self._ack(cmd, False, TaskState.failed, str(e))
         if current is not None:
             # an older generation, or this one stopped without being told to (its session was
             # taken, the agent is shutting down): start it afresh
@@ -275,12 +291,23 @@ class TaskManager:
             await current.stop(discard_session=True, reason="stopped by the master")
             snapshot = None
         else:
-            snapshot = await current.stop(discard_session=False, reason="moving", drain=True)
+            snapshot = await current.stop(
+                discard_session=False, reason="moving", drain=True, delta_from=cmd.delta_from
+            )
         self.local.forget(cmd.dataflow, cmd.task)  # again: a checkpoint written meanwhile
         del self.tasks[key]
         ack = self._ack(cmd, True, TaskState.stopped)
         ack.snapshot = snapshot
         return ack
+
+    def stage(self, cmd: StageState) -> CommandAck:
+        """Hold a moving task's state for its next copy here (a move's pre-copy)."""
+        current = self.tasks.get((cmd.dataflow, cmd.task))
+        if current is not None and current.generation >= cmd.generation:
+            return self._ack(cmd, False, current.state, f"stale: generation {current.generation} runs here")
+        self.staged.put(cmd.name, cmd.state)
+        log.info("state %s staged for %s/%s gen %d", cmd.name, cmd.dataflow, cmd.task, cmd.generation)
+        return self._ack(cmd, True, TaskState.pending)
 
     # ---------------------------------------------------------------- the data session
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from echo_shared import statedelta
 from echo_shared.credentials import Access
 from echo_shared.messages import DeployTask, TaskSnapshot, TaskStatus
 from echo_shared.models import TaskState
@@ -272,6 +273,7 @@ class TaskRunner:
                 restored=restore,
                 on_published=consumer.on_checkpointed if consumer is not None else None,
                 save_local=self._save_local,
+                epoch=op.epoch,
             )
             if consumer is not None:
                 consumer.checkpoints = self.checkpoints
@@ -307,13 +309,21 @@ class TaskRunner:
         self._main = asyncio.create_task(self._guard(body), name=f"task-{cmd.dataflow}-{cmd.task}")
 
     async def stop(
-        self, *, discard_session: bool, reason: str = "", drain: bool = False, fence: bool = False
+        self,
+        *,
+        discard_session: bool,
+        reason: str = "",
+        drain: bool = False,
+        fence: bool = False,
+        delta_from: float | None = None,
     ) -> TaskSnapshot | None:
         """Stop the task (idempotent). ``discard_session`` drops its queued input for good.
 
         ``drain`` (a move): stop taking input at a safe point, finish what is in hand, wait
         until its consumers confirmed every output, and return a snapshot of where the task
-        stands, so a copy elsewhere continues exactly there.
+        stands, so a copy elsewhere continues exactly there. ``delta_from``: the target
+        holds the state of the checkpoint taken then; the snapshot's state is only what
+        changed since it, if the operator can say (``statedelta.drained``).
 
         ``fence``: this copy is stale (a newer generation runs elsewhere): stop at once, and
         leave everything it shares with the newer copy alone (the task's MQTT session, its
@@ -330,7 +340,7 @@ class TaskRunner:
         if self.checkpoints is not None and not drain:
             await self.checkpoints.close()  # no checkpoint of a copy on its way out
         if drain and self.state is TaskState.stopping and self._main is not None and not self._main.done():
-            self.snapshot_taken = await self._drain()
+            self.snapshot_taken = await self._drain(delta_from)
         else:
             await self._cancel_main()
             if self.op is not None:
@@ -348,7 +358,7 @@ class TaskRunner:
             main.cancel()
             await asyncio.wait({main}, timeout=1.0)
 
-    async def _drain(self) -> TaskSnapshot | None:
+    async def _drain(self, delta_from: float | None = None) -> TaskSnapshot | None:
         assert self._main is not None and self.outputs is not None
         self.draining = True
         if self.consumer is not None:
@@ -373,9 +383,22 @@ class TaskRunner:
         except Exception as e:
             log.warning("task %s/%s could not drain cleanly: %s", *self.key, e)
             return None
-        snap = take_snapshot(out, self.consumer.inputs if self.consumer else None, op.snapshot())
+        state = self._drained_state(op, delta_from)
+        snap = take_snapshot(out, self.consumer.inputs if self.consumer else None, state)
         snap.kind, snap.tail = "drain", out.tail()
         return snap
+
+    def _drained_state(self, op: Operator, delta_from: float | None) -> Any:
+        """The operator's state for the drain: the changes since the checkpoint taken at
+        ``delta_from`` when it can say them, else the whole state."""
+        if delta_from is not None and self.checkpoints is not None and op.epoch() is not None:
+            epoch = self.checkpoints.epoch_of(delta_from)
+            if epoch is not None:
+                try:
+                    return statedelta.drained(op.delta(epoch), delta_from)
+                except Exception as e:  # the whole state, then: slower, still right
+                    log.warning("task %s/%s: no delta of its state (%s): sending it whole", *self.key, e)
+        return op.snapshot()
 
     def _on_message(self, msg: MqttMessage) -> None:
         if self.consumer is not None and msg.topic in self.consumer.bindings:

@@ -51,6 +51,9 @@ class OperatorInfo:
     # puts on its agent (``hints.cost`` overrides it). Measured on the ETL chain: SenML parsing
     # costs about 16 us a record on top of the ~10 us of forwarding it
     cost: float = 1.0
+    # its state moves by pre-copy: the operator says what changed since a snapshot
+    # (``Operator.delta``), so a move stages the bulk on the target while the task runs
+    deltas: bool = False
 
     @property
     def can_run_in_worker(self) -> bool:

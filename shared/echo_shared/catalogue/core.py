@@ -47,6 +47,7 @@ CATALOGUE = entries(
         Role.transform,
         CountByKeyConfig,
         stateful=True,
+        deltas=True,
         summary="count records per value of config.key",
     ),
     OperatorInfo("io.file_sink", Role.sink, FileSinkConfig, summary="append records as JSON lines"),

@@ -23,6 +23,10 @@ gets the next one taken after the link is back.
 
 At most one checkpoint is in flight per task; one is skipped when nothing moved since
 the previous one.
+
+For an operator that tracks changes to its state (``epoch``), each checkpoint's epoch is
+remembered by the time it was taken: a move whose target holds that checkpoint's state
+asks for the changes since it (``epoch_of``).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from .intake import Inputs
 
 log = logging.getLogger(__name__)
 
+EPOCHS_KEPT = 32  # the latest checkpoints whose operator epoch is remembered
 COMMIT_TIMEOUT = 10.0  # seconds to wait for the outputs' and the checkpoint's acknowledgements
 STORE_TIMEOUT = 10.0  # seconds to wait for the master to say it kept the checkpoint
 
@@ -77,8 +82,11 @@ class Checkpoints:
         restored: TaskSnapshot | None = None,
         on_published: Callable[[TaskSnapshot], None] | None = None,
         save_local: Callable[[bytes, bool], None] | None = None,
+        epoch: Callable[[], int | None] | None = None,
     ) -> None:
         self._save_local = save_local
+        self._epoch = epoch
+        self._epochs: dict[float, int] = {}  # taken_at -> the operator's epoch begun by it
         self.saved_local = 0
         self.interval = interval
         self._publish = publish
@@ -135,6 +143,11 @@ class Checkpoints:
         if local_only:
             self.outputs.close_batches()  # into the spool: every output up to out_seq is there
         snap = take_snapshot(self.outputs, self.inputs, self._snapshot())
+        epoch = self._epoch() if self._epoch is not None else None
+        if epoch is not None:
+            self._epochs[snap.taken_at] = epoch
+            if len(self._epochs) > EPOCHS_KEPT:
+                del self._epochs[next(iter(self._epochs))]
         ckpt = TaskCheckpoint(
             device=self.device,
             dataflow=self.dataflow,
@@ -194,6 +207,10 @@ class Checkpoints:
         )
         if self.on_published is not None:
             self.on_published(snap)
+
+    def epoch_of(self, taken_at: float) -> int | None:
+        """The operator's epoch begun by the checkpoint taken at ``taken_at`` (None: unknown)."""
+        return self._epochs.get(taken_at)
 
     def stored(self, taken_at: float) -> None:
         """The master kept the checkpoint taken at ``taken_at`` (``CheckpointStored``)."""

@@ -24,6 +24,12 @@ Life cycle, driven by the agent's task runner:
 - ``await close()`` once at the end of input; may return final records;
 - ``snapshot()`` / ``restore(state)``: the operator's state as a JSON-able value, for
   checkpoints and migration. Stateless operators keep the defaults;
+- ``epoch()`` / ``delta(since)``, optional, for a large state: ``snapshot()`` begins a new
+  epoch, and ``epoch()`` right after it names that epoch; ``delta(e)`` is every change
+  made to the state in epochs ``e`` and later, as a delta (``echo_shared.statedelta``:
+  entries merged into or dropped from the state's fields, fields set whole). A move then
+  sends only the changes since the checkpoint its target holds already. ``epoch()``
+  returns None (the default) when the operator cannot say;
 - ``await suspend()`` when the task stops to move (after ``snapshot()``): release what
   ``open`` took and emit nothing that the state does not cover. The default calls
   ``close()`` unless the class sets ``close_emits = True`` (its ``close()`` means end of
@@ -106,6 +112,12 @@ class Operator:
 
     def restore(self, state: Any) -> None:
         return None
+
+    def epoch(self) -> int | None:
+        return None
+
+    def delta(self, since: int) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not track changes to its state")
 
     async def suspend(self) -> Output:
         if type(self).close_emits:

@@ -59,7 +59,10 @@ class Passthrough(Operator):
 
 
 class CountByKey(Operator):
-    """``stats.count_by_key``: emits ``{"key": k, "count": n, "seq": record["seq"]}``."""
+    """``stats.count_by_key``: emits ``{"key": k, "count": n, "seq": record["seq"]}``.
+
+    Tracks, from its first snapshot on, the epoch in which each key last changed, so a move
+    sends only the counts changed since the checkpoint its target holds (``delta``)."""
 
     stateful = True
     config: CountByKeyConfig
@@ -67,16 +70,30 @@ class CountByKey(Operator):
     def __init__(self, config: CountByKeyConfig) -> None:
         super().__init__(config)
         self.counts: dict[str, int] = {}
+        self._epoch = 0  # snapshots taken; 0: none yet, nothing to track
+        self._changed: dict[str, int] = {}  # key -> the epoch it last changed in
 
     def process(self, record: Record) -> Iterable[Record]:
         raw = record.get(self.config.key)
         key = raw if isinstance(raw, str) else orjson.dumps(raw).decode()
         n = self.counts.get(key, 0) + 1
         self.counts[key] = n
+        if self._epoch:
+            self._changed[key] = self._epoch
         return ({"key": raw, "count": n, "seq": record.get("seq")},)
 
     def snapshot(self) -> Any:
+        self._epoch += 1
         return {"counts": self.counts}
+
+    def epoch(self) -> int | None:
+        return self._epoch
+
+    def delta(self, since: int) -> Any:
+        if since < 1:
+            raise ValueError(f"epoch {since}: changes are tracked from the first snapshot on")
+        counts = self.counts
+        return {"merge": {"counts": {k: counts[k] for k, e in self._changed.items() if e >= since}}}
 
     def restore(self, state: Any) -> None:
         self.counts = {str(k): int(v) for k, v in state["counts"].items()}
