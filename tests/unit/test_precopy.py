@@ -110,6 +110,23 @@ def test_count_by_key_composes_from_any_of_its_snapshots() -> None:
     assert len(op.delta(bases[-1][0])["merge"]["counts"]) < 60 < len(whole)
 
 
+def test_count_by_key_composes_from_a_snapshot_older_than_the_epochs_it_lists() -> None:
+    op = CountByKey(CountByKeyConfig(key="k"))
+    counted(op, ["a", "b"])
+    base = orjson.dumps(op.snapshot())
+    first = op.epoch()
+    assert first is not None
+    for i in range(CountByKey.EPOCHS_KEPT + 5):
+        counted(op, [f"k{i % 7}", "a"])
+        op.snapshot()
+    assert first not in op._touched  # found by the epoch each key last changed in
+    assert statedelta.apply(orjson.loads(base), op.delta(first)) == {"counts": op.counts}
+    counted(op, ["late"])
+    recent = op.epoch()
+    assert recent is not None and recent in op._touched
+    assert op.delta(recent) == {"merge": {"counts": {"late": 1}}}
+
+
 def test_count_by_key_says_nothing_before_its_first_snapshot() -> None:
     op = CountByKey(CountByKeyConfig(key="k"))
     counted(op, ["a", "b"])

@@ -61,29 +61,37 @@ class Passthrough(Operator):
 class CountByKey(Operator):
     """``stats.count_by_key``: emits ``{"key": k, "count": n, "seq": record["seq"]}``.
 
-    Tracks, from its first snapshot on, the epoch in which each key last changed, so a move
-    sends only the counts changed since the checkpoint its target holds (``delta``)."""
+    Tracks, from its first snapshot on, the keys changed in each epoch (the last
+    ``EPOCHS_KEPT``; older: the epoch each key last changed in), so a move sends only the
+    counts changed since the checkpoint its target holds (``delta``), found in time
+    proportional to the changes, not to the state."""
 
     stateful = True
     config: CountByKeyConfig
+    EPOCHS_KEPT = 64
 
     def __init__(self, config: CountByKeyConfig) -> None:
         super().__init__(config)
         self.counts: dict[str, int] = {}
         self._epoch = 0  # snapshots taken; 0: none yet, nothing to track
         self._changed: dict[str, int] = {}  # key -> the epoch it last changed in
+        self._touched: dict[int, list[str]] = {}  # epoch -> keys changed in it (recent ones)
+        self._now: list[str] | None = None  # this epoch's
 
     def process(self, record: Record) -> Iterable[Record]:
         raw = record.get(self.config.key)
         key = raw if isinstance(raw, str) else orjson.dumps(raw).decode()
         n = self.counts.get(key, 0) + 1
         self.counts[key] = n
-        if self._epoch:
+        if self._now is not None:
             self._changed[key] = self._epoch
+            self._now.append(key)
         return ({"key": raw, "count": n, "seq": record.get("seq")},)
 
     def snapshot(self) -> Any:
         self._epoch += 1
+        self._now = self._touched[self._epoch] = []
+        self._touched.pop(self._epoch - self.EPOCHS_KEPT, None)
         return {"counts": self.counts}
 
     def epoch(self) -> int | None:
@@ -93,6 +101,9 @@ class CountByKey(Operator):
         if since < 1:
             raise ValueError(f"epoch {since}: changes are tracked from the first snapshot on")
         counts = self.counts
+        if since in self._touched:  # recent: the keys touched since, not every key
+            keys = {k for e in range(since, self._epoch + 1) for k in self._touched.get(e, ())}
+            return {"merge": {"counts": {k: counts[k] for k in keys}}}
         return {"merge": {"counts": {k: counts[k] for k, e in self._changed.items() if e >= since}}}
 
     def restore(self, state: Any) -> None:
