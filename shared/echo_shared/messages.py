@@ -183,6 +183,11 @@ class CheckpointStored(Message):
     task: str
     generation: int
     taken_at: float = Field(description="the checkpoint's snapshot.taken_at, which names it")
+    kept: bool = Field(
+        default=True,
+        description="false: not kept, an incremental checkpoint whose base is not the latest whole "
+        "checkpoint the master kept (the agent sends the next one whole)",
+    )
 
 
 class RotateCredentials(Message):

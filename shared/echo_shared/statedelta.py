@@ -1,10 +1,13 @@
-"""Changes to an operator's state since one of its snapshots (a move's pre-copy).
+"""Changes to an operator's state since one of its snapshots: incremental checkpoints and
+a move's pre-copy.
 
-A large state moves in two parts. While the task still runs, the master stages its latest
-kept checkpoint's state on the target device (``StageState``); then the task drains and
-sends only what changed since that checkpoint, a *delta*; the target applies it to the
-staged state. Only the delta waits for the drain, so a move's downtime follows how much
-the state changed, not how large it is.
+A large state is not shipped whole at every checkpoint: the agent sends what changed since
+its latest whole checkpoint the master kept, a *delta*, and a whole one now and then; the
+master keeps the delta as an object that names its base. And a large state moves in two
+parts: while the task still runs, the master stages its latest kept checkpoint's state on
+the target device (``StageState``); then the task drains and sends only what changed since
+that checkpoint; the target applies it to the staged state. Only the delta waits for the
+drain, so a move's downtime follows how much the state changed, not how large it is.
 
 An operator's state is a JSON object; a delta names, per field of it::
 
@@ -14,8 +17,9 @@ An operator's state is a JSON object; a delta names, per field of it::
 
 How a snapshot says it is a delta, and how the master records the move's restore:
 
-- the drained copy's snapshot state: ``{"$delta": <delta>, "$since": <taken_at>}``, the
-  changes since its checkpoint taken at ``taken_at`` (``StopTask.delta_from``);
+- a snapshot state that is only changes: ``{"$delta": <delta>, "$since": <taken_at>}``,
+  the changes since the checkpoint taken at ``taken_at`` (an incremental checkpoint's, or
+  a drained copy's asked for them by ``StopTask.delta_from``);
 - the restore the master records and deploys: ``{"$base": <object>, "bytes": n, "$delta":
   <delta>}``, the checkpoint's state in the object store plus the delta. A device that
   holds the base staged receives it so; any other gets the state composed (``apply``).
@@ -34,12 +38,12 @@ class DeltaError(ValueError):
     """A delta that does not fit the state it is applied to."""
 
 
-def drained(delta: Any, since: float) -> dict[str, Any]:
-    """A drained copy's snapshot state: ``delta`` since its checkpoint taken at ``since``."""
+def changes(delta: Any, since: float) -> dict[str, Any]:
+    """A snapshot state that is ``delta``, the changes since the checkpoint taken at ``since``."""
     return {DELTA: delta, SINCE: since}
 
 
-def is_drained_delta(state: object) -> bool:
+def is_changes(state: object) -> bool:
     return isinstance(state, dict) and DELTA in state and SINCE in state and len(state) == 2
 
 
@@ -79,8 +83,8 @@ __all__ = [
     "SINCE",
     "DeltaError",
     "apply",
-    "drained",
-    "is_drained_delta",
+    "changes",
+    "is_changes",
     "is_staged",
     "staged",
 ]

@@ -9,6 +9,7 @@ sink must hold every seq exactly once, and the count on the line of seq i must b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import nats
 import orjson
 import pytest
+from nats.js.errors import BucketNotFoundError
 
 from echo_cli.devstack import Brokers
 from echo_cli.devstack.platform import AgentSpec
@@ -219,3 +221,69 @@ def test_large_state_goes_through_the_object_store(platform_factory: PlatformFac
     assert any(".count.1.ckpt." in n for n in names), names
     api.wait_state(df_id, "completed", timeout=60)
     check_exactly_once(out, total)
+
+
+async def incremental_objects(brokers: Brokers, bucket: str) -> list[str]:
+    """The state objects that are incremental checkpoints (changes on top of a base object)."""
+    nc = await nats.connect(brokers.nats_url, **brokers.access().nats_options())
+    try:
+        try:
+            store = await nc.jetstream().object_store(bucket)
+        except BucketNotFoundError:
+            return []  # made with the first large state
+        found = []
+        for info in await store.list():
+            if ".ckpt." in info.name:
+                with contextlib.suppress(Exception):  # deleted meanwhile
+                    got = await store.get(info.name)
+                    if (got.data or b"").startswith(b'{"$base"'):
+                        found.append(info.name)
+        return found
+    finally:
+        await nc.close()
+
+
+def test_a_large_state_checkpoints_incrementally_and_moves_by_pre_copy(
+    platform_factory: PlatformFactory, tmp_path: Path
+) -> None:
+    # ~0.3 MB of counts, large enough for incremental checkpoints; at 500 records/s a
+    # second's changes are a twelfth of the keys, a small enough share to go as changes
+    keys, total = 6_000, 12_000
+    platform, api = platform_factory(FLEET)
+    out = tmp_path / "counts.jsonl"
+    spec = counting(out, total, rate=500)
+    spec["tasks"].insert(
+        1,
+        {
+            "id": "key",
+            "operator": "core.map",
+            "config": {"set": {"city": f"{'x' * 40!r} + str(seq % {keys})"}},
+            "placement": {"device": "cloud-1"},
+        },
+    )
+    spec["edges"] = [
+        {"from": "gen", "to": "key"},
+        {"from": "key", "to": "count"},
+        {"from": "count", "to": "sink"},
+    ]
+    df_id = api.submit(spec)
+    api.wait_state(df_id, "running", timeout=30)
+    bucket = Names(platform.namespace).state_bucket
+    wait_until(
+        lambda: asyncio.run(incremental_objects(platform.brokers, bucket)),
+        timeout=60,
+        interval=0.5,
+        what="an incremental checkpoint kept in the object store",
+    )
+    here = task(api, df_id, "count")["device"]
+    target = next(d for d in FOGS if d != here)
+    m = wait_migration(api, migrate(api, df_id, "count", target), timeout=60)
+    assert m["state"] == "completed", m
+    drain = next(s for s in m["steps"] if s["name"] == "drain")
+    assert f"its checkpoint staged on {target}" in drain["detail"], drain
+    api.wait_state(df_id, "completed", timeout=120)
+    lines = read_jsonl(out)
+    seqs = [r["seq"] for r in lines]
+    assert len(seqs) == len(set(seqs)) == total, f"{len(seqs)} records, {len(set(seqs))} distinct of {total}"
+    wrong = [r for r in lines if r["count"] != r["seq"] // keys + 1]
+    assert not wrong, f"{len(wrong)} wrong counts (the state not carried), e.g. {wrong[:3]}"

@@ -208,7 +208,7 @@ async def test_a_checkpoint_while_cut_off_is_local_and_covers_the_spool(link: Li
         outputs=out,
         inputs=None,
         snapshot=lambda: dict(state),
-        save_local=lambda p, sync: saved.append(p),
+        save_local=lambda p, sync, delta: saved.append(p),
     )
     await out.start()
     link.cut()

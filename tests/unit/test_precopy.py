@@ -60,10 +60,10 @@ def test_a_delta_that_does_not_fit_is_refused(state: Any, delta: Any, says: str)
 
 
 def test_the_markers_are_told_apart() -> None:
-    d = statedelta.drained({"merge": {}}, 12.5)
+    d = statedelta.changes({"merge": {}}, 12.5)
     s = statedelta.staged("df.t.1.ckpt.1", 100, {"merge": {}})
-    assert statedelta.is_drained_delta(d) and not statedelta.is_staged(d)
-    assert statedelta.is_staged(s) and not statedelta.is_drained_delta(s)
+    assert statedelta.is_changes(d) and not statedelta.is_staged(d)
+    assert statedelta.is_staged(s) and not statedelta.is_changes(s)
     assert not statedelta.is_staged({"counts": {"$base": 1, "$delta": 2, "bytes": 3}})  # a user's state
 
 

@@ -61,6 +61,15 @@ STAGE_HOLD = 100.0  # seconds the master counts on the target holding it (the ag
 
 
 @dataclass(frozen=True)
+class Whole:
+    """A task's latest large whole checkpoint the master kept."""
+
+    generation: int
+    taken_at: float
+    name: str  # its object
+
+
+@dataclass(frozen=True)
 class Staged:
     """A checkpoint's state staged on a move's target."""
 
@@ -83,8 +92,13 @@ class TaskMover:
         # by task: the object of its kept checkpoint's state, and of the one that replaced,
         # deleted when the next replaces that (one stays as slack for a move that read it a
         # moment ago). In memory, not read back per checkpoint: a new leader leaks one per task
-        self._current: dict[tuple[str, str], str] = {}
-        self._superseded: dict[tuple[str, str], str] = {}
+        self._current: dict[tuple[str, str], set[str]] = {}
+        self._superseded: dict[tuple[str, str], set[str]] = {}
+        # incremental checkpoints: the latest large whole one kept per task, which they build
+        # on, and each incremental one's object -> its base's (in memory: a new leader
+        # refuses incremental ones until a whole one comes, which the agent then sends)
+        self._whole: dict[tuple[str, str], Whole] = {}
+        self._bases: dict[str, str] = {}
         # objects a move under way relies on (a staged base): not deleted until it is over
         self._pinned: set[str] = set()
         self._deferred: dict[str, tuple[str, str]] = {}  # pinned objects asked to go meanwhile
@@ -181,22 +195,58 @@ class TaskMover:
         )
 
     async def on_checkpoint(self, ckpt: TaskCheckpoint) -> None:
-        offloaded: str | None = None  # the object this checkpoint's state went to
+        key = (ckpt.dataflow, ckpt.task)
+        snap = ckpt.snapshot
+        objects: set[str] = set()  # what the checkpoint's state lives in
+        whole: Whole | None = None  # a large whole one: incremental ones may build on it
+        base = self._whole.get(key)
+        if statedelta.is_changes(snap.state) and (
+            self.snapshots is None
+            or base is None
+            or base.generation != ckpt.generation
+            or base.taken_at != snap.state[statedelta.SINCE]
+        ):
+            log.info(
+                "incremental checkpoint of %s/%s refused: its base is not the latest whole one kept", *key
+            )
+            self._notify(ckpt, kept=False)
+            return
         if self.snapshots is not None:
-            snap = ckpt.snapshot
             name = object_name(ckpt.dataflow, ckpt.task, ckpt.generation, "ckpt", snap.taken_at)
-            kept = await self.snapshots.offload(as_json(snap), name)
-            if is_ref(kept.get("state")):
-                offloaded = name
-            ckpt = ckpt.model_copy(update={"snapshot": TaskSnapshot.model_validate(kept)})
+            ref: Any
+            if statedelta.is_changes(snap.state):
+                assert base is not None
+                ref = await self.snapshots.put_changes(name, base.name, snap.state[statedelta.DELTA])
+                objects, self._bases[name] = {name, base.name}, base.name
+            else:
+                kept = await self.snapshots.offload(as_json(snap), name)
+                ref = kept.get("state")
+                if is_ref(ref):
+                    objects = {name}
+                    whole = Whole(ckpt.generation, snap.taken_at, name)
+            ckpt = ckpt.model_copy(update={"snapshot": snap.model_copy(update={"state": ref})})
         stored = await self.store.save_checkpoint(ckpt)
         if not stored:
             log.debug("checkpoint of %s/%s gen %d is stale", ckpt.dataflow, ckpt.task, ckpt.generation)
-            if offloaded is not None:
-                await self._forget(ckpt.dataflow, ckpt.task, offloaded)  # kept nowhere
+            for n in objects - set(self._bases.values()) - {b.name for b in self._whole.values()}:
+                await self._forget(ckpt.dataflow, ckpt.task, n)  # kept nowhere
             return
         # now, not at the broker's acknowledgement, may the task let its producers forget
         # what came before it (a failover restores what is kept here)
+        self._notify(ckpt, kept=True)
+        if not statedelta.is_changes(snap.state):
+            if whole is not None:
+                self._whole[key] = whole
+            else:
+                self._whole.pop(key, None)
+        replaced = self._current.pop(key, set())
+        self._current[key] = objects
+        older = self._superseded.pop(key, set())
+        self._superseded[key] = replaced
+        for n in sorted(older - objects - replaced):
+            await self._forget(ckpt.dataflow, ckpt.task, n)
+
+    def _notify(self, ckpt: TaskCheckpoint, *, kept: bool) -> None:
         self.reconciler.link.notify(
             ckpt.device,
             CheckpointStored(
@@ -204,32 +254,28 @@ class TaskMover:
                 task=ckpt.task,
                 generation=ckpt.generation,
                 taken_at=ckpt.snapshot.taken_at,
+                kept=kept,
             ),
         )
-        key = (ckpt.dataflow, ckpt.task)
-        replaced = self._current.pop(key, None)
-        if offloaded is not None:
-            self._current[key] = offloaded
-        if replaced is not None:
-            older = self._superseded.pop(key, None)
-            self._superseded[key] = replaced
-            if older is not None:
-                await self._forget(ckpt.dataflow, ckpt.task, older)
 
     async def _forget(self, df_id: str, task: str, name: str) -> None:
         """Delete a checkpoint's state from the object store, unless the task's record still
-        restores from it (a failover recorded it). Every checkpoint is an object of its own:
-        without this, a task with a large state fills JetStream's storage, and then every
-        checkpoint fails ("insufficient resources") and its flow stops."""
+        restores from it (a failover recorded it), or a move under way relies on it. Every
+        checkpoint is an object of its own: without this, a task with a large state fills
+        JetStream's storage, and then every checkpoint fails ("insufficient resources") and
+        its flow stops."""
         assert self.snapshots is not None
         if name in self._pinned:
             self._deferred[name] = (df_id, task)
             return
         try:
             rec = await self.store.task_record(df_id, task)
-            if rec is not None and name in objects_of(rec.restore):
+            needed = objects_of(rec.restore) if rec is not None else set()
+            needed |= {self._bases[n] for n in needed if n in self._bases}
+            if name in needed:
                 return
             await self.snapshots.delete(name)
+            self._bases.pop(name, None)
         except Exception as e:  # the object stays: a leak, not a failure of the checkpoint
             log.warning("state %s of %s/%s not deleted: %s", name, df_id, task, e)
 
@@ -282,7 +328,7 @@ class TaskMover:
             snapshot = as_json(ack.snapshot)
             restored_from = "the drained copy's snapshot"
             state = snapshot["state"]
-            if statedelta.is_drained_delta(state):
+            if statedelta.is_changes(state):
                 if staged is None or state[statedelta.SINCE] != staged.taken_at:
                     # not from what the target holds (never asked so): of no use; the copy
                     # stopped, so it moves as a failover does, from its checkpoint
@@ -302,10 +348,11 @@ class TaskMover:
 
     async def _unpin(self, name: str) -> None:
         """The move no longer relies on the object: delete it if it was asked meanwhile."""
-        self._pinned.discard(name)
-        left = self._deferred.pop(name, None)
-        if left is not None:
-            await self._forget(*left, name)
+        for n in {name, self._bases.get(name, name)}:
+            self._pinned.discard(n)
+            left = self._deferred.pop(n, None)
+            if left is not None:
+                await self._forget(*left, n)
 
     async def _stage(self, df: Dataflow, rec: TaskRecord, req: MoveTaskRequest) -> Staged | None:
         """Pre-copy: the task's latest kept checkpoint's state, sent to the target while the
@@ -321,7 +368,7 @@ class TaskMover:
             return None  # none of this copy's, or small: it goes whole
         ref: dict[str, Any] = ckpt.snapshot.state
         staged = Staged(taken_at=ckpt.snapshot.taken_at, name=str(ref[REF]), size=int(ref.get("bytes", 0)))
-        self._pinned.add(staged.name)
+        self._pinned |= {staged.name, self._bases.get(staged.name, staged.name)}  # and its base
         t0 = time.monotonic()
         try:
             cmd = StageState(

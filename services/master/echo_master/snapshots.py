@@ -13,6 +13,9 @@ and ``resolve`` takes it from there instead of reading it back from the object s
 parsing it again (100 MB: seconds of a migration's downtime). The object store keeps the
 durable copy either way: a retried deploy after that, or another master, reads it there.
 
+An incremental checkpoint's object holds its changes and names the whole checkpoint's
+object they apply to (``put_changes``); ``load`` composes them.
+
 A move's pre-copy (``echo_shared.statedelta``) records a restore whose state is a
 checkpoint's object plus the changes since it. ``resolve`` for the device that holds that
 object staged (``staged_on``) sends it so, once; for any other device it composes the
@@ -99,7 +102,19 @@ class SnapshotStore:
         if held is not None and held[0] > time.monotonic() and not fresh:
             return held[1]
         got = await (await self._bucket()).get(name)
-        return orjson.loads(got.data or b"null")
+        state = orjson.loads(got.data or b"null")
+        if statedelta.is_staged(state):  # an incremental checkpoint's: its base and changes
+            return statedelta.apply(
+                await self.load(state[statedelta.BASE], fresh=True), state[statedelta.DELTA]
+            )
+        return state
+
+    async def put_changes(self, name: str, base: str, delta: Any) -> dict[str, Any]:
+        """An incremental checkpoint's state as object ``name``: the changes ``delta`` on top
+        of the object ``base`` (``load`` composes them); its reference."""
+        raw = orjson.dumps(statedelta.staged(base, 0, delta))
+        await (await self._bucket()).put(name, raw)
+        return {REF: name, "bytes": len(raw)}
 
     def staged_on(self, device: str, name: str, hold_seconds: float) -> None:
         """``device`` holds the state of object ``name`` staged (for ``hold_seconds``)."""

@@ -125,7 +125,7 @@ class TaskManager:
                 and runner.generation == notice.generation
                 and runner.checkpoints is not None
             ):
-                runner.checkpoints.stored(notice.taken_at)
+                runner.checkpoints.stored(notice.taken_at, notice.kept)
         self._ack_mqtt(msg)
 
     async def _handle(self, msg: MqttMessage) -> None:

@@ -6,7 +6,9 @@ Per task, under ``<data dir>/.tasks/<dataflow>/<task>/`` (files 0600, written at
 - ``desired.json``: the ``DeployTask`` the master sent (saved once the task runs, removed
   when the master stops, moves or fences it, or it finishes);
 - ``checkpoint.json``: the task's latest ``TaskCheckpoint`` (every committed checkpoint,
-  and while its broker is out of reach the local-only ones; see ``checkpoints``).
+  and while its broker is out of reach the local-only ones; see ``checkpoints``);
+- ``checkpoint.delta.json``: the latest incremental one, the changes since
+  ``checkpoint.json`` (``echo_shared.statedelta``), composed with it when loaded.
 
 At start the agent deploys every desired task again, restored from its checkpoint when
 there is one of the same generation. The generation fences it as any deploy is: when the
@@ -22,10 +24,12 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from echo_shared.messages import DeployTask, TaskCheckpoint
+from echo_shared import statedelta
+from echo_shared.messages import DeployTask, TaskCheckpoint, TaskSnapshot
 from echo_shared.secretfiles import write_secret
 
 log = logging.getLogger(__name__)
+DELTA_FILE = "checkpoint.delta.json"
 
 
 class LocalTasks:
@@ -45,16 +49,26 @@ class LocalTasks:
             ckpt = d / "checkpoint.json"
             if ckpt.exists() and _generation(ckpt) != cmd.generation:
                 ckpt.unlink()  # an earlier copy's: this one starts from the command's restore
+                (d / DELTA_FILE).unlink(missing_ok=True)
         except OSError as e:
             log.warning("task %s/%s: not kept on disk: %s", cmd.dataflow, cmd.task, e)
 
-    def checkpoint(self, dataflow: str, task: str, payload: bytes, sync: bool = True) -> None:
+    def checkpoint(
+        self, dataflow: str, task: str, payload: bytes, sync: bool = True, delta: bool = False
+    ) -> None:
         """Keep a task's ``TaskCheckpoint`` (raises ``OSError``). ``sync``: on disk before
         returning (a local-only checkpoint, taken while cut off); else atomic but written out
         by the kernel (the broker and the master have this one; after a power cut the one
-        before it is as consistent)."""
-        if self.directory is not None:
-            write_secret(self._dir(dataflow, task) / "checkpoint.json", payload, fsync=sync)
+        before it is as consistent). ``delta``: an incremental one, kept beside the whole
+        one it builds on."""
+        if self.directory is None:
+            return
+        d = self._dir(dataflow, task)
+        if delta:
+            write_secret(d / DELTA_FILE, payload, fsync=sync)
+            return
+        write_secret(d / "checkpoint.json", payload, fsync=sync)
+        (d / DELTA_FILE).unlink(missing_ok=True)
 
     def forget(self, dataflow: str, task: str) -> None:
         if self.directory is None:
@@ -83,9 +97,29 @@ class LocalTasks:
                     log.warning("ignoring %s: %s", ckpt_path, e)
                 else:
                     if ckpt.generation == cmd.generation:
-                        cmd = cmd.model_copy(update={"restore": ckpt.snapshot})
+                        cmd = cmd.model_copy(
+                            update={"restore": _with_delta(ckpt, desired.with_name(DELTA_FILE))}
+                        )
             out.append(cmd)
         return out
+
+
+def _with_delta(whole: TaskCheckpoint, path: Path) -> TaskSnapshot:
+    """The latest checkpoint: ``whole``, or the incremental one at ``path`` composed with it."""
+    if not path.exists():
+        return whole.snapshot
+    try:
+        ckpt = TaskCheckpoint.model_validate_json(path.read_bytes())
+        state = ckpt.snapshot.state
+        if not statedelta.is_changes(state) or ckpt.generation != whole.generation:
+            raise ValueError("not the changes of this copy")
+        if state[statedelta.SINCE] != whole.snapshot.taken_at:
+            raise ValueError("the changes since another checkpoint")
+        composed = statedelta.apply(whole.snapshot.state, state[statedelta.DELTA])
+    except (OSError, ValueError) as e:  # ValidationError is a ValueError
+        log.warning("ignoring %s: %s", path, e)
+        return whole.snapshot
+    return ckpt.snapshot.model_copy(update={"state": composed})
 
 
 def _generation(path: Path) -> int | None:

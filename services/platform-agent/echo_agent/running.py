@@ -27,7 +27,7 @@ from echo_shared.mqtt import MqttClient, MqttMessage
 from echo_shared.names import Names
 
 from .dataplane.channels import DEFAULT_WINDOW, Outputs
-from .dataplane.checkpoints import Checkpoints, Publish, take_snapshot
+from .dataplane.checkpoints import Checkpoints, Publish, SaveLocal, take_snapshot
 from .dataplane.consuming import Consumer, call
 from .dataplane.datasession import DataSession, TaskChannels
 from .dataplane.natschannels import NatsChannels
@@ -66,7 +66,7 @@ class TaskRunner:
         build: Callable[[DeployTask], Operator] | None = None,
         session: DataSession | None = None,
         spools: SpoolSettings | None = None,
-        save_local: Callable[[bytes, bool], None] | None = None,
+        save_local: SaveLocal | None = None,
     ) -> None:
         self.cmd = cmd
         # the task's output spools (None: a cut-off producer waits) and where its checkpoints
@@ -274,6 +274,7 @@ class TaskRunner:
                 on_published=consumer.on_checkpointed if consumer is not None else None,
                 save_local=self._save_local,
                 epoch=op.epoch,
+                delta=op.delta,
             )
             if consumer is not None:
                 consumer.checkpoints = self.checkpoints
@@ -395,7 +396,7 @@ class TaskRunner:
             epoch = self.checkpoints.epoch_of(delta_from)
             if epoch is not None:
                 try:
-                    return statedelta.drained(op.delta(epoch), delta_from)
+                    return statedelta.changes(op.delta(epoch), delta_from)
                 except Exception as e:  # the whole state, then: slower, still right
                     log.warning("task %s/%s: no delta of its state (%s): sending it whole", *self.key, e)
         return op.snapshot()

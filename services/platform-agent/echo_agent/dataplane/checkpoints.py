@@ -26,7 +26,13 @@ the previous one.
 
 For an operator that tracks changes to its state (``epoch``), each checkpoint's epoch is
 remembered by the time it was taken: a move whose target holds that checkpoint's state
-asks for the changes since it (``epoch_of``).
+asks for the changes since it (``epoch_of``). Checkpoints of such an operator are
+incremental once its state is large (a whole one of ``DELTA_MIN_BYTES`` or more): each
+sends only the changes since the latest whole checkpoint the master kept
+(``statedelta.changes``), and a whole one goes again after ``FULL_EVERY`` seconds, or when
+the changes grow past ``DELTA_MAX_SHARE`` of it. The master keeps a delta only on top of
+the whole checkpoint it names; otherwise it says so (``CheckpointStored.kept`` false) and
+the next checkpoint is whole. While cut off, checkpoints are whole.
 """
 
 from __future__ import annotations
@@ -37,8 +43,10 @@ import inspect
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from echo_shared import statedelta
 from echo_shared.messages import TaskCheckpoint, TaskSnapshot
 
 from .channels import Outputs
@@ -47,6 +55,9 @@ from .intake import Inputs
 log = logging.getLogger(__name__)
 
 EPOCHS_KEPT = 32  # the latest checkpoints whose operator epoch is remembered
+DELTA_MIN_BYTES = 256 * 1024  # a smaller state is always checkpointed whole
+FULL_EVERY = 30.0  # seconds: a whole checkpoint at least this often
+DELTA_MAX_SHARE = 0.125  # ... and once the changes since the last whole one are this share of it
 COMMIT_TIMEOUT = 10.0  # seconds to wait for the outputs' and the checkpoint's acknowledgements
 STORE_TIMEOUT = 10.0  # seconds to wait for the master to say it kept the checkpoint
 
@@ -63,6 +74,21 @@ def take_snapshot(out: Outputs, inputs: Inputs | None, state: Any) -> TaskSnapsh
 
 
 Publish = Callable[[bytes], object]  # returns a future (or awaitable) resolved on the PUBACK
+SaveLocal = Callable[[bytes, bool, bool], None]  # (payload, sync, is a delta)
+
+
+@dataclass(frozen=True)
+class _Whole:
+    """The latest whole checkpoint the master kept, which incremental ones build on."""
+
+    taken_at: float
+    epoch: int
+    size: int  # its payload's bytes
+    at: float  # monotonic, when taken
+
+
+class CheckpointRefused(Exception):
+    """The master did not keep a checkpoint (an incremental one whose base it does not have)."""
 
 
 class Checkpoints:
@@ -81,11 +107,15 @@ class Checkpoints:
         every: int | None = None,
         restored: TaskSnapshot | None = None,
         on_published: Callable[[TaskSnapshot], None] | None = None,
-        save_local: Callable[[bytes, bool], None] | None = None,
+        save_local: SaveLocal | None = None,
         epoch: Callable[[], int | None] | None = None,
+        delta: Callable[[int], Any] | None = None,
     ) -> None:
         self._save_local = save_local
         self._epoch = epoch
+        self._delta = delta  # the operator's changes since an epoch (None: always whole)
+        self._whole: _Whole | None = None
+        self.deltas = 0  # incremental checkpoints committed
         self._epochs: dict[float, int] = {}  # taken_at -> the operator's epoch begun by it
         self.saved_local = 0
         self.interval = interval
@@ -148,35 +178,73 @@ class Checkpoints:
             self._epochs[snap.taken_at] = epoch
             if len(self._epochs) > EPOCHS_KEPT:
                 del self._epochs[next(iter(self._epochs))]
-        ckpt = TaskCheckpoint(
-            device=self.device,
-            dataflow=self.dataflow,
-            task=self.task,
-            generation=self.generation,
-            snapshot=snap,
-            ts=snap.taken_at,
+        # now, not later: the operator's state keeps changing
+        base = None if local_only else self._whole
+        payload = self._incremental(snap, base) if base is not None else None
+        if payload is None:
+            base = None
+            payload = self._payload(snap)
+        whole = (
+            _Whole(snap.taken_at, epoch, len(payload), time.monotonic())
+            if base is None
+            and epoch is not None
+            and self._delta is not None
+            and len(payload) >= DELTA_MIN_BYTES
+            else None
         )
-        payload = ckpt.to_bytes()  # now: the operator's state keeps changing
         snap = TaskSnapshot(out_seq=snap.out_seq, hwm=snap.hwm, eos=snap.eos, taken_at=snap.taken_at)
         self.taken += 1
         self._last_mark = self._mark()
         self._next_at = time.monotonic() + self.interval
         if local_only:
             self.outputs.sync_spools()
-            self._keep_local(payload, sync=True)
+            self._keep_local(payload, sync=True, delta=False)
+            self._whole = None  # the local copy is this one now: the next goes whole
             return
         self._inflight = asyncio.create_task(
-            self._commit(payload, snap, self.outputs.unsafe()), name=f"checkpoint-{self.task}"
+            self._commit(payload, snap, self.outputs.unsafe(), delta=base is not None, whole=whole),
+            name=f"checkpoint-{self.task}",
         )
 
-    async def _commit(self, payload: bytes, snap: TaskSnapshot, unsafe: list[asyncio.Future[None]]) -> None:
+    def _payload(self, snap: TaskSnapshot) -> bytes:
+        return TaskCheckpoint(
+            device=self.device,
+            dataflow=self.dataflow,
+            task=self.task,
+            generation=self.generation,
+            snapshot=snap,
+            ts=snap.taken_at,
+        ).to_bytes()
+
+    def _incremental(self, snap: TaskSnapshot, base: _Whole) -> bytes | None:
+        """The checkpoint as the changes since ``base``; None when a whole one is due."""
+        if self._delta is None or time.monotonic() - base.at >= FULL_EVERY:
+            return None
+        try:
+            changes = self._delta(base.epoch)
+        except Exception as e:  # whole, then
+            log.info("task %s/%s: no incremental checkpoint (%s)", self.dataflow, self.task, e)
+            return None
+        state = statedelta.changes(changes, base.taken_at)
+        payload = self._payload(snap.model_copy(update={"state": state}))
+        return payload if len(payload) <= base.size * DELTA_MAX_SHARE else None
+
+    async def _commit(
+        self,
+        payload: bytes,
+        snap: TaskSnapshot,
+        unsafe: list[asyncio.Future[None]],
+        *,
+        delta: bool = False,
+        whole: _Whole | None = None,
+    ) -> None:
         try:
             if unsafe:  # asyncio.wait, not gather: the acks wait for the same futures
                 done, pending = await asyncio.wait(unsafe, timeout=COMMIT_TIMEOUT)
                 if pending or any(f.cancelled() or f.exception() is not None for f in done):
                     raise OSError("outputs not acknowledged by the broker")
             if self._save_local is not None and not self._closed:  # off the loop: file I/O
-                await asyncio.to_thread(self._keep_local, payload, sync=False)
+                await asyncio.to_thread(self._keep_local, payload, sync=False, delta=delta)
             kept: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._awaiting = (snap.taken_at, kept)  # before publishing: the notice may come first
             fut = self._publish(payload)
@@ -189,16 +257,22 @@ class Checkpoints:
             done, _ = await asyncio.wait({kept}, timeout=STORE_TIMEOUT)
             if not done:
                 raise TimeoutError(f"the master did not say it kept the checkpoint within {STORE_TIMEOUT:g}s")
+            kept.result()
         except asyncio.CancelledError:
             raise
         except Exception as e:
             self.failed += 1
             self._last_mark = None  # try again at the next opportunity
+            self._whole = None  # whole, next time: the local copy and the master's agree again
             log.info("task %s/%s: checkpoint not committed: %s", self.dataflow, self.task, e)
             return
         finally:
             self._awaiting = None
         self.committed += 1
+        if delta:
+            self.deltas += 1
+        else:
+            self._whole = whole  # incremental ones build on it (None: small, always whole)
         if self._closed:
             return
         self.published = snap
@@ -212,17 +286,23 @@ class Checkpoints:
         """The operator's epoch begun by the checkpoint taken at ``taken_at`` (None: unknown)."""
         return self._epochs.get(taken_at)
 
-    def stored(self, taken_at: float) -> None:
-        """The master kept the checkpoint taken at ``taken_at`` (``CheckpointStored``)."""
+    def stored(self, taken_at: float, kept: bool = True) -> None:
+        """The master kept (or, ``kept`` false, refused) the checkpoint taken at ``taken_at``
+        (``CheckpointStored``)."""
         waiting = self._awaiting
         if waiting is not None and waiting[0] == taken_at and not waiting[1].done():
-            waiting[1].set_result(None)
+            if kept:
+                waiting[1].set_result(None)
+            else:
+                waiting[1].set_exception(
+                    CheckpointRefused("the master did not keep it: its base is not the latest")
+                )
 
-    def _keep_local(self, payload: bytes, *, sync: bool) -> None:
+    def _keep_local(self, payload: bytes, *, sync: bool, delta: bool) -> None:
         if self._save_local is None or self._closed:
             return
         try:
-            self._save_local(payload, sync)
+            self._save_local(payload, sync, delta)
             self.saved_local += 1
         except OSError as e:
             log.warning("task %s/%s: local checkpoint not saved: %s", self.dataflow, self.task, e)
