@@ -167,6 +167,10 @@ class StageState(Message):
     generation: int = Field(description="the generation of the copy that will restore it")
     name: str = Field(description="the state's object in the object store, which names it")
     state: Any = None
+    delta: Any = Field(
+        default=None,
+        description="changes to apply to state on arrival (the object was an incremental checkpoint)",
+    )
 
 
 class CheckpointStored(Message):

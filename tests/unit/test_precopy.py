@@ -239,8 +239,13 @@ class StageLink:
         self.ok = ok
         self.staged: list[tuple[str, StageState]] = []
 
-    async def stage(self, device: str, cmd: StageState, timeout: float) -> Any:
-        self.staged.append((device, cmd))
+    async def stage(
+        self, device: str, cmd: StageState, timeout: float, *, payload: bytes | None = None
+    ) -> Any:
+        # what the agent gets: the payload as sent, read as a command
+        got = COMMAND_ADAPTER.validate_json(payload) if payload is not None else cmd
+        assert isinstance(got, StageState)
+        self.staged.append((device, got))
         return SimpleNamespace(
             ok=self.ok, reason="" if self.ok else "stale", state=SimpleNamespace(value="running")
         )
@@ -288,8 +293,25 @@ async def test_the_master_stages_a_large_checkpointed_state_on_the_target() -> N
     )
     ((device, cmd),) = link.staged
     assert device == "fog-2" and cmd.generation == 2 and cmd.state == {"counts": {"a": 3}}
+    assert cmd.delta is None
     assert "df.count.1.ckpt.7500" in m._pinned
     assert ("fog-2", "df.count.1.ckpt.7500") in m.snapshots._staged
+
+
+async def test_an_incremental_checkpoint_is_staged_as_its_base_and_changes() -> None:
+    ref = {"$object": "df.count.1.ckpt.7500", "bytes": 30}
+    link = StageLink()
+    m, bucket, df, rec, req = moving_task(CheckpointStore(), link, ref)
+    bucket.data["df.count.1.ckpt.5000"] = orjson.dumps({"counts": {"a": 3, "b": 1}})
+    delta = {"merge": {"counts": {"b": 2}}}
+    await m.snapshots.put_changes("df.count.1.ckpt.7500", "df.count.1.ckpt.5000", delta)
+    m._bases["df.count.1.ckpt.7500"] = "df.count.1.ckpt.5000"
+    assert await m._stage(df, rec, req) is not None
+    ((_, cmd),) = link.staged
+    assert cmd.state == {"counts": {"a": 3, "b": 1}} and cmd.delta == delta
+    assert m._pinned == {"df.count.1.ckpt.7500", "df.count.1.ckpt.5000"}, "the base is pinned too"
+    await m._unpin("df.count.1.ckpt.7500")
+    assert not m._pinned
 
 
 @pytest.mark.parametrize(

@@ -164,15 +164,20 @@ class AgentLink:
             if self.hooks is not None:
                 await self.hooks.after_send(device, cmd)
 
-    async def stage(self, device: str, cmd: StageState, timeout: float) -> CommandAck:
+    async def stage(
+        self, device: str, cmd: StageState, timeout: float, *, payload: bytes | None = None
+    ) -> CommandAck:
         """Send a moving task's state ahead to its target and wait for its ack (no grants:
-        nothing runs yet; ``RequestTimeout`` if no answer comes in time)."""
+        nothing runs yet; ``RequestTimeout`` if no answer comes in time). ``payload``: the
+        command already serialised (its state spliced in as stored)."""
         if not self.leading():
             raise Fenced(f"this master replica does not lead: no state of {cmd.task} to {device}")
         self._unrecorded[cmd.cmd_id] = None
         while len(self._unrecorded) > UNRECORDED_KEPT:
             self._unrecorded.popitem(last=False)
-        ack: CommandAck = await self._request(device, cmd, cmd.cmd_id, f"state of {cmd.task}", timeout)
+        ack: CommandAck = await self._request(
+            device, cmd, cmd.cmd_id, f"state of {cmd.task}", timeout, payload=payload
+        )
         return ack
 
     def notify(self, device: str, msg: CheckpointStored) -> None:
@@ -191,13 +196,25 @@ class AgentLink:
         ack: CredentialsAck = await self._request(device, cmd, cmd.cmd_id, "new credentials", timeout)
         return ack
 
-    async def _request(self, device: str, cmd: Message, cmd_id: str, what: str, timeout: float) -> Any:
+    async def _request(
+        self,
+        device: str,
+        cmd: Message,
+        cmd_id: str,
+        what: str,
+        timeout: float,
+        *,
+        payload: bytes | None = None,
+    ) -> Any:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self._waiters[cmd_id] = fut
         try:
             self.mqtt.publish(
-                self.names.command_topic(device), cmd.to_bytes(), qos=1, user_properties=inject() or None
+                self.names.command_topic(device),
+                payload if payload is not None else cmd.to_bytes(),
+                qos=1,
+                user_properties=inject() or None,
             )
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError as e:

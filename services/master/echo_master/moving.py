@@ -30,6 +30,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from echo_shared import statedelta
 from echo_shared.errors import ConflictError, EchoError, NotFoundError, RetryableError
 from echo_shared.messages import (
@@ -371,15 +373,19 @@ class TaskMover:
         self._pinned |= {staged.name, self._bases.get(staged.name, staged.name)}  # and its base
         t0 = time.monotonic()
         try:
+            # as stored: the master neither parses nor serialises the bulk (100 MB: seconds of
+            # its loop, while the task's checkpoints wait to be kept and its flow with them)
+            raw, delta = await self.snapshots.raw(staged.name)
             cmd = StageState(
                 cmd_id=uuid.uuid4().hex,
                 dataflow=df.id,
                 task=rec.id,
                 generation=rec.generation + 1,
                 name=staged.name,
-                state=await self.snapshots.load(staged.name),
+                delta=delta,
             )
-            ack = await self.reconciler.link.stage(req.target, cmd, STAGE_TIMEOUT)
+            payload = orjson.dumps({**cmd.model_dump(mode="json"), "state": orjson.Fragment(raw)})
+            ack = await self.reconciler.link.stage(req.target, cmd, STAGE_TIMEOUT, payload=payload)
             if not ack.ok:
                 raise ConflictError(ack.reason or ack.state.value)
         except asyncio.CancelledError:

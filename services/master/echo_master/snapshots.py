@@ -109,6 +109,17 @@ class SnapshotStore:
             )
         return state
 
+    async def raw(self, name: str) -> tuple[bytes, Any]:
+        """An object's state as stored (JSON), and for an incremental checkpoint's the
+        changes to apply to it (else None): for sending on without parsing it here."""
+        bucket = await self._bucket()
+        data = (await bucket.get(name)).data or b"null"
+        if data.startswith(b'{"' + statedelta.BASE.encode()):
+            state = orjson.loads(data)
+            if statedelta.is_staged(state):
+                return (await bucket.get(state[statedelta.BASE])).data or b"null", state[statedelta.DELTA]
+        return data, None
+
     async def put_changes(self, name: str, base: str, delta: Any) -> dict[str, Any]:
         """An incremental checkpoint's state as object ``name``: the changes ``delta`` on top
         of the object ``base`` (``load`` composes them); its reference."""

@@ -25,6 +25,7 @@ from pathlib import Path
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
+from echo_shared import statedelta
 from echo_shared.credentials import Access, Login
 from echo_shared.messages import (
     COMMAND_ADAPTER,
@@ -305,7 +306,11 @@ class TaskManager:
         current = self.tasks.get((cmd.dataflow, cmd.task))
         if current is not None and current.generation >= cmd.generation:
             return self._ack(cmd, False, current.state, f"stale: generation {current.generation} runs here")
-        self.staged.put(cmd.name, cmd.state)
+        try:
+            state = statedelta.apply(cmd.state, cmd.delta) if cmd.delta is not None else cmd.state
+        except ValueError as e:
+            return self._ack(cmd, False, TaskState.pending, f"staged state {cmd.name} not usable: {e}")
+        self.staged.put(cmd.name, state)
         log.info("state %s staged for %s/%s gen %d", cmd.name, cmd.dataflow, cmd.task, cmd.generation)
         return self._ack(cmd, True, TaskState.pending)
 
