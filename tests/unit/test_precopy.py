@@ -218,11 +218,11 @@ async def test_a_base_a_move_relies_on_is_not_deleted_until_the_move_is_over() -
     for n in range(1, 3):
         await m.on_checkpoint(checkpoint(n))
     base = "df.count.1.ckpt.1000"
-    m._pinned.add(base)
+    m.keeper._pinned.add(base)
     for n in range(3, 5):
         await m.on_checkpoint(checkpoint(n))
     assert base in bucket.data, "pinned: kept while the move stages it"
-    await m._unpin(base)
+    await m.keeper.unpin(base)
     assert base not in bucket.data, "asked to go meanwhile: gone once the move is over"
 
 
@@ -294,7 +294,7 @@ async def test_the_master_stages_a_large_checkpointed_state_on_the_target() -> N
     ((device, cmd),) = link.staged
     assert device == "fog-2" and cmd.generation == 2 and cmd.state == {"counts": {"a": 3}}
     assert cmd.delta is None
-    assert "df.count.1.ckpt.7500" in m._pinned
+    assert "df.count.1.ckpt.7500" in m.keeper._pinned
     assert ("fog-2", "df.count.1.ckpt.7500") in m.snapshots._staged
 
 
@@ -305,13 +305,13 @@ async def test_an_incremental_checkpoint_is_staged_as_its_base_and_changes() -> 
     bucket.data["df.count.1.ckpt.5000"] = orjson.dumps({"counts": {"a": 3, "b": 1}})
     delta = {"merge": {"counts": {"b": 2}}}
     await m.snapshots.put_changes("df.count.1.ckpt.7500", "df.count.1.ckpt.5000", delta)
-    m._bases["df.count.1.ckpt.7500"] = "df.count.1.ckpt.5000"
+    m.keeper._bases["df.count.1.ckpt.7500"] = "df.count.1.ckpt.5000"
     assert await m._stage(df, rec, req) is not None
     ((_, cmd),) = link.staged
     assert cmd.state == {"counts": {"a": 3, "b": 1}} and cmd.delta == delta
-    assert m._pinned == {"df.count.1.ckpt.7500", "df.count.1.ckpt.5000"}, "the base is pinned too"
-    await m._unpin("df.count.1.ckpt.7500")
-    assert not m._pinned
+    assert m.keeper._pinned == {"df.count.1.ckpt.7500", "df.count.1.ckpt.5000"}, "the base is pinned too"
+    await m.keeper.unpin("df.count.1.ckpt.7500")
+    assert not m.keeper._pinned
 
 
 @pytest.mark.parametrize(
@@ -327,5 +327,5 @@ async def test_no_stage_where_it_does_not_apply(operator: str, state: Any, ok: b
     m, bucket, df, rec, req = moving_task(CheckpointStore(), link, state, operator)
     bucket.data["df.count.1.ckpt.7500"] = b"{}"
     assert await m._stage(df, rec, req) is None
-    assert not m._pinned
+    assert not m.keeper._pinned
     assert bool(link.staged) == (not ok)

@@ -79,7 +79,7 @@ async def test_a_small_state_stays_inline() -> None:
 
 
 def test_a_snapshot_as_json_keeps_its_state_as_it_came() -> None:
-    from echo_master.moving import as_json
+    from echo_master.snapshots import as_json
     from echo_shared.messages import TaskSnapshot
 
     state = {"counts": {"a": 1}, "list": [1, 2.5, None]}

@@ -17,8 +17,7 @@ idempotent, fenced by the generation the migrator last saw:
   remembered in ``TaskRecord.fenced`` and stopped if that device ever returns.
 - ``rollback``: the target did not come up; the task goes back with the same snapshot.
 
-Periodic checkpoints arrive from the agents (``TaskCheckpoint``) and are kept in Redis,
-one per task, only when they come from the task's current generation.
+Periodic checkpoints arriving from the agents are kept by ``keeping.CheckpointKeeper``.
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ import orjson
 from echo_shared import statedelta
 from echo_shared.errors import ConflictError, EchoError, NotFoundError, RetryableError
 from echo_shared.messages import (
-    CheckpointStored,
     MoveTaskReply,
     MoveTaskRequest,
     StageState,
@@ -50,8 +48,9 @@ from echo_shared.operators import lookup
 from echo_shared.telemetry import inject
 
 from .commands import deploy_command, stop_command
+from .keeping import CheckpointKeeper
 from .reconciling import DRAIN_SECONDS, Reconciler
-from .snapshots import REF, SnapshotStore, is_ref, object_name, objects_of
+from .snapshots import REF, SnapshotStore, as_json, is_ref, object_name
 from .store import ACTIVE_STATES, Dataflow, DataflowStore
 
 log = logging.getLogger(__name__)
@@ -60,15 +59,6 @@ MOVABLE = {TaskState.running, TaskState.deploying, TaskState.pending}
 DRAINABLE = {TaskState.running, TaskState.deploying, TaskState.failed}
 STAGE_TIMEOUT = 60.0  # seconds a target may take to take in a staged state (100 MB: a few)
 STAGE_HOLD = 100.0  # seconds the master counts on the target holding it (the agent: 120)
-
-
-@dataclass(frozen=True)
-class Whole:
-    """A task's latest large whole checkpoint the master kept."""
-
-    generation: int
-    taken_at: float
-    name: str  # its object
 
 
 @dataclass(frozen=True)
@@ -91,19 +81,8 @@ class TaskMover:
         # moves under way, by task: a migrator that asks again (its answer was lost with a
         # connection) joins the one in flight instead of draining the task a second time
         self._moving: dict[tuple[str, str], tuple[MoveTaskRequest, asyncio.Future[MoveTaskReply]]] = {}
-        # by task: the object of its kept checkpoint's state, and of the one that replaced,
-        # deleted when the next replaces that (one stays as slack for a move that read it a
-        # moment ago). In memory, not read back per checkpoint: a new leader leaks one per task
-        self._current: dict[tuple[str, str], set[str]] = {}
-        self._superseded: dict[tuple[str, str], set[str]] = {}
-        # incremental checkpoints: the latest large whole one kept per task, which they build
-        # on, and each incremental one's object -> its base's (in memory: a new leader
-        # refuses incremental ones until a whole one comes, which the agent then sends)
-        self._whole: dict[tuple[str, str], Whole] = {}
-        self._bases: dict[str, str] = {}
-        # objects a move under way relies on (a staged base): not deleted until it is over
-        self._pinned: set[str] = set()
-        self._deferred: dict[str, tuple[str, str]] = {}  # pinned objects asked to go meanwhile
+        # the checkpoints kept, and their objects (a staged base is pinned while it moves)
+        self.keeper = CheckpointKeeper(store, reconciler.link, snapshots)
 
     # ------------------------------------------------------------------ NATS handlers
 
@@ -175,6 +154,9 @@ class TaskMover:
         self._background.add(t)
         t.add_done_callback(self._background.discard)
 
+    async def on_checkpoint(self, ckpt: TaskCheckpoint) -> None:
+        await self.keeper.on_checkpoint(ckpt)
+
     async def _assign_generation(self, df_id: str, task: str) -> None:
         df = await self.store.get(df_id)
         if df.placement is None:
@@ -195,91 +177,6 @@ class TaskMover:
         await asyncio.gather(
             *(tell(c) for c in consumers if c.device and c.state in (TaskState.running, TaskState.deploying))
         )
-
-    async def on_checkpoint(self, ckpt: TaskCheckpoint) -> None:
-        key = (ckpt.dataflow, ckpt.task)
-        snap = ckpt.snapshot
-        objects: set[str] = set()  # what the checkpoint's state lives in
-        whole: Whole | None = None  # a large whole one: incremental ones may build on it
-        base = self._whole.get(key)
-        if statedelta.is_changes(snap.state) and (
-            self.snapshots is None
-            or base is None
-            or base.generation != ckpt.generation
-            or base.taken_at != snap.state[statedelta.SINCE]
-        ):
-            log.info(
-                "incremental checkpoint of %s/%s refused: its base is not the latest whole one kept", *key
-            )
-            self._notify(ckpt, kept=False)
-            return
-        if self.snapshots is not None:
-            name = object_name(ckpt.dataflow, ckpt.task, ckpt.generation, "ckpt", snap.taken_at)
-            ref: Any
-            if statedelta.is_changes(snap.state):
-                assert base is not None
-                ref = await self.snapshots.put_changes(name, base.name, snap.state[statedelta.DELTA])
-                objects, self._bases[name] = {name, base.name}, base.name
-            else:
-                kept = await self.snapshots.offload(as_json(snap), name)
-                ref = kept.get("state")
-                if is_ref(ref):
-                    objects = {name}
-                    whole = Whole(ckpt.generation, snap.taken_at, name)
-            ckpt = ckpt.model_copy(update={"snapshot": snap.model_copy(update={"state": ref})})
-        stored = await self.store.save_checkpoint(ckpt)
-        if not stored:
-            log.debug("checkpoint of %s/%s gen %d is stale", ckpt.dataflow, ckpt.task, ckpt.generation)
-            for n in objects - set(self._bases.values()) - {b.name for b in self._whole.values()}:
-                await self._forget(ckpt.dataflow, ckpt.task, n)  # kept nowhere
-            return
-        # now, not at the broker's acknowledgement, may the task let its producers forget
-        # what came before it (a failover restores what is kept here)
-        self._notify(ckpt, kept=True)
-        if not statedelta.is_changes(snap.state):
-            if whole is not None:
-                self._whole[key] = whole
-            else:
-                self._whole.pop(key, None)
-        replaced = self._current.pop(key, set())
-        self._current[key] = objects
-        older = self._superseded.pop(key, set())
-        self._superseded[key] = replaced
-        for n in sorted(older - objects - replaced):
-            await self._forget(ckpt.dataflow, ckpt.task, n)
-
-    def _notify(self, ckpt: TaskCheckpoint, *, kept: bool) -> None:
-        self.reconciler.link.notify(
-            ckpt.device,
-            CheckpointStored(
-                dataflow=ckpt.dataflow,
-                task=ckpt.task,
-                generation=ckpt.generation,
-                taken_at=ckpt.snapshot.taken_at,
-                kept=kept,
-            ),
-        )
-
-    async def _forget(self, df_id: str, task: str, name: str) -> None:
-        """Delete a checkpoint's state from the object store, unless the task's record still
-        restores from it (a failover recorded it), or a move under way relies on it. Every
-        checkpoint is an object of its own: without this, a task with a large state fills
-        JetStream's storage, and then every checkpoint fails ("insufficient resources") and
-        its flow stops."""
-        assert self.snapshots is not None
-        if name in self._pinned:
-            self._deferred[name] = (df_id, task)
-            return
-        try:
-            rec = await self.store.task_record(df_id, task)
-            needed = objects_of(rec.restore) if rec is not None else set()
-            needed |= {self._bases[n] for n in needed if n in self._bases}
-            if name in needed:
-                return
-            await self.snapshots.delete(name)
-            self._bases.pop(name, None)
-        except Exception as e:  # the object stays: a leak, not a failure of the checkpoint
-            log.warning("state %s of %s/%s not deleted: %s", name, df_id, task, e)
 
     # ------------------------------------------------------------------ the steps
 
@@ -346,15 +243,7 @@ class TaskMover:
             return reply
         finally:
             if staged is not None:
-                await self._unpin(staged.name)
-
-    async def _unpin(self, name: str) -> None:
-        """The move no longer relies on the object: delete it if it was asked meanwhile."""
-        for n in {name, self._bases.get(name, name)}:
-            self._pinned.discard(n)
-            left = self._deferred.pop(n, None)
-            if left is not None:
-                await self._forget(*left, n)
+                await self.keeper.unpin(staged.name)
 
     async def _stage(self, df: Dataflow, rec: TaskRecord, req: MoveTaskRequest) -> Staged | None:
         """Pre-copy: the task's latest kept checkpoint's state, sent to the target while the
@@ -370,7 +259,7 @@ class TaskMover:
             return None  # none of this copy's, or small: it goes whole
         ref: dict[str, Any] = ckpt.snapshot.state
         staged = Staged(taken_at=ckpt.snapshot.taken_at, name=str(ref[REF]), size=int(ref.get("bytes", 0)))
-        self._pinned |= {staged.name, self._bases.get(staged.name, staged.name)}  # and its base
+        self.keeper.pin(staged.name)  # and its base
         t0 = time.monotonic()
         try:
             # as stored: the master neither parses nor serialises the bulk (100 MB: seconds of
@@ -389,10 +278,10 @@ class TaskMover:
             if not ack.ok:
                 raise ConflictError(ack.reason or ack.state.value)
         except asyncio.CancelledError:
-            await self._unpin(staged.name)
+            await self.keeper.unpin(staged.name)
             raise
         except Exception as e:
-            await self._unpin(staged.name)
+            await self.keeper.unpin(staged.name)
             log.info(
                 "%s/%s: state not staged on %s (%s): the drain sends it whole", df.id, rec.id, req.target, e
             )
@@ -478,12 +367,6 @@ class TaskMover:
         return MoveTaskReply(
             ok=True, source=rec.device, generation=rec.generation + 1, restored_from=restored_from
         )
-
-
-def as_json(snap: TaskSnapshot) -> dict[str, Any]:
-    """The snapshot as JSON data, its operator state as it came (parsed from JSON already):
-    a dump would walk every key of a state of millions (a quarter second per 100 MB)."""
-    return {**snap.model_dump(mode="json", exclude={"state"}), "state": snap.state}
 
 
 def input_lag(df: Dataflow, rec: TaskRecord) -> int:
