@@ -329,3 +329,20 @@ async def test_no_stage_where_it_does_not_apply(operator: str, state: Any, ok: b
     assert await m._stage(df, rec, req) is None
     assert not m.keeper._pinned
     assert bool(link.staged) == (not ok)
+
+
+def test_count_by_key_asked_again_since_the_same_epoch_stays_right() -> None:
+    """Incremental checkpoints ask since the same whole one each time, over more epochs
+    than it lists: each answer must still be every change since."""
+    rng = random.Random(3)
+    op = CountByKey(CountByKeyConfig(key="k"))
+    counted(op, [f"k{i}" for i in range(300)])
+    base = orjson.dumps(op.snapshot())
+    since = op.epoch()
+    assert since is not None
+    for i in range(CountByKey.EPOCHS_KEPT * 2):
+        counted(op, [f"k{rng.randrange(400)}" for _ in range(rng.randrange(0, 5))])
+        op.snapshot()
+        if i % 3 == 0 or i > CountByKey.EPOCHS_KEPT:
+            got = op.delta(since)
+            assert statedelta.apply(orjson.loads(base), got) == {"counts": op.counts}, f"after {i + 1} epochs"

@@ -64,7 +64,9 @@ class CountByKey(Operator):
     Tracks, from its first snapshot on, the keys changed in each epoch (the last
     ``EPOCHS_KEPT``; older: the epoch each key last changed in), so a move sends only the
     counts changed since the checkpoint its target holds (``delta``), found in time
-    proportional to the changes, not to the state."""
+    proportional to the changes, not to the state. The keys changed since an epoch asked
+    again (incremental checkpoints ask since the same whole one, each time) are kept and
+    only the epochs after the last ask are added."""
 
     stateful = True
     config: CountByKeyConfig
@@ -77,6 +79,7 @@ class CountByKey(Operator):
         self._changed: dict[str, int] = {}  # key -> the epoch it last changed in
         self._touched: dict[int, list[str]] = {}  # epoch -> keys changed in it (recent ones)
         self._now: list[str] | None = None  # this epoch's
+        self._since: tuple[int, int, set[str]] | None = None  # (since, merged up to, keys)
 
     def process(self, record: Record) -> Iterable[Record]:
         raw = record.get(self.config.key)
@@ -100,11 +103,22 @@ class CountByKey(Operator):
     def delta(self, since: int) -> Any:
         if since < 1:
             raise ValueError(f"epoch {since}: changes are tracked from the first snapshot on")
-        counts = self.counts
-        if since in self._touched:  # recent: the keys touched since, not every key
-            keys = {k for e in range(since, self._epoch + 1) for k in self._touched.get(e, ())}
-            return {"merge": {"counts": {k: counts[k] for k in keys}}}
-        return {"merge": {"counts": {k: counts[k] for k, e in self._changed.items() if e >= since}}}
+        counts, touched = self.counts, self._touched
+        cached = self._since
+        if (
+            cached is not None
+            and cached[0] == since
+            and all(e in touched for e in range(cached[1] + 1, self._epoch))
+        ):
+            keys, first = cached[2], cached[1] + 1
+        elif all(e in touched for e in range(since, self._epoch)):
+            keys, first = set(), since  # recent: the keys touched since, not every key
+        else:
+            keys, first = {k for k, e in self._changed.items() if e >= since}, self._epoch
+        for e in range(first, self._epoch + 1):
+            keys.update(touched.get(e, ()))
+        self._since = (since, self._epoch - 1, keys)  # this epoch's list still grows
+        return {"merge": {"counts": {k: counts[k] for k in keys}}}
 
     def restore(self, state: Any) -> None:
         self.counts = {str(k): int(v) for k, v in state["counts"].items()}
