@@ -231,3 +231,26 @@ async def test_a_new_master_refuses_deltas_until_a_whole_one_comes() -> None:
     m, _, notices = mover(CheckpointStore())
     await m.on_checkpoint(ckpt_of(2.0, statedelta.changes({"merge": {}}, 1.0)))
     assert [n.kept for n in notices] == [False]
+
+
+async def test_a_state_the_object_store_cannot_take_is_refused_and_said_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store_ = CheckpointStore()
+    m, bucket, notices = mover(store_)
+
+    async def full(name: str, raw: bytes) -> None:
+        raise OSError("insufficient resources")
+
+    put, bucket.put = bucket.put, full  # type: ignore[method-assign]
+    whole = {"counts": {f"k{i}": 1 for i in range(10)}}
+    with caplog.at_level("INFO", logger="echo_master.keeping"):
+        for n in (1.0, 2.0, 3.0):
+            await m.on_checkpoint(ckpt_of(n, whole))
+        bucket.put = put  # type: ignore[method-assign]
+        await m.on_checkpoint(ckpt_of(4.0, whole))
+    assert [x.kept for x in notices] == [False, False, False, True]
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("not kept" in s for s in said) == 1, said
+    assert any("kept again after" in s for s in said), said
+    assert store_.kept[("df", "count")].snapshot.taken_at == 4.0

@@ -21,6 +21,7 @@ read back per checkpoint: a new leader leaks one per task.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,7 @@ class CheckpointKeeper:
         # objects a move under way relies on (a staged base): not deleted until it is over
         self._pinned: set[str] = set()
         self._deferred: dict[str, tuple[str, str]] = {}  # pinned objects asked to go meanwhile
+        self._failing: dict[tuple[str, str], float] = {}  # tasks whose states cannot be stored: since
 
     async def on_checkpoint(self, ckpt: TaskCheckpoint) -> None:
         key = (ckpt.dataflow, ckpt.task)
@@ -80,16 +82,26 @@ class CheckpointKeeper:
         if self.snapshots is not None:
             name = object_name(ckpt.dataflow, ckpt.task, ckpt.generation, "ckpt", snap.taken_at)
             ref: Any
-            if statedelta.is_changes(snap.state):
-                assert base is not None
-                ref = await self.snapshots.put_changes(name, base.name, snap.state[statedelta.DELTA])
-                objects, self._bases[name] = {name, base.name}, base.name
-            else:
-                kept = await self.snapshots.offload(as_json(snap), name)
-                ref = kept.get("state")
-                if is_ref(ref):
-                    objects = {name}
-                    whole = Whole(ckpt.generation, snap.taken_at, name)
+            try:
+                if statedelta.is_changes(snap.state):
+                    assert base is not None
+                    ref = await self.snapshots.put_changes(name, base.name, snap.state[statedelta.DELTA])
+                    objects, self._bases[name] = {name, base.name}, base.name
+                else:
+                    kept = await self.snapshots.offload(as_json(snap), name)
+                    ref = kept.get("state")
+                    if is_ref(ref):
+                        objects = {name}
+                        whole = Whole(ckpt.generation, snap.taken_at, name)
+            except Exception as e:  # the object store is full or out of reach: not kept, said once
+                if key not in self._failing:
+                    self._failing[key] = time.monotonic()
+                    log.warning("checkpoints of %s/%s not kept: the object store: %s", *key, e)
+                self._notify(ckpt, kept=False)
+                return
+            began = self._failing.pop(key, None)
+            if began is not None:
+                log.info("checkpoints of %s/%s kept again after %.1fs", *key, time.monotonic() - began)
             ckpt = ckpt.model_copy(update={"snapshot": snap.model_copy(update={"state": ref})})
         stored = await self.store.save_checkpoint(ckpt)
         if not stored:
