@@ -32,7 +32,7 @@ import orjson
 from common import Stack, log
 from etl_pipeline import SinkTail
 from migration_flow import FINISHED, FOGS, own_stack, task_of
-from migration_measures import max_gap
+from migration_measures import max_gap, stalls
 from migration_moves import step_ms, wait_migration
 
 PAD = 90
@@ -161,6 +161,14 @@ def one_size(own: Stack, mb: float) -> dict[str, Any]:
         times = [t for t, _ in tail.arrivals]
         gap = max_gap(times, t_post, t_seen)
         row["downtime_s"] = round(gap, 3) if gap is not None else None
+        # where the gaps fell, against the saga's steps (s from the POST): a gap in the drain
+        # step before the source stopped is the pre-copy's (the task still runs then)
+        row["gaps_over_0_2s"] = stalls([t for t in times if t_post - 1 <= t <= t_seen + 1], t_post, 0.2)
+        row["steps_s"] = {
+            s["name"]: [round(s["started_at"] - t_post, 3), round(s["ended_at"] - t_post, 3)]
+            for s in m.get("steps", [])
+            if s.get("started_at") and s.get("ended_at")
+        }
         api.wait_state(df_id, {"finished", "running"}, timeout=60)
     row["sink"] = check_counts(out, keys)
     if "error" in row and row["sink"]["lost"]:

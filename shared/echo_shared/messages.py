@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Self
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from .models import (
@@ -251,6 +252,23 @@ class TaskCheckpoint(Message):
     generation: int
     snapshot: TaskSnapshot
     ts: float
+
+
+def state_bytes(msg: TaskCheckpoint | DeployTask) -> bytes:
+    """``msg.to_bytes()``, its snapshot's operator state serialised by orjson: pydantic walks
+    an ``Any`` state value by value (0.16 s for 100 MB of counts; orjson 0.04 s). The same
+    JSON; pydantic's when orjson cannot take the state."""
+    field = "snapshot" if isinstance(msg, TaskCheckpoint) else "restore"
+    snap = getattr(msg, field)
+    if snap is None or snap.state is None:
+        return msg.to_bytes()
+    try:
+        state = orjson.Fragment(orjson.dumps(snap.state, option=orjson.OPT_NON_STR_KEYS))
+    except TypeError:
+        return msg.to_bytes()
+    head = msg.model_dump(mode="json", by_alias=True, exclude={field: {"state"}})
+    head[field]["state"] = state
+    return orjson.dumps(head)
 
 
 class TaskStatus(Message):

@@ -254,3 +254,35 @@ async def test_a_state_the_object_store_cannot_take_is_refused_and_said_once(
     assert sum("not kept" in s for s in said) == 1, said
     assert any("kept again after" in s for s in said), said
     assert store_.kept[("df", "count")].snapshot.taken_at == 4.0
+
+
+def test_state_bytes_is_the_json_of_to_bytes() -> None:
+    from echo_shared.messages import state_bytes
+
+    state = {"counts": {"a": 1, "é": 2}, "windows": [[1, 2.5, None]], "n": 3}
+    for msg in (
+        ckpt_of(1.5, state),
+        DeployTask(
+            cmd_id="c",
+            dataflow="df",
+            task="t",
+            generation=2,
+            operator="stats.count_by_key",
+            restore=TaskSnapshot(out_seq=4, state=state, tail={"c": [(3, "eA==")]}),
+        ),
+        DeployTask(cmd_id="c", dataflow="df", task="t", generation=2, operator="core.passthrough"),
+    ):
+        assert orjson.loads(state_bytes(msg)) == orjson.loads(msg.to_bytes())
+        assert type(msg).from_bytes(state_bytes(msg)) == msg
+
+
+def test_count_by_key_restores_what_it_is_given() -> None:
+    op = CountByKey(CountByKeyConfig(key="k"))
+    given = {"counts": {"a": 2, "b": 1}}
+    op.restore(given)
+    op.process({"k": "a", "seq": 1})
+    assert op.counts == {"a": 3, "b": 1} and given["counts"]["a"] == 2, (
+        "a copy: the given state is not changed"
+    )
+    op.restore({"counts": {"a": "4", 5: 1}})  # not as JSON parses it: converted
+    assert op.counts == {"a": 4, "5": 1}

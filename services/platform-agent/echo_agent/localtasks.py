@@ -25,7 +25,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from echo_shared import statedelta
-from echo_shared.messages import DeployTask, TaskCheckpoint, TaskSnapshot
+from echo_shared.messages import DeployTask, TaskCheckpoint, TaskSnapshot, state_bytes
 from echo_shared.secretfiles import write_secret
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class LocalTasks:
             return
         d = self._dir(cmd.dataflow, cmd.task)
         try:
-            write_secret(d / "desired.json", cmd.to_bytes())
+            write_secret(d / "desired.json", state_bytes(cmd))
             ckpt = d / "checkpoint.json"
             if ckpt.exists() and _generation(ckpt) != cmd.generation:
                 ckpt.unlink()  # an earlier copy's: this one starts from the command's restore

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from echo_shared import statedelta
-from echo_shared.messages import TaskCheckpoint, TaskSnapshot
+from echo_shared.messages import TaskCheckpoint, TaskSnapshot, state_bytes
 
 from .channels import Outputs
 from .intake import Inputs
@@ -207,14 +207,16 @@ class Checkpoints:
         )
 
     def _payload(self, snap: TaskSnapshot) -> bytes:
-        return TaskCheckpoint(
-            device=self.device,
-            dataflow=self.dataflow,
-            task=self.task,
-            generation=self.generation,
-            snapshot=snap,
-            ts=snap.taken_at,
-        ).to_bytes()
+        return state_bytes(
+            TaskCheckpoint(
+                device=self.device,
+                dataflow=self.dataflow,
+                task=self.task,
+                generation=self.generation,
+                snapshot=snap,
+                ts=snap.taken_at,
+            )
+        )
 
     def _incremental(self, snap: TaskSnapshot, base: _Whole) -> bytes | None:
         """The checkpoint as the changes since ``base``; None when a whole one is due."""

