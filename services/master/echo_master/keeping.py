@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,9 +46,11 @@ class Whole:
 
 
 class CheckpointKeeper:
-    def __init__(self, store: DataflowStore, link: AgentLink, snapshots: SnapshotStore | None) -> None:
+    def __init__(
+        self, store: DataflowStore, link: Callable[[], AgentLink], snapshots: SnapshotStore | None
+    ) -> None:
         self.store = store
-        self.link = link
+        self._link = link  # the agents' link (the reconciler's, set once it is up)
         self.snapshots = snapshots
         # by task: the objects of its kept checkpoint's state, and of the one it replaced
         self._current: dict[tuple[str, str], set[str]] = {}
@@ -125,7 +128,7 @@ class CheckpointKeeper:
             await self.forget(ckpt.dataflow, ckpt.task, n)
 
     def _notify(self, ckpt: TaskCheckpoint, *, kept: bool) -> None:
-        self.link.notify(
+        self._link().notify(
             ckpt.device,
             CheckpointStored(
                 dataflow=ckpt.dataflow,

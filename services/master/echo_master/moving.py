@@ -82,7 +82,7 @@ class TaskMover:
         # connection) joins the one in flight instead of draining the task a second time
         self._moving: dict[tuple[str, str], tuple[MoveTaskRequest, asyncio.Future[MoveTaskReply]]] = {}
         # the checkpoints kept, and their objects (a staged base is pinned while it moves)
-        self.keeper = CheckpointKeeper(store, reconciler.link, snapshots)
+        self.keeper = CheckpointKeeper(store, lambda: reconciler.link, snapshots)
 
     # ------------------------------------------------------------------ NATS handlers
 
