@@ -112,6 +112,12 @@ class AgentLink:
         )
         # the master administers the broker's dynamic security over this same session
         self.dynsec = DynsecAdmin(self.mqtt) if dynsec else None
+        # bulk sends (a moving task's staged state, up to hundreds of MB) go on a connection
+        # of their own, made on first use: on this one they would hold up every notice and
+        # command behind them (a task's kept-checkpoint notices, so its flow, for seconds)
+        self._bulk_args = (url, names.service_client_id("master") + replica + "-bulk", access)
+        self._bulk: MqttClient | None = None
+        self._bulk_lock = asyncio.Lock()
 
     async def start(self) -> None:
         await self.mqtt.start(timeout=30)
@@ -126,7 +132,25 @@ class AgentLink:
             await self.dynsec.start()
 
     async def close(self) -> None:
+        if self._bulk is not None:
+            await self._bulk.close()
         await self.mqtt.close()
+
+    async def _bulk_client(self) -> MqttClient:
+        async with self._bulk_lock:
+            if self._bulk is None:
+                url, client_id, access = self._bulk_args
+                bulk = MqttClient(  # publishes only: the acks come on the main session
+                    url,
+                    client_id,
+                    persistent=False,
+                    login=access.mqtt if access else None,
+                    tls=access.tls() if access else None,
+                    yield_session=False,
+                )
+                await bulk.start(timeout=10)
+                self._bulk = bulk
+            return self._bulk
 
     # ------------------------------------------------------------------ commands
 
@@ -176,7 +200,13 @@ class AgentLink:
         while len(self._unrecorded) > UNRECORDED_KEPT:
             self._unrecorded.popitem(last=False)
         ack: CommandAck = await self._request(
-            device, cmd, cmd.cmd_id, f"state of {cmd.task}", timeout, payload=payload
+            device,
+            cmd,
+            cmd.cmd_id,
+            f"state of {cmd.task}",
+            timeout,
+            payload=payload,
+            via=await self._bulk_client(),
         )
         return ack
 
@@ -205,12 +235,13 @@ class AgentLink:
         timeout: float,
         *,
         payload: bytes | None = None,
+        via: MqttClient | None = None,
     ) -> Any:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self._waiters[cmd_id] = fut
         try:
-            self.mqtt.publish(
+            (via or self.mqtt).publish(
                 self.names.command_topic(device),
                 payload if payload is not None else cmd.to_bytes(),
                 qos=1,
