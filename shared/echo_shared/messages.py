@@ -10,7 +10,7 @@ properties (see ``telemetry.py``).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -32,8 +32,15 @@ from .models import (
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    # fields added after a message was first deployed: left out while at their default, so
+    # a peer of the version before (which refuses fields it does not know) still reads it
+    newer_fields: ClassVar[frozenset[str]] = frozenset()
 
     def to_bytes(self) -> bytes:
+        newer = self.newer_fields
+        if newer:
+            unset = {f for f in newer if getattr(self, f) == type(self).model_fields[f].default}
+            return self.model_dump_json(by_alias=True, exclude=unset).encode()
         return self.model_dump_json(by_alias=True).encode()
 
     @classmethod
@@ -132,6 +139,8 @@ class DeployTask(Message):
 
 
 class StopTask(Message):
+    newer_fields = frozenset({"delta_from"})
+
     kind: Literal["stop"] = "stop"
     cmd_id: str
     dataflow: str
@@ -183,6 +192,8 @@ class CheckpointStored(Message):
     has not stored yet, would leave records that neither the restored copy nor any
     producer holds.) No answer is sent."""
 
+    newer_fields = frozenset({"kept", "base"})
+
     kind: Literal["checkpoint_stored"] = "checkpoint_stored"
     dataflow: str
     task: str
@@ -190,8 +201,14 @@ class CheckpointStored(Message):
     taken_at: float = Field(description="the checkpoint's snapshot.taken_at, which names it")
     kept: bool = Field(
         default=True,
-        description="false: not kept, an incremental checkpoint whose base is not the latest whole "
-        "checkpoint the master kept (the agent sends the next one whole)",
+        description="false: not kept (an incremental checkpoint whose base is not the latest whole "
+        "checkpoint the master kept, or a state the object store could not take): the agent sends "
+        "the next one whole",
+    )
+    base: bool = Field(
+        default=False,
+        description="a whole checkpoint kept as an object of its own: incremental checkpoints may build "
+        "on it (the agent sends none otherwise; a master that says nothing of it takes none)",
     )
 
 
@@ -651,6 +668,8 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     TaskSnapshot,
     DeployTask,
     StopTask,
+    StageState,
+    CheckpointStored,
     CommandAck,
     TaskCheckpoint,
     TaskStatus,

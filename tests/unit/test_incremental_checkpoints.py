@@ -61,7 +61,11 @@ class Agent:
             save_local=(lambda p, sync, delta: saved.append((p, delta))) if saved is not None else None,
         )
 
-    async def checkpoint(self, keys: list[str], *, kept: bool = True) -> TaskCheckpoint:
+    async def checkpoint(
+        self, keys: list[str], *, kept: bool = True, base: bool | None = None
+    ) -> TaskCheckpoint:
+        """One checkpoint, answered as the master does (``base``: as its default master says,
+        a whole one of over 256 KiB kept as an object incremental ones may build on)."""
         for k in keys:
             self.op.process({"k": k, "seq": 0})
         self.out.seq += 1  # something moved
@@ -73,7 +77,9 @@ class Agent:
             await asyncio.sleep(0)
             assert not task.done(), "the commit ended before publishing"
         ckpt = self.sent[-1]
-        self.ck.stored(ckpt.snapshot.taken_at, kept)
+        if base is None:
+            base = not is_delta(ckpt) and len(ckpt.to_bytes()) > 256 * 1024
+        self.ck.stored(ckpt.snapshot.taken_at, kept, base)
         await task
         return ckpt
 
@@ -123,6 +129,14 @@ async def test_a_whole_one_goes_again_after_a_while_or_when_the_changes_grow(
     assert is_delta(await a.checkpoint(["a"]))
     many = [f"{'x' * 60}{i}" for i in range(int(KEYS * checkpoints.DELTA_MAX_SHARE * 1.2))]
     assert not is_delta(await a.checkpoint(many)), "changes past DELTA_MAX_SHARE of the whole one"
+
+
+async def test_no_delta_on_a_whole_one_the_master_did_not_keep_as_a_base() -> None:
+    a = Agent(big_counter())
+    await a.checkpoint([], base=False)  # kept inline, or by a master of the version before
+    assert not is_delta(await a.checkpoint(["a"], base=False))
+    await a.checkpoint(["b"])
+    assert is_delta(await a.checkpoint(["c"]))
 
 
 async def test_a_small_state_is_always_whole() -> None:
@@ -195,6 +209,7 @@ async def test_the_master_keeps_a_delta_on_its_latest_whole_checkpoint() -> None
     d1 = {"merge": {"counts": {"k1": 2, "new": 1}}}
     await m.on_checkpoint(ckpt_of(2.0, statedelta.changes(d1, 1.0)))
     assert [n.kept for n in notices] == [True, True]
+    assert [n.base for n in notices] == [True, False], "the whole one in the object store is a base"
     kept = store_.kept[("df", "count")].snapshot
     assert kept.state == {
         "$object": "df.count.1.ckpt.2000",
@@ -286,3 +301,24 @@ def test_count_by_key_restores_what_it_is_given() -> None:
     )
     op.restore({"counts": {"a": "4", 5: 1}})  # not as JSON parses it: converted
     assert op.counts == {"a": 4, "5": 1}
+
+
+async def test_an_inline_whole_checkpoint_is_no_base() -> None:
+    m, _, notices = mover(CheckpointStore())
+    m.snapshots.inline_max = 1 << 20  # the state stays in Redis
+    await m.on_checkpoint(ckpt_of(1.0, {"counts": {"a": 1}}))
+    await m.on_checkpoint(ckpt_of(2.0, statedelta.changes({"merge": {}}, 1.0)))
+    assert [(n.kept, n.base) for n in notices] == [(True, False), (False, False)]
+
+
+def test_new_fields_are_left_out_at_their_defaults() -> None:
+    """A peer of the version before refuses fields it does not know: they go only when set."""
+    from echo_shared.messages import CheckpointStored, StopTask
+
+    stop = StopTask(cmd_id="c", dataflow="df", task="t", generation=1)
+    assert b"delta_from" not in stop.to_bytes() and StopTask.from_bytes(stop.to_bytes()) == stop
+    moving = stop.model_copy(update={"delta_from": 2.5})
+    assert StopTask.from_bytes(moving.to_bytes()).delta_from == 2.5
+    notice = CheckpointStored(dataflow="df", task="t", generation=1, taken_at=1.0)
+    assert b"kept" not in notice.to_bytes() and b"base" not in notice.to_bytes()
+    assert CheckpointStored.from_bytes(notice.model_copy(update={"base": True}).to_bytes()).base

@@ -114,7 +114,7 @@ class CheckpointKeeper:
             return
         # now, not at the broker's acknowledgement, may the task let its producers forget
         # what came before it (a failover restores what is kept here)
-        self._notify(ckpt, kept=True)
+        self._notify(ckpt, kept=True, base=whole is not None)
         if not statedelta.is_changes(snap.state):
             if whole is not None:
                 self._whole[key] = whole
@@ -127,7 +127,7 @@ class CheckpointKeeper:
         for n in sorted(older - objects - replaced):
             await self.forget(ckpt.dataflow, ckpt.task, n)
 
-    def _notify(self, ckpt: TaskCheckpoint, *, kept: bool) -> None:
+    def _notify(self, ckpt: TaskCheckpoint, *, kept: bool, base: bool = False) -> None:
         self._link().notify(
             ckpt.device,
             CheckpointStored(
@@ -136,6 +136,7 @@ class CheckpointKeeper:
                 generation=ckpt.generation,
                 taken_at=ckpt.snapshot.taken_at,
                 kept=kept,
+                base=base,
             ),
         )
 
@@ -151,6 +152,9 @@ class CheckpointKeeper:
             return
         try:
             rec = await self.store.task_record(df_id, task)
+            if name in self._pinned:  # pinned while the record was read
+                self._deferred[name] = (df_id, task)
+                return
             needed = objects_of(rec.restore) if rec is not None else set()
             needed |= {self._bases[n] for n in needed if n in self._bases}
             if name in needed:

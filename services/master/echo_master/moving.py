@@ -50,7 +50,7 @@ from echo_shared.telemetry import inject
 from .commands import deploy_command, stop_command
 from .keeping import CheckpointKeeper
 from .reconciling import DRAIN_SECONDS, Reconciler
-from .snapshots import REF, SnapshotStore, as_json, is_ref, object_name
+from .snapshots import REF, SnapshotStore, as_json, is_ref, object_name, objects_of
 from .store import ACTIVE_STATES, Dataflow, DataflowStore
 
 log = logging.getLogger(__name__)
@@ -166,10 +166,14 @@ class TaskMover:
         timeout = self.reconciler.settings.command_timeout
 
         async def tell(rec: TaskRecord) -> None:
-            assert rec.device and df.placement is not None
-            cmd = deploy_command(df.id, df.effective, df.placement, rec, generations)
+            device = rec.device
+            assert device and df.placement is not None
             try:
-                await link.send(rec.device, cmd, timeout)
+                if rec.restore is not None and self.snapshots is not None:  # as a deploy sends it
+                    restore = await self.snapshots.resolve(rec.restore, device)
+                    rec = rec.model_copy(update={"restore": restore})
+                cmd = deploy_command(df.id, df.effective, df.placement, rec, generations)
+                await link.send(device, cmd, timeout)
             except Exception as e:  # it learns the generation when it is deployed again
                 log.info("could not tell %s/%s about %s's new copy: %s", df.id, rec.id, task, e)
 
@@ -288,7 +292,7 @@ class TaskMover:
             return None
         self.snapshots.staged_on(req.target, staged.name, STAGE_HOLD)
         log.info(
-            "%s/%s: state %s (%d bytes) staged on %s in %.2fs",
+            "%s/%s: state %s (its object %d bytes) staged on %s in %.2fs",
             df.id,
             rec.id,
             staged.name,
@@ -346,6 +350,8 @@ class TaskMover:
             )
             if moved is None:
                 raise ConflictError(f"task {rec.id} changed while moving: another move came first")
+            for name in sorted(objects_of(rec.restore)):  # what the copy before restored from
+                await self.keeper.forget(df.id, rec.id, name)  # (kept if the new restore needs it)
             hooks = self.reconciler.link.hooks
             if hooks is not None and rec.device and rec.device != req.target:
                 # the copy left behind loses its channels (a drained one already did)

@@ -126,7 +126,7 @@ class TaskManager:
                 and runner.generation == notice.generation
                 and runner.checkpoints is not None
             ):
-                runner.checkpoints.stored(notice.taken_at, notice.kept)
+                runner.checkpoints.stored(notice.taken_at, notice.kept, notice.base)
         self._ack_mqtt(msg)
 
     async def _handle(self, msg: MqttMessage) -> None:
@@ -209,8 +209,9 @@ class TaskManager:
             try:  # a staged state and the changes since it: the whole state, from here on
                 cmd.restore = self.staged.restore(cmd.restore)
             except (StagedStateMissing, ValueError) as e:
+                # not a failure of the task: the master sends the state whole when it asks again
                 log.warning("deploy of %s/%s gen %d: %s", *key, cmd.generation, e)
-                return self._ack(cmd, False, TaskState.failed, str(e))
+                return self._ack(cmd, False, TaskState.pending, str(e))
         if current is not None:
             # an older generation, or this one stopped without being told to (its session was
             # taken, the agent is shutting down): start it afresh
@@ -303,9 +304,12 @@ class TaskManager:
 
     def stage(self, cmd: StageState) -> CommandAck:
         """Hold a moving task's state for its next copy here (a move's pre-copy)."""
-        current = self.tasks.get((cmd.dataflow, cmd.task))
+        key = (cmd.dataflow, cmd.task)
+        current = self.tasks.get(key)
         if current is not None and current.generation >= cmd.generation:
             return self._ack(cmd, False, current.state, f"stale: generation {current.generation} runs here")
+        if self.tombstones.get(key, -1) >= cmd.generation:  # a late redelivery
+            return self._ack(cmd, False, TaskState.stopped, "generation already stopped on this device")
         try:
             state = statedelta.apply(cmd.state, cmd.delta) if cmd.delta is not None else cmd.state
         except ValueError as e:

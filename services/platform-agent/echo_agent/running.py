@@ -324,7 +324,7 @@ class TaskRunner:
         until its consumers confirmed every output, and return a snapshot of where the task
         stands, so a copy elsewhere continues exactly there. ``delta_from``: the target
         holds the state of the checkpoint taken then; the snapshot's state is only what
-        changed since it, if the operator can say (``statedelta.drained``).
+        changed since it, if the operator can say (``statedelta.changes``).
 
         ``fence``: this copy is stale (a newer generation runs elsewhere): stop at once, and
         leave everything it shares with the newer copy alone (the task's MQTT session, its

@@ -4,8 +4,9 @@ The master sends a moving task's latest checkpointed state to the target while t
 still runs elsewhere; the new copy's deploy then carries only the changes since it
 (``echo_shared.statedelta``), applied here to the staged state. A staged state is held
 ``HOLD_SECONDS`` at most (a move that was abandoned), and at most ``HOLD_MAX`` of them
-(each may be large): the oldest goes first. A deploy that finds its base gone fails with
-the reason, and the master sends the state whole the next time.
+(each may be large): the oldest goes first. A deploy that finds its base gone is refused
+with the reason (not failed: the task stays pending), and the master sends the state whole
+when it deploys again.
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ the previous one.
 For an operator that tracks changes to its state (``epoch``), each checkpoint's epoch is
 remembered by the time it was taken: a move whose target holds that checkpoint's state
 asks for the changes since it (``epoch_of``). Checkpoints of such an operator are
-incremental once its state is large (a whole one of ``DELTA_MIN_BYTES`` or more): each
-sends only the changes since the latest whole checkpoint the master kept
+incremental once the master kept a whole one as an object of its own (its state is large:
+``CheckpointStored.base``): each then sends only the changes since that whole one
 (``statedelta.changes``), and a whole one goes again after ``FULL_EVERY`` seconds, or when
 the changes grow past ``DELTA_MAX_SHARE`` of it. The master keeps a delta only on top of
 the whole checkpoint it names; otherwise it says so (``CheckpointStored.kept`` false) and
@@ -54,8 +54,8 @@ from .intake import Inputs
 
 log = logging.getLogger(__name__)
 
-EPOCHS_KEPT = 32  # the latest checkpoints whose operator epoch is remembered
-DELTA_MIN_BYTES = 256 * 1024  # a smaller state is always checkpointed whole
+EPOCHS_KEPT = 4096  # checkpoints whose operator epoch is remembered, at most ...
+EPOCHS_SECONDS = 180.0  # ... and for this long (a move stages a checkpoint taken seconds ago)
 FULL_EVERY = 30.0  # seconds: a whole checkpoint at least this often
 DELTA_MAX_SHARE = 0.125  # ... and once the changes since the last whole one are this share of it
 COMMIT_TIMEOUT = 10.0  # seconds to wait for the outputs' and the checkpoint's acknowledgements
@@ -131,7 +131,7 @@ class Checkpoints:
         self.committed = 0
         self.failed = 0
         self._inflight: asyncio.Task[None] | None = None
-        self._awaiting: tuple[float, asyncio.Future[None]] | None = None  # (taken_at, kept)
+        self._awaiting: tuple[float, asyncio.Future[bool]] | None = None  # (taken_at, kept: base?)
         # where the task starts (fresh, or restored) needs no checkpoint
         self._last_mark: tuple[int, int, int] | None = self._mark()
         self._next_at = time.monotonic() + interval
@@ -176,7 +176,9 @@ class Checkpoints:
         epoch = self._epoch() if self._epoch is not None else None
         if epoch is not None:
             self._epochs[snap.taken_at] = epoch
-            if len(self._epochs) > EPOCHS_KEPT:
+            while (
+                len(self._epochs) > EPOCHS_KEPT or next(iter(self._epochs)) < snap.taken_at - EPOCHS_SECONDS
+            ):
                 del self._epochs[next(iter(self._epochs))]
         # now, not later: the operator's state keeps changing
         base = None if local_only else self._whole
@@ -186,10 +188,7 @@ class Checkpoints:
             payload = self._payload(snap)
         whole = (
             _Whole(snap.taken_at, epoch, len(payload), time.monotonic())
-            if base is None
-            and epoch is not None
-            and self._delta is not None
-            and len(payload) >= DELTA_MIN_BYTES
+            if base is None and epoch is not None and self._delta is not None
             else None
         )
         snap = TaskSnapshot(out_seq=snap.out_seq, hwm=snap.hwm, eos=snap.eos, taken_at=snap.taken_at)
@@ -247,7 +246,7 @@ class Checkpoints:
                     raise OSError("outputs not acknowledged by the broker")
             if self._save_local is not None and not self._closed:  # off the loop: file I/O
                 await asyncio.to_thread(self._keep_local, payload, sync=False, delta=delta)
-            kept: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            kept: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
             self._awaiting = (snap.taken_at, kept)  # before publishing: the notice may come first
             fut = self._publish(payload)
             if inspect.isawaitable(fut):
@@ -256,10 +255,12 @@ class Checkpoints:
                 if not done:
                     raise TimeoutError("checkpoint not acknowledged by the broker")
                 ack.result()
-            done, _ = await asyncio.wait({kept}, timeout=STORE_TIMEOUT)
-            if not done:
-                raise TimeoutError(f"the master did not say it kept the checkpoint within {STORE_TIMEOUT:g}s")
-            kept.result()
+            try:
+                base_of_deltas = await asyncio.wait_for(asyncio.shield(kept), STORE_TIMEOUT)
+            except TimeoutError:
+                raise TimeoutError(
+                    f"the master did not say it kept the checkpoint within {STORE_TIMEOUT:g}s"
+                ) from None
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -274,7 +275,8 @@ class Checkpoints:
         if delta:
             self.deltas += 1
         else:
-            self._whole = whole  # incremental ones build on it (None: small, always whole)
+            # incremental ones build on it, if the master keeps it so (a large state)
+            self._whole = whole if base_of_deltas else None
         if self._closed:
             return
         self.published = snap
@@ -288,17 +290,15 @@ class Checkpoints:
         """The operator's epoch begun by the checkpoint taken at ``taken_at`` (None: unknown)."""
         return self._epochs.get(taken_at)
 
-    def stored(self, taken_at: float, kept: bool = True) -> None:
+    def stored(self, taken_at: float, kept: bool = True, base: bool = False) -> None:
         """The master kept (or, ``kept`` false, refused) the checkpoint taken at ``taken_at``
-        (``CheckpointStored``)."""
+        (``CheckpointStored``); ``base``: kept as an object incremental ones may build on."""
         waiting = self._awaiting
         if waiting is not None and waiting[0] == taken_at and not waiting[1].done():
             if kept:
-                waiting[1].set_result(None)
+                waiting[1].set_result(base)
             else:
-                waiting[1].set_exception(
-                    CheckpointRefused("the master did not keep it: its base is not the latest")
-                )
+                waiting[1].set_exception(CheckpointRefused("the master did not keep it"))
 
     def _keep_local(self, payload: bytes, *, sync: bool, delta: bool) -> None:
         if self._save_local is None or self._closed:
