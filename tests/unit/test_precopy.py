@@ -110,17 +110,18 @@ def test_count_by_key_composes_from_any_of_its_snapshots() -> None:
     assert len(op.delta(bases[-1][0])["merge"]["counts"]) < 60 < len(whole)
 
 
-def test_count_by_key_composes_from_a_snapshot_older_than_the_epochs_it_lists() -> None:
+def test_count_by_key_does_not_guess_changes_older_than_it_tracks() -> None:
     op = CountByKey(CountByKeyConfig(key="k"))
     counted(op, ["a", "b"])
-    base = orjson.dumps(op.snapshot())
+    op.snapshot()
     first = op.epoch()
     assert first is not None
     for i in range(CountByKey.EPOCHS_KEPT + 5):
         counted(op, [f"k{i % 7}", "a"])
         op.snapshot()
-    assert first not in op._touched  # found by the epoch each key last changed in
-    assert statedelta.apply(orjson.loads(base), op.delta(first)) == {"counts": op.counts}
+    assert first not in op._touched
+    with pytest.raises(ValueError, match="no longer tracked"):
+        op.delta(first)  # the caller sends the whole state
     counted(op, ["late"])
     recent = op.epoch()
     assert recent is not None and recent in op._touched

@@ -7,6 +7,7 @@ import contextlib
 import os
 import shutil
 import stat
+import sys
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import IO, Any
@@ -61,39 +62,38 @@ class Passthrough(Operator):
 class CountByKey(Operator):
     """``stats.count_by_key``: emits ``{"key": k, "count": n, "seq": record["seq"]}``.
 
-    Tracks, from its first snapshot on, the keys changed in each epoch (the last
-    ``EPOCHS_KEPT``; older: the epoch each key last changed in), so a move sends only the
-    counts changed since the checkpoint its target holds (``delta``), found in time
-    proportional to the changes, not to the state. The keys changed since an epoch asked
-    again (incremental checkpoints ask since the same whole one, each time) are kept and
-    only the epochs after the last ask are added."""
+    Tracks, from its first snapshot on, the set of keys changed in each of the last
+    ``EPOCHS_KEPT`` epochs, so a move sends only the counts changed since the checkpoint its
+    target holds (``delta``), found in time proportional to the changes, not to the state.
+    The keys changed since an epoch asked again (incremental checkpoints ask since the same
+    whole one, each time) are kept and grown with the epochs after the last ask. The changes
+    since an epoch no longer tracked are not known (``delta`` raises): the whole state goes.
+    Keys are interned, so the sets of many epochs share one string per key."""
 
     stateful = True
     config: CountByKeyConfig
-    EPOCHS_KEPT = 64
+    EPOCHS_KEPT = 256
 
     def __init__(self, config: CountByKeyConfig) -> None:
         super().__init__(config)
         self.counts: dict[str, int] = {}
         self._epoch = 0  # snapshots taken; 0: none yet, nothing to track
-        self._changed: dict[str, int] = {}  # key -> the epoch it last changed in
-        self._touched: dict[int, list[str]] = {}  # epoch -> keys changed in it (recent ones)
-        self._now: list[str] | None = None  # this epoch's
+        self._touched: dict[int, set[str]] = {}  # epoch -> keys changed in it (recent ones)
+        self._now: set[str] | None = None  # this epoch's
         self._since: tuple[int, int, set[str]] | None = None  # (since, merged up to, keys)
 
     def process(self, record: Record) -> Iterable[Record]:
         raw = record.get(self.config.key)
-        key = raw if isinstance(raw, str) else orjson.dumps(raw).decode()
+        key = sys.intern(raw if type(raw) is str else orjson.dumps(raw).decode())
         n = self.counts.get(key, 0) + 1
         self.counts[key] = n
         if self._now is not None:
-            self._changed[key] = self._epoch
-            self._now.append(key)
+            self._now.add(key)
         return ({"key": raw, "count": n, "seq": record.get("seq")},)
 
     def snapshot(self) -> Any:
         self._epoch += 1
-        self._now = self._touched[self._epoch] = []
+        self._now = self._touched[self._epoch] = set()
         self._touched.pop(self._epoch - self.EPOCHS_KEPT, None)
         return {"counts": self.counts}
 
@@ -111,13 +111,13 @@ class CountByKey(Operator):
             and all(e in touched for e in range(cached[1] + 1, self._epoch))
         ):
             keys, first = cached[2], cached[1] + 1
-        elif all(e in touched for e in range(since, self._epoch)):
-            keys, first = set(), since  # recent: the keys touched since, not every key
+        elif since <= self._epoch and all(e in touched for e in range(since, self._epoch)):
+            keys, first = set(), since
         else:
-            keys, first = {k for k, e in self._changed.items() if e >= since}, self._epoch
+            raise ValueError(f"the changes since epoch {since} are no longer tracked")
         for e in range(first, self._epoch + 1):
             keys.update(touched.get(e, ()))
-        self._since = (since, self._epoch - 1, keys)  # this epoch's list still grows
+        self._since = (since, self._epoch - 1, keys)  # this epoch's set still grows
         return {"merge": {"counts": {k: counts[k] for k in keys}}}
 
     def restore(self, state: Any) -> None:
