@@ -105,12 +105,9 @@ class SnapshotStore:
         held = self._kept.get(name)
         if held is not None and held[0] > time.monotonic() and not fresh:
             return held[1]
-        state = orjson.loads(await self._read(name))
-        if statedelta.is_staged(state):  # an incremental checkpoint's: its base and changes
-            return statedelta.apply(
-                await self.load(state[statedelta.BASE], fresh=True), state[statedelta.DELTA]
-            )
-        return state
+        raw, delta = await self.raw(name)  # an incremental checkpoint's: its base and changes
+        state = orjson.loads(raw)
+        return statedelta.apply(state, delta) if delta is not None else state
 
     async def raw(self, name: str) -> tuple[bytes, Any]:
         """An object's state as stored (JSON), and for an incremental checkpoint's the
