@@ -37,11 +37,14 @@ class Message(BaseModel):
     newer_fields: ClassVar[frozenset[str]] = frozenset()
 
     def to_bytes(self) -> bytes:
-        newer = self.newer_fields
-        if newer:
-            unset = {f for f in newer if getattr(self, f) == type(self).model_fields[f].default}
+        unset = self.newer_unset()
+        if unset:
             return self.model_dump_json(by_alias=True, exclude=unset).encode()
         return self.model_dump_json(by_alias=True).encode()
+
+    def newer_unset(self) -> set[str]:
+        """The newer fields at their defaults: left out of the message."""
+        return {f for f in self.newer_fields if getattr(self, f) == type(self).model_fields[f].default}
 
     @classmethod
     def from_bytes(cls, data: bytes | str) -> Self:
@@ -125,6 +128,8 @@ class TaskSnapshot(Message):
 
 
 class DeployTask(Message):
+    newer_fields = frozenset({"wave"})
+
     kind: Literal["deploy"] = "deploy"
     cmd_id: str
     dataflow: str
@@ -136,6 +141,12 @@ class DeployTask(Message):
     inputs: list[Binding] = Field(default_factory=list)
     outputs: list[Binding] = Field(default_factory=list)
     restore: TaskSnapshot | None = Field(default=None, description="continue where a moved copy stopped")
+    wave: str | None = Field(
+        default=None,
+        max_length=64,
+        description="the deployment wave this command is part of (LoginAhead: its tasks may share the "
+        "NATS login the agent began for it)",
+    )
 
 
 class StopTask(Message):
@@ -181,6 +192,19 @@ class StageState(Message):
         default=None,
         description="changes to apply to state on arrival (the object was an incremental checkpoint)",
     )
+
+
+class LoginAhead(Message):
+    """A deployment wave's NATS channels are granted to the device (master -> agent, on its
+    command topic, before the wave's commands; no answer).
+
+    NATS fixes a connection's permissions at login, so a login the agent begins on receipt
+    carries the channels of every task in the wave (the master sends this once their grants
+    are stored), and the wave's tasks share it: the login overlaps the rest of the wave's
+    preparation instead of following each command."""
+
+    kind: Literal["login_ahead"] = "login_ahead"
+    wave: str = Field(max_length=64)
 
 
 class CheckpointStored(Message):
@@ -283,7 +307,9 @@ def state_bytes(msg: TaskCheckpoint | DeployTask) -> bytes:
         state = orjson.Fragment(orjson.dumps(snap.state, option=orjson.OPT_NON_STR_KEYS))
     except TypeError:
         return msg.to_bytes()
-    head = msg.model_dump(mode="json", by_alias=True, exclude={field: {"state"}})
+    exclude: dict[str, Any] = {f: True for f in msg.newer_unset()}
+    exclude[field] = {"state"}
+    head = msg.model_dump(mode="json", by_alias=True, exclude=exclude)
     head[field]["state"] = state
     return orjson.dumps(head)
 
@@ -669,6 +695,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     DeployTask,
     StopTask,
     StageState,
+    LoginAhead,
     CheckpointStored,
     CommandAck,
     TaskCheckpoint,

@@ -216,6 +216,10 @@ class Names:
         """The agent's data session: one MQTT connection carrying the channels of all its tasks."""
         return f"{self.namespace}-data-{device}"
 
+    def nats_client_name(self, device: str) -> str:
+        """The name of an agent's NATS data connections (one per login, numbered after the first)."""
+        return f"{self.namespace}-nats-{device}"
+
     def task_client_id(self, dataflow: str, task: str) -> str:
         """The MQTT session of a task: named after the task, so its queued input follows it."""
         return f"{self.namespace}-task-{dataflow}-{task}"

@@ -343,12 +343,16 @@ class DeviceAccess:
 
     # ------------------------------------------------------------ grants
 
-    async def prepare(self, wave: list[tuple[str, DeployTask]]) -> None:
+    async def prepare(
+        self, wave: list[tuple[str, DeployTask]], on_granted: Callable[[list[str]], None] | None = None
+    ) -> None:
         """Grant a whole deployment wave at once: every task's grant stored, then one message
         to the broker with the new role of every device concerned (instead of a round trip
-        per task, serialised per device). ``before_send`` then has nothing left to do."""
+        per task, serialised per device). ``before_send`` then has nothing left to do.
+        ``on_granted``: told, once the grants are stored (so a NATS login carries them), the
+        devices that got NATS channels."""
         statuses = await self.store.statuses(sorted({d for d, _ in wave}))
-        granted: list[tuple[str, str, TaskGrant]] = []
+        grants: list[tuple[str, str, TaskGrant]] = []
         for device, cmd in wave:
             if statuses.get(device) == REVOKED:
                 self._prepared[cmd.cmd_id] = Refused(409, f"device {device} is revoked")
@@ -358,15 +362,17 @@ class DeviceAccess:
             except GrantRefused as e:
                 self._prepared[cmd.cmd_id] = e
                 continue
-            granted.append((device, task_key(cmd.dataflow, cmd.task), grant))
+            grants.append((device, task_key(cmd.dataflow, cmd.task), grant))
             self._prepared[cmd.cmd_id] = None
-        await self.store.set_grants(granted)
+        await self.store.set_grants(grants)
+        if on_granted is not None:
+            on_granted(sorted({d for d, _, g in grants if any(c.on_nats(self.names) for c in g.channels)}))
         t0 = time.monotonic()
-        devices = sorted({d for d, _, _ in granted})
+        devices = sorted({d for d, _, _ in grants})
         await self.push_many(devices)
         took = time.monotonic() - t0
         if took > 1.0:  # the broker's dynamic security: O(fleet) per role changed
-            n = len(granted)
+            n = len(grants)
             log.info("granted the channels of %d tasks on %d devices in %.1f s", n, len(devices), took)
 
     async def before_send(self, device: str, cmd: DeployTask | StopTask) -> None:

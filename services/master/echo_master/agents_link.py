@@ -34,6 +34,7 @@ from echo_shared.messages import (
     CommandAck,
     CredentialsAck,
     DeployTask,
+    LoginAhead,
     Message,
     RotateCredentials,
     StageState,
@@ -69,7 +70,9 @@ class SendHooks(Protocol):
 
     async def withdraw(self, device: str, dataflow: str, task: str, generation: int) -> None: ...
 
-    async def prepare(self, wave: list[tuple[str, DeployTask]]) -> None: ...
+    async def prepare(
+        self, wave: list[tuple[str, DeployTask]], granted: Callable[[list[str]], None] | None = None
+    ) -> None: ...
 
 
 class AgentLink:
@@ -216,9 +219,25 @@ class AgentLink:
             self.mqtt.publish(self.names.command_topic(device), msg.to_bytes(), qos=1)
 
     async def prepare(self, wave: list[tuple[str, DeployTask]]) -> None:
-        """Before a wave of deploys: what they need, granted at once (``hooks.prepare``)."""
-        if self.hooks is not None and wave:
-            await self.hooks.prepare(wave)
+        """Before a wave of deploys: what they need, granted at once (``hooks.prepare``);
+        once its grants are stored, each device with NATS channels in it is told to begin
+        the NATS login its tasks of the wave share (``LoginAhead``), while the rest of the
+        preparation (the MQTT broker's roles) runs."""
+        if not wave:
+            return
+        names = {c.wave for _, c in wave if c.wave is not None}
+        ahead = LoginAhead(wave=names.pop()).to_bytes() if len(names) == 1 else None
+
+        def granted(devices: list[str]) -> None:
+            if ahead is not None and self.leading():
+                for device in devices:
+                    self.mqtt.publish(self.names.command_topic(device), ahead, qos=1)
+
+        if self.hooks is not None:
+            await self.hooks.prepare(wave, granted)
+        else:
+            subjects = self.names.is_subject
+            granted(sorted({d for d, c in wave if any(subjects(b.topic) for b in (*c.inputs, *c.outputs))}))
 
     async def send_credentials(
         self, device: str, cmd: RotateCredentials, timeout: float = 10.0

@@ -5,8 +5,9 @@ A device connects to NATS with the login it got at enrolment; the server asks th
 own inbox (``Names.device_inbox``), the data stream and progress bucket looked up, and per
 NATS channel of its tasks exactly what the producing or the consuming end does (publish
 into the channel's subject / read it through the task's durable consumer; the progress
-entry; the resend subject), plus an operator's own subject (``io.nats_*``). A task opens
-its NATS connection after its grant, so the permissions of a connection follow the
+entry; the resend subject), plus an operator's own subject (``io.nats_*``). A task uses a
+NATS login begun after its grant (the agent's ``dataplane/natslink``; ``LoginAhead`` tells a
+device a wave's grants are stored), so the permissions of a connection follow the
 deployment; a revoked device's logins are refused.
 """
 

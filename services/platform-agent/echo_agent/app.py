@@ -169,6 +169,9 @@ class Rotation:
         if b'"kind":"checkpoint_stored"' in msg.payload:
             self.manager.on_checkpoint_stored(msg)
             return
+        if b'"kind":"login_ahead"' in msg.payload:
+            self.manager.on_login_ahead(msg)
+            return
         if b'"kind":"credentials"' not in msg.payload:
             self.manager.on_command(msg)
             return
@@ -202,10 +205,8 @@ class Rotation:
             if login is not None:
                 self.control.relogin(login)
                 self.manager.relogin(login)
-                for runner in list(self.manager.tasks.values()):
-                    nats = getattr(runner.transport, "nats", None) if hasattr(runner, "transport") else None
-                    if nats is not None and access.nats is not None:
-                        nats.relogin(access.nats.username, access.nats.password)
+                if access.nats is not None:
+                    self.manager.relogin_nats(access.nats.username, access.nats.password)
             self.manager.access = access
             log.info("device %s: new credentials (%s) in use from the next connect", device, cmd.username)
         ack = CredentialsAck(cmd_id=cmd.cmd_id, device=device, ok=ok, reason=reason)

@@ -32,6 +32,7 @@ from echo_shared.messages import (
     CheckpointStored,
     CommandAck,
     DeployTask,
+    LoginAhead,
     StageState,
     StopTask,
     TaskBrief,
@@ -43,6 +44,7 @@ from echo_shared.names import Names
 from echo_shared.telemetry import extract, tracer
 
 from .dataplane.datasession import DataSession
+from .dataplane.natslink import NatsLogins
 from .dataplane.outbox import SpoolSettings
 from .localtasks import LocalTasks
 from .running import TaskRunner
@@ -102,6 +104,7 @@ class TaskManager:
         self.staged = StagedStates()  # moving tasks' states sent ahead (pre-copy)
         self._locks: dict[Key, asyncio.Lock] = {}
         self._inflight: set[asyncio.Task[None]] = set()
+        self._nats: NatsLogins | None = None
         self._shutting_down = False
         self._last_counts: dict[Key, tuple[float, int, int]] = {}
         self._tracer = tracer("echo.agent")
@@ -109,7 +112,9 @@ class TaskManager:
     # ---------------------------------------------------------------- intake
 
     def on_command(self, msg: MqttMessage) -> None:
-        t = asyncio.create_task(self._handle(msg))
+        # when it arrived: its grant was made before it was sent, so a NATS login begun
+        # from now on carries the task's channels (``natslink``)
+        t = asyncio.create_task(self._handle(msg, asyncio.get_running_loop().time()))
         self._inflight.add(t)
         t.add_done_callback(self._inflight.discard)
 
@@ -129,7 +134,19 @@ class TaskManager:
                 runner.checkpoints.stored(notice.taken_at, notice.kept, notice.base)
         self._ack_mqtt(msg)
 
-    async def _handle(self, msg: MqttMessage) -> None:
+    def on_login_ahead(self, msg: MqttMessage) -> None:
+        """A deployment wave's NATS channels are granted: begin the login its tasks share."""
+        try:
+            notice = LoginAhead.from_bytes(msg.payload)
+        except ValidationError as e:
+            log.warning("dropping a malformed login notice: %s", e.errors()[:3])
+        else:
+            logins = self.nats_logins()
+            if logins is not None and not self._shutting_down:
+                logins.ahead(notice.wave)
+        self._ack_mqtt(msg)
+
+    async def _handle(self, msg: MqttMessage, received_at: float | None = None) -> None:
         try:
             cmd = COMMAND_ADAPTER.validate_json(msg.payload)
         except ValidationError as e:
@@ -147,7 +164,7 @@ class TaskManager:
             lock = self._locks.setdefault((cmd.dataflow, cmd.task), asyncio.Lock())
             async with lock:
                 if isinstance(cmd, DeployTask):
-                    ack = await self.deploy(cmd)
+                    ack = await self.deploy(cmd, received_at)
                 elif isinstance(cmd, StopTask):
                     ack = await self.stop(cmd)
                 else:
@@ -187,7 +204,7 @@ class TaskManager:
 
     # ---------------------------------------------------------------- commands
 
-    async def deploy(self, cmd: DeployTask) -> CommandAck:
+    async def deploy(self, cmd: DeployTask, received_at: float | None = None) -> CommandAck:
         key = (cmd.dataflow, cmd.task)
         if self.tombstones.get(key, -1) >= cmd.generation:
             return self._ack(cmd, False, TaskState.stopped, "generation already stopped on this device")
@@ -232,6 +249,8 @@ class TaskManager:
             access=self.access,
             build=self.runtimes.build,
             session=self.data_session() if self.shared_data_session else None,
+            nats_logins=self.nats_logins(),
+            received_at=received_at,
             spools=(
                 dataclasses.replace(self.spools, directory=self.spools.directory / cmd.dataflow / cmd.task)
                 if self.spools is not None
@@ -351,6 +370,22 @@ class TaskManager:
             if runner.mqtt is not None:
                 runner.mqtt.relogin(login)
 
+    def nats_logins(self) -> NatsLogins | None:
+        """The device's NATS logins, made on first use (None: the device has no NATS)."""
+        if self._nats is None and self.nats_url:
+            self._nats = NatsLogins(
+                self.nats_url,
+                self.names,
+                self.names.nats_client_name(self.device),
+                self.access.nats_options() if self.access else None,
+            )
+        return self._nats
+
+    def relogin_nats(self, user: str, password: str) -> None:
+        """New NATS credentials: every login uses them from its next connect."""
+        if self._nats is not None:
+            self._nats.relogin(user, password)
+
     # ---------------------------------------------------------------- views / shutdown
 
     def report_progress(self) -> None:
@@ -386,3 +421,5 @@ class TaskManager:
         )
         if self._data is not None:
             await self._data.close()
+        if self._nats is not None:
+            await self._nats.close()

@@ -31,6 +31,7 @@ from .dataplane.checkpoints import Checkpoints, Publish, SaveLocal, take_snapsho
 from .dataplane.consuming import Consumer, call
 from .dataplane.datasession import DataSession, TaskChannels
 from .dataplane.natschannels import NatsChannels
+from .dataplane.natslink import NatsLogins
 from .dataplane.outbox import SpoolSettings
 from .dataplane.recordtrace import RecordTracer
 from .dataplane.transports import Transports
@@ -67,8 +68,14 @@ class TaskRunner:
         session: DataSession | None = None,
         spools: SpoolSettings | None = None,
         save_local: SaveLocal | None = None,
+        nats_logins: NatsLogins | None = None,
+        received_at: float | None = None,
     ) -> None:
         self.cmd = cmd
+        # the agent's NATS logins, shared by tasks deployed together (None: a login of the
+        # task's own); ``received_at``: the loop time its command arrived, after its grant
+        self.nats_logins = nats_logins
+        self.received_at = received_at
         # the task's output spools (None: a cut-off producer waits) and where its checkpoints
         # are kept on the device (None: only the master has them)
         self.spools = spools
@@ -207,11 +214,15 @@ class TaskRunner:
             )
         nats = (
             NatsChannels(
-                self.nats_url,
+                self.nats_logins
+                or NatsLogins(
+                    self.nats_url, self.names, client_id, self.access.nats_options() if self.access else None
+                ),
                 self.names,
                 client_id,
                 self._on_message,
-                options=self.access.nats_options() if self.access else None,
+                since=self.received_at,
+                wave=cmd.wave,
             )
             if uses_nats and self.nats_url
             else None

@@ -14,11 +14,11 @@ The scheduler gives an edge a NATS channel when both devices reach NATS. Then:
   ordered consumer behind a watch does not always survive the server's restart (its
   reset can fail while the server is away, and then the watch is silent for good), and a
   producer that never hears its consumer's progress stops at its credit window.
-- a connection the server closes for good (nats-py gives up after an ``Authorization
-  Violation``, which a device's login through the auth callout can meet while everything
-  reconnects at once after a restart) is opened again, and every subscription with it;
-  acknowledgements go over whichever connection is current (an ack is a plain publish to
-  the message's reply subject), so nothing fetched before is left pending.
+- the connection is a login shared with the agent's other tasks deployed with this one
+  (``natslink``); when the server closes it for good a new one is opened, and every
+  subscription is made again on it; acknowledgements go over whichever connection is
+  current (an ack is a plain publish to the message's reply subject), so nothing fetched
+  before is left pending.
 
 ``NatsChannels`` offers what ``channels``/``consuming``/``files`` use of ``MqttClient``
 (``publish``, ``subscribe``, ``ack``, ``wait_for_window``, ``window_full``, ``close``),
@@ -38,14 +38,14 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from echo_shared.mqtt import MqttMessage
 from echo_shared.names import Names
-from echo_shared.nats_bus import connection_callbacks, ensure_data_plane, nats_servers
 from echo_shared.outage import Backoff, Outage
 
+from .natslink import NatsLink, NatsLogins, NatsUnavailable
 from .recordtrace import TRACEPARENT
 
 log = logging.getLogger(__name__)
@@ -57,32 +57,32 @@ ACK_WAIT = 60.0  # seconds JetStream waits for an ack before redelivering (acks 
 PUBLISH_TIMEOUT = 2.0  # seconds a JetStream publish waits for the stream's ack before trying again
 
 
-class NatsUnavailable(OSError):
-    pass
-
-
 class NatsChannels:
+    """A task's NATS channels, over a login of ``logins`` begun at ``since`` or later (the
+    loop time the task's command arrived; None: now) or ahead of its deployment ``wave``
+    (``NatsLogins``)."""
+
     def __init__(
         self,
-        url: str,
+        logins: NatsLogins,
         names: Names,
         client_name: str,
         on_message: Callable[[MqttMessage], None],
         *,
+        since: float | None = None,
+        wave: str | None = None,
         window: int = 100,
         max_ack_pending: int = 1000,
-        options: dict[str, Any] | None = None,
     ) -> None:
-        self.url = url
-        self._options = options or {}  # login and TLS (``Access.nats_options``)
+        self.logins = logins
+        self._since = since
+        self._wave = wave
         self.names = names
         self.client_name = client_name
         self._on_message = on_message
         self._window = window
         self._max_ack_pending = max_ack_pending
-        self._nc: NatsClient | None = None
-        self._js: JetStreamContext | None = None
-        self._kv: KeyValue | None = None
+        self._link: NatsLink | None = None
         self._pending: set[asyncio.Future[None]] = set()
         self._window_free = asyncio.Event()
         self._window_free.set()
@@ -91,85 +91,46 @@ class NatsChannels:
         self._next_id = 0
         self._durables: list[str] = []
         self._subs: list[Any] = []
+        self._pull_subs: dict[str, Any] = {}  # topic -> its pull subscription
         self._watchers: dict[str, tuple[Any, asyncio.Task[None]]] = {}  # progress topic -> watch
         self._pulls: list[asyncio.Task[None]] = []
         self.taken_over = asyncio.Event()  # never set: JetStream has no session takeover
         self._closing = False
-        self._reopening: asyncio.Task[None] | None = None
         self._topics: list[str] = []  # everything subscribed (a new connection subscribes again)
         self._outage = Outage(f"nats data publishes of {client_name}", log)
         self.epoch = 1
 
     # ------------------------------------------------------------------ lifecycle
 
+    @property
+    def _nc(self) -> NatsClient | None:
+        return self._link.nc if self._link is not None else None
+
+    @property
+    def _js(self) -> JetStreamContext | None:
+        return self._link.js if self._link is not None else None
+
+    @property
+    def _kv(self) -> KeyValue | None:
+        return self._link.kv if self._link is not None else None
+
     async def start(self, timeout: float = 10.0) -> None:
-        try:
-            self._nc = await nats.connect(
-                nats_servers(self.url),
-                name=self.client_name,
-                connect_timeout=timeout,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                closed_cb=self._closed,
-                **connection_callbacks(
-                    self.client_name, on_reconnect=self._reconnected, closing=lambda: self._closing
-                ),
-                **self._options,
-            )
-        except Exception as e:
-            raise NatsUnavailable(f"NATS at {self.url} unreachable: {e}") from e
-        self._js = self._nc.jetstream()
-        self._kv = await self._lookup()
+        since = self._since if self._since is not None else asyncio.get_running_loop().time()
+        self._link = await self.logins.acquire(self, since, timeout, self._wave)
 
-    async def _closed(self) -> None:
-        """The connection ended for good: unless we close, open a new one."""
-        if self._closing or (self._reopening is not None and not self._reopening.done()):
+    async def relinked(self) -> None:
+        """A new connection replaced one the server closed: the old one's pulls and watches
+        are gone; make every subscription again."""
+        if self._closing:
             return
-        log.warning(
-            "nats %s: the connection was closed (%s); opening a new one", self.client_name, self._last_err()
-        )
-        self._reopening = asyncio.create_task(self._reopen(), name=f"reopen-{self.client_name}")
-
-    def _last_err(self) -> str:
-        err = getattr(self._nc, "last_error", None) if self._nc is not None else None
-        return f"{type(err).__name__}: {err}" if err is not None else "no error given"
-
-    async def _reopen(self) -> None:
-        backoff = Backoff(0.2, 5.0)
-        while not self._closing:
-            try:
-                await self.start(timeout=5.0)
-                for t in self._tasks:  # the old connection's pulls and watches
-                    t.cancel()
-                self._tasks, self._pulls, self._subs, self._watchers = [], [], [], {}
-                self._durables = []
-                await self.subscribe(list(self._topics), remember=False)
-                log.warning("nats %s: a new connection took over every subscription", self.client_name)
-                return
-            except Exception as e:
-                log.debug("nats %s: cannot open a new connection: %s", self.client_name, e)
-                await asyncio.sleep(backoff.next())  # the retry's pace; closing ends it
-
-    async def _lookup(self) -> KeyValue:
-        """The data stream and progress bucket, which the master prepares: a device may only
-        look them up. (A privileged client without a master, e.g. a test, creates them.)"""
-        assert self._js is not None
-        try:
-            await self._js.stream_info(self.names.data_stream)
-            return await self._js.key_value(self.names.progress_bucket)
-        except (NotFoundError, BucketNotFoundError):
-            try:
-                await ensure_data_plane(self._js, self.names)
-                return await self._js.key_value(self.names.progress_bucket)
-            except Exception as e:
-                raise NatsUnavailable(
-                    f"the NATS data stream {self.names.data_stream} is missing (the master creates it): {e}"
-                ) from e
+        for t in self._tasks:
+            t.cancel()
+        self._tasks, self._pulls, self._subs, self._watchers = [], [], [], {}
+        self._durables, self._pull_subs = [], {}
+        await self.subscribe(list(self._topics), remember=False)
 
     async def close(self, *, discard_session: bool = False, timeout: float = 2.0) -> None:
         self._closing = True
-        if self._reopening is not None and not self._reopening.done():
-            self._reopening.cancel()
         # let pulls finish the fetch they are in (FETCH_WAIT at most, less under load):
         # messages of a fetch cancelled mid-flight are delivered to nobody and stay pending
         # for ACK_WAIT, and enough of them (a few moves) stop the durable at max_ack_pending
@@ -185,13 +146,23 @@ class NatsChannels:
             _, still = await asyncio.wait(pending, timeout=0.5)
             pending = list(still)
         self._tasks.clear()
-        nc, self._nc = self._nc, None
+        link, self._link = self._link, None
+        if link is None:
+            return
+        try:
+            await self._let_go(link, discard_session, timeout)
+        finally:
+            await self.logins.release(link, self)
+
+    async def _let_go(self, link: NatsLink, discard_session: bool, timeout: float) -> None:
+        """Give back what this task holds on the shared connection."""
+        nc = link.nc
         if nc is None:
             return
-        if discard_session and self._js is not None:
+        if discard_session and link.js is not None:
             for durable in self._durables:  # the task is gone for good: so is its position
                 with contextlib.suppress(Exception):
-                    await self._js.delete_consumer(self.names.data_stream, durable)
+                    await link.js.delete_consumer(self.names.data_stream, durable)
         elif self._inflight:
             # fetched but not acknowledged (not processed, or outputs not yet safe): give them
             # back at once, for the next copy; left alone they would block the durable for
@@ -207,21 +178,14 @@ class NatsChannels:
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-        with contextlib.suppress(Exception):  # publishes were awaited and acks sent: no drain
-            async with asyncio.timeout(timeout):
-                await nc.close()
+        for sub in self._pull_subs.values():  # a pull subscription's inbox
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._pull_subs = {}
 
     @property
     def connected(self) -> bool:
-        return self._nc is not None and self._nc.is_connected
-
-    def relogin(self, user: str, password: str) -> None:
-        """Use a new login from the next reconnect on (credential rotation). nats-py keeps the
-        login it sends at each (re)connect in ``options``."""
-        self._options.update(user=user, password=password)
-        if self._nc is not None:
-            self._nc.options["user"] = user
-            self._nc.options["password"] = password
+        return self._link is not None and self._link.connected
 
     # ------------------------------------------------------------------ publishing
 
@@ -330,19 +294,32 @@ class NatsChannels:
             self._tasks.append(pull)
 
     async def _pull_subscribe(self, topic: str) -> Any:
-        """The task's durable pull consumer on ``topic`` (made if it is not there)."""
+        """The task's durable pull consumer on ``topic``, made or kept as it is by one
+        create request (nats-py's ``pull_subscribe`` first asks whether it exists: a second
+        round trip on every deployment's path); a create the server refuses (the consumer is
+        there with settings it cannot change) falls back to binding to it as it is."""
         assert self._js is not None
-        return await self._js.pull_subscribe(
-            topic,
-            durable=self.names.consumer_for(topic),
-            stream=self.names.data_stream,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=ACK_WAIT,
-                max_ack_pending=self._max_ack_pending,
-                filter_subject=topic,
-            ),
+        durable = self.names.consumer_for(topic)
+        stream = self.names.data_stream
+        config = ConsumerConfig(
+            name=durable,
+            durable_name=durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ACK_WAIT,
+            max_ack_pending=self._max_ack_pending,
+            filter_subject=topic,
         )
+        try:
+            await self._js.add_consumer(stream, config=config)
+        except BadRequestError as e:
+            try:
+                await self._js.consumer_info(stream, durable)
+            except NotFoundError:
+                raise e from None
+            log.info("nats %s: the consumer %s is kept as it is (%s)", self.client_name, durable, e)
+        sub = await self._js.pull_subscribe_bind(durable=durable, stream=stream)
+        self._pull_subs[topic] = sub  # unsubscribed at close: the connection outlives the task
+        return sub
 
     async def _consumer_checked(self, topic: str, sub: Any) -> Any:
         """The watchdog of a reader: its durable consumer still there, or made again (one
@@ -423,7 +400,7 @@ class NatsChannels:
         self._watchers[topic] = (watcher, task)
         self._tasks.append(task)
 
-    async def _reconnected(self) -> None:
+    async def reconnected(self) -> None:
         """NATS is back: watch every progress key again (the latest value comes first)."""
         if self._closing or not self._watchers:
             return
