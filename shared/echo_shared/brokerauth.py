@@ -130,7 +130,12 @@ SERVICE_RIGHTS: dict[str, Rights] = {
         redis=RedisRights(keys=("*:device:*", "*:devices", "*:lease:registry*", *_EVENTS)),
     ),
     "scheduler": Rights(
-        nats=responder_permissions(("*.scheduler.>",)) | request_permissions(("*.registry.>",))
+        nats=NatsPermissions.union(
+            responder_permissions(("*.scheduler.>",)),
+            request_permissions(("*.registry.>",)),
+            # the registry's device events: its cached device list is dropped on each
+            NatsPermissions(sub_allow=("*.events.device.>",)),
+        )
     ),
     "migrator": Rights(
         nats=NatsPermissions.union(

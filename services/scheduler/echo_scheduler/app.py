@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from nats.aio.msg import Msg
+
 from echo_shared import metrics
 from echo_shared.credentials import Access
 from echo_shared.messages import PlaceRequest, ValidateRequest
@@ -26,6 +28,11 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event) -> None:
         service = SchedulerService(bus, names, settings.registry_timeout)
         await bus.serve(names.scheduler_validate, names.scheduler_queue, ValidateRequest, service.validate)
         await bus.serve(names.scheduler_place, names.scheduler_queue, PlaceRequest, service.place)
+
+        async def device_changed(_msg: Msg) -> None:
+            service.view.changed()
+
+        await bus.subscribe_raw(names.device_events_all, device_changed)
         exporter = metrics.serve(service.metrics.registry, settings, settings.service_name)
         log.info("scheduler ready")
         try:

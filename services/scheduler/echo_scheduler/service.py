@@ -20,6 +20,7 @@ from echo_shared.nats_bus import NatsBus
 from echo_shared.registry_client import list_devices
 
 from . import placing, validating
+from .devices import DeviceView
 from .errors import RegistryUnavailable
 from .fleet import Reservation
 from .metrics import SchedulerMetrics
@@ -34,6 +35,7 @@ class SchedulerService:
         self.bus = bus
         self.names = names
         self.registry_timeout = registry_timeout
+        self.view = DeviceView(self._list_devices)
         self.metrics = SchedulerMetrics()
 
     async def validate(self, req: ValidateRequest) -> ValidateReply:
@@ -60,6 +62,9 @@ class SchedulerService:
         ]
 
     async def devices(self, timeout: float | None = None) -> list[DeviceRecord]:
+        return await self.view.devices(timeout)
+
+    async def _list_devices(self, timeout: float | None = None) -> list[DeviceRecord]:
         try:
             return await list_devices(self.bus, self.names, timeout=timeout or self.registry_timeout)
         except BusError as e:

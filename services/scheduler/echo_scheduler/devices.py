@@ -1,0 +1,47 @@
+"""The registry's device list, as the scheduler reads it: kept for a moment, dropped on change.
+
+Both of a dataflow's requests to the scheduler (the API's validation, then the master's
+placement, a few milliseconds apart) need every device record, and each asked the
+registry for them: a round trip on every deployment's path. The list is now kept for at
+most ``MAX_AGE`` and dropped at once when the registry announces a device's change of
+status (``{ns}.events.device.>``: one came, went, came back, was revoked), so a placement
+never sees a device online that the registry has announced gone. What changes without
+an announcement (load figures from heartbeats, a device's own description when it says
+hello again) is at most ``MAX_AGE`` old.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from echo_shared.models import DeviceRecord
+
+MAX_AGE = 1.0  # seconds a device list is used again
+
+
+class DeviceView:
+    def __init__(
+        self, fetch: Callable[[float | None], Awaitable[list[DeviceRecord]]], max_age: float = MAX_AGE
+    ) -> None:
+        self._fetch = fetch
+        self.max_age = max_age
+        self._devices: list[DeviceRecord] | None = None
+        self._at = 0.0
+        self._changes = 0  # device events seen: a list fetched before the latest one is stale
+        self.fetches = 0
+
+    async def devices(self, timeout: float | None = None) -> list[DeviceRecord]:
+        if self._devices is not None and time.monotonic() - self._at < self.max_age:
+            return self._devices
+        changes, asked = self._changes, time.monotonic()
+        devices = await self._fetch(timeout)
+        self.fetches += 1
+        if changes == self._changes:  # no announcement while it was asked for
+            self._devices, self._at = devices, asked
+        return devices
+
+    def changed(self) -> None:
+        """A device's status changed (a registry event): the next request asks again."""
+        self._changes += 1
+        self._devices = None
