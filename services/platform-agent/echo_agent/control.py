@@ -169,9 +169,19 @@ class TaskManager:
                     ack = await self.stop(cmd)
                 else:
                     ack = self.stage(cmd)
-            span.set_attribute("echo.state", ack.state.value)
-        self._publish(self.names.ack_topic(self.device), ack.to_bytes())
+                span.set_attribute("echo.state", ack.state.value)
+                self._publish(self.names.ack_topic(self.device), ack.to_bytes())
+                if isinstance(cmd, DeployTask):
+                    # kept on disk once the master has its answer (a synced write: not on the
+                    # deployment's path), under the task's lock (a stop after it forgets it)
+                    self._keep(cmd)
         self._ack_mqtt(msg)
+
+    def _keep(self, cmd: DeployTask) -> None:
+        """A running task's command on disk: resumed from it if the agent restarts."""
+        runner = self.tasks.get((cmd.dataflow, cmd.task))
+        if runner is not None and runner.generation == cmd.generation and runner.state is TaskState.running:
+            self.local.save(cmd)
 
     def _ack_mqtt(self, msg: MqttMessage) -> None:
         if self.control is not None:
@@ -268,8 +278,6 @@ class TaskManager:
         except Exception as e:  # start() handles what it expects; anything else fails the task
             log.exception("task %s/%s could not start", *key)
             runner.state, runner.reason = TaskState.failed, f"could not start: {type(e).__name__}: {e}"
-        if runner.state is TaskState.running:
-            self.local.save(cmd)  # resumed from here if the agent restarts
         return self._ack(cmd, runner.state is not TaskState.failed, runner.state, runner.reason)
 
     async def resume_local(self, cmds: list[DeployTask]) -> None:
