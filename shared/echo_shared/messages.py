@@ -128,8 +128,6 @@ class TaskSnapshot(Message):
 
 
 class DeployTask(Message):
-    newer_fields = frozenset({"wave"})
-
     kind: Literal["deploy"] = "deploy"
     cmd_id: str
     dataflow: str
@@ -141,12 +139,6 @@ class DeployTask(Message):
     inputs: list[Binding] = Field(default_factory=list)
     outputs: list[Binding] = Field(default_factory=list)
     restore: TaskSnapshot | None = Field(default=None, description="continue where a moved copy stopped")
-    wave: str | None = Field(
-        default=None,
-        max_length=64,
-        description="the deployment wave this command is part of (LoginAhead: its tasks may share the "
-        "NATS login the agent began for it)",
-    )
 
 
 class StopTask(Message):
@@ -199,12 +191,16 @@ class LoginAhead(Message):
     command topic, before the wave's commands; no answer).
 
     NATS fixes a connection's permissions at login, so a login the agent begins on receipt
-    carries the channels of every task in the wave (the master sends this once their grants
-    are stored), and the wave's tasks share it: the login overlaps the rest of the wave's
-    preparation instead of following each command."""
+    carries the channels of every deploy command named here (the master sends this once
+    their grants are stored), and their tasks share it: the login overlaps the rest of the
+    wave's preparation instead of following each command. (An agent of the version before
+    drops it as an unknown command, with a warning.)"""
 
     kind: Literal["login_ahead"] = "login_ahead"
-    wave: str = Field(max_length=64)
+    wave: str = Field(max_length=64, description="names the wave (logs)")
+    commands: list[Annotated[str, Field(max_length=64)]] = Field(
+        max_length=10_000, description="the cmd_id of each deploy of the wave to this device"
+    )
 
 
 class CheckpointStored(Message):

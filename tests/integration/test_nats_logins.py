@@ -52,21 +52,21 @@ async def test_a_wave_shares_one_login_and_a_later_grant_gets_a_login_that_carri
     pool = NatsLogins(server.url, NAMES, f"t1-nats-{DEVICE}", options)
     loop = asyncio.get_running_loop()
 
-    def task(name: str, since: float, wave: str | None = None) -> NatsChannels:
-        return NatsChannels(pool, NAMES, name, lambda m: None, since=since, wave=wave)
+    def task(name: str, since: float, cmd_id: str | None = None) -> NatsChannels:
+        return NatsChannels(pool, NAMES, name, lambda m: None, since=since, cmd_id=cmd_id)
 
     # the wave's grants are stored, the device told: one login, begun before its commands come
-    pool.ahead("w1")
-    t1, t2 = task("t1-a", loop.time(), "w1"), task("t1-b", loop.time(), "w1")
+    pool.ahead(["cmd-a", "cmd-b"])
+    t1, t2 = task("t1-a", loop.time(), "cmd-a"), task("t1-b", loop.time(), "cmd-b")
     await asyncio.gather(t1.start(), t2.start())
     assert pool.logins == 1 and len(devices.calls) == 1
-    await t1.publish(first, b"r1")
+    await asyncio.wait_for(t1.publish(first, b"r1"), 10)  # (a refused publish is retried for ever)
     # a later grant; its task's command arrives after it: a new login, through the callout again
     devices.entries[DEVICE] = (password, granted(first, later))
     t3 = task("t1-c", loop.time())
     await t3.start()
     assert pool.logins == 2 and len(devices.calls) == 2
-    await t3.publish(later, b"r2")
+    await asyncio.wait_for(t3.publish(later, b"r2"), 10)
     # the wave's login was fixed before that grant: the server drops its publish to the new channel
     assert t1._link is not None and t1._link.js is not None
     with pytest.raises(nats.errors.TimeoutError):

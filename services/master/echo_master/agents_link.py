@@ -19,6 +19,7 @@ import asyncio
 import collections
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -225,13 +226,17 @@ class AgentLink:
         preparation (the MQTT broker's roles) runs."""
         if not wave:
             return
-        names = {c.wave for _, c in wave if c.wave is not None}
-        ahead = LoginAhead(wave=names.pop()).to_bytes() if len(names) == 1 else None
+        name = uuid.uuid4().hex[:16]
+        commands: dict[str, list[str]] = {}
+        for device, cmd in wave:
+            commands.setdefault(device, []).append(cmd.cmd_id)
 
         def granted(devices: list[str]) -> None:
-            if ahead is not None and self.leading():
-                for device in devices:
-                    self.mqtt.publish(self.names.command_topic(device), ahead, qos=1)
+            if not self.leading():
+                return
+            for device in devices:
+                notice = LoginAhead(wave=name, commands=commands.get(device, []))
+                self.mqtt.publish(self.names.command_topic(device), notice.to_bytes(), qos=1)
 
         if self.hooks is not None:
             await self.hooks.prepare(wave, granted)

@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -309,10 +308,7 @@ class Reconciler:
                     for r in due
                 ],
             )
-            # named, so that a device's tasks of the wave share the NATS login it begins when
-            # told their channels are granted (LoginAhead)
-            wave = uuid.uuid4().hex[:16]
-            commands = [(await self._command(df, r)).model_copy(update={"wave": wave}) for r in due]
+            commands = [await self._command(df, r) for r in due]
             await self.link.prepare([(r.device, c) for r, c in zip(due, commands, strict=True) if r.device])
             results = await asyncio.gather(
                 *(self._deploy(r, c) for r, c in zip(due, commands, strict=True)), return_exceptions=True

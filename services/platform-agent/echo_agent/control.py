@@ -143,7 +143,7 @@ class TaskManager:
         else:
             logins = self.nats_logins()
             if logins is not None and not self._shutting_down:
-                logins.ahead(notice.wave)
+                logins.ahead(notice.commands)
         self._ack_mqtt(msg)
 
     async def _handle(self, msg: MqttMessage, received_at: float | None = None) -> None:
@@ -178,9 +178,10 @@ class TaskManager:
         self._ack_mqtt(msg)
 
     def _keep(self, cmd: DeployTask) -> None:
-        """A running task's command on disk: resumed from it if the agent restarts."""
+        """A task started by ``cmd`` and running: its command on disk, resumed from it if the
+        agent restarts (a repeated deploy of a running generation started nothing)."""
         runner = self.tasks.get((cmd.dataflow, cmd.task))
-        if runner is not None and runner.generation == cmd.generation and runner.state is TaskState.running:
+        if runner is not None and runner.cmd is cmd and runner.state is TaskState.running:
             self.local.save(cmd)
 
     def _ack_mqtt(self, msg: MqttMessage) -> None:

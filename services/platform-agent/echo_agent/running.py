@@ -222,7 +222,7 @@ class TaskRunner:
                 client_id,
                 self._on_message,
                 since=self.received_at,
-                wave=cmd.wave,
+                cmd_id=cmd.cmd_id,
             )
             if uses_nats and self.nats_url
             else None

@@ -2,12 +2,15 @@
 
 Both of a dataflow's requests to the scheduler (the API's validation, then the master's
 placement, a few milliseconds apart) need every device record, and each asked the
-registry for them: a round trip on every deployment's path. The list is now kept for at
-most ``MAX_AGE`` and dropped at once when the registry announces a device's change of
-status (``{ns}.events.device.>``: one came, went, came back, was revoked), so a placement
-never sees a device online that the registry has announced gone. What changes without
-an announcement (load figures from heartbeats, a device's own description when it says
-hello again) is at most ``MAX_AGE`` old.
+registry for them: a round trip on every deployment's path. The list is now kept for at most ``MAX_AGE``
+and dropped as soon as the registry's announcement of a device's change of status
+(``{ns}.events.device.>``: one came, went, came back, was revoked) reaches the scheduler. A
+request racing that announcement (a failover asked for by a service that heard it first;
+one sent while the scheduler's connection was down) may still see the device as it was,
+for at most ``MAX_AGE``: a failover names the device it leaves (``avoid``), and a deploy to
+a device that is gone times out and is placed again. What changes without an announcement
+(load figures from heartbeats, a device's own description when it says hello again) is at
+most ``MAX_AGE`` old too.
 """
 
 from __future__ import annotations

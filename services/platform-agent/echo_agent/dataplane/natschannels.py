@@ -59,7 +59,7 @@ PUBLISH_TIMEOUT = 2.0  # seconds a JetStream publish waits for the stream's ack 
 
 class NatsChannels:
     """A task's NATS channels, over a login of ``logins`` begun at ``since`` or later (the
-    loop time the task's command arrived; None: now) or ahead of its deployment ``wave``
+    loop time the task's command arrived; None: now) or ahead of that command, ``cmd_id``
     (``NatsLogins``)."""
 
     def __init__(
@@ -70,13 +70,13 @@ class NatsChannels:
         on_message: Callable[[MqttMessage], None],
         *,
         since: float | None = None,
-        wave: str | None = None,
+        cmd_id: str | None = None,
         window: int = 100,
         max_ack_pending: int = 1000,
     ) -> None:
         self.logins = logins
         self._since = since
-        self._wave = wave
+        self._cmd_id = cmd_id
         self.names = names
         self.client_name = client_name
         self._on_message = on_message
@@ -116,7 +116,7 @@ class NatsChannels:
 
     async def start(self, timeout: float = 10.0) -> None:
         since = self._since if self._since is not None else asyncio.get_running_loop().time()
-        self._link = await self.logins.acquire(self, since, timeout, self._wave)
+        self._link = await self.logins.acquire(self, since, timeout, self._cmd_id)
 
     async def relinked(self) -> None:
         """A new connection replaced one the server closed: the old one's pulls and watches
@@ -127,7 +127,23 @@ class NatsChannels:
             t.cancel()
         self._tasks, self._pulls, self._subs, self._watchers = [], [], [], {}
         self._durables, self._pull_subs = [], {}
-        await self.subscribe(list(self._topics), remember=False)
+        try:
+            await self.subscribe(list(self._topics), remember=False)
+        finally:
+            if self._closing:  # closed meanwhile: what was just made is nobody's
+                await self._drop_subscriptions()
+
+    async def _drop_subscriptions(self) -> None:
+        """Cancel the reads and end every subscription on the shared connection."""
+        for t in self._tasks:
+            t.cancel()
+        for w, _ in self._watchers.values():
+            with contextlib.suppress(Exception):
+                await w.stop()
+        for sub in [*self._subs, *self._pull_subs.values()]:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._tasks, self._pulls, self._subs, self._watchers, self._pull_subs = [], [], [], {}, {}
 
     async def close(self, *, discard_session: bool = False, timeout: float = 2.0) -> None:
         self._closing = True
@@ -172,16 +188,7 @@ class NatsChannels:
                 async with asyncio.timeout(timeout):
                     await asyncio.gather(*(m.nak() for m in unacked), return_exceptions=True)
                     await nc.flush()
-        for w, _ in self._watchers.values():
-            with contextlib.suppress(Exception):
-                await w.stop()
-        for sub in self._subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-        for sub in self._pull_subs.values():  # a pull subscription's inbox
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-        self._pull_subs = {}
+        await self._drop_subscriptions()  # the connection outlives this task
 
     @property
     def connected(self) -> bool:
@@ -411,7 +418,7 @@ class NatsChannels:
                 await old.stop()
             for attempt in range(50):
                 if self._closing:
-                    return
+                    break
                 try:
                     await self._start_watch(topic)
                     break
@@ -419,6 +426,8 @@ class NatsChannels:
                     if attempt == 49:
                         log.warning("nats %s: cannot watch %s again: %s", self.client_name, topic, e)
                     await asyncio.sleep(0.2)
+        if self._closing:  # closed meanwhile: a watch just made is nobody's
+            await self._drop_subscriptions()
 
     async def _watch(self, topic: str, watcher: Any) -> None:
         async for entry in watcher:

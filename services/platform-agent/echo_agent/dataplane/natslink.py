@@ -5,16 +5,16 @@ with the device's permissions at that moment, which are exactly the channels of 
 it has been granted. So a task may use a login only if the login began after the task's
 grant was stored. The agent knows two moments that come after it:
 
-- the master stores a deployment wave's grants, then tells each device concerned
-  (``LoginAhead``), then sends the wave's commands: a login begun on that notice carries
-  every task of the wave (``DeployTask.wave`` names it), and it runs while the master is
-  still preparing and sending the wave;
+- the master stores a deployment wave's grants, then tells each device concerned which of
+  its deploy commands they are (``LoginAhead``), then sends them: a login begun on that
+  notice carries every one of those tasks, and it runs while the master is still
+  preparing and sending the wave;
 - a task's command is sent after its grant: a login begun after the command arrived
   carries the task (moves, failovers and retries, which come without a notice).
 
 ``NatsLogins`` keeps to that rule with as few logins as it can: a task joins the login
-begun for its wave, or the newest login if that began after its command arrived, and
-begins one otherwise. A 10-task deployment on four agents made five NATS logins, each a
+begun ahead of its command, or the newest login if that began after its command arrived,
+and begins one otherwise. A 10-task deployment on four agents made five NATS logins, each a
 TCP and TLS handshake and a round trip through the callout (10-27 ms, with three at once
 on one agent), each after its task's command; now one per agent and wave, begun ahead.
 A login lasts while a task uses it (one begun ahead is held a few seconds for its tasks
@@ -32,6 +32,7 @@ while everything reconnects at once).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from typing import Any, Protocol
@@ -73,7 +74,7 @@ class NatsLink:
         self.kv: KeyValue | None = None
         self.users: set[LinkUser] = set()
         self.ready: asyncio.Future[None] | None = None
-        self.wave: str | None = None  # begun ahead of this deployment wave (``NatsLogins.ahead``)
+        self.commands: set[str] = set()  # begun ahead of these deploy commands (``LoginAhead``)
         self.held = False  # kept open without users for a while (a wave's tasks still to join)
         self.closing = False
         self._reopening: asyncio.Task[None] | None = None
@@ -94,22 +95,27 @@ class NatsLink:
             )
         except Exception as e:
             raise NatsUnavailable(f"NATS at {self.url} unreachable: {e}") from e
-        self.nc, self.js = nc, nc.jetstream()
-        self.kv = await self._lookup()
+        try:
+            js = nc.jetstream()
+            kv = await self._lookup(js)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await nc.close()
+            raise
+        self.nc, self.js, self.kv = nc, js, kv
 
-    async def _lookup(self) -> KeyValue:
+    async def _lookup(self, js: JetStreamContext) -> KeyValue:
         """The data stream and progress bucket, which the master prepares: a device may only
         look them up. (A privileged client without a master, e.g. a test, creates them.)"""
-        assert self.js is not None
         try:  # at once: two round trips on every deployment's path
             _, kv = await asyncio.gather(
-                self.js.stream_info(self.names.data_stream), self.js.key_value(self.names.progress_bucket)
+                js.stream_info(self.names.data_stream), js.key_value(self.names.progress_bucket)
             )
             return kv
         except (NotFoundError, BucketNotFoundError):
             try:
-                await ensure_data_plane(self.js, self.names)
-                return await self.js.key_value(self.names.progress_bucket)
+                await ensure_data_plane(js, self.names)
+                return await js.key_value(self.names.progress_bucket)
             except Exception as e:
                 raise NatsUnavailable(
                     f"the NATS data stream {self.names.data_stream} is missing (the master creates it): {e}"
@@ -118,6 +124,12 @@ class NatsLink:
     @property
     def connected(self) -> bool:
         return self.nc is not None and self.nc.is_connected
+
+    @property
+    def replacing(self) -> bool:
+        """The server closed the connection for good, and a new one is being opened."""
+        reopening = self._reopening is not None and not self._reopening.done()
+        return reopening or (self.nc is not None and self.nc.is_closed)
 
     async def _reconnected(self) -> None:
         if not self.closing:
@@ -136,6 +148,8 @@ class NatsLink:
         self._reopening = asyncio.create_task(self._reopen(), name=f"reopen-{self.name}")
 
     async def _reopen(self) -> None:
+        """A new connection, then every user's subscriptions on it: each user again until it
+        has them (or leaves), as a task whose subscriptions failed would be deaf for good."""
         backoff = Backoff(0.2, 5.0)
         while not self.closing:
             try:
@@ -144,15 +158,25 @@ class NatsLink:
             except Exception as e:
                 log.debug("nats %s: cannot open a new connection: %s", self.name, e)
                 await asyncio.sleep(backoff.next())  # the retry's pace; closing ends it
-        else:
-            return
-        results = await asyncio.gather(*(u.relinked() for u in list(self.users)), return_exceptions=True)
-        failed = [r for r in results if isinstance(r, BaseException)]
-        if failed:
-            log.warning(
-                "nats %s: %d task(s) could not subscribe again: %s", self.name, len(failed), failed[0]
-            )
-        log.warning("nats %s: a new connection took over every subscription", self.name)
+        backoff.reset()
+        pending, said = list(self.users), False
+        while pending and not self.closing:
+            results = await asyncio.gather(*(u.relinked() for u in pending), return_exceptions=True)
+            failed = [u for u, r in zip(pending, results, strict=True) if isinstance(r, Exception)]
+            pending = [u for u in failed if u in self.users]
+            if pending and not said:
+                said = True
+                first = next(r for r in results if isinstance(r, Exception))
+                log.warning(
+                    "nats %s: %d task(s) could not subscribe again (%s); trying again",
+                    self.name,
+                    len(pending),
+                    first,
+                )
+            if pending:
+                await asyncio.sleep(backoff.next())  # the retry's pace; closing ends it
+        if not self.closing:
+            log.warning("nats %s: a new connection took over every subscription", self.name)
 
     def relogin(self, user: str, password: str) -> None:
         """Use a new login from the next reconnect on (nats-py sends ``options`` at each)."""
@@ -165,6 +189,11 @@ class NatsLink:
         self.closing = True
         if self._reopening is not None and not self._reopening.done():
             self._reopening.cancel()
+        if self.ready is not None and not self.ready.done():
+            self.ready.cancel()
+        if self.ready is not None:
+            with contextlib.suppress(BaseException):
+                await self.ready
         nc, self.nc = self.nc, None
         if nc is not None:
             with contextlib.suppress(Exception):  # publishes were awaited and acks sent: no drain
@@ -173,16 +202,17 @@ class NatsLink:
 
 
 AHEAD_HELD = 5.0  # seconds a login begun ahead of a wave stays open for its tasks to join
+AHEAD_KEPT = 4096  # deploy commands remembered as begun ahead (each wave's, until they come)
 
 
-def _usable(link: NatsLink | None, since: float, wave: str | None) -> bool:
-    """``link`` can carry a task whose command arrived at ``since``, of ``wave``."""
-    if link is None or link.closing:
+def _usable(link: NatsLink | None, since: float, cmd_id: str | None) -> bool:
+    """``link`` can carry a task whose command ``cmd_id`` arrived at ``since``."""
+    if link is None or link.closing or link.replacing:
         return False
     ready = link.ready
     if ready is not None and ready.done() and (ready.cancelled() or ready.exception() is not None):
         return False
-    return link.began >= since or (wave is not None and link.wave == wave)
+    return link.began > since or (cmd_id is not None and cmd_id in link.commands)
 
 
 class NatsLogins:
@@ -195,7 +225,7 @@ class NatsLogins:
         self.name = name
         self._options = dict(options or {})
         self._newest: NatsLink | None = None
-        self._ahead: dict[str, NatsLink] = {}  # wave -> the login begun for it
+        self._ahead: collections.OrderedDict[str, NatsLink] = collections.OrderedDict()  # cmd_id ->
         self._links: set[NatsLink] = set()
         self._closings: set[asyncio.Future[None]] = set()
         self._count = 0
@@ -205,47 +235,49 @@ class NatsLogins:
     def links(self) -> set[NatsLink]:
         return set(self._links)
 
-    def _begin(self, timeout: float, wave: str | None = None) -> NatsLink:
+    def _begin(self, timeout: float) -> NatsLink:
         self._count += 1
         self.logins += 1
         name = self.name if self._count == 1 else f"{self.name}-{self._count}"
         link = NatsLink(self.url, self.names, name, dict(self._options), asyncio.get_running_loop().time())
-        link.wave = wave
         link.ready = asyncio.ensure_future(link.start(timeout))
         link.ready.add_done_callback(lambda f: f.cancelled() or f.exception())  # awaited by users
         self._newest = link
         self._links.add(link)
-        if wave is not None:
-            self._ahead[wave] = link
         return link
 
-    def ahead(self, wave: str, timeout: float = 10.0) -> None:
-        """The master granted ``wave``'s channels: begin the login its tasks will share
-        (``LoginAhead``). Held open ``AHEAD_HELD`` seconds for them to join."""
-        if wave in self._ahead:
-            return  # a repeated notice
-        link = self._begin(timeout, wave)
+    def ahead(self, commands: list[str], timeout: float = 10.0) -> None:
+        """The master stored the grants of a wave whose deploy ``commands`` (their ids) come
+        next: begin the login they will share (``LoginAhead``), held ``AHEAD_HELD`` seconds
+        for them to join."""
+        if not commands or all(c in self._ahead for c in commands):
+            return  # nothing to carry, or a repeated notice
+        link = self._begin(timeout)
+        link.commands = set(commands)
+        for c in commands:
+            self._ahead[c] = link
+            self._ahead.move_to_end(c)
+        while len(self._ahead) > AHEAD_KEPT:
+            self._ahead.popitem(last=False)
         link.held = True
 
         def unhold() -> None:
             link.held = False
             if not link.users and link in self._links:
-                closing = asyncio.ensure_future(self._close(link))
-                self._closings.add(closing)
-                closing.add_done_callback(self._closings.discard)
+                self._later_close(link)
 
         asyncio.get_running_loop().call_later(AHEAD_HELD, unhold)
 
     async def acquire(
-        self, user: LinkUser, since: float, timeout: float = 10.0, wave: str | None = None
+        self, user: LinkUser, since: float, timeout: float = 10.0, cmd_id: str | None = None
     ) -> NatsLink:
-        """A connected login that carries the user's channels: begun at ``since`` or later
-        (the loop time its command arrived), or ahead of its ``wave``. ``user`` hears of its
-        reconnects until ``release``."""
-        link = self._ahead.get(wave) if wave is not None else None
-        if not _usable(link, since, wave):
+        """A connected login that carries the user's channels: begun after ``since`` (the
+        loop time its command arrived), or ahead of its command ``cmd_id``. ``user`` hears of
+        its reconnects until ``release``."""
+        link = self._ahead.get(cmd_id) if cmd_id is not None else None
+        if not _usable(link, since, cmd_id):
             link = self._newest
-        if link is None or not _usable(link, since, wave):
+        if link is None or not _usable(link, since, cmd_id):
             link = self._begin(timeout)
         assert link.ready is not None
         link.users.add(user)
@@ -259,21 +291,25 @@ class NatsLogins:
     async def release(self, link: NatsLink, user: LinkUser) -> None:
         """``user`` is done with ``link``: the last one out closes it."""
         link.users.discard(user)
-        if not link.users and not link.held:
-            await self._close(link)
+        if not link.users and not link.held and link in self._links:
+            self._retire(link)
+            await link.close()
 
-    async def _close(self, link: NatsLink) -> None:
+    def _retire(self, link: NatsLink) -> None:
+        """No task may join ``link`` from now on (done at once: a task may be joining)."""
+        link.closing = True
         if self._newest is link:
             self._newest = None
-        if link.wave is not None and self._ahead.get(link.wave) is link:
-            del self._ahead[link.wave]
+        for c in link.commands:
+            if self._ahead.get(c) is link:
+                del self._ahead[c]
         self._links.discard(link)
-        if link.ready is not None and not link.ready.done():
-            link.ready.cancel()
-        with contextlib.suppress(BaseException):
-            if link.ready is not None:
-                await link.ready
-        await link.close()
+
+    def _later_close(self, link: NatsLink) -> None:
+        self._retire(link)
+        closing = asyncio.ensure_future(link.close())
+        self._closings.add(closing)
+        closing.add_done_callback(self._closings.discard)
 
     def relogin(self, user: str, password: str) -> None:
         """New credentials: every login uses them from its next connect."""
@@ -282,10 +318,10 @@ class NatsLogins:
             link.relogin(user, password)
 
     async def close(self) -> None:
-        links, self._links, self._newest, self._ahead = list(self._links), set(), None, {}
-        for link in links:
+        for link in list(self._links):
             link.users.clear()
-        await asyncio.gather(*(link.close() for link in links), return_exceptions=True)
+            self._later_close(link)
+        await asyncio.gather(*self._closings, return_exceptions=True)
 
 
 __all__ = ["LinkUser", "NatsLink", "NatsLogins", "NatsUnavailable"]
