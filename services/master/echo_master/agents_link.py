@@ -223,8 +223,9 @@ class AgentLink:
         """Before a wave of deploys: what they need, granted at once (``hooks.prepare``);
         once its grants are stored, each device with NATS channels in it is told to begin
         the NATS login its tasks of the wave share (``LoginAhead``), while the rest of the
-        preparation (the MQTT broker's roles) runs."""
-        if not wave:
+        preparation (the MQTT broker's roles) runs. (Without hooks nothing is granted, and
+        nobody told: each task's login follows its command.)"""
+        if not wave or self.hooks is None:
             return
         name = uuid.uuid4().hex[:16]
         commands: dict[str, list[str]] = {}
@@ -238,11 +239,7 @@ class AgentLink:
                 notice = LoginAhead(wave=name, commands=commands.get(device, []))
                 self.mqtt.publish(self.names.command_topic(device), notice.to_bytes(), qos=1)
 
-        if self.hooks is not None:
-            await self.hooks.prepare(wave, granted)
-        else:
-            subjects = self.names.is_subject
-            granted(sorted({d for d, c in wave if any(subjects(b.topic) for b in (*c.inputs, *c.outputs))}))
+        await self.hooks.prepare(wave, granted)
 
     async def send_credentials(
         self, device: str, cmd: RotateCredentials, timeout: float = 10.0

@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
@@ -33,6 +34,7 @@ from echo_shared.messages import (
     CommandAck,
     DeployTask,
     LoginAhead,
+    Message,
     StageState,
     StopTask,
     TaskBrief,
@@ -52,6 +54,8 @@ from .runtimes import RuntimePolicy
 from .staging import StagedStateMissing, StagedStates
 
 log = logging.getLogger(__name__)
+
+N = TypeVar("N", bound=Message)
 Key = tuple[str, str]
 
 
@@ -118,33 +122,31 @@ class TaskManager:
         self._inflight.add(t)
         t.add_done_callback(self._inflight.discard)
 
+    def _notice(self, msg: MqttMessage, kind: type[N]) -> N | None:
+        """A notice from the master (no answer): parsed, and its delivery acknowledged
+        either way (a malformed one is dropped, with a warning)."""
+        self._ack_mqtt(msg)
+        try:
+            return kind.from_bytes(msg.payload)
+        except ValidationError as e:
+            log.warning("dropping a malformed %s: %s", kind.__name__, e.errors()[:3])
+            return None
+
     def on_checkpoint_stored(self, msg: MqttMessage) -> None:
         """The master kept a checkpoint of one of our tasks: its progress may follow it."""
-        try:
-            notice = CheckpointStored.from_bytes(msg.payload)
-        except ValidationError as e:
-            log.warning("dropping a malformed checkpoint notice: %s", e.errors()[:3])
-        else:
-            runner = self.tasks.get((notice.dataflow, notice.task))
-            if (
-                runner is not None
-                and runner.generation == notice.generation
-                and runner.checkpoints is not None
-            ):
-                runner.checkpoints.stored(notice.taken_at, notice.kept, notice.base)
-        self._ack_mqtt(msg)
+        notice = self._notice(msg, CheckpointStored)
+        if notice is None:
+            return
+        runner = self.tasks.get((notice.dataflow, notice.task))
+        if runner is not None and runner.generation == notice.generation and runner.checkpoints is not None:
+            runner.checkpoints.stored(notice.taken_at, notice.kept, notice.base)
 
     def on_login_ahead(self, msg: MqttMessage) -> None:
         """A deployment wave's NATS channels are granted: begin the login its tasks share."""
-        try:
-            notice = LoginAhead.from_bytes(msg.payload)
-        except ValidationError as e:
-            log.warning("dropping a malformed login notice: %s", e.errors()[:3])
-        else:
-            logins = self.nats_logins()
-            if logins is not None and not self._shutting_down:
-                logins.ahead(notice.commands)
-        self._ack_mqtt(msg)
+        notice = self._notice(msg, LoginAhead)
+        logins = self.nats_logins()
+        if notice is not None and logins is not None and not self._shutting_down:
+            logins.ahead(notice.commands)
 
     async def _handle(self, msg: MqttMessage, received_at: float | None = None) -> None:
         try:

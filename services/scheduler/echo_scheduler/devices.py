@@ -32,14 +32,12 @@ class DeviceView:
         self._devices: list[DeviceRecord] | None = None
         self._at = 0.0
         self._changes = 0  # device events seen: a list fetched before the latest one is stale
-        self.fetches = 0
 
     async def devices(self, timeout: float | None = None) -> list[DeviceRecord]:
         if self._devices is not None and time.monotonic() - self._at < self.max_age:
             return self._devices
         changes, asked = self._changes, time.monotonic()
         devices = await self._fetch(timeout)
-        self.fetches += 1
         if changes == self._changes:  # no announcement while it was asked for
             self._devices, self._at = devices, asked
         return devices

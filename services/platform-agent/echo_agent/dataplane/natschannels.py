@@ -123,10 +123,8 @@ class NatsChannels:
         are gone; make every subscription again."""
         if self._closing:
             return
-        for t in self._tasks:
-            t.cancel()
-        self._tasks, self._pulls, self._subs, self._watchers = [], [], [], {}
-        self._durables, self._pull_subs = [], {}
+        await self._drop_subscriptions()  # on the closed connection: only the reads to cancel
+        self._durables = []
         try:
             await self.subscribe(list(self._topics), remember=False)
         finally:
