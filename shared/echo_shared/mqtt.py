@@ -15,6 +15,8 @@ base class, and ``mqtt_types``):
 - manual acknowledgement of QoS 1 deliveries (``ack(msg)``), ignored for deliveries of an
   earlier connection (their packet ids are meaningless on the new one: the broker
   redelivers them instead);
+- payloads over one packet's worth (``mqtt_parts.PART_OVER``) sent in parts and joined
+  again on receipt, within a bound (``mqtt_parts``);
 - persistent sessions (``clean_start=False`` plus a session expiry) named by client id,
   given up or retried slowly when another process holds the same id (``taken_over``);
 - an idempotent, time-limited ``close()``.
@@ -43,6 +45,8 @@ from .mqtt_connection import QUICK_DROP as QUICK_DROP
 from .mqtt_connection import SESSION_TAKEN_OVER as SESSION_TAKEN_OVER
 from .mqtt_connection import TAKEOVER_DROPS as TAKEOVER_DROPS
 from .mqtt_connection import MqttConnection
+from .mqtt_parts import AHEAD, MAX_BYTES, PART_BYTES, PART_OVER, Assembler, split
+from .mqtt_parts import HEADER as PART_HEADER
 from .mqtt_types import (
     REFUSED_LOGIN,
     MessageHandler,
@@ -93,6 +97,9 @@ class MqttClient(MqttConnection):
         login: Login | None = None,
         tls: ssl.SSLContext | None = None,
         yield_session: bool = True,
+        part_over: int = PART_OVER,
+        part_bytes: int = PART_BYTES,
+        max_assembly_bytes: int = MAX_BYTES,
     ) -> None:
         super().__init__(
             url,
@@ -110,6 +117,10 @@ class MqttClient(MqttConnection):
         self._manual_ack = manual_ack
         self._keepalive = keepalive
         self._will = will
+        self._part_over = part_over
+        self._part_bytes = part_bytes
+        self.parts = Assembler(max_assembly_bytes)  # messages arriving in parts
+        self._senders: set[asyncio.Task[None]] = set()  # messages leaving in parts
 
         self._loop_thread: int | None = None
         self._client: paho.Client | None = None
@@ -196,7 +207,7 @@ class MqttClient(MqttConnection):
                 await asyncio.wait_for(self._closed.wait(), timeout)
             return
         self._closing = True
-        for t in (self._reconnect_task, self._misc_task):
+        for t in (self._reconnect_task, self._misc_task, *self._senders):
             if t is not None:
                 t.cancel()
         c = self._client
@@ -256,6 +267,8 @@ class MqttClient(MqttConnection):
         Callers that produce continuously should ``await wait_for_window()`` first.
         """
         assert self._client is not None and self._loop is not None, "start() first"
+        if len(payload) > self._part_over:
+            return self._publish_in_parts(topic, payload, qos, retain, user_properties)
         props = None
         if user_properties:
             props = _properties(PacketTypes.PUBLISH)
@@ -277,13 +290,59 @@ class MqttClient(MqttConnection):
         self._pending_pub[info.mid] = fut
         return fut
 
+    def _publish_in_parts(
+        self, topic: str, payload: bytes, qos: int, retain: bool, user_properties: dict[str, str] | None
+    ) -> asyncio.Future[None]:
+        """A payload over ``part_over`` bytes, as parts (``mqtt_parts``): at most ``AHEAD`` of
+        them unacknowledged at a time; the future resolves once every part is acknowledged."""
+        assert self._loop is not None
+        if qos != 1 or retain:
+            raise ValueError(f"{len(payload)} bytes go in parts: QoS 1 and not retained only")
+        parts = list(split(payload, self._part_bytes))  # (checks the count before sending any)
+        done: asyncio.Future[None] = self._loop.create_future()
+
+        async def send() -> None:
+            sent: list[asyncio.Future[None]] = []
+            try:
+                for part, header in parts:
+                    while sum(not f.done() for f in sent) >= AHEAD:
+                        await asyncio.wait(
+                            [f for f in sent if not f.done()], return_when=asyncio.FIRST_COMPLETED
+                        )
+                    for f in sent:
+                        if f.done() and f.exception() is not None:
+                            raise f.exception()  # type: ignore[misc]
+                    props = {**(user_properties or {}), PART_HEADER: header}
+                    sent.append(self.publish(topic, bytes(part), qos=1, user_properties=props))
+                await asyncio.gather(*sent)
+            except BaseException as e:
+                for f in sent:
+                    if f.done():
+                        f.exception()  # retrieved: the transfer's own future carries the failure
+                if not done.done():
+                    done.set_exception(e if isinstance(e, Exception) else MqttUnavailable("client closed"))
+                    done.exception()
+                if not isinstance(e, Exception):
+                    raise
+            else:
+                if not done.done():
+                    done.set_result(None)
+
+        task = self._loop.create_task(send())
+        self._senders.add(task)
+        task.add_done_callback(self._senders.discard)
+        return done
+
     def ack(self, msg: MqttMessage) -> None:
-        """Acknowledge a QoS 1 delivery (manual-ack clients); stale epochs are ignored."""
+        """Acknowledge a QoS 1 delivery (manual-ack clients; a message that came in parts:
+        every part); stale epochs are ignored."""
         if not self._manual_ack or msg.qos == 0 or self._client is None:
             return
         if msg.epoch != self.epoch or not self.connected:
             return  # the broker will redeliver it on the new connection
         self._client.ack(msg.mid, msg.qos)
+        for mid in msg.more_mids:
+            self._client.ack(mid, msg.qos)
 
     # ------------------------------------------------------------------ paho callbacks
 
@@ -357,6 +416,7 @@ class MqttClient(MqttConnection):
             await asyncio.sleep(1.0)
             if self._sock is not None:
                 self._client.loop_misc()
+            self._release_parts(self.parts.expire())
 
     def _on_connect(self, client: paho.Client, _ud: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
         if rc.is_failure:
@@ -380,6 +440,7 @@ class MqttClient(MqttConnection):
             # publish is sent on it; the attribute is what paho's send path consults
             client._max_inflight_messages = min(self._publish_window, server_max, 65000)
         self.epoch += 1
+        self.parts.reset()  # the broker sends the unacknowledged parts again
         self.session_present = bool(getattr(flags, "session_present", False))
         self._connected_at = time.monotonic()
         self._connected.set()
@@ -399,20 +460,37 @@ class MqttClient(MqttConnection):
             return
         props = getattr(m, "properties", None)
         up = dict(getattr(props, "UserProperty", None) or [])
+        payload, mid = bytes(m.payload), m.mid
+        more_mids: tuple[int, ...] = ()
+        part = up.pop(PART_HEADER, None)
+        if part is not None:  # a message in parts: handed on once whole
+            joined, release = self.parts.add(m.topic, part, payload, m.mid)
+            if m.qos:
+                self._release_parts(release)
+            if joined is None:
+                return
+            payload, mid, more_mids = joined.payload, joined.mids[-1], tuple(joined.mids[:-1])
         msg = MqttMessage(
             topic=m.topic,
-            payload=bytes(m.payload),
+            payload=payload,
             qos=m.qos,
-            mid=m.mid,
+            mid=mid,
             retain=bool(m.retain),
             dup=bool(m.dup),
             epoch=self.epoch,
             user_properties=up,
+            more_mids=more_mids,
         )
         try:
             self._on_message(msg)
         except Exception:
             log.exception("mqtt %s: message handler failed on %s", self.client_id, m.topic)
+
+    def _release_parts(self, mids: list[int]) -> None:
+        """Acknowledge parts nothing will hand on (a dropped transfer, a duplicate part)."""
+        if self._manual_ack and self._client is not None and self.connected:
+            for mid in mids:
+                self._client.ack(mid, 1)
 
     def _on_publish(self, client: paho.Client, _ud: Any, mid: int, rc: ReasonCode, _props: Any) -> None:
         self._published(mid, rc)

@@ -45,6 +45,7 @@ class MqttMessage:
     epoch: int
     user_properties: dict[str, str] = field(default_factory=dict)
     source: Any = None  # the client that delivered it (acks go back through it); None: this one
+    more_mids: tuple[int, ...] = ()  # a message that came in parts: its other parts' packet ids
 
 
 MessageHandler = Callable[[MqttMessage], None]

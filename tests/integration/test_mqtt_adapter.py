@@ -125,3 +125,57 @@ async def test_unreachable_broker_is_a_clear_error() -> None:
         assert "unreachable" in str(e)
     else:
         raise AssertionError("connected to nothing")
+
+
+async def test_a_message_over_the_part_size_arrives_whole_and_again_until_acknowledged(
+    brokers: Brokers,
+) -> None:
+    """A payload over ``part_over`` goes in parts and reaches the handler once, whole; a
+    receiver that did not acknowledge it gets it again, whole, from its session."""
+    topic, session = f"t/{uuid.uuid4().hex}", cid()
+    payload = bytes(range(256)) * 4096 + b"tail"  # 1 MiB + 4 bytes: 17 parts of 64 KiB
+    small = {"part_over": 100_000, "part_bytes": 65_536}
+    first = Inbox()
+    a = brokers.mqtt_client(session, on_message=first, persistent=True, manual_ack=True, **small)
+    await a.start()
+    await a.subscribe(topic)
+    async with brokers.mqtt_client(cid(), **small) as pub:
+        sent = pub.publish(topic, payload, user_properties={"k": "v"})
+        between = pub.publish(topic, b"small")  # goes out between the parts, not behind them
+        await asyncio.wait_for(asyncio.gather(sent, between), 10)
+        await first.wait(2)
+        assert [m.payload for m in first.messages] == [b"small", payload]
+        whole = first.messages[1]
+        assert whole.user_properties == {"k": "v"} and len(whole.more_mids) == 16
+        assert a.parts.joined == 1 and a.parts.held == 0
+        a.ack(first.messages[0])
+        await a.close()  # not acknowledged: every part waits in the session
+        second = Inbox()
+        async with brokers.mqtt_client(
+            session, on_message=second, persistent=True, manual_ack=True, **small
+        ) as b:
+            await second.wait(1)
+            assert second.messages[0].payload == payload
+            b.ack(second.messages[0])
+            await b.close(discard_session=True)
+
+
+async def test_a_message_in_parts_over_the_receivers_bound_is_dropped_and_counted(
+    brokers: Brokers,
+) -> None:
+    topic = f"t/{uuid.uuid4().hex}"
+    inbox = Inbox()
+    small = {"part_over": 10_000, "part_bytes": 4_096}
+    async with (
+        brokers.mqtt_client(
+            cid(), on_message=inbox, manual_ack=True, max_assembly_bytes=50_000, **small
+        ) as sub,
+        brokers.mqtt_client(cid(), **small) as pub,
+    ):
+        await sub.subscribe(topic)
+        await pub.publish(topic, b"z" * 60_000)  # over the receiver's bound
+        await pub.publish(topic, b"k" * 40_000)  # within it
+        await inbox.wait(1)
+        assert [len(m.payload) for m in inbox.messages] == [40_000]
+        assert sub.parts.dropped == {"too large": 1} and sub.parts.held == 0
+        sub.ack(inbox.messages[0])
