@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 from echo_cli.devstack import Brokers
 from echo_shared.mqtt import MqttClient, MqttMessage
@@ -134,7 +135,7 @@ async def test_a_message_over_the_part_size_arrives_whole_and_again_until_acknow
     receiver that did not acknowledge it gets it again, whole, from its session."""
     topic, session = f"t/{uuid.uuid4().hex}", cid()
     payload = bytes(range(256)) * 4096 + b"tail"  # 1 MiB + 4 bytes: 17 parts of 64 KiB
-    small = {"part_over": 100_000, "part_bytes": 65_536}
+    small: dict[str, Any] = {"part_over": 100_000, "part_bytes": 65_536}
     first = Inbox()
     a = brokers.mqtt_client(session, on_message=first, persistent=True, manual_ack=True, **small)
     await a.start()
@@ -165,7 +166,7 @@ async def test_a_message_in_parts_over_the_receivers_bound_is_dropped_and_counte
 ) -> None:
     topic = f"t/{uuid.uuid4().hex}"
     inbox = Inbox()
-    small = {"part_over": 10_000, "part_bytes": 4_096}
+    small: dict[str, Any] = {"part_over": 10_000, "part_bytes": 4_096}
     async with (
         brokers.mqtt_client(
             cid(), on_message=inbox, manual_ack=True, max_assembly_bytes=50_000, **small
