@@ -45,7 +45,7 @@ from .mqtt_connection import QUICK_DROP as QUICK_DROP
 from .mqtt_connection import SESSION_TAKEN_OVER as SESSION_TAKEN_OVER
 from .mqtt_connection import TAKEOVER_DROPS as TAKEOVER_DROPS
 from .mqtt_connection import MqttConnection
-from .mqtt_parts import AHEAD, MAX_BYTES, PART_BYTES, PART_OVER, Assembler, split
+from .mqtt_parts import AHEAD, MAX_BYTES, PART_BYTES, PART_OVER, Assembler, split, total_of
 from .mqtt_parts import HEADER as PART_HEADER
 from .mqtt_types import (
     REFUSED_LOGIN,
@@ -100,6 +100,7 @@ class MqttClient(MqttConnection):
         part_over: int = PART_OVER,
         part_bytes: int = PART_BYTES,
         max_assembly_bytes: int = MAX_BYTES,
+        whole_payloads: bool = True,
     ) -> None:
         super().__init__(
             url,
@@ -120,6 +121,7 @@ class MqttClient(MqttConnection):
         self._part_over = part_over
         self._part_bytes = part_bytes
         self.parts = Assembler(max_assembly_bytes)  # messages arriving in parts
+        self._whole_payloads = whole_payloads  # False: such a message keeps them (``chunks``)
         self._senders: set[asyncio.Task[None]] = set()  # messages leaving in parts
 
         self._loop_thread: int | None = None
@@ -255,7 +257,7 @@ class MqttClient(MqttConnection):
     def publish(
         self,
         topic: str,
-        payload: bytes,
+        payload: bytes | list[bytes],
         *,
         qos: int = 1,
         retain: bool = False,
@@ -267,7 +269,11 @@ class MqttClient(MqttConnection):
         Callers that produce continuously should ``await wait_for_window()`` first.
         """
         assert self._client is not None and self._loop is not None, "start() first"
-        if len(payload) > self._part_over:
+        if not isinstance(payload, bytes | bytearray):  # pieces: parts cut from them, if large
+            if total_of(payload) > self._part_over:
+                return self._publish_in_parts(topic, payload, qos, retain, user_properties)
+            payload = b"".join(payload)
+        elif len(payload) > self._part_over:
             return self._publish_in_parts(topic, payload, qos, retain, user_properties)
         props = None
         if user_properties:
@@ -291,14 +297,19 @@ class MqttClient(MqttConnection):
         return fut
 
     def _publish_in_parts(
-        self, topic: str, payload: bytes, qos: int, retain: bool, user_properties: dict[str, str] | None
+        self,
+        topic: str,
+        payload: bytes | list[bytes],
+        qos: int,
+        retain: bool,
+        user_properties: dict[str, str] | None,
     ) -> asyncio.Future[None]:
         """A payload over ``part_over`` bytes, as parts (``mqtt_parts``): at most ``AHEAD`` of
         them unacknowledged at a time; the future resolves once every part is acknowledged."""
         assert self._loop is not None
         if qos != 1 or retain:
             raise ValueError(f"{len(payload)} bytes go in parts: QoS 1 and not retained only")
-        parts = list(split(payload, self._part_bytes))  # (checks the count before sending any)
+        parts = split(payload, self._part_bytes)  # (checks the count before sending any)
         done: asyncio.Future[None] = self._loop.create_future()
 
         async def send() -> None:
@@ -313,7 +324,7 @@ class MqttClient(MqttConnection):
                         if f.done() and f.exception() is not None:
                             raise f.exception()  # type: ignore[misc]
                     props = {**(user_properties or {}), PART_HEADER: header}
-                    sent.append(self.publish(topic, bytes(part), qos=1, user_properties=props))
+                    sent.append(self.publish(topic, part, qos=1, user_properties=props))
                 await asyncio.gather(*sent)
             except BaseException as e:
                 for f in sent:
@@ -462,6 +473,7 @@ class MqttClient(MqttConnection):
         up = dict(getattr(props, "UserProperty", None) or [])
         payload, mid = bytes(m.payload), m.mid
         more_mids: tuple[int, ...] = ()
+        chunks: tuple[bytes, ...] = ()
         part = up.pop(PART_HEADER, None)
         if part is not None:  # a message in parts: handed on once whole
             joined, release = self.parts.add(m.topic, part, payload, m.mid)
@@ -469,7 +481,11 @@ class MqttClient(MqttConnection):
                 self._release_parts(release)
             if joined is None:
                 return
-            payload, mid, more_mids = joined.payload, joined.mids[-1], tuple(joined.mids[:-1])
+            mid, more_mids = joined.mids[-1], tuple(joined.mids[:-1])
+            if self._whole_payloads:
+                payload = joined.payload
+            else:
+                payload, chunks = b"", tuple(joined.parts)
         msg = MqttMessage(
             topic=m.topic,
             payload=payload,
@@ -480,6 +496,7 @@ class MqttClient(MqttConnection):
             epoch=self.epoch,
             user_properties=up,
             more_mids=more_mids,
+            chunks=chunks,
         )
         try:
             self._on_message(msg)

@@ -32,7 +32,7 @@ import time
 import uuid
 import zlib
 from collections import Counter, OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
@@ -55,17 +55,38 @@ class PartRejected(ValueError):
         self.reason = reason
 
 
-def split(payload: bytes, part_bytes: int = PART_BYTES) -> Iterator[tuple[memoryview, str]]:
-    """``payload``'s parts and each one's ``echo-part`` header."""
-    view = memoryview(payload)
-    xid = uuid.uuid4().hex[:16]
-    total = len(payload)
+def total_of(payload: bytes | Sequence[bytes]) -> int:
+    return len(payload) if isinstance(payload, bytes | bytearray) else sum(len(p) for p in payload)
+
+
+def split(payload: bytes | Sequence[bytes], part_bytes: int = PART_BYTES) -> Iterator[tuple[bytes, str]]:
+    """``payload``'s parts (made as they are asked for: a payload given as pieces is never
+    joined whole) and each one's ``echo-part`` header. Raises ``ValueError`` at once if it
+    would take more than ``MAX_PARTS``."""
+    pieces = [payload] if isinstance(payload, bytes | bytearray) else list(payload)
+    total = total_of(pieces)
     count = max(1, -(-total // part_bytes))
     if count > MAX_PARTS:
         raise ValueError(f"{total} bytes would be {count} parts (at most {MAX_PARTS})")
-    for i in range(count):
-        part = view[i * part_bytes : (i + 1) * part_bytes]
-        yield part, f"{xid} {i} {count} {total} {zlib.crc32(part)}"
+    return _parts(pieces, total, count, part_bytes)
+
+
+def _parts(pieces: list[bytes], total: int, count: int, part_bytes: int) -> Iterator[tuple[bytes, str]]:
+    xid = uuid.uuid4().hex[:16]
+    i, offset = 0, 0  # the piece being cut, and where in it
+    for n in range(count):
+        want = min(part_bytes, total - n * part_bytes)
+        bits: list[memoryview] = []
+        while want:
+            piece = memoryview(pieces[i])[offset:]
+            take = min(want, len(piece))
+            bits.append(piece[:take])
+            want -= take
+            offset += take
+            if offset == len(pieces[i]):
+                i, offset = i + 1, 0
+        part = bytes(bits[0]) if len(bits) == 1 else b"".join(bits)
+        yield part, f"{xid} {n} {count} {total} {zlib.crc32(part)}"
 
 
 @dataclass(frozen=True)
@@ -104,10 +125,14 @@ class _Transfer:
 
 @dataclass(frozen=True)
 class Joined:
-    """A whole message: its payload and the packet ids of every part (to acknowledge)."""
+    """A whole message: its parts, in order, and each one's packet id (to acknowledge)."""
 
-    payload: bytes
+    parts: list[bytes]
     mids: list[int]
+
+    @property
+    def payload(self) -> bytes:
+        return b"".join(self.parts)
 
 
 class Assembler:
@@ -172,8 +197,7 @@ class Assembler:
             self._drop_reason(topic, h.xid, PartRejected("bad part", f"{t.held} bytes, {h.total} said"))
             return None, [*released, *t.mids.values()]
         self.joined += 1
-        payload = b"".join(t.parts[i] for i in range(h.count))
-        return Joined(payload, [t.mids[i] for i in range(h.count)]), released
+        return Joined([t.parts[i] for i in range(h.count)], [t.mids[i] for i in range(h.count)]), released
 
     def expire(self, now: float | None = None) -> list[int]:
         """Drop transfers idle for ``idle_seconds``; the packet ids of their parts."""
@@ -218,4 +242,5 @@ __all__ = [
     "Joined",
     "PartRejected",
     "split",
+    "total_of",
 ]

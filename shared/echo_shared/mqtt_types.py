@@ -46,6 +46,17 @@ class MqttMessage:
     user_properties: dict[str, str] = field(default_factory=dict)
     source: Any = None  # the client that delivered it (acks go back through it); None: this one
     more_mids: tuple[int, ...] = ()  # a message that came in parts: its other parts' packet ids
+    # ... and, for a client that takes them so (``whole_payloads=False``), the parts
+    # themselves, with ``payload`` empty: 1 GB joined is seconds of page faults
+    chunks: tuple[bytes, ...] = ()
+
+    def data(self) -> bytes:
+        """The payload, joined from its parts if it came so."""
+        return b"".join(self.chunks) if self.chunks else self.payload
+
+    def pieces(self) -> list[bytes]:
+        """The payload as it came: its parts, or one piece."""
+        return list(self.chunks) if self.chunks else [self.payload]
 
 
 MessageHandler = Callable[[MqttMessage], None]

@@ -62,6 +62,8 @@ def apply(state: Any, delta: Any) -> Any:
         raise DeltaError(f"a delta applies to a JSON object, not {type(state).__name__}")
     if not isinstance(delta, dict) or set(delta) - {"merge", "drop", "set"}:
         raise DeltaError("a delta is an object of merge, drop and set")
+    if not all(isinstance(delta.get(k) or {}, dict) for k in ("merge", "drop", "set")):
+        raise DeltaError("a delta's merge, drop and set are objects")
     for name, entries in (delta.get("merge") or {}).items():
         target = state.setdefault(name, {})
         if not isinstance(target, dict) or not isinstance(entries, dict):

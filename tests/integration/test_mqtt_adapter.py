@@ -180,3 +180,24 @@ async def test_a_message_in_parts_over_the_receivers_bound_is_dropped_and_counte
         assert [len(m.payload) for m in inbox.messages] == [40_000]
         assert sub.parts.dropped == {"too large": 1} and sub.parts.held == 0
         sub.ack(inbox.messages[0])
+
+
+async def test_pieces_go_in_parts_and_a_receiver_may_keep_the_parts(brokers: Brokers) -> None:
+    """A payload given as pieces is cut into parts without being joined; a receiver with
+    ``whole_payloads=False`` gets the parts (``chunks``), not one joined payload."""
+    topic = f"t/{uuid.uuid4().hex}"
+    pieces = [bytes([i]) * (10_000 + i) for i in range(30)]  # ~300 KB in uneven pieces
+    inbox = Inbox()
+    small: dict[str, Any] = {"part_over": 100_000, "part_bytes": 65_536}
+    async with (
+        brokers.mqtt_client(cid(), on_message=inbox, whole_payloads=False, **small) as sub,
+        brokers.mqtt_client(cid(), **small) as pub,
+    ):
+        await sub.subscribe(topic)
+        await asyncio.wait_for(pub.publish(topic, pieces), 10)
+        await pub.publish(topic, [b"a", b"b"])  # small: joined, one packet
+        await inbox.wait(2)
+    whole, tiny = inbox.messages
+    assert whole.payload == b"" and [len(c) for c in whole.chunks[:-1]] == [65_536] * 4
+    assert whole.data() == b"".join(pieces) and b"".join(whole.pieces()) == whole.data()
+    assert tiny.payload == b"ab" and tiny.chunks == () and tiny.pieces() == [b"ab"]
