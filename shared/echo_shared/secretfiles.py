@@ -27,7 +27,7 @@ def new_secret(nbytes: int = 32) -> str:
 
 
 def write_secret(
-    path: Path, data: str | bytes, *, owner: tuple[int, int] | None = None, fsync: bool = True
+    path: Path, data: str | bytes | list[bytes], *, owner: tuple[int, int] | None = None, fsync: bool = True
 ) -> None:
     """Write ``data`` to ``path`` atomically, mode 0600 from the first byte (never world-readable).
 
@@ -45,15 +45,23 @@ def write_public(path: Path, data: str | bytes) -> None:
 
 
 def _write_atomic(
-    path: Path, data: str | bytes, mode: int, *, owner: tuple[int, int] | None = None, fsync: bool = True
+    path: Path,
+    data: str | bytes | list[bytes],
+    mode: int,
+    *,
+    owner: tuple[int, int] | None = None,
+    fsync: bool = True,
 ) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    raw = data.encode() if isinstance(data, str) else data
+    raw = data.encode() if isinstance(data, str) else data  # or pieces, written in turn
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(raw)
+            if isinstance(raw, list):
+                f.writelines(raw)
+            else:
+                f.write(raw)
             f.flush()
             if fsync:
                 os.fsync(f.fileno())

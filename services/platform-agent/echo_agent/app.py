@@ -40,7 +40,9 @@ async def run(settings: AgentSettings, stop: asyncio.Event, creds: Credentials |
 
     control: MqttClient | None = None
 
-    def publish(topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> asyncio.Future[None]:
+    def publish(
+        topic: str, payload: bytes | list[bytes], qos: int = 1, retain: bool = False
+    ) -> asyncio.Future[None]:
         assert control is not None
         return control.publish(topic, payload, qos=qos, retain=retain, user_properties=inject() or None)
 
@@ -87,6 +89,7 @@ async def run(settings: AgentSettings, stop: asyncio.Event, creds: Credentials |
         keepalive=max(2, int(settings.unreachable_after)),
         login=access.mqtt,
         tls=access.tls(),
+        whole_payloads=False,  # a command in parts (a large state) is read from its parts
     )
     manager.control = control
     rotation.control = control

@@ -26,7 +26,7 @@ from typing import TypeVar
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
-from echo_shared import statedelta
+from echo_shared import statedelta, stateslices
 from echo_shared.credentials import Access, Login
 from echo_shared.messages import (
     COMMAND_ADAPTER,
@@ -68,7 +68,7 @@ class TaskManager:
         names: Names,
         data_dir: Path,
         session_expiry: int,
-        publish: Callable[[str, bytes], object],
+        publish: Callable[[str, bytes | list[bytes]], object],
         channel_window: int,
         nats_url: str | None = None,
         checkpoint_interval: float = 0.0,
@@ -148,11 +148,32 @@ class TaskManager:
         if notice is not None and logins is not None and not self._shutting_down:
             logins.ahead(notice.commands)
 
+    async def _parse(self, msg: MqttMessage) -> DeployTask | StopTask | StageState:
+        """A command; one carrying a large state in slices (``stateslices``) is read around
+        it, and the state a slice at a time, letting the loop run (1 GB parsed at once holds
+        it for seconds: the agent would miss its keepalive and its heartbeats)."""
+        found = stateslices.split_message(msg.pieces())
+        if found is None:
+            return COMMAND_ADAPTER.validate_json(msg.data())
+        head, pieces = found
+        cmd = COMMAND_ADAPTER.validate_json(head)
+        if isinstance(cmd, StageState):
+            cmd.state = await stateslices.load_pieces(pieces)
+        elif isinstance(cmd, DeployTask) and cmd.restore is not None:
+            cmd.restore.state = await stateslices.load_pieces(pieces)
+        else:
+            raise stateslices.SliceError(f"a {cmd.kind} command carries no state")
+        return cmd
+
     async def _handle(self, msg: MqttMessage, received_at: float | None = None) -> None:
         try:
-            cmd = COMMAND_ADAPTER.validate_json(msg.payload)
+            cmd = await self._parse(msg)
         except ValidationError as e:
             log.warning("dropping malformed command: %s", e.errors()[:3])
+            self._ack_mqtt(msg)
+            return
+        except stateslices.SliceError as e:
+            log.warning("dropping malformed command: %s", e)
             self._ack_mqtt(msg)
             return
         ctx = extract(msg.user_properties)
@@ -176,15 +197,22 @@ class TaskManager:
                 if isinstance(cmd, DeployTask):
                     # kept on disk once the master has its answer (a synced write: not on the
                     # deployment's path), under the task's lock (a stop after it forgets it)
-                    self._keep(cmd)
+                    await self._keep(cmd)
         self._ack_mqtt(msg)
 
-    def _keep(self, cmd: DeployTask) -> None:
+    async def _keep(self, cmd: DeployTask) -> None:
         """A task started by ``cmd`` and running: its command on disk, resumed from it if the
-        agent restarts (a repeated deploy of a running generation started nothing)."""
+        agent restarts (a repeated deploy of a running generation started nothing). A large
+        restored state is written in slices, from a copy, the file off the loop."""
         runner = self.tasks.get((cmd.dataflow, cmd.task))
-        if runner is not None and runner.cmd is cmd and runner.state is TaskState.running:
+        if runner is None or runner.cmd is not cmd or runner.state is not TaskState.running:
+            return
+        state = cmd.restore.state if cmd.restore is not None else None
+        if not isinstance(state, dict) or not stateslices.wants_slices(state):
             self.local.save(cmd)
+            return
+        pieces = await stateslices.dump_pieces(stateslices.detach(state))
+        await asyncio.to_thread(self.local.save, cmd, pieces)
 
     def _ack_mqtt(self, msg: MqttMessage) -> None:
         if self.control is not None:
@@ -204,7 +232,7 @@ class TaskManager:
             reason=reason,
         )
 
-    def publish_checkpoint(self, payload: bytes) -> object:
+    def publish_checkpoint(self, payload: bytes | list[bytes]) -> object:
         """A task's ``TaskCheckpoint`` to the master (QoS 1; the future resolves on the PUBACK)."""
         return self._publish(self.names.checkpoint_topic(self.device), payload)
 
@@ -238,6 +266,8 @@ class TaskManager:
         if cmd.restore is not None:
             try:  # a staged state and the changes since it: the whole state, from here on
                 cmd.restore = self.staged.restore(cmd.restore)
+                if stateslices.is_sliced(cmd.restore.state):  # read as plain JSON (kept on disk)
+                    cmd.restore.state = stateslices.assemble(cmd.restore.state)
             except (StagedStateMissing, ValueError) as e:
                 # not a failure of the task: the master sends the state whole when it asks again
                 log.warning("deploy of %s/%s gen %d: %s", *key, cmd.generation, e)
@@ -341,7 +371,8 @@ class TaskManager:
         if self.tombstones.get(key, -1) >= cmd.generation:  # a late redelivery
             return self._ack(cmd, False, TaskState.stopped, "generation already stopped on this device")
         try:
-            state = statedelta.apply(cmd.state, cmd.delta) if cmd.delta is not None else cmd.state
+            state = stateslices.assemble(cmd.state)
+            state = statedelta.apply(state, cmd.delta) if cmd.delta is not None else state
         except ValueError as e:
             return self._ack(cmd, False, TaskState.pending, f"staged state {cmd.name} not usable: {e}")
         self.staged.put(cmd.name, state)

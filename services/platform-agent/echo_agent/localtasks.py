@@ -19,17 +19,19 @@ it, and a stop or fence removes it here.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from echo_shared import statedelta
-from echo_shared.messages import DeployTask, TaskCheckpoint, TaskSnapshot, state_bytes
+from echo_shared import statedelta, stateslices
+from echo_shared.messages import DeployTask, TaskCheckpoint, TaskSnapshot, state_bytes, state_pieces
 from echo_shared.secretfiles import write_secret
 
 log = logging.getLogger(__name__)
 DELTA_FILE = "checkpoint.delta.json"
+HEAD_BYTES = 4096  # where a kept checkpoint names its generation
 
 
 class LocalTasks:
@@ -40,12 +42,16 @@ class LocalTasks:
         assert self.directory is not None
         return self.directory / dataflow / task
 
-    def save(self, cmd: DeployTask) -> None:
+    def save(self, cmd: DeployTask, state: list[bytes] | None = None) -> None:
+        """Keep the command that runs a task (``state``: its restore's state as JSON pieces,
+        written in slices beforehand: a large one)."""
         if self.directory is None:
             return
         d = self._dir(cmd.dataflow, cmd.task)
         try:
-            write_secret(d / "desired.json", state_bytes(cmd))
+            write_secret(
+                d / "desired.json", state_pieces(cmd, state) if state is not None else state_bytes(cmd)
+            )
             ckpt = d / "checkpoint.json"
             if ckpt.exists() and _generation(ckpt) != cmd.generation:
                 ckpt.unlink()  # an earlier copy's: this one starts from the command's restore
@@ -54,7 +60,7 @@ class LocalTasks:
             log.warning("task %s/%s: not kept on disk: %s", cmd.dataflow, cmd.task, e)
 
     def checkpoint(
-        self, dataflow: str, task: str, payload: bytes, sync: bool = True, delta: bool = False
+        self, dataflow: str, task: str, payload: bytes | list[bytes], sync: bool = True, delta: bool = False
     ) -> None:
         """Keep a task's ``TaskCheckpoint`` (raises ``OSError``). ``sync``: on disk before
         returning (a local-only checkpoint, taken while cut off); else atomic but written out
@@ -115,7 +121,7 @@ def _with_delta(whole: TaskCheckpoint, path: Path) -> TaskSnapshot:
             raise ValueError("not the changes of this copy")
         if state[statedelta.SINCE] != whole.snapshot.taken_at:
             raise ValueError("the changes since another checkpoint")
-        composed = statedelta.apply(whole.snapshot.state, state[statedelta.DELTA])
+        composed = statedelta.apply(stateslices.assemble(whole.snapshot.state), state[statedelta.DELTA])
     except (OSError, ValueError) as e:  # ValidationError is a ValueError
         log.warning("ignoring %s: %s", path, e)
         return whole.snapshot
@@ -123,7 +129,12 @@ def _with_delta(whole: TaskCheckpoint, path: Path) -> TaskSnapshot:
 
 
 def _generation(path: Path) -> int | None:
+    """The generation a kept checkpoint names, read from its head (the state after it may
+    be a GB: not parsed for this)."""
     try:
-        return TaskCheckpoint.model_validate_json(path.read_bytes()).generation
-    except (OSError, ValidationError):
+        with path.open("rb") as f:
+            head = f.read(HEAD_BYTES)
+    except OSError:
         return None
+    found = re.search(rb'"generation":(-?\d+)', head)
+    return int(found.group(1)) if found else None

@@ -46,8 +46,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from echo_shared import statedelta
-from echo_shared.messages import TaskCheckpoint, TaskSnapshot, state_bytes
+from echo_shared import statedelta, stateslices
+from echo_shared.messages import TaskCheckpoint, TaskSnapshot, state_bytes, state_pieces
 
 from .channels import Outputs
 from .intake import Inputs
@@ -73,8 +73,9 @@ def take_snapshot(out: Outputs, inputs: Inputs | None, state: Any) -> TaskSnapsh
     )
 
 
-Publish = Callable[[bytes], object]  # returns a future (or awaitable) resolved on the PUBACK
-SaveLocal = Callable[[bytes, bool, bool], None]  # (payload, sync, is a delta)
+Payload = bytes | list[bytes]  # a checkpoint's JSON, or (a large state) its pieces
+Publish = Callable[[Payload], object]  # returns a future (or awaitable) resolved on the PUBACK
+SaveLocal = Callable[[Payload, bool, bool], None]  # (payload, sync, is a delta)
 
 
 @dataclass(frozen=True)
@@ -182,40 +183,49 @@ class Checkpoints:
                 del self._epochs[next(iter(self._epochs))]
         # now, not later: the operator's state keeps changing
         base = None if local_only else self._whole
-        payload = self._incremental(snap, base) if base is not None else None
+        payload: Payload | None = self._incremental(snap, base) if base is not None else None
+        large: dict[str, Any] | None = None
         if payload is None:
             base = None
-            payload = self._payload(snap)
-        whole = (
-            _Whole(snap.taken_at, epoch, len(payload), time.monotonic())
-            if base is None and epoch is not None and self._delta is not None
-            else None
-        )
+            if stateslices.wants_slices(snap.state):
+                # written in slices by the commit, the loop running between them (1 GB at
+                # once: seconds, in which the agent misses its keepalive); from a copy
+                large = stateslices.detach(snap.state)
+            else:
+                payload = self._payload(snap)
+        wants_whole = base is None and epoch is not None and self._delta is not None
         snap = TaskSnapshot(out_seq=snap.out_seq, hwm=snap.hwm, eos=snap.eos, taken_at=snap.taken_at)
         self.taken += 1
         self._last_mark = self._mark()
         self._next_at = time.monotonic() + self.interval
         if local_only:
             self.outputs.sync_spools()
+            if large is not None:
+                payload = state_pieces(self._message(snap), [stateslices.dump_now(large)])
+            assert payload is not None
             self._keep_local(payload, sync=True, delta=False)
             self._whole = None  # the local copy is this one now: the next goes whole
             return
+        whole = (epoch, time.monotonic()) if wants_whole and epoch is not None else None
         self._inflight = asyncio.create_task(
-            self._commit(payload, snap, self.outputs.unsafe(), delta=base is not None, whole=whole),
+            self._commit(
+                payload, snap, self.outputs.unsafe(), delta=base is not None, whole=whole, large=large
+            ),
             name=f"checkpoint-{self.task}",
         )
 
-    def _payload(self, snap: TaskSnapshot) -> bytes:
-        return state_bytes(
-            TaskCheckpoint(
-                device=self.device,
-                dataflow=self.dataflow,
-                task=self.task,
-                generation=self.generation,
-                snapshot=snap,
-                ts=snap.taken_at,
-            )
+    def _message(self, snap: TaskSnapshot) -> TaskCheckpoint:
+        return TaskCheckpoint(
+            device=self.device,
+            dataflow=self.dataflow,
+            task=self.task,
+            generation=self.generation,
+            snapshot=snap,
+            ts=snap.taken_at,
         )
+
+    def _payload(self, snap: TaskSnapshot) -> bytes:
+        return state_bytes(self._message(snap))
 
     def _incremental(self, snap: TaskSnapshot, base: _Whole) -> bytes | None:
         """The checkpoint as the changes since ``base``; None when a whole one is due."""
@@ -232,14 +242,23 @@ class Checkpoints:
 
     async def _commit(
         self,
-        payload: bytes,
+        payload: Payload | None,
         snap: TaskSnapshot,
         unsafe: list[asyncio.Future[None]],
         *,
         delta: bool = False,
-        whole: _Whole | None = None,
+        whole: tuple[int, float] | None = None,
+        large: dict[str, Any] | None = None,
     ) -> None:
+        """Publish the checkpoint (``large``: a state to write in slices first, into
+        ``payload``) once the outputs before it are safe; committed once the master kept it.
+        ``whole``: (epoch, when) of a whole one incremental ones may then build on."""
         try:
+            if large is not None:
+                payload = state_pieces(self._message(snap), await stateslices.dump_pieces(large))
+                del large
+            assert payload is not None
+            size = len(payload) if isinstance(payload, bytes) else sum(map(len, payload))
             if unsafe:  # asyncio.wait, not gather: the acks wait for the same futures
                 done, pending = await asyncio.wait(unsafe, timeout=COMMIT_TIMEOUT)
                 if pending or any(f.cancelled() or f.exception() is not None for f in done):
@@ -276,7 +295,9 @@ class Checkpoints:
             self.deltas += 1
         else:
             # incremental ones build on it, if the master keeps it so (a large state)
-            self._whole = whole if base_of_deltas else None
+            self._whole = (
+                _Whole(snap.taken_at, whole[0], size, whole[1]) if base_of_deltas and whole else None
+            )
         if self._closed:
             return
         self.published = snap
@@ -300,7 +321,7 @@ class Checkpoints:
             else:
                 waiting[1].set_exception(CheckpointRefused("the master did not keep it"))
 
-    def _keep_local(self, payload: bytes, *, sync: bool, delta: bool) -> None:
+    def _keep_local(self, payload: Payload, *, sync: bool, delta: bool) -> None:
         if self._save_local is None or self._closed:
             return
         try:
