@@ -310,21 +310,27 @@ def state_bytes(msg: TaskCheckpoint | DeployTask) -> bytes:
     return orjson.dumps(head)
 
 
-_SPLICE = "\u0000echo-state\u0000"  # where a state's pieces go (a string no state JSON holds)
+SPLICE = "\u0000echo-state\u0000"  # where a state's pieces go (a string no state JSON holds)
+
+
+def spliced(head: dict[str, Any], state: list[bytes]) -> list[bytes]:
+    """``head`` (a message as JSON data, ``SPLICE`` where its state goes) as JSON pieces,
+    the state's JSON given in pieces: the bulk is never copied into one buffer."""
+    raw = orjson.dumps(head)
+    marker = orjson.dumps(SPLICE)
+    at = raw.index(marker)
+    return [raw[:at], *state, raw[at + len(marker) :]]
 
 
 def state_pieces(msg: TaskCheckpoint | DeployTask, state: list[bytes]) -> list[bytes]:
     """``msg`` as JSON pieces, its snapshot's (or restore's) state given as ``state`` (its
-    JSON in pieces, e.g. ``stateslices.dump_pieces``): the bulk is not copied into one buffer."""
+    JSON in pieces, e.g. ``stateslices.dump_pieces``)."""
     field = "snapshot" if isinstance(msg, TaskCheckpoint) else "restore"
     exclude: dict[str, Any] = {f: True for f in msg.newer_unset()}
     exclude[field] = {"state"}
     head = msg.model_dump(mode="json", by_alias=True, exclude=exclude)
-    head[field]["state"] = _SPLICE
-    raw = orjson.dumps(head)
-    marker = orjson.dumps(_SPLICE)
-    at = raw.index(marker)
-    return [raw[:at], *state, raw[at + len(marker) :]]
+    head[field]["state"] = SPLICE
+    return spliced(head, state)
 
 
 class TaskStatus(Message):

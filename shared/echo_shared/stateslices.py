@@ -122,13 +122,13 @@ def _lines(data: bytes | memoryview, begin: int, end: int) -> Iterator[memoryvie
         nl = raw.find(b"\n", pos, stop)
         line_end = stop if nl < 0 else nl
         line = view[pos:line_end]
-        if len(line) and line[-1] == ord(","):
-            line = line[:-1]
         yield line
         pos = line_end + 1
 
 
-def _apply(state: dict[str, Any], line: memoryview, i: int) -> None:
+def _apply(state: dict[str, Any], line: bytes | memoryview, i: int) -> None:
+    if len(line) and line[-1] == ord(","):
+        line = line[:-1]
     try:
         delta = orjson.loads(line)
         statedelta.apply(state, delta)
@@ -220,13 +220,11 @@ async def load_pieces(pieces: list[Piece]) -> dict[str, Any]:
     for i, line in enumerate(_piece_lines(pieces)):
         if i:
             await asyncio.sleep(0)
-        if len(line) and line[-1] == ord(","):
-            line = line[:-1]
-        _apply(state, memoryview(line), i)
+        _apply(state, line, i)
     return state
 
 
-class PiecesReader(io.RawIOBase):
+class PiecesReader(io.BufferedIOBase):
     """The pieces as a file to read (the object store's ``put`` reads it), copied once."""
 
     def __init__(self, pieces: list[Piece]) -> None:
@@ -249,6 +247,32 @@ class PiecesReader(io.RawIOBase):
             else:
                 self._pieces[self._i] = (buf, b + take, e)
         return n
+
+
+class RawState:
+    """A state in slices as it came, not parsed (``pieces`` of a message): what the master
+    keeps in the object store as it is, and sends on so."""
+
+    __slots__ = ("pieces",)
+
+    def __init__(self, pieces: list[Piece]) -> None:
+        self.pieces = pieces
+
+    def __len__(self) -> int:
+        return pieces_len(self.pieces)
+
+    def reader(self) -> PiecesReader:
+        return PiecesReader(self.pieces)
+
+    def parse(self) -> dict[str, Any]:
+        """The state, parsed here and now (without yielding)."""
+        state: dict[str, Any] = {}
+        for i, line in enumerate(_piece_lines(self.pieces)):
+            _apply(state, line, i)
+        return state
+
+    def __repr__(self) -> str:  # never the bulk, in a log or a traceback
+        return f"RawState({len(self)} bytes)"
 
 
 def is_sliced(state: object) -> bool:
@@ -274,6 +298,7 @@ __all__ = [
     "SLICE_OVER",
     "Piece",
     "PiecesReader",
+    "RawState",
     "SliceError",
     "assemble",
     "detach",

@@ -241,9 +241,11 @@ class StageLink:
         self.staged: list[tuple[str, StageState]] = []
 
     async def stage(
-        self, device: str, cmd: StageState, timeout: float, *, payload: bytes | None = None
+        self, device: str, cmd: StageState, timeout: float, *, payload: bytes | list[bytes] | None = None
     ) -> Any:
-        # what the agent gets: the payload as sent, read as a command
+        # what the agent gets: the payload as sent (in pieces, joined), read as a command
+        if isinstance(payload, list):
+            payload = b"".join(payload)
         got = COMMAND_ADAPTER.validate_json(payload) if payload is not None else cmd
         assert isinstance(got, StageState)
         self.staged.append((device, got))

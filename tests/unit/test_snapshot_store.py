@@ -35,10 +35,10 @@ def store() -> tuple[SnapshotStore, Bucket]:
     b = Bucket()
     s._store = b  # type: ignore[assignment]
 
-    async def read(name: str) -> bytes:  # the chunked read, as the bucket has it
-        return (await b.get(name)).data  # type: ignore[no-any-return]
+    async def chunks(name: str) -> list[bytes]:  # the chunked read, as the bucket has it
+        return [(await b.get(name)).data]
 
-    s._read = read  # type: ignore[method-assign]
+    s._chunks = chunks  # type: ignore[method-assign]
     return s, b
 
 

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from echo_shared import stateslices
 from echo_shared.credentials import Access
 from echo_shared.dynsec import DynsecAdmin
 from echo_shared.errors import PermanentError, RequestTimeout
@@ -113,6 +114,7 @@ class AgentLink:
             login=access.mqtt if access else None,
             tls=access.tls() if access else None,
             yield_session=False,  # a service never goes deaf: it keeps reconnecting
+            whole_payloads=False,  # a checkpoint in parts (a large state) is read from its parts
         )
         # the master administers the broker's dynamic security over this same session
         self.dynsec = DynsecAdmin(self.mqtt) if dynsec else None
@@ -193,7 +195,7 @@ class AgentLink:
                 await self.hooks.after_send(device, cmd)
 
     async def stage(
-        self, device: str, cmd: StageState, timeout: float, *, payload: bytes | None = None
+        self, device: str, cmd: StageState, timeout: float, *, payload: bytes | list[bytes] | None = None
     ) -> CommandAck:
         """Send a moving task's state ahead to its target and wait for its ack (no grants:
         nothing runs yet; ``RequestTimeout`` if no answer comes in time). ``payload``: the
@@ -255,7 +257,7 @@ class AgentLink:
         what: str,
         timeout: float,
         *,
-        payload: bytes | None = None,
+        payload: bytes | list[bytes] | None = None,
         via: MqttClient | None = None,
     ) -> Any:
         loop = asyncio.get_running_loop()
@@ -375,24 +377,25 @@ class AgentLink:
         or a credentials ack, which is handed to its waiter here)."""
         sender = self.names.device_from_topic(msg.topic)
         if msg.topic.endswith("/ckpt"):
-            ckpt = TaskCheckpoint.from_bytes(msg.payload)
+            ckpt = read_checkpoint(msg.pieces())
             ok = self._on_checkpoint is not None and self._from_sender(ckpt.device, sender, msg)
             return ckpt if ok else None
+        payload = msg.data()
         if msg.topic.endswith("/ack"):
-            if b'"kind":"credentials"' in msg.payload:
-                cred = CredentialsAck.from_bytes(msg.payload)
+            if b'"kind":"credentials"' in payload:
+                cred = CredentialsAck.from_bytes(payload)
                 fut = self._waiters.get(cred.cmd_id)
                 if fut is not None and not fut.done() and self._from_sender(cred.device, sender, msg):
                     fut.set_result(cred)
                 return None
-            ack = CommandAck.from_bytes(msg.payload)
+            ack = CommandAck.from_bytes(payload)
             if not self._from_sender(ack.device, sender, msg):
                 return None
             fut = self._waiters.get(ack.cmd_id)
             if fut is not None and not fut.done():
                 fut.set_result(ack)
             return None if ack.cmd_id in self._unrecorded else ack
-        status = TaskStatus.from_bytes(msg.payload)
+        status = TaskStatus.from_bytes(payload)
         return status if self._from_sender(status.device, sender, msg) else None
 
     async def _apply(self, report: TaskStatus | CommandAck | TaskCheckpoint) -> None:
@@ -412,6 +415,19 @@ class AgentLink:
             return True
         log.warning("dropping a report of %s sent on %s's topic %s", claimed, sender, msg.topic)
         return False
+
+
+def read_checkpoint(pieces: list[bytes]) -> TaskCheckpoint:
+    """A checkpoint as it came; one whose state is in slices (a large state) is parsed around
+    its state, which stays as it came (``RawState``): the master keeps it in the object store
+    without parsing it (1 GB: seconds of the loop, which holds the master's lease)."""
+    found = stateslices.split_message(pieces)
+    if found is None:
+        return TaskCheckpoint.from_bytes(b"".join(pieces) if len(pieces) > 1 else pieces[0])
+    head, state = found
+    ckpt = TaskCheckpoint.from_bytes(head)
+    ckpt.snapshot.state = stateslices.RawState(state)
+    return ckpt
 
 
 def now() -> float:

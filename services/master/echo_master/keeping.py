@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from echo_shared import statedelta
+from echo_shared import statedelta, stateslices
 from echo_shared.messages import CheckpointStored, TaskCheckpoint
 
 from .agents_link import AgentLink
@@ -67,6 +67,8 @@ class CheckpointKeeper:
 
     async def on_checkpoint(self, ckpt: TaskCheckpoint) -> None:
         key = (ckpt.dataflow, ckpt.task)
+        if isinstance(ckpt.snapshot.state, stateslices.RawState) and self.snapshots is None:
+            ckpt.snapshot.state = ckpt.snapshot.state.parse()  # kept in Redis, then: parsed
         snap = ckpt.snapshot
         objects: set[str] = set()  # what the checkpoint's state lives in
         whole: Whole | None = None  # a large whole one: incremental ones may build on it

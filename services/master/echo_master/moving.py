@@ -29,11 +29,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from echo_shared import statedelta
 from echo_shared.errors import ConflictError, EchoError, NotFoundError, RetryableError
 from echo_shared.messages import (
+    SPLICE,
     MoveTaskReply,
     MoveTaskRequest,
     StageState,
@@ -42,6 +41,7 @@ from echo_shared.messages import (
     TaskListRequest,
     TaskLocation,
     TaskSnapshot,
+    spliced,
 )
 from echo_shared.models import DataflowSpec, DataflowState, DesiredState, TaskRecord, TaskState
 from echo_shared.operators import lookup
@@ -277,7 +277,7 @@ class TaskMover:
                 name=staged.name,
                 delta=delta,
             )
-            payload = orjson.dumps({**cmd.model_dump(mode="json"), "state": orjson.Fragment(raw)})
+            payload = spliced({**cmd.model_dump(mode="json"), "state": SPLICE}, raw)
             ack = await self.reconciler.link.stage(req.target, cmd, STAGE_TIMEOUT, payload=payload)
             if not ack.ok:
                 raise ConflictError(ack.reason or ack.state.value)

@@ -35,7 +35,7 @@ from nats.js.api import ObjectStoreConfig
 from nats.js.errors import NotFoundError
 from nats.js.object_store import OBJ_CHUNKS_PRE_TEMPLATE, OBJ_DIGEST_TYPE, ObjectStore
 
-from echo_shared import statedelta
+from echo_shared import statedelta, stateslices
 from echo_shared.messages import TaskSnapshot
 from echo_shared.names import Names
 from echo_shared.nats_bus import NatsBus
@@ -75,6 +75,12 @@ class SnapshotStore:
             return {**snapshot, "state": {**state, statedelta.DELTA: offloaded["state"]}}
         if state is None or is_ref(state):
             return snapshot
+        if isinstance(state, stateslices.RawState):  # a large state in slices, kept as it came
+            if len(state) <= self.inline_max:
+                return {**snapshot, "state": state.parse()}
+            await (await self._bucket()).put(name, state.reader())
+            log.info("state of %s (%d bytes, in slices) kept in the object store", name, len(state))
+            return {**snapshot, "state": {REF: name, "bytes": len(state)}}
         raw = orjson.dumps(state)
         if len(raw) <= self.inline_max:
             return snapshot
@@ -105,47 +111,49 @@ class SnapshotStore:
         held = self._kept.get(name)
         if held is not None and held[0] > time.monotonic() and not fresh:
             return held[1]
-        raw, delta = await self.raw(name)  # an incremental checkpoint's: its base and changes
-        state = orjson.loads(raw)
+        chunks, delta = await self.raw(name)  # an incremental checkpoint's: its base and changes
+        state = stateslices.assemble(orjson.loads(b"".join(chunks)))
         return statedelta.apply(state, delta) if delta is not None else state
 
-    async def raw(self, name: str) -> tuple[bytes, Any]:
-        """An object's state as stored (JSON), and for an incremental checkpoint's the
-        changes to apply to it (else None): for sending on without parsing it here."""
-        data = await self._read(name)
-        if data.startswith(b'{"' + statedelta.BASE.encode()):
-            state = orjson.loads(data)
+    async def raw(self, name: str) -> tuple[list[bytes], Any]:
+        """An object's state as stored (JSON, in the object's chunks: 1 GB joined is seconds
+        of page faults), and for an incremental checkpoint's the changes to apply to it (else
+        None): for sending on without parsing it here."""
+        chunks = await self._chunks(name)
+        if chunks and chunks[0].startswith(b'{"' + statedelta.BASE.encode()):
+            state = orjson.loads(b"".join(chunks))
             if statedelta.is_staged(state):
-                return await self._read(state[statedelta.BASE]), state[statedelta.DELTA]
-        return data, None
+                return await self._chunks(state[statedelta.BASE]), state[statedelta.DELTA]
+        return chunks, None
 
-    async def _read(self, name: str) -> bytes:
-        """An object's bytes. Not nats-py's ``ObjectStore.get``, which appends chunk after
-        chunk to one bytes object (quadratic: 8.5 s for 100 MB here): its chunks are
-        gathered and joined once (0.2 s), and checked against the object's digest."""
+    async def _chunks(self, name: str) -> list[bytes]:
+        """An object's bytes, in its chunks. Not nats-py's ``ObjectStore.get``, which appends
+        chunk after chunk to one bytes object (quadratic: 8.5 s for 100 MB here): its chunks
+        are gathered, and checked against the object's digest as they come."""
         bucket = await self._bucket()
         info = await bucket.get_info(name)
         size = info.size or 0
         if size == 0:
-            return b"null"
+            return [b"null"]
         subject = OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=self.names.state_bucket, obj=info.nuid)
         sub = await self.bus.js.subscribe(
             subject, ordered_consumer=True, pending_bytes_limit=max(size, 1 << 26)
         )
         chunks: list[bytes] = []
         got = 0
+        digest = hashlib.sha256()
         try:
             while got < size:
                 msg = await sub.next_msg(timeout=READ_TIMEOUT)
                 chunks.append(msg.data)
+                digest.update(msg.data)
                 got += len(msg.data)
         finally:
             await sub.unsubscribe()
-        data = b"".join(chunks)
-        digest = (info.digest or "").replace(OBJ_DIGEST_TYPE, "")
-        if hashlib.sha256(data).digest() != base64.urlsafe_b64decode(digest):
-            raise ValueError(f"state object {name}: its digest does not match its {len(data)} bytes")
-        return data
+        stored = (info.digest or "").replace(OBJ_DIGEST_TYPE, "")
+        if digest.digest() != base64.urlsafe_b64decode(stored):
+            raise ValueError(f"state object {name}: its digest does not match its {got} bytes")
+        return chunks
 
     async def put_changes(self, name: str, base: str, delta: Any) -> dict[str, Any]:
         """An incremental checkpoint's state as object ``name``: the changes ``delta`` on top
