@@ -46,11 +46,11 @@ class SliceError(ValueError):
     """A state in slices that cannot be read (a slice that is not JSON, or not a delta)."""
 
 
-def wants_slices(state: Any, over: int = SLICE_OVER) -> bool:
-    """Whether ``state`` is large enough to be written in slices."""
+def wants_slices(state: Any, over: int | None = None) -> bool:
+    """Whether ``state`` is large enough to be written in slices (``over``: ``SLICE_OVER``)."""
     if not isinstance(state, dict) or is_sliced(state):
         return False
-    return sum(len(v) for v in state.values() if isinstance(v, dict)) > over
+    return sum(len(v) for v in state.values() if isinstance(v, dict)) > (SLICE_OVER if over is None else over)
 
 
 def detach(state: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,12 @@ class Bucket:
         self.data: dict[str, bytes] = {}
         self.gets = 0
 
-    async def put(self, name: str, raw: bytes) -> None:
+    async def put(self, name: str, raw: Any) -> None:
+        if hasattr(raw, "readinto"):  # a reader, as nats-py takes one: read in chunks
+            out, chunk = bytearray(), bytearray(1000)
+            while n := raw.readinto(chunk):
+                out += chunk[:n]
+            raw = bytes(out)
         self.data[name] = raw
 
     async def get(self, name: str) -> Any:
