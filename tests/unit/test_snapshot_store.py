@@ -19,7 +19,8 @@ class Bucket:
         self.data: dict[str, bytes] = {}
         self.gets = 0
 
-    async def put(self, name: str, raw: Any) -> None:
+    async def put(self, name: str, raw: Any, meta: Any = None) -> None:
+        raw = getattr(raw, "buffer", raw)  # a text-like wrapper: nats-py reads its buffer
         if hasattr(raw, "readinto"):  # a reader, as nats-py takes one: read in chunks
             out, chunk = bytearray(), bytearray(1000)
             while n := raw.readinto(chunk):

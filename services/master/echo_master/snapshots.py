@@ -28,10 +28,10 @@ import base64
 import hashlib
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 import orjson
-from nats.js.api import ObjectStoreConfig
+from nats.js.api import ObjectMeta, ObjectMetaOptions, ObjectStoreConfig
 from nats.js.errors import NotFoundError
 from nats.js.object_store import OBJ_CHUNKS_PRE_TEMPLATE, OBJ_DIGEST_TYPE, ObjectStore
 
@@ -46,6 +46,7 @@ REF = "$object"
 KEEP_SECONDS = 60.0
 KEEP_MAX = 2
 READ_TIMEOUT = 10.0  # seconds to wait for an object's next chunk
+PUT_CHUNK = 512 * 1024  # bytes per chunk of a large state put (NATS's payload limit: 1 MB)
 
 
 class SnapshotStore:
@@ -78,7 +79,8 @@ class SnapshotStore:
         if isinstance(state, stateslices.RawState):  # a large state in slices, kept as it came
             if len(state) <= self.inline_max:
                 return {**snapshot, "state": state.parse()}
-            await (await self._bucket()).put(name, state.reader())
+            meta = ObjectMeta(name=name, options=ObjectMetaOptions(max_chunk_size=PUT_CHUNK))
+            await (await self._bucket()).put(name, cast(Any, _OnLoop(state.reader())), meta=meta)
             log.info("state of %s (%d bytes, in slices) kept in the object store", name, len(state))
             return {**snapshot, "state": {REF: name, "bytes": len(state)}}
         raw = orjson.dumps(state)
@@ -188,6 +190,15 @@ class SnapshotStore:
             return {**snapshot, "state": statedelta.staged(base, state["bytes"], delta)}
         whole = statedelta.apply(await self.load(base, fresh=True), delta)
         return {**snapshot, "state": whole}
+
+
+class _OnLoop:
+    """A reader nats-py's ``ObjectStore.put`` reads on the loop: it hands a reader with
+    ``readinto`` to a thread per chunk (4 s per 100 MB here, for copies of 128 KiB), but
+    reads a text file's ``buffer`` in place, as it does bytes."""
+
+    def __init__(self, reader: stateslices.PiecesReader) -> None:
+        self.buffer = reader
 
 
 def as_json(snap: TaskSnapshot) -> dict[str, Any]:
