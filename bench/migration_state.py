@@ -2,13 +2,14 @@
 
 A dataflow of its own platform (``migration_flow.own_stack``) whose ``stats.count_by_key``
 holds ``K`` keys of ``PAD`` + a few bytes each: ``io.generate`` (rate 0: as fast as it
-goes, ``3 K`` records, a ``pad`` field of ``PAD`` bytes) -> ``core.map`` (``k = pad +
+goes, ``3 K`` records, ``1.6 K`` from 1 GB on, a ``pad`` field of ``PAD`` bytes) -> ``core.map`` (``k = pad +
 str(seq % K)``) -> ``count`` (``stats.count_by_key`` on ``k``, on a fog device) ->
 ``io.file_sink``. Once the sink has ``1.3 K`` records (every key counted, the state at its
 size: its JSON is about ``K x (PAD + 11)`` bytes), ``count`` is migrated to another fog
 device while records keep flowing; then the flow runs to its end.
 
-Per state size (1 MB and 10 MB; 100 MB without ``--quick``): the migration's outcome, its
+Per state size (1 MB and 10 MB; 100 MB without ``--quick``; ``ECHO_BENCH_STATE_MB=1000`` for
+1 GB, ~10.5 GB of memory across the processes and ~25 min): the migration's outcome, its
 downtime -- the largest gap between sink arrivals while it ran (``migration_moves``'
 measure) -- and the saga's step timings (``drain``: stop and snapshot on the source,
 ``resume``: restore and run on the target), POST -> completed, the state's JSON size the
@@ -47,14 +48,24 @@ def keys_for(mb: float) -> int:
     return max(1, int(mb * 1e6 / (PAD + 11)))
 
 
-def state_spec(out: Path, keys: int) -> dict[str, Any]:
+def records_for(mb: float, keys: int) -> int:
+    """``3 K`` records; from 1 GB on ``1.6 K`` (the flow then runs ~0.3 K records past the
+    move instead of 1.7 K: 10 M records at 1 GB is minutes more, and says nothing more)."""
+    return 3 * keys if mb < 1000 else int(1.6 * keys)
+
+
+def fill_timeout(keys: int) -> float:
+    return max(FILL_TIMEOUT_S, keys / 4_000)  # 1 GB: 2,475 s
+
+
+def state_spec(out: Path, keys: int, records: int) -> dict[str, Any]:
     return {
         "name": f"migration-state-{uuid.uuid4().hex[:6]}",
         "tasks": [
             {
                 "id": "gen",
                 "operator": "io.generate",
-                "config": {"count": 3 * keys, "rate": 0, "fields": {"pad": "x" * PAD}},
+                "config": {"count": records, "rate": 0, "fields": {"pad": "x" * PAD}},
                 "placement": {"device": "cloud-1"},
             },
             {
@@ -84,9 +95,8 @@ def state_spec(out: Path, keys: int) -> dict[str, Any]:
     }
 
 
-def check_counts(path: Path, keys: int) -> dict[str, Any]:
+def check_counts(path: Path, keys: int, total: int) -> dict[str, Any]:
     """Lost, duplicated and wrongly counted records (count must be seq // K + 1)."""
-    total = 3 * keys
     seqs: list[int] = []
     wrong = 0
     first_wrong: list[dict[str, Any]] = []
@@ -120,22 +130,23 @@ def state_bytes(keys: int) -> int:
 
 def one_size(own: Stack, mb: float) -> dict[str, Any]:
     api, keys = own.api, keys_for(mb)
+    total, wait_s = records_for(mb, keys), fill_timeout(keys)
     out = own.workdir / f"state-{mb:g}mb.jsonl"
-    log(f"migration_state: {mb:g} MB ({keys} keys), {3 * keys} records")
+    log(f"migration_state: {mb:g} MB ({keys} keys), {total} records")
     row: dict[str, Any] = {
         "state_mb": mb,
         "keys": keys,
-        "records": 3 * keys,
+        "records": total,
         "state_json_bytes": state_bytes(keys),
     }
     with SinkTail(out) as tail:
         t0 = time.monotonic()
-        df_id = api.submit(state_spec(out, keys))
+        df_id = api.submit(state_spec(out, keys, total))
         api.wait_state(df_id, {"running"}, timeout=60)
-        tail.wait(int(1.3 * keys), FILL_TIMEOUT_S)
+        tail.wait(int(1.3 * keys), wait_s)
         row["fill_s"] = round(time.monotonic() - t0, 1)
         if len(tail.arrivals) < 1.3 * keys:
-            row["error"] = f"only {len(tail.arrivals)} records at the sink after {FILL_TIMEOUT_S:g}s"
+            row["error"] = f"only {len(tail.arrivals)} records at the sink after {wait_s:g}s"
             api.stop(df_id, timeout=60)
             return row
         count = task_of(api, df_id, "count")
@@ -152,11 +163,11 @@ def one_size(own: Stack, mb: float) -> dict[str, Any]:
         row["saga_ms"] = {s: step_ms(m, s) for s in ("place", "drain", "resume")}
         if m.get("state") not in FINISHED:
             row["error"] = f"migration not ended after {MIGRATION_TIMEOUT_S:g}s"
-        tail.wait(3 * keys, FILL_TIMEOUT_S)
-        if len(tail.arrivals) < 3 * keys:  # slow, not lost: the sink check says which
+        tail.wait(total, wait_s)
+        if len(tail.arrivals) < total:  # slow, not lost: the sink check says which
             row["error"] = (
-                f"the flow had not finished {FILL_TIMEOUT_S:g}s after the migration: "
-                f"{len(tail.arrivals)} of {3 * keys} records at the sink"
+                f"the flow had not finished {wait_s:g}s after the migration: "
+                f"{len(tail.arrivals)} of {total} records at the sink"
             )
         times = [t for t, _ in tail.arrivals]
         gap = max_gap(times, t_post, t_seen)
@@ -170,7 +181,7 @@ def one_size(own: Stack, mb: float) -> dict[str, Any]:
             if s.get("started_at") and s.get("ended_at")
         }
         api.wait_state(df_id, {"finished", "running"}, timeout=60)
-    row["sink"] = check_counts(out, keys)
+    row["sink"] = check_counts(out, keys, total)
     if "error" in row and row["sink"]["lost"]:
         row["sink"]["lost_means"] = "not arrived by the deadline (the flow was still running)"
     api.stop(df_id, timeout=120)
