@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from echo_agent.control import TaskManager
 from echo_agent.dataplane.channels import Outputs
@@ -90,3 +91,84 @@ async def test_a_large_state_travels_in_slices_from_checkpoint_to_staged_state(
         )
         got = await manager._parse(msg)
         assert isinstance(got, StageState) and got.name == "df.p.1.ckpt.1" and got.state == expected
+
+
+async def test_a_large_state_kept_on_the_device_in_slices_resumes_whole(tmp_path: Path) -> None:
+    """A whole checkpoint and a deploy's restore, kept on disk in slices (as pieces), read
+    back at the agent's restart as the state; the generation read from the file's head."""
+    from echo_agent.localtasks import LocalTasks, _generation
+    from echo_shared.messages import DeployTask, TaskSnapshot, state_pieces
+
+    state = big_state()
+    pieces = await stateslices.dump_pieces(state)
+    local = LocalTasks(tmp_path)
+    cmd = DeployTask(
+        cmd_id="x",
+        dataflow="df",
+        task="p",
+        generation=3,
+        operator="stats.count_by_key",
+        restore=TaskSnapshot(out_seq=5, taken_at=2.0),
+    )
+    local.save(cmd, pieces)  # a deploy's restore, large
+    (back,) = local.load()
+    assert back.restore is not None and stateslices.assemble(back.restore.state) == state
+    ckpt = TaskCheckpoint(
+        device="d", dataflow="df", task="p", generation=3, snapshot=TaskSnapshot(taken_at=9.0), ts=9.0
+    )
+    local.checkpoint("df", "p", state_pieces(ckpt, pieces), sync=False)
+    assert _generation(tmp_path / "df" / "p" / "checkpoint.json") == 3
+    (back,) = local.load()
+    assert back.restore is not None and back.restore.taken_at == 9.0
+    assert stateslices.assemble(back.restore.state) == state
+
+
+async def test_a_deploy_restoring_a_state_in_slices_is_read_around_it(tmp_path: Path) -> None:
+    from echo_shared.messages import DeployTask, TaskSnapshot, state_pieces
+
+    state = big_state()
+    cmd = DeployTask(
+        cmd_id="x",
+        dataflow="df",
+        task="p",
+        generation=3,
+        operator="stats.count_by_key",
+        restore=TaskSnapshot(out_seq=5, hwm={"up": 4}, taken_at=2.0),
+    )
+    payload = state_pieces(cmd, await stateslices.dump_pieces(state))
+    manager = TaskManager(
+        device="fog-2",
+        mqtt_url="mqtt://127.0.0.1:1",
+        names=Names("t"),
+        data_dir=tmp_path,
+        session_expiry=60,
+        publish=lambda topic, payload: None,
+        channel_window=10,
+    )
+    msg = MqttMessage(
+        topic="t",
+        payload=b"",
+        qos=1,
+        mid=1,
+        retain=False,
+        dup=False,
+        epoch=0,
+        chunks=tuple(cut(payload, 9_000)),
+    )
+    got = await manager._parse(msg)
+    assert isinstance(got, DeployTask) and got.restore is not None
+    assert (got.restore.out_seq, got.restore.hwm, got.restore.state) == (5, {"up": 4}, state)
+    # a stop carries no state: slices in one are refused (a field it does not have)
+    junk = MqttMessage(
+        topic="t",
+        payload=b'{"kind":"stop","cmd_id":"s","dataflow":"df","task":"p","generation":3,"x":'
+        + stateslices.MARK
+        + b"\n]}}",
+        qos=1,
+        mid=2,
+        retain=False,
+        dup=False,
+        epoch=0,
+    )
+    with pytest.raises(ValidationError, match="extra"):
+        await manager._parse(junk)
