@@ -23,12 +23,12 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import Metric
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -71,6 +71,7 @@ FAILOVERS = "echo_failovers"
 RECONCILE_LAG = "echo_reconcile_lag_seconds"
 API_REQUESTS = "echo_api_requests"  # labels route, code
 API_DURATION = "echo_api_request_duration_seconds"  # label route
+MQTT_PARTS_DROPPED = "echo_mqtt_parts_dropped"  # label reason: messages in parts dropped on receipt
 
 # deployments, moves and API calls: milliseconds to a minute
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -166,6 +167,20 @@ class AsyncCollector(Collector):
 
     async def _coro(self) -> list[Metric]:
         return await self._read()
+
+
+class CountsCollector(Collector):
+    """A counter read at scrape time from a ``collections.Counter`` kept elsewhere (by one
+    label), e.g. the MQTT adapter's messages in parts dropped, by reason."""
+
+    def __init__(self, name: str, doc: str, label: str, read: Callable[[], Mapping[str, int]]) -> None:
+        self.name, self.doc, self.label, self.read = name, doc, label, read
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(self.name, self.doc, labels=[self.label])
+        for value, n in sorted(self.read().items()):
+            family.add_metric([value], float(n))
+        yield family
 
 
 def scrape_errors(registry: CollectorRegistry) -> Counter:

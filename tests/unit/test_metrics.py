@@ -338,3 +338,19 @@ def test_bundle_gives_prometheus_a_client_certificate_and_a_hashed_login(tmp_pat
     assert cfg["global"]["scrape_interval"] == "500ms"
     job = cfg["scrape_configs"][0]
     assert job["scheme"] == "https" and job["tls_config"]["cert_file"] == str(b.scraper.cert)
+
+
+def test_messages_in_parts_dropped_are_counted_by_reason() -> None:
+    from collections import Counter
+
+    from echo_shared import metrics as m
+
+    dropped: Counter[str] = Counter()
+    registry = CollectorRegistry()
+    registry.register(m.CountsCollector(m.MQTT_PARTS_DROPPED, "dropped", "reason", lambda: dropped))
+    assert "echo_mqtt_parts_dropped_total{" not in generate_latest(registry).decode()
+    dropped["bad part"] += 2
+    dropped["too large"] += 1
+    text = generate_latest(registry).decode()
+    assert 'echo_mqtt_parts_dropped_total{reason="bad part"} 2.0' in text
+    assert 'echo_mqtt_parts_dropped_total{reason="too large"} 1.0' in text

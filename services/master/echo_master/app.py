@@ -170,6 +170,14 @@ async def run(settings: MasterSettings, stop: asyncio.Event) -> None:
             reconciler = Reconciler(store, link, bus, names, settings)
             reconciler.leading = acting.is_set
             figures = MasterMetrics(store, asyncio.get_running_loop())
+            figures.registry.register(
+                prometheus.CountsCollector(
+                    prometheus.MQTT_PARTS_DROPPED,
+                    "messages in parts from the agents dropped on receipt, by reason",
+                    "reason",
+                    lambda: link.mqtt.parts.dropped,
+                )
+            )
             reconciler.metrics = figures
             reconciler.events = EventLog(redis, names)
             snapshots = SnapshotStore(bus, names, settings.state_inline_max_bytes)
