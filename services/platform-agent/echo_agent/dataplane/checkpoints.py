@@ -60,6 +60,9 @@ FULL_EVERY = 30.0  # seconds: a whole checkpoint at least this often
 DELTA_MAX_SHARE = 0.125  # ... and once the changes since the last whole one are this share of it
 COMMIT_TIMEOUT = 10.0  # seconds to wait for the outputs' and the checkpoint's acknowledgements
 STORE_TIMEOUT = 10.0  # seconds to wait for the master to say it kept the checkpoint
+# ... both longer for a large checkpoint: a second more per this many bytes (1 GB goes
+# through the broker and into the object store in ~10 s on a small machine)
+TIMEOUT_BYTES_PER_S = 25_000_000
 
 
 def take_snapshot(out: Outputs, inputs: Inputs | None, state: Any) -> TaskSnapshot:
@@ -270,15 +273,16 @@ class Checkpoints:
             fut = self._publish(payload)
             if inspect.isawaitable(fut):
                 ack = asyncio.ensure_future(fut)
-                done, _ = await asyncio.wait({ack}, timeout=COMMIT_TIMEOUT)
+                done, _ = await asyncio.wait({ack}, timeout=COMMIT_TIMEOUT + size / TIMEOUT_BYTES_PER_S)
                 if not done:
                     raise TimeoutError("checkpoint not acknowledged by the broker")
                 ack.result()
             try:
-                base_of_deltas = await asyncio.wait_for(asyncio.shield(kept), STORE_TIMEOUT)
+                store_s = STORE_TIMEOUT + size / TIMEOUT_BYTES_PER_S
+                base_of_deltas = await asyncio.wait_for(asyncio.shield(kept), store_s)
             except TimeoutError:
                 raise TimeoutError(
-                    f"the master did not say it kept the checkpoint within {STORE_TIMEOUT:g}s"
+                    f"the master did not say it kept the checkpoint within {store_s:.0f}s"
                 ) from None
         except asyncio.CancelledError:
             raise
