@@ -60,6 +60,8 @@ from .mqtt_types import (
 
 log = logging.getLogger(__name__)
 
+READ_TURN = 0.02  # seconds of reading per turn of the event loop, at most (about)
+
 
 class _Client(paho.Client):
     """paho's client, taking a socket the event loop connected (no thread for the connect)."""
@@ -409,12 +411,20 @@ class MqttClient(MqttConnection):
         c = self._client
         if c is None:
             return
+        until = time.monotonic() + READ_TURN
         c.loop_read(max_packets=64)
         # TLS: OpenSSL may hold decrypted bytes the kernel no longer has (a record carries
-        # several packets); the socket is not readable again for them, so read them now
-        for _ in range(1024):
+        # several packets); the socket is not readable again for them, so read them now,
+        # or, after ``READ_TURN``, in a turn of the loop of their own: a sender that keeps
+        # up (a GB in parts) would otherwise hold the loop for the whole transfer, and the
+        # process would miss its keepalives and heartbeats
+        while True:
             sock = self._sock
             if c is not self._client or not isinstance(sock, ssl.SSLSocket) or not sock.pending():
+                break
+            if time.monotonic() >= until:
+                if self._loop is not None:
+                    self._loop.call_soon(self._read)
                 break
             c.loop_read(max_packets=64)
 
