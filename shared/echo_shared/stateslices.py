@@ -167,28 +167,44 @@ def pieces_len(pieces: list[Piece]) -> int:
 def split_message(chunks: list[bytes]) -> tuple[bytes, list[Piece]] | None:
     """A message that came as ``chunks`` (its parts) and carries a state in slices: (the
     message with ``null`` in the state's place, the state's pieces), or None if it carries
-    none. The state must begin in the first chunk and end in the last (it is the bulk)."""
+    none. The state must begin in the first chunk (what comes before it is small); what
+    comes after it may be large (a staged state's delta), and is joined."""
     if not chunks:
         return None
     chunks = list(chunks)
-    # the head and the tail are small, but a part may end just inside one of them
+    # the head is small, but a part may end just inside it
     while len(chunks) > 1 and len(chunks[0]) < EDGE_BYTES:
         chunks[:2] = [chunks[0] + chunks[1]]
-    while len(chunks) > 1 and len(chunks[-1]) < EDGE_BYTES:
-        chunks[-2:] = [chunks[-2] + chunks[-1]]
-    first, last = chunks[0], chunks[-1]
+    first = chunks[0]
     begin = first.find(MARK)
     if begin < 0:
         return None
-    end = last.rfind(END, begin if len(chunks) == 1 else 0)
-    if end < 0:
+    found = _find_end(chunks, begin)
+    if found is None:
         return None
-    end += len(END)
-    head = first[:begin] + b"null" + last[end:]
-    if len(chunks) == 1:
+    last_i, end = found
+    last = chunks[last_i]
+    head = b"".join([first[:begin], b"null", last[end:], *chunks[last_i + 1 :]])
+    if last_i == 0:
         return head, [(first, begin, end)]
-    middle = [(c, 0, len(c)) for c in chunks[1:-1]]
+    middle = [(c, 0, len(c)) for c in chunks[1:last_i]]
     return head, [(first, begin, len(first)), *middle, (last, 0, end)]
+
+
+def _find_end(chunks: list[bytes], begin: int) -> tuple[int, int] | None:
+    """Where the state that begins at ``chunks[0][begin]`` ends: (chunk, offset past its
+    end), searched from the back (the end is the last one: orjson writes no raw newline)."""
+    n = len(END)
+    for i in range(len(chunks) - 1, -1, -1):
+        at = chunks[i].rfind(END, begin if i == 0 else 0)
+        if at >= 0:
+            return i, at + n
+        if i > 0:  # across the boundary with the chunk before
+            joint = chunks[i - 1][-(n - 1) :] + chunks[i][: n - 1]
+            at = joint.rfind(END)
+            if at >= 0:
+                return i, at + n - (n - 1)
+    return None
 
 
 def _piece_lines(pieces: list[Piece]) -> Iterator[bytes | memoryview]:

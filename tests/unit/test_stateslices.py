@@ -82,3 +82,23 @@ async def test_a_message_in_parts_gives_its_head_and_its_state_without_being_joi
 async def test_pieces_dumped_join_to_the_dump() -> None:
     s = state(2500)
     assert b"".join(await stateslices.dump_pieces(s)) == stateslices.dump_now(s)
+
+
+async def test_a_large_tail_after_the_state_and_an_end_cut_by_a_part_are_found() -> None:
+    """A staged state's delta comes after the state and may be large (many parts); the
+    state's end may be cut between two parts."""
+    s = state(3000)
+    raw = await stateslices.dump(s, entries=200)
+    tail = b',"delta":{"merge":{"counts":{' + b",".join(b'"d%d":%d' % (i, i) for i in range(20000)) + b"}}}}"
+    msg = b'{"kind":"stage","state":' + raw + tail
+    end = len(b'{"kind":"stage","state":') + len(raw)
+    for size in (1000, 4096, 65_536):
+        cuts = list(range(0, len(msg), size))
+        for cut_at in (end - 1, end - 2, end - 3, end):  # a part boundary inside "\n]}" or after it
+            bounds = sorted({*cuts, cut_at})
+            chunks = [msg[a:b] for a, b in zip(bounds, [*bounds[1:], len(msg)], strict=True) if b > a]
+            head, pieces = stateslices.split_message(chunks) or (b"", [])
+            parsed = orjson.loads(head)
+            assert parsed["state"] is None and len(parsed["delta"]["merge"]["counts"]) == 20000
+            assert stateslices.pieces_len(pieces) == len(raw)
+            assert await stateslices.load_pieces(pieces) == s
