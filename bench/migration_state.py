@@ -182,7 +182,7 @@ def one_size(own: Stack, mb: float) -> dict[str, Any]:
             for s in m.get("steps", [])
             if s.get("started_at") and s.get("ended_at")
         }
-        api.wait_state(df_id, {"finished", "running"}, timeout=60)
+        api.wait_state(df_id, {"finished", "completed", "running"}, timeout=60)
     row["sink"] = check_counts(out, keys, total)
     if "error" in row and row["sink"]["lost"]:
         row["sink"]["lost_means"] = "not arrived by the deadline (the flow was still running)"
