@@ -104,57 +104,6 @@ def dump_now(state: dict[str, Any], entries: int | None = None) -> bytes:
     return MARK + b",\n".join(_slices(state, entries)) + END
 
 
-def find(payload: bytes, start: int = 0) -> tuple[int, int] | None:
-    """Where a state in slices lies in ``payload`` (a message carrying one): [begin, end)."""
-    begin = payload.find(MARK, start)
-    if begin < 0:
-        return None
-    end = payload.rfind(END, begin)  # near the end: the state is most of the message
-    return None if end < 0 else (begin, end + len(END))
-
-
-def _lines(data: bytes | memoryview, begin: int, end: int) -> Iterator[memoryview]:
-    view = memoryview(data)
-    raw = data if isinstance(data, bytes) else bytes(data)
-    pos = begin + len(MARK)
-    stop = end - len(END)
-    while pos < stop:
-        nl = raw.find(b"\n", pos, stop)
-        line_end = stop if nl < 0 else nl
-        line = view[pos:line_end]
-        yield line
-        pos = line_end + 1
-
-
-def _apply(state: dict[str, Any], line: bytes | memoryview, i: int) -> None:
-    if len(line) and line[-1] == ord(","):
-        line = line[:-1]
-    try:
-        delta = orjson.loads(line)
-        statedelta.apply(state, delta)
-    except (orjson.JSONDecodeError, statedelta.DeltaError) as e:
-        raise SliceError(f"slice {i} of a state in slices: {e}") from None
-
-
-async def load(payload: bytes, begin: int, end: int) -> dict[str, Any]:
-    """The state in slices at ``payload[begin:end]`` (``find``), a slice at a time, letting
-    the loop run between slices."""
-    state: dict[str, Any] = {}
-    for i, line in enumerate(_lines(payload, begin, end)):
-        if i:
-            await asyncio.sleep(0)
-        _apply(state, line, i)
-    return state
-
-
-def load_now(payload: bytes, begin: int = 0, end: int | None = None) -> dict[str, Any]:
-    """``load`` without yielding."""
-    state: dict[str, Any] = {}
-    for i, line in enumerate(_lines(payload, begin, len(payload) if end is None else end)):
-        _apply(state, line, i)
-    return state
-
-
 # ---------------------------------------------------------------- messages as pieces
 
 Piece = tuple[bytes, int, int]  # (buffer, begin, end): a span of a buffer, not a copy
@@ -207,6 +156,16 @@ def _find_end(chunks: list[bytes], begin: int) -> tuple[int, int] | None:
     return None
 
 
+def _apply(state: dict[str, Any], line: bytes | memoryview, i: int) -> None:
+    if len(line) and line[-1] == ord(","):
+        line = line[:-1]
+    try:
+        delta = orjson.loads(line)
+        statedelta.apply(state, delta)
+    except (orjson.JSONDecodeError, statedelta.DeltaError) as e:
+        raise SliceError(f"slice {i} of a state in slices: {e}") from None
+
+
 def _piece_lines(pieces: list[Piece]) -> Iterator[bytes | memoryview]:
     """The lines of a state in slices held as pieces, a line spanning pieces joined (one
     slice's worth), the mark's and the end's lines left out."""
@@ -236,6 +195,14 @@ async def load_pieces(pieces: list[Piece]) -> dict[str, Any]:
     for i, line in enumerate(_piece_lines(pieces)):
         if i:
             await asyncio.sleep(0)
+        _apply(state, line, i)
+    return state
+
+
+def load_pieces_now(pieces: list[Piece]) -> dict[str, Any]:
+    """``load_pieces`` without yielding."""
+    state: dict[str, Any] = {}
+    for i, line in enumerate(_piece_lines(pieces)):
         _apply(state, line, i)
     return state
 
@@ -282,10 +249,7 @@ class RawState:
 
     def parse(self) -> dict[str, Any]:
         """The state, parsed here and now (without yielding)."""
-        state: dict[str, Any] = {}
-        for i, line in enumerate(_piece_lines(self.pieces)):
-            _apply(state, line, i)
-        return state
+        return load_pieces_now(self.pieces)
 
     def __repr__(self) -> str:  # never the bulk, in a log or a traceback
         return f"RawState({len(self)} bytes)"
@@ -321,11 +285,9 @@ __all__ = [
     "dump",
     "dump_now",
     "dump_pieces",
-    "find",
     "is_sliced",
-    "load",
-    "load_now",
     "load_pieces",
+    "load_pieces_now",
     "pieces_len",
     "split_message",
     "wants_slices",

@@ -28,6 +28,19 @@ def big_state() -> dict[str, Any]:
     return {"counts": {f"key-{i}": i for i in range(KEYS)}, "seen": 3}
 
 
+def target(tmp_path: Path) -> TaskManager:
+    """An agent that reads commands (never dialled: nothing starts)."""
+    return TaskManager(
+        device="fog-2",
+        mqtt_url="mqtt://127.0.0.1:1",
+        names=Names("t"),
+        data_dir=tmp_path,
+        session_expiry=60,
+        publish=lambda topic, payload: None,
+        channel_window=10,
+    )
+
+
 def cut(pieces: list[bytes], size: int) -> list[bytes]:
     """The pieces as a receiver gets them: parts of ``size`` bytes, cut anywhere."""
     whole = b"".join(pieces)
@@ -76,15 +89,7 @@ async def test_a_large_state_travels_in_slices_from_checkpoint_to_staged_state(
     # staged on a target: the object's chunks spliced into the command, read there in slices
     cmd = StageState(cmd_id="c", dataflow="df", task="p", generation=2, name="df.p.1.ckpt.1")
     payload = spliced({**cmd.model_dump(mode="json"), "state": SPLICE}, cut([stored], 3_000))
-    manager = TaskManager(
-        device="fog-2",
-        mqtt_url="mqtt://127.0.0.1:1",
-        names=Names("t"),
-        data_dir=tmp_path,
-        session_expiry=60,
-        publish=lambda topic, payload: None,
-        channel_window=10,
-    )
+    manager = target(tmp_path)
     for chunks in (cut(payload, 7_000), [b"".join(payload)]):  # in parts, or one message
         msg = MqttMessage(
             topic="t", payload=b"", qos=1, mid=1, retain=False, dup=False, epoch=0, chunks=tuple(chunks)
@@ -136,15 +141,7 @@ async def test_a_deploy_restoring_a_state_in_slices_is_read_around_it(tmp_path: 
         restore=TaskSnapshot(out_seq=5, hwm={"up": 4}, taken_at=2.0),
     )
     payload = state_pieces(cmd, await stateslices.dump_pieces(state))
-    manager = TaskManager(
-        device="fog-2",
-        mqtt_url="mqtt://127.0.0.1:1",
-        names=Names("t"),
-        data_dir=tmp_path,
-        session_expiry=60,
-        publish=lambda topic, payload: None,
-        channel_window=10,
-    )
+    manager = target(tmp_path)
     msg = MqttMessage(
         topic="t",
         payload=b"",

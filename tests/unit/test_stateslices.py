@@ -18,10 +18,10 @@ async def test_a_state_in_slices_reads_back_whole_slice_by_slice_and_as_plain_js
     # a line per slice (1 set, 11 of counts, 1 empty object) between the mark's and the end's
     assert raw.count(b"\n") == 13 + 1
     assert raw == stateslices.dump_now(s, entries=100)
-    found = stateslices.find(raw)
-    assert found == (0, len(raw))
-    assert await stateslices.load(raw, *found) == s
-    assert stateslices.load_now(raw) == s
+    head, pieces = stateslices.split_message([raw]) or (b"", [])
+    assert head == b"null" and pieces == [(raw, 0, len(raw))]
+    assert await stateslices.load_pieces(pieces) == s
+    assert stateslices.load_pieces_now(pieces) == s
     # a reader of the version before parses it as JSON: assemble makes the state of it
     assert stateslices.assemble(orjson.loads(raw)) == s
 
@@ -29,10 +29,10 @@ async def test_a_state_in_slices_reads_back_whole_slice_by_slice_and_as_plain_js
 async def test_slices_are_found_inside_a_message_and_the_rest_parses_without_them() -> None:
     raw = await stateslices.dump(state(500), entries=64)
     msg = b'{"task":"count","snapshot":{"out_seq":3,"state":' + raw + b',"taken_at":1.5}}'
-    begin, end = stateslices.find(msg) or (0, 0)
-    head = orjson.loads(msg[:begin] + b"null" + msg[end:])
+    found, pieces = stateslices.split_message([msg]) or (b"", [])
+    head = orjson.loads(found)
     assert head == {"task": "count", "snapshot": {"out_seq": 3, "state": None, "taken_at": 1.5}}
-    assert await stateslices.load(msg, begin, end) == state(500)
+    assert await stateslices.load_pieces(pieces) == state(500)
     assert orjson.loads(msg)["snapshot"]["state"][stateslices.SLICED][0] == {
         "set": {"next": 7, "names": ["a"]}
     }
@@ -46,17 +46,17 @@ def test_only_large_states_go_in_slices_and_detach_copies_their_objects() -> Non
     d = stateslices.detach(s)
     d["counts"]["k0"] = 99  # type: ignore[index]
     assert s["counts"]["k0"] == 0  # type: ignore[index]
-    assert stateslices.find(orjson.dumps(s)) is None  # a plain state: nothing to find
+    assert stateslices.split_message([orjson.dumps(s)]) is None  # a plain state: nothing to find
 
 
 async def test_a_corrupt_slice_is_an_error_naming_it() -> None:
     raw = await stateslices.dump(state(300), entries=100)
     bad = raw.replace(b'"k150":150', b'"k150":150}}garbage', 1)
     with pytest.raises(stateslices.SliceError, match="slice 2"):
-        await stateslices.load(bad, 0, len(bad))
+        await stateslices.load_pieces([(bad, 0, len(bad))])
     not_delta = stateslices.MARK + b'{"merge":[1]}' + stateslices.END
     with pytest.raises(stateslices.SliceError, match="slice 0"):
-        stateslices.load_now(not_delta)
+        stateslices.load_pieces_now([(not_delta, 0, len(not_delta))])
     with pytest.raises(stateslices.SliceError):
         stateslices.assemble({stateslices.SLICED: [{"nope": 1}]})
 
