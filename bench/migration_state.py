@@ -7,12 +7,17 @@ goes, ``3 K`` records, ``1.2 K`` from 1 GB on, a ``pad`` field of ``PAD`` bytes)
 a fog device) -> ``io.file_sink``. Once the sink has ``1.3 K`` records (``1.02 K`` from 1 GB
 on: every key counted, the state at its size: its JSON is about ``K x (PAD + 11)`` bytes),
 ``count`` is migrated to another fog
-device while records keep flowing; then the flow runs to its end.
+device while records keep flowing, ``M`` times (``ECHO_BENCH_MOVES``; 1 with ``--quick``, 3
+without), back and forth between the two fogs, each move once the sink has taken ``G`` more
+records after the last one ended (the target has checkpointed by then, as a running task
+would have); then the flow runs to its end. With ``M`` > 1 the flow carries ``M x W`` records
+past the first move (``W = max(0.3 K, 300,000)``, ``0.1 K`` from 1 GB on; ``G = W / 3``).
 
 Per state size (1 MB and 10 MB; 100 MB without ``--quick``; ``ECHO_BENCH_STATE_MB=1000`` for
-1 GB, ~10.5 GB of memory across the processes and ~25 min): the migration's outcome, its
+1 GB, ~10.5 GB of memory across the processes and ~25 min): each migration's outcome, its
 downtime -- the largest gap between sink arrivals while it ran (``migration_moves``'
-measure) -- and the saga's step timings (``drain``: stop and snapshot on the source,
+measure), with p50 and p99 over the moves (of a few moves, p99 is their largest) -- and the
+saga's step timings (``drain``: stop and snapshot on the source,
 ``resume``: restore and run on the target), POST -> completed, the state's JSON size the
 master recorded, and the sink read whole: records lost and duplicated, and whether every
 count is ``seq // K + 1`` (the state carried: a count starting again from 1 shows a lost
@@ -31,7 +36,7 @@ from typing import Any
 
 import orjson
 
-from common import Stack, log
+from common import Stack, log, percentile
 from etl_pipeline import SinkTail
 from migration_flow import FINISHED, FOGS, own_stack, task_of
 from migration_measures import max_gap, stalls
@@ -43,6 +48,7 @@ SIZES_MB_FULL = (1, 10, 100)
 FILL_TIMEOUT_S = 900.0  # 100 MB: ~620 s to fill at the ~2 k records/s its full checkpoints leave
 MIGRATION_TIMEOUT_S = 300.0
 TARGET_P50_S_AT_100MB = 1.0
+MOVES_QUICK, MOVES_FULL = 1, 3
 
 
 def keys_for(mb: float) -> int:
@@ -54,6 +60,16 @@ def records_for(mb: float, keys: int) -> tuple[int, int]:
     1 GB on ``1.2 K`` and ``1.02 K`` (every key counted, the state at its size; then
     ~2 M records past the move instead of 17 M, which would be minutes more)."""
     return (3 * keys, int(1.3 * keys)) if mb < 1000 else (int(1.2 * keys), int(1.02 * keys))
+
+
+def per_move(mb: float, keys: int) -> int:
+    """``W``: records the flow carries per move when it moves more than once."""
+    return int(0.1 * keys) if mb >= 1000 else max(int(0.3 * keys), 300_000)
+
+
+def moves_for(quick: bool) -> int:
+    chosen = os.environ.get("ECHO_BENCH_MOVES", "").strip()
+    return max(1, int(chosen)) if chosen else (MOVES_QUICK if quick else MOVES_FULL)
 
 
 def fill_timeout(keys: int) -> float:
@@ -130,17 +146,61 @@ def state_bytes(keys: int) -> int:
     return len(orjson.dumps({"counts": {"x" * PAD + str(i): 1 for i in range(keys)}}))
 
 
-def one_size(own: Stack, mb: float) -> dict[str, Any]:
+def move(api: Any, df_id: str) -> dict[str, Any]:
+    """Migrate ``count`` to the other fog while records flow; the move's figures."""
+    count = task_of(api, df_id, "count")
+    target = next(f for f in FOGS if f != count["device"])
+    one: dict[str, Any] = {"from": count["device"], "to": target}
+    t_post = time.time()
+    r = api.http.post(f"/api/v1/dataflows/{df_id}/tasks/count/migrate", json={"device": target})
+    if r.status_code != 202:
+        one["error"] = f"POST migrate -> {r.status_code}: {r.text[:300]}"
+        return one
+    m, t_seen = wait_migration(api, r.json()["migration"], MIGRATION_TIMEOUT_S)
+    one["migration"] = m.get("state")
+    one["post_to_completed_s"] = round(t_seen - t_post, 3)
+    one["saga_ms"] = {s: step_ms(m, s) for s in ("place", "drain", "resume")}
+    if m.get("state") not in FINISHED:
+        one["error"] = f"migration not ended after {MIGRATION_TIMEOUT_S:g}s"
+        return one
+    one["t_post"], one["t_seen"] = t_post, t_seen
+    # where the gaps fell, against the saga's steps (s from the POST): a gap in the drain
+    # step before the source stopped is the pre-copy's (the task still runs then)
+    one["steps_s"] = {
+        s["name"]: [round(s["started_at"] - t_post, 3), round(s["ended_at"] - t_post, 3)]
+        for s in m.get("steps", [])
+        if s.get("started_at") and s.get("ended_at")
+    }
+    return one
+
+
+def downtimes(tail: SinkTail, done: list[dict[str, Any]]) -> None:
+    """Each move's downtime (largest sink gap from its POST to its end), read once the flow ran."""
+    times = [t for t, _ in tail.arrivals]
+    for one in done:
+        t_post, t_seen = one.pop("t_post", None), one.pop("t_seen", None)
+        if t_post is None:
+            continue
+        gap = max_gap(times, t_post, t_seen)
+        one["downtime_s"] = round(gap, 3) if gap is not None else None
+        one["gaps_over_0_2s"] = stalls([t for t in times if t_post - 1 <= t <= t_seen + 1], t_post, 0.2)
+
+
+def one_size(own: Stack, mb: float, moves: int) -> dict[str, Any]:
     api, keys = own.api, keys_for(mb)
     (total, before), wait_s = records_for(mb, keys), fill_timeout(keys)
+    between = 0
+    if moves > 1:
+        total, between = before + moves * per_move(mb, keys), per_move(mb, keys) // 3
     out = own.workdir / f"state-{mb:g}mb.jsonl"
-    log(f"migration_state: {mb:g} MB ({keys} keys), {total} records")
+    log(f"migration_state: {mb:g} MB ({keys} keys), {total} records, {moves} moves")
     row: dict[str, Any] = {
         "state_mb": mb,
         "keys": keys,
         "records": total,
         "state_json_bytes": state_bytes(keys),
     }
+    done: list[dict[str, Any]] = []
     with SinkTail(out) as tail:
         t0 = time.monotonic()
         df_id = api.submit(state_spec(out, keys, total))
@@ -151,38 +211,35 @@ def one_size(own: Stack, mb: float) -> dict[str, Any]:
             row["error"] = f"only {len(tail.arrivals)} records at the sink after {wait_s:g}s"
             api.stop(df_id, timeout=60)
             return row
-        count = task_of(api, df_id, "count")
-        target = next(f for f in FOGS if f != count["device"])
-        t_post = time.time()
-        r = api.http.post(f"/api/v1/dataflows/{df_id}/tasks/count/migrate", json={"device": target})
-        if r.status_code != 202:
-            row["error"] = f"POST migrate -> {r.status_code}: {r.text[:300]}"
-            api.stop(df_id, timeout=60)
-            return row
-        m, t_seen = wait_migration(api, r.json()["migration"], MIGRATION_TIMEOUT_S)
-        row["migration"] = m.get("state")
-        row["post_to_completed_s"] = round(t_seen - t_post, 3)
-        row["saga_ms"] = {s: step_ms(m, s) for s in ("place", "drain", "resume")}
-        if m.get("state") not in FINISHED:
-            row["error"] = f"migration not ended after {MIGRATION_TIMEOUT_S:g}s"
+        for i in range(moves):
+            if i:  # the flow runs on the target a while (it checkpoints) before the next move
+                tail.wait(min(total, len(tail.arrivals) + between), wait_s)
+                if len(tail.arrivals) >= total:
+                    row["error"] = f"the flow ended before move {i + 1} of {moves}"
+                    break
+            done.append(move(api, df_id))
+            log(f"migration_state: {mb:g} MB move {i + 1}/{moves}: {done[-1].get('migration')}")
+            if done[-1].get("error"):
+                row["error"] = f"move {i + 1}: {done[-1]['error']}"
+                break
         tail.wait(total, wait_s)
-        if len(tail.arrivals) < total:  # slow, not lost: the sink check says which
+        if len(tail.arrivals) < total and "error" not in row:  # slow, not lost: the sink says
             row["error"] = (
-                f"the flow had not finished {wait_s:g}s after the migration: "
+                f"the flow had not finished {wait_s:g}s after the migrations: "
                 f"{len(tail.arrivals)} of {total} records at the sink"
             )
-        times = [t for t, _ in tail.arrivals]
-        gap = max_gap(times, t_post, t_seen)
-        row["downtime_s"] = round(gap, 3) if gap is not None else None
-        # where the gaps fell, against the saga's steps (s from the POST): a gap in the drain
-        # step before the source stopped is the pre-copy's (the task still runs then)
-        row["gaps_over_0_2s"] = stalls([t for t in times if t_post - 1 <= t <= t_seen + 1], t_post, 0.2)
-        row["steps_s"] = {
-            s["name"]: [round(s["started_at"] - t_post, 3), round(s["ended_at"] - t_post, 3)]
-            for s in m.get("steps", [])
-            if s.get("started_at") and s.get("ended_at")
-        }
+        downtimes(tail, done)
         api.wait_state(df_id, {"finished", "completed", "running"}, timeout=60)
+    row["moves"] = done
+    gaps = [one["downtime_s"] for one in done if one.get("downtime_s") is not None]
+    if gaps:
+        row["downtime_s"] = {
+            "n": len(gaps),
+            "p50": round(percentile(gaps, 50), 3),
+            "p99": round(percentile(gaps, 99), 3),
+            "max": max(gaps),
+        }
+    row["migrations"] = [one.get("migration") for one in done]
     row["sink"] = check_counts(out, keys, total)
     if "error" in row and row["sink"]["lost"]:
         row["sink"]["lost_means"] = "not arrived by the deadline (the flow was still running)"
@@ -202,10 +259,11 @@ def sizes(quick: bool) -> tuple[float, ...]:
 def run(stack: Stack, quick: bool) -> dict[str, Any]:
     own = own_stack(stack)
     rows: list[dict[str, Any]] = []
+    moves = moves_for(quick)
     try:
         for mb in sizes(quick):
             try:
-                rows.append(one_size(own, mb))
+                rows.append(one_size(own, mb, moves))
             except Exception as e:  # one size failing is a figure too; the next still runs
                 log(f"migration_state: {mb:g} MB failed: {type(e).__name__}: {e}")
                 rows.append({"state_mb": mb, "error": f"{type(e).__name__}: {e}"})
@@ -215,7 +273,8 @@ def run(stack: Stack, quick: bool) -> dict[str, Any]:
     at_100 = next((r for r in rows if r["state_mb"] == 100), None)
     ok = all(
         not r.get("error")
-        and r.get("migration") == "completed"
+        and r.get("migrations")
+        and all(m == "completed" for m in r["migrations"])
         and r["sink"]["lost"] == 0
         and r["sink"]["duplicated"] == 0
         and r["sink"]["state_carried"]
@@ -223,12 +282,12 @@ def run(stack: Stack, quick: bool) -> dict[str, Any]:
     )
     return {
         "sizes": rows,
-        "target": {"downtime_s_at_100mb_max": TARGET_P50_S_AT_100MB, "records_lost_duplicated": [0, 0]},
+        "target": {"downtime_p50_s_at_100mb_max": TARGET_P50_S_AT_100MB, "records_lost_duplicated": [0, 0]},
         "met": bool(
             ok
             and at_100 is not None
             and at_100.get("downtime_s") is not None
-            and at_100["downtime_s"] <= TARGET_P50_S_AT_100MB
+            and at_100["downtime_s"]["p50"] <= TARGET_P50_S_AT_100MB
         ),
         "method": __doc__.split("\n\n", 1)[1].strip() if __doc__ else "",
     }

@@ -49,8 +49,10 @@ Benchmarks:
   carried; then kill -9 of its agent: failover time (target <= lost_after + 1 s), lost/duplicated.
 
 - ``migration_state`` (``migration_state.py``): migration of a ``stats.count_by_key`` holding 1 MB and
-  10 MB of state (100 MB without ``--quick``) while records flow: downtime, the saga's drain and resume,
-  records lost/duplicated and the counts carried; target downtime <= 1 s at 100 MB (issue 11).
+  10 MB of state (100 MB without ``--quick``; ``ECHO_BENCH_STATE_MB=1000`` for 1 GB) while records flow,
+  moved 3 times back and forth (once with ``--quick``; ``ECHO_BENCH_MOVES``): downtime p50/p99 over the
+  moves, the saga's drain and resume, records lost/duplicated and the counts carried; target downtime
+  p50 <= 1 s at 100 MB (issue 11).
 
 - ``console_render`` (``console_render.py``): the web console in Chromium with 1,000 devices and a
   200-task dataflow: time to first render of the dataflow's page (and the devices page); target <= 1 s.
