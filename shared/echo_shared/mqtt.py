@@ -307,7 +307,9 @@ class MqttClient(MqttConnection):
         user_properties: dict[str, str] | None,
     ) -> asyncio.Future[None]:
         """A payload over ``part_over`` bytes, as parts (``mqtt_parts``): at most ``AHEAD`` of
-        them unacknowledged at a time; the future resolves once every part is acknowledged."""
+        them unacknowledged at a time; the future resolves once every part is acknowledged.
+        Cancelling it stops the transfer: no further part is sent (the receiver drops the
+        incomplete transfer after ``mqtt_parts.IDLE_SECONDS``)."""
         assert self._loop is not None
         if qos != 1 or retain:
             raise ValueError(f"{len(payload)} bytes go in parts: QoS 1 and not retained only")
@@ -344,6 +346,7 @@ class MqttClient(MqttConnection):
         task = self._loop.create_task(send())
         self._senders.add(task)
         task.add_done_callback(self._senders.discard)
+        done.add_done_callback(lambda f: task.cancel() if f.cancelled() else None)
         return done
 
     def ack(self, msg: MqttMessage) -> None:

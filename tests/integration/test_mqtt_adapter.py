@@ -201,3 +201,31 @@ async def test_pieces_go_in_parts_and_a_receiver_may_keep_the_parts(brokers: Bro
     assert whole.payload == b"" and [len(c) for c in whole.chunks[:-1]] == [65_536] * 4
     assert whole.data() == b"".join(pieces) and b"".join(whole.pieces()) == whole.data()
     assert tiny.payload == b"ab" and tiny.chunks == () and tiny.pieces() == [b"ab"]
+
+
+async def test_a_cancelled_transfer_in_parts_sends_no_further_part(brokers: Brokers) -> None:
+    """Cancelling a transfer's future stops it (an agent abandons a checkpoint when its task
+    drains): the parts not yet sent never go, and what comes after is not held behind them."""
+    topic = f"t/{uuid.uuid4().hex}"
+    inbox = Inbox()
+    small: dict[str, Any] = {"part_over": 10_000, "part_bytes": 4_096}
+    total = 4_096 * 200
+    async with (
+        brokers.mqtt_client(cid(), on_message=inbox, **small) as sub,
+        brokers.mqtt_client(cid(), **small) as pub,
+    ):
+        await sub.subscribe(topic)
+        transfer = pub.publish(topic, b"p" * total)
+        deadline = asyncio.get_running_loop().time() + 10
+        while sub.parts.held == 0:  # the transfer is under way
+            assert asyncio.get_running_loop().time() < deadline, "no part arrived"
+            await asyncio.sleep(0.005)
+        transfer.cancel()
+        at_cancel = sub.parts.held
+        # another transfer, part by part beside what is left of the first, if anything is
+        await asyncio.wait_for(pub.publish(topic, b"a" * 4_096 * 30), 10)
+        await inbox.wait(1)
+        assert [len(m.payload) for m in inbox.messages] == [4_096 * 30]
+        # what arrived of the first: the parts under way at the cancel (two unacknowledged at
+        # most), not the 30 more that would have gone beside the second transfer
+        assert at_cancel <= sub.parts.held <= at_cancel + 3 * 4_096 < total

@@ -211,6 +211,8 @@ class TaskMover:
             # between two copies (a master restarted mid-move redeploys it): ask again shortly
             raise RetryableError(f"task {rec.id} is {rec.state.value}: it can drain once it runs")
         staged = await self._stage(df, rec, req)
+        draining = (df.id, rec.id)
+        self.reconciler.moving.add(draining)  # its copy stops now: not to be deployed again
         try:
             t0 = time.monotonic()
             ack = await self.reconciler.link.send(
@@ -246,6 +248,7 @@ class TaskMover:
             reply.drain_ms = round(drain_ms, 3)
             return reply
         finally:
+            self.reconciler.moving.discard(draining)
             if staged is not None:
                 await self.keeper.unpin(staged.name)
 

@@ -98,6 +98,10 @@ class Reconciler:
         self._reported: dict[tuple[str, str], tuple[int, TaskState, str]] = {}  # last report's outcome
         self._quiet_until: dict[str, float] = {}  # settled running dataflows: next periodic pass
         self.leading: Callable[[], bool] = lambda: True  # replicas: whether this one runs the loop
+        # tasks a move is draining (``moving``): their copy stops on purpose and the move
+        # deploys the next one; deployed again meanwhile, the stopped copy would be sent its
+        # whole restored state (100 MB: seconds of this loop and the device's) to refuse it
+        self.moving: set[tuple[str, str]] = set()
 
     # ------------------------------------------------------------------ loop
 
@@ -293,8 +297,11 @@ class Reconciler:
             due = [
                 r
                 for r in waiting
-                if r.state is not TaskState.deploying
-                or now - r.last_command_at >= self.settings.command_timeout
+                if (df.id, r.id) not in self.moving
+                and (
+                    r.state is not TaskState.deploying
+                    or now - r.last_command_at >= self.settings.command_timeout
+                )
             ]
             now = time.time()
             await self.store.patch_tasks(

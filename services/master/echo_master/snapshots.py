@@ -188,6 +188,7 @@ class SnapshotStore:
         until = self._staged.pop((device or "", base), None)  # once: the device uses it up
         if until is not None and until > time.monotonic():
             return {**snapshot, "state": statedelta.staged(base, state["bytes"], delta)}
+        log.info("state %s is not staged on %s (any more): it goes whole", base, device or "its device")
         whole = statedelta.apply(await self.load(base, fresh=True), delta)
         return {**snapshot, "state": whole}
 

@@ -255,7 +255,10 @@ class Checkpoints:
     ) -> None:
         """Publish the checkpoint (``large``: a state to write in slices first, into
         ``payload``) once the outputs before it are safe; committed once the master kept it.
-        ``whole``: (epoch, when) of a whole one incremental ones may then build on."""
+        ``whole``: (epoch, when) of a whole one incremental ones may then build on.
+        Cancelled (the task stops or drains), it stops publishing: a large checkpoint's
+        remaining parts would only delay the drain's snapshot behind them."""
+        ack: asyncio.Future[Any] | None = None
         try:
             if large is not None:
                 payload = state_pieces(self._message(snap), await stateslices.dump_pieces(large))
@@ -285,6 +288,8 @@ class Checkpoints:
                     f"the master did not say it kept the checkpoint within {store_s:.0f}s"
                 ) from None
         except asyncio.CancelledError:
+            if ack is not None and not ack.done():
+                ack.cancel()
             raise
         except Exception as e:
             self.failed += 1
