@@ -9,9 +9,11 @@ on: every key counted, the state at its size: its JSON is about ``K x (PAD + 11)
 ``count`` is migrated to another fog
 device while records keep flowing, ``M`` times (``ECHO_BENCH_MOVES``; 1 with ``--quick``, 3
 without), back and forth between the two fogs, each move once the sink has taken ``G`` more
-records after the last one ended (the target has checkpointed by then, as a running task
-would have); then the flow runs to its end. With ``M`` > 1 the flow carries ``M x W`` records
-past the first move (``W = max(0.3 K, 300,000)``, ``0.1 K`` from 1 GB on; ``G = W / 3``).
+records after the last one ended and the master has kept a whole checkpoint of the copy
+that runs (the pre-copy stages one: a running task has one; a move right after another
+sends the whole state in its drain); then the flow runs to its end. With ``M`` > 1 the flow
+carries ``M x W`` records past the first move (``W = max(0.3 K, 300,000)``, ``0.1 K`` from
+1 GB on; ``G = W / 3``).
 
 Per state size (1 MB and 10 MB; 100 MB without ``--quick``; ``ECHO_BENCH_STATE_MB=1000`` for
 1 GB, ~10.5 GB of memory across the processes and ~25 min): each migration's outcome, its
@@ -28,15 +30,18 @@ publish -> receive).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import nats
 import orjson
 
 from common import Stack, log, percentile
+from echo_shared.names import Names
 from etl_pipeline import SinkTail
 from migration_flow import FINISHED, FOGS, own_stack, task_of
 from migration_measures import max_gap, stalls
@@ -146,6 +151,28 @@ def state_bytes(keys: int) -> int:
     return len(orjson.dumps({"counts": {"x" * PAD + str(i): 1 for i in range(keys)}}))
 
 
+async def _whole_kept(own: Stack, prefix: str, at_least: int) -> bool:
+    nc = await nats.connect(own.brokers.nats_url, **own.brokers.access().nats_options())
+    try:
+        store = await nc.jetstream().object_store(Names(own.platform.namespace).state_bucket)
+        return any(o.name.startswith(prefix) and (o.size or 0) >= at_least for o in await store.list())
+    finally:
+        await nc.close()
+
+
+def wait_whole_kept(own: Stack, df_id: str, bytes_: int, timeout: float) -> float:
+    """Wait until the master keeps a whole checkpoint of ``count``'s running copy (an object of
+    at least half the state's size: incremental ones are an eighth at most); seconds waited."""
+    t0 = time.monotonic()
+    generation = task_of(own.api, df_id, "count")["generation"]
+    prefix = f"{df_id}.count.{generation}.ckpt."
+    while not asyncio.run(_whole_kept(own, prefix, bytes_ // 2)):
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"no whole checkpoint of count generation {generation} in {timeout:g}s")
+        time.sleep(0.5)
+    return time.monotonic() - t0
+
+
 def move(api: Any, df_id: str) -> dict[str, Any]:
     """Migrate ``count`` to the other fog while records flow; the move's figures."""
     count = task_of(api, df_id, "count")
@@ -214,6 +241,13 @@ def one_size(own: Stack, mb: float, moves: int) -> dict[str, Any]:
         for i in range(moves):
             if i:  # the flow runs on the target a while (it checkpoints) before the next move
                 tail.wait(min(total, len(tail.arrivals) + between), wait_s)
+                try:
+                    done[-1]["then_whole_kept_s"] = round(
+                        wait_whole_kept(own, df_id, row["state_json_bytes"], wait_s), 1
+                    )
+                except TimeoutError as e:
+                    row["error"] = f"before move {i + 1}: {e}"
+                    break
                 if len(tail.arrivals) >= total:
                     row["error"] = f"the flow ended before move {i + 1} of {moves}"
                     break
