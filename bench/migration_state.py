@@ -151,11 +151,15 @@ def state_bytes(keys: int) -> int:
     return len(orjson.dumps({"counts": {"x" * PAD + str(i): 1 for i in range(keys)}}))
 
 
-async def _whole_kept(own: Stack, prefix: str, at_least: int) -> bool:
+async def _until_whole_kept(own: Stack, prefix: str, at_least: int, timeout: float) -> None:
     nc = await nats.connect(own.brokers.nats_url, **own.brokers.access().nats_options())
     try:
         store = await nc.jetstream().object_store(Names(own.platform.namespace).state_bucket)
-        return any(o.name.startswith(prefix) and (o.size or 0) >= at_least for o in await store.list())
+        deadline = time.monotonic() + timeout
+        while not any(o.name.startswith(prefix) and (o.size or 0) >= at_least for o in await store.list()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no whole checkpoint {prefix}* in {timeout:g}s")
+            await asyncio.sleep(0.5)
     finally:
         await nc.close()
 
@@ -165,11 +169,7 @@ def wait_whole_kept(own: Stack, df_id: str, bytes_: int, timeout: float) -> floa
     at least half the state's size: incremental ones are an eighth at most); seconds waited."""
     t0 = time.monotonic()
     generation = task_of(own.api, df_id, "count")["generation"]
-    prefix = f"{df_id}.count.{generation}.ckpt."
-    while not asyncio.run(_whole_kept(own, prefix, bytes_ // 2)):
-        if time.monotonic() - t0 > timeout:
-            raise TimeoutError(f"no whole checkpoint of count generation {generation} in {timeout:g}s")
-        time.sleep(0.5)
+    asyncio.run(_until_whole_kept(own, f"{df_id}.count.{generation}.ckpt.", bytes_ // 2, timeout))
     return time.monotonic() - t0
 
 

@@ -274,6 +274,27 @@ class CommandAck(Message):
     reason: str = ""
     snapshot: TaskSnapshot | None = None
 
+    @classmethod
+    def answering(
+        cls,
+        cmd: DeployTask | StopTask | StageState,
+        device: str,
+        ok: bool,
+        state: TaskState,
+        reason: str = "",
+    ) -> CommandAck:
+        """The answer to ``cmd`` from ``device``."""
+        return cls(
+            cmd_id=cmd.cmd_id,
+            device=device,
+            dataflow=cmd.dataflow,
+            task=cmd.task,
+            generation=cmd.generation,
+            ok=ok,
+            state=state,
+            reason=reason,
+        )
+
 
 class TaskCheckpoint(Message):
     """A running task's periodic checkpoint (agent -> master, MQTT): what failover restores.

@@ -30,15 +30,7 @@ class Link:
 
     async def send(self, device: str, cmd: DeployTask, timeout: float) -> CommandAck:
         self.sent.append((device, cmd))
-        return CommandAck(
-            cmd_id=cmd.cmd_id,
-            device=device,
-            dataflow=cmd.dataflow,
-            task=cmd.task,
-            generation=cmd.generation,
-            ok=True,
-            state=TaskState.running,
-        )
+        return CommandAck.answering(cmd, device, True, TaskState.running)
 
 
 async def test_a_task_a_move_drains_is_not_deployed_again(redis: aioredis.Redis, names: Names) -> None:

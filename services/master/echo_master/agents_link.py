@@ -173,16 +173,7 @@ class AgentLink:
             try:
                 await self.hooks.before_send(device, cmd)
             except PermanentError as e:  # refused by policy: the task fails, with the reason
-                refused = CommandAck(
-                    cmd_id=cmd.cmd_id,
-                    device=device,
-                    dataflow=cmd.dataflow,
-                    task=cmd.task,
-                    generation=cmd.generation,
-                    ok=False,
-                    state=TaskState.failed,
-                    reason=f"refused: {e}",
-                )
+                refused = CommandAck.answering(cmd, device, False, TaskState.failed, f"refused: {e}")
                 await self._on_update(refused)
                 return refused
         try:

@@ -221,16 +221,7 @@ class TaskManager:
     def _ack(
         self, cmd: DeployTask | StopTask | StageState, ok: bool, state: TaskState, reason: str = ""
     ) -> CommandAck:
-        return CommandAck(
-            cmd_id=cmd.cmd_id,
-            device=self.device,
-            dataflow=cmd.dataflow,
-            task=cmd.task,
-            generation=cmd.generation,
-            ok=ok,
-            state=state,
-            reason=reason,
-        )
+        return CommandAck.answering(cmd, self.device, ok, state, reason)
 
     def publish_checkpoint(self, payload: bytes | list[bytes]) -> object:
         """A task's ``TaskCheckpoint`` to the master (QoS 1; the future resolves on the PUBACK)."""
